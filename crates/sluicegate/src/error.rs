@@ -1,0 +1,145 @@
+//! Typed errors of the library: what went wrong, and while doing what.
+
+use crate::status::{JobStatus, MigrationStatus};
+
+/// The library's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in Sluicegate's library.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The database URL could not be understood.
+    #[error("invalid database URL {url:?}: {reason}")]
+    InvalidUrl {
+        /// The URL as given, with any password masked.
+        url: String,
+        /// Why it was refused.
+        reason: String,
+    },
+
+    /// A query or connection failed.
+    #[error("database error while {context}: {source}")]
+    Database {
+        /// What was being done.
+        context: String,
+        /// The driver's error.
+        #[source]
+        source: sqlx::Error,
+    },
+
+    /// The tracking tables are missing: `setup` has not been run.
+    #[error("the tracking schema is not installed (run `sluicegate setup` first)")]
+    SchemaMissing,
+
+    /// The tracking schema was installed by a newer version of Sluicegate.
+    #[error("the tracking schema is at version {found}, newer than this binary's {supported}: upgrade sluicegate")]
+    SchemaTooNew {
+        /// Version found in the database.
+        found: i64,
+        /// Newest version this binary knows.
+        supported: i64,
+    },
+
+    /// An identifier (table, column, schema) is unusable.
+    #[error("invalid identifier {ident:?}: {reason}")]
+    InvalidIdentifier {
+        /// The identifier as given.
+        ident: String,
+        /// Why it was refused.
+        reason: String,
+    },
+
+    /// The target table does not exist.
+    #[error("unknown table {0:?}")]
+    UnknownTable(String),
+
+    /// The column does not exist on the target table.
+    #[error("unknown column {column:?} in table {table:?}")]
+    UnknownColumn {
+        /// The table.
+        table: String,
+        /// The missing column.
+        column: String,
+    },
+
+    /// A migration's settings are invalid (batch size 0, sub-batch larger than batch, ...).
+    #[error("invalid migration settings: {0}")]
+    InvalidSettings(String),
+
+    /// The job kind named by a migration is not registered.
+    #[error("unknown job kind {0:?}")]
+    UnknownJobKind(String),
+
+    /// A job kind's arguments are invalid, or its statement failed when tried at queue time.
+    #[error("invalid {kind} migration: {reason}")]
+    InvalidJob {
+        /// The job kind.
+        kind: String,
+        /// What is wrong.
+        reason: String,
+    },
+
+    /// A migration with this name (or this exact configuration) exists already.
+    #[error("migration {0:?} is already queued")]
+    DuplicateMigration(String),
+
+    /// No migration has this id or name.
+    #[error("no migration {0:?}")]
+    MigrationNotFound(String),
+
+    /// No job has this id.
+    #[error("no job {0}")]
+    JobNotFound(i64),
+
+    /// A job status change the state machine forbids.
+    #[error("illegal job transition {from} -> {to} for job {job_id}")]
+    IllegalJobTransition {
+        /// The job.
+        job_id: i64,
+        /// Its current status.
+        from: JobStatus,
+        /// The status asked for.
+        to: JobStatus,
+    },
+
+    /// A migration status change the state machine forbids.
+    #[error("cannot {event} migration {migration}: it is {from}")]
+    IllegalMigrationTransition {
+        /// The migration's name.
+        migration: String,
+        /// The operation asked for.
+        event: String,
+        /// Its current status.
+        from: MigrationStatus,
+    },
+
+    /// The row was changed by someone else between read and write (its status or attempt
+    /// moved on): the transition was not applied and nothing was written.
+    #[error("{what} changed concurrently; nothing was written")]
+    Conflict {
+        /// What changed.
+        what: String,
+    },
+
+    /// A stored value could not be read back (a status the enum does not know, bad JSON).
+    #[error("corrupt tracking data: {0}")]
+    Corrupt(String),
+
+    /// A migration could not be brought to an end by `finalize`.
+    #[error("migration {migration} could not be finalized: {reason}")]
+    FinalizeFailed {
+        /// The migration's name.
+        migration: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+impl Error {
+    /// Wraps a driver error with what was being done.
+    pub(crate) fn db(context: impl Into<String>) -> impl FnOnce(sqlx::Error) -> Error {
+        let context = context.into();
+        move |source| Error::Database { context, source }
+    }
+}

@@ -1,0 +1,149 @@
+//! Why a job failed: a stable exception class and a message, capped as GitLab caps them
+//! (class ≤ 100 characters, message ≤ 1,000), truncated and never dropped.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// Longest exception class stored (GitLab's cap).
+pub const MAX_CLASS_CHARS: usize = 100;
+/// Longest exception message stored (GitLab's cap).
+pub const MAX_MESSAGE_CHARS: usize = 1_000;
+
+/// A failure as recorded in a transition log: a stable class (`StatementTimeout`,
+/// `LockTimeout`, `UniqueViolation`, `Panic`, `WorkerLost`, `ConnectionLost`, ...) and a message.
+///
+/// Job kinds return it from [`JobKind::perform`](crate::JobKind::perform); a [`sqlx::Error`]
+/// converts into it with its class taken from the SQLSTATE or SQLite result code.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Failure {
+    /// Stable name of the kind of failure.
+    pub class: String,
+    /// What happened, in words.
+    pub message: String,
+}
+
+impl Failure {
+    /// A failure of class `class`; both parts are truncated to their caps.
+    pub fn new(class: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            class: truncate(class.into(), MAX_CLASS_CHARS),
+            message: truncate(message.into(), MAX_MESSAGE_CHARS),
+        }
+    }
+
+    /// Whether the failure is a statement or lock timeout (which shrinks and splits jobs).
+    pub fn is_timeout(&self) -> bool {
+        matches!(self.class.as_str(), "StatementTimeout" | "LockTimeout")
+    }
+
+    /// Whether the failure means the database connection is gone.
+    pub fn is_connection_lost(&self) -> bool {
+        self.class == "ConnectionLost"
+    }
+
+    /// Classifies a driver error.
+    pub fn from_sqlx(err: &sqlx::Error) -> Self {
+        use sqlx::Error as E;
+        let class = match err {
+            E::Database(db) => db
+                .code()
+                .map(|code| classify_code(&code))
+                .unwrap_or_else(|| "DatabaseError".to_owned()),
+            E::Io(_) | E::Tls(_) | E::PoolTimedOut | E::PoolClosed | E::WorkerCrashed => {
+                "ConnectionLost".to_owned()
+            }
+            E::Protocol(_) => "ProtocolError".to_owned(),
+            E::RowNotFound => "RowNotFound".to_owned(),
+            E::ColumnDecode { .. } | E::Decode(_) | E::ColumnNotFound(_) => {
+                "DecodeError".to_owned()
+            }
+            _ => "DatabaseError".to_owned(),
+        };
+        Self::new(class, err.to_string())
+    }
+}
+
+impl From<sqlx::Error> for Failure {
+    fn from(err: sqlx::Error) -> Self {
+        Self::from_sqlx(&err)
+    }
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.class, self.message)
+    }
+}
+
+impl std::error::Error for Failure {}
+
+/// Maps a PostgreSQL SQLSTATE or a SQLite (extended) result code to a class name.
+fn classify_code(code: &str) -> String {
+    let known = match code {
+        // PostgreSQL SQLSTATEs.
+        "57014" => "StatementTimeout",
+        "55P03" => "LockTimeout",
+        "23505" => "UniqueViolation",
+        "23503" => "ForeignKeyViolation",
+        "23502" => "NotNullViolation",
+        "23514" => "CheckViolation",
+        "40P01" => "DeadlockDetected",
+        "40001" => "SerializationFailure",
+        "42P01" => "UndefinedTable",
+        "42703" => "UndefinedColumn",
+        "42601" => "SyntaxError",
+        "42883" => "UndefinedFunction",
+        "42804" => "DatatypeMismatch",
+        "57P01" | "57P02" | "57P03" => "ConnectionLost",
+        "P0001" => "RaiseException",
+        // SQLite extended result codes.
+        "5" | "261" | "517" => "DatabaseBusy",
+        "6" | "262" => "DatabaseLocked",
+        "2067" | "1555" => "UniqueViolation",
+        "1299" => "NotNullViolation",
+        "275" => "CheckViolation",
+        "787" => "ForeignKeyViolation",
+        "1" => "SqlError",
+        "1811" => "TriggerAbort",
+        _ if code.starts_with("08") => "ConnectionLost",
+        _ if code.starts_with("22") => "DataException",
+        _ if code.starts_with("42") => "SyntaxOrAccessRuleViolation",
+        _ => return format!("DatabaseError{code}"),
+    };
+    known.to_owned()
+}
+
+/// Cuts `s` to at most `max` characters, marking the cut with an ellipsis.
+fn truncate(s: String, max: usize) -> String {
+    if s.chars().count() <= max {
+        return s;
+    }
+    let mut cut: String = s.chars().take(max - 1).collect();
+    cut.push('…');
+    cut
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn caps_class_and_message_by_characters() {
+        let f = Failure::new("C".repeat(150), "é".repeat(5_000));
+        assert_eq!(f.class.chars().count(), MAX_CLASS_CHARS);
+        assert_eq!(f.message.chars().count(), MAX_MESSAGE_CHARS);
+        assert!(f.message.ends_with('…'));
+        let short = Failure::new("Panic", "boom");
+        assert_eq!(short.message, "boom");
+    }
+
+    #[test]
+    fn classifies_known_codes() {
+        assert_eq!(classify_code("57014"), "StatementTimeout");
+        assert_eq!(classify_code("55P03"), "LockTimeout");
+        assert_eq!(classify_code("08006"), "ConnectionLost");
+        assert_eq!(classify_code("2067"), "UniqueViolation");
+        assert_eq!(classify_code("XX000"), "DatabaseErrorXX000");
+    }
+}

@@ -1,0 +1,19 @@
+//! Sluicegate runs large data migrations on big tables in small batches, in the background,
+//! and records every state change of every job and migration in a transition log.
+//!
+//! Queue a migration with [`Sluicegate::queue`], run workers with [`Worker`], and read what
+//! happened with [`Sluicegate::job_history`] and [`Sluicegate::migration_history`].
+
+pub mod error;
+pub mod failure;
+pub mod ident;
+pub mod kind;
+pub mod model;
+pub mod status;
+pub mod store;
+
+pub use error::{Error, Result};
+pub use failure::Failure;
+pub use kind::{JobKind, Registry, SubBatch, SubBatchConnection};
+pub use model::{Job, JobCounts, JobTransition, Migration, MigrationTransition};
+pub use status::{JobStatus, MigrationEvent, MigrationStatus};

@@ -1,0 +1,236 @@
+//! The rows Sluicegate tracks: migrations, jobs and their transition logs, as Rust values.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::status::{JobStatus, MigrationEvent, MigrationStatus};
+
+/// One queued data migration over one table.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Migration {
+    /// Primary key.
+    pub id: i64,
+    /// Unique name given at queue time.
+    pub name: String,
+    /// Registered job kind (`update`, `delete`, `copy-column`, `sql`, or a custom one).
+    pub job_kind: String,
+    /// Target table, as given (`table` or `schema.table`).
+    pub table_name: String,
+    /// Integer key column the batches walk over.
+    pub column_name: String,
+    /// The job kind's arguments.
+    pub job_arguments: Value,
+    /// First key of the range (inclusive).
+    pub min_value: i64,
+    /// Last key of the range (inclusive).
+    pub max_value: i64,
+    /// Where the next new job starts; `None` once the range has been handed out.
+    pub next_min_value: Option<i64>,
+    /// Keys per job.
+    pub batch_size: i64,
+    /// Keys per sub-batch (one transaction).
+    pub sub_batch_size: i64,
+    /// Ceiling for the optimizer.
+    pub max_batch_size: Option<i64>,
+    /// Pause between sub-batches, in milliseconds.
+    pub pause_ms: i64,
+    /// Minimum time between the starts of two jobs.
+    #[serde(with = "duration_ms", rename = "interval_ms")]
+    pub interval: Duration,
+    /// Statement timeout of each sub-batch, in milliseconds (PostgreSQL).
+    pub statement_timeout_ms: i64,
+    /// Lock timeout of each sub-batch, in milliseconds (PostgreSQL).
+    pub lock_timeout_ms: i64,
+    /// Current status.
+    pub status: MigrationStatus,
+    /// Estimated rows in the table at queue time (for progress).
+    pub total_tuple_count: Option<i64>,
+    /// Health holds it until then.
+    pub on_hold_until: Option<DateTime<Utc>>,
+    /// When its most recent job was created.
+    pub last_job_started_at: Option<DateTime<Utc>>,
+    /// When it first became active.
+    pub started_at: Option<DateTime<Utc>>,
+    /// Set exactly when the status is `finished`, `failed` or `cancelled`.
+    pub finished_at: Option<DateTime<Utc>>,
+    /// Row creation.
+    pub created_at: DateTime<Utc>,
+    /// Last change.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// One key range of a migration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Job {
+    /// Primary key.
+    pub id: i64,
+    /// The migration it belongs to.
+    pub migration_id: i64,
+    /// First key (inclusive).
+    pub min_value: i64,
+    /// Last key (inclusive).
+    pub max_value: i64,
+    /// Batch size when it was created.
+    pub batch_size: i64,
+    /// Sub-batch size (shrunk ×0.75 after a sub-batch timeout).
+    pub sub_batch_size: i64,
+    /// Pause between sub-batches, in milliseconds.
+    pub pause_ms: i64,
+    /// Current status.
+    pub status: JobStatus,
+    /// How many times it was started; also the fencing token of its current run.
+    pub attempts: i32,
+    /// Start of its latest attempt.
+    pub started_at: Option<DateTime<Utc>>,
+    /// Set exactly when `succeeded` or `failed`.
+    pub finished_at: Option<DateTime<Utc>>,
+    /// Rows written by its committed sub-batches.
+    pub rows_affected: i64,
+    /// Last key whose sub-batch committed: a retaken job resumes after it.
+    pub cursor: Option<i64>,
+    /// Per-sub-batch timings of its latest attempt.
+    pub metrics: Value,
+    /// Worker of its latest attempt.
+    pub worker: Option<String>,
+    /// While running: when its lease runs out unless renewed.
+    pub lease_expires_at: Option<DateTime<Utc>>,
+    /// Row creation.
+    pub created_at: DateTime<Utc>,
+    /// Last change.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// One row of a job's transition log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobTransition {
+    /// Primary key (with `created_at` on PostgreSQL, where the table is partitioned).
+    pub id: i64,
+    /// The job.
+    pub job_id: i64,
+    /// Its migration.
+    pub migration_id: i64,
+    /// Status before.
+    pub previous_status: JobStatus,
+    /// Status after.
+    pub next_status: JobStatus,
+    /// Exception class, when the change records a failure.
+    pub exception_class: Option<String>,
+    /// Exception message, when the change records a failure.
+    pub exception_message: Option<String>,
+    /// Who made the change (worker name, `cli`, ...).
+    pub worker: Option<String>,
+    /// When.
+    pub created_at: DateTime<Utc>,
+}
+
+/// One row of a migration's transition log. A hold has equal previous and next status.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MigrationTransition {
+    /// Primary key.
+    pub id: i64,
+    /// The migration.
+    pub migration_id: i64,
+    /// Status before (`None` for the `queue` row).
+    pub previous_status: Option<MigrationStatus>,
+    /// Status after.
+    pub next_status: MigrationStatus,
+    /// What moved it.
+    pub event: MigrationEvent,
+    /// Free text: the operator's reason, or the health indicator and its reading.
+    pub reason: Option<String>,
+    /// Who: a worker name, `cli` or `http`.
+    pub actor: Option<String>,
+    /// Exception class, when a failure moved it.
+    pub exception_class: Option<String>,
+    /// Exception message, when a failure moved it.
+    pub exception_message: Option<String>,
+    /// When.
+    pub created_at: DateTime<Utc>,
+}
+
+/// A migration as it is about to be inserted, after validation.
+#[derive(Debug, Clone)]
+pub struct NewMigration {
+    /// Unique name.
+    pub name: String,
+    /// Job kind.
+    pub job_kind: String,
+    /// Target table as given.
+    pub table_name: String,
+    /// Key column.
+    pub column_name: String,
+    /// Kind arguments.
+    pub job_arguments: Value,
+    /// Range start.
+    pub min_value: i64,
+    /// Range end.
+    pub max_value: i64,
+    /// Where the first job starts (`None`: nothing to do).
+    pub next_min_value: Option<i64>,
+    /// Keys per job.
+    pub batch_size: i64,
+    /// Keys per sub-batch.
+    pub sub_batch_size: i64,
+    /// Optimizer ceiling.
+    pub max_batch_size: Option<i64>,
+    /// Pause between sub-batches.
+    pub pause_ms: i64,
+    /// Minimum time between job starts.
+    pub interval: Duration,
+    /// Sub-batch statement timeout.
+    pub statement_timeout_ms: i64,
+    /// Sub-batch lock timeout.
+    pub lock_timeout_ms: i64,
+    /// `active` or `paused`.
+    pub status: MigrationStatus,
+    /// Row estimate.
+    pub total_tuple_count: Option<i64>,
+    /// Who queued it.
+    pub actor: String,
+}
+
+/// Counts of a migration's jobs by status, and its progress.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct JobCounts {
+    /// Jobs waiting.
+    pub pending: i64,
+    /// Jobs running.
+    pub running: i64,
+    /// Jobs failed (retriable or not).
+    pub failed: i64,
+    /// Jobs done.
+    pub succeeded: i64,
+    /// Failed jobs whose attempts are exhausted.
+    pub exhausted: i64,
+    /// Rows written by all committed sub-batches.
+    pub rows_affected: i64,
+    /// Start of the first job.
+    pub first_started_at: Option<DateTime<Utc>>,
+    /// End of the last finished job.
+    pub last_finished_at: Option<DateTime<Utc>>,
+}
+
+impl JobCounts {
+    /// All jobs.
+    pub fn total(&self) -> i64 {
+        self.pending + self.running + self.failed + self.succeeded
+    }
+}
+
+/// Serde helper: a [`Duration`] as whole milliseconds.
+pub(crate) mod duration_ms {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(d.as_millis() as u64)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        Ok(Duration::from_millis(u64::deserialize(d)?))
+    }
+}

@@ -1,0 +1,363 @@
+//! The storage layer: one trait of primitive operations on the tracking tables ([`Store`]),
+//! one for the table being migrated ([`Target`]), and one implementation of each per backend.
+//! Every SQL statement of a backend lives in that backend's file.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use crate::error::Result;
+use crate::failure::Failure;
+use crate::ident::TableName;
+use crate::kind::JobKind;
+use crate::model::{
+    Job, JobCounts, JobTransition, Migration, MigrationTransition, NewMigration,
+};
+use crate::status::{JobStatus, MigrationEvent, MigrationStatus};
+
+pub mod postgres;
+pub mod sqlite;
+
+/// Newest tracking-schema version this binary knows.
+pub const SCHEMA_VERSION: i64 = 1;
+
+/// Which database engine a store or target talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// PostgreSQL, the production engine.
+    Postgres,
+    /// SQLite, the embedded default.
+    Sqlite,
+}
+
+/// A job status change, applied with its log row in one transaction.
+#[derive(Debug, Clone)]
+pub struct JobTransitionParams {
+    /// The job.
+    pub job_id: i64,
+    /// The status it must be in now (`WHERE status = from`).
+    pub from: JobStatus,
+    /// The status it moves to.
+    pub to: JobStatus,
+    /// The attempt count it must have now: the fencing token of the run being changed.
+    pub expected_attempts: i32,
+    /// Its attempt count afterwards.
+    pub attempts: i32,
+    /// Who makes the change (written to the log, and to the job when it starts running).
+    pub worker: String,
+    /// The lease to take when moving to `running`.
+    pub lease: Option<Duration>,
+    /// The failure being recorded, if any.
+    pub failure: Option<Failure>,
+    /// Only match when the job's lease has run out (a lost worker's job).
+    pub require_expired_lease: bool,
+    /// New per-sub-batch metrics.
+    pub metrics: Option<serde_json::Value>,
+    /// New sub-batch size.
+    pub sub_batch_size: Option<i64>,
+}
+
+impl JobTransitionParams {
+    /// A change of `job` from its current status to `to`, by `worker`, with no other effect.
+    pub fn new(job: &Job, to: JobStatus, worker: impl Into<String>) -> Self {
+        Self {
+            job_id: job.id,
+            from: job.status,
+            to,
+            expected_attempts: job.attempts,
+            attempts: job.attempts,
+            worker: worker.into(),
+            lease: None,
+            failure: None,
+            require_expired_lease: false,
+            metrics: None,
+            sub_batch_size: None,
+        }
+    }
+}
+
+/// A migration status change (or a hold), applied with its log row in one transaction.
+#[derive(Debug, Clone)]
+pub struct MigrationTransitionParams {
+    /// The migration.
+    pub migration_id: i64,
+    /// The status it must be in now.
+    pub from: MigrationStatus,
+    /// The status it moves to (equal to `from` for a hold).
+    pub to: MigrationStatus,
+    /// What moves it.
+    pub event: MigrationEvent,
+    /// The operator's reason, or the health reading.
+    pub reason: Option<String>,
+    /// Who: a worker name, `cli`, `http`.
+    pub actor: String,
+    /// The failure, when one moves it.
+    pub failure: Option<Failure>,
+    /// For a hold: until when.
+    pub hold_until: Option<Duration>,
+}
+
+/// A new job, created directly in `running` (its log's first row is `pending -> running`),
+/// if and only if the migration's `next_min_value` is still `expected_next_min`.
+#[derive(Debug, Clone)]
+pub struct JobCreateParams {
+    /// The migration.
+    pub migration_id: i64,
+    /// Compare-and-set guard on the migration's `next_min_value`.
+    pub expected_next_min: i64,
+    /// The migration's `next_min_value` afterwards (`None`: range exhausted).
+    pub next_min: Option<i64>,
+    /// First key.
+    pub min_value: i64,
+    /// Last key.
+    pub max_value: i64,
+    /// Batch size.
+    pub batch_size: i64,
+    /// Sub-batch size.
+    pub sub_batch_size: i64,
+    /// Pause between sub-batches.
+    pub pause_ms: i64,
+    /// The worker that will run it.
+    pub worker: String,
+    /// Its lease.
+    pub lease: Duration,
+}
+
+/// The second half of a split job, inserted `pending`.
+#[derive(Debug, Clone)]
+pub struct JobSplitParams {
+    /// The failed job going back to `pending` with its first half.
+    pub transition: JobTransitionParams,
+    /// The first half's last key.
+    pub first_max: i64,
+    /// The halves' batch size.
+    pub batch_size: i64,
+    /// The halves' sub-batch size.
+    pub sub_batch_size: i64,
+    /// The second half's range.
+    pub second_min: i64,
+    /// The second half's last key.
+    pub second_max: i64,
+}
+
+/// What partition maintenance did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PartitionReport {
+    /// Partitions created.
+    pub created: Vec<String>,
+    /// Partitions dropped (older than the retention).
+    pub dropped: Vec<String>,
+    /// Log rows deleted (SQLite, which has no partitions).
+    pub rows_deleted: u64,
+}
+
+/// Primitive operations on the tracking tables.
+///
+/// # Transactions and locks
+/// Each method is one transaction. Status changes update only rows in the expected previous
+/// status (and attempt), and write their log row in the same transaction; when the row moved
+/// on meanwhile they return [`Error::Conflict`](crate::Error::Conflict) and write nothing.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// The engine behind this store.
+    fn backend(&self) -> Backend;
+
+    /// Installs or upgrades the tracking schema; returns the versions applied now.
+    async fn schema_install(&self) -> Result<Vec<i64>>;
+    /// The installed schema version (`None` when not installed).
+    async fn schema_version(&self) -> Result<Option<i64>>;
+
+    /// Inserts a migration and its `queue` log row.
+    async fn migration_insert(&self, new: &NewMigration) -> Result<Migration>;
+    /// A migration by id.
+    async fn migration_get(&self, id: i64) -> Result<Option<Migration>>;
+    /// A migration by name.
+    async fn migration_get_by_name(&self, name: &str) -> Result<Option<Migration>>;
+    /// Every migration, oldest first.
+    async fn migration_list(&self) -> Result<Vec<Migration>>;
+    /// Changes a migration's status (or holds it) with its log row.
+    async fn migration_transition(&self, params: &MigrationTransitionParams) -> Result<Migration>;
+    /// Operator retry: `failed -> active` and every failed job `-> pending` (attempts reset),
+    /// each with its log row, in one transaction.
+    async fn migration_retry(&self, params: &MigrationTransitionParams) -> Result<Migration>;
+    /// Claims a due migration for `worker`: active (or `only`, in any runnable status), not on
+    /// hold, its interval elapsed, and its table leased to it and to no other migration.
+    async fn migration_claim(
+        &self,
+        worker: &str,
+        lease: Duration,
+        only: Option<i64>,
+    ) -> Result<Option<Migration>>;
+    /// Gives up the table lease of a migration.
+    async fn table_lease_release(&self, migration_id: i64) -> Result<()>;
+    /// Marks the migration's range as handed out (compare-and-set on `next_min_value`).
+    async fn migration_range_exhaust(&self, migration_id: i64, expected_next_min: i64)
+        -> Result<bool>;
+    /// Sets the batch size chosen by the optimizer.
+    async fn migration_batch_size_set(&self, migration_id: i64, batch_size: i64) -> Result<()>;
+
+    /// Creates the migration's next job, running (see [`JobCreateParams`]); `None` when another
+    /// worker moved `next_min_value` first.
+    async fn job_create(&self, params: &JobCreateParams) -> Result<Option<Job>>;
+    /// A job by id.
+    async fn job_get(&self, id: i64) -> Result<Option<Job>>;
+    /// Jobs of a migration, by id, optionally of one status.
+    async fn job_list(&self, migration_id: i64, status: Option<JobStatus>) -> Result<Vec<Job>>;
+    /// A job to (re)run: pending, failed with attempts left, or running with an expired lease.
+    async fn job_find_retriable(&self, migration_id: i64, max_attempts: i32) -> Result<Option<Job>>;
+    /// Changes a job's status with its log row.
+    async fn job_transition(&self, params: &JobTransitionParams) -> Result<Job>;
+    /// Splits a failed job: it returns to `pending` as the first half and a new pending job
+    /// takes the second half, in one transaction.
+    async fn job_split(&self, params: &JobSplitParams) -> Result<(Job, Job)>;
+    /// Records a committed sub-batch (cursor, rows) and renews the lease, fenced by attempt;
+    /// used when the target is another database. `false` when the job is no longer ours.
+    async fn job_checkpoint(
+        &self,
+        job_id: i64,
+        attempts: i32,
+        cursor: i64,
+        rows: i64,
+        lease: Duration,
+    ) -> Result<bool>;
+    /// Renews a running job's lease and its table lease. `false` when the job is no longer ours.
+    async fn job_heartbeat(&self, job_id: i64, attempts: i32, lease: Duration) -> Result<bool>;
+    /// Counts of a migration's jobs by status, and rows done.
+    async fn job_counts(&self, migration_id: i64, max_attempts: i32) -> Result<JobCounts>;
+    /// The migration's last `limit` succeeded jobs, newest first.
+    async fn job_recent_succeeded(&self, migration_id: i64, limit: i64) -> Result<Vec<Job>>;
+
+    /// One job's transition log, oldest first.
+    async fn job_transition_list(&self, job_id: i64) -> Result<Vec<JobTransition>>;
+    /// Every job transition of a migration, oldest first.
+    async fn job_transition_list_by_migration(&self, migration_id: i64)
+        -> Result<Vec<JobTransition>>;
+    /// A migration's own transition log, oldest first.
+    async fn migration_transition_list(&self, migration_id: i64)
+        -> Result<Vec<MigrationTransition>>;
+
+    /// Creates the job log's partitions for the month of `now` and the next one, and drops
+    /// (PostgreSQL) or empties (SQLite) what is older than `retention_months`.
+    async fn log_partitions_maintain(
+        &self,
+        now: DateTime<Utc>,
+        retention_months: u32,
+    ) -> Result<PartitionReport>;
+    /// Names of the job log's partitions, oldest first (empty on SQLite).
+    async fn log_partitions_list(&self) -> Result<Vec<String>>;
+}
+
+/// How long each sub-batch statement and lock wait may take (PostgreSQL).
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// `statement_timeout`, set locally in each sub-batch transaction.
+    pub statement_ms: i64,
+    /// `lock_timeout`, set locally in each sub-batch transaction.
+    pub lock_ms: i64,
+}
+
+/// One sub-batch to run: the next `size` existing keys from `start`, at most `max`.
+#[derive(Clone, Copy)]
+pub struct SubBatchSpec<'a> {
+    /// The job kind.
+    pub kind: &'a dyn JobKind,
+    /// Target table.
+    pub table: &'a TableName,
+    /// Key column.
+    pub column: &'a str,
+    /// The kind's arguments.
+    pub arguments: &'a serde_json::Value,
+    /// Smallest key to consider.
+    pub start: i64,
+    /// Largest key to consider.
+    pub max: i64,
+    /// How many existing keys.
+    pub size: i64,
+    /// Timeouts.
+    pub timeouts: Timeouts,
+}
+
+/// The job cursor to commit with the sub-batch when tracking and target are one database.
+#[derive(Debug, Clone, Copy)]
+pub struct Checkpoint {
+    /// The job.
+    pub job_id: i64,
+    /// Fencing token: the attempt the worker runs.
+    pub attempts: i32,
+    /// Lease renewal.
+    pub lease: Duration,
+}
+
+/// What a committed sub-batch did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SubBatchOutcome {
+    /// No key left in `[start, max]`: nothing ran.
+    Exhausted,
+    /// Ran and committed over `[start, end]`.
+    Done {
+        /// First existing key.
+        start: i64,
+        /// Last key of the sub-batch.
+        end: i64,
+        /// Rows the kind affected.
+        rows: u64,
+    },
+    /// The job is no longer this worker's (its lease was taken over): rolled back.
+    Fenced,
+}
+
+/// Operations on the database holding the table being migrated.
+#[async_trait]
+pub trait Target: Send + Sync + 'static {
+    /// The engine behind this target.
+    fn backend(&self) -> Backend;
+    /// Checks that the table exists and `column` is one of its integer columns; returns the
+    /// table's canonical name (schema resolved on PostgreSQL, stored spelling on SQLite).
+    async fn table_check(&self, table: &TableName, column: &str) -> Result<TableName>;
+    /// Smallest and largest key, `None` for an empty table.
+    async fn key_bounds(&self, table: &TableName, column: &str) -> Result<Option<(i64, i64)>>;
+    /// Estimated rows in the table.
+    async fn row_estimate(&self, table: &TableName) -> Result<Option<i64>>;
+    /// The first existing key `>= start` and the `size`-th one (or the last `<= max`):
+    /// a keyset walk over existing keys, so gaps cost nothing.
+    async fn range_next(
+        &self,
+        table: &TableName,
+        column: &str,
+        start: i64,
+        max: i64,
+        size: i64,
+    ) -> Result<Option<(i64, i64)>>;
+    /// Runs one sub-batch in its own transaction and commits it, with `checkpoint` in the same
+    /// transaction when given. A panic in the kind becomes a `Panic` failure.
+    async fn sub_batch_run(
+        &self,
+        spec: SubBatchSpec<'_>,
+        checkpoint: Option<Checkpoint>,
+    ) -> std::result::Result<SubBatchOutcome, Failure>;
+    /// Runs one sub-batch and rolls it back: the queue-time check of a migration.
+    async fn sub_batch_try(&self, spec: SubBatchSpec<'_>) -> std::result::Result<u64, Failure>;
+}
+
+/// Runs `perform` on a sub-batch, turning a panic into a `Panic` failure.
+pub(crate) async fn perform_catching_panics(
+    kind: &dyn JobKind,
+    batch: &mut crate::kind::SubBatch<'_>,
+) -> std::result::Result<u64, Failure> {
+    use futures::FutureExt;
+    match std::panic::AssertUnwindSafe(kind.perform(batch))
+        .catch_unwind()
+        .await
+    {
+        Ok(result) => result,
+        Err(panic) => {
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "job kind panicked".to_owned());
+            Err(Failure::new("Panic", message))
+        }
+    }
+}

@@ -1,0 +1,1139 @@
+//! PostgreSQL: every SQL statement Sluicegate sends to PostgreSQL, for the tracking tables
+//! (in their own schema, `sluicegate` by default) and for the table being migrated.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Datelike, NaiveDate, TimeZone, Utc};
+use sqlx::postgres::{PgPool, PgRow};
+use sqlx::types::Json;
+use sqlx::{Connection, PgConnection, Row};
+
+use super::{
+    Backend, Checkpoint, JobCreateParams, JobSplitParams, JobTransitionParams,
+    MigrationTransitionParams, PartitionReport, Store, SubBatchOutcome, SubBatchSpec, Target,
+    SCHEMA_VERSION,
+};
+use crate::error::{Error, Result};
+use crate::failure::Failure;
+use crate::ident::{self, TableName};
+use crate::kind::{SubBatch, SubBatchConnection};
+use crate::model::{Job, JobCounts, JobTransition, Migration, MigrationTransition, NewMigration};
+use crate::status::{JobStatus, MigrationStatus};
+
+/// Schema migrations, in order. `{s}` stands for the quoted tracking schema.
+const SCHEMA_MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("schema/postgres_v1.sql"))];
+
+const SETUP_LOCK: &str = "SELECT pg_advisory_xact_lock(hashtext('sluicegate.setup:' || $1))";
+const SCHEMA_VERSIONS_CREATE: &str = "CREATE TABLE IF NOT EXISTS {s}.schema_versions (
+    version bigint PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())";
+const SCHEMA_VERSIONS_EXISTS: &str = "SELECT to_regclass($1) IS NOT NULL";
+const SCHEMA_VERSION_GET: &str = "SELECT max(version) FROM {s}.schema_versions";
+const SCHEMA_VERSION_INSERT: &str = "INSERT INTO {s}.schema_versions (version) VALUES ($1)";
+
+const MIGRATION_INSERT: &str = "
+WITH m AS (
+    INSERT INTO {s}.migrations (name, job_kind, table_name, column_name, job_arguments,
+        min_value, max_value, next_min_value, batch_size, sub_batch_size, max_batch_size,
+        pause_ms, interval_ms, statement_timeout_ms, lock_timeout_ms, status,
+        total_tuple_count, started_at)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17,
+        CASE WHEN $16 = 'active' THEN now() END)
+    RETURNING *
+), log AS (
+    INSERT INTO {s}.migration_transition_logs (migration_id, previous_status, next_status, event, actor)
+    SELECT id, NULL, status, 'queue', $18 FROM m
+)
+SELECT * FROM m";
+const MIGRATION_GET: &str = "SELECT * FROM {s}.migrations WHERE id = $1";
+const MIGRATION_GET_BY_NAME: &str = "SELECT * FROM {s}.migrations WHERE name = $1";
+const MIGRATION_LIST: &str = "SELECT * FROM {s}.migrations ORDER BY id";
+const MIGRATION_TRANSITION: &str = "
+WITH m AS (
+    UPDATE {s}.migrations SET
+        status = $3,
+        on_hold_until = CASE
+            WHEN $4 = 'hold' THEN now() + $9 * interval '1 millisecond'
+            WHEN $4 IN ('resume', 'retry') THEN NULL
+            ELSE on_hold_until END,
+        started_at = CASE WHEN $3 = 'active' THEN coalesce(started_at, now()) ELSE started_at END,
+        finished_at = CASE WHEN $3 IN ('finished', 'failed', 'cancelled') THEN now() END,
+        updated_at = now()
+    WHERE id = $1 AND status = $2
+    RETURNING *
+), log AS (
+    INSERT INTO {s}.migration_transition_logs (migration_id, previous_status, next_status, event,
+        reason, actor, exception_class, exception_message)
+    SELECT id, $2, $3, $4, $5, $6, $7, $8 FROM m
+)
+SELECT * FROM m";
+const MIGRATION_RETRY_JOBS: &str = "
+WITH j AS (
+    UPDATE {s}.jobs SET status = 'pending', attempts = 0, finished_at = NULL, updated_at = now()
+    WHERE migration_id = $1 AND status = 'failed'
+    RETURNING id, migration_id
+), log AS (
+    INSERT INTO {s}.job_transition_logs (job_id, migration_id, previous_status, next_status, worker)
+    SELECT id, migration_id, 'failed', 'pending', $2 FROM j
+)
+SELECT count(*) FROM j";
+const MIGRATION_CLAIM: &str = "
+WITH candidate AS (
+    SELECT m.id, m.table_name FROM {s}.migrations m
+    WHERE (($3::bigint IS NULL AND m.status = 'active'
+            AND (m.on_hold_until IS NULL OR m.on_hold_until <= now())
+            AND (m.interval_ms = 0 OR m.last_job_started_at IS NULL
+                 OR m.last_job_started_at + m.interval_ms * interval '1 millisecond' <= now()))
+           OR (m.id = $3 AND m.status IN ('active', 'finalizing')))
+      AND NOT EXISTS (SELECT 1 FROM {s}.table_leases l
+                      WHERE l.table_name = m.table_name AND l.migration_id <> m.id
+                        AND l.expires_at > now())
+    ORDER BY m.last_job_started_at NULLS FIRST, m.id
+    LIMIT 1
+    FOR UPDATE OF m SKIP LOCKED
+), lease AS (
+    INSERT INTO {s}.table_leases AS l (table_name, migration_id, worker, expires_at)
+    SELECT table_name, id, $1, now() + $2 * interval '1 millisecond' FROM candidate
+    ON CONFLICT (table_name) DO UPDATE
+        SET migration_id = EXCLUDED.migration_id, worker = EXCLUDED.worker,
+            expires_at = greatest(l.expires_at, EXCLUDED.expires_at)
+        WHERE l.migration_id = EXCLUDED.migration_id OR l.expires_at <= now()
+    RETURNING migration_id
+)
+SELECT m.* FROM {s}.migrations m JOIN lease ON lease.migration_id = m.id";
+const TABLE_LEASE_RELEASE: &str = "DELETE FROM {s}.table_leases WHERE migration_id = $1";
+const MIGRATION_RANGE_EXHAUST: &str = "UPDATE {s}.migrations SET next_min_value = NULL, updated_at = now()
+    WHERE id = $1 AND next_min_value = $2";
+const MIGRATION_BATCH_SIZE_SET: &str = "UPDATE {s}.migrations
+    SET batch_size = greatest($2, sub_batch_size), updated_at = now() WHERE id = $1";
+
+const JOB_CREATE: &str = "
+WITH m AS (
+    UPDATE {s}.migrations SET next_min_value = $3, last_job_started_at = now(), updated_at = now()
+    WHERE id = $1 AND next_min_value = $2 AND status IN ('active', 'finalizing')
+      AND (status = 'finalizing' OR interval_ms = 0 OR last_job_started_at IS NULL
+           OR last_job_started_at + interval_ms * interval '1 millisecond' <= now())
+    RETURNING id
+), j AS (
+    INSERT INTO {s}.jobs (migration_id, min_value, max_value, batch_size, sub_batch_size, pause_ms,
+        status, attempts, started_at, worker, lease_expires_at)
+    SELECT id, $4, $5, $6, $7, $8, 'running', 1, now(), $9, now() + $10 * interval '1 millisecond'
+    FROM m
+    RETURNING *
+), log AS (
+    INSERT INTO {s}.job_transition_logs (job_id, migration_id, previous_status, next_status, worker)
+    SELECT id, migration_id, 'pending', 'running', worker FROM j
+)
+SELECT * FROM j";
+const JOB_GET: &str = "SELECT * FROM {s}.jobs WHERE id = $1";
+const JOB_LIST: &str = "SELECT * FROM {s}.jobs WHERE migration_id = $1 AND ($2::text IS NULL OR status = $2)
+    ORDER BY id";
+const JOB_FIND_RETRIABLE: &str = "SELECT * FROM {s}.jobs
+    WHERE migration_id = $1
+      AND (status = 'pending'
+           OR (status = 'failed' AND attempts < $2)
+           OR (status = 'running' AND lease_expires_at < now()))
+    ORDER BY id LIMIT 1";
+const JOB_TRANSITION: &str = "
+WITH j AS (
+    UPDATE {s}.jobs SET
+        status = $3,
+        attempts = $5,
+        started_at = CASE WHEN $3 = 'running' THEN now() ELSE started_at END,
+        finished_at = CASE WHEN $3 IN ('succeeded', 'failed') THEN now() END,
+        worker = CASE WHEN $3 = 'running' THEN $6 ELSE worker END,
+        lease_expires_at = CASE WHEN $3 = 'running' THEN now() + $7 * interval '1 millisecond' END,
+        metrics = coalesce($8, metrics),
+        sub_batch_size = coalesce($9, sub_batch_size),
+        updated_at = now()
+    WHERE id = $1 AND status = $2 AND attempts = $4 AND (NOT $10 OR lease_expires_at < now())
+    RETURNING *
+), log AS (
+    INSERT INTO {s}.job_transition_logs (job_id, migration_id, previous_status, next_status,
+        exception_class, exception_message, worker)
+    SELECT id, migration_id, $2, $3, $11, $12, $6 FROM j
+)
+SELECT * FROM j";
+const JOB_SPLIT_FIRST: &str = "
+WITH j AS (
+    UPDATE {s}.jobs SET status = 'pending', attempts = 0, finished_at = NULL, max_value = $3,
+        batch_size = $4, sub_batch_size = $5, updated_at = now()
+    WHERE id = $1 AND status = 'failed' AND attempts = $2
+    RETURNING *
+), log AS (
+    INSERT INTO {s}.job_transition_logs (job_id, migration_id, previous_status, next_status,
+        exception_message, worker)
+    SELECT id, migration_id, 'failed', 'pending', $6, $7 FROM j
+)
+SELECT * FROM j";
+const JOB_SPLIT_SECOND: &str = "
+INSERT INTO {s}.jobs (migration_id, min_value, max_value, batch_size, sub_batch_size, pause_ms, status)
+SELECT migration_id, $2, $3, $4, $5, pause_ms, 'pending' FROM {s}.jobs WHERE id = $1
+RETURNING *";
+const JOB_CHECKPOINT: &str = "UPDATE {s}.jobs SET cursor_value = $3, rows_affected = rows_affected + $4,
+    lease_expires_at = now() + $5 * interval '1 millisecond', updated_at = now()
+    WHERE id = $1 AND attempts = $2 AND status = 'running'";
+const JOB_HEARTBEAT: &str = "
+WITH j AS (
+    UPDATE {s}.jobs SET lease_expires_at = now() + $3 * interval '1 millisecond', updated_at = now()
+    WHERE id = $1 AND attempts = $2 AND status = 'running'
+    RETURNING migration_id
+), lease AS (
+    UPDATE {s}.table_leases
+    SET expires_at = greatest(expires_at, now() + $3 * interval '1 millisecond')
+    WHERE migration_id IN (SELECT migration_id FROM j)
+)
+SELECT count(*) FROM j";
+const JOB_COUNTS: &str = "SELECT
+    count(*) FILTER (WHERE status = 'pending'),
+    count(*) FILTER (WHERE status = 'running'),
+    count(*) FILTER (WHERE status = 'failed'),
+    count(*) FILTER (WHERE status = 'succeeded'),
+    count(*) FILTER (WHERE status = 'failed' AND attempts >= $2),
+    coalesce(sum(rows_affected), 0)::bigint,
+    min(started_at),
+    max(finished_at)
+  FROM {s}.jobs WHERE migration_id = $1";
+const JOB_RECENT_SUCCEEDED: &str = "SELECT * FROM {s}.jobs WHERE migration_id = $1 AND status = 'succeeded'
+    ORDER BY finished_at DESC, id DESC LIMIT $2";
+const JOB_TRANSITION_LIST: &str =
+    "SELECT * FROM {s}.job_transition_logs WHERE job_id = $1 ORDER BY created_at, id";
+const JOB_TRANSITION_LIST_BY_MIGRATION: &str =
+    "SELECT * FROM {s}.job_transition_logs WHERE migration_id = $1 ORDER BY created_at, id";
+const MIGRATION_TRANSITION_LIST: &str =
+    "SELECT * FROM {s}.migration_transition_logs WHERE migration_id = $1 ORDER BY created_at, id";
+
+const PARTITION_LOCK: &str = "SELECT pg_advisory_xact_lock(hashtext('sluicegate.partitions:' || $1))";
+const PARTITION_LIST: &str = "SELECT c.relname::text FROM pg_catalog.pg_inherits i
+    JOIN pg_catalog.pg_class c ON c.oid = i.inhrelid
+    JOIN pg_catalog.pg_class p ON p.oid = i.inhparent
+    JOIN pg_catalog.pg_namespace n ON n.oid = p.relnamespace
+    WHERE p.relname = 'job_transition_logs' AND n.nspname = $1
+    ORDER BY c.relname";
+const PARTITION_PREFIX: &str = "job_transition_logs_p";
+
+const TARGET_TABLE_FIND: &str = "SELECT n.nspname::text, c.relname::text
+    FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+    WHERE c.relname = $1 AND c.relkind IN ('r', 'p')
+      AND CASE WHEN $2::text IS NULL THEN n.nspname = ANY (current_schemas(false))
+               ELSE n.nspname = $2 END
+    ORDER BY array_position(current_schemas(false), n.nspname)
+    LIMIT 1";
+const TARGET_COLUMN_TYPE: &str = "SELECT format_type(a.atttypid, a.atttypmod)
+    FROM pg_catalog.pg_attribute a
+    JOIN pg_catalog.pg_class c ON c.oid = a.attrelid
+    JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+    WHERE n.nspname = $1 AND c.relname = $2 AND a.attname = $3 AND a.attnum > 0 AND NOT a.attisdropped";
+const TARGET_ROW_ESTIMATE: &str = "SELECT reltuples::bigint FROM pg_catalog.pg_class WHERE oid = to_regclass($1)";
+
+/// Rows of the keyset walk: the first key in range, the `size`-th, and the last.
+fn range_next_sql(table: &TableName, column: &str) -> String {
+    let (t, c) = (table.quoted(), ident::quote(column));
+    format!(
+        "SELECT (SELECT {c}::bigint FROM {t} WHERE {c} >= $1 AND {c} <= $2 ORDER BY {c} LIMIT 1),
+                (SELECT {c}::bigint FROM {t} WHERE {c} >= $1 AND {c} <= $2 ORDER BY {c} OFFSET $3 - 1 LIMIT 1),
+                (SELECT {c}::bigint FROM {t} WHERE {c} >= $1 AND {c} <= $2 ORDER BY {c} DESC LIMIT 1)"
+    )
+}
+
+/// The tracking store on PostgreSQL.
+#[derive(Debug, Clone)]
+pub struct PgStore {
+    pool: PgPool,
+    schema: String,
+    quoted_schema: String,
+}
+
+impl PgStore {
+    /// A store whose tables live in `schema`.
+    pub fn new(pool: PgPool, schema: &str) -> Result<Self> {
+        ident::validate(schema)?;
+        Ok(Self {
+            pool,
+            schema: schema.to_owned(),
+            quoted_schema: ident::quote(schema),
+        })
+    }
+
+    /// The pool it uses.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// A statement with the schema filled in.
+    fn q(&self, template: &str) -> String {
+        template.replace("{s}", &self.quoted_schema)
+    }
+
+    async fn job_transition_in(
+        &self,
+        conn: &mut PgConnection,
+        p: &JobTransitionParams,
+    ) -> Result<Job> {
+        let row = sqlx::query(&self.q(JOB_TRANSITION))
+            .bind(p.job_id)
+            .bind(p.from.as_str())
+            .bind(p.to.as_str())
+            .bind(p.expected_attempts)
+            .bind(p.attempts)
+            .bind(&p.worker)
+            .bind(p.lease.map(duration_ms))
+            .bind(p.metrics.clone().map(Json))
+            .bind(p.sub_batch_size)
+            .bind(p.require_expired_lease)
+            .bind(p.failure.as_ref().map(|f| f.class.as_str()))
+            .bind(p.failure.as_ref().map(|f| f.message.as_str()))
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(Error::db(format!("changing job {} to {}", p.job_id, p.to)))?;
+        match row {
+            Some(row) => job_from_row(&row),
+            None => Err(Error::Conflict {
+                what: format!("job {} (expected {} attempt {})", p.job_id, p.from, p.expected_attempts),
+            }),
+        }
+    }
+
+    async fn migration_transition_in(
+        &self,
+        conn: &mut PgConnection,
+        p: &MigrationTransitionParams,
+    ) -> Result<Migration> {
+        let row = sqlx::query(&self.q(MIGRATION_TRANSITION))
+            .bind(p.migration_id)
+            .bind(p.from.as_str())
+            .bind(p.to.as_str())
+            .bind(p.event.as_str())
+            .bind(p.reason.as_deref())
+            .bind(&p.actor)
+            .bind(p.failure.as_ref().map(|f| f.class.as_str()))
+            .bind(p.failure.as_ref().map(|f| f.message.as_str()))
+            .bind(p.hold_until.map(duration_ms))
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(Error::db(format!("changing migration {} to {}", p.migration_id, p.to)))?;
+        match row {
+            Some(row) => migration_from_row(&row),
+            None => Err(Error::Conflict {
+                what: format!("migration {} (expected {})", p.migration_id, p.from),
+            }),
+        }
+    }
+
+    /// The checkpoint statement, for a target sharing this database.
+    pub(crate) fn checkpoint_sql(&self) -> String {
+        self.q(JOB_CHECKPOINT)
+    }
+}
+
+pub(crate) fn duration_ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+fn is_undefined_table(err: &sqlx::Error) -> bool {
+    matches!(err, sqlx::Error::Database(db) if db.code().as_deref() == Some("42P01") || db.code().as_deref() == Some("3F000"))
+}
+
+fn is_unique_violation(err: &sqlx::Error) -> bool {
+    matches!(err, sqlx::Error::Database(db) if db.code().as_deref() == Some("23505"))
+}
+
+#[async_trait]
+impl Store for PgStore {
+    fn backend(&self) -> Backend {
+        Backend::Postgres
+    }
+
+    async fn schema_install(&self) -> Result<Vec<i64>> {
+        let context = "installing the tracking schema";
+        let mut tx = self.pool.begin().await.map_err(Error::db(context))?;
+        sqlx::query(SETUP_LOCK)
+            .bind(&self.schema)
+            .execute(&mut *tx)
+            .await
+            .map_err(Error::db(context))?;
+        exec_raw(&mut tx, &format!("CREATE SCHEMA IF NOT EXISTS {}", self.quoted_schema))
+            .await
+            .map_err(Error::db(context))?;
+        exec_raw(&mut tx, &self.q(SCHEMA_VERSIONS_CREATE))
+            .await
+            .map_err(Error::db(context))?;
+        let current: Option<i64> = sqlx::query_scalar(&self.q(SCHEMA_VERSION_GET))
+            .fetch_one(&mut *tx as &mut _)
+            .await
+            .map_err(Error::db(context))?;
+        let current = current.unwrap_or(0);
+        if current > SCHEMA_VERSION {
+            return Err(Error::SchemaTooNew {
+                found: current,
+                supported: SCHEMA_VERSION,
+            });
+        }
+        let mut applied = Vec::new();
+        let pending: Vec<(i64, &'static str)> = SCHEMA_MIGRATIONS
+            .iter()
+            .copied()
+            .filter(|(v, _)| *v > current)
+            .collect();
+        for (version, sql) in pending {
+            exec_raw(&mut tx, &self.q(sql))
+                .await
+                .map_err(Error::db(format!("applying schema version {version}")))?;
+            sqlx::query(&self.q(SCHEMA_VERSION_INSERT))
+                .bind(version)
+                .execute(&mut *tx)
+                .await
+                .map_err(Error::db(context))?;
+            applied.push(version);
+        }
+        tx.commit().await.map_err(Error::db(context))?;
+        Ok(applied)
+    }
+
+    async fn schema_version(&self) -> Result<Option<i64>> {
+        let context = "reading the tracking schema version";
+        let exists: bool = sqlx::query_scalar(SCHEMA_VERSIONS_EXISTS)
+            .bind(format!("{}.schema_versions", self.quoted_schema))
+            .fetch_one(&self.pool)
+            .await
+            .map_err(Error::db(context))?;
+        if !exists {
+            return Ok(None);
+        }
+        sqlx::query_scalar(&self.q(SCHEMA_VERSION_GET))
+            .fetch_one(&self.pool)
+            .await
+            .map_err(Error::db(context))
+    }
+
+    async fn migration_insert(&self, m: &NewMigration) -> Result<Migration> {
+        let row = sqlx::query(&self.q(MIGRATION_INSERT))
+            .bind(&m.name)
+            .bind(&m.job_kind)
+            .bind(&m.table_name)
+            .bind(&m.column_name)
+            .bind(Json(&m.job_arguments))
+            .bind(m.min_value)
+            .bind(m.max_value)
+            .bind(m.next_min_value)
+            .bind(m.batch_size)
+            .bind(m.sub_batch_size)
+            .bind(m.max_batch_size)
+            .bind(m.pause_ms)
+            .bind(duration_ms(m.interval))
+            .bind(m.statement_timeout_ms)
+            .bind(m.lock_timeout_ms)
+            .bind(m.status.as_str())
+            .bind(m.total_tuple_count)
+            .bind(&m.actor)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|e| {
+                if is_unique_violation(&e) {
+                    Error::DuplicateMigration(m.name.clone())
+                } else if is_undefined_table(&e) {
+                    Error::SchemaMissing
+                } else {
+                    Error::db(format!("queueing migration {}", m.name))(e)
+                }
+            })?;
+        migration_from_row(&row)
+    }
+
+    async fn migration_get(&self, id: i64) -> Result<Option<Migration>> {
+        let row = sqlx::query(&self.q(MIGRATION_GET))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(Error::db(format!("reading migration {id}")))?;
+        row.as_ref().map(migration_from_row).transpose()
+    }
+
+    async fn migration_get_by_name(&self, name: &str) -> Result<Option<Migration>> {
+        let row = sqlx::query(&self.q(MIGRATION_GET_BY_NAME))
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(Error::db(format!("reading migration {name:?}")))?;
+        row.as_ref().map(migration_from_row).transpose()
+    }
+
+    async fn migration_list(&self) -> Result<Vec<Migration>> {
+        let rows = sqlx::query(&self.q(MIGRATION_LIST))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| {
+                if is_undefined_table(&e) {
+                    Error::SchemaMissing
+                } else {
+                    Error::db("listing migrations")(e)
+                }
+            })?;
+        rows.iter().map(migration_from_row).collect()
+    }
+
+    async fn migration_transition(&self, p: &MigrationTransitionParams) -> Result<Migration> {
+        let mut conn = self
+            .pool
+            .acquire()
+            .await
+            .map_err(Error::db("changing a migration"))?;
+        self.migration_transition_in(&mut conn, p).await
+    }
+
+    async fn migration_retry(&self, p: &MigrationTransitionParams) -> Result<Migration> {
+        let context = format!("retrying migration {}", p.migration_id);
+        let mut tx = self.pool.begin().await.map_err(Error::db(&context))?;
+        let migration = self.migration_transition_in(&mut tx, p).await?;
+        sqlx::query(&self.q(MIGRATION_RETRY_JOBS))
+            .bind(p.migration_id)
+            .bind(&p.actor)
+            .execute(&mut *tx)
+            .await
+            .map_err(Error::db(&context))?;
+        tx.commit().await.map_err(Error::db(&context))?;
+        Ok(migration)
+    }
+
+    async fn migration_claim(
+        &self,
+        worker: &str,
+        lease: Duration,
+        only: Option<i64>,
+    ) -> Result<Option<Migration>> {
+        let row = sqlx::query(&self.q(MIGRATION_CLAIM))
+            .bind(worker)
+            .bind(duration_ms(lease))
+            .bind(only)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(Error::db("claiming a migration"))?;
+        row.as_ref().map(migration_from_row).transpose()
+    }
+
+    async fn table_lease_release(&self, migration_id: i64) -> Result<()> {
+        sqlx::query(&self.q(TABLE_LEASE_RELEASE))
+            .bind(migration_id)
+            .execute(&self.pool)
+            .await
+            .map_err(Error::db("releasing a table lease"))?;
+        Ok(())
+    }
+
+    async fn migration_range_exhaust(&self, migration_id: i64, expected: i64) -> Result<bool> {
+        let done = sqlx::query(&self.q(MIGRATION_RANGE_EXHAUST))
+            .bind(migration_id)
+            .bind(expected)
+            .execute(&self.pool)
+            .await
+            .map_err(Error::db("closing a migration's range"))?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn migration_batch_size_set(&self, migration_id: i64, batch_size: i64) -> Result<()> {
+        sqlx::query(&self.q(MIGRATION_BATCH_SIZE_SET))
+            .bind(migration_id)
+            .bind(batch_size)
+            .execute(&self.pool)
+            .await
+            .map_err(Error::db("setting a batch size"))?;
+        Ok(())
+    }
+
+    async fn job_create(&self, p: &JobCreateParams) -> Result<Option<Job>> {
+        let row = sqlx::query(&self.q(JOB_CREATE))
+            .bind(p.migration_id)
+            .bind(p.expected_next_min)
+            .bind(p.next_min)
+            .bind(p.min_value)
+            .bind(p.max_value)
+            .bind(p.batch_size)
+            .bind(p.sub_batch_size)
+            .bind(p.pause_ms)
+            .bind(&p.worker)
+            .bind(duration_ms(p.lease))
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(Error::db(format!("creating a job of migration {}", p.migration_id)))?;
+        row.as_ref().map(job_from_row).transpose()
+    }
+
+    async fn job_get(&self, id: i64) -> Result<Option<Job>> {
+        let row = sqlx::query(&self.q(JOB_GET))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(Error::db(format!("reading job {id}")))?;
+        row.as_ref().map(job_from_row).transpose()
+    }
+
+    async fn job_list(&self, migration_id: i64, status: Option<JobStatus>) -> Result<Vec<Job>> {
+        let rows = sqlx::query(&self.q(JOB_LIST))
+            .bind(migration_id)
+            .bind(status.map(JobStatus::as_str))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(Error::db(format!("listing jobs of migration {migration_id}")))?;
+        rows.iter().map(job_from_row).collect()
+    }
+
+    async fn job_find_retriable(&self, migration_id: i64, max_attempts: i32) -> Result<Option<Job>> {
+        let row = sqlx::query(&self.q(JOB_FIND_RETRIABLE))
+            .bind(migration_id)
+            .bind(max_attempts)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(Error::db("finding a job to retry"))?;
+        row.as_ref().map(job_from_row).transpose()
+    }
+
+    async fn job_transition(&self, p: &JobTransitionParams) -> Result<Job> {
+        let mut conn = self
+            .pool
+            .acquire()
+            .await
+            .map_err(Error::db("changing a job"))?;
+        self.job_transition_in(&mut conn, p).await
+    }
+
+    async fn job_split(&self, p: &JobSplitParams) -> Result<(Job, Job)> {
+        let t = &p.transition;
+        let context = format!("splitting job {}", t.job_id);
+        let mut tx = self.pool.begin().await.map_err(Error::db(&context))?;
+        let second = sqlx::query(&self.q(JOB_SPLIT_SECOND))
+            .bind(t.job_id)
+            .bind(p.second_min)
+            .bind(p.second_max)
+            .bind(p.batch_size)
+            .bind(p.sub_batch_size)
+            .fetch_one(&mut *tx as &mut _)
+            .await
+            .map_err(Error::db(&context))?;
+        let second = job_from_row(&second)?;
+        let message = format!(
+            "split: keys up to {} stay in this job, {}..{} moved to job {}",
+            p.first_max, p.second_min, p.second_max, second.id
+        );
+        let first = sqlx::query(&self.q(JOB_SPLIT_FIRST))
+            .bind(t.job_id)
+            .bind(t.expected_attempts)
+            .bind(p.first_max)
+            .bind(p.batch_size)
+            .bind(p.sub_batch_size)
+            .bind(message)
+            .bind(&t.worker)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(Error::db(&context))?;
+        let Some(first) = first else {
+            return Err(Error::Conflict {
+                what: format!("job {} (expected failed attempt {})", t.job_id, t.expected_attempts),
+            });
+        };
+        tx.commit().await.map_err(Error::db(&context))?;
+        Ok((job_from_row(&first)?, second))
+    }
+
+    async fn job_checkpoint(
+        &self,
+        job_id: i64,
+        attempts: i32,
+        cursor: i64,
+        rows: i64,
+        lease: Duration,
+    ) -> Result<bool> {
+        let done = sqlx::query(&self.q(JOB_CHECKPOINT))
+            .bind(job_id)
+            .bind(attempts)
+            .bind(cursor)
+            .bind(rows)
+            .bind(duration_ms(lease))
+            .execute(&self.pool)
+            .await
+            .map_err(Error::db(format!("recording progress of job {job_id}")))?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn job_heartbeat(&self, job_id: i64, attempts: i32, lease: Duration) -> Result<bool> {
+        let n: i64 = sqlx::query_scalar(&self.q(JOB_HEARTBEAT))
+            .bind(job_id)
+            .bind(attempts)
+            .bind(duration_ms(lease))
+            .fetch_one(&self.pool)
+            .await
+            .map_err(Error::db(format!("renewing the lease of job {job_id}")))?;
+        Ok(n == 1)
+    }
+
+    async fn job_counts(&self, migration_id: i64, max_attempts: i32) -> Result<JobCounts> {
+        let row = sqlx::query(&self.q(JOB_COUNTS))
+            .bind(migration_id)
+            .bind(max_attempts)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(Error::db(format!("counting jobs of migration {migration_id}")))?;
+        Ok(JobCounts {
+            pending: row.try_get(0).map_err(decode)?,
+            running: row.try_get(1).map_err(decode)?,
+            failed: row.try_get(2).map_err(decode)?,
+            succeeded: row.try_get(3).map_err(decode)?,
+            exhausted: row.try_get(4).map_err(decode)?,
+            rows_affected: row.try_get(5).map_err(decode)?,
+            first_started_at: row.try_get(6).map_err(decode)?,
+            last_finished_at: row.try_get(7).map_err(decode)?,
+        })
+    }
+
+    async fn job_recent_succeeded(&self, migration_id: i64, limit: i64) -> Result<Vec<Job>> {
+        let rows = sqlx::query(&self.q(JOB_RECENT_SUCCEEDED))
+            .bind(migration_id)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(Error::db("reading recent jobs"))?;
+        rows.iter().map(job_from_row).collect()
+    }
+
+    async fn job_transition_list(&self, job_id: i64) -> Result<Vec<JobTransition>> {
+        let rows = sqlx::query(&self.q(JOB_TRANSITION_LIST))
+            .bind(job_id)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(Error::db(format!("reading the history of job {job_id}")))?;
+        rows.iter().map(job_transition_from_row).collect()
+    }
+
+    async fn job_transition_list_by_migration(&self, migration_id: i64) -> Result<Vec<JobTransition>> {
+        let rows = sqlx::query(&self.q(JOB_TRANSITION_LIST_BY_MIGRATION))
+            .bind(migration_id)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(Error::db(format!("reading job history of migration {migration_id}")))?;
+        rows.iter().map(job_transition_from_row).collect()
+    }
+
+    async fn migration_transition_list(&self, migration_id: i64) -> Result<Vec<MigrationTransition>> {
+        let rows = sqlx::query(&self.q(MIGRATION_TRANSITION_LIST))
+            .bind(migration_id)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(Error::db(format!("reading the history of migration {migration_id}")))?;
+        rows.iter().map(migration_transition_from_row).collect()
+    }
+
+    async fn log_partitions_maintain(
+        &self,
+        now: DateTime<Utc>,
+        retention_months: u32,
+    ) -> Result<PartitionReport> {
+        let context = "maintaining the job log partitions";
+        let mut tx = self.pool.begin().await.map_err(Error::db(context))?;
+        sqlx::query(PARTITION_LOCK)
+            .bind(&self.schema)
+            .execute(&mut *tx)
+            .await
+            .map_err(Error::db(context))?;
+        let existing: Vec<String> = sqlx::query_scalar(PARTITION_LIST)
+            .bind(&self.schema)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(Error::db(context))?;
+        let mut report = PartitionReport::default();
+        let this_month = month_start(now.year(), now.month());
+        for start in [this_month, add_months(this_month, 1)] {
+            let name = partition_name(start);
+            if existing.contains(&name) {
+                continue;
+            }
+            let end = add_months(start, 1);
+            let ddl = format!(
+                "CREATE TABLE IF NOT EXISTS {}.{} PARTITION OF {}.job_transition_logs \
+                 FOR VALUES FROM ('{}') TO ('{}')",
+                self.quoted_schema,
+                ident::quote(&name),
+                self.quoted_schema,
+                start.format("%Y-%m-%d 00:00:00+00"),
+                end.format("%Y-%m-%d 00:00:00+00"),
+            );
+            exec_raw(&mut tx, &ddl)
+                .await
+                .map_err(Error::db(format!("creating partition {name}")))?;
+            report.created.push(name);
+        }
+        let cutoff = add_months(this_month, -(retention_months as i32));
+        for name in &existing {
+            let Some(start) = partition_month(name) else {
+                continue;
+            };
+            if add_months(start, 1) <= cutoff {
+                exec_raw(&mut tx, &format!(
+                    "DROP TABLE {}.{}",
+                    self.quoted_schema,
+                    ident::quote(name)
+                ))
+                .await
+                .map_err(Error::db(format!("dropping partition {name}")))?;
+                report.dropped.push(name.clone());
+            }
+        }
+        tx.commit().await.map_err(Error::db(context))?;
+        Ok(report)
+    }
+
+    async fn log_partitions_list(&self) -> Result<Vec<String>> {
+        sqlx::query_scalar(PARTITION_LIST)
+            .bind(&self.schema)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(Error::db("listing the job log partitions"))
+    }
+}
+
+fn month_start(year: i32, month: u32) -> NaiveDate {
+    NaiveDate::from_ymd_opt(year, month, 1).expect("valid month")
+}
+
+/// First day of the month `delta` months after `date`'s month.
+pub(crate) fn add_months(date: NaiveDate, delta: i32) -> NaiveDate {
+    let index = date.year() * 12 + date.month0() as i32 + delta;
+    month_start(index.div_euclid(12), index.rem_euclid(12) as u32 + 1)
+}
+
+/// The name of the partition holding the month starting at `start`.
+pub fn partition_name(start: NaiveDate) -> String {
+    format!("{PARTITION_PREFIX}{}", start.format("%Y%m"))
+}
+
+fn partition_month(name: &str) -> Option<NaiveDate> {
+    let digits = name.strip_prefix(PARTITION_PREFIX)?;
+    if digits.len() != 6 {
+        return None;
+    }
+    let year: i32 = digits[..4].parse().ok()?;
+    let month: u32 = digits[4..].parse().ok()?;
+    NaiveDate::from_ymd_opt(year, month, 1)
+}
+
+/// Start of the month of `now`, as a UTC timestamp (for tests writing old log rows).
+pub fn month_start_utc(date: NaiveDate) -> DateTime<Utc> {
+    Utc.from_utc_datetime(&date.and_hms_opt(0, 0, 0).expect("midnight"))
+}
+
+/// Runs one or more statements with no parameters (DDL). A plain function, not a trait
+/// method, so the borrow of the connection does not leak into the trait's `Send` analysis.
+async fn exec_raw(conn: &mut PgConnection, sql: &str) -> std::result::Result<(), sqlx::Error> {
+    sqlx::Executor::execute(conn, sql).await.map(|_| ())
+}
+
+fn decode(e: sqlx::Error) -> Error {
+    Error::Corrupt(e.to_string())
+}
+
+fn migration_from_row(row: &PgRow) -> Result<Migration> {
+    let status: String = row.try_get("status").map_err(decode)?;
+    let interval_ms: i64 = row.try_get("interval_ms").map_err(decode)?;
+    let Json(job_arguments) = row.try_get("job_arguments").map_err(decode)?;
+    Ok(Migration {
+        id: row.try_get("id").map_err(decode)?,
+        name: row.try_get("name").map_err(decode)?,
+        job_kind: row.try_get("job_kind").map_err(decode)?,
+        table_name: row.try_get("table_name").map_err(decode)?,
+        column_name: row.try_get("column_name").map_err(decode)?,
+        job_arguments,
+        min_value: row.try_get("min_value").map_err(decode)?,
+        max_value: row.try_get("max_value").map_err(decode)?,
+        next_min_value: row.try_get("next_min_value").map_err(decode)?,
+        batch_size: row.try_get("batch_size").map_err(decode)?,
+        sub_batch_size: row.try_get("sub_batch_size").map_err(decode)?,
+        max_batch_size: row.try_get("max_batch_size").map_err(decode)?,
+        pause_ms: row.try_get("pause_ms").map_err(decode)?,
+        interval: Duration::from_millis(interval_ms.max(0) as u64),
+        statement_timeout_ms: row.try_get("statement_timeout_ms").map_err(decode)?,
+        lock_timeout_ms: row.try_get("lock_timeout_ms").map_err(decode)?,
+        status: status.parse()?,
+        total_tuple_count: row.try_get("total_tuple_count").map_err(decode)?,
+        on_hold_until: row.try_get("on_hold_until").map_err(decode)?,
+        last_job_started_at: row.try_get("last_job_started_at").map_err(decode)?,
+        started_at: row.try_get("started_at").map_err(decode)?,
+        finished_at: row.try_get("finished_at").map_err(decode)?,
+        created_at: row.try_get("created_at").map_err(decode)?,
+        updated_at: row.try_get("updated_at").map_err(decode)?,
+    })
+}
+
+fn job_from_row(row: &PgRow) -> Result<Job> {
+    let status: String = row.try_get("status").map_err(decode)?;
+    let Json(metrics) = row.try_get("metrics").map_err(decode)?;
+    Ok(Job {
+        id: row.try_get("id").map_err(decode)?,
+        migration_id: row.try_get("migration_id").map_err(decode)?,
+        min_value: row.try_get("min_value").map_err(decode)?,
+        max_value: row.try_get("max_value").map_err(decode)?,
+        batch_size: row.try_get("batch_size").map_err(decode)?,
+        sub_batch_size: row.try_get("sub_batch_size").map_err(decode)?,
+        pause_ms: row.try_get("pause_ms").map_err(decode)?,
+        status: status.parse()?,
+        attempts: row.try_get("attempts").map_err(decode)?,
+        started_at: row.try_get("started_at").map_err(decode)?,
+        finished_at: row.try_get("finished_at").map_err(decode)?,
+        rows_affected: row.try_get("rows_affected").map_err(decode)?,
+        cursor: row.try_get("cursor_value").map_err(decode)?,
+        metrics,
+        worker: row.try_get("worker").map_err(decode)?,
+        lease_expires_at: row.try_get("lease_expires_at").map_err(decode)?,
+        created_at: row.try_get("created_at").map_err(decode)?,
+        updated_at: row.try_get("updated_at").map_err(decode)?,
+    })
+}
+
+fn job_transition_from_row(row: &PgRow) -> Result<JobTransition> {
+    let previous: String = row.try_get("previous_status").map_err(decode)?;
+    let next: String = row.try_get("next_status").map_err(decode)?;
+    Ok(JobTransition {
+        id: row.try_get("id").map_err(decode)?,
+        job_id: row.try_get("job_id").map_err(decode)?,
+        migration_id: row.try_get("migration_id").map_err(decode)?,
+        previous_status: previous.parse()?,
+        next_status: next.parse()?,
+        exception_class: row.try_get("exception_class").map_err(decode)?,
+        exception_message: row.try_get("exception_message").map_err(decode)?,
+        worker: row.try_get("worker").map_err(decode)?,
+        created_at: row.try_get("created_at").map_err(decode)?,
+    })
+}
+
+fn migration_transition_from_row(row: &PgRow) -> Result<MigrationTransition> {
+    let previous: Option<String> = row.try_get("previous_status").map_err(decode)?;
+    let next: String = row.try_get("next_status").map_err(decode)?;
+    let event: String = row.try_get("event").map_err(decode)?;
+    Ok(MigrationTransition {
+        id: row.try_get("id").map_err(decode)?,
+        migration_id: row.try_get("migration_id").map_err(decode)?,
+        previous_status: previous.map(|s| s.parse::<MigrationStatus>()).transpose()?,
+        next_status: next.parse()?,
+        event: event.parse()?,
+        reason: row.try_get("reason").map_err(decode)?,
+        actor: row.try_get("actor").map_err(decode)?,
+        exception_class: row.try_get("exception_class").map_err(decode)?,
+        exception_message: row.try_get("exception_message").map_err(decode)?,
+        created_at: row.try_get("created_at").map_err(decode)?,
+    })
+}
+
+/// The table being migrated, on PostgreSQL.
+#[derive(Debug, Clone)]
+pub struct PgTarget {
+    pool: PgPool,
+    /// The tracking store's checkpoint statement when it lives in this same database.
+    checkpoint_sql: Option<String>,
+}
+
+impl PgTarget {
+    /// A target on `pool`; `same_database_store` makes each sub-batch commit the job cursor
+    /// in its own transaction (exactly-once).
+    pub fn new(pool: PgPool, same_database_store: Option<&PgStore>) -> Self {
+        Self {
+            pool,
+            checkpoint_sql: same_database_store.map(PgStore::checkpoint_sql),
+        }
+    }
+
+    async fn range_next_in(
+        conn: &mut PgConnection,
+        table: &TableName,
+        column: &str,
+        start: i64,
+        max: i64,
+        size: i64,
+    ) -> std::result::Result<Option<(i64, i64)>, sqlx::Error> {
+        let (first, nth, last): (Option<i64>, Option<i64>, Option<i64>) =
+            sqlx::query_as(&range_next_sql(table, column))
+                .bind(start)
+                .bind(max)
+                .bind(size.max(1))
+                .fetch_one(&mut *conn)
+                .await?;
+        Ok(first.map(|first| (first, nth.or(last).unwrap_or(first))))
+    }
+
+    async fn begin(
+        &self,
+        spec: &SubBatchSpec<'_>,
+    ) -> std::result::Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
+        // Our own integers, not user text: safe to format.
+        self.pool
+            .begin_with(format!(
+                "BEGIN; SET LOCAL statement_timeout = {}; SET LOCAL lock_timeout = {}",
+                spec.timeouts.statement_ms.max(1),
+                spec.timeouts.lock_ms.max(1)
+            ))
+            .await
+    }
+}
+
+#[async_trait]
+impl Target for PgTarget {
+    fn backend(&self) -> Backend {
+        Backend::Postgres
+    }
+
+    async fn table_check(&self, table: &TableName, column: &str) -> Result<TableName> {
+        let context = format!("looking up table {}", table.quoted());
+        let found: Option<(String, String)> = sqlx::query_as(TARGET_TABLE_FIND)
+            .bind(&table.table)
+            .bind(table.schema.as_deref())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(Error::db(&context))?;
+        let Some((schema, name)) = found else {
+            return Err(Error::UnknownTable(display_table(table)));
+        };
+        let ty: Option<String> = sqlx::query_scalar(TARGET_COLUMN_TYPE)
+            .bind(&schema)
+            .bind(&name)
+            .bind(column)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(Error::db(&context))?;
+        match ty.as_deref() {
+            None => Err(Error::UnknownColumn {
+                table: display_table(table),
+                column: column.to_owned(),
+            }),
+            Some("smallint" | "integer" | "bigint") => Ok(TableName {
+                schema: Some(schema),
+                table: name,
+            }),
+            Some(other) => Err(Error::InvalidSettings(format!(
+                "column {column:?} of table {:?} is of type {other}; the batch column must be an integer (smallint, integer or bigint)",
+                display_table(table)
+            ))),
+        }
+    }
+
+    async fn key_bounds(&self, table: &TableName, column: &str) -> Result<Option<(i64, i64)>> {
+        let c = ident::quote(column);
+        let sql = format!("SELECT min({c})::bigint, max({c})::bigint FROM {}", table.quoted());
+        let (min, max): (Option<i64>, Option<i64>) = sqlx::query_as(&sql)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(Error::db(format!("reading the key range of {}", table.quoted())))?;
+        Ok(min.zip(max))
+    }
+
+    async fn row_estimate(&self, table: &TableName) -> Result<Option<i64>> {
+        let estimate: Option<i64> = sqlx::query_scalar(TARGET_ROW_ESTIMATE)
+            .bind(table.quoted())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(Error::db("estimating rows"))?
+            .flatten();
+        if let Some(n) = estimate.filter(|n| *n >= 0) {
+            return Ok(Some(n));
+        }
+        // Never analyzed: count once.
+        let sql = format!("SELECT count(*) FROM {}", table.quoted());
+        let n: i64 = sqlx::query_scalar(&sql)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(Error::db("counting rows"))?;
+        Ok(Some(n))
+    }
+
+    async fn range_next(
+        &self,
+        table: &TableName,
+        column: &str,
+        start: i64,
+        max: i64,
+        size: i64,
+    ) -> Result<Option<(i64, i64)>> {
+        let mut conn = self
+            .pool
+            .acquire()
+            .await
+            .map_err(Error::db("finding the next key range"))?;
+        Self::range_next_in(&mut conn, table, column, start, max, size)
+            .await
+            .map_err(Error::db(format!("finding the next key range of {}", table.quoted())))
+    }
+
+    async fn sub_batch_run(
+        &self,
+        spec: SubBatchSpec<'_>,
+        checkpoint: Option<Checkpoint>,
+    ) -> std::result::Result<SubBatchOutcome, Failure> {
+        let mut tx = self.begin(&spec).await?;
+        let Some((start, end)) =
+            Self::range_next_in(&mut tx, spec.table, spec.column, spec.start, spec.max, spec.size)
+                .await?
+        else {
+            tx.rollback().await?;
+            return Ok(SubBatchOutcome::Exhausted);
+        };
+        let rows = {
+            let mut batch = SubBatch {
+                connection: SubBatchConnection::Postgres(&mut tx),
+                table: spec.table,
+                column: spec.column,
+                arguments: spec.arguments,
+                start,
+                end,
+            };
+            super::perform_catching_panics(spec.kind, &mut batch).await?
+        };
+        if let (Some(cp), Some(sql)) = (checkpoint, &self.checkpoint_sql) {
+            let done = sqlx::query(sql)
+                .bind(cp.job_id)
+                .bind(cp.attempts)
+                .bind(end)
+                .bind(rows as i64)
+                .bind(duration_ms(cp.lease))
+                .execute(&mut *tx)
+                .await?;
+            if done.rows_affected() != 1 {
+                tx.rollback().await?;
+                return Ok(SubBatchOutcome::Fenced);
+            }
+        }
+        tx.commit().await?;
+        Ok(SubBatchOutcome::Done { start, end, rows })
+    }
+
+    async fn sub_batch_try(&self, spec: SubBatchSpec<'_>) -> std::result::Result<u64, Failure> {
+        let mut tx = self.begin(&spec).await?;
+        let Some((start, end)) =
+            Self::range_next_in(&mut tx, spec.table, spec.column, spec.start, spec.max, spec.size)
+                .await?
+        else {
+            tx.rollback().await?;
+            return Ok(0);
+        };
+        let rows = {
+            let mut batch = SubBatch {
+                connection: SubBatchConnection::Postgres(&mut tx),
+                table: spec.table,
+                column: spec.column,
+                arguments: spec.arguments,
+                start,
+                end,
+            };
+            super::perform_catching_panics(spec.kind, &mut batch).await
+        };
+        tx.rollback().await?;
+        rows
+    }
+}
+
+fn display_table(table: &TableName) -> String {
+    match &table.schema {
+        Some(schema) => format!("{schema}.{}", table.table),
+        None => table.table.clone(),
+    }
+}
+
+/// Checks that a PostgreSQL server answers (used to fail fast on a bad URL).
+pub async fn ping(pool: &PgPool) -> std::result::Result<(), sqlx::Error> {
+    let mut conn = pool.acquire().await?;
+    conn.ping().await
+}

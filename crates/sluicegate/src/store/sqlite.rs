@@ -1,0 +1,1131 @@
+//! SQLite: every SQL statement Sluicegate sends to SQLite, for the tracking tables (prefixed
+//! `sluicegate_`, in the same file as the data) and for the table being migrated.
+//!
+//! SQLite has one writer at a time: every read-then-write runs in `BEGIN IMMEDIATE`, which
+//! takes the write lock up front, so a check and the write it guards cannot interleave with
+//! another worker's. Times are written by Sluicegate as fixed-width UTC text, so they compare
+//! correctly as text.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, SecondsFormat, Utc};
+use sqlx::sqlite::{SqlitePool, SqliteRow};
+use sqlx::{Row, SqliteConnection};
+
+use super::{
+    Backend, Checkpoint, JobCreateParams, JobSplitParams, JobTransitionParams,
+    MigrationTransitionParams, PartitionReport, Store, SubBatchOutcome, SubBatchSpec, Target,
+    SCHEMA_VERSION,
+};
+use crate::error::{Error, Result};
+use crate::failure::Failure;
+use crate::ident::{self, TableName};
+use crate::kind::{SubBatch, SubBatchConnection};
+use crate::model::{Job, JobCounts, JobTransition, Migration, MigrationTransition, NewMigration};
+use crate::status::{JobStatus, MigrationStatus};
+
+const SCHEMA_MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("schema/sqlite_v1.sql"))];
+
+const SCHEMA_VERSIONS_CREATE: &str = "CREATE TABLE IF NOT EXISTS sluicegate_schema_versions (
+    version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)";
+const SCHEMA_VERSIONS_EXISTS: &str =
+    "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'sluicegate_schema_versions'";
+const SCHEMA_VERSION_GET: &str = "SELECT max(version) FROM sluicegate_schema_versions";
+const SCHEMA_VERSION_INSERT: &str =
+    "INSERT INTO sluicegate_schema_versions (version, applied_at) VALUES ($1, $2)";
+
+const MIGRATION_INSERT: &str = "INSERT INTO sluicegate_migrations (name, job_kind, table_name,
+    column_name, job_arguments, min_value, max_value, next_min_value, batch_size, sub_batch_size,
+    max_batch_size, pause_ms, interval_ms, statement_timeout_ms, lock_timeout_ms, status,
+    total_tuple_count, started_at, created_at, updated_at)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17,
+        CASE WHEN $16 = 'active' THEN $18 END, $18, $18)
+    RETURNING *";
+const MIGRATION_LOG_INSERT: &str = "INSERT INTO sluicegate_migration_transition_logs (migration_id,
+    previous_status, next_status, event, reason, actor, exception_class, exception_message, created_at)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
+const MIGRATION_GET: &str = "SELECT * FROM sluicegate_migrations WHERE id = $1";
+const MIGRATION_GET_BY_NAME: &str = "SELECT * FROM sluicegate_migrations WHERE name = $1";
+const MIGRATION_LIST: &str = "SELECT * FROM sluicegate_migrations ORDER BY id";
+const MIGRATION_TRANSITION: &str = "UPDATE sluicegate_migrations SET
+        status = $3,
+        on_hold_until = CASE
+            WHEN $4 = 'hold' THEN $5
+            WHEN $4 IN ('resume', 'retry') THEN NULL
+            ELSE on_hold_until END,
+        started_at = CASE WHEN $3 = 'active' THEN coalesce(started_at, $6) ELSE started_at END,
+        finished_at = CASE WHEN $3 IN ('finished', 'failed', 'cancelled') THEN $6 END,
+        updated_at = $6
+    WHERE id = $1 AND status = $2
+    RETURNING *";
+const MIGRATION_RETRY_JOBS: &str = "UPDATE sluicegate_jobs
+    SET status = 'pending', attempts = 0, finished_at = NULL, updated_at = $2
+    WHERE migration_id = $1 AND status = 'failed'
+    RETURNING id";
+const MIGRATION_CLAIM_CANDIDATES: &str = "SELECT * FROM sluicegate_migrations
+    WHERE ($1 IS NULL AND status = 'active' AND (on_hold_until IS NULL OR on_hold_until <= $2))
+       OR (id = $1 AND status IN ('active', 'finalizing'))
+    ORDER BY last_job_started_at IS NOT NULL, last_job_started_at, id";
+const TABLE_LEASE_GET: &str =
+    "SELECT migration_id, expires_at FROM sluicegate_table_leases WHERE table_name = $1";
+const TABLE_LEASE_PUT: &str = "INSERT INTO sluicegate_table_leases (table_name, migration_id, worker, expires_at)
+    VALUES ($1, $2, $3, $4)
+    ON CONFLICT (table_name) DO UPDATE SET migration_id = excluded.migration_id,
+        worker = excluded.worker, expires_at = max(expires_at, excluded.expires_at)";
+const TABLE_LEASE_RELEASE: &str = "DELETE FROM sluicegate_table_leases WHERE migration_id = $1";
+const TABLE_LEASE_RENEW: &str = "UPDATE sluicegate_table_leases SET expires_at = max(expires_at, $2)
+    WHERE migration_id = $1";
+const MIGRATION_RANGE_EXHAUST: &str = "UPDATE sluicegate_migrations SET next_min_value = NULL, updated_at = $3
+    WHERE id = $1 AND next_min_value = $2";
+const MIGRATION_BATCH_SIZE_SET: &str = "UPDATE sluicegate_migrations
+    SET batch_size = max($2, sub_batch_size), updated_at = $3 WHERE id = $1";
+const MIGRATION_JOB_STARTED: &str = "UPDATE sluicegate_migrations
+    SET next_min_value = $2, last_job_started_at = $3, updated_at = $3 WHERE id = $1";
+
+const JOB_INSERT_RUNNING: &str = "INSERT INTO sluicegate_jobs (migration_id, min_value, max_value,
+    batch_size, sub_batch_size, pause_ms, status, attempts, started_at, worker, lease_expires_at,
+    created_at, updated_at)
+    VALUES ($1, $2, $3, $4, $5, $6, 'running', 1, $7, $8, $9, $7, $7)
+    RETURNING *";
+const JOB_LOG_INSERT: &str = "INSERT INTO sluicegate_job_transition_logs (job_id, migration_id,
+    previous_status, next_status, exception_class, exception_message, worker, created_at)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
+const JOB_GET: &str = "SELECT * FROM sluicegate_jobs WHERE id = $1";
+const JOB_LIST: &str = "SELECT * FROM sluicegate_jobs WHERE migration_id = $1 AND ($2 IS NULL OR status = $2)
+    ORDER BY id";
+const JOB_FIND_RETRIABLE: &str = "SELECT * FROM sluicegate_jobs
+    WHERE migration_id = $1
+      AND (status = 'pending'
+           OR (status = 'failed' AND attempts < $2)
+           OR (status = 'running' AND lease_expires_at < $3))
+    ORDER BY id LIMIT 1";
+const JOB_TRANSITION: &str = "UPDATE sluicegate_jobs SET
+        status = $3,
+        attempts = $5,
+        started_at = CASE WHEN $3 = 'running' THEN $11 ELSE started_at END,
+        finished_at = CASE WHEN $3 IN ('succeeded', 'failed') THEN $11 END,
+        worker = CASE WHEN $3 = 'running' THEN $6 ELSE worker END,
+        lease_expires_at = CASE WHEN $3 = 'running' THEN $7 END,
+        metrics = coalesce($8, metrics),
+        sub_batch_size = coalesce($9, sub_batch_size),
+        updated_at = $11
+    WHERE id = $1 AND status = $2 AND attempts = $4 AND (NOT $10 OR lease_expires_at < $11)
+    RETURNING *";
+const JOB_SPLIT_FIRST: &str = "UPDATE sluicegate_jobs SET status = 'pending', attempts = 0,
+        finished_at = NULL, max_value = $3, batch_size = $4, sub_batch_size = $5, updated_at = $6
+    WHERE id = $1 AND status = 'failed' AND attempts = $2
+    RETURNING *";
+const JOB_SPLIT_SECOND: &str = "INSERT INTO sluicegate_jobs (migration_id, min_value, max_value,
+    batch_size, sub_batch_size, pause_ms, status, created_at, updated_at)
+    VALUES ($1, $2, $3, $4, $5, $6, 'pending', $7, $7)
+    RETURNING *";
+const JOB_CHECKPOINT: &str = "UPDATE sluicegate_jobs SET cursor_value = $3,
+    rows_affected = rows_affected + $4, lease_expires_at = $5, updated_at = $6
+    WHERE id = $1 AND attempts = $2 AND status = 'running'";
+const JOB_HEARTBEAT: &str = "UPDATE sluicegate_jobs SET lease_expires_at = $3, updated_at = $4
+    WHERE id = $1 AND attempts = $2 AND status = 'running'
+    RETURNING migration_id";
+const JOB_COUNTS: &str = "SELECT
+    coalesce(sum(status = 'pending'), 0),
+    coalesce(sum(status = 'running'), 0),
+    coalesce(sum(status = 'failed'), 0),
+    coalesce(sum(status = 'succeeded'), 0),
+    coalesce(sum(status = 'failed' AND attempts >= $2), 0),
+    coalesce(sum(rows_affected), 0),
+    min(started_at),
+    max(finished_at)
+  FROM sluicegate_jobs WHERE migration_id = $1";
+const JOB_RECENT_SUCCEEDED: &str = "SELECT * FROM sluicegate_jobs
+    WHERE migration_id = $1 AND status = 'succeeded'
+    ORDER BY finished_at DESC, id DESC LIMIT $2";
+const JOB_TRANSITION_LIST: &str =
+    "SELECT * FROM sluicegate_job_transition_logs WHERE job_id = $1 ORDER BY created_at, id";
+const JOB_TRANSITION_LIST_BY_MIGRATION: &str =
+    "SELECT * FROM sluicegate_job_transition_logs WHERE migration_id = $1 ORDER BY created_at, id";
+const MIGRATION_TRANSITION_LIST: &str =
+    "SELECT * FROM sluicegate_migration_transition_logs WHERE migration_id = $1 ORDER BY created_at, id";
+const JOB_LOG_RETENTION_DELETE: &str =
+    "DELETE FROM sluicegate_job_transition_logs WHERE created_at < $1";
+
+/// A time as SQLite stores it: fixed-width UTC text, microseconds.
+pub(crate) fn ts(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Micros, true)
+}
+
+fn now() -> DateTime<Utc> {
+    Utc::now()
+}
+
+fn later(by: Duration) -> String {
+    ts(now() + chrono::Duration::from_std(by).unwrap_or(chrono::Duration::MAX))
+}
+
+fn parse_ts(text: Option<String>) -> Result<Option<DateTime<Utc>>> {
+    text.map(|t| {
+        DateTime::parse_from_rfc3339(&t)
+            .map(|d| d.with_timezone(&Utc))
+            .map_err(|e| Error::Corrupt(format!("bad time {t:?}: {e}")))
+    })
+    .transpose()
+}
+
+/// Runs one or more statements with no parameters (DDL). A plain function, not a trait
+/// method, so the borrow of the connection does not leak into the trait's `Send` analysis.
+async fn exec_raw(conn: &mut SqliteConnection, sql: &str) -> std::result::Result<(), sqlx::Error> {
+    sqlx::Executor::execute(conn, sql).await.map(|_| ())
+}
+
+fn decode(e: sqlx::Error) -> Error {
+    Error::Corrupt(e.to_string())
+}
+
+fn time_col(row: &SqliteRow, col: &str) -> Result<Option<DateTime<Utc>>> {
+    parse_ts(row.try_get(col).map_err(decode)?)
+}
+
+fn json_col(row: &SqliteRow, col: &str) -> Result<serde_json::Value> {
+    let text: String = row.try_get(col).map_err(decode)?;
+    serde_json::from_str(&text).map_err(|e| Error::Corrupt(format!("bad {col}: {e}")))
+}
+
+fn is_unique_violation(err: &sqlx::Error) -> bool {
+    matches!(err, sqlx::Error::Database(db) if db.is_unique_violation())
+}
+
+fn is_missing_table(err: &sqlx::Error) -> bool {
+    matches!(err, sqlx::Error::Database(db) if db.message().contains("no such table"))
+}
+
+/// The tracking store on SQLite.
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+impl SqliteStore {
+    /// A store on `pool`.
+    pub fn new(pool: SqlitePool) -> Self {
+        Self { pool }
+    }
+
+    /// The pool it uses.
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
+    async fn begin_immediate(
+        &self,
+        context: &str,
+    ) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>> {
+        self.pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(Error::db(context))
+    }
+
+    async fn job_transition_in(
+        conn: &mut SqliteConnection,
+        p: &JobTransitionParams,
+    ) -> Result<Job> {
+        let at = ts(now());
+        let context = format!("changing job {} to {}", p.job_id, p.to);
+        let row = sqlx::query(JOB_TRANSITION)
+            .bind(p.job_id)
+            .bind(p.from.as_str())
+            .bind(p.to.as_str())
+            .bind(p.expected_attempts)
+            .bind(p.attempts)
+            .bind(&p.worker)
+            .bind(p.lease.map(later))
+            .bind(p.metrics.as_ref().map(|m| m.to_string()))
+            .bind(p.sub_batch_size)
+            .bind(p.require_expired_lease)
+            .bind(&at)
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(Error::db(&context))?;
+        let Some(row) = row else {
+            return Err(Error::Conflict {
+                what: format!("job {} (expected {} attempt {})", p.job_id, p.from, p.expected_attempts),
+            });
+        };
+        let job = job_from_row(&row)?;
+        sqlx::query(JOB_LOG_INSERT)
+            .bind(job.id)
+            .bind(job.migration_id)
+            .bind(p.from.as_str())
+            .bind(p.to.as_str())
+            .bind(p.failure.as_ref().map(|f| f.class.as_str()))
+            .bind(p.failure.as_ref().map(|f| f.message.as_str()))
+            .bind(&p.worker)
+            .bind(&at)
+            .execute(&mut *conn)
+            .await
+            .map_err(Error::db(&context))?;
+        Ok(job)
+    }
+
+    async fn migration_transition_in(
+        conn: &mut SqliteConnection,
+        p: &MigrationTransitionParams,
+    ) -> Result<Migration> {
+        let at = ts(now());
+        let context = format!("changing migration {} to {}", p.migration_id, p.to);
+        let row = sqlx::query(MIGRATION_TRANSITION)
+            .bind(p.migration_id)
+            .bind(p.from.as_str())
+            .bind(p.to.as_str())
+            .bind(p.event.as_str())
+            .bind(p.hold_until.map(later))
+            .bind(&at)
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(Error::db(&context))?;
+        let Some(row) = row else {
+            return Err(Error::Conflict {
+                what: format!("migration {} (expected {})", p.migration_id, p.from),
+            });
+        };
+        let migration = migration_from_row(&row)?;
+        sqlx::query(MIGRATION_LOG_INSERT)
+            .bind(p.migration_id)
+            .bind(p.from.as_str())
+            .bind(p.to.as_str())
+            .bind(p.event.as_str())
+            .bind(p.reason.as_deref())
+            .bind(&p.actor)
+            .bind(p.failure.as_ref().map(|f| f.class.as_str()))
+            .bind(p.failure.as_ref().map(|f| f.message.as_str()))
+            .bind(&at)
+            .execute(&mut *conn)
+            .await
+            .map_err(Error::db(&context))?;
+        Ok(migration)
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    fn backend(&self) -> Backend {
+        Backend::Sqlite
+    }
+
+    async fn schema_install(&self) -> Result<Vec<i64>> {
+        let context = "installing the tracking schema";
+        let mut tx = self.begin_immediate(context).await?;
+        exec_raw(&mut tx, SCHEMA_VERSIONS_CREATE)
+            .await
+            .map_err(Error::db(context))?;
+        let current: Option<i64> = sqlx::query_scalar(SCHEMA_VERSION_GET)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(Error::db(context))?;
+        let current = current.unwrap_or(0);
+        if current > SCHEMA_VERSION {
+            return Err(Error::SchemaTooNew {
+                found: current,
+                supported: SCHEMA_VERSION,
+            });
+        }
+        let mut applied = Vec::new();
+        let pending: Vec<(i64, &'static str)> = SCHEMA_MIGRATIONS
+            .iter()
+            .copied()
+            .filter(|(v, _)| *v > current)
+            .collect();
+        for (version, sql) in pending {
+            exec_raw(&mut tx, sql)
+                .await
+                .map_err(Error::db(format!("applying schema version {version}")))?;
+            sqlx::query(SCHEMA_VERSION_INSERT)
+                .bind(version)
+                .bind(ts(now()))
+                .execute(&mut *tx)
+                .await
+                .map_err(Error::db(context))?;
+            applied.push(version);
+        }
+        tx.commit().await.map_err(Error::db(context))?;
+        Ok(applied)
+    }
+
+    async fn schema_version(&self) -> Result<Option<i64>> {
+        let context = "reading the tracking schema version";
+        let exists: i64 = sqlx::query_scalar(SCHEMA_VERSIONS_EXISTS)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(Error::db(context))?;
+        if exists == 0 {
+            return Ok(None);
+        }
+        sqlx::query_scalar(SCHEMA_VERSION_GET)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(Error::db(context))
+    }
+
+    async fn migration_insert(&self, m: &NewMigration) -> Result<Migration> {
+        let context = format!("queueing migration {}", m.name);
+        let at = ts(now());
+        let mut tx = self.begin_immediate(&context).await?;
+        let row = sqlx::query(MIGRATION_INSERT)
+            .bind(&m.name)
+            .bind(&m.job_kind)
+            .bind(&m.table_name)
+            .bind(&m.column_name)
+            .bind(m.job_arguments.to_string())
+            .bind(m.min_value)
+            .bind(m.max_value)
+            .bind(m.next_min_value)
+            .bind(m.batch_size)
+            .bind(m.sub_batch_size)
+            .bind(m.max_batch_size)
+            .bind(m.pause_ms)
+            .bind(super::postgres::duration_ms(m.interval))
+            .bind(m.statement_timeout_ms)
+            .bind(m.lock_timeout_ms)
+            .bind(m.status.as_str())
+            .bind(m.total_tuple_count)
+            .bind(&at)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(|e| {
+                if is_unique_violation(&e) {
+                    Error::DuplicateMigration(m.name.clone())
+                } else if is_missing_table(&e) {
+                    Error::SchemaMissing
+                } else {
+                    Error::db(&context)(e)
+                }
+            })?;
+        let migration = migration_from_row(&row)?;
+        sqlx::query(MIGRATION_LOG_INSERT)
+            .bind(migration.id)
+            .bind(None::<&str>)
+            .bind(migration.status.as_str())
+            .bind("queue")
+            .bind(None::<&str>)
+            .bind(&m.actor)
+            .bind(None::<&str>)
+            .bind(None::<&str>)
+            .bind(&at)
+            .execute(&mut *tx)
+            .await
+            .map_err(Error::db(&context))?;
+        tx.commit().await.map_err(Error::db(&context))?;
+        Ok(migration)
+    }
+
+    async fn migration_get(&self, id: i64) -> Result<Option<Migration>> {
+        let row = sqlx::query(MIGRATION_GET)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(Error::db(format!("reading migration {id}")))?;
+        row.as_ref().map(migration_from_row).transpose()
+    }
+
+    async fn migration_get_by_name(&self, name: &str) -> Result<Option<Migration>> {
+        let row = sqlx::query(MIGRATION_GET_BY_NAME)
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(Error::db(format!("reading migration {name:?}")))?;
+        row.as_ref().map(migration_from_row).transpose()
+    }
+
+    async fn migration_list(&self) -> Result<Vec<Migration>> {
+        let rows = sqlx::query(MIGRATION_LIST)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| {
+                if is_missing_table(&e) {
+                    Error::SchemaMissing
+                } else {
+                    Error::db("listing migrations")(e)
+                }
+            })?;
+        rows.iter().map(migration_from_row).collect()
+    }
+
+    async fn migration_transition(&self, p: &MigrationTransitionParams) -> Result<Migration> {
+        let context = format!("changing migration {}", p.migration_id);
+        let mut tx = self.begin_immediate(&context).await?;
+        let migration = Self::migration_transition_in(&mut tx, p).await?;
+        tx.commit().await.map_err(Error::db(&context))?;
+        Ok(migration)
+    }
+
+    async fn migration_retry(&self, p: &MigrationTransitionParams) -> Result<Migration> {
+        let context = format!("retrying migration {}", p.migration_id);
+        let at = ts(now());
+        let mut tx = self.begin_immediate(&context).await?;
+        let migration = Self::migration_transition_in(&mut tx, p).await?;
+        let ids: Vec<i64> = sqlx::query_scalar(MIGRATION_RETRY_JOBS)
+            .bind(p.migration_id)
+            .bind(&at)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(Error::db(&context))?;
+        for id in ids {
+            sqlx::query(JOB_LOG_INSERT)
+                .bind(id)
+                .bind(p.migration_id)
+                .bind("failed")
+                .bind("pending")
+                .bind(None::<&str>)
+                .bind(None::<&str>)
+                .bind(&p.actor)
+                .bind(&at)
+                .execute(&mut *tx)
+                .await
+                .map_err(Error::db(&context))?;
+        }
+        tx.commit().await.map_err(Error::db(&context))?;
+        Ok(migration)
+    }
+
+    async fn migration_claim(
+        &self,
+        worker: &str,
+        lease: Duration,
+        only: Option<i64>,
+    ) -> Result<Option<Migration>> {
+        let context = "claiming a migration";
+        let at = now();
+        let mut tx = self.begin_immediate(context).await?;
+        let rows = sqlx::query(MIGRATION_CLAIM_CANDIDATES)
+            .bind(only)
+            .bind(ts(at))
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(Error::db(context))?;
+        for row in &rows {
+            let m = migration_from_row(row)?;
+            let due = m.status != MigrationStatus::Active
+                || only.is_some()
+                || m.interval.is_zero()
+                || m.last_job_started_at.is_none_or(|last| {
+                    last + chrono::Duration::from_std(m.interval).unwrap_or(chrono::Duration::MAX)
+                        <= at
+                });
+            if !due {
+                continue;
+            }
+            let holder: Option<(i64, String)> = sqlx::query_as(TABLE_LEASE_GET)
+                .bind(&m.table_name)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(Error::db(context))?;
+            let busy = holder.is_some_and(|(id, expires)| id != m.id && expires > ts(at));
+            if busy {
+                continue;
+            }
+            sqlx::query(TABLE_LEASE_PUT)
+                .bind(&m.table_name)
+                .bind(m.id)
+                .bind(worker)
+                .bind(later(lease))
+                .execute(&mut *tx)
+                .await
+                .map_err(Error::db(context))?;
+            tx.commit().await.map_err(Error::db(context))?;
+            return Ok(Some(m));
+        }
+        tx.commit().await.map_err(Error::db(context))?;
+        Ok(None)
+    }
+
+    async fn table_lease_release(&self, migration_id: i64) -> Result<()> {
+        sqlx::query(TABLE_LEASE_RELEASE)
+            .bind(migration_id)
+            .execute(&self.pool)
+            .await
+            .map_err(Error::db("releasing a table lease"))?;
+        Ok(())
+    }
+
+    async fn migration_range_exhaust(&self, migration_id: i64, expected: i64) -> Result<bool> {
+        let done = sqlx::query(MIGRATION_RANGE_EXHAUST)
+            .bind(migration_id)
+            .bind(expected)
+            .bind(ts(now()))
+            .execute(&self.pool)
+            .await
+            .map_err(Error::db("closing a migration's range"))?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn migration_batch_size_set(&self, migration_id: i64, batch_size: i64) -> Result<()> {
+        sqlx::query(MIGRATION_BATCH_SIZE_SET)
+            .bind(migration_id)
+            .bind(batch_size)
+            .bind(ts(now()))
+            .execute(&self.pool)
+            .await
+            .map_err(Error::db("setting a batch size"))?;
+        Ok(())
+    }
+
+    async fn job_create(&self, p: &JobCreateParams) -> Result<Option<Job>> {
+        let context = format!("creating a job of migration {}", p.migration_id);
+        let at = now();
+        let mut tx = self.begin_immediate(&context).await?;
+        let row = sqlx::query(MIGRATION_GET)
+            .bind(p.migration_id)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(Error::db(&context))?;
+        let Some(m) = row.as_ref().map(migration_from_row).transpose()? else {
+            return Ok(None);
+        };
+        let due = m.status == MigrationStatus::Finalizing
+            || m.interval.is_zero()
+            || m.last_job_started_at.is_none_or(|last| {
+                last + chrono::Duration::from_std(m.interval).unwrap_or(chrono::Duration::MAX) <= at
+            });
+        let runnable = matches!(m.status, MigrationStatus::Active | MigrationStatus::Finalizing);
+        if !due || !runnable || m.next_min_value != Some(p.expected_next_min) {
+            return Ok(None);
+        }
+        sqlx::query(MIGRATION_JOB_STARTED)
+            .bind(p.migration_id)
+            .bind(p.next_min)
+            .bind(ts(at))
+            .execute(&mut *tx)
+            .await
+            .map_err(Error::db(&context))?;
+        let row = sqlx::query(JOB_INSERT_RUNNING)
+            .bind(p.migration_id)
+            .bind(p.min_value)
+            .bind(p.max_value)
+            .bind(p.batch_size)
+            .bind(p.sub_batch_size)
+            .bind(p.pause_ms)
+            .bind(ts(at))
+            .bind(&p.worker)
+            .bind(later(p.lease))
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(Error::db(&context))?;
+        let job = job_from_row(&row)?;
+        sqlx::query(JOB_LOG_INSERT)
+            .bind(job.id)
+            .bind(job.migration_id)
+            .bind("pending")
+            .bind("running")
+            .bind(None::<&str>)
+            .bind(None::<&str>)
+            .bind(&p.worker)
+            .bind(ts(at))
+            .execute(&mut *tx)
+            .await
+            .map_err(Error::db(&context))?;
+        tx.commit().await.map_err(Error::db(&context))?;
+        Ok(Some(job))
+    }
+
+    async fn job_get(&self, id: i64) -> Result<Option<Job>> {
+        let row = sqlx::query(JOB_GET)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(Error::db(format!("reading job {id}")))?;
+        row.as_ref().map(job_from_row).transpose()
+    }
+
+    async fn job_list(&self, migration_id: i64, status: Option<JobStatus>) -> Result<Vec<Job>> {
+        let rows = sqlx::query(JOB_LIST)
+            .bind(migration_id)
+            .bind(status.map(JobStatus::as_str))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(Error::db(format!("listing jobs of migration {migration_id}")))?;
+        rows.iter().map(job_from_row).collect()
+    }
+
+    async fn job_find_retriable(&self, migration_id: i64, max_attempts: i32) -> Result<Option<Job>> {
+        let row = sqlx::query(JOB_FIND_RETRIABLE)
+            .bind(migration_id)
+            .bind(max_attempts)
+            .bind(ts(now()))
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(Error::db("finding a job to retry"))?;
+        row.as_ref().map(job_from_row).transpose()
+    }
+
+    async fn job_transition(&self, p: &JobTransitionParams) -> Result<Job> {
+        let context = format!("changing job {}", p.job_id);
+        let mut tx = self.begin_immediate(&context).await?;
+        let job = Self::job_transition_in(&mut tx, p).await?;
+        tx.commit().await.map_err(Error::db(&context))?;
+        Ok(job)
+    }
+
+    async fn job_split(&self, p: &JobSplitParams) -> Result<(Job, Job)> {
+        let t = &p.transition;
+        let context = format!("splitting job {}", t.job_id);
+        let at = ts(now());
+        let mut tx = self.begin_immediate(&context).await?;
+        let first = sqlx::query(JOB_SPLIT_FIRST)
+            .bind(t.job_id)
+            .bind(t.expected_attempts)
+            .bind(p.first_max)
+            .bind(p.batch_size)
+            .bind(p.sub_batch_size)
+            .bind(&at)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(Error::db(&context))?;
+        let Some(first) = first else {
+            return Err(Error::Conflict {
+                what: format!("job {} (expected failed attempt {})", t.job_id, t.expected_attempts),
+            });
+        };
+        let first = job_from_row(&first)?;
+        let second = sqlx::query(JOB_SPLIT_SECOND)
+            .bind(first.migration_id)
+            .bind(p.second_min)
+            .bind(p.second_max)
+            .bind(p.batch_size)
+            .bind(p.sub_batch_size)
+            .bind(first.pause_ms)
+            .bind(&at)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(Error::db(&context))?;
+        let second = job_from_row(&second)?;
+        let message = format!(
+            "split: keys up to {} stay in this job, {}..{} moved to job {}",
+            p.first_max, p.second_min, p.second_max, second.id
+        );
+        sqlx::query(JOB_LOG_INSERT)
+            .bind(first.id)
+            .bind(first.migration_id)
+            .bind("failed")
+            .bind("pending")
+            .bind(None::<&str>)
+            .bind(message)
+            .bind(&t.worker)
+            .bind(&at)
+            .execute(&mut *tx)
+            .await
+            .map_err(Error::db(&context))?;
+        tx.commit().await.map_err(Error::db(&context))?;
+        Ok((first, second))
+    }
+
+    async fn job_checkpoint(
+        &self,
+        job_id: i64,
+        attempts: i32,
+        cursor: i64,
+        rows: i64,
+        lease: Duration,
+    ) -> Result<bool> {
+        let done = sqlx::query(JOB_CHECKPOINT)
+            .bind(job_id)
+            .bind(attempts)
+            .bind(cursor)
+            .bind(rows)
+            .bind(later(lease))
+            .bind(ts(now()))
+            .execute(&self.pool)
+            .await
+            .map_err(Error::db(format!("recording progress of job {job_id}")))?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn job_heartbeat(&self, job_id: i64, attempts: i32, lease: Duration) -> Result<bool> {
+        let context = format!("renewing the lease of job {job_id}");
+        let mut tx = self.begin_immediate(&context).await?;
+        let migration_id: Option<i64> = sqlx::query_scalar(JOB_HEARTBEAT)
+            .bind(job_id)
+            .bind(attempts)
+            .bind(later(lease))
+            .bind(ts(now()))
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(Error::db(&context))?;
+        if let Some(migration_id) = migration_id {
+            sqlx::query(TABLE_LEASE_RENEW)
+                .bind(migration_id)
+                .bind(later(lease))
+                .execute(&mut *tx)
+                .await
+                .map_err(Error::db(&context))?;
+        }
+        tx.commit().await.map_err(Error::db(&context))?;
+        Ok(migration_id.is_some())
+    }
+
+    async fn job_counts(&self, migration_id: i64, max_attempts: i32) -> Result<JobCounts> {
+        let row = sqlx::query(JOB_COUNTS)
+            .bind(migration_id)
+            .bind(max_attempts)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(Error::db(format!("counting jobs of migration {migration_id}")))?;
+        Ok(JobCounts {
+            pending: row.try_get(0).map_err(decode)?,
+            running: row.try_get(1).map_err(decode)?,
+            failed: row.try_get(2).map_err(decode)?,
+            succeeded: row.try_get(3).map_err(decode)?,
+            exhausted: row.try_get(4).map_err(decode)?,
+            rows_affected: row.try_get(5).map_err(decode)?,
+            first_started_at: parse_ts(row.try_get(6).map_err(decode)?)?,
+            last_finished_at: parse_ts(row.try_get(7).map_err(decode)?)?,
+        })
+    }
+
+    async fn job_recent_succeeded(&self, migration_id: i64, limit: i64) -> Result<Vec<Job>> {
+        let rows = sqlx::query(JOB_RECENT_SUCCEEDED)
+            .bind(migration_id)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(Error::db("reading recent jobs"))?;
+        rows.iter().map(job_from_row).collect()
+    }
+
+    async fn job_transition_list(&self, job_id: i64) -> Result<Vec<JobTransition>> {
+        let rows = sqlx::query(JOB_TRANSITION_LIST)
+            .bind(job_id)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(Error::db(format!("reading the history of job {job_id}")))?;
+        rows.iter().map(job_transition_from_row).collect()
+    }
+
+    async fn job_transition_list_by_migration(&self, migration_id: i64) -> Result<Vec<JobTransition>> {
+        let rows = sqlx::query(JOB_TRANSITION_LIST_BY_MIGRATION)
+            .bind(migration_id)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(Error::db(format!("reading job history of migration {migration_id}")))?;
+        rows.iter().map(job_transition_from_row).collect()
+    }
+
+    async fn migration_transition_list(&self, migration_id: i64) -> Result<Vec<MigrationTransition>> {
+        let rows = sqlx::query(MIGRATION_TRANSITION_LIST)
+            .bind(migration_id)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(Error::db(format!("reading the history of migration {migration_id}")))?;
+        rows.iter().map(migration_transition_from_row).collect()
+    }
+
+    async fn log_partitions_maintain(
+        &self,
+        now: DateTime<Utc>,
+        retention_months: u32,
+    ) -> Result<PartitionReport> {
+        use chrono::Datelike;
+        let this_month = chrono::NaiveDate::from_ymd_opt(now.year(), now.month(), 1).expect("month");
+        let cutoff = super::postgres::add_months(this_month, -(retention_months as i32));
+        let cutoff = ts(super::postgres::month_start_utc(cutoff));
+        let done = sqlx::query(JOB_LOG_RETENTION_DELETE)
+            .bind(cutoff)
+            .execute(&self.pool)
+            .await
+            .map_err(Error::db("deleting old job log rows"))?;
+        Ok(PartitionReport {
+            rows_deleted: done.rows_affected(),
+            ..PartitionReport::default()
+        })
+    }
+
+    async fn log_partitions_list(&self) -> Result<Vec<String>> {
+        Ok(Vec::new())
+    }
+}
+
+fn migration_from_row(row: &SqliteRow) -> Result<Migration> {
+    let status: String = row.try_get("status").map_err(decode)?;
+    let interval_ms: i64 = row.try_get("interval_ms").map_err(decode)?;
+    Ok(Migration {
+        id: row.try_get("id").map_err(decode)?,
+        name: row.try_get("name").map_err(decode)?,
+        job_kind: row.try_get("job_kind").map_err(decode)?,
+        table_name: row.try_get("table_name").map_err(decode)?,
+        column_name: row.try_get("column_name").map_err(decode)?,
+        job_arguments: json_col(row, "job_arguments")?,
+        min_value: row.try_get("min_value").map_err(decode)?,
+        max_value: row.try_get("max_value").map_err(decode)?,
+        next_min_value: row.try_get("next_min_value").map_err(decode)?,
+        batch_size: row.try_get("batch_size").map_err(decode)?,
+        sub_batch_size: row.try_get("sub_batch_size").map_err(decode)?,
+        max_batch_size: row.try_get("max_batch_size").map_err(decode)?,
+        pause_ms: row.try_get("pause_ms").map_err(decode)?,
+        interval: Duration::from_millis(interval_ms.max(0) as u64),
+        statement_timeout_ms: row.try_get("statement_timeout_ms").map_err(decode)?,
+        lock_timeout_ms: row.try_get("lock_timeout_ms").map_err(decode)?,
+        status: status.parse()?,
+        total_tuple_count: row.try_get("total_tuple_count").map_err(decode)?,
+        on_hold_until: time_col(row, "on_hold_until")?,
+        last_job_started_at: time_col(row, "last_job_started_at")?,
+        started_at: time_col(row, "started_at")?,
+        finished_at: time_col(row, "finished_at")?,
+        created_at: time_col(row, "created_at")?.unwrap_or_default(),
+        updated_at: time_col(row, "updated_at")?.unwrap_or_default(),
+    })
+}
+
+fn job_from_row(row: &SqliteRow) -> Result<Job> {
+    let status: String = row.try_get("status").map_err(decode)?;
+    Ok(Job {
+        id: row.try_get("id").map_err(decode)?,
+        migration_id: row.try_get("migration_id").map_err(decode)?,
+        min_value: row.try_get("min_value").map_err(decode)?,
+        max_value: row.try_get("max_value").map_err(decode)?,
+        batch_size: row.try_get("batch_size").map_err(decode)?,
+        sub_batch_size: row.try_get("sub_batch_size").map_err(decode)?,
+        pause_ms: row.try_get("pause_ms").map_err(decode)?,
+        status: status.parse()?,
+        attempts: row.try_get("attempts").map_err(decode)?,
+        started_at: time_col(row, "started_at")?,
+        finished_at: time_col(row, "finished_at")?,
+        rows_affected: row.try_get("rows_affected").map_err(decode)?,
+        cursor: row.try_get("cursor_value").map_err(decode)?,
+        metrics: json_col(row, "metrics")?,
+        worker: row.try_get("worker").map_err(decode)?,
+        lease_expires_at: time_col(row, "lease_expires_at")?,
+        created_at: time_col(row, "created_at")?.unwrap_or_default(),
+        updated_at: time_col(row, "updated_at")?.unwrap_or_default(),
+    })
+}
+
+fn job_transition_from_row(row: &SqliteRow) -> Result<JobTransition> {
+    let previous: String = row.try_get("previous_status").map_err(decode)?;
+    let next: String = row.try_get("next_status").map_err(decode)?;
+    Ok(JobTransition {
+        id: row.try_get("id").map_err(decode)?,
+        job_id: row.try_get("job_id").map_err(decode)?,
+        migration_id: row.try_get("migration_id").map_err(decode)?,
+        previous_status: previous.parse()?,
+        next_status: next.parse()?,
+        exception_class: row.try_get("exception_class").map_err(decode)?,
+        exception_message: row.try_get("exception_message").map_err(decode)?,
+        worker: row.try_get("worker").map_err(decode)?,
+        created_at: time_col(row, "created_at")?.unwrap_or_default(),
+    })
+}
+
+fn migration_transition_from_row(row: &SqliteRow) -> Result<MigrationTransition> {
+    let previous: Option<String> = row.try_get("previous_status").map_err(decode)?;
+    let next: String = row.try_get("next_status").map_err(decode)?;
+    let event: String = row.try_get("event").map_err(decode)?;
+    Ok(MigrationTransition {
+        id: row.try_get("id").map_err(decode)?,
+        migration_id: row.try_get("migration_id").map_err(decode)?,
+        previous_status: previous.map(|s| s.parse::<MigrationStatus>()).transpose()?,
+        next_status: next.parse()?,
+        event: event.parse()?,
+        reason: row.try_get("reason").map_err(decode)?,
+        actor: row.try_get("actor").map_err(decode)?,
+        exception_class: row.try_get("exception_class").map_err(decode)?,
+        exception_message: row.try_get("exception_message").map_err(decode)?,
+        created_at: time_col(row, "created_at")?.unwrap_or_default(),
+    })
+}
+
+/// The table being migrated, on SQLite.
+#[derive(Debug, Clone)]
+pub struct SqliteTarget {
+    pool: SqlitePool,
+    /// Whether the tracking tables share this file (exactly-once cursor commits).
+    same_database_store: bool,
+}
+
+impl SqliteTarget {
+    /// A target on `pool`; `same_database_store` when the tracking tables are in this file.
+    pub fn new(pool: SqlitePool, same_database_store: bool) -> Self {
+        Self {
+            pool,
+            same_database_store,
+        }
+    }
+
+    fn range_next_sql(table: &TableName, column: &str) -> String {
+        let (t, c) = (table.quoted(), ident::quote(column));
+        format!(
+            "SELECT (SELECT {c} FROM {t} WHERE {c} >= $1 AND {c} <= $2 ORDER BY {c} LIMIT 1),
+                    (SELECT {c} FROM {t} WHERE {c} >= $1 AND {c} <= $2 ORDER BY {c} LIMIT 1 OFFSET $3 - 1),
+                    (SELECT {c} FROM {t} WHERE {c} >= $1 AND {c} <= $2 ORDER BY {c} DESC LIMIT 1)"
+        )
+    }
+
+    async fn range_next_in(
+        conn: &mut SqliteConnection,
+        table: &TableName,
+        column: &str,
+        start: i64,
+        max: i64,
+        size: i64,
+    ) -> std::result::Result<Option<(i64, i64)>, sqlx::Error> {
+        let (first, nth, last): (Option<i64>, Option<i64>, Option<i64>) =
+            sqlx::query_as(&Self::range_next_sql(table, column))
+                .bind(start)
+                .bind(max)
+                .bind(size.max(1))
+                .fetch_one(&mut *conn)
+                .await?;
+        Ok(first.map(|first| (first, nth.or(last).unwrap_or(first))))
+    }
+}
+
+#[async_trait]
+impl Target for SqliteTarget {
+    fn backend(&self) -> Backend {
+        Backend::Sqlite
+    }
+
+    async fn table_check(&self, table: &TableName, column: &str) -> Result<TableName> {
+        let context = format!("looking up table {}", table.quoted());
+        let schema = table.schema.clone().unwrap_or_else(|| "main".to_owned());
+        let master = format!("{}.sqlite_master", ident::quote(&schema));
+        let found: Option<String> = sqlx::query_scalar(&format!(
+            "SELECT name FROM {master} WHERE type = 'table' AND name = $1 COLLATE NOCASE"
+        ))
+        .bind(&table.table)
+        .fetch_optional(&self.pool)
+        .await
+        .or_else(|e| match &e {
+            // An unknown schema ("no such table: x.sqlite_master") is an unknown table.
+            sqlx::Error::Database(db) if db.message().contains("no such") => Ok(None),
+            _ => Err(e),
+        })
+        .map_err(Error::db(&context))?;
+        let Some(name) = found else {
+            return Err(Error::UnknownTable(table.table.clone()));
+        };
+        let ty: Option<String> = sqlx::query_scalar(
+            "SELECT type FROM pragma_table_info($1, $2) WHERE name = $3 COLLATE NOCASE",
+        )
+        .bind(&name)
+        .bind(&schema)
+        .bind(column)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(Error::db(&context))?;
+        match ty {
+            None => Err(Error::UnknownColumn {
+                table: name,
+                column: column.to_owned(),
+            }),
+            Some(ty) if ty.to_ascii_uppercase().contains("INT") => Ok(TableName {
+                schema: table.schema.clone(),
+                table: name,
+            }),
+            Some(ty) => Err(Error::InvalidSettings(format!(
+                "column {column:?} of table {name:?} is of type {ty:?}; the batch column must be an INTEGER column"
+            ))),
+        }
+    }
+
+    async fn key_bounds(&self, table: &TableName, column: &str) -> Result<Option<(i64, i64)>> {
+        let c = ident::quote(column);
+        let sql = format!("SELECT min({c}), max({c}) FROM {}", table.quoted());
+        let (min, max): (Option<i64>, Option<i64>) = sqlx::query_as(&sql)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(Error::db(format!("reading the key range of {}", table.quoted())))?;
+        Ok(min.zip(max))
+    }
+
+    async fn row_estimate(&self, table: &TableName) -> Result<Option<i64>> {
+        let sql = format!("SELECT count(*) FROM {}", table.quoted());
+        let n: i64 = sqlx::query_scalar(&sql)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(Error::db("counting rows"))?;
+        Ok(Some(n))
+    }
+
+    async fn range_next(
+        &self,
+        table: &TableName,
+        column: &str,
+        start: i64,
+        max: i64,
+        size: i64,
+    ) -> Result<Option<(i64, i64)>> {
+        let mut conn = self
+            .pool
+            .acquire()
+            .await
+            .map_err(Error::db("finding the next key range"))?;
+        Self::range_next_in(&mut conn, table, column, start, max, size)
+            .await
+            .map_err(Error::db(format!("finding the next key range of {}", table.quoted())))
+    }
+
+    async fn sub_batch_run(
+        &self,
+        spec: SubBatchSpec<'_>,
+        checkpoint: Option<Checkpoint>,
+    ) -> std::result::Result<SubBatchOutcome, Failure> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let Some((start, end)) =
+            Self::range_next_in(&mut tx, spec.table, spec.column, spec.start, spec.max, spec.size)
+                .await?
+        else {
+            tx.rollback().await?;
+            return Ok(SubBatchOutcome::Exhausted);
+        };
+        let rows = {
+            let mut batch = SubBatch {
+                connection: SubBatchConnection::Sqlite(&mut tx),
+                table: spec.table,
+                column: spec.column,
+                arguments: spec.arguments,
+                start,
+                end,
+            };
+            super::perform_catching_panics(spec.kind, &mut batch).await?
+        };
+        if let Some(cp) = checkpoint.filter(|_| self.same_database_store) {
+            let done = sqlx::query(JOB_CHECKPOINT)
+                .bind(cp.job_id)
+                .bind(cp.attempts)
+                .bind(end)
+                .bind(rows as i64)
+                .bind(later(cp.lease))
+                .bind(ts(now()))
+                .execute(&mut *tx)
+                .await?;
+            if done.rows_affected() != 1 {
+                tx.rollback().await?;
+                return Ok(SubBatchOutcome::Fenced);
+            }
+        }
+        tx.commit().await?;
+        Ok(SubBatchOutcome::Done { start, end, rows })
+    }
+
+    async fn sub_batch_try(&self, spec: SubBatchSpec<'_>) -> std::result::Result<u64, Failure> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let Some((start, end)) =
+            Self::range_next_in(&mut tx, spec.table, spec.column, spec.start, spec.max, spec.size)
+                .await?
+        else {
+            tx.rollback().await?;
+            return Ok(0);
+        };
+        let rows = {
+            let mut batch = SubBatch {
+                connection: SubBatchConnection::Sqlite(&mut tx),
+                table: spec.table,
+                column: spec.column,
+                arguments: spec.arguments,
+                start,
+                end,
+            };
+            super::perform_catching_panics(spec.kind, &mut batch).await
+        };
+        tx.rollback().await?;
+        rows
+    }
+}
