@@ -4,14 +4,21 @@
 //! Queue a migration with [`Sluicegate::queue`], run workers with [`Worker`], and read what
 //! happened with [`Sluicegate::job_history`] and [`Sluicegate::migration_history`].
 
+pub mod client;
+pub mod engine;
 pub mod error;
 pub mod failure;
 pub mod ident;
 pub mod kind;
 pub mod model;
+pub mod optimizer;
 pub mod status;
 pub mod store;
+#[cfg(feature = "testing")]
+pub mod testing;
 
+pub use client::{ConnectOptions, Progress, QueueRequest, Sluicegate};
+pub use engine::{JobOutcome, StepOutcome, Worker, WorkerOptions};
 pub use error::{Error, Result};
 pub use failure::Failure;
 pub use kind::{JobKind, Registry, SubBatch, SubBatchConnection};

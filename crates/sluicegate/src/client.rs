@@ -1,0 +1,657 @@
+//! The library's front door: connect to the tracking (and target) database, install the
+//! schema, queue migrations, and operate on them (pause, resume, retry, cancel, finalize,
+//! progress, history).
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::Value;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+
+use crate::error::{Error, Result};
+use crate::ident::{self, TableName};
+use crate::kind::Registry;
+use crate::model::{Job, JobCounts, JobTransition, Migration, MigrationTransition, NewMigration};
+use crate::status::{JobStatus, MigrationEvent, MigrationStatus};
+use crate::store::postgres::{PgStore, PgTarget};
+use crate::store::sqlite::{SqliteStore, SqliteTarget};
+use crate::store::{
+    Backend, JobTransitionParams, MigrationTransitionParams, PartitionReport, Store, SubBatchSpec,
+    Target, Timeouts, SCHEMA_VERSION,
+};
+
+/// Default tracking schema on PostgreSQL.
+pub const DEFAULT_SCHEMA: &str = "sluicegate";
+/// Attempts per job before it counts as failed for good (GitLab's MAX_ATTEMPTS).
+pub const MAX_ATTEMPTS: i32 = 3;
+/// How long job-log partitions are kept (GitLab: 6 months).
+pub const LOG_RETENTION_MONTHS: u32 = 6;
+
+/// How to connect.
+#[derive(Debug, Clone)]
+pub struct ConnectOptions {
+    /// Tracking database: `postgres://...` or `sqlite:...`.
+    pub database_url: String,
+    /// Target database, when the migrated table lives elsewhere.
+    pub target_url: Option<String>,
+    /// Tracking schema on PostgreSQL.
+    pub schema: String,
+    /// Pool size per database.
+    pub max_connections: u32,
+    /// How long to wait for a connection.
+    pub acquire_timeout: Duration,
+    /// Job kinds.
+    pub registry: Registry,
+}
+
+impl ConnectOptions {
+    /// Options for `database_url` with defaults for everything else.
+    pub fn new(database_url: impl Into<String>) -> Self {
+        Self {
+            database_url: database_url.into(),
+            target_url: None,
+            schema: DEFAULT_SCHEMA.to_owned(),
+            max_connections: 10,
+            acquire_timeout: Duration::from_secs(10),
+            registry: Registry::default(),
+        }
+    }
+}
+
+/// A migration to queue. [`QueueRequest::new`] fills in GitLab's defaults.
+#[derive(Debug, Clone)]
+pub struct QueueRequest {
+    /// Unique name.
+    pub name: String,
+    /// Job kind name.
+    pub job_kind: String,
+    /// Target table (`table` or `schema.table`).
+    pub table: String,
+    /// Integer key column (default `id`).
+    pub column: String,
+    /// Arguments of the job kind (`{"set": ...}` for `update`, ...).
+    pub arguments: Value,
+    /// Keys per job (GitLab: 1,000).
+    pub batch_size: i64,
+    /// Keys per sub-batch (GitLab: 100).
+    pub sub_batch_size: i64,
+    /// Optimizer ceiling.
+    pub max_batch_size: Option<i64>,
+    /// Pause between sub-batches in milliseconds (GitLab: 100).
+    pub pause_ms: i64,
+    /// Minimum time between job starts (GitLab: 2 minutes).
+    pub interval: Duration,
+    /// Range start (default: the column's current minimum).
+    pub min_value: Option<i64>,
+    /// Range end (default: the column's current maximum).
+    pub max_value: Option<i64>,
+    /// Queue as `paused`.
+    pub paused: bool,
+    /// Sub-batch statement timeout (PostgreSQL).
+    pub statement_timeout: Duration,
+    /// Sub-batch lock timeout (PostgreSQL).
+    pub lock_timeout: Duration,
+    /// Who queues it (written to its log).
+    pub actor: String,
+}
+
+impl QueueRequest {
+    /// A request with GitLab's defaults.
+    pub fn new(name: impl Into<String>, job_kind: impl Into<String>, table: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            job_kind: job_kind.into(),
+            table: table.into(),
+            column: "id".to_owned(),
+            arguments: Value::Object(Default::default()),
+            batch_size: 1_000,
+            sub_batch_size: 100,
+            max_batch_size: None,
+            pause_ms: 100,
+            interval: Duration::from_secs(120),
+            min_value: None,
+            max_value: None,
+            paused: false,
+            statement_timeout: Duration::from_secs(30),
+            lock_timeout: Duration::from_secs(5),
+            actor: "library".to_owned(),
+        }
+    }
+
+    /// Sets one job argument.
+    pub fn argument(mut self, key: &str, value: impl Into<Value>) -> Self {
+        if let Value::Object(map) = &mut self.arguments {
+            map.insert(key.to_owned(), value.into());
+        }
+        self
+    }
+}
+
+/// A migration with its job counts and derived progress.
+#[derive(Debug, Clone, Serialize)]
+pub struct Progress {
+    /// The migration.
+    pub migration: Migration,
+    /// Its jobs by status.
+    pub jobs: JobCounts,
+    /// Rows written so far.
+    pub rows_done: i64,
+    /// Estimated rows in all (`total_tuple_count`).
+    pub rows_total: Option<i64>,
+    /// Percentage of the key range handed out and done, 0–100.
+    pub percent: f64,
+    /// Rows per second since the first job started.
+    pub rows_per_second: Option<f64>,
+    /// Estimated time left.
+    pub eta_seconds: Option<f64>,
+}
+
+/// Resolves the [`Backend`] of a URL.
+fn backend_of(url: &str) -> Result<Backend> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(Backend::Postgres)
+    } else if url.starts_with("sqlite:") {
+        Ok(Backend::Sqlite)
+    } else {
+        Err(Error::InvalidUrl {
+            url: mask_password(url),
+            reason: "expected postgres://..., postgresql://... or sqlite:...".to_owned(),
+        })
+    }
+}
+
+/// `url` with any password replaced by `***`, for messages.
+pub fn mask_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let Some((userinfo, host)) = rest.split_once('@') else {
+        return url.to_owned();
+    };
+    match userinfo.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+        None => url.to_owned(),
+    }
+}
+
+enum Pool {
+    Postgres(sqlx::PgPool),
+    Sqlite(sqlx::SqlitePool),
+}
+
+async fn open_pool(url: &str, opts: &ConnectOptions) -> Result<Pool> {
+    let invalid = |e: sqlx::Error| Error::InvalidUrl {
+        url: mask_password(url),
+        reason: e.to_string(),
+    };
+    let unreachable = |e: sqlx::Error| Error::Database {
+        context: format!("connecting to {}", mask_password(url)),
+        source: e,
+    };
+    match backend_of(url)? {
+        Backend::Postgres => {
+            let options = PgConnectOptions::from_str(url)
+                .map_err(invalid)?
+                .application_name("sluicegate");
+            let pool = PgPoolOptions::new()
+                .max_connections(opts.max_connections)
+                .acquire_timeout(opts.acquire_timeout)
+                .connect_with(options)
+                .await
+                .map_err(unreachable)?;
+            Ok(Pool::Postgres(pool))
+        }
+        Backend::Sqlite => {
+            let options = SqliteConnectOptions::from_str(url)
+                .map_err(invalid)?
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Normal)
+                .foreign_keys(true)
+                .busy_timeout(Duration::from_secs(30));
+            let pool = SqlitePoolOptions::new()
+                .max_connections(opts.max_connections)
+                .acquire_timeout(opts.acquire_timeout)
+                .connect_with(options)
+                .await
+                .map_err(unreachable)?;
+            Ok(Pool::Sqlite(pool))
+        }
+    }
+}
+
+/// A handle on Sluicegate's tracking database (and the target database). Cheap to clone.
+#[derive(Clone)]
+pub struct Sluicegate {
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) target: Arc<dyn Target>,
+    pub(crate) registry: Registry,
+    pub(crate) same_database: bool,
+}
+
+impl std::fmt::Debug for Sluicegate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sluicegate")
+            .field("backend", &self.store.backend())
+            .field("same_database", &self.same_database)
+            .field("registry", &self.registry)
+            .finish()
+    }
+}
+
+impl Sluicegate {
+    /// Connects with default options.
+    pub async fn connect(database_url: &str) -> Result<Self> {
+        Self::connect_with(ConnectOptions::new(database_url)).await
+    }
+
+    /// Connects as `opts` says.
+    pub async fn connect_with(opts: ConnectOptions) -> Result<Self> {
+        ident::validate(&opts.schema)?;
+        let tracking = open_pool(&opts.database_url, &opts).await?;
+        let separate_target = match &opts.target_url {
+            Some(url) if url != &opts.database_url => Some(open_pool(url, &opts).await?),
+            _ => None,
+        };
+        let same_database = separate_target.is_none();
+        let (store, target): (Arc<dyn Store>, Arc<dyn Target>) = match (tracking, separate_target) {
+            (Pool::Postgres(pool), None) => {
+                let store = PgStore::new(pool.clone(), &opts.schema)?;
+                let target = PgTarget::new(pool, Some(&store));
+                (Arc::new(store), Arc::new(target))
+            }
+            (Pool::Sqlite(pool), None) => (
+                Arc::new(SqliteStore::new(pool.clone())),
+                Arc::new(SqliteTarget::new(pool, true)),
+            ),
+            (tracking, Some(target)) => {
+                let store: Arc<dyn Store> = match tracking {
+                    Pool::Postgres(pool) => Arc::new(PgStore::new(pool, &opts.schema)?),
+                    Pool::Sqlite(pool) => Arc::new(SqliteStore::new(pool)),
+                };
+                let target: Arc<dyn Target> = match target {
+                    Pool::Postgres(pool) => Arc::new(PgTarget::new(pool, None)),
+                    Pool::Sqlite(pool) => Arc::new(SqliteTarget::new(pool, false)),
+                };
+                (store, target)
+            }
+        };
+        Ok(Self {
+            store,
+            target,
+            registry: opts.registry,
+            same_database,
+        })
+    }
+
+    /// The tracking store (primitive operations).
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// The target database.
+    pub fn target(&self) -> &Arc<dyn Target> {
+        &self.target
+    }
+
+    /// The job kinds this handle knows.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Whether tracking and target are one database (sub-batches commit the job cursor with
+    /// their writes: exactly-once).
+    pub fn is_same_database(&self) -> bool {
+        self.same_database
+    }
+
+    /// Installs or upgrades the tracking schema (idempotent) and creates the job log's
+    /// partitions ahead. Returns the schema versions applied now.
+    pub async fn setup(&self) -> Result<(Vec<i64>, PartitionReport)> {
+        let applied = self.store.schema_install().await?;
+        let partitions = self
+            .store
+            .log_partitions_maintain(Utc::now(), LOG_RETENTION_MONTHS)
+            .await?;
+        Ok((applied, partitions))
+    }
+
+    /// Fails unless the tracking schema is installed at a version this binary knows.
+    pub async fn ensure_schema(&self) -> Result<()> {
+        match self.store.schema_version().await? {
+            None => Err(Error::SchemaMissing),
+            Some(v) if v > SCHEMA_VERSION => Err(Error::SchemaTooNew {
+                found: v,
+                supported: SCHEMA_VERSION,
+            }),
+            Some(v) if v < SCHEMA_VERSION => Err(Error::SchemaMissing),
+            Some(_) => Ok(()),
+        }
+    }
+
+    /// Validates a migration against the target database and returns what would be inserted,
+    /// writing nothing. Runs one sub-batch inside a rolled-back transaction.
+    pub async fn plan(&self, req: &QueueRequest) -> Result<NewMigration> {
+        if req.name.trim().is_empty() {
+            return Err(Error::InvalidSettings("the migration name is empty".into()));
+        }
+        check_settings(req)?;
+        let kind = self
+            .registry
+            .get(&req.job_kind)
+            .ok_or_else(|| Error::UnknownJobKind(req.job_kind.clone()))?;
+        kind.validate_arguments(&req.arguments)
+            .map_err(|reason| Error::InvalidJob {
+                kind: req.job_kind.clone(),
+                reason,
+            })?;
+        ident::validate(&req.column)?;
+        let table = TableName::parse(&req.table)?;
+        let table = self.target.table_check(&table, &req.column).await?;
+        let bounds = self.target.key_bounds(&table, &req.column).await?;
+        let (min_value, max_value) = match (req.min_value, req.max_value, bounds) {
+            (Some(min), Some(max), _) => (min, max),
+            (min, max, Some((lo, hi))) => (min.unwrap_or(lo), max.unwrap_or(hi)),
+            // An empty table and no explicit range: nothing to do, finishes at once.
+            (min, max, None) => {
+                let v = min.or(max).unwrap_or(0);
+                (v, v)
+            }
+        };
+        if min_value > max_value {
+            return Err(Error::InvalidSettings(format!(
+                "--min-value {min_value} is greater than --max-value {max_value}"
+            )));
+        }
+        let next_min_value = bounds.map(|_| min_value);
+        let trial = self
+            .target
+            .sub_batch_try(SubBatchSpec {
+                kind: kind.as_ref(),
+                table: &table,
+                column: &req.column,
+                arguments: &req.arguments,
+                start: min_value,
+                max: max_value,
+                size: 1,
+                timeouts: Timeouts {
+                    statement_ms: millis(req.statement_timeout),
+                    lock_ms: millis(req.lock_timeout),
+                },
+            })
+            .await;
+        if let Err(failure) = trial {
+            return Err(Error::InvalidJob {
+                kind: req.job_kind.clone(),
+                reason: format!("its statement failed on a trial sub-batch (rolled back): {failure}"),
+            });
+        }
+        Ok(NewMigration {
+            name: req.name.clone(),
+            job_kind: req.job_kind.clone(),
+            table_name: stored_table_name(&table, &req.table),
+            column_name: req.column.clone(),
+            job_arguments: req.arguments.clone(),
+            min_value,
+            max_value,
+            next_min_value,
+            batch_size: req.batch_size,
+            sub_batch_size: req.sub_batch_size,
+            max_batch_size: req.max_batch_size,
+            pause_ms: req.pause_ms,
+            interval: req.interval,
+            statement_timeout_ms: millis(req.statement_timeout),
+            lock_timeout_ms: millis(req.lock_timeout),
+            status: if req.paused {
+                MigrationStatus::Paused
+            } else {
+                MigrationStatus::Active
+            },
+            total_tuple_count: self.target.row_estimate(&table).await?,
+            actor: req.actor.clone(),
+        })
+    }
+
+    /// Validates and queues a migration. Nothing is written when anything is wrong.
+    pub async fn queue(&self, req: &QueueRequest) -> Result<Migration> {
+        if self.store.migration_get_by_name(&req.name).await?.is_some() {
+            return Err(Error::DuplicateMigration(req.name.clone()));
+        }
+        let new = self.plan(req).await?;
+        match self.store.migration_insert(&new).await {
+            Err(Error::DuplicateMigration(name))
+                if self.store.migration_get_by_name(&name).await?.is_none() =>
+            {
+                Err(Error::DuplicateMigration(format!(
+                    "{name}: a migration with the same kind, table, column and arguments"
+                )))
+            }
+            other => other,
+        }
+    }
+
+    /// A migration by id (digits) or name.
+    pub async fn migration(&self, id_or_name: &str) -> Result<Migration> {
+        let by_id = match id_or_name.parse::<i64>() {
+            Ok(id) => self.store.migration_get(id).await?,
+            Err(_) => None,
+        };
+        match by_id {
+            Some(m) => Ok(m),
+            None => self
+                .store
+                .migration_get_by_name(id_or_name)
+                .await?
+                .ok_or_else(|| Error::MigrationNotFound(id_or_name.to_owned())),
+        }
+    }
+
+    /// Every migration, oldest first.
+    pub async fn migrations(&self) -> Result<Vec<Migration>> {
+        self.store.migration_list().await
+    }
+
+    /// Applies `event` to a migration through the state machine, with its log row.
+    ///
+    /// # Transactions and locks
+    /// One transaction: the status update only matches the status read just before, so a
+    /// concurrent change makes this fail with [`Error::Conflict`] instead of overwriting it.
+    pub async fn transition(
+        &self,
+        migration: &Migration,
+        event: MigrationEvent,
+        reason: Option<String>,
+        actor: &str,
+    ) -> Result<Migration> {
+        let to = migration
+            .status
+            .after(event)
+            .ok_or_else(|| Error::IllegalMigrationTransition {
+                migration: migration.name.clone(),
+                event: event.as_str().to_owned(),
+                from: migration.status,
+            })?;
+        let params = MigrationTransitionParams {
+            migration_id: migration.id,
+            from: migration.status,
+            to,
+            event,
+            reason,
+            actor: actor.to_owned(),
+            failure: None,
+            hold_until: None,
+        };
+        let result = if event == MigrationEvent::Retry {
+            self.store.migration_retry(&params).await
+        } else {
+            self.store.migration_transition(&params).await
+        };
+        if to.is_finished() || to == MigrationStatus::Paused {
+            self.store.table_lease_release(migration.id).await?;
+        }
+        result
+    }
+
+    /// Pauses an active migration: its workers finish their current job and take no more.
+    pub async fn pause(&self, id_or_name: &str, reason: Option<String>, actor: &str) -> Result<Migration> {
+        let m = self.migration(id_or_name).await?;
+        self.transition(&m, MigrationEvent::Pause, reason, actor).await
+    }
+
+    /// Resumes a paused migration.
+    pub async fn resume(&self, id_or_name: &str, reason: Option<String>, actor: &str) -> Result<Migration> {
+        let m = self.migration(id_or_name).await?;
+        self.transition(&m, MigrationEvent::Resume, reason, actor).await
+    }
+
+    /// Retries a failed migration: it becomes active and its failed jobs pending again.
+    pub async fn retry(&self, id_or_name: &str, reason: Option<String>, actor: &str) -> Result<Migration> {
+        let m = self.migration(id_or_name).await?;
+        self.transition(&m, MigrationEvent::Retry, reason, actor).await
+    }
+
+    /// Cancels a migration for good.
+    pub async fn cancel(&self, id_or_name: &str, reason: Option<String>, actor: &str) -> Result<Migration> {
+        let m = self.migration(id_or_name).await?;
+        self.transition(&m, MigrationEvent::Cancel, reason, actor).await
+    }
+
+    /// A job by id.
+    pub async fn job(&self, id: i64) -> Result<Job> {
+        self.store.job_get(id).await?.ok_or(Error::JobNotFound(id))
+    }
+
+    /// Jobs of a migration, optionally of one status.
+    pub async fn jobs(&self, migration: &Migration, status: Option<JobStatus>) -> Result<Vec<Job>> {
+        self.store.job_list(migration.id, status).await
+    }
+
+    /// One job's transition log, oldest first.
+    pub async fn job_history(&self, job_id: i64) -> Result<Vec<JobTransition>> {
+        self.job(job_id).await?;
+        self.store.job_transition_list(job_id).await
+    }
+
+    /// A migration's own transition log, oldest first.
+    pub async fn migration_history(&self, migration: &Migration) -> Result<Vec<MigrationTransition>> {
+        self.store.migration_transition_list(migration.id).await
+    }
+
+    /// Progress of a migration: rows done, rate, ETA.
+    pub async fn progress(&self, migration: &Migration) -> Result<Progress> {
+        let jobs = self.store.job_counts(migration.id, MAX_ATTEMPTS).await?;
+        Ok(compute_progress(migration.clone(), jobs, Utc::now()))
+    }
+
+    /// Changes one job's status through the state machine, with its log row. Operators act
+    /// on migrations; this is for tools and tests that must move a single job.
+    pub async fn job_transition(
+        &self,
+        job: &Job,
+        to: JobStatus,
+        failure: Option<crate::Failure>,
+        actor: &str,
+    ) -> Result<Job> {
+        job.status.check(to, job.id)?;
+        let mut params = JobTransitionParams::new(job, to, actor);
+        params.failure = failure;
+        if to == JobStatus::Pending {
+            params.attempts = 0;
+        }
+        self.store.job_transition(&params).await
+    }
+}
+
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// What goes in `migrations.table_name`: the canonical `schema.table` when it reads back
+/// unambiguously, else the name as the user gave it.
+fn stored_table_name(canonical: &TableName, given: &str) -> String {
+    match &canonical.schema {
+        Some(schema) if !schema.contains('.') && !canonical.table.contains('.') => {
+            format!("{schema}.{}", canonical.table)
+        }
+        Some(_) => given.to_owned(),
+        None => canonical.table.clone(),
+    }
+}
+
+fn check_settings(req: &QueueRequest) -> Result<()> {
+    let bad = |msg: String| Err(Error::InvalidSettings(msg));
+    if req.batch_size <= 0 {
+        return bad(format!("batch size must be at least 1 (got {})", req.batch_size));
+    }
+    if req.sub_batch_size <= 0 {
+        return bad(format!("sub-batch size must be at least 1 (got {})", req.sub_batch_size));
+    }
+    if req.sub_batch_size > req.batch_size {
+        return bad(format!(
+            "sub-batch size {} is larger than batch size {}",
+            req.sub_batch_size, req.batch_size
+        ));
+    }
+    if let Some(max) = req.max_batch_size {
+        if max < req.batch_size {
+            return bad(format!("max batch size {max} is smaller than batch size {}", req.batch_size));
+        }
+    }
+    if req.pause_ms < 0 {
+        return bad(format!("pause must not be negative (got {} ms)", req.pause_ms));
+    }
+    if req.statement_timeout.is_zero() || req.lock_timeout.is_zero() {
+        return bad("statement and lock timeouts must be positive".into());
+    }
+    Ok(())
+}
+
+/// Progress arithmetic, apart from I/O so it can be tested.
+pub fn compute_progress(migration: Migration, jobs: JobCounts, now: DateTime<Utc>) -> Progress {
+    let rows_done = jobs.rows_affected;
+    let span = (migration.max_value as i128 - migration.min_value as i128 + 1).max(1) as f64;
+    let percent = match migration.status {
+        MigrationStatus::Finished => 100.0,
+        _ => {
+            let handed_out = match migration.next_min_value {
+                None => span,
+                Some(next) => (next as i128 - migration.min_value as i128) as f64,
+            };
+            let open = (jobs.pending + jobs.running + jobs.failed) as f64;
+            let total_jobs = jobs.total() as f64;
+            let done_share = if total_jobs > 0.0 {
+                (total_jobs - open) / total_jobs
+            } else {
+                0.0
+            };
+            (handed_out / span * done_share * 100.0).clamp(0.0, 100.0)
+        }
+    };
+    let elapsed = jobs.first_started_at.map(|start| {
+        let end = if migration.status.is_finished() {
+            jobs.last_finished_at.unwrap_or(now)
+        } else {
+            now
+        };
+        (end - start).num_milliseconds().max(1) as f64 / 1000.0
+    });
+    let rows_per_second = elapsed.map(|s| rows_done as f64 / s);
+    let eta_seconds = match (rows_per_second, migration.total_tuple_count) {
+        _ if migration.status.is_finished() => Some(0.0),
+        (Some(rate), Some(total)) if rate > 0.0 => Some(((total - rows_done).max(0)) as f64 / rate),
+        _ => None,
+    };
+    Progress {
+        rows_total: migration.total_tuple_count,
+        migration,
+        jobs,
+        rows_done,
+        percent,
+        rows_per_second,
+        eta_seconds,
+    }
+}

@@ -1,0 +1,865 @@
+//! The runner: workers that claim due migrations and run their jobs, sub-batch by
+//! sub-batch, recording every status change. One [`Worker::step`] is DESIGN §5: claim, next
+//! job (new range or retry), execute, record, split or fail on repeated timeouts, optimize.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use serde::Serialize;
+use serde_json::json;
+use tokio::task::JoinHandle;
+
+use crate::client::{Sluicegate, LOG_RETENTION_MONTHS, MAX_ATTEMPTS};
+use crate::error::{Error, Result};
+use crate::failure::Failure;
+use crate::ident::TableName;
+use crate::kind::JobKind;
+use crate::model::{Job, Migration};
+use crate::optimizer;
+use crate::status::{JobStatus, MigrationEvent, MigrationStatus};
+use crate::store::{
+    Checkpoint, JobCreateParams, JobSplitParams, JobTransitionParams, MigrationTransitionParams,
+    SubBatchOutcome, SubBatchSpec, Timeouts,
+};
+
+/// Jobs that must have run before the failure ratio can fail a migration (GitLab: 50).
+pub const AUTO_FAIL_MIN_JOBS: i64 = 50;
+/// How many sub-batch entries a job's metrics keep (the newest); totals cover all.
+const METRICS_KEPT: usize = 50;
+/// How often a worker re-checks the job log's partitions.
+const PARTITION_CHECK_EVERY: Duration = Duration::from_secs(3600);
+
+/// How a worker behaves.
+#[derive(Debug, Clone)]
+pub struct WorkerOptions {
+    /// Its name in leases and logs (default: host name and process id).
+    pub name: String,
+    /// How long a claim or a job stays ours without renewal; renewed every third of it.
+    pub lease: Duration,
+    /// How long to wait when there is nothing to do.
+    pub poll_interval: Duration,
+    /// How many jobs it runs at once.
+    pub concurrency: usize,
+}
+
+impl Default for WorkerOptions {
+    fn default() -> Self {
+        Self {
+            name: default_worker_name(),
+            lease: Duration::from_secs(30),
+            poll_interval: Duration::from_millis(500),
+            concurrency: 1,
+        }
+    }
+}
+
+/// `host:pid`.
+pub fn default_worker_name() -> String {
+    format!(
+        "{}:{}",
+        gethostname::gethostname().to_string_lossy(),
+        std::process::id()
+    )
+}
+
+/// How a job ended for the worker that ran it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum JobOutcome {
+    /// It succeeded.
+    Succeeded,
+    /// It failed and the failure is recorded.
+    Failed {
+        /// Why.
+        failure: Failure,
+    },
+    /// Another worker took it over (our lease ran out); we wrote nothing more.
+    Lost,
+}
+
+/// What one step did.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "step", rename_all = "snake_case")]
+pub enum StepOutcome {
+    /// No migration was due.
+    Idle,
+    /// A job ran.
+    Ran {
+        /// Its migration.
+        migration_id: i64,
+        /// The job after its run.
+        job: Box<Job>,
+        /// How it ended.
+        outcome: JobOutcome,
+    },
+    /// The migration had no job left to start; others may still be running.
+    Waiting {
+        /// The migration.
+        migration_id: i64,
+    },
+    /// The migration reached a final status in this step.
+    Completed {
+        /// The migration, final.
+        migration: Box<Migration>,
+    },
+}
+
+/// Something a worker did, for progress displays.
+pub type EventSink = Arc<dyn Fn(&StepOutcome) + Send + Sync>;
+
+/// A worker: runs jobs of due migrations. Clone it to share; [`Worker::run`] runs
+/// `concurrency` loops at once.
+#[derive(Clone)]
+pub struct Worker {
+    sg: Sluicegate,
+    opts: WorkerOptions,
+    events: Option<EventSink>,
+    last_partition_check: Arc<std::sync::Mutex<Option<Instant>>>,
+}
+
+impl std::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker").field("opts", &self.opts).finish()
+    }
+}
+
+/// Stops a heartbeat task when the job is done.
+struct Heartbeat {
+    task: JoinHandle<()>,
+    lost: Arc<AtomicBool>,
+}
+
+impl Drop for Heartbeat {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// A worker's ordinary step.
+    Normal,
+    /// `finalize`: ignore interval and holds, reset exhausted jobs.
+    Finalize,
+}
+
+impl Worker {
+    /// A worker on `sg`.
+    pub fn new(sg: Sluicegate, opts: WorkerOptions) -> Self {
+        Self {
+            sg,
+            opts,
+            events: None,
+            last_partition_check: Arc::new(std::sync::Mutex::new(None)),
+        }
+    }
+
+    /// Calls `sink` after every step that did something.
+    pub fn with_events(mut self, sink: EventSink) -> Self {
+        self.events = Some(sink);
+        self
+    }
+
+    /// Its options.
+    pub fn options(&self) -> &WorkerOptions {
+        &self.opts
+    }
+
+    fn emit(&self, outcome: &StepOutcome) {
+        if let Some(sink) = &self.events {
+            if *outcome != StepOutcome::Idle {
+                sink(outcome);
+            }
+        }
+    }
+
+    /// Creates next month's job-log partition ahead of time and drops expired ones, at most
+    /// once an hour per worker.
+    async fn maintain_partitions(&self) -> Result<()> {
+        {
+            let mut last = self.last_partition_check.lock().expect("not poisoned");
+            if last.is_some_and(|t| t.elapsed() < PARTITION_CHECK_EVERY) {
+                return Ok(());
+            }
+            *last = Some(Instant::now());
+        }
+        let report = self
+            .sg
+            .store
+            .log_partitions_maintain(Utc::now(), LOG_RETENTION_MONTHS)
+            .await?;
+        if !report.created.is_empty() || !report.dropped.is_empty() {
+            tracing::info!(created = ?report.created, dropped = ?report.dropped, "job log partitions maintained");
+        }
+        Ok(())
+    }
+
+    /// One step: claim a due migration and run one job of it.
+    pub async fn step(&self) -> Result<StepOutcome> {
+        self.maintain_partitions().await?;
+        let Some(migration) = self
+            .sg
+            .store
+            .migration_claim(&self.opts.name, self.opts.lease, None)
+            .await?
+        else {
+            return Ok(StepOutcome::Idle);
+        };
+        let outcome = self.step_migration(migration, Mode::Normal).await?;
+        self.emit(&outcome);
+        Ok(outcome)
+    }
+
+    /// Runs steps until no active migration is left to work on (all finished, failed,
+    /// paused, cancelled or on hold), waiting for intervals and other workers' jobs.
+    pub async fn run_until_idle(&self) -> Result<()> {
+        let mut backoff = Backoff::default();
+        loop {
+            match self.step().await {
+                Ok(StepOutcome::Idle) => {
+                    backoff.reset();
+                    if !self.has_runnable_migrations().await? {
+                        return Ok(());
+                    }
+                    tokio::time::sleep(self.opts.poll_interval).await;
+                }
+                Ok(_) => backoff.reset(),
+                Err(e) => self.on_error(e, &mut backoff).await?,
+            }
+        }
+    }
+
+    /// Runs `concurrency` step loops until `shutdown` resolves (then lets running jobs end)
+    /// or, with `until_idle`, until no active migration is left.
+    pub async fn run(
+        &self,
+        until_idle: bool,
+        shutdown: impl std::future::Future<Output = ()> + Send,
+    ) -> Result<()> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut loops = Vec::new();
+        for i in 0..self.opts.concurrency.max(1) {
+            let mut worker = self.clone();
+            if self.opts.concurrency > 1 {
+                worker.opts.name = format!("{}#{i}", self.opts.name);
+            }
+            let stop = stop.clone();
+            loops.push(tokio::spawn(async move {
+                if until_idle {
+                    return worker.run_until_idle().await;
+                }
+                let mut backoff = Backoff::default();
+                while !stop.load(Ordering::Relaxed) {
+                    match worker.step().await {
+                        Ok(StepOutcome::Idle) => {
+                            backoff.reset();
+                            tokio::time::sleep(worker.opts.poll_interval).await;
+                        }
+                        Ok(_) => backoff.reset(),
+                        Err(e) => worker.on_error(e, &mut backoff).await?,
+                    }
+                }
+                Ok(())
+            }));
+        }
+        let all = futures::future::try_join_all(loops);
+        tokio::pin!(all);
+        tokio::pin!(shutdown);
+        let results = tokio::select! {
+            results = &mut all => results,
+            _ = &mut shutdown => {
+                stop.store(true, Ordering::Relaxed);
+                all.await
+            }
+        };
+        let results = results.map_err(|e| Error::Corrupt(format!("worker task died: {e}")))?;
+        results.into_iter().collect()
+    }
+
+    /// A database error in the loop: back off and go on when it is the connection;
+    /// anything else (a missing schema, corrupt data) stops the worker.
+    async fn on_error(&self, e: Error, backoff: &mut Backoff) -> Result<()> {
+        let transient = match &e {
+            Error::Database { source, .. } => {
+                let f = Failure::from_sqlx(source);
+                f.is_connection_lost() || f.class == "DatabaseBusy" || f.class == "DatabaseLocked"
+            }
+            Error::Conflict { .. } => true,
+            _ => false,
+        };
+        if !transient {
+            return Err(e);
+        }
+        let wait = backoff.next();
+        tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, worker = %self.opts.name, "database unavailable; backing off");
+        tokio::time::sleep(wait).await;
+        Ok(())
+    }
+
+    async fn has_runnable_migrations(&self) -> Result<bool> {
+        let now = Utc::now();
+        Ok(self.sg.store.migration_list().await?.iter().any(|m| {
+            matches!(m.status, MigrationStatus::Active | MigrationStatus::Finalizing)
+                && m.on_hold_until.is_none_or(|t| t <= now)
+        }))
+    }
+
+    /// Finalize: runs the migration's remaining jobs inline, back to back, resetting
+    /// exhausted attempts, until it is finished or failed.
+    pub async fn finalize(&self, migration: &Migration, actor: &str) -> Result<Migration> {
+        let mut m = migration.clone();
+        match m.status {
+            MigrationStatus::Finished => return Ok(m),
+            MigrationStatus::Active | MigrationStatus::Paused => {
+                m = self
+                    .sg
+                    .transition(&m, MigrationEvent::Finalize, None, actor)
+                    .await?;
+            }
+            MigrationStatus::Finalizing => {}
+            from => {
+                return Err(Error::IllegalMigrationTransition {
+                    migration: m.name.clone(),
+                    event: "finalize".into(),
+                    from,
+                })
+            }
+        }
+        self.reset_exhausted(&m).await?;
+        let mut backoff = Backoff::default();
+        loop {
+            let current = self.sg.store.migration_get(m.id).await?.ok_or_else(|| {
+                Error::MigrationNotFound(m.id.to_string())
+            })?;
+            if current.status != MigrationStatus::Finalizing {
+                return Ok(current);
+            }
+            let claimed = self
+                .sg
+                .store
+                .migration_claim(&self.opts.name, self.opts.lease, Some(m.id))
+                .await?;
+            let Some(claimed) = claimed else {
+                // Another migration of the same table holds it: wait for it.
+                tokio::time::sleep(backoff.next()).await;
+                continue;
+            };
+            match self.step_migration(claimed, Mode::Finalize).await {
+                Ok(StepOutcome::Completed { migration }) => {
+                    self.emit(&StepOutcome::Completed {
+                        migration: migration.clone(),
+                    });
+                    return Ok(*migration);
+                }
+                Ok(StepOutcome::Waiting { .. }) => tokio::time::sleep(backoff.next()).await,
+                Ok(other) => {
+                    backoff.reset();
+                    self.emit(&other);
+                }
+                Err(e) => self.on_error(e, &mut backoff).await?,
+            }
+        }
+    }
+
+    async fn reset_exhausted(&self, m: &Migration) -> Result<()> {
+        for job in self.sg.store.job_list(m.id, Some(JobStatus::Failed)).await? {
+            let mut params = JobTransitionParams::new(&job, JobStatus::Pending, &self.opts.name);
+            params.attempts = 0;
+            match self.sg.store.job_transition(&params).await {
+                Ok(_) | Err(Error::Conflict { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    async fn step_migration(&self, m: Migration, mode: Mode) -> Result<StepOutcome> {
+        let Some(kind) = self.sg.registry.get(&m.job_kind) else {
+            let failure = Failure::new(
+                "UnknownJobKind",
+                format!("job kind {:?} is not registered in worker {}", m.job_kind, self.opts.name),
+            );
+            let m = self
+                .fail_migration(&m, failure, "its job kind is not registered".into())
+                .await?;
+            return Ok(StepOutcome::Completed {
+                migration: Box::new(m),
+            });
+        };
+        let table = TableName::parse(&m.table_name)?;
+        match self.next_job(&m, &table).await? {
+            Some(job) => {
+                let (job, outcome) = self.execute(&m, kind.as_ref(), &table, job).await?;
+                if let JobOutcome::Failed { failure } = &outcome {
+                    self.after_failure(&m, &table, &job, failure).await?;
+                } else if outcome == JobOutcome::Succeeded && mode == Mode::Normal {
+                    self.optimize(&m).await?;
+                }
+                Ok(StepOutcome::Ran {
+                    migration_id: m.id,
+                    job: Box::new(job),
+                    outcome,
+                })
+            }
+            None => self.complete_if_done(&m).await,
+        }
+    }
+
+    /// The job to run now: a new range after the last one, or a pending, retriable or
+    /// abandoned job. Concurrent workers race through compare-and-set; the loser looks again.
+    async fn next_job(&self, m: &Migration, table: &TableName) -> Result<Option<Job>> {
+        let store = &self.sg.store;
+        let mut m = m.clone();
+        for attempt in 0.. {
+            if attempt > 0 {
+                m = match store.migration_get(m.id).await? {
+                    Some(m) => m,
+                    None => return Ok(None),
+                };
+            }
+            if attempt > 100 {
+                return Err(Error::Conflict {
+                    what: format!("migration {} (too much contention for its next job)", m.id),
+                });
+            }
+            if !matches!(m.status, MigrationStatus::Active | MigrationStatus::Finalizing) {
+                return Ok(None);
+            }
+            if let Some(start) = m.next_min_value {
+                let range = self
+                    .sg
+                    .target
+                    .range_next(table, &m.column_name, start, m.max_value, m.batch_size)
+                    .await?;
+                let Some((first, last)) = range else {
+                    store.migration_range_exhaust(m.id, start).await?;
+                    continue;
+                };
+                let params = JobCreateParams {
+                    migration_id: m.id,
+                    expected_next_min: start,
+                    next_min: last.checked_add(1).filter(|next| *next <= m.max_value),
+                    min_value: first,
+                    max_value: last,
+                    batch_size: m.batch_size,
+                    sub_batch_size: m.sub_batch_size.min(m.batch_size),
+                    pause_ms: m.pause_ms,
+                    worker: self.opts.name.clone(),
+                    lease: self.opts.lease,
+                };
+                JobStatus::Pending.check(JobStatus::Running, 0)?;
+                match store.job_create(&params).await? {
+                    Some(job) => return Ok(Some(job)),
+                    None if m.interval.is_zero() || m.status == MigrationStatus::Finalizing => {
+                        continue
+                    }
+                    // Lost the race, or the interval has not elapsed: not due now.
+                    None => return Ok(None),
+                }
+            }
+            let Some(mut job) = store.job_find_retriable(m.id, MAX_ATTEMPTS).await? else {
+                return Ok(None);
+            };
+            if job.status == JobStatus::Running {
+                // Its worker stopped renewing the lease: record the gap, then retry it.
+                let mut params = JobTransitionParams::new(&job, JobStatus::Failed, &self.opts.name);
+                params.require_expired_lease = true;
+                params.failure = Some(Failure::new(
+                    "WorkerLost",
+                    format!(
+                        "worker {} stopped renewing its lease, which expired at {}",
+                        job.worker.as_deref().unwrap_or("?"),
+                        job.lease_expires_at
+                            .map(|t| t.to_rfc3339())
+                            .unwrap_or_else(|| "?".into())
+                    ),
+                ));
+                job = match store.job_transition(&params).await {
+                    Ok(job) => job,
+                    Err(Error::Conflict { .. }) => continue,
+                    Err(e) => return Err(e),
+                };
+                if job.attempts >= MAX_ATTEMPTS {
+                    continue;
+                }
+            }
+            job.status.check(JobStatus::Running, job.id)?;
+            let mut params = JobTransitionParams::new(&job, JobStatus::Running, &self.opts.name);
+            params.attempts = job.attempts + 1;
+            params.lease = Some(self.opts.lease);
+            match store.job_transition(&params).await {
+                Ok(job) => return Ok(Some(job)),
+                Err(Error::Conflict { .. }) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        unreachable!("the loop returns")
+    }
+
+    fn start_heartbeat(&self, job: &Job) -> Heartbeat {
+        let lost = Arc::new(AtomicBool::new(false));
+        let (store, lease, id, attempts) = (
+            self.sg.store.clone(),
+            self.opts.lease,
+            job.id,
+            job.attempts,
+        );
+        let flag = lost.clone();
+        let task = tokio::spawn(async move {
+            let every = (lease / 3).max(Duration::from_millis(50));
+            loop {
+                tokio::time::sleep(every).await;
+                match store.job_heartbeat(id, attempts, lease).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        flag.store(true, Ordering::Relaxed);
+                        return;
+                    }
+                    Err(e) => tracing::warn!(job = id, error = %e, "lease renewal failed"),
+                }
+            }
+        });
+        Heartbeat { task, lost }
+    }
+
+    /// Runs a job sub-batch by sub-batch, from its cursor on, and records how it ended.
+    async fn execute(
+        &self,
+        m: &Migration,
+        kind: &dyn JobKind,
+        table: &TableName,
+        job: Job,
+    ) -> Result<(Job, JobOutcome)> {
+        let heartbeat = self.start_heartbeat(&job);
+        let started = Instant::now();
+        let mut start = match job.cursor {
+            Some(cursor) => cursor.checked_add(1),
+            None => Some(job.min_value),
+        };
+        let mut sub_batch_size = job.sub_batch_size;
+        let mut entries = Vec::new();
+        let (mut sub_batches, mut rows_total, mut slowest_ms) = (0u64, 0u64, 0u64);
+        let checkpoint = self.sg.same_database.then_some(Checkpoint {
+            job_id: job.id,
+            attempts: job.attempts,
+            lease: self.opts.lease,
+        });
+        let failure = loop {
+            let Some(from) = start.filter(|s| *s <= job.max_value) else {
+                break None;
+            };
+            if heartbeat.lost.load(Ordering::Relaxed) {
+                return Ok((job, JobOutcome::Lost));
+            }
+            let t0 = Instant::now();
+            let spec = SubBatchSpec {
+                kind,
+                table,
+                column: &m.column_name,
+                arguments: &m.job_arguments,
+                start: from,
+                max: job.max_value,
+                size: sub_batch_size,
+                timeouts: Timeouts {
+                    statement_ms: m.statement_timeout_ms,
+                    lock_ms: m.lock_timeout_ms,
+                },
+            };
+            match self.sg.target.sub_batch_run(spec, checkpoint).await {
+                Ok(SubBatchOutcome::Exhausted) => break None,
+                Ok(SubBatchOutcome::Fenced) => return Ok((job, JobOutcome::Lost)),
+                Ok(SubBatchOutcome::Done { start: s, end, rows }) => {
+                    if checkpoint.is_none()
+                        && !self
+                            .sg
+                            .store
+                            .job_checkpoint(job.id, job.attempts, end, rows as i64, self.opts.lease)
+                            .await?
+                    {
+                        return Ok((job, JobOutcome::Lost));
+                    }
+                    let ms = t0.elapsed().as_millis() as u64;
+                    sub_batches += 1;
+                    rows_total += rows;
+                    slowest_ms = slowest_ms.max(ms);
+                    if entries.len() == METRICS_KEPT {
+                        entries.remove(0);
+                    }
+                    entries.push(json!({"start": s, "end": end, "rows": rows, "ms": ms}));
+                    start = end.checked_add(1);
+                    if job.pause_ms > 0 && start.is_some_and(|s| s <= job.max_value) {
+                        tokio::time::sleep(Duration::from_millis(job.pause_ms as u64)).await;
+                    }
+                }
+                Err(failure) => {
+                    if failure.is_timeout() {
+                        sub_batch_size = ((sub_batch_size as f64) * 0.75).max(1.0) as i64;
+                    }
+                    break Some(failure);
+                }
+            }
+        };
+        drop(heartbeat);
+        let metrics = json!({
+            "duration_ms": started.elapsed().as_millis() as u64,
+            "sub_batches": sub_batches,
+            "rows": rows_total,
+            "slowest_sub_batch_ms": slowest_ms,
+            "sub_batch_size": sub_batch_size,
+            "recent": entries,
+        });
+        let to = if failure.is_some() {
+            JobStatus::Failed
+        } else {
+            JobStatus::Succeeded
+        };
+        let mut params = JobTransitionParams::new(&job, to, &self.opts.name);
+        params.metrics = Some(metrics);
+        params.failure = failure.clone();
+        if sub_batch_size != job.sub_batch_size {
+            params.sub_batch_size = Some(sub_batch_size);
+        }
+        let recorded = self.record_with_retry(&params).await?;
+        let Some(job) = recorded else {
+            return Ok((job, JobOutcome::Lost));
+        };
+        let outcome = match failure {
+            Some(failure) => JobOutcome::Failed { failure },
+            None => JobOutcome::Succeeded,
+        };
+        Ok((job, outcome))
+    }
+
+    /// Records the end of a job, retrying while the database is unreachable (for as long as
+    /// the lease would have held). `None` when the job is no longer ours.
+    async fn record_with_retry(&self, params: &JobTransitionParams) -> Result<Option<Job>> {
+        let deadline = Instant::now() + self.opts.lease;
+        let mut backoff = Backoff::default();
+        loop {
+            match self.sg.store.job_transition(params).await {
+                Ok(job) => return Ok(Some(job)),
+                Err(Error::Conflict { .. }) => return Ok(None),
+                Err(Error::Database { source, context })
+                    if Failure::from_sqlx(&source).is_connection_lost()
+                        && Instant::now() < deadline =>
+                {
+                    let wait = backoff.next();
+                    tracing::warn!(job = params.job_id, error = %source, %context, retry_in_ms = wait.as_millis() as u64, "cannot record the job's end yet; retrying");
+                    tokio::time::sleep(wait).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// After a failed job: split it when timeouts exhausted its attempts, and fail the
+    /// migration when too many of its jobs failed.
+    async fn after_failure(
+        &self,
+        m: &Migration,
+        table: &TableName,
+        job: &Job,
+        failure: &Failure,
+    ) -> Result<()> {
+        if failure.is_timeout() && job.attempts >= MAX_ATTEMPTS {
+            self.split(m, table, job).await?;
+        }
+        let counts = self.sg.store.job_counts(m.id, MAX_ATTEMPTS).await?;
+        if counts.total() >= AUTO_FAIL_MIN_JOBS && counts.failed * 2 > counts.total() {
+            let current = self.sg.store.migration_get(m.id).await?;
+            if let Some(current) = current.filter(|c| c.status == MigrationStatus::Active) {
+                let reason = format!(
+                    "{} of {} jobs failed (more than half, with at least {AUTO_FAIL_MIN_JOBS} jobs)",
+                    counts.failed,
+                    counts.total()
+                );
+                let failure = Failure::new("TooManyFailedJobs", reason.clone());
+                match self.fail_migration(&current, failure, reason).await {
+                    Ok(_) | Err(Error::Conflict { .. }) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn split(&self, m: &Migration, table: &TableName, job: &Job) -> Result<()> {
+        let half = job.batch_size / 2;
+        if half < 1 || job.batch_size <= job.sub_batch_size {
+            return Ok(());
+        }
+        let from = match job.cursor {
+            Some(c) => match c.checked_add(1) {
+                Some(from) => from,
+                None => return Ok(()),
+            },
+            None => job.min_value,
+        };
+        let range = self
+            .sg
+            .target
+            .range_next(table, &m.column_name, from, job.max_value, half)
+            .await?;
+        let Some((_, mid)) = range.filter(|(_, mid)| *mid < job.max_value) else {
+            return Ok(());
+        };
+        job.status.check(JobStatus::Pending, job.id)?;
+        let params = JobSplitParams {
+            transition: JobTransitionParams::new(job, JobStatus::Pending, &self.opts.name),
+            first_max: mid,
+            batch_size: half,
+            sub_batch_size: job.sub_batch_size.min(half),
+            second_min: mid + 1,
+            second_max: job.max_value,
+        };
+        match self.sg.store.job_split(&params).await {
+            Ok((first, second)) => {
+                tracing::info!(job = first.id, new_job = second.id, "split a job that kept timing out");
+                Ok(())
+            }
+            Err(Error::Conflict { .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn fail_migration(&self, m: &Migration, failure: Failure, reason: String) -> Result<Migration> {
+        let to = m
+            .status
+            .after(MigrationEvent::Fail)
+            .ok_or_else(|| Error::IllegalMigrationTransition {
+                migration: m.name.clone(),
+                event: "fail".into(),
+                from: m.status,
+            })?;
+        let params = MigrationTransitionParams {
+            migration_id: m.id,
+            from: m.status,
+            to,
+            event: MigrationEvent::Fail,
+            reason: Some(reason),
+            actor: self.opts.name.clone(),
+            failure: Some(failure),
+            hold_until: None,
+        };
+        let m = self.sg.store.migration_transition(&params).await?;
+        self.sg.store.table_lease_release(m.id).await?;
+        Ok(m)
+    }
+
+    /// No job left to start: finish (or fail) the migration when nothing is pending or
+    /// running any more.
+    async fn complete_if_done(&self, m: &Migration) -> Result<StepOutcome> {
+        let Some(m) = self.sg.store.migration_get(m.id).await? else {
+            return Ok(StepOutcome::Idle);
+        };
+        let runnable = matches!(m.status, MigrationStatus::Active | MigrationStatus::Finalizing);
+        let counts = self.sg.store.job_counts(m.id, MAX_ATTEMPTS).await?;
+        if !runnable || m.next_min_value.is_some() || counts.pending > 0 || counts.running > 0 {
+            return Ok(StepOutcome::Waiting { migration_id: m.id });
+        }
+        let result = if counts.failed == 0 {
+            let params = MigrationTransitionParams {
+                migration_id: m.id,
+                from: m.status,
+                to: MigrationStatus::Finished,
+                event: MigrationEvent::Finish,
+                reason: Some(format!(
+                    "all {} jobs succeeded, {} rows affected",
+                    counts.succeeded, counts.rows_affected
+                )),
+                actor: self.opts.name.clone(),
+                failure: None,
+                hold_until: None,
+            };
+            let done = self.sg.store.migration_transition(&params).await;
+            if done.is_ok() {
+                self.sg.store.table_lease_release(m.id).await?;
+            }
+            done
+        } else {
+            let reason = format!(
+                "{} jobs failed after {MAX_ATTEMPTS} attempts",
+                counts.failed
+            );
+            self.fail_migration(&m, Failure::new("JobsFailed", reason.clone()), reason)
+                .await
+        };
+        match result {
+            Ok(m) => Ok(StepOutcome::Completed {
+                migration: Box::new(m),
+            }),
+            Err(Error::Conflict { .. }) => Ok(StepOutcome::Waiting { migration_id: m.id }),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// GitLab's optimizer over the last 20 succeeded jobs; off at interval 0.
+    async fn optimize(&self, m: &Migration) -> Result<()> {
+        if m.interval.is_zero() {
+            return Ok(());
+        }
+        let jobs = self
+            .sg
+            .store
+            .job_recent_succeeded(m.id, optimizer::SAMPLE_JOBS as i64)
+            .await?;
+        let durations: Vec<Duration> = jobs
+            .iter()
+            .filter_map(|j| {
+                let ms = (j.finished_at? - j.started_at?).num_milliseconds();
+                Some(Duration::from_millis(ms.max(0) as u64))
+            })
+            .collect();
+        if let Some(next) =
+            optimizer::next_batch_size(m.batch_size, &durations, m.interval, m.max_batch_size)
+        {
+            tracing::info!(migration = m.id, from = m.batch_size, to = next, "batch size changed");
+            self.sg.store.migration_batch_size_set(m.id, next).await?;
+        }
+        Ok(())
+    }
+}
+
+/// Exponential backoff from 100 ms to 30 s.
+#[derive(Debug, Default)]
+struct Backoff {
+    failures: u32,
+}
+
+impl Backoff {
+    fn next(&mut self) -> Duration {
+        let ms = 100u64.saturating_mul(1 << self.failures.min(9));
+        self.failures += 1;
+        Duration::from_millis(ms.min(30_000))
+    }
+
+    fn reset(&mut self) {
+        self.failures = 0;
+    }
+}
+
+impl Sluicegate {
+    /// A worker on this handle.
+    pub fn worker(&self, opts: WorkerOptions) -> Worker {
+        Worker::new(self.clone(), opts)
+    }
+
+    /// Finalizes a migration inline (see [`Worker::finalize`]) with a worker named `actor`.
+    pub async fn finalize(&self, id_or_name: &str, actor: &str) -> Result<Migration> {
+        let m = self.migration(id_or_name).await?;
+        let worker = self.worker(WorkerOptions {
+            name: format!("{actor}:{}", std::process::id()),
+            ..WorkerOptions::default()
+        });
+        let m = worker.finalize(&m, actor).await?;
+        if m.status != MigrationStatus::Finished {
+            return Err(Error::FinalizeFailed {
+                migration: m.name.clone(),
+                reason: format!("it ended {}; see `sluicegate history {}`", m.status, m.name),
+            });
+        }
+        Ok(m)
+    }
+}

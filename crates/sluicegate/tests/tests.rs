@@ -1,0 +1,9 @@
+//! Integration tests, each on a fresh PostgreSQL database and a fresh SQLite file.
+
+mod common;
+
+mod bad_input;
+mod partitions;
+mod runner;
+mod schema;
+mod transitions;
