@@ -559,8 +559,13 @@ impl Sluicegate {
         job.status.check(to, job.id)?;
         let mut params = JobTransitionParams::new(job, to, actor);
         params.failure = failure;
-        if to == JobStatus::Pending {
-            params.attempts = 0;
+        match to {
+            JobStatus::Pending => params.attempts = 0,
+            JobStatus::Running => {
+                params.attempts = job.attempts + 1;
+                params.lease = Some(Duration::from_secs(30));
+            }
+            _ => {}
         }
         self.store.job_transition(&params).await
     }

@@ -18,12 +18,7 @@ async fn partitions_are_created_ahead_and_dropped_after_retention() {
     let parts = sg.store().log_partitions_list().await.unwrap();
     assert_eq!(parts, vec![partition_name(month(0)), partition_name(month(1))]);
 
-    // A worker that ran 8 months ago created that month's partition and the next.
-    let old_now = month_start_utc(month(-8));
-    let report = sg.store().log_partitions_maintain(old_now, 6).await.unwrap();
-    assert_eq!(report.created, vec![partition_name(month(-8)), partition_name(month(-7))]);
-
-    // Rows in the old partition and in the current one.
+    // A migration run today: its log rows land in this month's partition.
     db.create_items("items", &[(1, 10)]).await;
     let m = sg
         .queue(&crate::common::fast("m", "update", "items", 10, 10).argument("set", "n = 1"))
@@ -31,6 +26,11 @@ async fn partitions_are_created_ahead_and_dropped_after_retention() {
         .unwrap();
     crate::common::run_to_end(&sg).await;
     let job_id = sg.jobs(&m, None).await.unwrap()[0].id;
+
+    // A worker that ran 8 months ago created that month's partition and the next.
+    let old_now = month_start_utc(month(-8));
+    let report = sg.store().log_partitions_maintain(old_now, 6).await.unwrap();
+    assert_eq!(report.created, vec![partition_name(month(-8)), partition_name(month(-7))]);
     db.exec(&format!(
         "INSERT INTO sluicegate.job_transition_logs (job_id, migration_id, previous_status, next_status, created_at) \
          VALUES ({job_id}, {}, 'pending', 'running', '{}')",

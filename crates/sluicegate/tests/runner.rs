@@ -137,8 +137,11 @@ store_test!(timeouts_shrink_sub_batches_and_split_jobs, |db| {
     assert!(holding[0].sub_batch_size < 100, "sub-batch shrank x0.75 per timeout");
     assert!(jobs.iter().filter(|j| j.id != holding[0].id).all(|j| j.status == JobStatus::Succeeded));
     assert_eq!(m.status, MigrationStatus::Failed);
-    let covered: i64 = jobs.iter().filter(|j| j.status == JobStatus::Succeeded).map(|j| j.rows_affected).sum();
+    // Committed sub-batches count once, including those of the job that failed for good.
+    let covered: i64 = jobs.iter().map(|j| j.rows_affected).sum();
     assert_eq!(db.scalar("SELECT count(*) FROM items WHERE n = 1").await, covered);
+    assert_eq!(db.scalar("SELECT count(*) FROM items WHERE n > 1").await, 0);
+    assert_eq!(db.scalar("SELECT count(*) FROM items WHERE id = 500 AND n = 0").await, 1);
 });
 
 store_test!(migration_fails_when_half_of_fifty_jobs_failed, |db| {

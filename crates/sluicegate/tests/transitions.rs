@@ -192,12 +192,12 @@ fn forced_failure_trigger(backend: Backend, table: &str) -> Vec<String> {
              $$BEGIN RAISE EXCEPTION 'forced failure between status change and log row'; END$$"
                 .into(),
             format!(
-                "CREATE TRIGGER forced_failure BEFORE INSERT ON sluicegate.{table} \
+                "CREATE TRIGGER forced_failure_{table} BEFORE INSERT ON sluicegate.{table} \
                  FOR EACH ROW EXECUTE FUNCTION sluicegate.forced_failure()"
             ),
         ],
         Backend::Sqlite => vec![format!(
-            "CREATE TRIGGER forced_failure BEFORE INSERT ON sluicegate_{table} \
+            "CREATE TRIGGER forced_failure_{table} BEFORE INSERT ON sluicegate_{table} \
              BEGIN SELECT RAISE(ABORT, 'forced failure between status change and log row'); END"
         )],
     }

@@ -1020,7 +1020,7 @@ impl Target for SqliteTarget {
                 table: name,
             }),
             Some(ty) => Err(Error::InvalidSettings(format!(
-                "column {column:?} of table {name:?} is of type {ty:?}; the batch column must be an INTEGER column"
+                "column {column:?} of table {name:?} is of type {ty:?}; the batch column must be an integer (INTEGER) column"
             ))),
         }
     }
