@@ -1,1 +1,144 @@
-fn main() {}
+//! `sluicegate`: queue, run and watch batched background data migrations from a terminal.
+
+mod args;
+mod demo;
+mod output;
+mod progress;
+mod run;
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use sluicegate::{ConnectOptions, Sluicegate};
+
+use crate::args::{Cli, Command};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(&cli);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(dispatch(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            // A closed pipe (`sluicegate status | head`) is not an error.
+            if err
+                .chain()
+                .filter_map(|e| e.downcast_ref::<std::io::Error>())
+                .any(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+            {
+                return ExitCode::SUCCESS;
+            }
+            let _ = std::io::stdout().flush();
+            eprintln!("error: {err:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn init_tracing(cli: &Cli) {
+    use tracing_subscriber::EnvFilter;
+    let filter =
+        EnvFilter::try_from_env("SLUICEGATE_LOG").unwrap_or_else(|_| EnvFilter::new("warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(output::color_enabled());
+    if cli.wants_json() {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+/// Connects to the tracking database (and target) named on the command line.
+async fn connect(cli: &Cli) -> Result<Sluicegate> {
+    let mut opts = ConnectOptions::new(&cli.database_url);
+    opts.target_url = cli.target_url.clone();
+    opts.schema = cli.schema.clone();
+    Sluicegate::connect_with(opts)
+        .await
+        .map_err(anyhow::Error::from)
+}
+
+async fn connect_ready(cli: &Cli) -> Result<Sluicegate> {
+    let sg = connect(cli).await?;
+    sg.ensure_schema().await?;
+    Ok(sg)
+}
+
+async fn dispatch(cli: Cli) -> Result<()> {
+    match &cli.command {
+        Command::Setup => {
+            let sg = connect(&cli).await?;
+            let (applied, partitions) = sg.setup().await?;
+            if applied.is_empty() {
+                println!("tracking schema is up to date");
+            } else {
+                println!("installed tracking schema version(s) {applied:?}");
+            }
+            if !partitions.created.is_empty() {
+                println!(
+                    "created job log partitions {}",
+                    partitions.created.join(", ")
+                );
+            }
+            Ok(())
+        }
+        Command::Queue(args) => {
+            let sg = connect_ready(&cli).await?;
+            run::queue(&sg, args).await
+        }
+        Command::Run(args) => {
+            let sg = connect_ready(&cli).await?;
+            run::run(&sg, args).await
+        }
+        Command::Status(args) => {
+            let sg = connect_ready(&cli).await?;
+            output::status(&sg, args.json).await
+        }
+        Command::Show(args) => {
+            let sg = connect_ready(&cli).await?;
+            output::show(&sg, &args.migration, args.json).await
+        }
+        Command::Jobs(args) => {
+            let sg = connect_ready(&cli).await?;
+            output::jobs(&sg, &args.migration, args.status.as_deref(), args.json).await
+        }
+        Command::History(args) => {
+            let sg = connect_ready(&cli).await?;
+            output::history(&sg, &args.migration, args.job, args.json).await
+        }
+        Command::Pause(args)
+        | Command::Resume(args)
+        | Command::Retry(args)
+        | Command::Cancel(args) => {
+            let sg = connect_ready(&cli).await?;
+            let reason = args.reason.clone();
+            let m = match &cli.command {
+                Command::Pause(_) => sg.pause(&args.migration, reason, "cli").await,
+                Command::Resume(_) => sg.resume(&args.migration, reason, "cli").await,
+                Command::Retry(_) => sg.retry(&args.migration, reason, "cli").await,
+                _ => sg.cancel(&args.migration, reason, "cli").await,
+            }?;
+            println!("migration {} ({}) is {}", m.id, m.name, m.status);
+            Ok(())
+        }
+        Command::Finalize(args) => {
+            let sg = connect_ready(&cli).await?;
+            run::finalize(&sg, &args.migration, args.json).await
+        }
+        Command::Serve(_) => anyhow::bail!("`serve` is not built yet"),
+        Command::Demo(args) => demo::demo(args).await.context("the demo failed"),
+    }
+}

@@ -101,7 +101,11 @@ pub struct QueueRequest {
 
 impl QueueRequest {
     /// A request with GitLab's defaults.
-    pub fn new(name: impl Into<String>, job_kind: impl Into<String>, table: impl Into<String>) -> Self {
+    pub fn new(
+        name: impl Into<String>,
+        job_kind: impl Into<String>,
+        table: impl Into<String>,
+    ) -> Self {
         Self {
             name: name.into(),
             job_kind: job_kind.into(),
@@ -148,6 +152,38 @@ pub struct Progress {
     pub rows_per_second: Option<f64>,
     /// Estimated time left.
     pub eta_seconds: Option<f64>,
+}
+
+/// What queueing a migration would do: the validated row, and what a trial sub-batch
+/// (rolled back) measured.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// The migration as it would be inserted.
+    pub migration: NewMigration,
+    /// Rows the trial sub-batch touched before it was rolled back.
+    pub trial_rows: u64,
+    /// How long the trial sub-batch took.
+    pub trial_time: Duration,
+}
+
+impl Plan {
+    /// Estimated number of jobs (from the row estimate and the batch size).
+    pub fn estimated_jobs(&self) -> Option<i64> {
+        let rows = self.migration.total_tuple_count?;
+        Some((rows + self.migration.batch_size - 1) / self.migration.batch_size)
+    }
+
+    /// Estimated duration at these settings: each job takes its sub-batches at the trial's
+    /// pace plus the pauses, and jobs start no more often than the interval.
+    pub fn estimated_duration(&self) -> Option<Duration> {
+        let jobs = self.estimated_jobs()? as f64;
+        let m = &self.migration;
+        let sub_batches = (m.batch_size as f64 / m.sub_batch_size as f64).ceil();
+        let job = sub_batches * (self.trial_time.as_secs_f64() + m.pause_ms as f64 / 1000.0);
+        Some(Duration::from_secs_f64(
+            jobs * job.max(m.interval.as_secs_f64()),
+        ))
+    }
 }
 
 /// Resolves the [`Backend`] of a URL.
@@ -334,8 +370,8 @@ impl Sluicegate {
     }
 
     /// Validates a migration against the target database and returns what would be inserted,
-    /// writing nothing. Runs one sub-batch inside a rolled-back transaction.
-    pub async fn plan(&self, req: &QueueRequest) -> Result<NewMigration> {
+    /// writing nothing: its first sub-batch runs inside a transaction that is rolled back.
+    pub async fn plan(&self, req: &QueueRequest) -> Result<Plan> {
         if req.name.trim().is_empty() {
             return Err(Error::InvalidSettings("the migration name is empty".into()));
         }
@@ -368,6 +404,7 @@ impl Sluicegate {
             )));
         }
         let next_min_value = bounds.map(|_| min_value);
+        let trial_started = std::time::Instant::now();
         let trial = self
             .target
             .sub_batch_try(SubBatchSpec {
@@ -377,20 +414,19 @@ impl Sluicegate {
                 arguments: &req.arguments,
                 start: min_value,
                 max: max_value,
-                size: 1,
+                size: req.sub_batch_size,
                 timeouts: Timeouts {
                     statement_ms: millis(req.statement_timeout),
                     lock_ms: millis(req.lock_timeout),
                 },
             })
             .await;
-        if let Err(failure) = trial {
-            return Err(Error::InvalidJob {
-                kind: req.job_kind.clone(),
-                reason: format!("its statement failed on a trial sub-batch (rolled back): {failure}"),
-            });
-        }
-        Ok(NewMigration {
+        let trial_time = trial_started.elapsed();
+        let trial_rows = trial.map_err(|failure| Error::InvalidJob {
+            kind: req.job_kind.clone(),
+            reason: format!("its statement failed on a trial sub-batch (rolled back): {failure}"),
+        })?;
+        let migration = NewMigration {
             name: req.name.clone(),
             job_kind: req.job_kind.clone(),
             table_name: stored_table_name(&table, &req.table),
@@ -413,6 +449,11 @@ impl Sluicegate {
             },
             total_tuple_count: self.target.row_estimate(&table).await?,
             actor: req.actor.clone(),
+        };
+        Ok(Plan {
+            migration,
+            trial_rows,
+            trial_time,
         })
     }
 
@@ -421,8 +462,8 @@ impl Sluicegate {
         if self.store.migration_get_by_name(&req.name).await?.is_some() {
             return Err(Error::DuplicateMigration(req.name.clone()));
         }
-        let new = self.plan(req).await?;
-        match self.store.migration_insert(&new).await {
+        let plan = self.plan(req).await?;
+        match self.store.migration_insert(&plan.migration).await {
             Err(Error::DuplicateMigration(name))
                 if self.store.migration_get_by_name(&name).await?.is_none() =>
             {
@@ -467,14 +508,15 @@ impl Sluicegate {
         reason: Option<String>,
         actor: &str,
     ) -> Result<Migration> {
-        let to = migration
-            .status
-            .after(event)
-            .ok_or_else(|| Error::IllegalMigrationTransition {
-                migration: migration.name.clone(),
-                event: event.as_str().to_owned(),
-                from: migration.status,
-            })?;
+        let to =
+            migration
+                .status
+                .after(event)
+                .ok_or_else(|| Error::IllegalMigrationTransition {
+                    migration: migration.name.clone(),
+                    event: event.as_str().to_owned(),
+                    from: migration.status,
+                })?;
         let params = MigrationTransitionParams {
             migration_id: migration.id,
             from: migration.status,
@@ -497,27 +539,51 @@ impl Sluicegate {
     }
 
     /// Pauses an active migration: its workers finish their current job and take no more.
-    pub async fn pause(&self, id_or_name: &str, reason: Option<String>, actor: &str) -> Result<Migration> {
+    pub async fn pause(
+        &self,
+        id_or_name: &str,
+        reason: Option<String>,
+        actor: &str,
+    ) -> Result<Migration> {
         let m = self.migration(id_or_name).await?;
-        self.transition(&m, MigrationEvent::Pause, reason, actor).await
+        self.transition(&m, MigrationEvent::Pause, reason, actor)
+            .await
     }
 
     /// Resumes a paused migration.
-    pub async fn resume(&self, id_or_name: &str, reason: Option<String>, actor: &str) -> Result<Migration> {
+    pub async fn resume(
+        &self,
+        id_or_name: &str,
+        reason: Option<String>,
+        actor: &str,
+    ) -> Result<Migration> {
         let m = self.migration(id_or_name).await?;
-        self.transition(&m, MigrationEvent::Resume, reason, actor).await
+        self.transition(&m, MigrationEvent::Resume, reason, actor)
+            .await
     }
 
     /// Retries a failed migration: it becomes active and its failed jobs pending again.
-    pub async fn retry(&self, id_or_name: &str, reason: Option<String>, actor: &str) -> Result<Migration> {
+    pub async fn retry(
+        &self,
+        id_or_name: &str,
+        reason: Option<String>,
+        actor: &str,
+    ) -> Result<Migration> {
         let m = self.migration(id_or_name).await?;
-        self.transition(&m, MigrationEvent::Retry, reason, actor).await
+        self.transition(&m, MigrationEvent::Retry, reason, actor)
+            .await
     }
 
     /// Cancels a migration for good.
-    pub async fn cancel(&self, id_or_name: &str, reason: Option<String>, actor: &str) -> Result<Migration> {
+    pub async fn cancel(
+        &self,
+        id_or_name: &str,
+        reason: Option<String>,
+        actor: &str,
+    ) -> Result<Migration> {
         let m = self.migration(id_or_name).await?;
-        self.transition(&m, MigrationEvent::Cancel, reason, actor).await
+        self.transition(&m, MigrationEvent::Cancel, reason, actor)
+            .await
     }
 
     /// A job by id.
@@ -537,7 +603,10 @@ impl Sluicegate {
     }
 
     /// A migration's own transition log, oldest first.
-    pub async fn migration_history(&self, migration: &Migration) -> Result<Vec<MigrationTransition>> {
+    pub async fn migration_history(
+        &self,
+        migration: &Migration,
+    ) -> Result<Vec<MigrationTransition>> {
         self.store.migration_transition_list(migration.id).await
     }
 
@@ -590,10 +659,16 @@ fn stored_table_name(canonical: &TableName, given: &str) -> String {
 fn check_settings(req: &QueueRequest) -> Result<()> {
     let bad = |msg: String| Err(Error::InvalidSettings(msg));
     if req.batch_size <= 0 {
-        return bad(format!("batch size must be at least 1 (got {})", req.batch_size));
+        return bad(format!(
+            "batch size must be at least 1 (got {})",
+            req.batch_size
+        ));
     }
     if req.sub_batch_size <= 0 {
-        return bad(format!("sub-batch size must be at least 1 (got {})", req.sub_batch_size));
+        return bad(format!(
+            "sub-batch size must be at least 1 (got {})",
+            req.sub_batch_size
+        ));
     }
     if req.sub_batch_size > req.batch_size {
         return bad(format!(
@@ -603,11 +678,17 @@ fn check_settings(req: &QueueRequest) -> Result<()> {
     }
     if let Some(max) = req.max_batch_size {
         if max < req.batch_size {
-            return bad(format!("max batch size {max} is smaller than batch size {}", req.batch_size));
+            return bad(format!(
+                "max batch size {max} is smaller than batch size {}",
+                req.batch_size
+            ));
         }
     }
     if req.pause_ms < 0 {
-        return bad(format!("pause must not be negative (got {} ms)", req.pause_ms));
+        return bad(format!(
+            "pause must not be negative (got {} ms)",
+            req.pause_ms
+        ));
     }
     if req.statement_timeout.is_zero() || req.lock_timeout.is_zero() {
         return bad("statement and lock timeouts must be positive".into());

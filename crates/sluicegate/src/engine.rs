@@ -301,8 +301,10 @@ impl Worker {
     async fn has_runnable_migrations(&self) -> Result<bool> {
         let now = Utc::now();
         Ok(self.sg.store.migration_list().await?.iter().any(|m| {
-            matches!(m.status, MigrationStatus::Active | MigrationStatus::Finalizing)
-                && m.on_hold_until.is_none_or(|t| t <= now)
+            matches!(
+                m.status,
+                MigrationStatus::Active | MigrationStatus::Finalizing
+            ) && m.on_hold_until.is_none_or(|t| t <= now)
         }))
     }
 
@@ -330,9 +332,12 @@ impl Worker {
         self.reset_exhausted(&m).await?;
         let mut backoff = Backoff::default();
         loop {
-            let current = self.sg.store.migration_get(m.id).await?.ok_or_else(|| {
-                Error::MigrationNotFound(m.id.to_string())
-            })?;
+            let current = self
+                .sg
+                .store
+                .migration_get(m.id)
+                .await?
+                .ok_or_else(|| Error::MigrationNotFound(m.id.to_string()))?;
             if current.status != MigrationStatus::Finalizing {
                 return Ok(current);
             }
@@ -364,7 +369,12 @@ impl Worker {
     }
 
     async fn reset_exhausted(&self, m: &Migration) -> Result<()> {
-        for job in self.sg.store.job_list(m.id, Some(JobStatus::Failed)).await? {
+        for job in self
+            .sg
+            .store
+            .job_list(m.id, Some(JobStatus::Failed))
+            .await?
+        {
             let mut params = JobTransitionParams::new(&job, JobStatus::Pending, &self.opts.name);
             params.attempts = 0;
             match self.sg.store.job_transition(&params).await {
@@ -379,7 +389,10 @@ impl Worker {
         let Some(kind) = self.sg.registry.get(&m.job_kind) else {
             let failure = Failure::new(
                 "UnknownJobKind",
-                format!("job kind {:?} is not registered in worker {}", m.job_kind, self.opts.name),
+                format!(
+                    "job kind {:?} is not registered in worker {}",
+                    m.job_kind, self.opts.name
+                ),
             );
             let m = self
                 .fail_migration(&m, failure, "its job kind is not registered".into())
@@ -424,7 +437,10 @@ impl Worker {
                     what: format!("migration {} (too much contention for its next job)", m.id),
                 });
             }
-            if !matches!(m.status, MigrationStatus::Active | MigrationStatus::Finalizing) {
+            if !matches!(
+                m.status,
+                MigrationStatus::Active | MigrationStatus::Finalizing
+            ) {
                 return Ok(None);
             }
             if let Some(start) = m.next_min_value {
@@ -500,12 +516,8 @@ impl Worker {
 
     fn start_heartbeat(&self, job: &Job) -> Heartbeat {
         let lost = Arc::new(AtomicBool::new(false));
-        let (store, lease, id, attempts) = (
-            self.sg.store.clone(),
-            self.opts.lease,
-            job.id,
-            job.attempts,
-        );
+        let (store, lease, id, attempts) =
+            (self.sg.store.clone(), self.opts.lease, job.id, job.attempts);
         let flag = lost.clone();
         let task = tokio::spawn(async move {
             let every = (lease / 3).max(Duration::from_millis(50));
@@ -570,7 +582,11 @@ impl Worker {
             match self.sg.target.sub_batch_run(spec, checkpoint).await {
                 Ok(SubBatchOutcome::Exhausted) => break None,
                 Ok(SubBatchOutcome::Fenced) => return Ok((job, JobOutcome::Lost)),
-                Ok(SubBatchOutcome::Done { start: s, end, rows }) => {
+                Ok(SubBatchOutcome::Done {
+                    start: s,
+                    end,
+                    rows,
+                }) => {
                     if checkpoint.is_none()
                         && !self
                             .sg
@@ -716,7 +732,11 @@ impl Worker {
         };
         match self.sg.store.job_split(&params).await {
             Ok((first, second)) => {
-                tracing::info!(job = first.id, new_job = second.id, "split a job that kept timing out");
+                tracing::info!(
+                    job = first.id,
+                    new_job = second.id,
+                    "split a job that kept timing out"
+                );
                 Ok(())
             }
             Err(Error::Conflict { .. }) => Ok(()),
@@ -724,15 +744,19 @@ impl Worker {
         }
     }
 
-    async fn fail_migration(&self, m: &Migration, failure: Failure, reason: String) -> Result<Migration> {
-        let to = m
-            .status
-            .after(MigrationEvent::Fail)
-            .ok_or_else(|| Error::IllegalMigrationTransition {
+    async fn fail_migration(
+        &self,
+        m: &Migration,
+        failure: Failure,
+        reason: String,
+    ) -> Result<Migration> {
+        let to = m.status.after(MigrationEvent::Fail).ok_or_else(|| {
+            Error::IllegalMigrationTransition {
                 migration: m.name.clone(),
                 event: "fail".into(),
                 from: m.status,
-            })?;
+            }
+        })?;
         let params = MigrationTransitionParams {
             migration_id: m.id,
             from: m.status,
@@ -754,7 +778,10 @@ impl Worker {
         let Some(m) = self.sg.store.migration_get(m.id).await? else {
             return Ok(StepOutcome::Idle);
         };
-        let runnable = matches!(m.status, MigrationStatus::Active | MigrationStatus::Finalizing);
+        let runnable = matches!(
+            m.status,
+            MigrationStatus::Active | MigrationStatus::Finalizing
+        );
         let counts = self.sg.store.job_counts(m.id, MAX_ATTEMPTS).await?;
         if !runnable || m.next_min_value.is_some() || counts.pending > 0 || counts.running > 0 {
             return Ok(StepOutcome::Waiting { migration_id: m.id });
@@ -815,7 +842,12 @@ impl Worker {
         if let Some(next) =
             optimizer::next_batch_size(m.batch_size, &durations, m.interval, m.max_batch_size)
         {
-            tracing::info!(migration = m.id, from = m.batch_size, to = next, "batch size changed");
+            tracing::info!(
+                migration = m.id,
+                from = m.batch_size,
+                to = next,
+                "batch size changed"
+            );
             self.sg.store.migration_batch_size_set(m.id, next).await?;
         }
         Ok(())

@@ -81,7 +81,10 @@ mod tests {
     #[test]
     fn quotes_embedded_quotes() {
         assert_eq!(quote("users"), "\"users\"");
-        assert_eq!(quote("x\"; DROP TABLE t; --"), "\"x\"\"; DROP TABLE t; --\"");
+        assert_eq!(
+            quote("x\"; DROP TABLE t; --"),
+            "\"x\"\"; DROP TABLE t; --\""
+        );
     }
 
     #[test]

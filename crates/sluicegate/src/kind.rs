@@ -282,13 +282,17 @@ impl JobKind for SqlKind {
         require_string(args, "sql")?;
         let sql = string_arg(args, "sql").unwrap_or_default();
         if !sql.contains("$1") || !sql.contains("$2") {
-            return Err("the statement must use $1 and $2 (the sub-batch's first and last key)".into());
+            return Err(
+                "the statement must use $1 and $2 (the sub-batch's first and last key)".into(),
+            );
         }
         Ok(())
     }
 
     async fn perform(&self, batch: &mut SubBatch<'_>) -> Result<u64, Failure> {
-        let sql = string_arg(batch.arguments, "sql").unwrap_or_default().to_owned();
+        let sql = string_arg(batch.arguments, "sql")
+            .unwrap_or_default()
+            .to_owned();
         batch.execute(&sql).await
     }
 }

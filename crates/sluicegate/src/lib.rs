@@ -17,7 +17,7 @@ pub mod store;
 #[cfg(feature = "testing")]
 pub mod testing;
 
-pub use client::{ConnectOptions, Progress, QueueRequest, Sluicegate};
+pub use client::{ConnectOptions, Plan, Progress, QueueRequest, Sluicegate};
 pub use engine::{JobOutcome, StepOutcome, Worker, WorkerOptions};
 pub use error::{Error, Result};
 pub use failure::Failure;

@@ -65,7 +65,10 @@ mod tests {
 
     #[test]
     fn fewer_than_twenty_jobs_change_nothing() {
-        assert_eq!(next_batch_size(10_000, &secs(10.0, 19), TWO_MINUTES, None), None);
+        assert_eq!(
+            next_batch_size(10_000, &secs(10.0, 19), TWO_MINUTES, None),
+            None
+        );
     }
 
     #[test]
@@ -88,7 +91,10 @@ mod tests {
 
     #[test]
     fn inside_the_target_range_nothing_changes() {
-        assert_eq!(next_batch_size(10_000, &secs(111.0, 20), TWO_MINUTES, None), None);
+        assert_eq!(
+            next_batch_size(10_000, &secs(111.0, 20), TWO_MINUTES, None),
+            None
+        );
     }
 
     #[test]
@@ -115,11 +121,17 @@ mod tests {
         d[0] = Duration::from_secs(240);
         let e = smoothed_efficiency(&d, TWO_MINUTES).unwrap();
         let plain_mean = (240.0 + 19.0 * 12.0) / 20.0 / 120.0;
-        assert!(e > plain_mean, "{e} should exceed the plain mean {plain_mean}");
+        assert!(
+            e > plain_mean,
+            "{e} should exceed the plain mean {plain_mean}"
+        );
     }
 
     #[test]
     fn zero_interval_turns_it_off() {
-        assert_eq!(next_batch_size(10_000, &secs(1.0, 20), Duration::ZERO, None), None);
+        assert_eq!(
+            next_batch_size(10_000, &secs(1.0, 20), Duration::ZERO, None),
+            None
+        );
     }
 }

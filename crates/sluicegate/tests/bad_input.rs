@@ -23,8 +23,15 @@ store_test!(a_hostile_table_name_is_refused_and_nothing_changes, |db| {
         .queue(&fast("evil", "update", HOSTILE, 10, 10).argument("set", "n = 1"))
         .await
         .unwrap_err();
-    assert!(matches!(&err, Error::UnknownTable(t) if t == HOSTILE), "{err}");
-    assert_eq!(db.scalar("SELECT count(*) FROM t").await, 10, "t still exists");
+    assert!(
+        matches!(&err, Error::UnknownTable(t) if t == HOSTILE),
+        "{err}"
+    );
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM t").await,
+        10,
+        "t still exists"
+    );
     assert_eq!(migrations_count(&db).await, 0);
 });
 
@@ -37,10 +44,21 @@ store_test!(a_hostile_table_name_that_exists_is_safely_quoted, |db| {
         .await
         .unwrap();
     crate::common::run_to_end(&sg).await;
-    assert_eq!(sg.migration(&m.name).await.unwrap().status, sluicegate::MigrationStatus::Finished);
-    assert_eq!(db.scalar("SELECT count(*) FROM t WHERE n = 0").await, 10, "t untouched");
+    assert_eq!(
+        sg.migration(&m.name).await.unwrap().status,
+        sluicegate::MigrationStatus::Finished
+    );
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM t WHERE n = 0").await,
+        10,
+        "t untouched"
+    );
     let q = sluicegate::ident::quote(HOSTILE);
-    assert_eq!(db.scalar(&format!("SELECT count(*) FROM {q} WHERE n = 1")).await, 10);
+    assert_eq!(
+        db.scalar(&format!("SELECT count(*) FROM {q} WHERE n = 1"))
+            .await,
+        10
+    );
 });
 
 store_test!(bad_settings_are_clear_errors_and_write_nothing, |db| {
@@ -48,28 +66,127 @@ store_test!(bad_settings_are_clear_errors_and_write_nothing, |db| {
     db.create_items("items", &[(1, 10)]).await;
     let base = || fast("m", "update", "items", 10, 5).argument("set", "n = 1");
     let cases: Vec<(sluicegate::QueueRequest, &str)> = vec![
-        ({ let mut r = base(); r.batch_size = 0; r }, "batch size must be at least 1 (got 0)"),
-        ({ let mut r = base(); r.batch_size = -5; r }, "batch size must be at least 1 (got -5)"),
-        ({ let mut r = base(); r.sub_batch_size = 0; r }, "sub-batch size must be at least 1"),
-        ({ let mut r = base(); r.sub_batch_size = 20; r }, "sub-batch size 20 is larger than batch size 10"),
-        ({ let mut r = base(); r.table = "nope".into(); r }, "unknown table \"nope\""),
-        ({ let mut r = base(); r.column = "nope".into(); r }, "unknown column \"nope\" in table"),
-        ({ let mut r = base(); r.column = "email".into(); r }, "must be an integer"),
-        ({ let mut r = base(); r.min_value = Some(9); r.max_value = Some(3); r }, "greater than --max-value"),
-        ({ let mut r = base(); r.job_kind = "nope".into(); r }, "unknown job kind \"nope\""),
-        (fast("m", "update", "items", 10, 5), "argument \"set\" is required"),
-        (fast("m", "update", "items", 10, 5).argument("set", "n = = 1"), "failed on a trial sub-batch"),
-        (fast("m", "update", "items", 10, 5).argument("set", "missing_column = 1"), "failed on a trial sub-batch"),
-        (fast("m", "copy-column", "items", 10, 5).argument("from", "email").argument("to", "nope"), "failed on a trial sub-batch"),
-        (fast("m", "sql", "items", 10, 5).argument("sql", "UPDATE items SET n = 1"), "must use $1 and $2"),
-        ({ let mut r = base(); r.name = " ".into(); r }, "the migration name is empty"),
+        (
+            {
+                let mut r = base();
+                r.batch_size = 0;
+                r
+            },
+            "batch size must be at least 1 (got 0)",
+        ),
+        (
+            {
+                let mut r = base();
+                r.batch_size = -5;
+                r
+            },
+            "batch size must be at least 1 (got -5)",
+        ),
+        (
+            {
+                let mut r = base();
+                r.sub_batch_size = 0;
+                r
+            },
+            "sub-batch size must be at least 1",
+        ),
+        (
+            {
+                let mut r = base();
+                r.sub_batch_size = 20;
+                r
+            },
+            "sub-batch size 20 is larger than batch size 10",
+        ),
+        (
+            {
+                let mut r = base();
+                r.table = "nope".into();
+                r
+            },
+            "unknown table \"nope\"",
+        ),
+        (
+            {
+                let mut r = base();
+                r.column = "nope".into();
+                r
+            },
+            "unknown column \"nope\" in table",
+        ),
+        (
+            {
+                let mut r = base();
+                r.column = "email".into();
+                r
+            },
+            "must be an integer",
+        ),
+        (
+            {
+                let mut r = base();
+                r.min_value = Some(9);
+                r.max_value = Some(3);
+                r
+            },
+            "greater than --max-value",
+        ),
+        (
+            {
+                let mut r = base();
+                r.job_kind = "nope".into();
+                r
+            },
+            "unknown job kind \"nope\"",
+        ),
+        (
+            fast("m", "update", "items", 10, 5),
+            "argument \"set\" is required",
+        ),
+        (
+            fast("m", "update", "items", 10, 5).argument("set", "n = = 1"),
+            "failed on a trial sub-batch",
+        ),
+        (
+            fast("m", "update", "items", 10, 5).argument("set", "missing_column = 1"),
+            "failed on a trial sub-batch",
+        ),
+        (
+            fast("m", "copy-column", "items", 10, 5)
+                .argument("from", "email")
+                .argument("to", "nope"),
+            "failed on a trial sub-batch",
+        ),
+        (
+            fast("m", "sql", "items", 10, 5).argument("sql", "UPDATE items SET n = 1"),
+            "must use $1 and $2",
+        ),
+        (
+            {
+                let mut r = base();
+                r.name = " ".into();
+                r
+            },
+            "the migration name is empty",
+        ),
     ];
     for (req, expected) in cases {
         let err = sg.queue(&req).await.expect_err(expected);
-        assert!(err.to_string().contains(expected), "expected {expected:?} in {err}");
-        assert_eq!(migrations_count(&db).await, 0, "{expected}: nothing written");
+        assert!(
+            err.to_string().contains(expected),
+            "expected {expected:?} in {err}"
+        );
+        assert_eq!(
+            migrations_count(&db).await,
+            0,
+            "{expected}: nothing written"
+        );
     }
-    assert_eq!(db.scalar("SELECT count(*) FROM items WHERE n <> 0").await, 0, "trial rolled back");
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM items WHERE n <> 0").await,
+        0,
+        "trial rolled back"
+    );
 });
 
 store_test!(a_migration_queued_twice_is_refused, |db| {
@@ -84,22 +201,39 @@ store_test!(a_migration_queued_twice_is_refused, |db| {
     renamed.name = "again".into();
     let err = sg.queue(&renamed).await.unwrap_err();
     assert!(matches!(err, Error::DuplicateMigration(_)), "{err}");
-    assert!(err.to_string().contains("same kind, table, column and arguments"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("same kind, table, column and arguments"),
+        "{err}"
+    );
     assert_eq!(migrations_count(&db).await, 1);
 });
 
 store_test!(an_unknown_migration_is_a_clear_error, |db| {
     let sg = db.sluicegate().await;
-    assert_eq!(sg.migration("42").await.unwrap_err().to_string(), "no migration \"42\"");
+    assert_eq!(
+        sg.migration("42").await.unwrap_err().to_string(),
+        "no migration \"42\""
+    );
     assert_eq!(sg.job_history(7).await.unwrap_err().to_string(), "no job 7");
 });
 
 #[tokio::test]
 async fn bad_urls_are_clear_errors() {
-    let err = sluicegate::Sluicegate::connect("mysql://x").await.unwrap_err();
+    let err = sluicegate::Sluicegate::connect("mysql://x")
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("expected postgres://"), "{err}");
-    let err = sluicegate::Sluicegate::connect("postgres://u:secret@127.0.0.1:1/db").await.unwrap_err();
+    let err = sluicegate::Sluicegate::connect("postgres://u:secret@127.0.0.1:1/db")
+        .await
+        .unwrap_err();
     let text = err.to_string();
-    assert!(text.contains("connecting to postgres://u:***@127.0.0.1:1/db"), "{text}");
-    assert!(!text.contains("secret"), "the password is never shown: {text}");
+    assert!(
+        text.contains("connecting to postgres://u:***@127.0.0.1:1/db"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("secret"),
+        "the password is never shown: {text}"
+    );
 }

@@ -16,7 +16,10 @@ async fn partitions_are_created_ahead_and_dropped_after_retention() {
     let db = TestDb::postgres().await;
     let sg = db.sluicegate().await;
     let parts = sg.store().log_partitions_list().await.unwrap();
-    assert_eq!(parts, vec![partition_name(month(0)), partition_name(month(1))]);
+    assert_eq!(
+        parts,
+        vec![partition_name(month(0)), partition_name(month(1))]
+    );
 
     // A migration run today: its log rows land in this month's partition.
     db.create_items("items", &[(1, 10)]).await;
@@ -29,8 +32,15 @@ async fn partitions_are_created_ahead_and_dropped_after_retention() {
 
     // A worker that ran 8 months ago created that month's partition and the next.
     let old_now = month_start_utc(month(-8));
-    let report = sg.store().log_partitions_maintain(old_now, 6).await.unwrap();
-    assert_eq!(report.created, vec![partition_name(month(-8)), partition_name(month(-7))]);
+    let report = sg
+        .store()
+        .log_partitions_maintain(old_now, 6)
+        .await
+        .unwrap();
+    assert_eq!(
+        report.created,
+        vec![partition_name(month(-8)), partition_name(month(-7))]
+    );
     db.exec(&format!(
         "INSERT INTO sluicegate.job_transition_logs (job_id, migration_id, previous_status, next_status, created_at) \
          VALUES ({job_id}, {}, 'pending', 'running', '{}')",
@@ -39,14 +49,28 @@ async fn partitions_are_created_ahead_and_dropped_after_retention() {
     ))
     .await;
     let old_part = partition_name(month(-8));
-    assert_eq!(db.scalar(&format!("SELECT count(*) FROM sluicegate.{old_part}")).await, 1);
+    assert_eq!(
+        db.scalar(&format!("SELECT count(*) FROM sluicegate.{old_part}"))
+            .await,
+        1
+    );
 
     // Today, with 6 months' retention: the partitions of 8 and 7 months ago go, whole.
-    let report = sg.store().log_partitions_maintain(Utc::now(), 6).await.unwrap();
-    assert_eq!(report.dropped, vec![partition_name(month(-8)), partition_name(month(-7))]);
+    let report = sg
+        .store()
+        .log_partitions_maintain(Utc::now(), 6)
+        .await
+        .unwrap();
+    assert_eq!(
+        report.dropped,
+        vec![partition_name(month(-8)), partition_name(month(-7))]
+    );
     assert!(report.created.is_empty());
     let parts = sg.store().log_partitions_list().await.unwrap();
-    assert_eq!(parts, vec![partition_name(month(0)), partition_name(month(1))]);
+    assert_eq!(
+        parts,
+        vec![partition_name(month(0)), partition_name(month(1))]
+    );
     let history = sg.job_history(job_id).await.unwrap();
     assert_eq!(history.len(), 2, "this month's rows are kept: {history:?}");
 }
@@ -55,10 +79,17 @@ async fn partitions_are_created_ahead_and_dropped_after_retention() {
 async fn workers_create_partitions_ahead_not_only_setup() {
     let db = TestDb::postgres().await;
     let sg = db.sluicegate().await;
-    db.exec(&format!("DROP TABLE sluicegate.{}", partition_name(month(1)))).await;
+    db.exec(&format!(
+        "DROP TABLE sluicegate.{}",
+        partition_name(month(1))
+    ))
+    .await;
     assert_eq!(sg.store().log_partitions_list().await.unwrap().len(), 1);
     let worker = crate::common::worker(&sg, "w");
     worker.step().await.unwrap();
     let parts = sg.store().log_partitions_list().await.unwrap();
-    assert_eq!(parts, vec![partition_name(month(0)), partition_name(month(1))]);
+    assert_eq!(
+        parts,
+        vec![partition_name(month(0)), partition_name(month(1))]
+    );
 }

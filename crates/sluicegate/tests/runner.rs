@@ -13,21 +13,37 @@ store_test!(backfill_runs_to_the_end, |db| {
     let sg = db.sluicegate().await;
     db.create_items("items", &[(1, 5_000)]).await;
     let m = sg
-        .queue(&fast("backfill", "update", "items", 1_000, 250).argument("set", "email_lower = lower(email)"))
+        .queue(
+            &fast("backfill", "update", "items", 1_000, 250)
+                .argument("set", "email_lower = lower(email)"),
+        )
         .await
         .unwrap();
-    assert_eq!((m.min_value, m.max_value), (1, 5_000), "range defaults to min/max at queue time");
+    assert_eq!(
+        (m.min_value, m.max_value),
+        (1, 5_000),
+        "range defaults to min/max at queue time"
+    );
     run_to_end(&sg).await;
     let m = sg.migration("backfill").await.unwrap();
     assert_eq!(m.status, MigrationStatus::Finished);
     assert_eq!(
-        db.scalar("SELECT count(*) FROM items WHERE email_lower IS NULL OR email_lower <> lower(email)").await,
+        db.scalar(
+            "SELECT count(*) FROM items WHERE email_lower IS NULL OR email_lower <> lower(email)"
+        )
+        .await,
         0
     );
     let jobs = assert_chains(&sg, &m).await;
     assert_eq!(jobs.len(), 5);
-    assert!(jobs.iter().all(|j| j.status == JobStatus::Succeeded && j.rows_affected == 1_000));
-    assert!(jobs.iter().all(|j| j.metrics["sub_batches"] == 4), "{:?}", jobs[0].metrics);
+    assert!(jobs
+        .iter()
+        .all(|j| j.status == JobStatus::Succeeded && j.rows_affected == 1_000));
+    assert!(
+        jobs.iter().all(|j| j.metrics["sub_batches"] == 4),
+        "{:?}",
+        jobs[0].metrics
+    );
     let progress = sg.progress(&m).await.unwrap();
     assert_eq!(progress.rows_done, 5_000);
     assert_eq!(progress.percent, 100.0);
@@ -38,84 +54,140 @@ store_test!(backfill_runs_to_the_end, |db| {
 store_test!(gaps_in_ids_make_jobs_only_for_existing_keys, |db| {
     let sg = db.sluicegate().await;
     let far = 1_000_000_000_000i64;
-    db.create_items("items", &[(1, 20_000), (far + 1, far + 20_000)]).await;
-    sg
-        .queue(&fast("gaps", "update", "items", 1_000, 1_000).argument("set", "n = n + 1"))
+    db.create_items("items", &[(1, 20_000), (far + 1, far + 20_000)])
+        .await;
+    sg.queue(&fast("gaps", "update", "items", 1_000, 1_000).argument("set", "n = n + 1"))
         .await
         .unwrap();
     run_to_end(&sg).await;
     let m = sg.migration("gaps").await.unwrap();
     assert_eq!(m.status, MigrationStatus::Finished);
     let jobs = sg.jobs(&m, None).await.unwrap();
-    assert_eq!(jobs.len(), 40, "40 jobs of 1,000 existing keys, not a billion empty ones");
+    assert_eq!(
+        jobs.len(),
+        40,
+        "40 jobs of 1,000 existing keys, not a billion empty ones"
+    );
     assert_disjoint(&jobs);
-    assert_eq!(db.scalar("SELECT count(*) FROM items WHERE n <> 1").await, 0);
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM items WHERE n <> 1").await,
+        0
+    );
 });
 
 store_test!(retries_then_failure_with_three_logged_attempts, |db| {
-    let sg = db.sluicegate_with(registry_with(FailAt::new(500, "TestFailure", -1))).await;
+    let sg = db
+        .sluicegate_with(registry_with(FailAt::new(500, "TestFailure", -1)))
+        .await;
     db.create_items("items", &[(1, 2_000)]).await;
-    sg.queue(&fast("flaky", "fail-at", "items", 1_000, 100)).await.unwrap();
+    sg.queue(&fast("flaky", "fail-at", "items", 1_000, 100))
+        .await
+        .unwrap();
     run_to_end(&sg).await;
     let m = sg.migration("flaky").await.unwrap();
     assert_eq!(m.status, MigrationStatus::Failed);
     let jobs = assert_chains(&sg, &m).await;
-    let failed: Vec<_> = jobs.iter().filter(|j| j.status == JobStatus::Failed).collect();
+    let failed: Vec<_> = jobs
+        .iter()
+        .filter(|j| j.status == JobStatus::Failed)
+        .collect();
     assert_eq!(failed.len(), 1);
     assert_eq!(failed[0].attempts, 3);
     let log = sg.job_history(failed[0].id).await.unwrap();
-    let failures: Vec<_> = log.iter().filter(|r| r.next_status == JobStatus::Failed).collect();
-    assert_eq!(failures.len(), 3, "three attempts, three failures logged: {log:?}");
+    let failures: Vec<_> = log
+        .iter()
+        .filter(|r| r.next_status == JobStatus::Failed)
+        .collect();
+    assert_eq!(
+        failures.len(),
+        3,
+        "three attempts, three failures logged: {log:?}"
+    );
     for row in failures {
         assert_eq!(row.previous_status, JobStatus::Running);
         assert_eq!(row.exception_class.as_deref(), Some("TestFailure"));
-        assert_eq!(row.exception_message.as_deref(), Some("simulated failure at key 500"));
+        assert_eq!(
+            row.exception_message.as_deref(),
+            Some("simulated failure at key 500")
+        );
     }
     let mlog = sg.migration_history(&m).await.unwrap();
     let last = mlog.last().unwrap();
-    assert_eq!((last.event, last.exception_class.as_deref()), (MigrationEvent::Fail, Some("JobsFailed")));
+    assert_eq!(
+        (last.event, last.exception_class.as_deref()),
+        (MigrationEvent::Fail, Some("JobsFailed"))
+    );
     // The job's sub-batches before key 500 committed once; the rest of its range never ran.
-    assert_eq!(db.scalar("SELECT count(*) FROM items WHERE id BETWEEN 1 AND 400 AND n = 1").await, 400);
-    assert_eq!(db.scalar("SELECT count(*) FROM items WHERE id BETWEEN 401 AND 1000 AND n = 0").await, 600);
-    assert_eq!(db.scalar("SELECT count(*) FROM items WHERE id > 1000 AND n = 1").await, 1_000);
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM items WHERE id BETWEEN 1 AND 400 AND n = 1")
+            .await,
+        400
+    );
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM items WHERE id BETWEEN 401 AND 1000 AND n = 0")
+            .await,
+        600
+    );
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM items WHERE id > 1000 AND n = 1")
+            .await,
+        1_000
+    );
 });
 
-store_test!(a_retried_job_resumes_after_its_last_committed_sub_batch, |db| {
-    let sg = db.sluicegate_with(registry_with(FailAt::new(750, "TestFailure", 2))).await;
-    db.create_items("items", &[(1, 3_000)]).await;
-    sg.queue(&fast("resume", "fail-at", "items", 1_000, 100)).await.unwrap();
-    run_to_end(&sg).await;
-    let m = sg.migration("resume").await.unwrap();
-    assert_eq!(m.status, MigrationStatus::Finished);
-    let jobs = assert_chains(&sg, &m).await;
-    let retried = jobs.iter().find(|j| j.attempts == 3).expect("one job took three attempts");
-    let statuses: Vec<_> = sg
-        .job_history(retried.id)
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| (r.previous_status.as_str(), r.next_status.as_str()))
-        .collect();
-    assert_eq!(
-        statuses,
-        [
-            ("pending", "running"),
-            ("running", "failed"),
-            ("failed", "running"),
-            ("running", "failed"),
-            ("failed", "running"),
-            ("running", "succeeded")
-        ]
-    );
-    // n = n + 1 is not idempotent: each row was incremented exactly once.
-    assert_eq!(db.scalar("SELECT count(*) FROM items WHERE n <> 1").await, 0);
-    assert_eq!(retried.rows_affected, 1_000);
-});
+store_test!(
+    a_retried_job_resumes_after_its_last_committed_sub_batch,
+    |db| {
+        let sg = db
+            .sluicegate_with(registry_with(FailAt::new(750, "TestFailure", 2)))
+            .await;
+        db.create_items("items", &[(1, 3_000)]).await;
+        sg.queue(&fast("resume", "fail-at", "items", 1_000, 100))
+            .await
+            .unwrap();
+        run_to_end(&sg).await;
+        let m = sg.migration("resume").await.unwrap();
+        assert_eq!(m.status, MigrationStatus::Finished);
+        let jobs = assert_chains(&sg, &m).await;
+        let retried = jobs
+            .iter()
+            .find(|j| j.attempts == 3)
+            .expect("one job took three attempts");
+        let statuses: Vec<_> = sg
+            .job_history(retried.id)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| (r.previous_status.as_str(), r.next_status.as_str()))
+            .collect();
+        assert_eq!(
+            statuses,
+            [
+                ("pending", "running"),
+                ("running", "failed"),
+                ("failed", "running"),
+                ("running", "failed"),
+                ("failed", "running"),
+                ("running", "succeeded")
+            ]
+        );
+        // n = n + 1 is not idempotent: each row was incremented exactly once.
+        assert_eq!(
+            db.scalar("SELECT count(*) FROM items WHERE n <> 1").await,
+            0
+        );
+        assert_eq!(retried.rows_affected, 1_000);
+    }
+);
 
 store_test!(timeouts_shrink_sub_batches_and_split_jobs, |db| {
-    let sg = db.sluicegate_with(registry_with(FailAt::new(500, "StatementTimeout", -1))).await;
+    let sg = db
+        .sluicegate_with(registry_with(FailAt::new(500, "StatementTimeout", -1)))
+        .await;
     db.create_items("items", &[(1, 1_000)]).await;
-    sg.queue(&fast("slow", "fail-at", "items", 1_000, 100)).await.unwrap();
+    sg.queue(&fast("slow", "fail-at", "items", 1_000, 100))
+        .await
+        .unwrap();
     run_to_end(&sg).await;
     let m = sg.migration("slow").await.unwrap();
     let jobs = assert_chains(&sg, &m).await;
@@ -123,36 +195,58 @@ store_test!(timeouts_shrink_sub_batches_and_split_jobs, |db| {
     assert_disjoint(&jobs);
     let first_log = sg.job_history(jobs[0].id).await.unwrap();
     assert!(
-        first_log
-            .iter()
-            .any(|r| r.next_status == JobStatus::Pending
-                && r.exception_message.as_deref().unwrap_or("").starts_with("split:")),
+        first_log.iter().any(|r| r.next_status == JobStatus::Pending
+            && r.exception_message
+                .as_deref()
+                .unwrap_or("")
+                .starts_with("split:")),
         "{first_log:?}"
     );
     // Halves that do not hold key 500 succeed; the smallest one holding it fails for good.
-    let holding: Vec<_> = jobs.iter().filter(|j| (j.min_value..=j.max_value).contains(&500)).collect();
+    let holding: Vec<_> = jobs
+        .iter()
+        .filter(|j| (j.min_value..=j.max_value).contains(&500))
+        .collect();
     assert_eq!(holding.len(), 1);
     assert_eq!(holding[0].status, JobStatus::Failed);
     assert!(holding[0].batch_size <= holding[0].sub_batch_size || holding[0].batch_size < 1_000);
-    assert!(holding[0].sub_batch_size < 100, "sub-batch shrank x0.75 per timeout");
-    assert!(jobs.iter().filter(|j| j.id != holding[0].id).all(|j| j.status == JobStatus::Succeeded));
+    assert!(
+        holding[0].sub_batch_size < 100,
+        "sub-batch shrank x0.75 per timeout"
+    );
+    assert!(jobs
+        .iter()
+        .filter(|j| j.id != holding[0].id)
+        .all(|j| j.status == JobStatus::Succeeded));
     assert_eq!(m.status, MigrationStatus::Failed);
     // Committed sub-batches count once, including those of the job that failed for good.
     let covered: i64 = jobs.iter().map(|j| j.rows_affected).sum();
-    assert_eq!(db.scalar("SELECT count(*) FROM items WHERE n = 1").await, covered);
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM items WHERE n = 1").await,
+        covered
+    );
     assert_eq!(db.scalar("SELECT count(*) FROM items WHERE n > 1").await, 0);
-    assert_eq!(db.scalar("SELECT count(*) FROM items WHERE id = 500 AND n = 0").await, 1);
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM items WHERE id = 500 AND n = 0")
+            .await,
+        1
+    );
 });
 
 store_test!(migration_fails_when_half_of_fifty_jobs_failed, |db| {
     let sg = db.sluicegate_with(registry_with(FailFrom(21))).await;
     db.create_items("items", &[(1, 200)]).await;
-    sg.queue(&fast("doomed", "fail-from", "items", 1, 1)).await.unwrap();
+    sg.queue(&fast("doomed", "fail-from", "items", 1, 1))
+        .await
+        .unwrap();
     run_to_end(&sg).await;
     let m = sg.migration("doomed").await.unwrap();
     assert_eq!(m.status, MigrationStatus::Failed);
     let jobs = sg.jobs(&m, None).await.unwrap();
-    let failed = jobs.iter().filter(|j| j.status == JobStatus::Failed).count();
+    let failed = jobs
+        .iter()
+        .filter(|j| j.status == JobStatus::Failed)
+        .count();
     assert!(jobs.len() >= 50, "at least 50 jobs ran: {}", jobs.len());
     assert!(jobs.len() < 200, "it stopped early: {}", jobs.len());
     assert!(failed * 2 > jobs.len(), "{failed} of {}", jobs.len());
@@ -161,56 +255,91 @@ store_test!(migration_fails_when_half_of_fifty_jobs_failed, |db| {
     assert!(last.reason.unwrap().contains("more than half"));
 });
 
-store_test!(a_panicking_job_kind_is_recorded_and_the_worker_lives_on, |db| {
-    let sg = db.sluicegate_with(registry_with(PanicAt(150))).await;
-    db.create_items("items", &[(1, 500)]).await;
-    sg.queue(&fast("panics", "panic-at", "items", 100, 50)).await.unwrap();
-    run_to_end(&sg).await;
-    let m = sg.migration("panics").await.unwrap();
-    let jobs = assert_chains(&sg, &m).await;
-    let failed: Vec<_> = jobs.iter().filter(|j| j.status == JobStatus::Failed).collect();
-    assert_eq!(failed.len(), 1);
-    let log = sg.job_history(failed[0].id).await.unwrap();
-    let row = log.iter().find(|r| r.next_status == JobStatus::Failed).unwrap();
-    assert_eq!(row.exception_class.as_deref(), Some("Panic"));
-    assert_eq!(row.exception_message.as_deref(), Some("job kind panicked at key 150"));
-    assert_eq!(jobs.iter().filter(|j| j.status == JobStatus::Succeeded).count(), 4);
-    assert_eq!(db.scalar("SELECT count(*) FROM items WHERE id > 200 AND n = 1").await, 300);
-});
+store_test!(
+    a_panicking_job_kind_is_recorded_and_the_worker_lives_on,
+    |db| {
+        let sg = db.sluicegate_with(registry_with(PanicAt(150))).await;
+        db.create_items("items", &[(1, 500)]).await;
+        sg.queue(&fast("panics", "panic-at", "items", 100, 50))
+            .await
+            .unwrap();
+        run_to_end(&sg).await;
+        let m = sg.migration("panics").await.unwrap();
+        let jobs = assert_chains(&sg, &m).await;
+        let failed: Vec<_> = jobs
+            .iter()
+            .filter(|j| j.status == JobStatus::Failed)
+            .collect();
+        assert_eq!(failed.len(), 1);
+        let log = sg.job_history(failed[0].id).await.unwrap();
+        let row = log
+            .iter()
+            .find(|r| r.next_status == JobStatus::Failed)
+            .unwrap();
+        assert_eq!(row.exception_class.as_deref(), Some("Panic"));
+        assert_eq!(
+            row.exception_message.as_deref(),
+            Some("job kind panicked at key 150")
+        );
+        assert_eq!(
+            jobs.iter()
+                .filter(|j| j.status == JobStatus::Succeeded)
+                .count(),
+            4
+        );
+        assert_eq!(
+            db.scalar("SELECT count(*) FROM items WHERE id > 200 AND n = 1")
+                .await,
+            300
+        );
+    }
+);
 
-store_test!(concurrent_workers_run_each_job_once_and_cover_every_key_once, |db| {
-    let sg = db.sluicegate().await;
-    db.create_items("items", &[(1, 6_000), (9_001, 15_000)]).await;
-    sg
-        .queue(&fast("parallel", "update", "items", 300, 100).argument("set", "n = n + 1"))
-        .await
-        .unwrap();
-    let workers: Vec<_> = (0..4).map(|i| worker(&sg, &format!("w{i}"))).collect();
-    let runs = workers.iter().map(|w| w.run_until_idle());
-    tokio::time::timeout(Duration::from_secs(120), futures::future::try_join_all(runs))
+store_test!(
+    concurrent_workers_run_each_job_once_and_cover_every_key_once,
+    |db| {
+        let sg = db.sluicegate().await;
+        db.create_items("items", &[(1, 6_000), (9_001, 15_000)])
+            .await;
+        sg.queue(&fast("parallel", "update", "items", 300, 100).argument("set", "n = n + 1"))
+            .await
+            .unwrap();
+        let workers: Vec<_> = (0..4).map(|i| worker(&sg, &format!("w{i}"))).collect();
+        let runs = workers.iter().map(|w| w.run_until_idle());
+        tokio::time::timeout(
+            Duration::from_secs(120),
+            futures::future::try_join_all(runs),
+        )
         .await
         .unwrap()
         .unwrap();
-    let m = sg.migration("parallel").await.unwrap();
-    assert_eq!(m.status, MigrationStatus::Finished);
-    let jobs = assert_chains(&sg, &m).await;
-    assert_disjoint(&jobs);
-    assert_eq!(jobs.len(), 40);
-    for job in &jobs {
-        let starts = sg
-            .job_history(job.id)
-            .await
-            .unwrap()
-            .iter()
-            .filter(|r| r.next_status == JobStatus::Running)
-            .count();
-        assert_eq!(starts, 1, "job {} ran once", job.id);
+        let m = sg.migration("parallel").await.unwrap();
+        assert_eq!(m.status, MigrationStatus::Finished);
+        let jobs = assert_chains(&sg, &m).await;
+        assert_disjoint(&jobs);
+        assert_eq!(jobs.len(), 40);
+        for job in &jobs {
+            let starts = sg
+                .job_history(job.id)
+                .await
+                .unwrap()
+                .iter()
+                .filter(|r| r.next_status == JobStatus::Running)
+                .count();
+            assert_eq!(starts, 1, "job {} ran once", job.id);
+        }
+        let runners: HashSet<_> = jobs.iter().filter_map(|j| j.worker.clone()).collect();
+        assert!(
+            runners.len() > 1,
+            "more than one worker ran jobs: {runners:?}"
+        );
+        assert_eq!(
+            db.scalar("SELECT count(*) FROM items WHERE n <> 1").await,
+            0
+        );
+        assert_eq!(jobs.iter().map(|j| j.rows_affected).sum::<i64>(), 12_000);
     }
-    let runners: HashSet<_> = jobs.iter().filter_map(|j| j.worker.clone()).collect();
-    assert!(runners.len() > 1, "more than one worker ran jobs: {runners:?}");
-    assert_eq!(db.scalar("SELECT count(*) FROM items WHERE n <> 1").await, 0);
-    assert_eq!(jobs.iter().map(|j| j.rows_affected).sum::<i64>(), 12_000);
-});
+);
 
 store_test!(two_migrations_of_one_table_never_run_at_once, |db| {
     let sg = db.sluicegate().await;
@@ -220,7 +349,9 @@ store_test!(two_migrations_of_one_table_never_run_at_once, |db| {
         .await
         .unwrap();
     let b = sg
-        .queue(&fast("b", "update", "items", 200, 100).argument("set", "email_lower = lower(email)"))
+        .queue(
+            &fast("b", "update", "items", 200, 100).argument("set", "email_lower = lower(email)"),
+        )
         .await
         .unwrap();
     let workers: Vec<_> = (0..3).map(|i| worker(&sg, &format!("w{i}"))).collect();
@@ -233,101 +364,175 @@ store_test!(two_migrations_of_one_table_never_run_at_once, |db| {
     .unwrap();
     let ja = sg.jobs(&a, None).await.unwrap();
     let jb = sg.jobs(&b, None).await.unwrap();
-    assert_eq!(sg.migration("a").await.unwrap().status, MigrationStatus::Finished);
-    assert_eq!(sg.migration("b").await.unwrap().status, MigrationStatus::Finished);
+    assert_eq!(
+        sg.migration("a").await.unwrap().status,
+        MigrationStatus::Finished
+    );
+    assert_eq!(
+        sg.migration("b").await.unwrap().status,
+        MigrationStatus::Finished
+    );
     for x in &ja {
         for y in &jb {
             let (xs, xe) = (x.started_at.unwrap(), x.finished_at.unwrap());
             let (ys, ye) = (y.started_at.unwrap(), y.finished_at.unwrap());
-            assert!(xe <= ys || ye <= xs, "job {} of a and job {} of b overlapped", x.id, y.id);
+            assert!(
+                xe <= ys || ye <= xs,
+                "job {} of a and job {} of b overlapped",
+                x.id,
+                y.id
+            );
         }
     }
 });
 
-store_test!(an_expired_lease_is_logged_as_worker_lost_then_retried, |db| {
-    let sg = db.sluicegate().await;
-    db.create_items("items", &[(1, 100)]).await;
-    let m = sg
-        .queue(&fast("lost", "update", "items", 100, 50).argument("set", "n = n + 1"))
-        .await
-        .unwrap();
-    // A worker takes the job and dies at once: its lease is never renewed.
-    let ghost = sg
-        .store()
-        .job_create(&JobCreateParams {
-            migration_id: m.id,
-            expected_next_min: 1,
-            next_min: None,
-            min_value: 1,
-            max_value: 100,
-            batch_size: 100,
-            sub_batch_size: 50,
-            pause_ms: 0,
-            worker: "ghost".into(),
-            lease: Duration::from_millis(200),
-        })
-        .await
-        .unwrap()
-        .unwrap();
-    let w = Worker::new(
-        sg.clone(),
-        WorkerOptions {
-            name: "rescuer".into(),
-            lease: Duration::from_secs(10),
-            poll_interval: Duration::from_millis(50),
-            concurrency: 1,
-        },
-    );
-    // Before the lease runs out the job is not retaken.
-    let first = w.step().await.unwrap();
-    assert!(!matches!(first, sluicegate::StepOutcome::Ran { .. }), "{first:?}");
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    tokio::time::timeout(Duration::from_secs(60), w.run_until_idle()).await.unwrap().unwrap();
-    let log = sg.job_history(ghost.id).await.unwrap();
-    let steps: Vec<_> = log
-        .iter()
-        .map(|r| (r.previous_status.as_str(), r.next_status.as_str(), r.exception_class.as_deref()))
-        .collect();
-    assert_eq!(
-        steps,
-        [
-            ("pending", "running", None),
-            ("running", "failed", Some("WorkerLost")),
-            ("failed", "running", None),
-            ("running", "succeeded", None)
-        ]
-    );
-    let lost = &log[1];
-    assert_eq!(lost.worker.as_deref(), Some("rescuer"));
-    assert!(lost.exception_message.as_deref().unwrap().contains("worker ghost"), "{lost:?}");
-    assert_eq!(sg.migration("lost").await.unwrap().status, MigrationStatus::Finished);
-    assert_eq!(db.scalar("SELECT count(*) FROM items WHERE n <> 1").await, 0);
-});
+store_test!(
+    an_expired_lease_is_logged_as_worker_lost_then_retried,
+    |db| {
+        let sg = db.sluicegate().await;
+        db.create_items("items", &[(1, 100)]).await;
+        let m = sg
+            .queue(&fast("lost", "update", "items", 100, 50).argument("set", "n = n + 1"))
+            .await
+            .unwrap();
+        // A worker takes the job and dies at once: its lease is never renewed.
+        let ghost = sg
+            .store()
+            .job_create(&JobCreateParams {
+                migration_id: m.id,
+                expected_next_min: 1,
+                next_min: None,
+                min_value: 1,
+                max_value: 100,
+                batch_size: 100,
+                sub_batch_size: 50,
+                pause_ms: 0,
+                worker: "ghost".into(),
+                lease: Duration::from_millis(200),
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        let w = Worker::new(
+            sg.clone(),
+            WorkerOptions {
+                name: "rescuer".into(),
+                lease: Duration::from_secs(10),
+                poll_interval: Duration::from_millis(50),
+                concurrency: 1,
+            },
+        );
+        // Before the lease runs out the job is not retaken.
+        let first = w.step().await.unwrap();
+        assert!(
+            !matches!(first, sluicegate::StepOutcome::Ran { .. }),
+            "{first:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        tokio::time::timeout(Duration::from_secs(60), w.run_until_idle())
+            .await
+            .unwrap()
+            .unwrap();
+        let log = sg.job_history(ghost.id).await.unwrap();
+        let steps: Vec<_> = log
+            .iter()
+            .map(|r| {
+                (
+                    r.previous_status.as_str(),
+                    r.next_status.as_str(),
+                    r.exception_class.as_deref(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            steps,
+            [
+                ("pending", "running", None),
+                ("running", "failed", Some("WorkerLost")),
+                ("failed", "running", None),
+                ("running", "succeeded", None)
+            ]
+        );
+        let lost = &log[1];
+        assert_eq!(lost.worker.as_deref(), Some("rescuer"));
+        assert!(
+            lost.exception_message
+                .as_deref()
+                .unwrap()
+                .contains("worker ghost"),
+            "{lost:?}"
+        );
+        assert_eq!(
+            sg.migration("lost").await.unwrap().status,
+            MigrationStatus::Finished
+        );
+        assert_eq!(
+            db.scalar("SELECT count(*) FROM items WHERE n <> 1").await,
+            0
+        );
+    }
+);
 
 store_test!(operations_pause_resume_retry_cancel_finalize, |db| {
-    let sg = db.sluicegate_with(registry_with(FailAt::new(30, "TestFailure", 3))).await;
+    let sg = db
+        .sluicegate_with(registry_with(FailAt::new(30, "TestFailure", 3)))
+        .await;
     db.create_items("items", &[(1, 100)]).await;
-    let m = sg.queue(&fast("ops", "fail-at", "items", 20, 10)).await.unwrap();
-    sg.pause("ops", Some("deploy freeze".into()), "cli").await.unwrap();
-    assert!(matches!(worker(&sg, "w").step().await.unwrap(), sluicegate::StepOutcome::Idle));
+    let m = sg
+        .queue(&fast("ops", "fail-at", "items", 20, 10))
+        .await
+        .unwrap();
+    sg.pause("ops", Some("deploy freeze".into()), "cli")
+        .await
+        .unwrap();
+    assert!(matches!(
+        worker(&sg, "w").step().await.unwrap(),
+        sluicegate::StepOutcome::Idle
+    ));
     sg.resume("ops", None, "cli").await.unwrap();
     run_to_end(&sg).await;
     // Key 30 failed three times: the migration failed; retry resets the job and runs it.
-    assert_eq!(sg.migration("ops").await.unwrap().status, MigrationStatus::Failed);
-    sg.retry("ops", Some("fixed the data".into()), "cli").await.unwrap();
+    assert_eq!(
+        sg.migration("ops").await.unwrap().status,
+        MigrationStatus::Failed
+    );
+    sg.retry("ops", Some("fixed the data".into()), "cli")
+        .await
+        .unwrap();
     let failed_after_retry = sg.jobs(&m, Some(JobStatus::Failed)).await.unwrap();
     assert!(failed_after_retry.is_empty());
     let m = sg.finalize("ops", "cli").await.unwrap();
     assert_eq!(m.status, MigrationStatus::Finished);
-    assert_eq!(db.scalar("SELECT count(*) FROM items WHERE n <> 1").await, 0);
-    let events: Vec<_> = sg.migration_history(&m).await.unwrap().iter().map(|r| r.event).collect();
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM items WHERE n <> 1").await,
+        0
+    );
+    let events: Vec<_> = sg
+        .migration_history(&m)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.event)
+        .collect();
     use MigrationEvent::*;
-    assert_eq!(events, [Queue, Pause, Resume, Fail, Retry, Finalize, Finish]);
+    assert_eq!(
+        events,
+        [Queue, Pause, Resume, Fail, Retry, Finalize, Finish]
+    );
     let err = sg.resume("ops", None, "cli").await.unwrap_err();
-    assert_eq!(err.to_string(), "cannot resume migration ops: it is finished");
+    assert_eq!(
+        err.to_string(),
+        "cannot resume migration ops: it is finished"
+    );
     // Cancel a fresh one.
-    let c = sg.queue(&fast("other", "update", "items", 20, 10).argument("set", "n = 5")).await.unwrap();
-    let c = sg.cancel(&c.name, Some("not needed".into()), "cli").await.unwrap();
+    let c = sg
+        .queue(&fast("other", "update", "items", 20, 10).argument("set", "n = 5"))
+        .await
+        .unwrap();
+    let c = sg
+        .cancel(&c.name, Some("not needed".into()), "cli")
+        .await
+        .unwrap();
     assert_eq!(c.status, MigrationStatus::Cancelled);
     assert!(c.finished_at.is_some());
 });

@@ -36,11 +36,22 @@ async fn job_in(sg: &Sluicegate, m: &Migration, status: JobStatus) -> Job {
     let fail = || Some(Failure::new("TestFailure", "made to fail"));
     match status {
         JobStatus::Running => job,
-        JobStatus::Succeeded => sg.job_transition(&job, JobStatus::Succeeded, None, "t").await.unwrap(),
-        JobStatus::Failed => sg.job_transition(&job, JobStatus::Failed, fail(), "t").await.unwrap(),
+        JobStatus::Succeeded => sg
+            .job_transition(&job, JobStatus::Succeeded, None, "t")
+            .await
+            .unwrap(),
+        JobStatus::Failed => sg
+            .job_transition(&job, JobStatus::Failed, fail(), "t")
+            .await
+            .unwrap(),
         JobStatus::Pending => {
-            let failed = sg.job_transition(&job, JobStatus::Failed, fail(), "t").await.unwrap();
-            sg.job_transition(&failed, JobStatus::Pending, None, "t").await.unwrap()
+            let failed = sg
+                .job_transition(&job, JobStatus::Failed, fail(), "t")
+                .await
+                .unwrap();
+            sg.job_transition(&failed, JobStatus::Pending, None, "t")
+                .await
+                .unwrap()
         }
     }
 }
@@ -70,7 +81,11 @@ store_test!(every_job_transition_legal_and_illegal, |db| {
                 let changed = result.unwrap_or_else(|e| panic!("{from} -> {to}: {e}"));
                 assert_eq!(changed.status, to);
                 assert_eq!(stored.status, to);
-                assert_eq!(log_after.len(), log_before.len() + 1, "{from} -> {to} logged");
+                assert_eq!(
+                    log_after.len(),
+                    log_before.len() + 1,
+                    "{from} -> {to} logged"
+                );
                 let row = log_after.last().unwrap();
                 assert_eq!((row.previous_status, row.next_status), (from, to));
                 assert_eq!(row.worker.as_deref(), Some("tester"));
@@ -82,7 +97,11 @@ store_test!(every_job_transition_legal_and_illegal, |db| {
                     "{err}"
                 );
                 assert_eq!(stored.status, from, "{from} -> {to} changed nothing");
-                assert_eq!(log_after.len(), log_before.len(), "{from} -> {to} logged nothing");
+                assert_eq!(
+                    log_after.len(),
+                    log_before.len(),
+                    "{from} -> {to} logged nothing"
+                );
             }
         }
     }
@@ -92,7 +111,9 @@ store_test!(every_job_transition_legal_and_illegal, |db| {
 store_test!(stale_job_transition_is_a_conflict_not_an_overwrite, |db| {
     let (sg, m) = setup_jobs(&db).await;
     let job = job_in(&sg, &m, JobStatus::Running).await;
-    sg.job_transition(&job, JobStatus::Succeeded, None, "a").await.unwrap();
+    sg.job_transition(&job, JobStatus::Succeeded, None, "a")
+        .await
+        .unwrap();
     // A second writer still holding the old snapshot (running) tries to fail it.
     let mut stale = JobTransitionParams::new(&job, JobStatus::Failed, "b");
     stale.failure = Some(Failure::new("Late", "too late"));
@@ -104,13 +125,17 @@ store_test!(stale_job_transition_is_a_conflict_not_an_overwrite, |db| {
     let running = job_in(&sg, &m, JobStatus::Running).await;
     let mut fenced = JobTransitionParams::new(&running, JobStatus::Succeeded, "c");
     fenced.expected_attempts = running.attempts + 1;
-    assert!(matches!(sg.store().job_transition(&fenced).await, Err(Error::Conflict { .. })));
+    assert!(matches!(
+        sg.store().job_transition(&fenced).await,
+        Err(Error::Conflict { .. })
+    ));
     assert_eq!(sg.job(running.id).await.unwrap().status, JobStatus::Running);
 });
 
 /// A migration in `status`, reached through legal transitions only.
 async fn migration_in(sg: &Sluicegate, k: usize, status: MigrationStatus) -> Migration {
-    let mut req = fast(&format!("m{k}"), "update", "items", 10, 5).argument("set", format!("n = {k}"));
+    let mut req =
+        fast(&format!("m{k}"), "update", "items", 10, 5).argument("set", format!("n = {k}"));
     req.paused = status == MigrationStatus::Paused;
     let m = sg.queue(&req).await.unwrap();
     let event = match status {
@@ -142,7 +167,9 @@ store_test!(every_migration_transition_legal_and_illegal, |db| {
             k += 1;
             let m = migration_in(&sg, k, from).await;
             let before = sg.migration_history(&m).await.unwrap().len();
-            let result = sg.transition(&m, event, Some(format!("because {k}")), "cli").await;
+            let result = sg
+                .transition(&m, event, Some(format!("because {k}")), "cli")
+                .await;
             let stored = sg.migration(&m.name).await.unwrap();
             let log = sg.migration_history(&m).await.unwrap();
             match from.after(event) {
@@ -161,7 +188,10 @@ store_test!(every_migration_transition_legal_and_illegal, |db| {
                 }
                 None => {
                     let err = result.expect_err(&format!("{event} from {from} must be refused"));
-                    assert!(matches!(err, Error::IllegalMigrationTransition { .. }), "{err}");
+                    assert!(
+                        matches!(err, Error::IllegalMigrationTransition { .. }),
+                        "{err}"
+                    );
                     assert!(err.to_string().contains(&format!("it is {from}")), "{err}");
                     assert_eq!(stored.status, from);
                     assert_eq!(log.len(), before);
@@ -203,40 +233,59 @@ fn forced_failure_trigger(backend: Backend, table: &str) -> Vec<String> {
     }
 }
 
-store_test!(status_change_and_log_row_commit_together_or_not_at_all, |db| {
-    let (sg, m) = setup_jobs(&db).await;
-    let job = job_in(&sg, &m, JobStatus::Running).await;
-    let job_log = sg.job_history(job.id).await.unwrap().len();
-    let migration_log = sg.migration_history(&m).await.unwrap().len();
-    for sql in forced_failure_trigger(db.backend, "job_transition_logs") {
-        db.exec(&sql).await;
-    }
-    for sql in forced_failure_trigger(db.backend, "migration_transition_logs") {
-        if !sql.starts_with("CREATE FUNCTION") {
+store_test!(
+    status_change_and_log_row_commit_together_or_not_at_all,
+    |db| {
+        let (sg, m) = setup_jobs(&db).await;
+        let job = job_in(&sg, &m, JobStatus::Running).await;
+        let job_log = sg.job_history(job.id).await.unwrap().len();
+        let migration_log = sg.migration_history(&m).await.unwrap().len();
+        for sql in forced_failure_trigger(db.backend, "job_transition_logs") {
             db.exec(&sql).await;
         }
-    }
-    let err = sg
-        .job_transition(&job, JobStatus::Succeeded, None, "t")
-        .await
-        .unwrap_err();
-    assert!(err.to_string().contains("forced failure"), "{err}");
-    assert_eq!(sg.job(job.id).await.unwrap().status, JobStatus::Running, "status rolled back");
-    assert_eq!(sg.job_history(job.id).await.unwrap().len(), job_log, "no log row");
+        for sql in forced_failure_trigger(db.backend, "migration_transition_logs") {
+            if !sql.starts_with("CREATE FUNCTION") {
+                db.exec(&sql).await;
+            }
+        }
+        let err = sg
+            .job_transition(&job, JobStatus::Succeeded, None, "t")
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("forced failure"), "{err}");
+        assert_eq!(
+            sg.job(job.id).await.unwrap().status,
+            JobStatus::Running,
+            "status rolled back"
+        );
+        assert_eq!(
+            sg.job_history(job.id).await.unwrap().len(),
+            job_log,
+            "no log row"
+        );
 
-    let err = sg.pause(&m.name, None, "cli").await.unwrap_err();
-    assert!(err.to_string().contains("forced failure"), "{err}");
-    assert_eq!(sg.migration(&m.name).await.unwrap().status, MigrationStatus::Active);
-    assert_eq!(sg.migration_history(&m).await.unwrap().len(), migration_log);
-});
+        let err = sg.pause(&m.name, None, "cli").await.unwrap_err();
+        assert!(err.to_string().contains("forced failure"), "{err}");
+        assert_eq!(
+            sg.migration(&m.name).await.unwrap().status,
+            MigrationStatus::Active
+        );
+        assert_eq!(sg.migration_history(&m).await.unwrap().len(), migration_log);
+    }
+);
 
 store_test!(long_messages_are_truncated_never_dropped, |db| {
     let (sg, m) = setup_jobs(&db).await;
     let job = job_in(&sg, &m, JobStatus::Running).await;
     let failure = Failure::new("C".repeat(300), "x".repeat(5_000));
-    sg.job_transition(&job, JobStatus::Failed, Some(failure), "t").await.unwrap();
+    sg.job_transition(&job, JobStatus::Failed, Some(failure), "t")
+        .await
+        .unwrap();
     let log = sg.job_history(job.id).await.unwrap();
     let row = log.last().unwrap();
     assert_eq!(row.exception_class.as_ref().unwrap().chars().count(), 100);
-    assert_eq!(row.exception_message.as_ref().unwrap().chars().count(), 1_000);
+    assert_eq!(
+        row.exception_message.as_ref().unwrap().chars().count(),
+        1_000
+    );
 });

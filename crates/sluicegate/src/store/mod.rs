@@ -11,9 +11,7 @@ use crate::error::Result;
 use crate::failure::Failure;
 use crate::ident::TableName;
 use crate::kind::JobKind;
-use crate::model::{
-    Job, JobCounts, JobTransition, Migration, MigrationTransition, NewMigration,
-};
+use crate::model::{Job, JobCounts, JobTransition, Migration, MigrationTransition, NewMigration};
 use crate::status::{JobStatus, MigrationEvent, MigrationStatus};
 
 pub mod postgres;
@@ -192,8 +190,11 @@ pub trait Store: Send + Sync + 'static {
     /// Gives up the table lease of a migration.
     async fn table_lease_release(&self, migration_id: i64) -> Result<()>;
     /// Marks the migration's range as handed out (compare-and-set on `next_min_value`).
-    async fn migration_range_exhaust(&self, migration_id: i64, expected_next_min: i64)
-        -> Result<bool>;
+    async fn migration_range_exhaust(
+        &self,
+        migration_id: i64,
+        expected_next_min: i64,
+    ) -> Result<bool>;
     /// Sets the batch size chosen by the optimizer.
     async fn migration_batch_size_set(&self, migration_id: i64, batch_size: i64) -> Result<()>;
 
@@ -205,7 +206,8 @@ pub trait Store: Send + Sync + 'static {
     /// Jobs of a migration, by id, optionally of one status.
     async fn job_list(&self, migration_id: i64, status: Option<JobStatus>) -> Result<Vec<Job>>;
     /// A job to (re)run: pending, failed with attempts left, or running with an expired lease.
-    async fn job_find_retriable(&self, migration_id: i64, max_attempts: i32) -> Result<Option<Job>>;
+    async fn job_find_retriable(&self, migration_id: i64, max_attempts: i32)
+        -> Result<Option<Job>>;
     /// Changes a job's status with its log row.
     async fn job_transition(&self, params: &JobTransitionParams) -> Result<Job>;
     /// Splits a failed job: it returns to `pending` as the first half and a new pending job
@@ -231,11 +233,15 @@ pub trait Store: Send + Sync + 'static {
     /// One job's transition log, oldest first.
     async fn job_transition_list(&self, job_id: i64) -> Result<Vec<JobTransition>>;
     /// Every job transition of a migration, oldest first.
-    async fn job_transition_list_by_migration(&self, migration_id: i64)
-        -> Result<Vec<JobTransition>>;
+    async fn job_transition_list_by_migration(
+        &self,
+        migration_id: i64,
+    ) -> Result<Vec<JobTransition>>;
     /// A migration's own transition log, oldest first.
-    async fn migration_transition_list(&self, migration_id: i64)
-        -> Result<Vec<MigrationTransition>>;
+    async fn migration_transition_list(
+        &self,
+        migration_id: i64,
+    ) -> Result<Vec<MigrationTransition>>;
 
     /// Creates the job log's partitions for the month of `now` and the next one, and drops
     /// (PostgreSQL) or empties (SQLite) what is older than `retention_months`.

@@ -102,7 +102,8 @@ WITH candidate AS (
 )
 SELECT m.* FROM {s}.migrations m JOIN lease ON lease.migration_id = m.id";
 const TABLE_LEASE_RELEASE: &str = "DELETE FROM {s}.table_leases WHERE migration_id = $1";
-const MIGRATION_RANGE_EXHAUST: &str = "UPDATE {s}.migrations SET next_min_value = NULL, updated_at = now()
+const MIGRATION_RANGE_EXHAUST: &str =
+    "UPDATE {s}.migrations SET next_min_value = NULL, updated_at = now()
     WHERE id = $1 AND next_min_value = $2";
 const MIGRATION_BATCH_SIZE_SET: &str = "UPDATE {s}.migrations
     SET batch_size = greatest($2, sub_batch_size), updated_at = now() WHERE id = $1";
@@ -126,7 +127,8 @@ WITH m AS (
 )
 SELECT * FROM j";
 const JOB_GET: &str = "SELECT * FROM {s}.jobs WHERE id = $1";
-const JOB_LIST: &str = "SELECT * FROM {s}.jobs WHERE migration_id = $1 AND ($2::text IS NULL OR status = $2)
+const JOB_LIST: &str =
+    "SELECT * FROM {s}.jobs WHERE migration_id = $1 AND ($2::text IS NULL OR status = $2)
     ORDER BY id";
 const JOB_FIND_RETRIABLE: &str = "SELECT * FROM {s}.jobs
     WHERE migration_id = $1
@@ -170,7 +172,8 @@ const JOB_SPLIT_SECOND: &str = "
 INSERT INTO {s}.jobs (migration_id, min_value, max_value, batch_size, sub_batch_size, pause_ms, status)
 SELECT migration_id, $2, $3, $4, $5, pause_ms, 'pending' FROM {s}.jobs WHERE id = $1
 RETURNING *";
-const JOB_CHECKPOINT: &str = "UPDATE {s}.jobs SET cursor_value = $3, rows_affected = rows_affected + $4,
+const JOB_CHECKPOINT: &str =
+    "UPDATE {s}.jobs SET cursor_value = $3, rows_affected = rows_affected + $4,
     lease_expires_at = now() + $5 * interval '1 millisecond', updated_at = now()
     WHERE id = $1 AND attempts = $2 AND status = 'running'";
 const JOB_HEARTBEAT: &str = "
@@ -194,7 +197,8 @@ const JOB_COUNTS: &str = "SELECT
     min(started_at),
     max(finished_at)
   FROM {s}.jobs WHERE migration_id = $1";
-const JOB_RECENT_SUCCEEDED: &str = "SELECT * FROM {s}.jobs WHERE migration_id = $1 AND status = 'succeeded'
+const JOB_RECENT_SUCCEEDED: &str =
+    "SELECT * FROM {s}.jobs WHERE migration_id = $1 AND status = 'succeeded'
     ORDER BY finished_at DESC, id DESC LIMIT $2";
 const JOB_TRANSITION_LIST: &str =
     "SELECT * FROM {s}.job_transition_logs WHERE job_id = $1 ORDER BY created_at, id";
@@ -203,7 +207,8 @@ const JOB_TRANSITION_LIST_BY_MIGRATION: &str =
 const MIGRATION_TRANSITION_LIST: &str =
     "SELECT * FROM {s}.migration_transition_logs WHERE migration_id = $1 ORDER BY created_at, id";
 
-const PARTITION_LOCK: &str = "SELECT pg_advisory_xact_lock(hashtext('sluicegate.partitions:' || $1))";
+const PARTITION_LOCK: &str =
+    "SELECT pg_advisory_xact_lock(hashtext('sluicegate.partitions:' || $1))";
 const PARTITION_LIST: &str = "SELECT c.relname::text FROM pg_catalog.pg_inherits i
     JOIN pg_catalog.pg_class c ON c.oid = i.inhrelid
     JOIN pg_catalog.pg_class p ON p.oid = i.inhparent
@@ -224,7 +229,8 @@ const TARGET_COLUMN_TYPE: &str = "SELECT format_type(a.atttypid, a.atttypmod)
     JOIN pg_catalog.pg_class c ON c.oid = a.attrelid
     JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
     WHERE n.nspname = $1 AND c.relname = $2 AND a.attname = $3 AND a.attnum > 0 AND NOT a.attisdropped";
-const TARGET_ROW_ESTIMATE: &str = "SELECT reltuples::bigint FROM pg_catalog.pg_class WHERE oid = to_regclass($1)";
+const TARGET_ROW_ESTIMATE: &str =
+    "SELECT reltuples::bigint FROM pg_catalog.pg_class WHERE oid = to_regclass($1)";
 
 /// Rows of the keyset walk: the first key in range, the `size`-th, and the last.
 fn range_next_sql(table: &TableName, column: &str) -> String {
@@ -289,7 +295,10 @@ impl PgStore {
         match row {
             Some(row) => job_from_row(&row),
             None => Err(Error::Conflict {
-                what: format!("job {} (expected {} attempt {})", p.job_id, p.from, p.expected_attempts),
+                what: format!(
+                    "job {} (expected {} attempt {})",
+                    p.job_id, p.from, p.expected_attempts
+                ),
             }),
         }
     }
@@ -311,7 +320,10 @@ impl PgStore {
             .bind(p.hold_until.map(duration_ms))
             .fetch_optional(&mut *conn)
             .await
-            .map_err(Error::db(format!("changing migration {} to {}", p.migration_id, p.to)))?;
+            .map_err(Error::db(format!(
+                "changing migration {} to {}",
+                p.migration_id, p.to
+            )))?;
         match row {
             Some(row) => migration_from_row(&row),
             None => Err(Error::Conflict {
@@ -352,9 +364,12 @@ impl Store for PgStore {
             .execute(&mut *tx)
             .await
             .map_err(Error::db(context))?;
-        exec_raw(&mut tx, &format!("CREATE SCHEMA IF NOT EXISTS {}", self.quoted_schema))
-            .await
-            .map_err(Error::db(context))?;
+        exec_raw(
+            &mut tx,
+            &format!("CREATE SCHEMA IF NOT EXISTS {}", self.quoted_schema),
+        )
+        .await
+        .map_err(Error::db(context))?;
         exec_raw(&mut tx, &self.q(SCHEMA_VERSIONS_CREATE))
             .await
             .map_err(Error::db(context))?;
@@ -554,7 +569,10 @@ impl Store for PgStore {
             .bind(duration_ms(p.lease))
             .fetch_optional(&self.pool)
             .await
-            .map_err(Error::db(format!("creating a job of migration {}", p.migration_id)))?;
+            .map_err(Error::db(format!(
+                "creating a job of migration {}",
+                p.migration_id
+            )))?;
         row.as_ref().map(job_from_row).transpose()
     }
 
@@ -573,11 +591,17 @@ impl Store for PgStore {
             .bind(status.map(JobStatus::as_str))
             .fetch_all(&self.pool)
             .await
-            .map_err(Error::db(format!("listing jobs of migration {migration_id}")))?;
+            .map_err(Error::db(format!(
+                "listing jobs of migration {migration_id}"
+            )))?;
         rows.iter().map(job_from_row).collect()
     }
 
-    async fn job_find_retriable(&self, migration_id: i64, max_attempts: i32) -> Result<Option<Job>> {
+    async fn job_find_retriable(
+        &self,
+        migration_id: i64,
+        max_attempts: i32,
+    ) -> Result<Option<Job>> {
         let row = sqlx::query(&self.q(JOB_FIND_RETRIABLE))
             .bind(migration_id)
             .bind(max_attempts)
@@ -627,7 +651,10 @@ impl Store for PgStore {
             .map_err(Error::db(&context))?;
         let Some(first) = first else {
             return Err(Error::Conflict {
-                what: format!("job {} (expected failed attempt {})", t.job_id, t.expected_attempts),
+                what: format!(
+                    "job {} (expected failed attempt {})",
+                    t.job_id, t.expected_attempts
+                ),
             });
         };
         tx.commit().await.map_err(Error::db(&context))?;
@@ -671,7 +698,9 @@ impl Store for PgStore {
             .bind(max_attempts)
             .fetch_one(&self.pool)
             .await
-            .map_err(Error::db(format!("counting jobs of migration {migration_id}")))?;
+            .map_err(Error::db(format!(
+                "counting jobs of migration {migration_id}"
+            )))?;
         Ok(JobCounts {
             pending: row.try_get(0).map_err(decode)?,
             running: row.try_get(1).map_err(decode)?,
@@ -703,21 +732,31 @@ impl Store for PgStore {
         rows.iter().map(job_transition_from_row).collect()
     }
 
-    async fn job_transition_list_by_migration(&self, migration_id: i64) -> Result<Vec<JobTransition>> {
+    async fn job_transition_list_by_migration(
+        &self,
+        migration_id: i64,
+    ) -> Result<Vec<JobTransition>> {
         let rows = sqlx::query(&self.q(JOB_TRANSITION_LIST_BY_MIGRATION))
             .bind(migration_id)
             .fetch_all(&self.pool)
             .await
-            .map_err(Error::db(format!("reading job history of migration {migration_id}")))?;
+            .map_err(Error::db(format!(
+                "reading job history of migration {migration_id}"
+            )))?;
         rows.iter().map(job_transition_from_row).collect()
     }
 
-    async fn migration_transition_list(&self, migration_id: i64) -> Result<Vec<MigrationTransition>> {
+    async fn migration_transition_list(
+        &self,
+        migration_id: i64,
+    ) -> Result<Vec<MigrationTransition>> {
         let rows = sqlx::query(&self.q(MIGRATION_TRANSITION_LIST))
             .bind(migration_id)
             .fetch_all(&self.pool)
             .await
-            .map_err(Error::db(format!("reading the history of migration {migration_id}")))?;
+            .map_err(Error::db(format!(
+                "reading the history of migration {migration_id}"
+            )))?;
         rows.iter().map(migration_transition_from_row).collect()
     }
 
@@ -766,11 +805,10 @@ impl Store for PgStore {
                 continue;
             };
             if add_months(start, 1) <= cutoff {
-                exec_raw(&mut tx, &format!(
-                    "DROP TABLE {}.{}",
-                    self.quoted_schema,
-                    ident::quote(name)
-                ))
+                exec_raw(
+                    &mut tx,
+                    &format!("DROP TABLE {}.{}", self.quoted_schema, ident::quote(name)),
+                )
                 .await
                 .map_err(Error::db(format!("dropping partition {name}")))?;
                 report.dropped.push(name.clone());
@@ -1013,11 +1051,17 @@ impl Target for PgTarget {
 
     async fn key_bounds(&self, table: &TableName, column: &str) -> Result<Option<(i64, i64)>> {
         let c = ident::quote(column);
-        let sql = format!("SELECT min({c})::bigint, max({c})::bigint FROM {}", table.quoted());
+        let sql = format!(
+            "SELECT min({c})::bigint, max({c})::bigint FROM {}",
+            table.quoted()
+        );
         let (min, max): (Option<i64>, Option<i64>) = sqlx::query_as(&sql)
             .fetch_one(&self.pool)
             .await
-            .map_err(Error::db(format!("reading the key range of {}", table.quoted())))?;
+            .map_err(Error::db(format!(
+                "reading the key range of {}",
+                table.quoted()
+            )))?;
         Ok(min.zip(max))
     }
 
@@ -1055,7 +1099,10 @@ impl Target for PgTarget {
             .map_err(Error::db("finding the next key range"))?;
         Self::range_next_in(&mut conn, table, column, start, max, size)
             .await
-            .map_err(Error::db(format!("finding the next key range of {}", table.quoted())))
+            .map_err(Error::db(format!(
+                "finding the next key range of {}",
+                table.quoted()
+            )))
     }
 
     async fn sub_batch_run(
@@ -1064,9 +1111,15 @@ impl Target for PgTarget {
         checkpoint: Option<Checkpoint>,
     ) -> std::result::Result<SubBatchOutcome, Failure> {
         let mut tx = self.begin(&spec).await?;
-        let Some((start, end)) =
-            Self::range_next_in(&mut tx, spec.table, spec.column, spec.start, spec.max, spec.size)
-                .await?
+        let Some((start, end)) = Self::range_next_in(
+            &mut tx,
+            spec.table,
+            spec.column,
+            spec.start,
+            spec.max,
+            spec.size,
+        )
+        .await?
         else {
             tx.rollback().await?;
             return Ok(SubBatchOutcome::Exhausted);
@@ -1102,9 +1155,15 @@ impl Target for PgTarget {
 
     async fn sub_batch_try(&self, spec: SubBatchSpec<'_>) -> std::result::Result<u64, Failure> {
         let mut tx = self.begin(&spec).await?;
-        let Some((start, end)) =
-            Self::range_next_in(&mut tx, spec.table, spec.column, spec.start, spec.max, spec.size)
-                .await?
+        let Some((start, end)) = Self::range_next_in(
+            &mut tx,
+            spec.table,
+            spec.column,
+            spec.start,
+            spec.max,
+            spec.size,
+        )
+        .await?
         else {
             tx.rollback().await?;
             return Ok(0);

@@ -69,14 +69,17 @@ const MIGRATION_CLAIM_CANDIDATES: &str = "SELECT * FROM sluicegate_migrations
     ORDER BY last_job_started_at IS NOT NULL, last_job_started_at, id";
 const TABLE_LEASE_GET: &str =
     "SELECT migration_id, expires_at FROM sluicegate_table_leases WHERE table_name = $1";
-const TABLE_LEASE_PUT: &str = "INSERT INTO sluicegate_table_leases (table_name, migration_id, worker, expires_at)
+const TABLE_LEASE_PUT: &str =
+    "INSERT INTO sluicegate_table_leases (table_name, migration_id, worker, expires_at)
     VALUES ($1, $2, $3, $4)
     ON CONFLICT (table_name) DO UPDATE SET migration_id = excluded.migration_id,
         worker = excluded.worker, expires_at = max(expires_at, excluded.expires_at)";
 const TABLE_LEASE_RELEASE: &str = "DELETE FROM sluicegate_table_leases WHERE migration_id = $1";
-const TABLE_LEASE_RENEW: &str = "UPDATE sluicegate_table_leases SET expires_at = max(expires_at, $2)
+const TABLE_LEASE_RENEW: &str =
+    "UPDATE sluicegate_table_leases SET expires_at = max(expires_at, $2)
     WHERE migration_id = $1";
-const MIGRATION_RANGE_EXHAUST: &str = "UPDATE sluicegate_migrations SET next_min_value = NULL, updated_at = $3
+const MIGRATION_RANGE_EXHAUST: &str =
+    "UPDATE sluicegate_migrations SET next_min_value = NULL, updated_at = $3
     WHERE id = $1 AND next_min_value = $2";
 const MIGRATION_BATCH_SIZE_SET: &str = "UPDATE sluicegate_migrations
     SET batch_size = max($2, sub_batch_size), updated_at = $3 WHERE id = $1";
@@ -92,7 +95,8 @@ const JOB_LOG_INSERT: &str = "INSERT INTO sluicegate_job_transition_logs (job_id
     previous_status, next_status, exception_class, exception_message, worker, created_at)
     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
 const JOB_GET: &str = "SELECT * FROM sluicegate_jobs WHERE id = $1";
-const JOB_LIST: &str = "SELECT * FROM sluicegate_jobs WHERE migration_id = $1 AND ($2 IS NULL OR status = $2)
+const JOB_LIST: &str =
+    "SELECT * FROM sluicegate_jobs WHERE migration_id = $1 AND ($2 IS NULL OR status = $2)
     ORDER BY id";
 const JOB_FIND_RETRIABLE: &str = "SELECT * FROM sluicegate_jobs
     WHERE migration_id = $1
@@ -247,7 +251,10 @@ impl SqliteStore {
             .map_err(Error::db(&context))?;
         let Some(row) = row else {
             return Err(Error::Conflict {
-                what: format!("job {} (expected {} attempt {})", p.job_id, p.from, p.expected_attempts),
+                what: format!(
+                    "job {} (expected {} attempt {})",
+                    p.job_id, p.from, p.expected_attempts
+                ),
             });
         };
         let job = job_from_row(&row)?;
@@ -585,7 +592,10 @@ impl Store for SqliteStore {
             || m.last_job_started_at.is_none_or(|last| {
                 last + chrono::Duration::from_std(m.interval).unwrap_or(chrono::Duration::MAX) <= at
             });
-        let runnable = matches!(m.status, MigrationStatus::Active | MigrationStatus::Finalizing);
+        let runnable = matches!(
+            m.status,
+            MigrationStatus::Active | MigrationStatus::Finalizing
+        );
         if !due || !runnable || m.next_min_value != Some(p.expected_next_min) {
             return Ok(None);
         }
@@ -641,11 +651,17 @@ impl Store for SqliteStore {
             .bind(status.map(JobStatus::as_str))
             .fetch_all(&self.pool)
             .await
-            .map_err(Error::db(format!("listing jobs of migration {migration_id}")))?;
+            .map_err(Error::db(format!(
+                "listing jobs of migration {migration_id}"
+            )))?;
         rows.iter().map(job_from_row).collect()
     }
 
-    async fn job_find_retriable(&self, migration_id: i64, max_attempts: i32) -> Result<Option<Job>> {
+    async fn job_find_retriable(
+        &self,
+        migration_id: i64,
+        max_attempts: i32,
+    ) -> Result<Option<Job>> {
         let row = sqlx::query(JOB_FIND_RETRIABLE)
             .bind(migration_id)
             .bind(max_attempts)
@@ -681,7 +697,10 @@ impl Store for SqliteStore {
             .map_err(Error::db(&context))?;
         let Some(first) = first else {
             return Err(Error::Conflict {
-                what: format!("job {} (expected failed attempt {})", t.job_id, t.expected_attempts),
+                what: format!(
+                    "job {} (expected failed attempt {})",
+                    t.job_id, t.expected_attempts
+                ),
             });
         };
         let first = job_from_row(&first)?;
@@ -767,7 +786,9 @@ impl Store for SqliteStore {
             .bind(max_attempts)
             .fetch_one(&self.pool)
             .await
-            .map_err(Error::db(format!("counting jobs of migration {migration_id}")))?;
+            .map_err(Error::db(format!(
+                "counting jobs of migration {migration_id}"
+            )))?;
         Ok(JobCounts {
             pending: row.try_get(0).map_err(decode)?,
             running: row.try_get(1).map_err(decode)?,
@@ -799,21 +820,31 @@ impl Store for SqliteStore {
         rows.iter().map(job_transition_from_row).collect()
     }
 
-    async fn job_transition_list_by_migration(&self, migration_id: i64) -> Result<Vec<JobTransition>> {
+    async fn job_transition_list_by_migration(
+        &self,
+        migration_id: i64,
+    ) -> Result<Vec<JobTransition>> {
         let rows = sqlx::query(JOB_TRANSITION_LIST_BY_MIGRATION)
             .bind(migration_id)
             .fetch_all(&self.pool)
             .await
-            .map_err(Error::db(format!("reading job history of migration {migration_id}")))?;
+            .map_err(Error::db(format!(
+                "reading job history of migration {migration_id}"
+            )))?;
         rows.iter().map(job_transition_from_row).collect()
     }
 
-    async fn migration_transition_list(&self, migration_id: i64) -> Result<Vec<MigrationTransition>> {
+    async fn migration_transition_list(
+        &self,
+        migration_id: i64,
+    ) -> Result<Vec<MigrationTransition>> {
         let rows = sqlx::query(MIGRATION_TRANSITION_LIST)
             .bind(migration_id)
             .fetch_all(&self.pool)
             .await
-            .map_err(Error::db(format!("reading the history of migration {migration_id}")))?;
+            .map_err(Error::db(format!(
+                "reading the history of migration {migration_id}"
+            )))?;
         rows.iter().map(migration_transition_from_row).collect()
     }
 
@@ -823,7 +854,8 @@ impl Store for SqliteStore {
         retention_months: u32,
     ) -> Result<PartitionReport> {
         use chrono::Datelike;
-        let this_month = chrono::NaiveDate::from_ymd_opt(now.year(), now.month(), 1).expect("month");
+        let this_month =
+            chrono::NaiveDate::from_ymd_opt(now.year(), now.month(), 1).expect("month");
         let cutoff = super::postgres::add_months(this_month, -(retention_months as i32));
         let cutoff = ts(super::postgres::month_start_utc(cutoff));
         let done = sqlx::query(JOB_LOG_RETENTION_DELETE)
@@ -1031,7 +1063,10 @@ impl Target for SqliteTarget {
         let (min, max): (Option<i64>, Option<i64>) = sqlx::query_as(&sql)
             .fetch_one(&self.pool)
             .await
-            .map_err(Error::db(format!("reading the key range of {}", table.quoted())))?;
+            .map_err(Error::db(format!(
+                "reading the key range of {}",
+                table.quoted()
+            )))?;
         Ok(min.zip(max))
     }
 
@@ -1059,7 +1094,10 @@ impl Target for SqliteTarget {
             .map_err(Error::db("finding the next key range"))?;
         Self::range_next_in(&mut conn, table, column, start, max, size)
             .await
-            .map_err(Error::db(format!("finding the next key range of {}", table.quoted())))
+            .map_err(Error::db(format!(
+                "finding the next key range of {}",
+                table.quoted()
+            )))
     }
 
     async fn sub_batch_run(
@@ -1068,9 +1106,15 @@ impl Target for SqliteTarget {
         checkpoint: Option<Checkpoint>,
     ) -> std::result::Result<SubBatchOutcome, Failure> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let Some((start, end)) =
-            Self::range_next_in(&mut tx, spec.table, spec.column, spec.start, spec.max, spec.size)
-                .await?
+        let Some((start, end)) = Self::range_next_in(
+            &mut tx,
+            spec.table,
+            spec.column,
+            spec.start,
+            spec.max,
+            spec.size,
+        )
+        .await?
         else {
             tx.rollback().await?;
             return Ok(SubBatchOutcome::Exhausted);
@@ -1107,9 +1151,15 @@ impl Target for SqliteTarget {
 
     async fn sub_batch_try(&self, spec: SubBatchSpec<'_>) -> std::result::Result<u64, Failure> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let Some((start, end)) =
-            Self::range_next_in(&mut tx, spec.table, spec.column, spec.start, spec.max, spec.size)
-                .await?
+        let Some((start, end)) = Self::range_next_in(
+            &mut tx,
+            spec.table,
+            spec.column,
+            spec.start,
+            spec.max,
+            spec.size,
+        )
+        .await?
         else {
             tx.rollback().await?;
             return Ok(0);

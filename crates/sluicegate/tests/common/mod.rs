@@ -64,7 +64,10 @@ impl JobKind for FailFrom {
 
     async fn perform(&self, batch: &mut SubBatch<'_>) -> Result<u64, Failure> {
         if batch.end() >= self.0 {
-            return Err(Failure::new("TestFailure", format!("keys from {} always fail", self.0)));
+            return Err(Failure::new(
+                "TestFailure",
+                format!("keys from {} always fail", self.0),
+            ));
         }
         increment(batch).await
     }
@@ -153,7 +156,12 @@ pub async fn assert_chains(sg: &Sluicegate, m: &Migration) -> Vec<Job> {
                 job.id
             );
         }
-        assert_eq!(log.last().unwrap().next_status, job.status, "job {}", job.id);
+        assert_eq!(
+            log.last().unwrap().next_status,
+            job.status,
+            "job {}",
+            job.id
+        );
     }
     jobs
 }
@@ -163,6 +171,11 @@ pub fn assert_disjoint(jobs: &[Job]) {
     let mut ranges: Vec<(i64, i64)> = jobs.iter().map(|j| (j.min_value, j.max_value)).collect();
     ranges.sort();
     for pair in ranges.windows(2) {
-        assert!(pair[0].1 < pair[1].0, "ranges overlap: {:?} and {:?}", pair[0], pair[1]);
+        assert!(
+            pair[0].1 < pair[1].0,
+            "ranges overlap: {:?} and {:?}",
+            pair[0],
+            pair[1]
+        );
     }
 }

@@ -1,0 +1,266 @@
+//! Command-line arguments, as clap parses them.
+
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Runs large data migrations on big tables in small batches, in the background, and records
+/// every state change of every job.
+#[derive(Debug, Parser)]
+#[command(name = "sluicegate", version, about, max_term_width = 100)]
+pub struct Cli {
+    /// Tracking database: postgres://... or sqlite:...
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "sqlite://sluicegate.db",
+        global = true
+    )]
+    pub database_url: String,
+
+    /// Target database holding the table to migrate, when not the tracking database.
+    #[arg(long, env = "SLUICEGATE_TARGET_URL", global = true)]
+    pub target_url: Option<String>,
+
+    /// Schema of the tracking tables (PostgreSQL).
+    #[arg(long, default_value = "sluicegate", global = true)]
+    pub schema: String,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+impl Cli {
+    /// Whether the command prints JSON (then logs are JSON too).
+    pub fn wants_json(&self) -> bool {
+        match &self.command {
+            Command::Queue(a) => a.json,
+            Command::Run(a) => a.json,
+            Command::Status(a) => a.json,
+            Command::Show(a) | Command::Finalize(a) => a.json,
+            Command::Jobs(a) => a.json,
+            Command::History(a) => a.json,
+            Command::Demo(a) => a.json,
+            _ => false,
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Install or upgrade the tracking schema (idempotent).
+    Setup,
+    /// Validate and queue a migration.
+    Queue(QueueArgs),
+    /// Run workers: claim due migrations and run their jobs.
+    Run(RunArgs),
+    /// Every migration with its progress.
+    Status(JsonArgs),
+    /// One migration: settings, progress, batch sizes, failed jobs.
+    Show(MigrationArgs),
+    /// Jobs of a migration.
+    Jobs(JobsArgs),
+    /// Transition log of a migration, or of one job with --job.
+    History(HistoryArgs),
+    /// Pause an active migration.
+    Pause(ReasonArgs),
+    /// Resume a paused migration.
+    Resume(ReasonArgs),
+    /// Retry a failed migration: its failed jobs run again.
+    Retry(ReasonArgs),
+    /// Cancel a migration for good.
+    Cancel(ReasonArgs),
+    /// Run a migration's remaining jobs now, inline, until it is finished.
+    Finalize(MigrationArgs),
+    /// Dashboard, JSON API and /metrics over HTTP (not built yet).
+    Serve(ServeArgs),
+    /// Run a real backfill end to end on a fresh SQLite file.
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Kind {
+    /// UPDATE t SET <--set> [WHERE <--where>]
+    Update,
+    /// DELETE FROM t [WHERE <--where>]
+    Delete,
+    /// UPDATE t SET <--to> = <--from>
+    CopyColumn,
+    /// Your statement, with $1 and $2 bound to each sub-batch's first and last key.
+    Sql,
+}
+
+impl Kind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Update => "update",
+            Kind::Delete => "delete",
+            Kind::CopyColumn => "copy-column",
+            Kind::Sql => "sql",
+        }
+    }
+}
+
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 500ms, 10s, 2m)"))
+}
+
+#[derive(Debug, Args)]
+pub struct QueueArgs {
+    /// Unique name of the migration.
+    pub name: String,
+    /// Table to migrate (table or schema.table).
+    #[arg(long)]
+    pub table: String,
+    /// Integer key column the batches walk over.
+    #[arg(long, default_value = "id")]
+    pub column: String,
+    /// What each sub-batch does.
+    #[arg(long, value_enum)]
+    pub kind: Kind,
+    /// SET clause (update).
+    #[arg(long = "set")]
+    pub set_clause: Option<String>,
+    /// Extra condition (update, delete).
+    #[arg(long = "where")]
+    pub where_clause: Option<String>,
+    /// Source column (copy-column).
+    #[arg(long)]
+    pub from: Option<String>,
+    /// Destination column (copy-column).
+    #[arg(long)]
+    pub to: Option<String>,
+    /// Statement with $1 and $2 (sql).
+    #[arg(long)]
+    pub sql: Option<String>,
+    /// Keys per job.
+    #[arg(long, default_value_t = 1_000, allow_negative_numbers = true)]
+    pub batch_size: i64,
+    /// Keys per sub-batch (one transaction).
+    #[arg(long, default_value_t = 100, allow_negative_numbers = true)]
+    pub sub_batch_size: i64,
+    /// Ceiling for the batch-size optimizer.
+    #[arg(long, allow_negative_numbers = true)]
+    pub max_batch_size: Option<i64>,
+    /// Pause between sub-batches, in milliseconds.
+    #[arg(long, default_value_t = 100, allow_negative_numbers = true)]
+    pub pause_ms: i64,
+    /// Minimum time between job starts (0s: full speed).
+    #[arg(long, default_value = "2m", value_parser = parse_duration)]
+    pub interval: Duration,
+    /// First key (default: the column's minimum now).
+    #[arg(long, allow_negative_numbers = true)]
+    pub min_value: Option<i64>,
+    /// Last key (default: the column's maximum now).
+    #[arg(long, allow_negative_numbers = true)]
+    pub max_value: Option<i64>,
+    /// statement_timeout of each sub-batch (PostgreSQL).
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub statement_timeout: Duration,
+    /// lock_timeout of each sub-batch (PostgreSQL).
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub lock_timeout: Duration,
+    /// Queue it paused.
+    #[arg(long)]
+    pub paused: bool,
+    /// Validate and print the plan; write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Run one step (at most one job per worker loop) and exit.
+    #[arg(long, conflicts_with = "until_idle")]
+    pub once: bool,
+    /// Exit when no active migration is left to work on.
+    #[arg(long)]
+    pub until_idle: bool,
+    /// Jobs run at once by this process.
+    #[arg(long, default_value_t = 1)]
+    pub concurrency: usize,
+    /// Worker name in leases and logs (default: host:pid).
+    #[arg(long)]
+    pub worker: Option<String>,
+    /// How long a job stays this worker's without renewal.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub lease: Duration,
+    /// One JSON line per job instead of progress bars.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct JsonArgs {
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct MigrationArgs {
+    /// Migration id or name.
+    pub migration: String,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct JobsArgs {
+    /// Migration id or name.
+    pub migration: String,
+    /// Only jobs in this status (pending, running, failed, succeeded).
+    #[arg(long)]
+    pub status: Option<String>,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct HistoryArgs {
+    /// Migration id or name.
+    pub migration: String,
+    /// One job's transitions instead of the migration's.
+    #[arg(long)]
+    pub job: Option<i64>,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ReasonArgs {
+    /// Migration id or name.
+    pub migration: String,
+    /// Why: written to the migration's transition log.
+    #[arg(long)]
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: String,
+    /// File holding the bearer token for mutations.
+    #[arg(long)]
+    pub token_file: Option<std::path::PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Rows in the demo table.
+    #[arg(long, default_value_t = 200_000)]
+    pub rows: i64,
+    /// SQLite file to (re)create.
+    #[arg(long, default_value = "sluicegate-demo.db")]
+    pub file: std::path::PathBuf,
+    /// JSON lines instead of tables and progress bars.
+    #[arg(long)]
+    pub json: bool,
+}

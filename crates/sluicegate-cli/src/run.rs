@@ -1,0 +1,219 @@
+//! `queue`, `run` and `finalize`: the commands that write.
+
+use std::time::Duration;
+
+use anyhow::{bail, Result};
+use serde_json::{json, Value};
+use sluicegate::engine::default_worker_name;
+use sluicegate::{QueueRequest, Sluicegate, StepOutcome, WorkerOptions};
+
+use crate::args::{Kind, QueueArgs, RunArgs};
+use crate::output::{self, format_duration};
+use crate::progress::{bars_wanted, Reporter};
+
+/// Turns `queue` flags into a request, refusing flags that do not belong to the kind.
+fn request(args: &QueueArgs) -> Result<QueueRequest> {
+    let mut req = QueueRequest::new(&args.name, args.kind.name(), &args.table);
+    req.column = args.column.clone();
+    req.batch_size = args.batch_size;
+    req.sub_batch_size = args.sub_batch_size;
+    req.max_batch_size = args.max_batch_size;
+    req.pause_ms = args.pause_ms;
+    req.interval = args.interval;
+    req.min_value = args.min_value;
+    req.max_value = args.max_value;
+    req.paused = args.paused;
+    req.statement_timeout = args.statement_timeout;
+    req.lock_timeout = args.lock_timeout;
+    req.actor = "cli".into();
+    let given = [
+        ("--set", args.set_clause.as_ref()),
+        ("--where", args.where_clause.as_ref()),
+        ("--from", args.from.as_ref()),
+        ("--to", args.to.as_ref()),
+        ("--sql", args.sql.as_ref()),
+    ];
+    let allowed: &[&str] = match args.kind {
+        Kind::Update => &["--set", "--where"],
+        Kind::Delete => &["--where"],
+        Kind::CopyColumn => &["--from", "--to"],
+        Kind::Sql => &["--sql"],
+    };
+    for (flag, value) in given {
+        match value {
+            Some(_) if !allowed.contains(&flag) => {
+                bail!("{flag} does not apply to --kind {}", args.kind.name())
+            }
+            Some(v) => {
+                req = req.argument(flag.trim_start_matches("--"), Value::String(v.clone()));
+            }
+            None => {}
+        }
+    }
+    Ok(req)
+}
+
+pub async fn queue(sg: &Sluicegate, args: &QueueArgs) -> Result<()> {
+    let req = request(args)?;
+    if args.dry_run {
+        let plan = sg.plan(&req).await?;
+        let m = &plan.migration;
+        let value = json!({
+            "name": m.name,
+            "job_kind": m.job_kind,
+            "table": m.table_name,
+            "column": m.column_name,
+            "job_arguments": m.job_arguments,
+            "min_value": m.min_value,
+            "max_value": m.max_value,
+            "estimated_rows": m.total_tuple_count,
+            "estimated_jobs": plan.estimated_jobs(),
+            "batch_size": m.batch_size,
+            "sub_batch_size": m.sub_batch_size,
+            "pause_ms": m.pause_ms,
+            "interval_ms": m.interval.as_millis() as u64,
+            "trial_sub_batch_rows": plan.trial_rows,
+            "trial_sub_batch_ms": plan.trial_time.as_secs_f64() * 1000.0,
+            "estimated_duration_seconds": plan.estimated_duration().map(|d| d.as_secs_f64()),
+            "written": false,
+        });
+        if args.json {
+            println!("{value}");
+        } else {
+            println!("dry run: nothing was written");
+            println!(
+                "  migration      {} ({} on {}.{})",
+                m.name, m.job_kind, m.table_name, m.column_name
+            );
+            println!("  range          {} ..= {}", m.min_value, m.max_value);
+            println!("  rows (est.)    {}", output::opt(m.total_tuple_count));
+            println!(
+                "  jobs (est.)    {} of {} keys, sub-batches of {}",
+                output::opt(plan.estimated_jobs()),
+                m.batch_size,
+                m.sub_batch_size
+            );
+            println!(
+                "  trial          one sub-batch touched {} rows in {:.1} ms, rolled back",
+                plan.trial_rows,
+                plan.trial_time.as_secs_f64() * 1000.0
+            );
+            println!(
+                "  duration (est.) {} at interval {} and pause {} ms",
+                plan.estimated_duration()
+                    .map(format_duration)
+                    .unwrap_or_else(|| "-".into()),
+                format_duration(m.interval),
+                m.pause_ms
+            );
+        }
+        return Ok(());
+    }
+    let m = sg.queue(&req).await?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string(&output::MigrationJson::from_migration(&m))?
+        );
+    } else {
+        println!(
+            "queued migration {} ({}): {} on {}.{}, keys {} ..= {}, {}",
+            m.id,
+            m.name,
+            m.job_kind,
+            m.table_name,
+            m.column_name,
+            m.min_value,
+            m.max_value,
+            m.status
+        );
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::warn!("shutting down: finishing the jobs in progress");
+}
+
+pub async fn run(sg: &Sluicegate, args: &RunArgs) -> Result<()> {
+    if args.concurrency == 0 {
+        bail!("--concurrency must be at least 1");
+    }
+    if args.lease < Duration::from_millis(300) {
+        bail!("--lease must be at least 300ms (it is renewed every third of it)");
+    }
+    let reporter = Reporter::start(sg.clone(), bars_wanted(args.json));
+    let worker = sg
+        .worker(WorkerOptions {
+            name: args.worker.clone().unwrap_or_else(default_worker_name),
+            lease: args.lease,
+            poll_interval: Duration::from_millis(500),
+            concurrency: args.concurrency,
+        })
+        .with_events(reporter.sink());
+    let result = if args.once {
+        let steps = (0..args.concurrency).map(|_| worker.step());
+        futures::future::try_join_all(steps).await.map(|outcomes| {
+            if outcomes.iter().all(|o| *o == StepOutcome::Idle) {
+                eprintln!("nothing to do: no migration is due");
+            }
+        })
+    } else {
+        worker.run(args.until_idle, shutdown_signal()).await
+    };
+    reporter.finish().await;
+    result.map_err(Into::into)
+}
+
+pub async fn finalize(sg: &Sluicegate, migration: &str, json: bool) -> Result<()> {
+    let m = sg.migration(migration).await?;
+    let reporter = Reporter::start(sg.clone(), bars_wanted(json));
+    let worker = sg
+        .worker(WorkerOptions {
+            name: format!("cli-finalize:{}", std::process::id()),
+            ..WorkerOptions::default()
+        })
+        .with_events(reporter.sink());
+    let result = worker.finalize(&m, "cli").await;
+    reporter.finish().await;
+    let m = result?;
+    if m.status != sluicegate::MigrationStatus::Finished {
+        let last = sg.migration_history(&m).await?.pop();
+        let why = last
+            .and_then(|row| row.reason.or(row.exception_message))
+            .unwrap_or_else(|| "see its history".into());
+        bail!(
+            "migration {} could not be finalized: it ended {} ({why}); see `sluicegate history {}`",
+            m.name,
+            m.status,
+            m.name
+        );
+    }
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string(&output::MigrationJson::from_migration(&m))?
+        );
+    } else {
+        println!("migration {} ({}) is finished", m.id, m.name);
+    }
+    Ok(())
+}
