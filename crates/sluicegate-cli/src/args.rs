@@ -51,7 +51,7 @@ pub enum Command {
     /// Install or upgrade the tracking schema (idempotent).
     Setup,
     /// Validate and queue a migration.
-    Queue(QueueArgs),
+    Queue(Box<QueueArgs>),
     /// Run workers: claim due migrations and run their jobs.
     Run(RunArgs),
     /// Every migration with its progress.

@@ -3,6 +3,10 @@
 //!
 //! Queue a migration with [`Sluicegate::queue`], run workers with [`Worker`], and read what
 //! happened with [`Sluicegate::job_history`] and [`Sluicegate::migration_history`].
+//!
+//! A custom job kind implements [`JobKind`]; see `examples/custom_kind.rs`.
+
+#![warn(missing_docs)]
 
 pub mod client;
 pub mod engine;

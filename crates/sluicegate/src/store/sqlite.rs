@@ -510,14 +510,7 @@ impl Store for SqliteStore {
             .map_err(Error::db(context))?;
         for row in &rows {
             let m = migration_from_row(row)?;
-            let due = m.status != MigrationStatus::Active
-                || only.is_some()
-                || m.interval.is_zero()
-                || m.last_job_started_at.is_none_or(|last| {
-                    last + chrono::Duration::from_std(m.interval).unwrap_or(chrono::Duration::MAX)
-                        <= at
-                });
-            if !due {
+            if only.is_none() && !interval_elapsed(&m, at) {
                 continue;
             }
             let holder: Option<(i64, String)> = sqlx::query_as(TABLE_LEASE_GET)
@@ -587,11 +580,7 @@ impl Store for SqliteStore {
         let Some(m) = row.as_ref().map(migration_from_row).transpose()? else {
             return Ok(None);
         };
-        let due = m.status == MigrationStatus::Finalizing
-            || m.interval.is_zero()
-            || m.last_job_started_at.is_none_or(|last| {
-                last + chrono::Duration::from_std(m.interval).unwrap_or(chrono::Duration::MAX) <= at
-            });
+        let due = m.status == MigrationStatus::Finalizing || interval_elapsed(&m, at);
         let runnable = matches!(
             m.status,
             MigrationStatus::Active | MigrationStatus::Finalizing
@@ -872,6 +861,14 @@ impl Store for SqliteStore {
     async fn log_partitions_list(&self) -> Result<Vec<String>> {
         Ok(Vec::new())
     }
+}
+
+/// Whether `m`'s interval has passed since its last job started (pacing).
+fn interval_elapsed(m: &Migration, at: DateTime<Utc>) -> bool {
+    let interval = chrono::Duration::from_std(m.interval).unwrap_or(chrono::Duration::MAX);
+    m.interval.is_zero()
+        || m.last_job_started_at
+            .is_none_or(|last| last + interval <= at)
 }
 
 fn migration_from_row(row: &SqliteRow) -> Result<Migration> {

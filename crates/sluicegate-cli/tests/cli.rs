@@ -1,0 +1,470 @@
+//! The `sluicegate` binary, run as a user runs it: exit codes, one-line errors, nothing
+//! written on bad input, and exactly-once across workers killed with SIGKILL.
+
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use sluicegate::store::Backend;
+use sluicegate::testing::TestDb;
+use sluicegate::{store_test, JobStatus, MigrationStatus};
+
+fn bin() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluicegate"));
+    cmd.env_remove("DATABASE_URL").env("NO_COLOR", "1");
+    cmd
+}
+
+fn sg(url: &str, args: &[&str]) -> Output {
+    bin()
+        .arg("--database-url")
+        .arg(url)
+        .args(args)
+        .output()
+        .expect("run sluicegate")
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Exits 1 with exactly one line on stderr, starting `error:` and containing `expected`.
+fn assert_fails_with(out: &Output, expected: &str) {
+    let err = stderr(out);
+    assert_eq!(out.status.code(), Some(1), "exit code 1; stderr: {err}");
+    let lines: Vec<_> = err.lines().collect();
+    assert_eq!(lines.len(), 1, "one line: {err:?}");
+    assert!(lines[0].starts_with("error: "), "{err}");
+    assert!(err.contains(expected), "expected {expected:?} in {err:?}");
+}
+
+fn tracking(db: &TestDb, table: &str) -> String {
+    match db.backend {
+        Backend::Postgres => format!("sluicegate.{table}"),
+        Backend::Sqlite => format!("sluicegate_{table}"),
+    }
+}
+
+async fn counts(db: &TestDb) -> (i64, i64, i64, i64) {
+    (
+        db.scalar(&format!(
+            "SELECT count(*) FROM {}",
+            tracking(db, "migrations")
+        ))
+        .await,
+        db.scalar(&format!(
+            "SELECT count(*) FROM {}",
+            tracking(db, "migration_transition_logs")
+        ))
+        .await,
+        db.scalar(&format!("SELECT count(*) FROM {}", tracking(db, "jobs")))
+            .await,
+        db.scalar("SELECT coalesce(sum(n), 0) FROM items").await,
+    )
+}
+
+store_test!(
+    bad_input_exits_non_zero_with_one_line_and_changes_nothing,
+    |db| {
+        db.create_items("items", &[(1, 100)]).await;
+        db.create_items("t", &[(1, 5)]).await;
+        let url = db.url.clone();
+        assert!(sg(&url, &["setup"]).status.success());
+        let ok = sg(
+            &url,
+            &[
+                "queue",
+                "first",
+                "--table",
+                "items",
+                "--kind",
+                "update",
+                "--set",
+                "n = n + 1",
+                "--interval",
+                "0s",
+            ],
+        );
+        assert!(ok.status.success(), "{}", stderr(&ok));
+        let before = counts(&db).await;
+        let queue = |extra: &[&str]| {
+            let mut args = vec!["queue", "second", "--kind", "update", "--set", "n = 2"];
+            args.extend_from_slice(extra);
+            sg(&url, &args)
+        };
+        let hostile = "x\"; DROP TABLE t; --";
+        let cases: Vec<(Output, &str)> = vec![
+            (queue(&["--table", "nope"]), "unknown table \"nope\""),
+            (
+                queue(&["--table", "items", "--column", "nope"]),
+                "unknown column \"nope\" in table",
+            ),
+            (
+                sg(
+                    &url,
+                    &[
+                        "queue", "second", "--table", "items", "--kind", "update", "--set",
+                        "n = = 2",
+                    ],
+                ),
+                "failed on a trial sub-batch",
+            ),
+            (
+                queue(&["--table", hostile]),
+                "unknown table \"x\\\"; DROP TABLE t; --\"",
+            ),
+            (
+                queue(&["--table", "items", "--batch-size", "0"]),
+                "batch size must be at least 1 (got 0)",
+            ),
+            (
+                queue(&["--table", "items", "--batch-size", "-10"]),
+                "batch size must be at least 1 (got -10)",
+            ),
+            (
+                queue(&[
+                    "--table",
+                    "items",
+                    "--batch-size",
+                    "10",
+                    "--sub-batch-size",
+                    "50",
+                ]),
+                "sub-batch size 50 is larger than batch size 10",
+            ),
+            (
+                sg(
+                    &url,
+                    &[
+                        "queue", "first", "--table", "items", "--kind", "update", "--set", "n = 3",
+                    ],
+                ),
+                "migration \"first\" is already queued",
+            ),
+            (
+                sg(
+                    &url,
+                    &[
+                        "queue", "x", "--table", "items", "--kind", "delete", "--set", "n = 3",
+                    ],
+                ),
+                "--set does not apply to --kind delete",
+            ),
+            (sg(&url, &["show", "999"]), "no migration \"999\""),
+            (
+                sg(&url, &["history", "first", "--job", "999"]),
+                "no job 999",
+            ),
+            (
+                sg(&url, &["jobs", "first", "--status", "done"]),
+                "unknown job status \"done\"",
+            ),
+        ];
+        for (out, expected) in &cases {
+            assert_fails_with(out, expected);
+        }
+        assert_eq!(
+            counts(&db).await,
+            before,
+            "nothing written by any bad input"
+        );
+        assert_eq!(
+            db.scalar("SELECT count(*) FROM t").await,
+            5,
+            "t is still there"
+        );
+
+        // An illegal transition: resume a finished migration.
+        let run = sg(&url, &["run", "--until-idle", "--json"]);
+        assert!(run.status.success(), "{}", stderr(&run));
+        let out = sg(&url, &["resume", "first"]);
+        assert_fails_with(&out, "cannot resume migration first: it is finished");
+        let log_rows = db
+            .scalar(&format!(
+                "SELECT count(*) FROM {}",
+                tracking(&db, "migration_transition_logs")
+            ))
+            .await;
+        let out = sg(&url, &["pause", "first", "--reason", "x"]);
+        assert_fails_with(&out, "cannot pause migration first: it is finished");
+        assert_eq!(
+            db.scalar(&format!(
+                "SELECT count(*) FROM {}",
+                tracking(&db, "migration_transition_logs")
+            ))
+            .await,
+            log_rows
+        );
+    }
+);
+
+#[test]
+fn unreachable_and_malformed_urls_are_one_line_errors() {
+    let out = sg("postgres://nobody:hunter2@127.0.0.1:1/nothing", &["status"]);
+    assert_fails_with(
+        &out,
+        "connecting to postgres://nobody:***@127.0.0.1:1/nothing",
+    );
+    assert!(
+        !stderr(&out).contains("hunter2"),
+        "the password is never printed"
+    );
+    let out = sg("mysql://localhost/db", &["status"]);
+    assert_fails_with(
+        &out,
+        "expected postgres://..., postgresql://... or sqlite:...",
+    );
+    let out = sg("postgres://user@[::1/db", &["status"]);
+    assert_fails_with(&out, "invalid database URL");
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let out = bin()
+        .args(["queue", "x", "--kind", "update"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--table"));
+}
+
+#[test]
+fn commands_before_setup_say_to_run_setup() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/fresh.db", dir.path().display());
+    let out = sg(&url, &["status"]);
+    assert_fails_with(&out, "run `sluicegate setup` first");
+}
+
+#[test]
+fn the_demo_backfills_and_shows_the_simulated_fault() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("demo.db");
+    let out = bin()
+        .args(["demo", "--rows", "20000", "--file"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let text = stdout(&out);
+    assert!(out.status.success(), "{}\n{}", text, stderr(&out));
+    assert!(
+        text.contains("checked: 20000 of 20000 rows have email_lower = lower(email)"),
+        "{text}"
+    );
+    assert!(text.contains("running -> failed"), "{text}");
+    assert!(text.contains("SimulatedFault"), "{text}");
+    assert!(text.contains("failed -> running"), "{text}");
+    assert!(text.contains("running -> succeeded"), "{text}");
+}
+
+store_test!(json_output_has_the_documented_fields, |db| {
+    db.create_items("items", &[(1, 100)]).await;
+    let url = db.url.clone();
+    assert!(sg(&url, &["setup"]).status.success());
+    let out = sg(
+        &url,
+        &[
+            "queue",
+            "m",
+            "--table",
+            "items",
+            "--kind",
+            "update",
+            "--set",
+            "n = 1",
+            "--interval",
+            "0s",
+            "--batch-size",
+            "50",
+            "--sub-batch-size",
+            "10",
+            "--dry-run",
+            "--json",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(plan["written"], false);
+    assert_eq!(plan["estimated_jobs"], 2);
+    assert_eq!(plan["trial_sub_batch_rows"], 10);
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM items WHERE n <> 0").await,
+        0,
+        "dry run rolled back"
+    );
+    assert!(sg(
+        &url,
+        &[
+            "queue",
+            "m",
+            "--table",
+            "items",
+            "--kind",
+            "update",
+            "--set",
+            "n = 1",
+            "--interval",
+            "0s",
+            "--batch-size",
+            "50",
+            "--sub-batch-size",
+            "10"
+        ]
+    )
+    .status
+    .success());
+    assert!(sg(&url, &["run", "--until-idle", "--json"])
+        .status
+        .success());
+    let out = sg(&url, &["status", "--json"]);
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let m = &status[0];
+    for field in [
+        "id",
+        "name",
+        "status",
+        "job_kind",
+        "table",
+        "column",
+        "batch_size",
+        "sub_batch_size",
+        "rows_done",
+        "rows_total",
+        "percent",
+        "rows_per_second",
+        "eta_seconds",
+        "jobs",
+        "on_hold_until",
+        "created_at",
+        "finished_at",
+    ] {
+        assert!(m.get(field).is_some(), "status --json has {field}: {m}");
+    }
+    assert_eq!(m["status"], "finished");
+    assert_eq!(m["rows_done"], 100);
+    assert_eq!(m["jobs"]["succeeded"], 2);
+    let out = sg(&url, &["jobs", "m", "--json"]);
+    let jobs: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(jobs.as_array().unwrap().len(), 2);
+    let job_id = jobs[0]["id"].as_i64().unwrap().to_string();
+    let out = sg(&url, &["history", "m", "--job", &job_id, "--json"]);
+    let log: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(log[0]["previous_status"], "pending");
+    assert_eq!(log[1]["next_status"], "succeeded");
+});
+
+// Workers are separate processes killed with SIGKILL mid-job; `n = n + 1` is not
+// idempotent, so any sub-batch applied twice (or skipped) shows in the table.
+store_test!(exactly_once_across_workers_killed_with_sigkill, |db| {
+    db.create_items("items", &[(1, 20_000)]).await;
+    let url = db.url.clone();
+    assert!(sg(&url, &["setup"]).status.success());
+    let out = sg(
+        &url,
+        &[
+            "queue",
+            "inc",
+            "--table",
+            "items",
+            "--kind",
+            "update",
+            "--set",
+            "n = n + 1",
+            "--batch-size",
+            "1000",
+            "--sub-batch-size",
+            "100",
+            "--pause-ms",
+            "10",
+            "--interval",
+            "0s",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let handle = sluicegate::Sluicegate::connect(&url).await.unwrap();
+    // (job, attempt) pairs a killed worker left running.
+    let mut killed_mid_job = std::collections::HashSet::new();
+    for round in 0..3 {
+        let mut child = bin()
+            .args([
+                "--database-url",
+                &url,
+                "run",
+                "--until-idle",
+                "--json",
+                "--lease",
+                "1s",
+                "--worker",
+            ])
+            .arg(format!("victim-{round}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(400 + 150 * round)).await;
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        let m = handle.migration("inc").await.unwrap();
+        for job in handle.jobs(&m, Some(JobStatus::Running)).await.unwrap() {
+            killed_mid_job.insert((job.id, job.attempts));
+        }
+    }
+    assert!(
+        !killed_mid_job.is_empty(),
+        "at least one worker died holding a job"
+    );
+    let finish = bin()
+        .args([
+            "--database-url",
+            &url,
+            "run",
+            "--until-idle",
+            "--json",
+            "--lease",
+            "1s",
+            "--worker",
+            "finisher",
+        ])
+        .output()
+        .unwrap();
+    assert!(finish.status.success(), "{}", stderr(&finish));
+    let m = handle.migration("inc").await.unwrap();
+    assert_eq!(m.status, MigrationStatus::Finished);
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM items WHERE n <> 1").await,
+        0,
+        "every row incremented exactly once"
+    );
+    let jobs = handle.jobs(&m, None).await.unwrap();
+    let mut lost = 0;
+    for job in &jobs {
+        let log = handle.job_history(job.id).await.unwrap();
+        assert_eq!(log[0].previous_status, JobStatus::Pending);
+        for pair in log.windows(2) {
+            assert_eq!(
+                pair[0].next_status, pair[1].previous_status,
+                "chain of job {}",
+                job.id
+            );
+        }
+        lost += log
+            .iter()
+            .filter(|r| r.exception_class.as_deref() == Some("WorkerLost"))
+            .count();
+    }
+    assert_eq!(
+        lost,
+        killed_mid_job.len(),
+        "each job left running by a killed worker shows WorkerLost"
+    );
+    let mut ranges: Vec<_> = jobs.iter().map(|j| (j.min_value, j.max_value)).collect();
+    ranges.sort();
+    assert_eq!(ranges.first().unwrap().0, 1);
+    assert_eq!(ranges.last().unwrap().1, 20_000);
+    for pair in ranges.windows(2) {
+        assert_eq!(pair[0].1 + 1, pair[1].0, "no overlap, no hole: {pair:?}");
+    }
+});
