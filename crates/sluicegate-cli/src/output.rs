@@ -137,6 +137,15 @@ impl StatusJson {
     }
 }
 
+fn eta_text(p: &Progress) -> String {
+    if p.migration.status.is_finished() {
+        return "-".into();
+    }
+    opt(p
+        .eta_seconds
+        .map(|s| format_duration(Duration::from_secs_f64(s))))
+}
+
 fn hold_text(m: &Migration) -> String {
     match m.on_hold_until {
         Some(t) if t > Utc::now() => format!("on hold until {}", time(Some(t))),
@@ -182,9 +191,7 @@ pub async fn status(sg: &Sluicegate, json: bool) -> Result<()> {
             Cell::new(format!("{:.1}%", p.percent)),
             Cell::new(format!("{} / {}", p.rows_done, opt(p.rows_total))),
             Cell::new(opt(p.rows_per_second.map(|r| r.round() as i64))),
-            Cell::new(opt(p
-                .eta_seconds
-                .map(|s| format_duration(Duration::from_secs_f64(s))))),
+            Cell::new(eta_text(p)),
             Cell::new(format!("{} / {}", m.batch_size, m.sub_batch_size)),
             Cell::new(format!(
                 "{}/{}/{}",
@@ -360,11 +367,9 @@ pub async fn show(sg: &Sluicegate, migration: &str, json: bool) -> Result<()> {
         (
             "rate / ETA",
             format!(
-                "{} rows/s, {}",
+                "{} rows/s, ETA {}",
                 opt(p.rows_per_second.map(|r| r.round() as i64)),
-                opt(p
-                    .eta_seconds
-                    .map(|s| format_duration(Duration::from_secs_f64(s))))
+                eta_text(&p)
             ),
         ),
         (

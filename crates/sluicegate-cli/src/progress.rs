@@ -46,7 +46,7 @@ impl Reporter {
                         let bar = multi.add(ProgressBar::new(m.total_tuple_count.unwrap_or(0).max(1) as u64));
                         bar.set_style(
                             ProgressStyle::with_template(
-                                "{prefix:<20} [{bar:30}] {human_pos}/{human_len} rows  {per_sec:>12}  ETA {eta:<5} {msg}",
+                                "{prefix:<20} [{bar:30}] {human_pos}/{human_len} rows  ETA {eta:<5} {msg}",
                             )
                             .expect("valid template")
                             .progress_chars("=> "),
@@ -59,15 +59,22 @@ impl Reporter {
                 entry.0 = m.clone();
                 match (&event, &entry.1) {
                     (StepOutcome::Ran { job, outcome, .. }, Some(bar)) => {
+                        let mut rate = String::new();
                         if let Ok(p) = sg.progress(&m).await {
                             bar.set_position(p.rows_done.max(0) as u64);
+                            if let Some(r) = p.rows_per_second {
+                                rate = format!("{} rows/s  ", r.round() as i64);
+                            }
                         }
                         let what = match outcome {
                             JobOutcome::Succeeded => "ok".to_owned(),
                             JobOutcome::Failed { failure } => format!("FAILED {}", failure.class),
                             JobOutcome::Lost => "lost".to_owned(),
                         };
-                        bar.set_message(format!("batch {}  job {} {what}", m.batch_size, job.id));
+                        bar.set_message(format!(
+                            "{rate}batch {}  job {} {what}",
+                            m.batch_size, job.id
+                        ));
                         if let JobOutcome::Failed { failure } = outcome {
                             bar.println(format!(
                                 "{}: job {} failed (attempt {}): {}: {}",

@@ -807,8 +807,9 @@ impl Worker {
             done
         } else {
             let reason = format!(
-                "{} jobs failed after {MAX_ATTEMPTS} attempts",
-                counts.failed
+                "{} job{} failed after {MAX_ATTEMPTS} attempts",
+                counts.failed,
+                if counts.failed == 1 { "" } else { "s" }
             );
             self.fail_migration(&m, Failure::new("JobsFailed", reason.clone()), reason)
                 .await

@@ -60,7 +60,12 @@ impl Failure {
             }
             _ => "DatabaseError".to_owned(),
         };
-        Self::new(class, err.to_string())
+        let message = match err {
+            // The server's own words, without sqlx's "error returned from database:" prefix.
+            E::Database(db) => db.message().to_owned(),
+            other => other.to_string(),
+        };
+        Self::new(class, message)
     }
 }
 
