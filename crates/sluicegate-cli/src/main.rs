@@ -11,7 +11,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use sluicegate::{ConnectOptions, Sluicegate};
+use sluicegate::{ConnectOptions, MigrationEvent, Sluicegate};
 
 use crate::args::{Cli, Command};
 
@@ -124,13 +124,15 @@ async fn dispatch(cli: Cli) -> Result<()> {
         | Command::Retry(args)
         | Command::Cancel(args) => {
             let sg = connect_ready(&cli).await?;
-            let reason = args.reason.clone();
-            let m = match &cli.command {
-                Command::Pause(_) => sg.pause(&args.migration, reason, "cli").await,
-                Command::Resume(_) => sg.resume(&args.migration, reason, "cli").await,
-                Command::Retry(_) => sg.retry(&args.migration, reason, "cli").await,
-                _ => sg.cancel(&args.migration, reason, "cli").await,
-            }?;
+            let event = match &cli.command {
+                Command::Pause(_) => MigrationEvent::Pause,
+                Command::Resume(_) => MigrationEvent::Resume,
+                Command::Retry(_) => MigrationEvent::Retry,
+                _ => MigrationEvent::Cancel,
+            };
+            let m = sg
+                .apply(&args.migration, event, args.reason.clone(), "cli")
+                .await?;
             println!("migration {} ({}) is {}", m.id, m.name, m.status);
             Ok(())
         }

@@ -532,10 +532,23 @@ impl Sluicegate {
         } else {
             self.store.migration_transition(&params).await
         };
+        let changed = result?;
         if to.is_finished() || to == MigrationStatus::Paused {
             self.store.table_lease_release(migration.id).await?;
         }
-        result
+        Ok(changed)
+    }
+
+    /// Looks a migration up by id or name and applies `event` to it (see [`Self::transition`]).
+    pub async fn apply(
+        &self,
+        id_or_name: &str,
+        event: MigrationEvent,
+        reason: Option<String>,
+        actor: &str,
+    ) -> Result<Migration> {
+        let m = self.migration(id_or_name).await?;
+        self.transition(&m, event, reason, actor).await
     }
 
     /// Pauses an active migration: its workers finish their current job and take no more.
@@ -545,8 +558,7 @@ impl Sluicegate {
         reason: Option<String>,
         actor: &str,
     ) -> Result<Migration> {
-        let m = self.migration(id_or_name).await?;
-        self.transition(&m, MigrationEvent::Pause, reason, actor)
+        self.apply(id_or_name, MigrationEvent::Pause, reason, actor)
             .await
     }
 
@@ -557,8 +569,7 @@ impl Sluicegate {
         reason: Option<String>,
         actor: &str,
     ) -> Result<Migration> {
-        let m = self.migration(id_or_name).await?;
-        self.transition(&m, MigrationEvent::Resume, reason, actor)
+        self.apply(id_or_name, MigrationEvent::Resume, reason, actor)
             .await
     }
 
@@ -569,8 +580,7 @@ impl Sluicegate {
         reason: Option<String>,
         actor: &str,
     ) -> Result<Migration> {
-        let m = self.migration(id_or_name).await?;
-        self.transition(&m, MigrationEvent::Retry, reason, actor)
+        self.apply(id_or_name, MigrationEvent::Retry, reason, actor)
             .await
     }
 
@@ -581,8 +591,7 @@ impl Sluicegate {
         reason: Option<String>,
         actor: &str,
     ) -> Result<Migration> {
-        let m = self.migration(id_or_name).await?;
-        self.transition(&m, MigrationEvent::Cancel, reason, actor)
+        self.apply(id_or_name, MigrationEvent::Cancel, reason, actor)
             .await
     }
 

@@ -465,7 +465,6 @@ impl Worker {
                     worker: self.opts.name.clone(),
                     lease: self.opts.lease,
                 };
-                JobStatus::Pending.check(JobStatus::Running, 0)?;
                 match store.job_create(&params).await? {
                     Some(job) => return Ok(Some(job)),
                     None if m.interval.is_zero() || m.status == MigrationStatus::Finalizing => {

@@ -2,7 +2,8 @@
 //! after the retention.
 
 use chrono::{Datelike, NaiveDate, Utc};
-use sluicegate::store::postgres::{month_start_utc, partition_name};
+use sluicegate::store::month_start_utc;
+use sluicegate::store::postgres::partition_name;
 use sluicegate::testing::TestDb;
 
 fn month(offset: i32) -> NaiveDate {

@@ -537,27 +537,41 @@ store_test!(operations_pause_resume_retry_cancel_finalize, |db| {
     assert!(c.finished_at.is_some());
 });
 
-store_test!(a_separate_target_database_is_migrated_and_tracked_apart, |db| {
-    // Tracking in `db`, the table in another database of the same engine.
-    let target = match db.backend {
-        sluicegate::store::Backend::Postgres => sluicegate::testing::TestDb::postgres().await,
-        sluicegate::store::Backend::Sqlite => sluicegate::testing::TestDb::sqlite().await,
-    };
-    target.create_items("items", &[(1, 2_000)]).await;
-    let mut opts = sluicegate::ConnectOptions::new(&db.url);
-    opts.target_url = Some(target.url.clone());
-    let sg = sluicegate::Sluicegate::connect_with(opts).await.unwrap();
-    sg.setup().await.unwrap();
-    assert!(!sg.is_same_database());
-    let m = sg
-        .queue(&fast("remote", "update", "items", 500, 100).argument("set", "n = n + 1"))
-        .await
-        .unwrap();
-    run_to_end(&sg).await;
-    assert_eq!(sg.migration("remote").await.unwrap().status, MigrationStatus::Finished);
-    assert_eq!(target.scalar("SELECT count(*) FROM items WHERE n = 1").await, 2_000);
-    let jobs = assert_chains(&sg, &m).await;
-    assert!(jobs.iter().all(|j| j.cursor == Some(j.max_value)), "cursors recorded apart");
-    // The tracking database has no such table: the migration really ran elsewhere.
-    assert!(db.try_exec("SELECT 1 FROM items").await.is_err());
-});
+store_test!(
+    a_separate_target_database_is_migrated_and_tracked_apart,
+    |db| {
+        // Tracking in `db`, the table in another database of the same engine.
+        let target = match db.backend {
+            sluicegate::store::Backend::Postgres => sluicegate::testing::TestDb::postgres().await,
+            sluicegate::store::Backend::Sqlite => sluicegate::testing::TestDb::sqlite().await,
+        };
+        target.create_items("items", &[(1, 2_000)]).await;
+        let mut opts = sluicegate::ConnectOptions::new(&db.url);
+        opts.target_url = Some(target.url.clone());
+        let sg = sluicegate::Sluicegate::connect_with(opts).await.unwrap();
+        sg.setup().await.unwrap();
+        assert!(!sg.is_same_database());
+        let m = sg
+            .queue(&fast("remote", "update", "items", 500, 100).argument("set", "n = n + 1"))
+            .await
+            .unwrap();
+        run_to_end(&sg).await;
+        assert_eq!(
+            sg.migration("remote").await.unwrap().status,
+            MigrationStatus::Finished
+        );
+        assert_eq!(
+            target
+                .scalar("SELECT count(*) FROM items WHERE n = 1")
+                .await,
+            2_000
+        );
+        let jobs = assert_chains(&sg, &m).await;
+        assert!(
+            jobs.iter().all(|j| j.cursor == Some(j.max_value)),
+            "cursors recorded apart"
+        );
+        // The tracking database has no such table: the migration really ran elsewhere.
+        assert!(db.try_exec("SELECT 1 FROM items").await.is_err());
+    }
+);

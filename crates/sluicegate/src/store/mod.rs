@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Datelike, NaiveDate, TimeZone, Utc};
 
 use crate::error::Result;
 use crate::failure::Failure;
@@ -366,4 +366,25 @@ pub(crate) async fn perform_catching_panics(
             Err(Failure::new("Panic", message))
         }
     }
+}
+
+/// A duration as whole milliseconds, saturating.
+pub(crate) fn duration_ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// The first day of a month.
+pub(crate) fn month_start(year: i32, month: u32) -> NaiveDate {
+    NaiveDate::from_ymd_opt(year, month, 1).expect("valid month")
+}
+
+/// First day of the month `delta` months after `date`'s month.
+pub(crate) fn add_months(date: NaiveDate, delta: i32) -> NaiveDate {
+    let index = date.year() * 12 + date.month0() as i32 + delta;
+    month_start(index.div_euclid(12), index.rem_euclid(12) as u32 + 1)
+}
+
+/// Midnight UTC of `date` (a month start, for partition bounds and retention cutoffs).
+pub fn month_start_utc(date: NaiveDate) -> DateTime<Utc> {
+    Utc.from_utc_datetime(&date.and_hms_opt(0, 0, 0).expect("midnight"))
 }

@@ -4,15 +4,15 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chrono::{DateTime, Datelike, NaiveDate, TimeZone, Utc};
+use chrono::{DateTime, Datelike, NaiveDate, Utc};
 use sqlx::postgres::{PgPool, PgRow};
 use sqlx::types::Json;
 use sqlx::{Connection, PgConnection, Row};
 
 use super::{
-    Backend, Checkpoint, JobCreateParams, JobSplitParams, JobTransitionParams,
-    MigrationTransitionParams, PartitionReport, Store, SubBatchOutcome, SubBatchSpec, Target,
-    SCHEMA_VERSION,
+    add_months, duration_ms, month_start, Backend, Checkpoint, JobCreateParams, JobSplitParams,
+    JobTransitionParams, MigrationTransitionParams, PartitionReport, Store, SubBatchOutcome,
+    SubBatchSpec, Target, SCHEMA_VERSION,
 };
 use crate::error::{Error, Result};
 use crate::failure::Failure;
@@ -336,10 +336,6 @@ impl PgStore {
     pub(crate) fn checkpoint_sql(&self) -> String {
         self.q(JOB_CHECKPOINT)
     }
-}
-
-pub(crate) fn duration_ms(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
 fn is_undefined_table(err: &sqlx::Error) -> bool {
@@ -827,16 +823,6 @@ impl Store for PgStore {
     }
 }
 
-fn month_start(year: i32, month: u32) -> NaiveDate {
-    NaiveDate::from_ymd_opt(year, month, 1).expect("valid month")
-}
-
-/// First day of the month `delta` months after `date`'s month.
-pub(crate) fn add_months(date: NaiveDate, delta: i32) -> NaiveDate {
-    let index = date.year() * 12 + date.month0() as i32 + delta;
-    month_start(index.div_euclid(12), index.rem_euclid(12) as u32 + 1)
-}
-
 /// The name of the partition holding the month starting at `start`.
 pub fn partition_name(start: NaiveDate) -> String {
     format!("{PARTITION_PREFIX}{}", start.format("%Y%m"))
@@ -850,11 +836,6 @@ fn partition_month(name: &str) -> Option<NaiveDate> {
     let year: i32 = digits[..4].parse().ok()?;
     let month: u32 = digits[4..].parse().ok()?;
     NaiveDate::from_ymd_opt(year, month, 1)
-}
-
-/// Start of the month of `now`, as a UTC timestamp (for tests writing old log rows).
-pub fn month_start_utc(date: NaiveDate) -> DateTime<Utc> {
-    Utc.from_utc_datetime(&date.and_hms_opt(0, 0, 0).expect("midnight"))
 }
 
 /// Runs one or more statements with no parameters (DDL). A plain function, not a trait
@@ -974,6 +955,36 @@ impl PgTarget {
             pool,
             checkpoint_sql: same_database_store.map(PgStore::checkpoint_sql),
         }
+    }
+
+    /// Inside the open transaction: finds the sub-batch's keys and performs the kind on them.
+    /// `None` when no key is left in range.
+    async fn perform_in(
+        conn: &mut PgConnection,
+        spec: &SubBatchSpec<'_>,
+    ) -> std::result::Result<Option<(i64, i64, u64)>, Failure> {
+        let range = Self::range_next_in(
+            conn,
+            spec.table,
+            spec.column,
+            spec.start,
+            spec.max,
+            spec.size,
+        )
+        .await?;
+        let Some((start, end)) = range else {
+            return Ok(None);
+        };
+        let mut batch = SubBatch {
+            connection: SubBatchConnection::Postgres(conn),
+            table: spec.table,
+            column: spec.column,
+            arguments: spec.arguments,
+            start,
+            end,
+        };
+        let rows = super::perform_catching_panics(spec.kind, &mut batch).await?;
+        Ok(Some((start, end, rows)))
     }
 
     async fn range_next_in(
@@ -1111,29 +1122,9 @@ impl Target for PgTarget {
         checkpoint: Option<Checkpoint>,
     ) -> std::result::Result<SubBatchOutcome, Failure> {
         let mut tx = self.begin(&spec).await?;
-        let Some((start, end)) = Self::range_next_in(
-            &mut tx,
-            spec.table,
-            spec.column,
-            spec.start,
-            spec.max,
-            spec.size,
-        )
-        .await?
-        else {
+        let Some((start, end, rows)) = Self::perform_in(&mut tx, &spec).await? else {
             tx.rollback().await?;
             return Ok(SubBatchOutcome::Exhausted);
-        };
-        let rows = {
-            let mut batch = SubBatch {
-                connection: SubBatchConnection::Postgres(&mut tx),
-                table: spec.table,
-                column: spec.column,
-                arguments: spec.arguments,
-                start,
-                end,
-            };
-            super::perform_catching_panics(spec.kind, &mut batch).await?
         };
         if let (Some(cp), Some(sql)) = (checkpoint, &self.checkpoint_sql) {
             let done = sqlx::query(sql)
@@ -1155,32 +1146,9 @@ impl Target for PgTarget {
 
     async fn sub_batch_try(&self, spec: SubBatchSpec<'_>) -> std::result::Result<u64, Failure> {
         let mut tx = self.begin(&spec).await?;
-        let Some((start, end)) = Self::range_next_in(
-            &mut tx,
-            spec.table,
-            spec.column,
-            spec.start,
-            spec.max,
-            spec.size,
-        )
-        .await?
-        else {
-            tx.rollback().await?;
-            return Ok(0);
-        };
-        let rows = {
-            let mut batch = SubBatch {
-                connection: SubBatchConnection::Postgres(&mut tx),
-                table: spec.table,
-                column: spec.column,
-                arguments: spec.arguments,
-                start,
-                end,
-            };
-            super::perform_catching_panics(spec.kind, &mut batch).await
-        };
+        let performed = Self::perform_in(&mut tx, &spec).await;
         tx.rollback().await?;
-        rows
+        Ok(performed?.map_or(0, |(_, _, rows)| rows))
     }
 }
 

@@ -389,7 +389,7 @@ impl Store for SqliteStore {
             .bind(m.sub_batch_size)
             .bind(m.max_batch_size)
             .bind(m.pause_ms)
-            .bind(super::postgres::duration_ms(m.interval))
+            .bind(super::duration_ms(m.interval))
             .bind(m.statement_timeout_ms)
             .bind(m.lock_timeout_ms)
             .bind(m.status.as_str())
@@ -845,8 +845,8 @@ impl Store for SqliteStore {
         use chrono::Datelike;
         let this_month =
             chrono::NaiveDate::from_ymd_opt(now.year(), now.month(), 1).expect("month");
-        let cutoff = super::postgres::add_months(this_month, -(retention_months as i32));
-        let cutoff = ts(super::postgres::month_start_utc(cutoff));
+        let cutoff = super::add_months(this_month, -(retention_months as i32));
+        let cutoff = ts(super::month_start_utc(cutoff));
         let done = sqlx::query(JOB_LOG_RETENTION_DELETE)
             .bind(cutoff)
             .execute(&self.pool)
@@ -986,6 +986,36 @@ impl SqliteTarget {
         )
     }
 
+    /// Inside the open transaction: finds the sub-batch's keys and performs the kind on them.
+    /// `None` when no key is left in range.
+    async fn perform_in(
+        conn: &mut SqliteConnection,
+        spec: &SubBatchSpec<'_>,
+    ) -> std::result::Result<Option<(i64, i64, u64)>, Failure> {
+        let range = Self::range_next_in(
+            conn,
+            spec.table,
+            spec.column,
+            spec.start,
+            spec.max,
+            spec.size,
+        )
+        .await?;
+        let Some((start, end)) = range else {
+            return Ok(None);
+        };
+        let mut batch = SubBatch {
+            connection: SubBatchConnection::Sqlite(conn),
+            table: spec.table,
+            column: spec.column,
+            arguments: spec.arguments,
+            start,
+            end,
+        };
+        let rows = super::perform_catching_panics(spec.kind, &mut batch).await?;
+        Ok(Some((start, end, rows)))
+    }
+
     async fn range_next_in(
         conn: &mut SqliteConnection,
         table: &TableName,
@@ -1103,29 +1133,9 @@ impl Target for SqliteTarget {
         checkpoint: Option<Checkpoint>,
     ) -> std::result::Result<SubBatchOutcome, Failure> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let Some((start, end)) = Self::range_next_in(
-            &mut tx,
-            spec.table,
-            spec.column,
-            spec.start,
-            spec.max,
-            spec.size,
-        )
-        .await?
-        else {
+        let Some((start, end, rows)) = Self::perform_in(&mut tx, &spec).await? else {
             tx.rollback().await?;
             return Ok(SubBatchOutcome::Exhausted);
-        };
-        let rows = {
-            let mut batch = SubBatch {
-                connection: SubBatchConnection::Sqlite(&mut tx),
-                table: spec.table,
-                column: spec.column,
-                arguments: spec.arguments,
-                start,
-                end,
-            };
-            super::perform_catching_panics(spec.kind, &mut batch).await?
         };
         if let Some(cp) = checkpoint.filter(|_| self.same_database_store) {
             let done = sqlx::query(JOB_CHECKPOINT)
@@ -1148,31 +1158,8 @@ impl Target for SqliteTarget {
 
     async fn sub_batch_try(&self, spec: SubBatchSpec<'_>) -> std::result::Result<u64, Failure> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let Some((start, end)) = Self::range_next_in(
-            &mut tx,
-            spec.table,
-            spec.column,
-            spec.start,
-            spec.max,
-            spec.size,
-        )
-        .await?
-        else {
-            tx.rollback().await?;
-            return Ok(0);
-        };
-        let rows = {
-            let mut batch = SubBatch {
-                connection: SubBatchConnection::Sqlite(&mut tx),
-                table: spec.table,
-                column: spec.column,
-                arguments: spec.arguments,
-                start,
-                end,
-            };
-            super::perform_catching_panics(spec.kind, &mut batch).await
-        };
+        let performed = Self::perform_in(&mut tx, &spec).await;
         tx.rollback().await?;
-        rows
+        Ok(performed?.map_or(0, |(_, _, rows)| rows))
     }
 }
