@@ -72,7 +72,7 @@ pub enum Command {
     Cancel(ReasonArgs),
     /// Run a migration's remaining jobs now, inline, until it is finished.
     Finalize(MigrationArgs),
-    /// Dashboard, JSON API and /metrics over HTTP (not built yet).
+    /// Live dashboard, JSON API and Prometheus /metrics over HTTP.
     Serve(ServeArgs),
     /// Run a real backfill end to end on a fresh SQLite file.
     Demo(DemoArgs),

@@ -140,7 +140,16 @@ async fn dispatch(cli: Cli) -> Result<()> {
             let sg = connect_ready(&cli).await?;
             run::finalize(&sg, &args.migration, args.json).await
         }
-        Command::Serve(_) => anyhow::bail!("`serve` is not built yet"),
+        Command::Serve(args) => {
+            let sg = connect_ready(&cli).await?;
+            let token = args
+                .token_file
+                .as_deref()
+                .map(sluicegate_cli::serve::read_token)
+                .transpose()?;
+            let state = sluicegate_cli::serve::AppState::new(sg, token);
+            sluicegate_cli::serve::serve(state, &args.listen).await
+        }
         Command::Demo(args) => demo::demo(args).await.context("the demo failed"),
     }
 }

@@ -131,28 +131,6 @@ pub async fn queue(sg: &Sluicegate, args: &QueueArgs) -> Result<()> {
     Ok(())
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = ctrl_c => {},
-            _ = term.recv() => {},
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
-    tracing::warn!("shutting down: finishing the jobs in progress");
-}
-
 pub async fn run(sg: &Sluicegate, args: &RunArgs) -> Result<()> {
     if args.concurrency == 0 {
         bail!("--concurrency must be at least 1");
@@ -177,7 +155,9 @@ pub async fn run(sg: &Sluicegate, args: &RunArgs) -> Result<()> {
             }
         })
     } else {
-        worker.run(args.until_idle, shutdown_signal()).await
+        worker
+            .run(args.until_idle, sluicegate_cli::shutdown_signal())
+            .await
     };
     reporter.finish().await;
     result.map_err(Into::into)

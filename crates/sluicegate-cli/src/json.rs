@@ -1,0 +1,145 @@
+//! The JSON shapes of migrations, progress and jobs, shared by the CLI's `--json` output and
+//! the HTTP API. Field names are stable: the README documents them.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sluicegate::{Job, JobStatus, Migration, Progress};
+
+/// A migration as `--json` prints it.
+#[derive(Debug, Serialize)]
+pub struct MigrationJson {
+    pub id: i64,
+    pub name: String,
+    pub status: String,
+    pub job_kind: String,
+    pub table: String,
+    pub column: String,
+    pub job_arguments: serde_json::Value,
+    pub min_value: i64,
+    pub max_value: i64,
+    pub batch_size: i64,
+    pub sub_batch_size: i64,
+    pub max_batch_size: Option<i64>,
+    pub pause_ms: i64,
+    pub interval_ms: u64,
+    pub on_hold_until: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+impl MigrationJson {
+    pub fn from_migration(m: &Migration) -> Self {
+        Self {
+            id: m.id,
+            name: m.name.clone(),
+            status: m.status.to_string(),
+            job_kind: m.job_kind.clone(),
+            table: m.table_name.clone(),
+            column: m.column_name.clone(),
+            job_arguments: m.job_arguments.clone(),
+            min_value: m.min_value,
+            max_value: m.max_value,
+            batch_size: m.batch_size,
+            sub_batch_size: m.sub_batch_size,
+            max_batch_size: m.max_batch_size,
+            pause_ms: m.pause_ms,
+            interval_ms: m.interval.as_millis() as u64,
+            on_hold_until: m.on_hold_until,
+            created_at: m.created_at,
+            started_at: m.started_at,
+            finished_at: m.finished_at,
+        }
+    }
+}
+
+/// A migration with its progress, as `status --json` and `show --json` print it.
+#[derive(Debug, Serialize)]
+pub struct StatusJson {
+    #[serde(flatten)]
+    pub migration: MigrationJson,
+    pub rows_done: i64,
+    pub rows_total: Option<i64>,
+    pub percent: f64,
+    pub rows_per_second: Option<f64>,
+    pub eta_seconds: Option<f64>,
+    pub jobs: JobCountsJson,
+}
+
+#[derive(Debug, Serialize)]
+pub struct JobCountsJson {
+    pub pending: i64,
+    pub running: i64,
+    pub failed: i64,
+    pub succeeded: i64,
+    pub total: i64,
+}
+
+impl StatusJson {
+    /// The view of `p`.
+    pub fn from_progress(p: &Progress) -> Self {
+        Self {
+            migration: MigrationJson::from_migration(&p.migration),
+            rows_done: p.rows_done,
+            rows_total: p.rows_total,
+            percent: (p.percent * 10.0).round() / 10.0,
+            rows_per_second: p.rows_per_second.map(|r| r.round()),
+            eta_seconds: p.eta_seconds.map(|s| s.round()),
+            jobs: JobCountsJson {
+                pending: p.jobs.pending,
+                running: p.jobs.running,
+                failed: p.jobs.failed,
+                succeeded: p.jobs.succeeded,
+                total: p.jobs.total(),
+            },
+        }
+    }
+}
+
+/// A job as `jobs --json` prints it.
+#[derive(Debug, Serialize)]
+pub struct JobJson<'a> {
+    pub id: i64,
+    pub migration_id: i64,
+    pub status: JobStatus,
+    pub min_value: i64,
+    pub max_value: i64,
+    pub batch_size: i64,
+    pub sub_batch_size: i64,
+    pub attempts: i32,
+    pub rows_affected: i64,
+    pub cursor: Option<i64>,
+    pub worker: Option<&'a str>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub duration_ms: Option<i64>,
+    pub metrics: &'a serde_json::Value,
+}
+
+/// How long the job's latest attempt took.
+pub fn job_duration_ms(j: &Job) -> Option<i64> {
+    Some((j.finished_at? - j.started_at?).num_milliseconds())
+}
+
+impl<'a> JobJson<'a> {
+    /// The view of `j`.
+    pub fn from_job(j: &'a Job) -> Self {
+        Self {
+            id: j.id,
+            migration_id: j.migration_id,
+            status: j.status,
+            min_value: j.min_value,
+            max_value: j.max_value,
+            batch_size: j.batch_size,
+            sub_batch_size: j.sub_batch_size,
+            attempts: j.attempts,
+            rows_affected: j.rows_affected,
+            cursor: j.cursor,
+            worker: j.worker.as_deref(),
+            started_at: j.started_at,
+            finished_at: j.finished_at,
+            duration_ms: job_duration_ms(j),
+            metrics: &j.metrics,
+        }
+    }
+}

@@ -1,0 +1,112 @@
+//! The JSON API: read endpoints for everyone, mutations for holders of the bearer token.
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use sluicegate::MigrationEvent;
+use subtle::ConstantTimeEq;
+
+use super::{ApiError, AppState};
+use crate::json::{JobJson, MigrationJson, StatusJson};
+
+type ApiResult = Result<Json<Value>, ApiError>;
+
+fn to_value(v: impl serde::Serialize) -> ApiResult {
+    serde_json::to_value(v)
+        .map(Json)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+}
+
+pub async fn migrations(State(st): State<AppState>) -> ApiResult {
+    let mut all = Vec::new();
+    for m in st.sg.migrations().await? {
+        all.push(StatusJson::from_progress(&st.sg.progress(&m).await?));
+    }
+    to_value(all)
+}
+
+pub async fn migration(State(st): State<AppState>, Path(id): Path<String>) -> ApiResult {
+    let m = st.sg.migration(&id).await?;
+    to_value(StatusJson::from_progress(&st.sg.progress(&m).await?))
+}
+
+pub async fn jobs(State(st): State<AppState>, Path(id): Path<String>) -> ApiResult {
+    let m = st.sg.migration(&id).await?;
+    let jobs = st.sg.jobs(&m, None).await?;
+    to_value(jobs.iter().map(JobJson::from_job).collect::<Vec<_>>())
+}
+
+pub async fn migration_history(State(st): State<AppState>, Path(id): Path<String>) -> ApiResult {
+    let m = st.sg.migration(&id).await?;
+    to_value(st.sg.migration_history(&m).await?)
+}
+
+pub async fn job_history(State(st): State<AppState>, Path(id): Path<String>) -> ApiResult {
+    let id: i64 = id.parse().map_err(|_| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("job id {id:?} is not a number"),
+        )
+    })?;
+    to_value(st.sg.job_history(id).await?)
+}
+
+/// Body of a mutation.
+#[derive(Debug, Default, Deserialize)]
+pub struct ActBody {
+    reason: Option<String>,
+}
+
+/// Checks `Authorization: Bearer <token>` in constant time.
+fn authorize(st: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(expected) = &st.token else {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "mutations are off: start `sluicegate serve` with --token-file",
+        ));
+    };
+    let given = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if bool::from(given.as_bytes().ct_eq(expected.as_bytes())) {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "a valid bearer token is required",
+        ))
+    }
+}
+
+pub async fn act(
+    State(st): State<AppState>,
+    Path((id, action)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Option<Json<ActBody>>,
+) -> ApiResult {
+    let event = match action.as_str() {
+        "pause" => MigrationEvent::Pause,
+        "resume" => MigrationEvent::Resume,
+        "retry" => MigrationEvent::Retry,
+        "cancel" => MigrationEvent::Cancel,
+        other => {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("unknown action {other:?} (pause, resume, retry or cancel)"),
+            ))
+        }
+    };
+    authorize(&st, &headers)?;
+    let reason = body.and_then(|Json(b)| b.reason).unwrap_or_default();
+    let reason = if reason.trim().is_empty() {
+        "via http".to_owned()
+    } else {
+        format!("{reason} (via http)")
+    };
+    let m = st.sg.apply(&id, event, Some(reason), "http").await?;
+    to_value(json!({ "migration": MigrationJson::from_migration(&m) }))
+}

@@ -1,0 +1,478 @@
+//! `sluicegate serve`: every endpoint through the router (no server), the token rules,
+//! `/metrics` checked by the real `promtool`, and the dashboard rendered by headless Chromium.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{header, Request, StatusCode};
+use http_body_util::BodyExt;
+use serde_json::Value;
+use sluicegate::store::Backend;
+use sluicegate::testing::TestDb;
+use sluicegate::{store_test, QueueRequest, Sluicegate, WorkerOptions};
+use sluicegate_cli::serve::{router, AppState};
+use tower::ServiceExt;
+
+/// A migration mid-run: some jobs done, the job holding key 150 failed once (a NOT NULL
+/// violation, an error on both engines), more to come. Returns the handle and the failed job's id.
+async fn running_migration(db: &TestDb) -> (Sluicegate, i64) {
+    db.create_items("items", &[(1, 500)]).await;
+    let sg = db.sluicegate().await;
+    let mut req = QueueRequest::new("backfill_items", "sql", "items").argument(
+        "sql",
+        "UPDATE items SET n = CASE WHEN id = 150 THEN NULL ELSE n + 1 END WHERE id BETWEEN $1 AND $2",
+    );
+    req.batch_size = 50;
+    req.sub_batch_size = 10;
+    req.pause_ms = 0;
+    req.interval = Duration::ZERO;
+    // The trial sub-batch (keys 1..10) does not reach key 150: queueing succeeds.
+    let m = sg.queue(&req).await.unwrap();
+    let worker = sg.worker(WorkerOptions {
+        name: "w1".into(),
+        ..WorkerOptions::default()
+    });
+    for _ in 0..4 {
+        worker.step().await.unwrap();
+    }
+    let failed = sg
+        .jobs(&m, Some(sluicegate::JobStatus::Failed))
+        .await
+        .unwrap();
+    assert_eq!(failed.len(), 1, "one failed job");
+    (sg, failed[0].id)
+}
+
+async fn call(
+    state: &AppState,
+    method: &str,
+    uri: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> (StatusCode, String, axum::http::HeaderMap) {
+    let mut req = Request::builder().method(method).uri(uri);
+    if let Some(t) = token {
+        req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
+    }
+    let req = match body {
+        Some(b) => req
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(b.to_owned())),
+        None => req.body(Body::empty()),
+    }
+    .unwrap();
+    let resp = router(state.clone()).oneshot(req).await.unwrap();
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    (
+        status,
+        String::from_utf8_lossy(&bytes).into_owned(),
+        headers,
+    )
+}
+
+fn json(text: &str) -> Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("{e}: {text}"))
+}
+
+fn log_table(db: &TestDb) -> &'static str {
+    match db.backend {
+        Backend::Postgres => "sluicegate.migration_transition_logs",
+        Backend::Sqlite => "sluicegate_migration_transition_logs",
+    }
+}
+
+store_test!(dashboard_pages_render_and_refresh, |db| {
+    let (sg, failed_job) = running_migration(&db).await;
+    let st = AppState::new(sg, None);
+    let (status, body, headers) = call(&st, "GET", "/", None, None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(headers[header::CONTENT_TYPE]
+        .to_str()
+        .unwrap()
+        .starts_with("text/html"));
+    assert!(
+        body.contains("backfill_items") && body.contains("/static/app.js"),
+        "{body}"
+    );
+    assert!(body.contains("class=\"bar\""), "a progress bar: {body}");
+    let (_, partial, _) = call(&st, "GET", "/?partial=1", None, None).await;
+    assert!(
+        partial.contains("backfill_items") && !partial.contains("<html"),
+        "{partial}"
+    );
+    let (status, page, _) = call(&st, "GET", "/migrations/1", None, None).await;
+    assert_eq!(status, StatusCode::OK);
+    for needle in [
+        "Transition log",
+        "<svg",
+        "throughput",
+        "batch size",
+        "NotNullViolation",
+        &format!("Job {failed_job}"),
+    ] {
+        assert!(page.contains(needle), "migration page shows {needle:?}");
+    }
+    let (status, page, _) = call(&st, "GET", &format!("/jobs/{failed_job}"), None, None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        page.contains("running → ") && page.contains("NotNullViolation"),
+        "{page}"
+    );
+    let (status, script, _) = call(&st, "GET", "/static/app.js", None, None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(script.contains("partial=1"));
+    let (status, body, _) = call(&st, "GET", "/migrations/999", None, None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(json(&body)["error"], "no migration \"999\"");
+    let (status, _, _) = call(&st, "GET", "/nowhere", None, None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+});
+
+store_test!(api_read_endpoints, |db| {
+    let (sg, failed_job) = running_migration(&db).await;
+    let st = AppState::new(sg, None);
+    let logs_before = db
+        .scalar(&format!("SELECT count(*) FROM {}", log_table(&db)))
+        .await;
+    let (status, body, headers) = call(&st, "GET", "/api/migrations", None, None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(headers[header::CONTENT_TYPE]
+        .to_str()
+        .unwrap()
+        .starts_with("application/json"));
+    let all = json(&body);
+    assert_eq!(all[0]["name"], "backfill_items");
+    assert_eq!(all[0]["status"], "active");
+    assert_eq!(all[0]["jobs"]["failed"], 1);
+    for uri in ["/api/migrations/1", "/api/migrations/backfill_items"] {
+        let (status, body, _) = call(&st, "GET", uri, None, None).await;
+        assert_eq!(status, StatusCode::OK, "{uri}");
+        assert_eq!(json(&body)["id"], 1);
+    }
+    let (_, body, _) = call(&st, "GET", "/api/migrations/1/jobs", None, None).await;
+    assert_eq!(json(&body).as_array().unwrap().len(), 4);
+    let (_, body, _) = call(&st, "GET", "/api/migrations/1/history", None, None).await;
+    assert_eq!(json(&body)[0]["event"], "queue");
+    let (_, body, _) = call(
+        &st,
+        "GET",
+        &format!("/api/jobs/{failed_job}/history"),
+        None,
+        None,
+    )
+    .await;
+    let history = json(&body);
+    assert_eq!(history[1]["next_status"], "failed");
+    assert_eq!(history[1]["exception_class"], "NotNullViolation");
+    let (status, body, _) = call(&st, "GET", "/api/jobs/abc/history", None, None).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(json(&body)["error"]
+        .as_str()
+        .unwrap()
+        .contains("not a number"));
+    let (status, _, _) = call(&st, "GET", "/api/jobs/9999/history", None, None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _, _) = call(&st, "GET", "/api/migrations/999/jobs", None, None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        db.scalar(&format!("SELECT count(*) FROM {}", log_table(&db)))
+            .await,
+        logs_before,
+        "reading never writes"
+    );
+});
+
+store_test!(mutations_need_the_bearer_token, |db| {
+    let (sg, _) = running_migration(&db).await;
+    let off = AppState::new(sg.clone(), None);
+    let (status, body, _) = call(
+        &off,
+        "POST",
+        "/api/migrations/1/pause",
+        Some("anything"),
+        None,
+    )
+    .await;
+    assert_eq!(
+        status,
+        StatusCode::FORBIDDEN,
+        "no token configured: mutations are off"
+    );
+    assert!(json(&body)["error"]
+        .as_str()
+        .unwrap()
+        .contains("--token-file"));
+
+    let on = AppState::new(sg.clone(), Some("s3cret-token".into()));
+    let (status, _, headers) = call(&on, "POST", "/api/migrations/1/pause", None, None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(headers[header::WWW_AUTHENTICATE], "Bearer");
+    let (status, _, _) = call(
+        &on,
+        "POST",
+        "/api/migrations/1/pause",
+        Some("s3cret-tokeN"),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        sg.migration("1").await.unwrap().status,
+        sluicegate::MigrationStatus::Active
+    );
+
+    let (status, body, _) = call(
+        &on,
+        "POST",
+        "/api/migrations/1/pause",
+        Some("s3cret-token"),
+        Some(r#"{"reason": "deploy freeze"}"#),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(json(&body)["migration"]["status"], "paused");
+    let last = sg
+        .migration_history(&sg.migration("1").await.unwrap())
+        .await
+        .unwrap()
+        .pop()
+        .unwrap();
+    assert_eq!(last.actor.as_deref(), Some("http"));
+    assert_eq!(last.reason.as_deref(), Some("deploy freeze (via http)"));
+
+    let (status, body, _) = call(
+        &on,
+        "POST",
+        "/api/migrations/1/pause",
+        Some("s3cret-token"),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert_eq!(
+        json(&body)["error"],
+        "cannot pause migration backfill_items: it is paused"
+    );
+    let (status, _, _) = call(
+        &on,
+        "POST",
+        "/api/migrations/1/resume",
+        Some("s3cret-token"),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let last = sg
+        .migration_history(&sg.migration("1").await.unwrap())
+        .await
+        .unwrap()
+        .pop()
+        .unwrap();
+    assert_eq!(last.reason.as_deref(), Some("via http"));
+    let (status, _, _) = call(
+        &on,
+        "POST",
+        "/api/migrations/1/explode",
+        Some("s3cret-token"),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _, _) = call(
+        &on,
+        "POST",
+        "/api/migrations/999/cancel",
+        Some("s3cret-token"),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+});
+
+store_test!(metrics_pass_promtool, |db| {
+    let (sg, _) = running_migration(&db).await;
+    let st = AppState::new(sg, None);
+    let (status, body, headers) = call(&st, "GET", "/metrics", None, None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(headers[header::CONTENT_TYPE]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain"));
+    for name in [
+        "batched_migration_job_batch_size",
+        "batched_migration_job_sub_batch_size",
+        "batched_migration_job_interval_seconds",
+        "batched_migration_job_duration_seconds",
+        "batched_migration_job_updated_tuples_total",
+        "batched_migration_migrated_tuples_total",
+        "batched_migration_total_tuples",
+        "batched_migration_last_update_time_seconds",
+        "batched_migration_job_query_duration_seconds_bucket",
+        "batched_migration_jobs",
+        "process_cpu_seconds_total",
+    ] {
+        assert!(
+            body.contains(&format!("{name}{{")) || body.contains(&format!("{name} ")),
+            "{name} in /metrics:\n{body}"
+        );
+    }
+    assert!(body.contains(r#"batched_migration_jobs{migration_id="1",migration="backfill_items",status="failed"} 1"#), "{body}");
+    assert!(body.contains(r#"batched_migration_migrated_tuples_total{migration_id="1",migration="backfill_items"} 190"#), "{body}");
+    // A second scrape must not observe the same sub-batches again.
+    let (_, again, _) = call(&st, "GET", "/metrics", None, None).await;
+    let count = |text: &str| {
+        text.lines()
+            .find(|l| l.starts_with("batched_migration_job_query_duration_seconds_count"))
+            .map(|l| l.rsplit(' ').next().unwrap().to_owned())
+    };
+    assert_eq!(count(&body), count(&again));
+    check_with_promtool(&body);
+});
+
+fn check_with_promtool(body: &str) {
+    let Ok(path) = which("promtool") else {
+        eprintln!("promtool check metrics: SKIPPED, promtool not found (Debian package prometheus; scripts/test installs it)");
+        assert!(
+            std::env::var_os("SLUICEGATE_REQUIRE_TOOLS").is_none(),
+            "promtool is required here"
+        );
+        return;
+    };
+    let mut child = Command::new(path)
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(body.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed:\n{report}"
+    );
+    assert!(report.trim().is_empty(), "promtool has remarks:\n{report}");
+    eprintln!("promtool check metrics: ok (no problems found)");
+}
+
+fn which(program: &str) -> Result<PathBuf, ()> {
+    std::env::var_os("PATH")
+        .and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|dir| dir.join(program))
+                .find(|p| p.is_file())
+        })
+        .ok_or(())
+}
+
+/// Where test artefacts (the dashboard screenshot) are kept.
+fn artefact_dir() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/test-artifacts");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn headless_chromium_renders_the_live_dashboard() {
+    let Ok(chromium) = which("chromium").or_else(|_| which("chromium-browser")) else {
+        eprintln!("browser test: SKIPPED, chromium not found (Debian package chromium; scripts/test installs it)");
+        assert!(
+            std::env::var_os("SLUICEGATE_REQUIRE_TOOLS").is_none(),
+            "chromium is required here"
+        );
+        return;
+    };
+    let db = TestDb::sqlite().await;
+    let (sg, failed_job) = running_migration(&db).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, router(AppState::new(sg, None)))
+            .await
+            .unwrap();
+    });
+    let profile = tempfile::tempdir().unwrap();
+    let url = format!("http://{address}/migrations/1");
+    let browser = |extra: &[String]| {
+        let mut cmd = Command::new(&chromium);
+        cmd.args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            "--window-size=1280,1400",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .args(extra)
+        .arg(&url);
+        cmd
+    };
+    let dom = tokio::task::spawn_blocking({
+        let mut cmd = browser(&["--dump-dom".into(), "--virtual-time-budget=3000".into()]);
+        move || cmd.output().unwrap()
+    })
+    .await
+    .unwrap();
+    let html = String::from_utf8_lossy(&dom.stdout);
+    assert!(
+        dom.status.success(),
+        "chromium failed: {}",
+        String::from_utf8_lossy(&dom.stderr)
+    );
+    for needle in [
+        "backfill_items",
+        "active",
+        "%",
+        "Transition log",
+        "NotNullViolation",
+        &format!("Job {failed_job}"),
+        "running → ",
+    ] {
+        assert!(
+            html.contains(needle),
+            "the rendered page shows {needle:?}:\n{html}"
+        );
+    }
+    let shot = artefact_dir().join("dashboard.png");
+    let _ = std::fs::remove_file(&shot);
+    let out = tokio::task::spawn_blocking({
+        let mut cmd = browser(&[format!("--screenshot={}", shot.display())]);
+        move || cmd.output().unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "screenshot failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let size = std::fs::metadata(&shot).map(|m| m.len()).unwrap_or(0);
+    assert!(
+        size > 10_000,
+        "a real screenshot at {}: {size} bytes",
+        shot.display()
+    );
+    eprintln!(
+        "dashboard screenshot: {}",
+        shot.canonicalize().unwrap().display()
+    );
+    server.abort();
+}
