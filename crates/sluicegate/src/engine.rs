@@ -28,6 +28,8 @@ use crate::store::{
 pub const AUTO_FAIL_MIN_JOBS: i64 = 50;
 /// How many sub-batch entries a job's metrics keep (the newest); totals cover all.
 const METRICS_KEPT: usize = 50;
+/// How long a worker keeps trying to record a job's end while the database is away.
+const RECORD_RETRY_FOR: Duration = Duration::from_secs(60);
 /// How often a worker re-checks the job log's partitions.
 const PARTITION_CHECK_EVERY: Duration = Duration::from_secs(3600);
 
@@ -199,12 +201,20 @@ impl Worker {
     /// One step: claim a due migration and run one job of it.
     pub async fn step(&self) -> Result<StepOutcome> {
         self.maintain_partitions().await?;
-        let Some(migration) = self
+        let started = Instant::now();
+        let claimed = self
             .sg
             .store
             .migration_claim(&self.opts.name, self.opts.lease, None)
-            .await?
-        else {
+            .await?;
+        // The soak script reads these lines to check that claiming stays flat under load.
+        tracing::debug!(
+            target: "sluicegate::claim",
+            claim_ms = started.elapsed().as_secs_f64() * 1000.0,
+            claimed = claimed.is_some(),
+            worker = %self.opts.name,
+        );
+        let Some(migration) = claimed else {
             return Ok(StepOutcome::Idle);
         };
         let outcome = self.step_migration(migration, Mode::Normal).await?;
@@ -218,13 +228,14 @@ impl Worker {
         let mut backoff = Backoff::default();
         loop {
             match self.step().await {
-                Ok(StepOutcome::Idle) => {
-                    backoff.reset();
-                    if !self.has_runnable_migrations().await? {
-                        return Ok(());
+                Ok(StepOutcome::Idle) => match self.has_runnable_migrations().await {
+                    Ok(false) => return Ok(()),
+                    Ok(true) => {
+                        backoff.reset();
+                        tokio::time::sleep(self.opts.poll_interval).await;
                     }
-                    tokio::time::sleep(self.opts.poll_interval).await;
-                }
+                    Err(e) => self.on_error(e, &mut backoff).await?,
+                },
                 Ok(_) => backoff.reset(),
                 Err(e) => self.on_error(e, &mut backoff).await?,
             }
@@ -647,10 +658,12 @@ impl Worker {
         Ok((job, outcome))
     }
 
-    /// Records the end of a job, retrying while the database is unreachable (for as long as
-    /// the lease would have held). `None` when the job is no longer ours.
+    /// Records the end of a job, retrying with backoff while the database is unreachable (a
+    /// restart takes seconds). Safe past the lease: if another worker has taken the job over
+    /// meanwhile, the attempt no longer matches and nothing is written. `None` when the job is
+    /// no longer ours.
     async fn record_with_retry(&self, params: &JobTransitionParams) -> Result<Option<Job>> {
-        let deadline = Instant::now() + self.opts.lease;
+        let deadline = Instant::now() + (self.opts.lease * 3).max(RECORD_RETRY_FOR);
         let mut backoff = Backoff::default();
         loop {
             match self.sg.store.job_transition(params).await {
