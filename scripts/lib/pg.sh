@@ -3,7 +3,8 @@
 # pg_throwaway_start: installs PostgreSQL when its binaries are missing, initdb's a cluster in a
 # temporary directory (as the postgres user when run as root), starts it on a free local port
 # and exports SLUICEGATE_TEST_PG_URL, PG_BIN, PG_DIR, PG_PORT. The cluster is stopped and
-# removed on exit. pg_throwaway_restart restarts it (fast mode: sessions are cut).
+# removed on exit. pg_throwaway_restart restarts it (fast mode: sessions are cut). PG_LISTEN
+# (default 127.0.0.1) lists the loopback addresses it listens on.
 
 PG_VERSION=${PG_VERSION:-15}
 
@@ -53,6 +54,8 @@ pg_throwaway_start() {
   fi
   trap pg_throwaway_stop EXIT
   pg_as_postgres "$PG_BIN/initdb" -D "$PG_DIR/data" -U postgres --auth=trust -E UTF8 --no-sync >/dev/null
+  # Loopback only, but all of 127.0.0.0/8: the soak's test hosts (network namespaces) use it.
+  echo "host all all 127.0.0.0/8 trust" >>"$PG_DIR/data/pg_hba.conf"
   pg_throwaway_launch start
   export PG_BIN PG_DIR PG_PORT
   export SLUICEGATE_TEST_PG_URL="postgres://postgres@127.0.0.1:$PG_PORT/postgres"
@@ -61,7 +64,7 @@ pg_throwaway_start() {
 
 pg_throwaway_launch() {
   pg_as_postgres "$PG_BIN/pg_ctl" -D "$PG_DIR/data" -l "$PG_DIR/server.log" -w -t 60 -m fast "$1" \
-    -o "-p $PG_PORT -k $PG_DIR -c listen_addresses=127.0.0.1 -c max_connections=400 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c shared_buffers=256MB" >/dev/null
+    -o "-p $PG_PORT -k $PG_DIR -c listen_addresses=${PG_LISTEN:-127.0.0.1} -c max_connections=400 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c shared_buffers=256MB" >/dev/null
 }
 
 pg_throwaway_restart() {
