@@ -59,12 +59,14 @@ pg_throwaway_start() {
   pg_throwaway_launch start
   export PG_BIN PG_DIR PG_PORT
   export SLUICEGATE_TEST_PG_URL="postgres://postgres@127.0.0.1:$PG_PORT/postgres"
+  # This cluster has pg_stat_statements: the tests that count statements require it.
+  export SLUICEGATE_TEST_PG_STATEMENTS=1
   echo "throwaway PostgreSQL cluster on 127.0.0.1:$PG_PORT ($("$PG_BIN/postgres" --version))"
 }
 
 pg_throwaway_launch() {
   pg_as_postgres "$PG_BIN/pg_ctl" -D "$PG_DIR/data" -l "$PG_DIR/server.log" -w -t 60 -m fast "$1" \
-    -o "-p $PG_PORT -k $PG_DIR -c listen_addresses=${PG_LISTEN:-127.0.0.1} -c max_connections=400 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c shared_buffers=256MB" >/dev/null
+    -o "-p $PG_PORT -k $PG_DIR -c listen_addresses=${PG_LISTEN:-127.0.0.1} -c max_connections=400 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c shared_buffers=256MB -c shared_preload_libraries=pg_stat_statements" >/dev/null
 }
 
 pg_throwaway_restart() {

@@ -20,8 +20,8 @@ use crate::model::{Job, Migration};
 use crate::optimizer;
 use crate::status::{JobStatus, MigrationEvent, MigrationStatus};
 use crate::store::{
-    Checkpoint, JobCreateParams, JobSplitParams, JobTransitionParams, MigrationTransitionParams,
-    SubBatchOutcome, SubBatchSpec, Timeouts,
+    Checkpoint, JobCreateParams, JobCreated, JobRange, JobSplitParams, JobTransitionParams,
+    MigrationTransitionParams, SubBatchOutcome, SubBatchSpec, Timeouts,
 };
 
 /// Jobs that must have run before the failure ratio can fail a migration (GitLab: 50).
@@ -119,12 +119,21 @@ pub struct Worker {
     opts: WorkerOptions,
     events: Option<EventSink>,
     last_partition_check: Arc<std::sync::Mutex<Option<Instant>>>,
+    /// The migration whose job this loop just ran, to continue without a new claim.
+    sticky: Arc<std::sync::Mutex<Option<Migration>>>,
 }
 
 impl std::fmt::Debug for Worker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Worker").field("opts", &self.opts).finish()
     }
+}
+
+/// A job to run, and — when it was just created from the range — the migration's
+/// `next_min_value` after it.
+struct NextJob {
+    job: Job,
+    next_min: Option<Option<i64>>,
 }
 
 /// Stops a heartbeat task when the job is done.
@@ -155,6 +164,7 @@ impl Worker {
             opts,
             events: None,
             last_partition_check: Arc::new(std::sync::Mutex::new(None)),
+            sticky: Arc::new(std::sync::Mutex::new(None)),
         }
     }
 
@@ -201,6 +211,13 @@ impl Worker {
     /// One step: claim a due migration and run one job of it.
     pub async fn step(&self) -> Result<StepOutcome> {
         self.maintain_partitions().await?;
+        let cached = self.sticky.lock().expect("not poisoned").take();
+        if let Some(m) = cached {
+            if let Some(outcome) = self.step_sticky(m).await? {
+                self.emit(&outcome);
+                return Ok(outcome);
+            }
+        }
         let started = Instant::now();
         let claimed = self
             .sg
@@ -253,6 +270,7 @@ impl Worker {
         let mut loops = Vec::new();
         for i in 0..self.opts.concurrency.max(1) {
             let mut worker = self.clone();
+            worker.sticky = Arc::new(std::sync::Mutex::new(None));
             if self.opts.concurrency > 1 {
                 worker.opts.name = format!("{}#{i}", self.opts.name);
             }
@@ -414,26 +432,106 @@ impl Worker {
         };
         let table = TableName::parse(&m.table_name)?;
         match self.next_job(&m, &table).await? {
-            Some(job) => {
-                let (job, outcome) = self.execute(&m, kind.as_ref(), &table, job).await?;
-                if let JobOutcome::Failed { failure } = &outcome {
-                    self.after_failure(&m, &table, &job, failure).await?;
-                } else if outcome == JobOutcome::Succeeded && mode == Mode::Normal {
-                    self.optimize(&m).await?;
-                }
-                Ok(StepOutcome::Ran {
-                    migration_id: m.id,
-                    job: Box::new(job),
-                    outcome,
-                })
-            }
+            Some(next) => self.run_job(m, next, kind.as_ref(), &table, mode).await,
             None => self.complete_if_done(&m).await,
+        }
+    }
+
+    /// Runs a job and what follows it: split or auto-fail after a failure, the optimizer after
+    /// a success. A job created from the range leaves its migration as this worker's next
+    /// candidate (see [`Worker::step`]).
+    async fn run_job(
+        &self,
+        m: Migration,
+        next: NextJob,
+        kind: &dyn JobKind,
+        table: &TableName,
+        mode: Mode,
+    ) -> Result<StepOutcome> {
+        let (job, outcome) = self.execute(&m, kind, table, next.job).await?;
+        if let JobOutcome::Failed { failure } = &outcome {
+            self.after_failure(&m, table, &job, failure).await?;
+        } else if outcome == JobOutcome::Succeeded && mode == Mode::Normal {
+            self.optimize(&m).await?;
+            if let Some(next_min) = next.next_min.filter(|_| m.interval.is_zero()) {
+                let mut again = m.clone();
+                again.next_min_value = next_min;
+                *self.sticky.lock().expect("not poisoned") = Some(again);
+            }
+        }
+        Ok(StepOutcome::Ran {
+            migration_id: m.id,
+            job: Box::new(job),
+            outcome,
+        })
+    }
+
+    /// Creates the migration's next job from `start`: in one statement with the keyset walk
+    /// when the table is in the tracking database, else after finding the range on the target.
+    async fn create_job(&self, m: &Migration, table: &TableName, start: i64) -> Result<JobCreated> {
+        let range = if self.sg.same_database {
+            JobRange::Keyset {
+                table: table.clone(),
+                column: m.column_name.clone(),
+                size: m.batch_size,
+            }
+        } else {
+            let found = self
+                .sg
+                .target
+                .range_next(table, &m.column_name, start, m.max_value, m.batch_size)
+                .await?;
+            match found {
+                Some((min, max)) => JobRange::Given { min, max },
+                None if self.sg.store.migration_range_exhaust(m.id, start).await? => {
+                    return Ok(JobCreated::Exhausted)
+                }
+                None => return Ok(JobCreated::NotNow),
+            }
+        };
+        self.sg
+            .store
+            .job_create(&JobCreateParams {
+                migration_id: m.id,
+                expected_next_min: start,
+                range,
+                batch_size: m.batch_size,
+                sub_batch_size: m.sub_batch_size.min(m.batch_size),
+                pause_ms: m.pause_ms,
+                worker: self.opts.name.clone(),
+                lease: self.opts.lease,
+            })
+            .await
+    }
+
+    /// The next job of the migration this worker just ran a job of, without claiming it again
+    /// (its table lease is renewed by the creating statement): the steady state costs two
+    /// bookkeeping round trips per job, create+start and finish+log. `None` when it is not to
+    /// be had (paused, another worker's range, the table lease gone): then claim as usual.
+    async fn step_sticky(&self, m: Migration) -> Result<Option<StepOutcome>> {
+        let (Some(start), Some(kind)) = (m.next_min_value, self.sg.registry.get(&m.job_kind))
+        else {
+            return Ok(None);
+        };
+        let table = TableName::parse(&m.table_name)?;
+        match self.create_job(&m, &table, start).await? {
+            JobCreated::Created(job, next_min) => {
+                let next = NextJob {
+                    job: *job,
+                    next_min: Some(next_min),
+                };
+                Ok(Some(
+                    self.run_job(m, next, kind.as_ref(), &table, Mode::Normal)
+                        .await?,
+                ))
+            }
+            JobCreated::Exhausted | JobCreated::NotNow => Ok(None),
         }
     }
 
     /// The job to run now: a new range after the last one, or a pending, retriable or
     /// abandoned job. Concurrent workers race through compare-and-set; the loser looks again.
-    async fn next_job(&self, m: &Migration, table: &TableName) -> Result<Option<Job>> {
+    async fn next_job(&self, m: &Migration, table: &TableName) -> Result<Option<NextJob>> {
         let store = &self.sg.store;
         let mut m = m.clone();
         for attempt in 0.. {
@@ -455,34 +553,26 @@ impl Worker {
                 return Ok(None);
             }
             if let Some(start) = m.next_min_value {
-                let range = self
-                    .sg
-                    .target
-                    .range_next(table, &m.column_name, start, m.max_value, m.batch_size)
-                    .await?;
-                let Some((first, last)) = range else {
-                    store.migration_range_exhaust(m.id, start).await?;
-                    continue;
-                };
-                let params = JobCreateParams {
-                    migration_id: m.id,
-                    expected_next_min: start,
-                    next_min: last.checked_add(1).filter(|next| *next <= m.max_value),
-                    min_value: first,
-                    max_value: last,
-                    batch_size: m.batch_size,
-                    sub_batch_size: m.sub_batch_size.min(m.batch_size),
-                    pause_ms: m.pause_ms,
-                    worker: self.opts.name.clone(),
-                    lease: self.opts.lease,
-                };
-                match store.job_create(&params).await? {
-                    Some(job) => return Ok(Some(job)),
-                    None if m.interval.is_zero() || m.status == MigrationStatus::Finalizing => {
-                        continue
+                match self.create_job(&m, table, start).await? {
+                    JobCreated::Created(job, next_min) => {
+                        return Ok(Some(NextJob {
+                            job: *job,
+                            next_min: Some(next_min),
+                        }))
                     }
-                    // Lost the race, or the interval has not elapsed: not due now.
-                    None => return Ok(None),
+                    JobCreated::Exhausted => continue,
+                    JobCreated::NotNow => {
+                        // Another worker moved the range on: look again. Anything else (the
+                        // interval, a pause, the table lease): not now.
+                        let moved = store
+                            .migration_get(m.id)
+                            .await?
+                            .is_some_and(|now| now.next_min_value != m.next_min_value);
+                        if moved {
+                            continue;
+                        }
+                        return Ok(None);
+                    }
                 }
             }
             let Some(mut job) = store.job_find_retriable(m.id, MAX_ATTEMPTS).await? else {
@@ -516,7 +606,12 @@ impl Worker {
             params.attempts = job.attempts + 1;
             params.lease = Some(self.opts.lease);
             match store.job_transition(&params).await {
-                Ok(job) => return Ok(Some(job)),
+                Ok(job) => {
+                    return Ok(Some(NextJob {
+                        job,
+                        next_min: None,
+                    }))
+                }
                 Err(Error::Conflict { .. }) => continue,
                 Err(e) => return Err(e),
             }

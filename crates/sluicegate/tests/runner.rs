@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use sluicegate::store::JobCreateParams;
+use sluicegate::store::{JobCreateParams, JobCreated, JobRange};
 use sluicegate::{store_test, JobStatus, MigrationEvent, MigrationStatus, Worker, WorkerOptions};
 
 use crate::common::*;
@@ -396,14 +396,17 @@ store_test!(
             .await
             .unwrap();
         // A worker takes the job and dies at once: its lease is never renewed.
-        let ghost = sg
+        sg.store()
+            .migration_claim("ghost", Duration::from_millis(200), Some(m.id))
+            .await
+            .unwrap()
+            .expect("claimed");
+        let created = sg
             .store()
             .job_create(&JobCreateParams {
                 migration_id: m.id,
                 expected_next_min: 1,
-                next_min: None,
-                min_value: 1,
-                max_value: 100,
+                range: JobRange::Given { min: 1, max: 100 },
                 batch_size: 100,
                 sub_batch_size: 50,
                 pause_ms: 0,
@@ -411,8 +414,11 @@ store_test!(
                 lease: Duration::from_millis(200),
             })
             .await
-            .unwrap()
             .unwrap();
+        let JobCreated::Created(ghost, next_min) = created else {
+            panic!("job created: {created:?}");
+        };
+        assert_eq!(next_min, None, "the whole range was handed out");
         let w = Worker::new(
             sg.clone(),
             WorkerOptions {
@@ -575,3 +581,49 @@ store_test!(
         assert!(db.try_exec("SELECT 1 FROM items").await.is_err());
     }
 );
+
+/// Bookkeeping costs two round trips per job in the steady state (create+start, finish+log),
+/// counted by the server's pg_stat_statements: every statement on the tracking tables except
+/// the cursor update that commits inside each sub-batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bookkeeping_is_two_statements_per_job_on_postgres() {
+    let db = sluicegate::testing::TestDb::postgres().await;
+    if db
+        .try_exec("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+        .await
+        .is_err()
+        || db
+            .try_exec("SELECT 1 FROM pg_stat_statements LIMIT 1")
+            .await
+            .is_err()
+    {
+        eprintln!("bookkeeping count: SKIPPED, the server has no pg_stat_statements preloaded");
+        assert!(
+            std::env::var_os("SLUICEGATE_TEST_PG_STATEMENTS").is_none(),
+            "scripts/test's cluster preloads pg_stat_statements"
+        );
+        return;
+    }
+    db.create_items("items", &[(1, 20_000)]).await;
+    let sg = db.sluicegate().await;
+    sg.queue(&fast("rt", "update", "items", 250, 250).argument("set", "n = n + 1"))
+        .await
+        .unwrap();
+    let count = "SELECT coalesce(sum(calls), 0)::bigint FROM pg_stat_statements
+        WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
+          AND toplevel AND query LIKE '%\"sluicegate\".%' AND query NOT LIKE '%SET cursor_value%'";
+    let before = db.scalar(count).await;
+    run_to_end(&sg).await;
+    let after = db.scalar(count).await;
+    let jobs = 80; // 20,000 keys in jobs of 250
+    let bookkeeping = after - before;
+    eprintln!(
+        "bookkeeping statements: {bookkeeping} for {jobs} jobs ({:.2} a job, fixed costs included)",
+        bookkeeping as f64 / jobs as f64
+    );
+    // Two per job, plus a fixed cost per run (first claim, partitions, finishing, idling).
+    assert!(
+        bookkeeping <= 2 * jobs + 15,
+        "{bookkeeping} bookkeeping statements for {jobs} jobs"
+    );
+}

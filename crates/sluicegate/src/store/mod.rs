@@ -96,20 +96,39 @@ pub struct MigrationTransitionParams {
     pub hold_until: Option<Duration>,
 }
 
+/// Where a new job's key range comes from.
+#[derive(Debug, Clone)]
+pub enum JobRange {
+    /// Already found on the target (a separate database): `[min, max]`.
+    Given {
+        /// First key.
+        min: i64,
+        /// Last key.
+        max: i64,
+    },
+    /// Found by the keyset walk inside the creating statement (tracking and target are one
+    /// database): the next `size` existing keys from the migration's `next_min_value`.
+    Keyset {
+        /// Target table.
+        table: TableName,
+        /// Key column.
+        column: String,
+        /// How many existing keys.
+        size: i64,
+    },
+}
+
 /// A new job, created directly in `running` (its log's first row is `pending -> running`),
-/// if and only if the migration's `next_min_value` is still `expected_next_min`.
+/// if and only if the migration is still runnable and due, its `next_min_value` is still
+/// `expected_next_min`, and its table lease is still its own (which this renews).
 #[derive(Debug, Clone)]
 pub struct JobCreateParams {
     /// The migration.
     pub migration_id: i64,
     /// Compare-and-set guard on the migration's `next_min_value`.
     pub expected_next_min: i64,
-    /// The migration's `next_min_value` afterwards (`None`: range exhausted).
-    pub next_min: Option<i64>,
-    /// First key.
-    pub min_value: i64,
-    /// Last key.
-    pub max_value: i64,
+    /// The job's keys.
+    pub range: JobRange,
     /// Batch size.
     pub batch_size: i64,
     /// Sub-batch size.
@@ -118,8 +137,20 @@ pub struct JobCreateParams {
     pub pause_ms: i64,
     /// The worker that will run it.
     pub worker: String,
-    /// Its lease.
+    /// Its lease (and the table lease's renewal).
     pub lease: Duration,
+}
+
+/// What [`Store::job_create`] did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum JobCreated {
+    /// The job, and the migration's `next_min_value` after it.
+    Created(Box<Job>, Option<i64>),
+    /// No key is left in the range: `next_min_value` is now `None`.
+    Exhausted,
+    /// Nothing written: the migration moved on (another worker, a pause, the interval, its
+    /// table lease).
+    NotNow,
 }
 
 /// The second half of a split job, inserted `pending`.
@@ -198,9 +229,8 @@ pub trait Store: Send + Sync + 'static {
     /// Sets the batch size chosen by the optimizer.
     async fn migration_batch_size_set(&self, migration_id: i64, batch_size: i64) -> Result<()>;
 
-    /// Creates the migration's next job, running (see [`JobCreateParams`]); `None` when another
-    /// worker moved `next_min_value` first.
-    async fn job_create(&self, params: &JobCreateParams) -> Result<Option<Job>>;
+    /// Creates the migration's next job, running, in one statement (see [`JobCreateParams`]).
+    async fn job_create(&self, params: &JobCreateParams) -> Result<JobCreated>;
     /// A job by id.
     async fn job_get(&self, id: i64) -> Result<Option<Job>>;
     /// Jobs of a migration, by id, optionally of one status.

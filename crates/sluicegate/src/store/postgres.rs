@@ -10,9 +10,9 @@ use sqlx::types::Json;
 use sqlx::{Connection, PgConnection, Row};
 
 use super::{
-    add_months, duration_ms, month_start, Backend, Checkpoint, JobCreateParams, JobSplitParams,
-    JobTransitionParams, MigrationTransitionParams, PartitionReport, Store, SubBatchOutcome,
-    SubBatchSpec, Target, SCHEMA_VERSION,
+    add_months, duration_ms, month_start, Backend, Checkpoint, JobCreateParams, JobCreated,
+    JobRange, JobSplitParams, JobTransitionParams, MigrationTransitionParams, PartitionReport,
+    Store, SubBatchOutcome, SubBatchSpec, Target, SCHEMA_VERSION,
 };
 use crate::error::{Error, Result};
 use crate::failure::Failure;
@@ -108,24 +108,38 @@ const MIGRATION_RANGE_EXHAUST: &str =
 const MIGRATION_BATCH_SIZE_SET: &str = "UPDATE {s}.migrations
     SET batch_size = greatest($2, sub_batch_size), updated_at = now() WHERE id = $1";
 
+/// `{range}` is a query returning one row `(first, last)`: either the given keys or the
+/// keyset walk over the target table (same database).
 const JOB_CREATE: &str = "
-WITH m AS (
-    UPDATE {s}.migrations SET next_min_value = $3, last_job_started_at = now(), updated_at = now()
-    WHERE id = $1 AND next_min_value = $2 AND status IN ('active', 'finalizing')
-      AND (status = 'finalizing' OR interval_ms = 0 OR last_job_started_at IS NULL
-           OR last_job_started_at + interval_ms * interval '1 millisecond' <= now())
-    RETURNING id
+WITH r AS ({range}),
+m AS (
+    UPDATE {s}.migrations AS mg SET
+        next_min_value = CASE WHEN r.first IS NOT NULL AND r.last < mg.max_value THEN r.last + 1 END,
+        last_job_started_at = CASE WHEN r.first IS NULL THEN mg.last_job_started_at ELSE now() END,
+        updated_at = now()
+    FROM r
+    WHERE mg.id = $1 AND mg.next_min_value = $2 AND mg.status IN ('active', 'finalizing')
+      AND (mg.status = 'finalizing' OR mg.interval_ms = 0 OR mg.last_job_started_at IS NULL
+           OR mg.last_job_started_at + mg.interval_ms * interval '1 millisecond' <= now())
+      AND EXISTS (SELECT 1 FROM {s}.table_leases l
+                  WHERE l.table_name = mg.table_name AND l.migration_id = mg.id AND l.expires_at > now())
+    RETURNING mg.id, mg.next_min_value, r.first, r.last
+), lease AS (
+    UPDATE {s}.table_leases SET expires_at = greatest(expires_at, now() + $9 * interval '1 millisecond')
+    WHERE migration_id IN (SELECT id FROM m)
 ), j AS (
     INSERT INTO {s}.jobs (migration_id, min_value, max_value, batch_size, sub_batch_size, pause_ms,
         status, attempts, started_at, worker, lease_expires_at)
-    SELECT id, $4, $5, $6, $7, $8, 'running', 1, now(), $9, now() + $10 * interval '1 millisecond'
-    FROM m
+    SELECT id, first, last, $5, $6, $7, 'running', 1, now(), $8, now() + $9 * interval '1 millisecond'
+    FROM m WHERE first IS NOT NULL
     RETURNING *
 ), log AS (
     INSERT INTO {s}.job_transition_logs (job_id, migration_id, previous_status, next_status, worker)
     SELECT id, migration_id, 'pending', 'running', worker FROM j
 )
-SELECT * FROM j";
+SELECT (SELECT count(*) FROM m) AS matched, (SELECT next_min_value FROM m) AS next_min, j.*
+FROM (SELECT 1) AS one LEFT JOIN j ON true";
+const JOB_CREATE_GIVEN_RANGE: &str = "SELECT $3::bigint AS first, $4::bigint AS last";
 const JOB_GET: &str = "SELECT * FROM {s}.jobs WHERE id = $1";
 const JOB_LIST: &str =
     "SELECT * FROM {s}.jobs WHERE migration_id = $1 AND ($2::text IS NULL OR status = $2)
@@ -239,6 +253,23 @@ fn range_next_sql(table: &TableName, column: &str) -> String {
         "SELECT (SELECT {c}::bigint FROM {t} WHERE {c} >= $1 AND {c} <= $2 ORDER BY {c} LIMIT 1),
                 (SELECT {c}::bigint FROM {t} WHERE {c} >= $1 AND {c} <= $2 ORDER BY {c} OFFSET $3 - 1 LIMIT 1),
                 (SELECT {c}::bigint FROM {t} WHERE {c} >= $1 AND {c} <= $2 ORDER BY {c} DESC LIMIT 1)"
+    )
+}
+
+/// The keyset walk as a `(first, last)` row for [`JOB_CREATE`]: from `$2` (the expected
+/// `next_min_value`) up to the migration's `max_value`, the first key and the `size`-th one
+/// (or the last one in range when fewer remain).
+fn keyset_range_sql(table: &TableName, column: &str, size: i64) -> String {
+    let (t, c) = (table.quoted(), ident::quote(column));
+    let size = size.max(1);
+    let in_range = format!(
+        "FROM {t} WHERE {c} >= $2 AND {c} <= (SELECT max_value FROM {{s}}.migrations WHERE id = $1)"
+    );
+    format!(
+        "SELECT (SELECT {c}::bigint {in_range} ORDER BY {c} LIMIT 1) AS first,
+                coalesce((SELECT {c}::bigint {in_range} ORDER BY {c} OFFSET {offset} LIMIT 1),
+                         (SELECT {c}::bigint {in_range} ORDER BY {c} DESC LIMIT 1)) AS last",
+        offset = size - 1
     )
 }
 
@@ -551,25 +582,43 @@ impl Store for PgStore {
         Ok(())
     }
 
-    async fn job_create(&self, p: &JobCreateParams) -> Result<Option<Job>> {
-        let row = sqlx::query(&self.q(JOB_CREATE))
+    async fn job_create(&self, p: &JobCreateParams) -> Result<JobCreated> {
+        let (range_sql, given) = match &p.range {
+            JobRange::Given { min, max } => (JOB_CREATE_GIVEN_RANGE.to_owned(), Some((*min, *max))),
+            JobRange::Keyset {
+                table,
+                column,
+                size,
+            } => (keyset_range_sql(table, column, *size), None),
+        };
+        let sql = self.q(&JOB_CREATE.replace("{range}", &range_sql));
+        // $2 is the expected next_min_value (and the walk's start); $3, $4 the given keys.
+        let row = sqlx::query(&sql)
             .bind(p.migration_id)
             .bind(p.expected_next_min)
-            .bind(p.next_min)
-            .bind(p.min_value)
-            .bind(p.max_value)
+            .bind(given.map(|(min, _)| min))
+            .bind(given.map(|(_, max)| max))
             .bind(p.batch_size)
             .bind(p.sub_batch_size)
             .bind(p.pause_ms)
             .bind(&p.worker)
             .bind(duration_ms(p.lease))
-            .fetch_optional(&self.pool)
+            .fetch_one(&self.pool)
             .await
             .map_err(Error::db(format!(
                 "creating a job of migration {}",
                 p.migration_id
             )))?;
-        row.as_ref().map(job_from_row).transpose()
+        let matched: i64 = row.try_get("matched").map_err(decode)?;
+        if matched == 0 {
+            return Ok(JobCreated::NotNow);
+        }
+        let id: Option<i64> = row.try_get("id").map_err(decode)?;
+        if id.is_none() {
+            return Ok(JobCreated::Exhausted);
+        }
+        let next_min: Option<i64> = row.try_get("next_min").map_err(decode)?;
+        Ok(JobCreated::Created(Box::new(job_from_row(&row)?), next_min))
     }
 
     async fn job_get(&self, id: i64) -> Result<Option<Job>> {

@@ -14,9 +14,9 @@ use sqlx::sqlite::{SqlitePool, SqliteRow};
 use sqlx::{Row, SqliteConnection};
 
 use super::{
-    Backend, Checkpoint, JobCreateParams, JobSplitParams, JobTransitionParams,
-    MigrationTransitionParams, PartitionReport, Store, SubBatchOutcome, SubBatchSpec, Target,
-    SCHEMA_VERSION,
+    Backend, Checkpoint, JobCreateParams, JobCreated, JobRange, JobSplitParams,
+    JobTransitionParams, MigrationTransitionParams, PartitionReport, Store, SubBatchOutcome,
+    SubBatchSpec, Target, SCHEMA_VERSION,
 };
 use crate::error::{Error, Result};
 use crate::failure::Failure;
@@ -84,7 +84,7 @@ const MIGRATION_RANGE_EXHAUST: &str =
 const MIGRATION_BATCH_SIZE_SET: &str = "UPDATE sluicegate_migrations
     SET batch_size = max($2, sub_batch_size), updated_at = $3 WHERE id = $1";
 const MIGRATION_JOB_STARTED: &str = "UPDATE sluicegate_migrations
-    SET next_min_value = $2, last_job_started_at = $3, updated_at = $3 WHERE id = $1";
+    SET next_min_value = $2, last_job_started_at = $3, updated_at = coalesce($3, updated_at) WHERE id = $1";
 
 const JOB_INSERT_RUNNING: &str = "INSERT INTO sluicegate_jobs (migration_id, min_value, max_value,
     batch_size, sub_batch_size, pause_ms, status, attempts, started_at, worker, lease_expires_at,
@@ -568,7 +568,7 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn job_create(&self, p: &JobCreateParams) -> Result<Option<Job>> {
+    async fn job_create(&self, p: &JobCreateParams) -> Result<JobCreated> {
         let context = format!("creating a job of migration {}", p.migration_id);
         let at = now();
         let mut tx = self.begin_immediate(&context).await?;
@@ -578,27 +578,61 @@ impl Store for SqliteStore {
             .await
             .map_err(Error::db(&context))?;
         let Some(m) = row.as_ref().map(migration_from_row).transpose()? else {
-            return Ok(None);
+            return Ok(JobCreated::NotNow);
         };
         let due = m.status == MigrationStatus::Finalizing || interval_elapsed(&m, at);
         let runnable = matches!(
             m.status,
             MigrationStatus::Active | MigrationStatus::Finalizing
         );
-        if !due || !runnable || m.next_min_value != Some(p.expected_next_min) {
-            return Ok(None);
+        let holder: Option<(i64, String)> = sqlx::query_as(TABLE_LEASE_GET)
+            .bind(&m.table_name)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(Error::db(&context))?;
+        let leased = holder.is_some_and(|(id, expires)| id == m.id && expires > ts(at));
+        if !due || !runnable || !leased || m.next_min_value != Some(p.expected_next_min) {
+            return Ok(JobCreated::NotNow);
         }
+        let range = match &p.range {
+            JobRange::Given { min, max } => Some((*min, *max)),
+            JobRange::Keyset {
+                table,
+                column,
+                size,
+            } => SqliteTarget::range_next_in(
+                &mut tx,
+                table,
+                column,
+                p.expected_next_min,
+                m.max_value,
+                *size,
+            )
+            .await
+            .map_err(Error::db(&context))?,
+        };
+        let next_min = range
+            .and_then(|(_, last)| last.checked_add(1))
+            .filter(|n| *n <= m.max_value);
         sqlx::query(MIGRATION_JOB_STARTED)
             .bind(p.migration_id)
-            .bind(p.next_min)
-            .bind(ts(at))
+            .bind(next_min)
+            .bind(if range.is_some() {
+                Some(ts(at))
+            } else {
+                m.last_job_started_at.map(ts)
+            })
             .execute(&mut *tx)
             .await
             .map_err(Error::db(&context))?;
+        let Some((first, last)) = range else {
+            tx.commit().await.map_err(Error::db(&context))?;
+            return Ok(JobCreated::Exhausted);
+        };
         let row = sqlx::query(JOB_INSERT_RUNNING)
             .bind(p.migration_id)
-            .bind(p.min_value)
-            .bind(p.max_value)
+            .bind(first)
+            .bind(last)
             .bind(p.batch_size)
             .bind(p.sub_batch_size)
             .bind(p.pause_ms)
@@ -621,8 +655,14 @@ impl Store for SqliteStore {
             .execute(&mut *tx)
             .await
             .map_err(Error::db(&context))?;
+        sqlx::query(TABLE_LEASE_RENEW)
+            .bind(p.migration_id)
+            .bind(later(p.lease))
+            .execute(&mut *tx)
+            .await
+            .map_err(Error::db(&context))?;
         tx.commit().await.map_err(Error::db(&context))?;
-        Ok(Some(job))
+        Ok(JobCreated::Created(Box::new(job), next_min))
     }
 
     async fn job_get(&self, id: i64) -> Result<Option<Job>> {
