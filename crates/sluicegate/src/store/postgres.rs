@@ -246,30 +246,16 @@ const TARGET_COLUMN_TYPE: &str = "SELECT format_type(a.atttypid, a.atttypmod)
 const TARGET_ROW_ESTIMATE: &str =
     "SELECT reltuples::bigint FROM pg_catalog.pg_class WHERE oid = to_regclass($1)";
 
-/// Rows of the keyset walk: the first key in range, the `size`-th, and the last.
-fn range_next_sql(table: &TableName, column: &str) -> String {
+/// The keyset walk as one row `(first, last)`: the first existing key in `[start, max]` and
+/// the `size`-th one, or the last one in range when fewer remain. The arguments are SQL
+/// expressions of ours (parameters, a subquery), never user text.
+fn keyset_sql(table: &TableName, column: &str, start: &str, max: &str, size: &str) -> String {
     let (t, c) = (table.quoted(), ident::quote(column));
-    format!(
-        "SELECT (SELECT {c}::bigint FROM {t} WHERE {c} >= $1 AND {c} <= $2 ORDER BY {c} LIMIT 1),
-                (SELECT {c}::bigint FROM {t} WHERE {c} >= $1 AND {c} <= $2 ORDER BY {c} OFFSET $3 - 1 LIMIT 1),
-                (SELECT {c}::bigint FROM {t} WHERE {c} >= $1 AND {c} <= $2 ORDER BY {c} DESC LIMIT 1)"
-    )
-}
-
-/// The keyset walk as a `(first, last)` row for [`JOB_CREATE`]: from `$2` (the expected
-/// `next_min_value`) up to the migration's `max_value`, the first key and the `size`-th one
-/// (or the last one in range when fewer remain).
-fn keyset_range_sql(table: &TableName, column: &str, size: i64) -> String {
-    let (t, c) = (table.quoted(), ident::quote(column));
-    let size = size.max(1);
-    let in_range = format!(
-        "FROM {t} WHERE {c} >= $2 AND {c} <= (SELECT max_value FROM {{s}}.migrations WHERE id = $1)"
-    );
+    let in_range = format!("FROM {t} WHERE {c} >= {start} AND {c} <= {max}");
     format!(
         "SELECT (SELECT {c}::bigint {in_range} ORDER BY {c} LIMIT 1) AS first,
-                coalesce((SELECT {c}::bigint {in_range} ORDER BY {c} OFFSET {offset} LIMIT 1),
-                         (SELECT {c}::bigint {in_range} ORDER BY {c} DESC LIMIT 1)) AS last",
-        offset = size - 1
+                coalesce((SELECT {c}::bigint {in_range} ORDER BY {c} OFFSET {size} - 1 LIMIT 1),
+                         (SELECT {c}::bigint {in_range} ORDER BY {c} DESC LIMIT 1)) AS last"
     )
 }
 
@@ -583,16 +569,23 @@ impl Store for PgStore {
     }
 
     async fn job_create(&self, p: &JobCreateParams) -> Result<JobCreated> {
-        let (range_sql, given) = match &p.range {
-            JobRange::Given { min, max } => (JOB_CREATE_GIVEN_RANGE.to_owned(), Some((*min, *max))),
+        // The range: given keys ($3, $4), or the keyset walk from the expected next key ($2)
+        // to the migration's last key, over $10 keys.
+        let (range_sql, given, keyset_size) = match &p.range {
+            JobRange::Given { min, max } => {
+                (JOB_CREATE_GIVEN_RANGE.to_owned(), Some((*min, *max)), None)
+            }
             JobRange::Keyset {
                 table,
                 column,
                 size,
-            } => (keyset_range_sql(table, column, *size), None),
+            } => {
+                let max = "(SELECT max_value FROM {s}.migrations WHERE id = $1)";
+                let sql = keyset_sql(table, column, "$2", max, "$10");
+                (sql, None, Some((*size).max(1)))
+            }
         };
         let sql = self.q(&JOB_CREATE.replace("{range}", &range_sql));
-        // $2 is the expected next_min_value (and the walk's start); $3, $4 the given keys.
         let row = sqlx::query(&sql)
             .bind(p.migration_id)
             .bind(p.expected_next_min)
@@ -603,6 +596,7 @@ impl Store for PgStore {
             .bind(p.pause_ms)
             .bind(&p.worker)
             .bind(duration_ms(p.lease))
+            .bind(keyset_size)
             .fetch_one(&self.pool)
             .await
             .map_err(Error::db(format!(
@@ -1044,14 +1038,14 @@ impl PgTarget {
         max: i64,
         size: i64,
     ) -> std::result::Result<Option<(i64, i64)>, sqlx::Error> {
-        let (first, nth, last): (Option<i64>, Option<i64>, Option<i64>) =
-            sqlx::query_as(&range_next_sql(table, column))
+        let (first, last): (Option<i64>, Option<i64>) =
+            sqlx::query_as(&keyset_sql(table, column, "$1", "$2", "$3"))
                 .bind(start)
                 .bind(max)
                 .bind(size.max(1))
                 .fetch_one(&mut *conn)
                 .await?;
-        Ok(first.map(|first| (first, nth.or(last).unwrap_or(first))))
+        Ok(first.map(|first| (first, last.unwrap_or(first))))
     }
 
     async fn begin(
