@@ -38,8 +38,15 @@ impl Reporter {
                     StepOutcome::Completed { migration } => migration.id,
                     StepOutcome::Idle => continue,
                 };
-                let Ok(m) = sg.migration(&migration_id.to_string()).await else {
-                    continue;
+                // A migration is read once, and again when it ends: a JSON line per job
+                // costs no query.
+                let cached = shown.get(&migration_id).map(|(m, _)| m.clone());
+                let m = match (cached, &event) {
+                    (Some(m), StepOutcome::Ran { .. } | StepOutcome::Waiting { .. }) => m,
+                    _ => match sg.migration(&migration_id.to_string()).await {
+                        Ok(m) => m,
+                        Err(_) => continue,
+                    },
                 };
                 let entry = shown.entry(m.id).or_insert_with(|| {
                     let bar = bars.then(|| {

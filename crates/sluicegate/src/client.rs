@@ -415,6 +415,7 @@ impl Sluicegate {
                 start: min_value,
                 max: max_value,
                 size: req.sub_batch_size,
+                whole_rest: false,
                 timeouts: Timeouts {
                     statement_ms: millis(req.statement_timeout),
                     lock_ms: millis(req.lock_timeout),

@@ -679,6 +679,7 @@ impl Worker {
                 start: from,
                 max: job.max_value,
                 size: sub_batch_size,
+                whole_rest: sub_batch_size >= job.batch_size,
                 timeouts: Timeouts {
                     statement_ms: m.statement_timeout_ms,
                     lock_ms: m.lock_timeout_ms,

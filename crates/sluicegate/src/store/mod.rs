@@ -310,6 +310,9 @@ pub struct SubBatchSpec<'a> {
     pub max: i64,
     /// How many existing keys.
     pub size: i64,
+    /// Take `[start, max]` as it is, with no keyset walk: the rest of the job fits in one
+    /// sub-batch (saves a query per job when sub-batch and batch sizes are equal).
+    pub whole_rest: bool,
     /// Timeouts.
     pub timeouts: Timeouts,
 }

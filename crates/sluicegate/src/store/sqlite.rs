@@ -1032,15 +1032,19 @@ impl SqliteTarget {
         conn: &mut SqliteConnection,
         spec: &SubBatchSpec<'_>,
     ) -> std::result::Result<Option<(i64, i64, u64)>, Failure> {
-        let range = Self::range_next_in(
-            conn,
-            spec.table,
-            spec.column,
-            spec.start,
-            spec.max,
-            spec.size,
-        )
-        .await?;
+        let range = if spec.whole_rest {
+            Some((spec.start, spec.max))
+        } else {
+            Self::range_next_in(
+                conn,
+                spec.table,
+                spec.column,
+                spec.start,
+                spec.max,
+                spec.size,
+            )
+            .await?
+        };
         let Some((start, end)) = range else {
             return Ok(None);
         };
