@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Datelike, NaiveDate, Utc};
 use sqlx::postgres::{PgPool, PgRow};
 use sqlx::types::Json;
-use sqlx::{Connection, PgConnection, Row};
+use sqlx::{PgConnection, Row};
 
 use super::{
     add_months, duration_ms, month_start, Backend, Checkpoint, JobCreateParams, JobCreated,
@@ -1204,10 +1204,4 @@ fn display_table(table: &TableName) -> String {
         Some(schema) => format!("{schema}.{}", table.table),
         None => table.table.clone(),
     }
-}
-
-/// Checks that a PostgreSQL server answers (used to fail fast on a bad URL).
-pub async fn ping(pool: &PgPool) -> std::result::Result<(), sqlx::Error> {
-    let mut conn = pool.acquire().await?;
-    conn.ping().await
 }
