@@ -236,6 +236,10 @@ async fn open_pool(url: &str, opts: &ConnectOptions) -> Result<Pool> {
             let pool = PgPoolOptions::new()
                 .max_connections(opts.max_connections)
                 .acquire_timeout(opts.acquire_timeout)
+                // No ping before every acquire (a round trip each time, three a job): a
+                // connection the server dropped fails on use, which workers already treat
+                // as ConnectionLost and retry.
+                .test_before_acquire(false)
                 .connect_with(options)
                 .await
                 .map_err(unreachable)?;
