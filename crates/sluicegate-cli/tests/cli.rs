@@ -264,27 +264,23 @@ store_test!(json_output_has_the_documented_fields, |db| {
     db.create_items("items", &[(1, 100)]).await;
     let url = db.url.clone();
     assert!(sg(&url, &["setup"]).status.success());
-    let out = sg(
-        &url,
-        &[
-            "queue",
-            "m",
-            "--table",
-            "items",
-            "--kind",
-            "update",
-            "--set",
-            "n = 1",
-            "--interval",
-            "0s",
-            "--batch-size",
-            "50",
-            "--sub-batch-size",
-            "10",
-            "--dry-run",
-            "--json",
-        ],
-    );
+    let queue = [
+        "queue",
+        "m",
+        "--table",
+        "items",
+        "--kind",
+        "update",
+        "--set",
+        "n = 1",
+        "--interval",
+        "0s",
+        "--batch-size",
+        "50",
+        "--sub-batch-size",
+        "10",
+    ];
+    let out = sg(&url, &[&queue[..], &["--dry-run", "--json"]].concat());
     assert!(out.status.success(), "{}", stderr(&out));
     let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(plan["written"], false);
@@ -295,27 +291,7 @@ store_test!(json_output_has_the_documented_fields, |db| {
         0,
         "dry run rolled back"
     );
-    assert!(sg(
-        &url,
-        &[
-            "queue",
-            "m",
-            "--table",
-            "items",
-            "--kind",
-            "update",
-            "--set",
-            "n = 1",
-            "--interval",
-            "0s",
-            "--batch-size",
-            "50",
-            "--sub-batch-size",
-            "10"
-        ]
-    )
-    .status
-    .success());
+    assert!(sg(&url, &queue).status.success());
     assert!(sg(&url, &["run", "--until-idle", "--json"])
         .status
         .success());

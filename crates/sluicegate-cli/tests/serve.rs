@@ -74,6 +74,12 @@ async fn call(
     )
 }
 
+/// The newest row of migration 1's transition log.
+async fn last_log_row(sg: &Sluicegate) -> sluicegate::MigrationTransition {
+    let m = sg.migration("1").await.unwrap();
+    sg.migration_history(&m).await.unwrap().pop().unwrap()
+}
+
 fn json(text: &str) -> Value {
     serde_json::from_str(text).unwrap_or_else(|e| panic!("{e}: {text}"))
 }
@@ -235,12 +241,7 @@ store_test!(mutations_need_the_bearer_token, |db| {
     .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(json(&body)["migration"]["status"], "paused");
-    let last = sg
-        .migration_history(&sg.migration("1").await.unwrap())
-        .await
-        .unwrap()
-        .pop()
-        .unwrap();
+    let last = last_log_row(&sg).await;
     assert_eq!(last.actor.as_deref(), Some("http"));
     assert_eq!(last.reason.as_deref(), Some("deploy freeze (via http)"));
 
@@ -266,12 +267,7 @@ store_test!(mutations_need_the_bearer_token, |db| {
     )
     .await;
     assert_eq!(status, StatusCode::OK);
-    let last = sg
-        .migration_history(&sg.migration("1").await.unwrap())
-        .await
-        .unwrap()
-        .pop()
-        .unwrap();
+    let last = last_log_row(&sg).await;
     assert_eq!(last.reason.as_deref(), Some("via http"));
     let (status, _, _) = call(
         &on,

@@ -4,7 +4,6 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use sluicegate::store::{JobCreateParams, JobCreated, JobRange};
 use sluicegate::{store_test, JobStatus, MigrationEvent, MigrationStatus, Worker, WorkerOptions};
 
 use crate::common::*;
@@ -396,28 +395,8 @@ store_test!(
             .await
             .unwrap();
         // A worker takes the job and dies at once: its lease is never renewed.
-        sg.store()
-            .migration_claim("ghost", Duration::from_millis(200), Some(m.id))
-            .await
-            .unwrap()
-            .expect("claimed");
-        let created = sg
-            .store()
-            .job_create(&JobCreateParams {
-                migration_id: m.id,
-                expected_next_min: 1,
-                range: JobRange::Given { min: 1, max: 100 },
-                batch_size: 100,
-                sub_batch_size: 50,
-                pause_ms: 0,
-                worker: "ghost".into(),
-                lease: Duration::from_millis(200),
-            })
-            .await
-            .unwrap();
-        let JobCreated::Created(ghost, next_min) = created else {
-            panic!("job created: {created:?}");
-        };
+        let (ghost, next_min) =
+            take_job(&sg, &m, "ghost", (1, 100), Duration::from_millis(200)).await;
         assert_eq!(next_min, None, "the whole range was handed out");
         let w = Worker::new(
             sg.clone(),

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use sluicegate::store::{Backend, JobCreateParams, JobCreated, JobRange, JobTransitionParams};
+use sluicegate::store::{Backend, JobTransitionParams};
 use sluicegate::testing::TestDb;
 use sluicegate::{
     store_test, Error, Failure, Job, JobStatus, Migration, MigrationEvent, MigrationStatus,
@@ -16,32 +16,8 @@ use crate::common::fast;
 async fn job_in(sg: &Sluicegate, m: &Migration, status: JobStatus) -> Job {
     let current = sg.migration(&m.id.to_string()).await.unwrap();
     let start = current.next_min_value.expect("range left");
-    sg.store()
-        .migration_claim("test", Duration::from_secs(60), Some(m.id))
-        .await
-        .unwrap()
-        .expect("claimed");
-    let created = sg
-        .store()
-        .job_create(&JobCreateParams {
-            migration_id: m.id,
-            expected_next_min: start,
-            range: JobRange::Given {
-                min: start,
-                max: start,
-            },
-            batch_size: 1,
-            sub_batch_size: 1,
-            pause_ms: 0,
-            worker: "test".into(),
-            lease: Duration::from_secs(60),
-        })
-        .await
-        .unwrap();
-    let JobCreated::Created(job, _) = created else {
-        panic!("job created: {created:?}");
-    };
-    let job = *job;
+    let (job, _) =
+        crate::common::take_job(sg, m, "test", (start, start), Duration::from_secs(60)).await;
     let fail = || Some(Failure::new("TestFailure", "made to fail"));
     match status {
         JobStatus::Running => job,

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use sluicegate::store::{JobCreateParams, JobCreated, JobRange};
 use sluicegate::{
     Failure, Job, JobKind, JobStatus, Migration, QueueRequest, Registry, Sluicegate, SubBatch,
     Worker, WorkerOptions,
@@ -178,4 +179,39 @@ pub fn assert_disjoint(jobs: &[Job]) {
             pair[1]
         );
     }
+}
+
+/// Claims `m` for `worker` and creates its job over keys `min..=max` directly (no kind runs):
+/// a job as a worker holds it between taking it and its first sub-batch. Returns the job and
+/// the migration's next key afterwards.
+pub async fn take_job(
+    sg: &Sluicegate,
+    m: &Migration,
+    worker: &str,
+    (min, max): (i64, i64),
+    lease: Duration,
+) -> (Job, Option<i64>) {
+    sg.store()
+        .migration_claim(worker, lease, Some(m.id))
+        .await
+        .unwrap()
+        .expect("claimed");
+    let created = sg
+        .store()
+        .job_create(&JobCreateParams {
+            migration_id: m.id,
+            expected_next_min: min,
+            range: JobRange::Given { min, max },
+            batch_size: max - min + 1,
+            sub_batch_size: (max - min + 1).min(50),
+            pause_ms: 0,
+            worker: worker.into(),
+            lease,
+        })
+        .await
+        .unwrap();
+    let JobCreated::Created(job, next_min) = created else {
+        panic!("job created: {created:?}");
+    };
+    (*job, next_min)
 }
