@@ -5,6 +5,11 @@
 # and exports SLUICEGATE_TEST_PG_URL, PG_BIN, PG_DIR, PG_PORT. The cluster is stopped and
 # removed on exit. pg_throwaway_restart restarts it (fast mode: sessions are cut). PG_LISTEN
 # (default 127.0.0.1) lists the loopback addresses it listens on.
+#
+# pg_health_clusters_start: a second cluster for the health-indicator tests, with WAL archiving
+# whose archive_command fails while $HEALTH_DIR/archive_ok is missing, autovacuum waking every
+# second, and a streaming replica (pg_basebackup -R). Exports SLUICEGATE_TEST_HEALTH_PG_URL,
+# SLUICEGATE_TEST_REPLICA_URL and SLUICEGATE_TEST_ARCHIVE_SWITCH (the file to remove/create).
 
 PG_VERSION=${PG_VERSION:-15}
 
@@ -64,9 +69,59 @@ pg_throwaway_start() {
   echo "throwaway PostgreSQL cluster on 127.0.0.1:$PG_PORT ($("$PG_BIN/postgres" --version))"
 }
 
+# Autovacuum is off here: a vacuum of a test's table would put its migration on hold (the
+# autovacuum indicator) at a random moment. The health cluster below tests that on purpose.
 pg_throwaway_launch() {
   pg_as_postgres "$PG_BIN/pg_ctl" -D "$PG_DIR/data" -l "$PG_DIR/server.log" -w -t 60 -m fast "$1" \
-    -o "-p $PG_PORT -k $PG_DIR -c listen_addresses=${PG_LISTEN:-127.0.0.1} -c max_connections=400 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c shared_buffers=256MB -c shared_preload_libraries=pg_stat_statements" >/dev/null
+    -o "-p $PG_PORT -k $PG_DIR -c listen_addresses=${PG_LISTEN:-127.0.0.1} -c max_connections=400 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c shared_buffers=256MB -c shared_preload_libraries=pg_stat_statements -c autovacuum=off" >/dev/null
+}
+
+pg_health_clusters_start() {
+  HEALTH_DIR=$(mktemp -d /tmp/sluicegate-health.XXXXXX)
+  chmod 755 "$HEALTH_DIR"
+  [ "$(id -u)" = 0 ] && chown postgres "$HEALTH_DIR"
+  local primary_port replica_port
+  primary_port=$(SLUICEGATE_TEST_PG_PORT=54380 pg_free_port)
+  pg_as_postgres mkdir -p "$HEALTH_DIR/archive"
+  pg_as_postgres "$PG_BIN/initdb" -D "$HEALTH_DIR/primary" -U postgres --auth=trust -E UTF8 --no-sync >/dev/null
+  echo "host all all 127.0.0.0/8 trust" >>"$HEALTH_DIR/primary/pg_hba.conf"
+  echo "host replication all 127.0.0.0/8 trust" >>"$HEALTH_DIR/primary/pg_hba.conf"
+  cat >>"$HEALTH_DIR/primary/postgresql.conf" <<CONF
+listen_addresses = '127.0.0.1'
+port = $primary_port
+unix_socket_directories = '$HEALTH_DIR'
+fsync = off
+full_page_writes = off
+max_connections = 200
+archive_mode = on
+archive_command = 'test -f $HEALTH_DIR/archive_ok && cp %p $HEALTH_DIR/archive/%f'
+autovacuum_naptime = 1s
+max_wal_senders = 5
+CONF
+  pg_as_postgres touch "$HEALTH_DIR/archive_ok"
+  chmod 666 "$HEALTH_DIR/archive_ok"
+  pg_as_postgres "$PG_BIN/pg_ctl" -D "$HEALTH_DIR/primary" -l "$HEALTH_DIR/primary.log" -w -t 60 start >/dev/null
+  replica_port=$(SLUICEGATE_TEST_PG_PORT=$((primary_port + 1)) pg_free_port)
+  pg_as_postgres "$PG_BIN/pg_basebackup" -h 127.0.0.1 -p "$primary_port" -U postgres \
+    -D "$HEALTH_DIR/replica" -R -X stream >/dev/null
+  cat >>"$HEALTH_DIR/replica/postgresql.conf" <<CONF
+port = $replica_port
+cluster_name = 'sg_replica'
+archive_mode = off
+CONF
+  pg_as_postgres "$PG_BIN/pg_ctl" -D "$HEALTH_DIR/replica" -l "$HEALTH_DIR/replica.log" -w -t 60 start >/dev/null
+  export SLUICEGATE_TEST_HEALTH_PG_URL="postgres://postgres@127.0.0.1:$primary_port/postgres"
+  export SLUICEGATE_TEST_REPLICA_URL="postgres://postgres@127.0.0.1:$replica_port/postgres"
+  export SLUICEGATE_TEST_ARCHIVE_SWITCH="$HEALTH_DIR/archive_ok"
+  echo "health clusters: primary 127.0.0.1:$primary_port (archiving), replica 127.0.0.1:$replica_port"
+}
+
+pg_health_clusters_stop() {
+  if [ -n "${HEALTH_DIR:-}" ] && [ -d "$HEALTH_DIR" ]; then
+    pg_as_postgres "$PG_BIN/pg_ctl" -D "$HEALTH_DIR/replica" -m immediate stop >/dev/null 2>&1 || true
+    pg_as_postgres "$PG_BIN/pg_ctl" -D "$HEALTH_DIR/primary" -m immediate stop >/dev/null 2>&1 || true
+    rm -rf "$HEALTH_DIR"
+  fi
 }
 
 pg_throwaway_restart() {
@@ -74,6 +129,7 @@ pg_throwaway_restart() {
 }
 
 pg_throwaway_stop() {
+  pg_health_clusters_stop
   if [ -n "${PG_DIR:-}" ] && [ -d "$PG_DIR" ]; then
     pg_as_postgres "$PG_BIN/pg_ctl" -D "$PG_DIR/data" -m immediate stop >/dev/null 2>&1 || true
     rm -rf "$PG_DIR"

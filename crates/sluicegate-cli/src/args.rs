@@ -37,7 +37,7 @@ impl Cli {
             Command::Queue(a) => a.json,
             Command::Run(a) => a.json,
             Command::Status(a) => a.json,
-            Command::Show(a) | Command::Finalize(a) => a.json,
+            Command::Show(a) | Command::Finalize(a) | Command::Health(a) => a.json,
             Command::Jobs(a) => a.json,
             Command::History(a) => a.json,
             Command::Demo(a) => a.json,
@@ -62,6 +62,8 @@ pub enum Command {
     Jobs(JobsArgs),
     /// Transition log of a migration, or of one job with --job.
     History(HistoryArgs),
+    /// Every health indicator's signal and reading for a migration, now.
+    Health(MigrationArgs),
     /// Pause an active migration.
     Pause(ReasonArgs),
     /// Resume a paused migration.
@@ -160,6 +162,33 @@ pub struct QueueArgs {
     /// lock_timeout of each sub-batch (PostgreSQL).
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub lock_timeout: Duration,
+    /// Hold when any replica is more than this many bytes of WAL behind in replay [default: 1 GiB].
+    #[arg(long, allow_negative_numbers = true)]
+    pub max_replica_lag_bytes: Option<i64>,
+    /// Hold when any replica replays later than this [default: 30s].
+    #[arg(long, value_parser = parse_duration)]
+    pub max_replica_lag: Option<Duration>,
+    /// Hold when more WAL segments than this wait for the archiver [default: 42, GitLab's].
+    #[arg(long, allow_negative_numbers = true)]
+    pub max_wal_archive_backlog: Option<i64>,
+    /// Hold when WAL is written faster than this many bytes per second [default: no limit].
+    #[arg(long, allow_negative_numbers = true)]
+    pub max_wal_rate: Option<i64>,
+    /// Hold while another session's transaction (idle in transaction included) is older [default: 10m].
+    #[arg(long, value_parser = parse_duration)]
+    pub max_transaction_age: Option<Duration>,
+    /// Your own check, run before each job: a query returning one boolean; false holds.
+    #[arg(long)]
+    pub health_probe: Option<String>,
+    /// How long a health stop holds the migration [default: 10m, GitLab's].
+    #[arg(long, value_parser = parse_duration)]
+    pub hold: Option<Duration>,
+    /// Hold when sub-batches take this many times their running median per key [default: 5].
+    #[arg(long)]
+    pub max_latency_drift: Option<f64>,
+    /// Tune sub-batch sizes so each transaction takes about this long; 0s keeps them fixed.
+    #[arg(long, default_value = "100ms", value_parser = parse_duration)]
+    pub target_sub_batch_time: Duration,
     /// Queue it paused.
     #[arg(long)]
     pub paused: bool,

@@ -3,6 +3,7 @@
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
+use sluicegate::health::HealthSettings;
 use sluicegate::{Job, JobStatus, Migration, Progress};
 
 /// A migration as `--json` prints it.
@@ -23,6 +24,8 @@ pub struct MigrationJson {
     pub pause_ms: i64,
     pub interval_ms: u64,
     pub on_hold_until: Option<DateTime<Utc>>,
+    pub health_settings: HealthSettings,
+    pub target_sub_batch_ms: i64,
     pub created_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
@@ -46,6 +49,8 @@ impl MigrationJson {
             pause_ms: m.pause_ms,
             interval_ms: m.interval.as_millis() as u64,
             on_hold_until: m.on_hold_until,
+            health_settings: m.health.clone(),
+            target_sub_batch_ms: m.target_sub_batch_ms,
             created_at: m.created_at,
             started_at: m.started_at,
             finished_at: m.finished_at,
@@ -63,6 +68,7 @@ pub struct StatusJson {
     pub percent: f64,
     pub rows_per_second: Option<f64>,
     pub eta_seconds: Option<f64>,
+    pub hold_reason: Option<String>,
     pub jobs: JobCountsJson,
 }
 
@@ -85,6 +91,7 @@ impl StatusJson {
             percent: (p.percent * 10.0).round() / 10.0,
             rows_per_second: p.rows_per_second.map(|r| r.round()),
             eta_seconds: p.eta_seconds.map(|s| s.round()),
+            hold_reason: p.hold_reason.clone(),
             jobs: JobCountsJson {
                 pending: p.jobs.pending,
                 running: p.jobs.running,

@@ -111,6 +111,10 @@ async fn dispatch(cli: Cli) -> Result<()> {
             let sg = connect_ready(&cli).await?;
             output::show(&sg, &args.migration, args.json).await
         }
+        Command::Health(args) => {
+            let sg = connect_ready(&cli).await?;
+            output::health(&sg, &args.migration, args.json).await
+        }
         Command::Jobs(args) => {
             let sg = connect_ready(&cli).await?;
             output::jobs(&sg, &args.migration, args.status.as_deref(), args.json).await

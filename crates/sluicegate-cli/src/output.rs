@@ -8,7 +8,8 @@ use anyhow::{bail, Result};
 use chrono::{DateTime, Utc};
 use comfy_table::{presets::UTF8_FULL_CONDENSED, Cell, ContentArrangement, Table};
 use serde::Serialize;
-use sluicegate::{Job, JobStatus, Migration, Progress, Sluicegate};
+use sluicegate::health::Signal;
+use sluicegate::{Job, JobStatus, Progress, Sluicegate};
 pub use sluicegate_cli::json::MigrationJson;
 use sluicegate_cli::json::{job_duration_ms, JobJson, StatusJson};
 
@@ -34,7 +35,7 @@ pub fn format_duration(d: Duration) -> String {
     }
 }
 
-fn time(t: Option<DateTime<Utc>>) -> String {
+pub(crate) fn time(t: Option<DateTime<Utc>>) -> String {
     t.map(|t| t.format("%Y-%m-%d %H:%M:%S%.3f").to_string())
         .unwrap_or_else(|| "-".into())
 }
@@ -58,9 +59,13 @@ fn eta_text(p: &Progress) -> String {
         .map(|s| format_duration(Duration::from_secs_f64(s))))
 }
 
-fn hold_text(m: &Migration) -> String {
-    match m.on_hold_until {
-        Some(t) if t > Utc::now() => format!("on hold until {}", time(Some(t))),
+fn hold_text(p: &Progress) -> String {
+    match p.migration.on_hold_until {
+        Some(t) if t > Utc::now() => format!(
+            "on hold until {}: {}",
+            time(Some(t)),
+            p.hold_reason.as_deref().unwrap_or("?")
+        ),
         _ => String::new(),
     }
 }
@@ -111,7 +116,7 @@ pub async fn status(sg: &Sluicegate, json: bool) -> Result<()> {
                 p.jobs.failed,
                 p.jobs.total()
             )),
-            Cell::new(hold_text(m)),
+            Cell::new(hold_text(p)),
         ]);
     }
     println!("{t}");
@@ -196,7 +201,7 @@ pub async fn show(sg: &Sluicegate, migration: &str, json: bool) -> Result<()> {
     let rows: Vec<(&str, String)> = vec![
         ("id", m.id.to_string()),
         ("name", m.name.clone()),
-        ("status", format!("{} {}", m.status, hold_text(&m))),
+        ("status", format!("{} {}", m.status, hold_text(&p))),
         ("kind", m.job_kind.clone()),
         ("arguments", m.job_arguments.to_string()),
         ("table", format!("{}.{}", m.table_name, m.column_name)),
@@ -213,6 +218,34 @@ pub async fn show(sg: &Sluicegate, migration: &str, json: bool) -> Result<()> {
         (
             "interval / pause",
             format!("{} / {} ms", format_duration(m.interval), m.pause_ms),
+        ),
+        (
+            "health",
+            {
+                let h = &m.health;
+                format!(
+                    "hold {}; replica lag max {} bytes or {} ms; WAL archive backlog max {}; WAL rate max {}; \
+                     transaction age max {} ms; latency drift max {}x; probe {}",
+                    format_duration(h.hold()),
+                    h.max_replica_lag_bytes,
+                    h.max_replica_lag_ms,
+                    h.max_wal_archive_backlog,
+                    h.max_wal_rate_bytes
+                        .map(|b| format!("{b} bytes/s"))
+                        .unwrap_or_else(|| "none".into()),
+                    h.max_transaction_age_ms,
+                    h.latency_drift_factor,
+                    h.probe.as_deref().unwrap_or("none"),
+                )
+            },
+        ),
+        (
+            "sub-batch tuner",
+            if m.target_sub_batch_ms > 0 {
+                format!("aims at {} ms per sub-batch", m.target_sub_batch_ms)
+            } else {
+                "off (fixed sizes)".into()
+            },
         ),
         (
             "timeouts",
@@ -361,5 +394,42 @@ pub async fn history(sg: &Sluicegate, migration: &str, job: Option<i64>, json: b
     }
     println!("migration {} ({}):", m.id, m.name);
     println!("{t}");
+    Ok(())
+}
+
+/// `health`: every indicator's signal and reading now.
+pub async fn health(sg: &Sluicegate, migration: &str, json: bool) -> Result<()> {
+    let m = sg.migration(migration).await?;
+    let readings = sg.health(&m).await?;
+    let p = sg.progress(&m).await?;
+    let stop = readings.iter().any(|r| r.signal == Signal::Stop);
+    if json {
+        let out = serde_json::json!({
+            "migration_id": m.id,
+            "migration": m.name,
+            "status": m.status,
+            "stop": stop,
+            "on_hold_until": m.on_hold_until.filter(|t| *t > Utc::now()),
+            "hold_reason": p.hold_reason,
+            "indicators": readings,
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    let mut t = table();
+    t.set_header(["INDICATOR", "SIGNAL", "READING", "THRESHOLD"]);
+    for r in &readings {
+        t.add_row([
+            Cell::new(r.indicator),
+            Cell::new(r.signal),
+            Cell::new(&r.reading),
+            Cell::new(&r.threshold),
+        ]);
+    }
+    println!("{t}");
+    let note = hold_text(&p);
+    if !note.is_empty() {
+        println!("{}: {note}", m.name);
+    }
     Ok(())
 }

@@ -35,7 +35,9 @@ impl Reporter {
                 let migration_id = match &event {
                     StepOutcome::Ran { migration_id, .. }
                     | StepOutcome::Waiting { migration_id } => *migration_id,
-                    StepOutcome::Completed { migration } => migration.id,
+                    StepOutcome::Completed { migration } | StepOutcome::Held { migration, .. } => {
+                        migration.id
+                    }
                     StepOutcome::Idle => continue,
                 };
                 // A migration is read once, and again when it ends: a JSON line per job
@@ -126,6 +128,23 @@ impl Reporter {
                                 "sub_batch_size": job.sub_batch_size,
                                 "exception_class": class,
                                 "exception_message": message,
+                            })
+                        );
+                    }
+                    (StepOutcome::Held { migration, reason }, Some(bar)) => {
+                        let until = crate::output::time(migration.on_hold_until);
+                        bar.set_message(format!("on hold until {until}"));
+                        bar.println(format!("{}: on hold until {until}: {reason}", migration.name));
+                    }
+                    (StepOutcome::Held { migration, reason }, None) => {
+                        println!(
+                            "{}",
+                            json!({
+                                "event": "hold",
+                                "migration_id": migration.id,
+                                "migration": migration.name,
+                                "on_hold_until": migration.on_hold_until,
+                                "reason": reason,
                             })
                         );
                     }

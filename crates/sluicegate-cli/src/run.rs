@@ -26,6 +26,33 @@ fn request(args: &QueueArgs) -> Result<QueueRequest> {
     req.statement_timeout = args.statement_timeout;
     req.lock_timeout = args.lock_timeout;
     req.actor = "cli".into();
+    req.target_sub_batch_time = args.target_sub_batch_time;
+    let health = &mut req.health;
+    let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+    if let Some(v) = args.max_replica_lag_bytes {
+        health.max_replica_lag_bytes = v;
+    }
+    if let Some(v) = args.max_replica_lag {
+        health.max_replica_lag_ms = ms(v);
+    }
+    if let Some(v) = args.max_wal_archive_backlog {
+        health.max_wal_archive_backlog = v;
+    }
+    if let Some(v) = args.max_wal_rate {
+        health.max_wal_rate_bytes = Some(v);
+    }
+    if let Some(v) = args.max_transaction_age {
+        health.max_transaction_age_ms = ms(v);
+    }
+    if let Some(v) = &args.health_probe {
+        health.probe = Some(v.clone());
+    }
+    if let Some(v) = args.hold {
+        health.hold_ms = ms(v);
+    }
+    if let Some(v) = args.max_latency_drift {
+        health.latency_drift_factor = v;
+    }
     let given = [
         ("--set", args.set_clause.as_ref()),
         ("--where", args.where_clause.as_ref()),

@@ -13,6 +13,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
 use crate::error::{Error, Result};
+use crate::health::HealthSettings;
 use crate::ident::{self, TableName};
 use crate::kind::Registry;
 use crate::model::{Job, JobCounts, JobTransition, Migration, MigrationTransition, NewMigration};
@@ -97,6 +98,11 @@ pub struct QueueRequest {
     pub lock_timeout: Duration,
     /// Who queues it (written to its log).
     pub actor: String,
+    /// Health thresholds and hold duration.
+    pub health: HealthSettings,
+    /// The sub-batch tuner aims each sub-batch transaction at this (default 100 ms); zero
+    /// keeps the sub-batch size fixed (GitLab's behaviour).
+    pub target_sub_batch_time: Duration,
 }
 
 impl QueueRequest {
@@ -123,6 +129,8 @@ impl QueueRequest {
             statement_timeout: Duration::from_secs(30),
             lock_timeout: Duration::from_secs(5),
             actor: "library".to_owned(),
+            health: HealthSettings::default(),
+            target_sub_batch_time: Duration::from_millis(100),
         }
     }
 
@@ -152,6 +160,8 @@ pub struct Progress {
     pub rows_per_second: Option<f64>,
     /// Estimated time left.
     pub eta_seconds: Option<f64>,
+    /// While on hold: the indicator and reading that put it there.
+    pub hold_reason: Option<String>,
 }
 
 /// What queueing a migration would do: the validated row, and what a trial sub-batch
@@ -408,6 +418,14 @@ impl Sluicegate {
             )));
         }
         let next_min_value = bounds.map(|_| min_value);
+        if let Some(probe) = &req.health.probe {
+            let sample = self.target.health_sample(&table, Some(probe)).await?;
+            if let Some(Err(reason)) = sample.probe {
+                return Err(Error::InvalidSettings(format!(
+                    "--health-probe failed on a trial run: {reason}"
+                )));
+            }
+        }
         let trial_started = std::time::Instant::now();
         let trial = self
             .target
@@ -453,6 +471,8 @@ impl Sluicegate {
                 MigrationStatus::Active
             },
             total_tuple_count: self.target.row_estimate(&table).await?,
+            health: req.health.clone(),
+            target_sub_batch_ms: millis(req.target_sub_batch_time),
             actor: req.actor.clone(),
         };
         Ok(Plan {
@@ -627,7 +647,18 @@ impl Sluicegate {
     /// Progress of a migration: rows done, rate, ETA.
     pub async fn progress(&self, migration: &Migration) -> Result<Progress> {
         let jobs = self.store.job_counts(migration.id, MAX_ATTEMPTS).await?;
-        Ok(compute_progress(migration.clone(), jobs, Utc::now()))
+        let now = Utc::now();
+        let mut progress = compute_progress(migration.clone(), jobs, now);
+        if migration.on_hold_until.is_some_and(|t| t > now) {
+            progress.hold_reason = self
+                .migration_history(migration)
+                .await?
+                .into_iter()
+                .rev()
+                .find(|r| r.event == MigrationEvent::Hold)
+                .and_then(|r| r.reason);
+        }
+        Ok(progress)
     }
 
     /// Changes one job's status through the state machine, with its log row. Operators act
@@ -707,6 +738,9 @@ fn check_settings(req: &QueueRequest) -> Result<()> {
     if req.statement_timeout.is_zero() || req.lock_timeout.is_zero() {
         return bad("statement and lock timeouts must be positive".into());
     }
+    if let Some(reason) = req.health.invalid() {
+        return bad(reason);
+    }
     Ok(())
 }
 
@@ -753,5 +787,6 @@ pub fn compute_progress(migration: Migration, jobs: JobCounts, now: DateTime<Utc
         percent,
         rows_per_second,
         eta_seconds,
+        hold_reason: None,
     }
 }

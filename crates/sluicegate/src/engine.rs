@@ -14,6 +14,7 @@ use tokio::task::JoinHandle;
 use crate::client::{Sluicegate, LOG_RETENTION_MONTHS, MAX_ATTEMPTS};
 use crate::error::{Error, Result};
 use crate::failure::Failure;
+use crate::health::{self, LatencyTracker, Signal, WalRate};
 use crate::ident::TableName;
 use crate::kind::JobKind;
 use crate::model::{Job, Migration};
@@ -21,7 +22,7 @@ use crate::optimizer;
 use crate::status::{JobStatus, MigrationEvent, MigrationStatus};
 use crate::store::{
     Checkpoint, JobCreateParams, JobCreated, JobRange, JobSplitParams, JobTransitionParams,
-    MigrationTransitionParams, SubBatchOutcome, SubBatchSpec, Timeouts,
+    MigrationResizeParams, MigrationTransitionParams, SubBatchOutcome, SubBatchSpec, Timeouts,
 };
 
 /// Jobs that must have run before the failure ratio can fail a migration (GitLab: 50).
@@ -106,6 +107,13 @@ pub enum StepOutcome {
         /// The migration, final.
         migration: Box<Migration>,
     },
+    /// A health indicator said stop: the migration is on hold, no job ran.
+    Held {
+        /// The migration, on hold.
+        migration: Box<Migration>,
+        /// The indicator and its reading, as logged.
+        reason: String,
+    },
 }
 
 /// Something a worker did, for progress displays.
@@ -121,6 +129,10 @@ pub struct Worker {
     last_partition_check: Arc<std::sync::Mutex<Option<Instant>>>,
     /// The migration whose job this loop just ran, to continue without a new claim.
     sticky: Arc<std::sync::Mutex<Option<Migration>>>,
+    /// WAL rate between this worker's health samples.
+    wal_rate: Arc<std::sync::Mutex<WalRate>>,
+    /// Sub-batch latencies this worker measured, per migration.
+    latency: Arc<std::sync::Mutex<std::collections::HashMap<i64, LatencyTracker>>>,
 }
 
 impl std::fmt::Debug for Worker {
@@ -165,6 +177,8 @@ impl Worker {
             events: None,
             last_partition_check: Arc::new(std::sync::Mutex::new(None)),
             sticky: Arc::new(std::sync::Mutex::new(None)),
+            wal_rate: Arc::default(),
+            latency: Arc::default(),
         }
     }
 
@@ -240,23 +254,36 @@ impl Worker {
     }
 
     /// Runs steps until no active migration is left to work on (all finished, failed,
-    /// paused, cancelled or on hold), waiting for intervals and other workers' jobs.
+    /// paused or cancelled), waiting for intervals, holds and other workers' jobs.
     pub async fn run_until_idle(&self) -> Result<()> {
+        self.run_loop(true, &AtomicBool::new(false)).await
+    }
+
+    /// The step loop of [`Worker::run`]: until `stop` is set between steps, or with
+    /// `until_idle` also until no active migration is left.
+    async fn run_loop(&self, until_idle: bool, stop: &AtomicBool) -> Result<()> {
         let mut backoff = Backoff::default();
-        loop {
+        while !stop.load(Ordering::Relaxed) {
             match self.step().await {
-                Ok(StepOutcome::Idle) => match self.has_runnable_migrations().await {
-                    Ok(false) => return Ok(()),
-                    Ok(true) => {
-                        backoff.reset();
-                        tokio::time::sleep(self.opts.poll_interval).await;
+                Ok(StepOutcome::Idle) => {
+                    if until_idle {
+                        match self.has_runnable_migrations().await {
+                            Ok(false) => return Ok(()),
+                            Ok(true) => {}
+                            Err(e) => {
+                                self.on_error(e, &mut backoff).await?;
+                                continue;
+                            }
+                        }
                     }
-                    Err(e) => self.on_error(e, &mut backoff).await?,
-                },
+                    backoff.reset();
+                    tokio::time::sleep(self.opts.poll_interval).await;
+                }
                 Ok(_) => backoff.reset(),
                 Err(e) => self.on_error(e, &mut backoff).await?,
             }
         }
+        Ok(())
     }
 
     /// Runs `concurrency` step loops until `shutdown` resolves (then lets running jobs end)
@@ -276,21 +303,7 @@ impl Worker {
             }
             let stop = stop.clone();
             loops.push(tokio::spawn(async move {
-                if until_idle {
-                    return worker.run_until_idle().await;
-                }
-                let mut backoff = Backoff::default();
-                while !stop.load(Ordering::Relaxed) {
-                    match worker.step().await {
-                        Ok(StepOutcome::Idle) => {
-                            backoff.reset();
-                            tokio::time::sleep(worker.opts.poll_interval).await;
-                        }
-                        Ok(_) => backoff.reset(),
-                        Err(e) => worker.on_error(e, &mut backoff).await?,
-                    }
-                }
-                Ok(())
+                worker.run_loop(until_idle, &stop).await
             }));
         }
         let all = futures::future::try_join_all(loops);
@@ -327,13 +340,14 @@ impl Worker {
         Ok(())
     }
 
+    /// Whether an active or finalizing migration is left: one on hold counts, its work is
+    /// not done and the worker waits the hold out.
     async fn has_runnable_migrations(&self) -> Result<bool> {
-        let now = Utc::now();
         Ok(self.sg.store.migration_list().await?.iter().any(|m| {
             matches!(
                 m.status,
                 MigrationStatus::Active | MigrationStatus::Finalizing
-            ) && m.on_hold_until.is_none_or(|t| t <= now)
+            )
         }))
     }
 
@@ -431,6 +445,11 @@ impl Worker {
             });
         };
         let table = TableName::parse(&m.table_name)?;
+        if mode == Mode::Normal {
+            if let Some(held) = self.check_health(&m, &table).await? {
+                return Ok(held);
+            }
+        }
         match self.next_job(&m, &table).await? {
             Some(next) => self.run_job(m, next, kind.as_ref(), &table, mode).await,
             None => self.complete_if_done(&m).await,
@@ -456,6 +475,7 @@ impl Worker {
             if let Some(next_min) = next.next_min.filter(|_| m.interval.is_zero()) {
                 let mut again = m.clone();
                 again.next_min_value = next_min;
+                again.sub_batch_size = job.sub_batch_size.min(again.batch_size);
                 *self.sticky.lock().expect("not poisoned") = Some(again);
             }
         }
@@ -514,6 +534,9 @@ impl Worker {
             return Ok(None);
         };
         let table = TableName::parse(&m.table_name)?;
+        if let Some(held) = self.check_health(&m, &table).await? {
+            return Ok(Some(held));
+        }
         match self.create_job(&m, &table, start).await? {
             JobCreated::Created(job, next_min) => {
                 let next = NextJob {
@@ -658,6 +681,13 @@ impl Worker {
         let mut sub_batch_size = job.sub_batch_size;
         let mut entries = Vec::new();
         let (mut sub_batches, mut rows_total, mut slowest_ms) = (0u64, 0u64, 0u64);
+        let target_time = Duration::from_millis(m.target_sub_batch_ms.max(0) as u64);
+        self.latency
+            .lock()
+            .expect("not poisoned")
+            .entry(m.id)
+            .or_default()
+            .job_started();
         let checkpoint = self.sg.same_database.then_some(Checkpoint {
             job_id: job.id,
             attempts: job.attempts,
@@ -702,7 +732,17 @@ impl Worker {
                     {
                         return Ok((job, JobOutcome::Lost));
                     }
-                    let ms = t0.elapsed().as_millis() as u64;
+                    let took = t0.elapsed();
+                    let ms = took.as_millis() as u64;
+                    if let Some(tracker) = self.latency.lock().expect("not poisoned").get_mut(&m.id) {
+                        tracker.observe(took.as_secs_f64() * 1000.0, sub_batch_size);
+                    }
+                    sub_batch_size = optimizer::next_sub_batch_size(
+                        sub_batch_size,
+                        took,
+                        target_time,
+                        job.batch_size,
+                    );
                     sub_batches += 1;
                     rows_total += rows;
                     slowest_ms = slowest_ms.max(ms);
@@ -787,8 +827,11 @@ impl Worker {
         job: &Job,
         failure: &Failure,
     ) -> Result<()> {
-        if failure.is_timeout() && job.attempts >= MAX_ATTEMPTS {
-            self.split(m, table, job).await?;
+        if failure.is_timeout() {
+            self.shrink_after_timeout(m, job, failure).await?;
+            if job.attempts >= MAX_ATTEMPTS {
+                self.split(m, table, job).await?;
+            }
         }
         let counts = self.sg.store.job_counts(m.id, MAX_ATTEMPTS).await?;
         if counts.total() >= AUTO_FAIL_MIN_JOBS && counts.failed * 2 > counts.total() {
@@ -931,7 +974,9 @@ impl Worker {
         }
     }
 
-    /// GitLab's optimizer over the last 20 succeeded jobs; off at interval 0.
+    /// GitLab's optimizer over the last 20 succeeded jobs, weighted by rows affected and
+    /// capped by the slowest cost per row (see [`optimizer::next_batch_size_by_rows`]); off at
+    /// interval 0, where only the sub-batch tuner runs. A change is logged as `resize`.
     async fn optimize(&self, m: &Migration) -> Result<()> {
         if m.interval.is_zero() {
             return Ok(());
@@ -941,25 +986,106 @@ impl Worker {
             .store
             .job_recent_succeeded(m.id, optimizer::SAMPLE_JOBS as i64)
             .await?;
-        let durations: Vec<Duration> = jobs
+        let samples: Vec<optimizer::JobSample> = jobs
             .iter()
             .filter_map(|j| {
                 let ms = (j.finished_at? - j.started_at?).num_milliseconds();
-                Some(Duration::from_millis(ms.max(0) as u64))
+                Some(optimizer::JobSample {
+                    duration: Duration::from_millis(ms.max(0) as u64),
+                    rows: j.rows_affected,
+                })
             })
             .collect();
-        if let Some(next) =
-            optimizer::next_batch_size(m.batch_size, &durations, m.interval, m.max_batch_size)
-        {
-            tracing::info!(
-                migration = m.id,
-                from = m.batch_size,
-                to = next,
-                "batch size changed"
-            );
-            self.sg.store.migration_batch_size_set(m.id, next).await?;
-        }
+        let Some(resize) =
+            optimizer::next_batch_size_by_rows(m.batch_size, &samples, m.interval, m.max_batch_size)
+        else {
+            return Ok(());
+        };
+        // The batch never drops below the sub-batch: shrink that too when it must.
+        let params = MigrationResizeParams {
+            migration_id: m.id,
+            batch_size: resize.batch_size,
+            sub_batch_size: m.sub_batch_size.min(resize.batch_size),
+            reason: format!("optimizer: {}", resize.reason),
+            actor: self.opts.name.clone(),
+        };
+        tracing::info!(migration = m.id, reason = %params.reason, "batch size changed");
+        self.sg.store.migration_resize(&params).await?;
         Ok(())
+    }
+
+    /// A lock or statement timeout shrinks the migration's batch and sub-batch at once
+    /// (×0.75), not after twenty jobs, and logs why.
+    async fn shrink_after_timeout(&self, m: &Migration, job: &Job, failure: &Failure) -> Result<()> {
+        let Some(current) = self.sg.store.migration_get(m.id).await? else {
+            return Ok(());
+        };
+        let (batch, sub) = optimizer::after_timeout(current.batch_size, current.sub_batch_size);
+        if (batch, sub) == (current.batch_size, current.sub_batch_size) {
+            return Ok(());
+        }
+        let params = MigrationResizeParams {
+            migration_id: m.id,
+            batch_size: batch,
+            sub_batch_size: sub,
+            reason: format!(
+                "{} in job {}: batch size {} -> {batch}, sub-batch size {} -> {sub}",
+                failure.class, job.id, current.batch_size, current.sub_batch_size
+            ),
+            actor: self.opts.name.clone(),
+        };
+        tracing::info!(migration = m.id, reason = %params.reason, "batch size shrunk after a timeout");
+        self.sg.store.migration_resize(&params).await?;
+        Ok(())
+    }
+
+    /// Samples the target's health before a job. On a stop, puts the migration on hold for
+    /// its hold duration with the indicator and reading in its log, and gives up its table
+    /// lease; the batch size is left alone. `unknown` readings are logged at debug level.
+    async fn check_health(&self, m: &Migration, table: &TableName) -> Result<Option<StepOutcome>> {
+        let sample = self
+            .sg
+            .target
+            .health_sample(table, m.health.probe.as_deref())
+            .await?;
+        let rate = self
+            .wal_rate
+            .lock()
+            .expect("not poisoned")
+            .observe(sample.wal_lsn);
+        let readings = {
+            let latency = self.latency.lock().expect("not poisoned");
+            health::evaluate(&sample, &m.health, rate, latency.get(&m.id))
+        };
+        for r in readings.iter().filter(|r| r.signal == Signal::Unknown) {
+            tracing::debug!(migration = m.id, indicator = %r.indicator, reading = %r.reading, "health indicator unknown");
+        }
+        let Some(stop) = health::first_stop(&readings) else {
+            return Ok(None);
+        };
+        let reason = stop.reason();
+        let params = MigrationTransitionParams {
+            migration_id: m.id,
+            from: m.status,
+            to: m.status,
+            event: MigrationEvent::Hold,
+            reason: Some(reason.clone()),
+            actor: self.opts.name.clone(),
+            failure: None,
+            hold_until: Some(m.health.hold()),
+        };
+        let held = match self.sg.store.migration_transition(&params).await {
+            Ok(held) => held,
+            // Paused or cancelled meanwhile: nothing to hold.
+            Err(Error::Conflict { .. }) => return Ok(Some(StepOutcome::Waiting { migration_id: m.id })),
+            Err(e) => return Err(e),
+        };
+        self.sg.store.table_lease_release(m.id).await?;
+        tracing::warn!(migration = m.id, name = %m.name, until = ?held.on_hold_until, %reason, "migration on hold");
+        Ok(Some(StepOutcome::Held {
+            migration: Box::new(held),
+            reason,
+        }))
     }
 }
 

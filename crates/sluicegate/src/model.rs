@@ -6,6 +6,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::health::HealthSettings;
 use crate::status::{JobStatus, MigrationEvent, MigrationStatus};
 
 /// One queued data migration over one table.
@@ -44,6 +45,11 @@ pub struct Migration {
     pub statement_timeout_ms: i64,
     /// Lock timeout of each sub-batch, in milliseconds (PostgreSQL).
     pub lock_timeout_ms: i64,
+    /// Health thresholds and hold duration.
+    pub health: HealthSettings,
+    /// The sub-batch tuner aims each sub-batch transaction at this many milliseconds; 0 keeps
+    /// the sub-batch size fixed.
+    pub target_sub_batch_ms: i64,
     /// Current status.
     pub status: MigrationStatus,
     /// Estimated rows in the table at queue time (for progress).
@@ -184,6 +190,10 @@ pub struct NewMigration {
     pub statement_timeout_ms: i64,
     /// Sub-batch lock timeout.
     pub lock_timeout_ms: i64,
+    /// Health thresholds and hold duration.
+    pub health: HealthSettings,
+    /// Target sub-batch transaction time for the tuner.
+    pub target_sub_batch_ms: i64,
     /// `active` or `paused`.
     pub status: MigrationStatus,
     /// Row estimate.

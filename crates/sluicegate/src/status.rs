@@ -129,6 +129,7 @@ impl MigrationStatus {
             (Active, E::Pause) => Some(Paused),
             (Paused, E::Resume) => Some(Active),
             (Active, E::Hold) => Some(Active),
+            (Active | Paused | Finalizing, E::Resize) => Some(self),
             (Active | Paused, E::Finalize) => Some(Finalizing),
             (Active | Finalizing, E::Finish) => Some(Finished),
             (Active | Finalizing, E::Fail) => Some(Failed),
@@ -168,11 +169,13 @@ pub enum MigrationEvent {
     Cancel,
     /// `active|finalizing -> finished`.
     Finish,
+    /// The batch or sub-batch size changed (optimizer, timeout): the status stays.
+    Resize,
 }
 
 impl MigrationEvent {
     /// All events.
-    pub const ALL: [MigrationEvent; 9] = [
+    pub const ALL: [MigrationEvent; 10] = [
         Self::Queue,
         Self::Pause,
         Self::Resume,
@@ -182,6 +185,7 @@ impl MigrationEvent {
         Self::Fail,
         Self::Cancel,
         Self::Finish,
+        Self::Resize,
     ];
 
     /// The lowercase name stored in the database.
@@ -196,12 +200,14 @@ impl MigrationEvent {
             Self::Fail => "fail",
             Self::Cancel => "cancel",
             Self::Finish => "finish",
+            Self::Resize => "resize",
         }
     }
 
-    /// Whether the event changes the status (all but `queue`, which creates, and `hold`).
+    /// Whether the event changes the status (all but `queue`, which creates, and `hold` and
+    /// `resize`, which record something else).
     fn is_change(self) -> bool {
-        !matches!(self, Self::Queue | Self::Hold)
+        !matches!(self, Self::Queue | Self::Hold | Self::Resize)
     }
 }
 

@@ -9,6 +9,7 @@ use chrono::{DateTime, Datelike, NaiveDate, TimeZone, Utc};
 
 use crate::error::Result;
 use crate::failure::Failure;
+use crate::health::HealthSample;
 use crate::ident::TableName;
 use crate::kind::JobKind;
 use crate::model::{Job, JobCounts, JobTransition, Migration, MigrationTransition, NewMigration};
@@ -18,7 +19,7 @@ pub mod postgres;
 pub mod sqlite;
 
 /// Newest tracking-schema version this binary knows.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// Which database engine a store or target talks to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -226,8 +227,9 @@ pub trait Store: Send + Sync + 'static {
         migration_id: i64,
         expected_next_min: i64,
     ) -> Result<bool>;
-    /// Sets the batch size chosen by the optimizer.
-    async fn migration_batch_size_set(&self, migration_id: i64, batch_size: i64) -> Result<()>;
+    /// Changes the batch and sub-batch sizes (sub-batch clamped to the batch) with a `resize`
+    /// log row, in one transaction. `None` when the migration is final (nothing written).
+    async fn migration_resize(&self, params: &MigrationResizeParams) -> Result<Option<Migration>>;
 
     /// Creates the migration's next job, running, in one statement (see [`JobCreateParams`]).
     async fn job_create(&self, params: &JobCreateParams) -> Result<JobCreated>;
@@ -377,6 +379,27 @@ pub trait Target: Send + Sync + 'static {
     ) -> std::result::Result<SubBatchOutcome, Failure>;
     /// Runs one sub-batch and rolls it back: the queue-time check of a migration.
     async fn sub_batch_try(&self, spec: SubBatchSpec<'_>) -> std::result::Result<u64, Failure>;
+    /// What the database says about its health as it concerns `table` (one query on
+    /// PostgreSQL), and the answer of `probe`, run read-only and rolled back.
+    async fn health_sample(&self, table: &TableName, probe: Option<&str>) -> Result<HealthSample>;
+}
+
+/// How long a health probe may run.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A batch-size change and why.
+#[derive(Debug, Clone)]
+pub struct MigrationResizeParams {
+    /// The migration.
+    pub migration_id: i64,
+    /// New batch size.
+    pub batch_size: i64,
+    /// New sub-batch size (clamped to the batch size).
+    pub sub_batch_size: i64,
+    /// Why, for the log (`"optimizer: efficiency 0.50 over 20 jobs"`).
+    pub reason: String,
+    /// Who.
+    pub actor: String,
 }
 
 /// Runs `perform` on a sub-batch, turning a panic into a `Panic` failure.

@@ -11,18 +11,22 @@ use sqlx::{PgConnection, Row};
 
 use super::{
     add_months, duration_ms, month_start, Backend, Checkpoint, JobCreateParams, JobCreated,
-    JobRange, JobSplitParams, JobTransitionParams, MigrationTransitionParams, PartitionReport,
-    Store, SubBatchOutcome, SubBatchSpec, Target, SCHEMA_VERSION,
+    JobRange, JobSplitParams, JobTransitionParams, MigrationResizeParams, MigrationTransitionParams, PartitionReport,
+    Store, SubBatchOutcome, SubBatchSpec, Target, PROBE_TIMEOUT, SCHEMA_VERSION,
 };
 use crate::error::{Error, Result};
 use crate::failure::Failure;
+use crate::health::HealthSample;
 use crate::ident::{self, TableName};
 use crate::kind::{SubBatch, SubBatchConnection};
 use crate::model::{Job, JobCounts, JobTransition, Migration, MigrationTransition, NewMigration};
 use crate::status::{JobStatus, MigrationStatus};
 
 /// Schema migrations, in order. `{s}` stands for the quoted tracking schema.
-const SCHEMA_MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("schema/postgres_v1.sql"))];
+const SCHEMA_MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("schema/postgres_v1.sql")),
+    (2, include_str!("schema/postgres_v2.sql")),
+];
 
 const SETUP_LOCK: &str = "SELECT pg_advisory_xact_lock(hashtext('sluicegate.setup:' || $1))";
 const SCHEMA_VERSIONS_CREATE: &str = "CREATE TABLE IF NOT EXISTS {s}.schema_versions (
@@ -36,13 +40,13 @@ WITH m AS (
     INSERT INTO {s}.migrations (name, job_kind, table_name, column_name, job_arguments,
         min_value, max_value, next_min_value, batch_size, sub_batch_size, max_batch_size,
         pause_ms, interval_ms, statement_timeout_ms, lock_timeout_ms, status,
-        total_tuple_count, started_at)
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17,
+        total_tuple_count, health_settings, target_sub_batch_ms, started_at)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19,
         CASE WHEN $16 = 'active' THEN now() END)
     RETURNING *
 ), log AS (
     INSERT INTO {s}.migration_transition_logs (migration_id, previous_status, next_status, event, actor)
-    SELECT id, NULL, status, 'queue', $18 FROM m
+    SELECT id, NULL, status, 'queue', $20 FROM m
 )
 SELECT * FROM m";
 const MIGRATION_GET: &str = "SELECT * FROM {s}.migrations WHERE id = $1";
@@ -105,8 +109,17 @@ const TABLE_LEASE_RELEASE: &str = "DELETE FROM {s}.table_leases WHERE migration_
 const MIGRATION_RANGE_EXHAUST: &str =
     "UPDATE {s}.migrations SET next_min_value = NULL, updated_at = now()
     WHERE id = $1 AND next_min_value = $2";
-const MIGRATION_BATCH_SIZE_SET: &str = "UPDATE {s}.migrations
-    SET batch_size = greatest($2, sub_batch_size), updated_at = now() WHERE id = $1";
+const MIGRATION_RESIZE: &str = "
+WITH m AS (
+    UPDATE {s}.migrations SET batch_size = $2, sub_batch_size = least($3, $2), updated_at = now()
+    WHERE id = $1 AND status IN ('active', 'paused', 'finalizing')
+    RETURNING *
+), log AS (
+    INSERT INTO {s}.migration_transition_logs (migration_id, previous_status, next_status, event,
+        reason, actor)
+    SELECT id, status, status, 'resize', $4, $5 FROM m
+)
+SELECT * FROM m";
 
 /// `{range}` is a query returning one row `(first, last)`: either the given keys or the
 /// keyset walk over the target table (same database).
@@ -116,6 +129,7 @@ m AS (
     UPDATE {s}.migrations AS mg SET
         next_min_value = CASE WHEN r.first IS NOT NULL AND r.last < mg.max_value THEN r.last + 1 END,
         last_job_started_at = CASE WHEN r.first IS NULL THEN mg.last_job_started_at ELSE now() END,
+        sub_batch_size = least($6, mg.batch_size),
         updated_at = now()
     FROM r
     WHERE mg.id = $1 AND mg.next_min_value = $2 AND mg.status IN ('active', 'finalizing')
@@ -245,6 +259,59 @@ const TARGET_COLUMN_TYPE: &str = "SELECT format_type(a.atttypid, a.atttypmod)
     WHERE n.nspname = $1 AND c.relname = $2 AND a.attname = $3 AND a.attnum > 0 AND NOT a.attisdropped";
 const TARGET_ROW_ESTIMATE: &str =
     "SELECT reltuples::bigint FROM pg_catalog.pg_class WHERE oid = to_regclass($1)";
+
+/// Everything the health indicators read, as one JSON row, in one round trip. Statistics of
+/// other sessions need `pg_read_all_stats` and the archiver's directory `pg_monitor`; without
+/// them those parts are NULL and their indicators say `unknown`. `$1` is the quoted table.
+const TARGET_HEALTH: &str = r"
+WITH f AS (
+    SELECT pg_has_role(current_user, 'pg_read_all_stats', 'USAGE') AS stats,
+           pg_has_role(current_user, 'pg_monitor', 'USAGE') AS monitor,
+           pg_is_in_recovery() AS recovery,
+           current_setting('archive_mode') <> 'off' AS archiving,
+           to_regclass($1)::oid AS relid
+)
+SELECT json_build_object(
+    'stats', f.stats,
+    'monitor', f.monitor,
+    'archiving', f.archiving,
+    'autovacuum', CASE WHEN f.stats THEN (
+        SELECT coalesce(json_agg(json_build_object(
+                   'pid', a.pid,
+                   'wraparound', a.query LIKE '%(to prevent wraparound)%',
+                   'seconds', extract(epoch FROM now() - coalesce(a.xact_start, a.backend_start)))),
+               '[]'::json)
+        FROM pg_stat_progress_vacuum p JOIN pg_stat_activity a ON a.pid = p.pid
+        WHERE p.relid = f.relid AND a.backend_type = 'autovacuum worker') END,
+    'archive_ready', CASE WHEN f.monitor AND f.archiving THEN (
+        SELECT count(*) FROM pg_ls_archive_statusdir() WHERE name ~ '^[0-9A-F]{24}\.ready$') END,
+    'wal_lsn', CASE WHEN NOT f.recovery THEN pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint END,
+    'replicas', CASE WHEN f.stats AND NOT f.recovery THEN (
+        SELECT coalesce(json_agg(json_build_object(
+                   'name', r.application_name,
+                   'address', host(r.client_addr),
+                   'lag_bytes', pg_wal_lsn_diff(pg_current_wal_lsn(), r.replay_lsn)::bigint,
+                   'replay_lag_ms', extract(epoch FROM r.replay_lag) * 1000)),
+               '[]'::json)
+        FROM pg_stat_replication r) END,
+    'transactions', CASE WHEN f.stats THEN (
+        SELECT coalesce(json_agg(t ORDER BY t.age_ms DESC), '[]'::json)
+        FROM (SELECT a.pid, a.usename AS user, a.application_name AS application, a.state,
+                     extract(epoch FROM now() - a.xact_start) * 1000 AS age_ms
+              FROM pg_stat_activity a
+              WHERE a.datname = current_database() AND a.backend_type = 'client backend'
+                AND a.pid <> pg_backend_pid() AND a.xact_start IS NOT NULL
+              ORDER BY a.xact_start LIMIT 3) t) END,
+    'locks', (
+        SELECT coalesce(json_agg(json_build_object('pid', l.pid, 'mode', l.mode, 'granted', l.granted)),
+               '[]'::json)
+        FROM pg_locks l
+        WHERE l.locktype = 'relation' AND l.relation = f.relid AND l.pid <> pg_backend_pid()
+          AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+          AND (NOT l.granted OR l.mode IN ('ShareLock', 'ShareRowExclusiveLock', 'ExclusiveLock',
+                                           'AccessExclusiveLock')))
+)
+FROM f";
 
 /// The keyset walk as one row `(first, last)`: the first existing key in `[start, max]` and
 /// the `size`-th one, or the last one in range when fewer remain. The arguments are SQL
@@ -453,6 +520,8 @@ impl Store for PgStore {
             .bind(m.lock_timeout_ms)
             .bind(m.status.as_str())
             .bind(m.total_tuple_count)
+            .bind(Json(&m.health))
+            .bind(m.target_sub_batch_ms)
             .bind(&m.actor)
             .fetch_one(&self.pool)
             .await
@@ -558,14 +627,20 @@ impl Store for PgStore {
         Ok(done.rows_affected() == 1)
     }
 
-    async fn migration_batch_size_set(&self, migration_id: i64, batch_size: i64) -> Result<()> {
-        sqlx::query(&self.q(MIGRATION_BATCH_SIZE_SET))
-            .bind(migration_id)
-            .bind(batch_size)
-            .execute(&self.pool)
+    async fn migration_resize(&self, p: &MigrationResizeParams) -> Result<Option<Migration>> {
+        let row = sqlx::query(&self.q(MIGRATION_RESIZE))
+            .bind(p.migration_id)
+            .bind(p.batch_size)
+            .bind(p.sub_batch_size)
+            .bind(&p.reason)
+            .bind(&p.actor)
+            .fetch_optional(&self.pool)
             .await
-            .map_err(Error::db("setting a batch size"))?;
-        Ok(())
+            .map_err(Error::db(format!(
+                "resizing the batches of migration {}",
+                p.migration_id
+            )))?;
+        row.as_ref().map(migration_from_row).transpose()
     }
 
     async fn job_create(&self, p: &JobCreateParams) -> Result<JobCreated> {
@@ -895,6 +970,7 @@ fn migration_from_row(row: &PgRow) -> Result<Migration> {
     let status: String = row.try_get("status").map_err(decode)?;
     let interval_ms: i64 = row.try_get("interval_ms").map_err(decode)?;
     let Json(job_arguments) = row.try_get("job_arguments").map_err(decode)?;
+    let Json(health) = row.try_get("health_settings").map_err(decode)?;
     Ok(Migration {
         id: row.try_get("id").map_err(decode)?,
         name: row.try_get("name").map_err(decode)?,
@@ -912,6 +988,8 @@ fn migration_from_row(row: &PgRow) -> Result<Migration> {
         interval: Duration::from_millis(interval_ms.max(0) as u64),
         statement_timeout_ms: row.try_get("statement_timeout_ms").map_err(decode)?,
         lock_timeout_ms: row.try_get("lock_timeout_ms").map_err(decode)?,
+        health,
+        target_sub_batch_ms: row.try_get("target_sub_batch_ms").map_err(decode)?,
         status: status.parse()?,
         total_tuple_count: row.try_get("total_tuple_count").map_err(decode)?,
         on_hold_until: row.try_get("on_hold_until").map_err(decode)?,
@@ -991,6 +1069,32 @@ pub struct PgTarget {
 }
 
 impl PgTarget {
+    /// Runs the user's probe read-only, with a statement timeout, and rolls it back. Its own
+    /// errors are the answer (`Err`); only losing the connection is an error of ours.
+    async fn probe(&self, probe: &str) -> Result<std::result::Result<Option<bool>, String>> {
+        let context = "running the health probe";
+        let mut tx = self.pool.begin().await.map_err(Error::db(context))?;
+        let setup = format!(
+            "SET TRANSACTION READ ONLY; SET LOCAL statement_timeout = {}",
+            PROBE_TIMEOUT.as_millis()
+        );
+        sqlx::Executor::execute(&mut *tx, setup.as_str())
+            .await
+            .map_err(Error::db(context))?;
+        let answer = sqlx::query_scalar::<_, Option<bool>>(probe)
+            .fetch_one(&mut *tx)
+            .await;
+        let _ = tx.rollback().await;
+        Ok(match answer {
+            Ok(value) => Ok(value),
+            Err(sqlx::Error::RowNotFound) => Err("it returned no row".into()),
+            Err(e @ sqlx::Error::ColumnDecode { .. }) => {
+                Err(format!("it must return one boolean column: {e}"))
+            }
+            Err(e) => Err(Failure::from_sqlx(&e).message),
+        })
+    }
+
     /// A target on `pool`; `same_database_store` makes each sub-batch commit the job cursor
     /// in its own transaction (exactly-once).
     pub fn new(pool: PgPool, same_database_store: Option<&PgStore>) -> Self {
@@ -1196,6 +1300,47 @@ impl Target for PgTarget {
         let performed = Self::perform_in(&mut tx, &spec).await;
         tx.rollback().await?;
         Ok(performed?.map_or(0, |(_, _, rows)| rows))
+    }
+
+    async fn health_sample(&self, table: &TableName, probe: Option<&str>) -> Result<HealthSample> {
+        #[derive(serde::Deserialize)]
+        struct Row {
+            stats: bool,
+            monitor: bool,
+            archiving: bool,
+            autovacuum: Option<Vec<crate::health::AutovacuumWorker>>,
+            archive_ready: Option<i64>,
+            wal_lsn: Option<i64>,
+            replicas: Option<Vec<crate::health::Replica>>,
+            transactions: Option<Vec<crate::health::OpenTransaction>>,
+            locks: Option<Vec<crate::health::TableLock>>,
+        }
+        let context = "reading health indicators";
+        let Json(row): Json<Row> = sqlx::query_scalar(TARGET_HEALTH)
+            .bind(table.quoted())
+            .fetch_one(&self.pool)
+            .await
+            .map_err(Error::db(context))?;
+        let not_available = match (row.stats, row.monitor) {
+            (true, true) => None,
+            (false, _) => Some("needs the pg_read_all_stats role".to_owned()),
+            (true, false) => Some("needs the pg_monitor role".to_owned()),
+        };
+        let mut sample = HealthSample {
+            not_available,
+            autovacuum: row.autovacuum,
+            archiving: Some(row.archiving),
+            archive_ready: row.archive_ready,
+            wal_lsn: row.wal_lsn,
+            replicas: row.replicas,
+            transactions: row.transactions,
+            locks: row.locks,
+            probe: None,
+        };
+        if let Some(probe) = probe {
+            sample.probe = Some(self.probe(probe).await?);
+        }
+        Ok(sample)
     }
 }
 

@@ -15,17 +15,21 @@ use sqlx::{Row, SqliteConnection};
 
 use super::{
     Backend, Checkpoint, JobCreateParams, JobCreated, JobRange, JobSplitParams,
-    JobTransitionParams, MigrationTransitionParams, PartitionReport, Store, SubBatchOutcome,
-    SubBatchSpec, Target, SCHEMA_VERSION,
+    JobTransitionParams, MigrationResizeParams, MigrationTransitionParams, PartitionReport, Store, SubBatchOutcome,
+    SubBatchSpec, Target, PROBE_TIMEOUT, SCHEMA_VERSION,
 };
 use crate::error::{Error, Result};
 use crate::failure::Failure;
+use crate::health::HealthSample;
 use crate::ident::{self, TableName};
 use crate::kind::{SubBatch, SubBatchConnection};
 use crate::model::{Job, JobCounts, JobTransition, Migration, MigrationTransition, NewMigration};
-use crate::status::{JobStatus, MigrationStatus};
+use crate::status::{JobStatus, MigrationEvent, MigrationStatus};
 
-const SCHEMA_MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("schema/sqlite_v1.sql"))];
+const SCHEMA_MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("schema/sqlite_v1.sql")),
+    (2, include_str!("schema/sqlite_v2.sql")),
+];
 
 const SCHEMA_VERSIONS_CREATE: &str = "CREATE TABLE IF NOT EXISTS sluicegate_schema_versions (
     version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)";
@@ -38,9 +42,9 @@ const SCHEMA_VERSION_INSERT: &str =
 const MIGRATION_INSERT: &str = "INSERT INTO sluicegate_migrations (name, job_kind, table_name,
     column_name, job_arguments, min_value, max_value, next_min_value, batch_size, sub_batch_size,
     max_batch_size, pause_ms, interval_ms, statement_timeout_ms, lock_timeout_ms, status,
-    total_tuple_count, started_at, created_at, updated_at)
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17,
-        CASE WHEN $16 = 'active' THEN $18 END, $18, $18)
+    total_tuple_count, health_settings, target_sub_batch_ms, started_at, created_at, updated_at)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19,
+        CASE WHEN $16 = 'active' THEN $20 END, $20, $20)
     RETURNING *";
 const MIGRATION_LOG_INSERT: &str = "INSERT INTO sluicegate_migration_transition_logs (migration_id,
     previous_status, next_status, event, reason, actor, exception_class, exception_message, created_at)
@@ -81,10 +85,14 @@ const TABLE_LEASE_RENEW: &str =
 const MIGRATION_RANGE_EXHAUST: &str =
     "UPDATE sluicegate_migrations SET next_min_value = NULL, updated_at = $3
     WHERE id = $1 AND next_min_value = $2";
-const MIGRATION_BATCH_SIZE_SET: &str = "UPDATE sluicegate_migrations
-    SET batch_size = max($2, sub_batch_size), updated_at = $3 WHERE id = $1";
+const MIGRATION_RESIZE: &str = "UPDATE sluicegate_migrations
+    SET batch_size = $2, sub_batch_size = min($3, $2), updated_at = $4
+    WHERE id = $1 AND status IN ('active', 'paused', 'finalizing')
+    RETURNING *";
 const MIGRATION_JOB_STARTED: &str = "UPDATE sluicegate_migrations
-    SET next_min_value = $2, last_job_started_at = $3, updated_at = coalesce($3, updated_at) WHERE id = $1";
+    SET next_min_value = $2, last_job_started_at = $3, updated_at = coalesce($3, updated_at),
+        sub_batch_size = min($4, batch_size)
+    WHERE id = $1";
 
 const JOB_INSERT_RUNNING: &str = "INSERT INTO sluicegate_jobs (migration_id, min_value, max_value,
     batch_size, sub_batch_size, pause_ms, status, attempts, started_at, worker, lease_expires_at,
@@ -394,6 +402,8 @@ impl Store for SqliteStore {
             .bind(m.lock_timeout_ms)
             .bind(m.status.as_str())
             .bind(m.total_tuple_count)
+            .bind(serde_json::to_string(&m.health).expect("settings serialize"))
+            .bind(m.target_sub_batch_ms)
             .bind(&at)
             .fetch_one(&mut *tx)
             .await
@@ -557,15 +567,36 @@ impl Store for SqliteStore {
         Ok(done.rows_affected() == 1)
     }
 
-    async fn migration_batch_size_set(&self, migration_id: i64, batch_size: i64) -> Result<()> {
-        sqlx::query(MIGRATION_BATCH_SIZE_SET)
-            .bind(migration_id)
-            .bind(batch_size)
-            .bind(ts(now()))
-            .execute(&self.pool)
+    async fn migration_resize(&self, p: &MigrationResizeParams) -> Result<Option<Migration>> {
+        let context = format!("resizing the batches of migration {}", p.migration_id);
+        let at = ts(now());
+        let mut tx = self.begin_immediate(&context).await?;
+        let row = sqlx::query(MIGRATION_RESIZE)
+            .bind(p.migration_id)
+            .bind(p.batch_size)
+            .bind(p.sub_batch_size)
+            .bind(&at)
+            .fetch_optional(&mut *tx)
             .await
-            .map_err(Error::db("setting a batch size"))?;
-        Ok(())
+            .map_err(Error::db(&context))?;
+        let Some(m) = row.as_ref().map(migration_from_row).transpose()? else {
+            return Ok(None);
+        };
+        sqlx::query(MIGRATION_LOG_INSERT)
+            .bind(m.id)
+            .bind(m.status.as_str())
+            .bind(m.status.as_str())
+            .bind(MigrationEvent::Resize.as_str())
+            .bind(&p.reason)
+            .bind(&p.actor)
+            .bind(None::<&str>)
+            .bind(None::<&str>)
+            .bind(&at)
+            .execute(&mut *tx)
+            .await
+            .map_err(Error::db(&context))?;
+        tx.commit().await.map_err(Error::db(&context))?;
+        Ok(Some(m))
     }
 
     async fn job_create(&self, p: &JobCreateParams) -> Result<JobCreated> {
@@ -622,6 +653,7 @@ impl Store for SqliteStore {
             } else {
                 m.last_job_started_at.map(ts)
             })
+            .bind(p.sub_batch_size)
             .execute(&mut *tx)
             .await
             .map_err(Error::db(&context))?;
@@ -931,6 +963,9 @@ fn migration_from_row(row: &SqliteRow) -> Result<Migration> {
         interval: Duration::from_millis(interval_ms.max(0) as u64),
         statement_timeout_ms: row.try_get("statement_timeout_ms").map_err(decode)?,
         lock_timeout_ms: row.try_get("lock_timeout_ms").map_err(decode)?,
+        health: serde_json::from_value(json_col(row, "health_settings")?)
+            .map_err(|e| Error::Corrupt(format!("bad health_settings: {e}")))?,
+        target_sub_batch_ms: row.try_get("target_sub_batch_ms").map_err(decode)?,
         status: status.parse()?,
         total_tuple_count: row.try_get("total_tuple_count").map_err(decode)?,
         on_hold_until: time_col(row, "on_hold_until")?,
@@ -1205,5 +1240,35 @@ impl Target for SqliteTarget {
         let performed = Self::perform_in(&mut tx, &spec).await;
         tx.rollback().await?;
         Ok(performed?.map_or(0, |(_, _, rows)| rows))
+    }
+
+    /// SQLite has no vacuum workers, archiver, replicas or lock table to ask: only the probe
+    /// means something here.
+    async fn health_sample(&self, _table: &TableName, probe: Option<&str>) -> Result<HealthSample> {
+        let mut sample = HealthSample {
+            not_available: Some("not available on SQLite".into()),
+            ..HealthSample::default()
+        };
+        if let Some(probe) = probe {
+            let context = "running the health probe";
+            let mut conn = self.pool.acquire().await.map_err(Error::db(context))?;
+            sqlx::Executor::execute(&mut *conn, "PRAGMA query_only = 1")
+                .await
+                .map_err(Error::db(context))?;
+            let answer = tokio::time::timeout(
+                PROBE_TIMEOUT,
+                sqlx::query_scalar::<_, Option<bool>>(probe).fetch_one(&mut *conn),
+            )
+            .await;
+            sqlx::Executor::execute(&mut *conn, "PRAGMA query_only = 0")
+                .await
+                .map_err(Error::db(context))?;
+            sample.probe = Some(match answer {
+                Ok(Ok(value)) => Ok(value),
+                Ok(Err(e)) => Err(Failure::from_sqlx(&e).message),
+                Err(_) => Err(format!("no answer within {}s", PROBE_TIMEOUT.as_secs())),
+            });
+        }
+        Ok(sample)
     }
 }

@@ -1,0 +1,672 @@
+//! Health indicators: whether the database can take more of this migration now (DESIGN §8).
+//!
+//! A worker takes a [`HealthSample`] from the target database before every job (one query on
+//! PostgreSQL, plus the user's probe when there is one), adds what only it knows (WAL rate
+//! between its samples, its own sub-batch latencies), and [`evaluate`]s the lot against the
+//! migration's [`HealthSettings`]. Any `stop` puts the migration on hold; `unknown` is
+//! logged and does not hold. Evaluation is pure, so thresholds are unit-tested without a
+//! server; the samples are tested against real catalog state in `tests/health.rs`.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+/// Per-migration thresholds, stored as JSON in `migrations.health_settings`. Fields missing
+/// from the stored JSON take their defaults, so older rows read as the defaults.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct HealthSettings {
+    /// Replay lag of any replica, in bytes of WAL, above which to hold (default 1 GiB).
+    pub max_replica_lag_bytes: i64,
+    /// Replay lag of any replica, in milliseconds, above which to hold (default 30 s).
+    pub max_replica_lag_ms: i64,
+    /// WAL segments waiting for the archiver above which to hold (GitLab: 42).
+    pub max_wal_archive_backlog: i64,
+    /// WAL written per second (bytes) above which to hold; `None`: reported, never holds.
+    pub max_wal_rate_bytes: Option<i64>,
+    /// Age of the oldest transaction in the database (idle-in-transaction included) above
+    /// which to hold, in milliseconds (default 10 minutes).
+    pub max_transaction_age_ms: i64,
+    /// A query returning one boolean: `false` holds.
+    pub probe: Option<String>,
+    /// How long a stop holds the migration, in milliseconds (GitLab: 10 minutes).
+    pub hold_ms: i64,
+    /// Hold when recent sub-batches take this many times their running median per key.
+    pub latency_drift_factor: f64,
+}
+
+impl Default for HealthSettings {
+    fn default() -> Self {
+        Self {
+            max_replica_lag_bytes: 1 << 30,
+            max_replica_lag_ms: 30_000,
+            max_wal_archive_backlog: 42,
+            max_wal_rate_bytes: None,
+            max_transaction_age_ms: 10 * 60 * 1000,
+            probe: None,
+            hold_ms: 10 * 60 * 1000,
+            latency_drift_factor: 5.0,
+        }
+    }
+}
+
+impl HealthSettings {
+    /// How long a stop holds.
+    pub fn hold(&self) -> Duration {
+        Duration::from_millis(self.hold_ms.max(0) as u64)
+    }
+
+    /// The first setting that makes no sense, described.
+    pub fn invalid(&self) -> Option<String> {
+        let positive = [
+            ("--max-replica-lag-bytes", self.max_replica_lag_bytes),
+            ("--max-replica-lag", self.max_replica_lag_ms),
+            ("--max-wal-archive-backlog", self.max_wal_archive_backlog),
+            ("--max-transaction-age", self.max_transaction_age_ms),
+            ("--hold", self.hold_ms),
+            ("--max-wal-rate", self.max_wal_rate_bytes.unwrap_or(1)),
+        ];
+        if let Some((flag, value)) = positive.iter().find(|(_, v)| *v <= 0) {
+            return Some(format!("{flag} must be positive (got {value})"));
+        }
+        if !(self.latency_drift_factor > 1.0) {
+            return Some(format!(
+                "the latency drift factor must be above 1 (got {})",
+                self.latency_drift_factor
+            ));
+        }
+        if self.probe.as_deref().is_some_and(|p| p.trim().is_empty()) {
+            return Some("--health-probe is empty".into());
+        }
+        None
+    }
+}
+
+/// What an indicator says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Signal {
+    /// Go on.
+    Normal,
+    /// Hold the migration.
+    Stop,
+    /// Cannot tell (no privilege, no meaning on this engine, no data yet): logged, no hold.
+    Unknown,
+}
+
+impl fmt::Display for Signal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Normal => "normal",
+            Self::Stop => "stop",
+            Self::Unknown => "unknown",
+        })
+    }
+}
+
+/// The indicators, in the order they are reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Indicator {
+    /// Autovacuum working on the target table (wraparound prevention above all).
+    Autovacuum,
+    /// WAL segments waiting for the archiver.
+    WalArchiveBacklog,
+    /// WAL written per second.
+    WalRate,
+    /// Replay lag of replicas.
+    ReplicaLag,
+    /// Old transactions, idle-in-transaction included.
+    LongTransactions,
+    /// Sessions waiting for a lock on the target table, or holding one that blocks writes.
+    LockWaits,
+    /// The user's SQL probe.
+    Probe,
+    /// Sub-batch time per key against its own running median.
+    SubBatchLatency,
+}
+
+impl Indicator {
+    /// The name used in logs, hold reasons and metrics labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Autovacuum => "autovacuum",
+            Self::WalArchiveBacklog => "wal_archive_backlog",
+            Self::WalRate => "wal_rate",
+            Self::ReplicaLag => "replica_lag",
+            Self::LongTransactions => "long_transactions",
+            Self::LockWaits => "lock_waits",
+            Self::Probe => "probe",
+            Self::SubBatchLatency => "sub_batch_latency",
+        }
+    }
+}
+
+impl fmt::Display for Indicator {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One indicator's verdict.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Reading {
+    /// Which indicator.
+    pub indicator: Indicator,
+    /// What it says.
+    pub signal: Signal,
+    /// What it saw, for humans (`"replica standby1 is 52.0 MiB behind"`).
+    pub reading: String,
+    /// The threshold it compares against, for humans.
+    pub threshold: String,
+}
+
+impl Reading {
+    /// `indicator: reading (threshold)`: the reason written to a hold's log row.
+    pub fn reason(&self) -> String {
+        format!("{}: {} ({})", self.indicator, self.reading, self.threshold)
+    }
+}
+
+/// A session running autovacuum on the target table.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct AutovacuumWorker {
+    /// Its process id.
+    pub pid: i64,
+    /// Whether it runs to prevent transaction-id wraparound.
+    pub wraparound: bool,
+    /// Seconds since it started.
+    pub seconds: f64,
+}
+
+/// A replica as the primary sees it.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct Replica {
+    /// `application_name` of its WAL receiver.
+    pub name: String,
+    /// Its address, when it connects over TCP.
+    pub address: Option<String>,
+    /// WAL bytes written here and not replayed there.
+    pub lag_bytes: Option<i64>,
+    /// `replay_lag` in milliseconds.
+    pub replay_lag_ms: Option<f64>,
+}
+
+/// An open transaction of another session.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct OpenTransaction {
+    /// Process id.
+    pub pid: i64,
+    /// Its user.
+    pub user: Option<String>,
+    /// `application_name`.
+    pub application: Option<String>,
+    /// `active`, `idle in transaction`, ...
+    pub state: Option<String>,
+    /// Milliseconds since the transaction began.
+    pub age_ms: f64,
+}
+
+/// A lock on the target table that matters to us.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct TableLock {
+    /// Process id.
+    pub pid: i64,
+    /// Lock mode (`AccessExclusiveLock`, ...).
+    pub mode: String,
+    /// Granted (a holder that blocks writes) or not (a waiter).
+    pub granted: bool,
+}
+
+/// What the database says about itself, as raw as it comes. `None` means it could not be
+/// read (no privilege, no meaning on this engine): its indicator reports `unknown`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct HealthSample {
+    /// Why the PostgreSQL-only parts are missing, when they are (`"SQLite"`, `"needs
+    /// pg_read_all_stats"`).
+    pub not_available: Option<String>,
+    /// Autovacuum workers on the table.
+    pub autovacuum: Option<Vec<AutovacuumWorker>>,
+    /// `archive_mode` is on.
+    pub archiving: Option<bool>,
+    /// Segments marked `.ready` in `archive_status`.
+    pub archive_ready: Option<i64>,
+    /// Current WAL position in bytes (primary only).
+    pub wal_lsn: Option<i64>,
+    /// Replicas streaming from this server.
+    pub replicas: Option<Vec<Replica>>,
+    /// The oldest open transactions of other sessions in this database, oldest first.
+    pub transactions: Option<Vec<OpenTransaction>>,
+    /// Waiting locks and write-blocking locks held by others on the table.
+    pub locks: Option<Vec<TableLock>>,
+    /// The probe's answer: `Ok(Some(b))`, `Ok(None)` for NULL, `Err` for an error.
+    pub probe: Option<Result<Option<bool>, String>>,
+}
+
+/// WAL rate between samples at least a second apart, kept by each worker per target.
+#[derive(Debug, Default)]
+pub struct WalRate {
+    last: Option<(i64, Instant)>,
+    rate: Option<f64>,
+}
+
+impl WalRate {
+    /// Feeds a WAL position; returns bytes per second over the last second or more.
+    pub fn observe(&mut self, lsn: Option<i64>) -> Option<f64> {
+        let lsn = lsn?;
+        match self.last {
+            Some((prev, at)) if at.elapsed() >= Duration::from_secs(1) => {
+                self.rate = Some((lsn - prev).max(0) as f64 / at.elapsed().as_secs_f64());
+                self.last = Some((lsn, Instant::now()));
+            }
+            Some(_) => {}
+            None => self.last = Some((lsn, Instant::now())),
+        }
+        self.rate
+    }
+}
+
+/// Sub-batch time per key: a running median of the last [`LatencyTracker::KEPT`] sub-batches
+/// against the median of the latest job's. Per key, because the sub-batch tuner changes
+/// sub-batch sizes all the time.
+#[derive(Debug, Default, Clone)]
+pub struct LatencyTracker {
+    history: VecDeque<f64>,
+    recent_per_key: Vec<f64>,
+    recent_ms: Vec<f64>,
+}
+
+impl LatencyTracker {
+    /// Sub-batches remembered for the running median.
+    pub const KEPT: usize = 500;
+    /// Sub-batches needed before the indicator says anything.
+    pub const MIN_SAMPLES: usize = 20;
+    /// Sub-batches faster than this never count as drifting (noise on tiny batches).
+    pub const FLOOR_MS: f64 = 20.0;
+
+    /// Starts a job's sample.
+    pub fn job_started(&mut self) {
+        self.recent_per_key.clear();
+        self.recent_ms.clear();
+    }
+
+    /// One sub-batch of `keys` keys took `ms`.
+    pub fn observe(&mut self, ms: f64, keys: i64) {
+        let per_key = ms.max(0.0) / keys.max(1) as f64;
+        self.recent_per_key.push(per_key);
+        self.recent_ms.push(ms.max(0.0));
+        if self.history.len() == Self::KEPT {
+            self.history.pop_front();
+        }
+        self.history.push_back(per_key);
+    }
+
+    /// The indicator's verdict with drift `factor`.
+    pub fn reading(&self, factor: f64) -> Reading {
+        let threshold = format!("max {factor}x the running median per key");
+        let reading = |signal, reading: String| Reading {
+            indicator: Indicator::SubBatchLatency,
+            signal,
+            reading,
+            threshold: threshold.clone(),
+        };
+        if self.history.len() < Self::MIN_SAMPLES || self.recent_per_key.is_empty() {
+            return reading(
+                Signal::Unknown,
+                format!(
+                    "{} sub-batches measured so far, {} needed",
+                    self.history.len(),
+                    Self::MIN_SAMPLES
+                ),
+            );
+        }
+        let all = median(self.history.iter().copied().collect());
+        let recent = median(self.recent_per_key.clone());
+        let recent_ms = median(self.recent_ms.clone());
+        let ratio = if all > 0.0 { recent / all } else { 1.0 };
+        let text = format!(
+            "latest job's sub-batches {recent_ms:.1} ms median, {ratio:.1}x the running median per key"
+        );
+        let signal = if ratio > factor && recent_ms >= Self::FLOOR_MS {
+            Signal::Stop
+        } else {
+            Signal::Normal
+        };
+        reading(signal, text)
+    }
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(|a, b| a.total_cmp(b));
+    match values.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => values[n / 2],
+        n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
+}
+
+fn mib(bytes: f64) -> String {
+    format!("{:.1} MiB", bytes / (1024.0 * 1024.0))
+}
+
+fn human_ms(ms: f64) -> String {
+    if ms < 1000.0 {
+        format!("{:.0}ms", ms.max(0.0))
+    } else {
+        humantime::format_duration(Duration::from_secs((ms / 1000.0) as u64)).to_string()
+    }
+}
+
+/// Judges a sample against the thresholds. `wal_rate` is bytes per second from
+/// [`WalRate`]; `latency` is the worker's own tracker for this migration.
+pub fn evaluate(
+    sample: &HealthSample,
+    settings: &HealthSettings,
+    wal_rate: Option<f64>,
+    latency: Option<&LatencyTracker>,
+) -> Vec<Reading> {
+    let unavailable = sample
+        .not_available
+        .clone()
+        .unwrap_or_else(|| "not readable".into());
+    let unknown = |indicator, threshold: String| Reading {
+        indicator,
+        signal: Signal::Unknown,
+        reading: unavailable.clone(),
+        threshold,
+    };
+    let judge = |indicator, stop: bool, reading: String, threshold: String| Reading {
+        indicator,
+        signal: if stop { Signal::Stop } else { Signal::Normal },
+        reading,
+        threshold,
+    };
+    let mut out = Vec::new();
+
+    let threshold = "no autovacuum on the table".to_owned();
+    out.push(match &sample.autovacuum {
+        None => unknown(Indicator::Autovacuum, threshold),
+        Some(workers) => match workers
+            .iter()
+            .max_by_key(|w| (w.wraparound, w.seconds as i64))
+        {
+            None => judge(
+                Indicator::Autovacuum,
+                false,
+                "no autovacuum on the table".into(),
+                threshold,
+            ),
+            Some(w) => judge(
+                Indicator::Autovacuum,
+                true,
+                format!(
+                    "autovacuum{} on the table (pid {}, running {})",
+                    if w.wraparound {
+                        " to prevent wraparound"
+                    } else {
+                        ""
+                    },
+                    w.pid,
+                    human_ms(w.seconds * 1000.0)
+                ),
+                threshold,
+            ),
+        },
+    });
+
+    let threshold = format!("max {} segments", settings.max_wal_archive_backlog);
+    out.push(match (sample.archiving, sample.archive_ready) {
+        (Some(false), _) => judge(
+            Indicator::WalArchiveBacklog,
+            false,
+            "archive_mode is off".into(),
+            threshold,
+        ),
+        (Some(true), Some(ready)) => judge(
+            Indicator::WalArchiveBacklog,
+            ready > settings.max_wal_archive_backlog,
+            format!("{ready} WAL segments waiting for the archiver"),
+            threshold,
+        ),
+        _ => unknown(Indicator::WalArchiveBacklog, threshold),
+    });
+
+    let threshold = match settings.max_wal_rate_bytes {
+        Some(max) => format!("max {}/s", mib(max as f64)),
+        None => "no limit set".into(),
+    };
+    out.push(match (sample.wal_lsn, wal_rate) {
+        (None, _) => unknown(Indicator::WalRate, threshold),
+        (Some(_), None) => Reading {
+            indicator: Indicator::WalRate,
+            signal: Signal::Unknown,
+            reading: "first sample; the rate needs two a second apart".into(),
+            threshold,
+        },
+        (Some(_), Some(rate)) => judge(
+            Indicator::WalRate,
+            settings
+                .max_wal_rate_bytes
+                .is_some_and(|max| rate > max as f64),
+            format!("{}/s of WAL written", mib(rate)),
+            threshold,
+        ),
+    });
+
+    let threshold = format!(
+        "max {} or {}",
+        mib(settings.max_replica_lag_bytes as f64),
+        human_ms(settings.max_replica_lag_ms as f64)
+    );
+    out.push(match &sample.replicas {
+        None => unknown(Indicator::ReplicaLag, threshold),
+        Some(replicas) if replicas.is_empty() => judge(
+            Indicator::ReplicaLag,
+            false,
+            "no replicas streaming from this server".into(),
+            threshold,
+        ),
+        Some(replicas) => {
+            let name = |r: &Replica| match &r.address {
+                Some(a) => format!("{} ({a})", r.name),
+                None => r.name.clone(),
+            };
+            let worst_bytes = replicas.iter().max_by_key(|r| r.lag_bytes.unwrap_or(0));
+            let worst_time = replicas
+                .iter()
+                .max_by(|a, b| {
+                    a.replay_lag_ms
+                        .unwrap_or(0.0)
+                        .total_cmp(&b.replay_lag_ms.unwrap_or(0.0))
+                })
+                .filter(|r| r.replay_lag_ms.is_some());
+            let bytes = worst_bytes.and_then(|r| r.lag_bytes).unwrap_or(0);
+            let time = worst_time.and_then(|r| r.replay_lag_ms).unwrap_or(0.0);
+            if bytes > settings.max_replica_lag_bytes {
+                let r = worst_bytes.expect("a replica has the largest lag");
+                judge(
+                    Indicator::ReplicaLag,
+                    true,
+                    format!(
+                        "replica {} is {} behind in replay",
+                        name(r),
+                        mib(bytes as f64)
+                    ),
+                    threshold,
+                )
+            } else if time > settings.max_replica_lag_ms as f64 {
+                let r = worst_time.expect("a replica has the largest lag");
+                judge(
+                    Indicator::ReplicaLag,
+                    true,
+                    format!("replica {} replays {} late", name(r), human_ms(time)),
+                    threshold,
+                )
+            } else {
+                judge(
+                    Indicator::ReplicaLag,
+                    false,
+                    format!(
+                        "{} replica{}, worst {} and {} behind",
+                        replicas.len(),
+                        if replicas.len() == 1 { "" } else { "s" },
+                        mib(bytes as f64),
+                        human_ms(time)
+                    ),
+                    threshold,
+                )
+            }
+        }
+    });
+
+    let threshold = format!("max {}", human_ms(settings.max_transaction_age_ms as f64));
+    out.push(match &sample.transactions {
+        None => unknown(Indicator::LongTransactions, threshold),
+        Some(open) => match open.first() {
+            None => judge(
+                Indicator::LongTransactions,
+                false,
+                "no other open transactions".into(),
+                threshold,
+            ),
+            Some(t) => judge(
+                Indicator::LongTransactions,
+                t.age_ms > settings.max_transaction_age_ms as f64,
+                format!(
+                    "oldest transaction: pid {} ({}{}) {} for {}",
+                    t.pid,
+                    t.user.as_deref().unwrap_or("?"),
+                    t.application
+                        .as_deref()
+                        .filter(|a| !a.is_empty())
+                        .map(|a| format!(", {a}"))
+                        .unwrap_or_default(),
+                    t.state.as_deref().unwrap_or("in a transaction"),
+                    human_ms(t.age_ms)
+                ),
+                threshold,
+            ),
+        },
+    });
+
+    let threshold = "no waiters, no write-blocking locks held".to_owned();
+    out.push(match &sample.locks {
+        None => unknown(Indicator::LockWaits, threshold),
+        Some(locks) => {
+            let waiting = locks.iter().filter(|l| !l.granted).count();
+            let holder = locks.iter().find(|l| l.granted);
+            let text = match (waiting, holder) {
+                (0, None) => "no lock waits on the table".to_owned(),
+                (w, Some(h)) => format!(
+                    "pid {} holds {} on the table; {w} session{} waiting",
+                    h.pid,
+                    h.mode,
+                    if w == 1 { "" } else { "s" }
+                ),
+                (w, None) => format!(
+                    "{w} session{} waiting for a lock on the table",
+                    if w == 1 { "" } else { "s" }
+                ),
+            };
+            judge(
+                Indicator::LockWaits,
+                waiting > 0 || holder.is_some(),
+                text,
+                threshold,
+            )
+        }
+    });
+
+    let threshold = "returns true".to_owned();
+    out.push(match (&settings.probe, &sample.probe) {
+        (None, _) => Reading {
+            indicator: Indicator::Probe,
+            signal: Signal::Normal,
+            reading: "no probe set".into(),
+            threshold: "none".into(),
+        },
+        (Some(_), None) => unknown(Indicator::Probe, threshold),
+        (Some(_), Some(Ok(Some(ok)))) => judge(
+            Indicator::Probe,
+            !ok,
+            format!("the probe returned {ok}"),
+            threshold,
+        ),
+        (Some(_), Some(Ok(None))) => Reading {
+            indicator: Indicator::Probe,
+            signal: Signal::Unknown,
+            reading: "the probe returned NULL".into(),
+            threshold,
+        },
+        (Some(_), Some(Err(e))) => Reading {
+            indicator: Indicator::Probe,
+            signal: Signal::Unknown,
+            reading: format!("the probe failed: {e}"),
+            threshold,
+        },
+    });
+
+    out.push(match latency {
+        Some(tracker) => tracker.reading(settings.latency_drift_factor),
+        None => Reading {
+            indicator: Indicator::SubBatchLatency,
+            signal: Signal::Unknown,
+            reading: "no sub-batches measured by this process".into(),
+            threshold: format!(
+                "max {}x the running median per key",
+                settings.latency_drift_factor
+            ),
+        },
+    });
+    out
+}
+
+/// The first stopping reading, if any: what a hold is logged with.
+pub fn first_stop(readings: &[Reading]) -> Option<&Reading> {
+    readings.iter().find(|r| r.signal == Signal::Stop)
+}
+
+impl LatencyTracker {
+    /// A tracker rebuilt from the sub-batch timings that jobs keep in their metrics (newest
+    /// job first): what `sluicegate health` judges latency by, outside any worker.
+    pub fn from_jobs(jobs_newest_first: &[crate::model::Job]) -> Self {
+        let mut tracker = Self::default();
+        for job in jobs_newest_first.iter().rev() {
+            tracker.job_started();
+            let entries = job.metrics.get("recent").and_then(|r| r.as_array());
+            for entry in entries.into_iter().flatten() {
+                let field = |k: &str| entry.get(k).and_then(serde_json::Value::as_i64);
+                if let (Some(start), Some(end), Some(ms)) = (field("start"), field("end"), field("ms")) {
+                    tracker.observe(ms as f64, end - start + 1);
+                }
+            }
+        }
+        tracker
+    }
+}
+
+impl crate::Sluicegate {
+    /// Every indicator's signal and reading for `migration` now, as a worker would judge them
+    /// before its next job. Takes two samples a second apart for the WAL rate; sub-batch
+    /// latency comes from the last jobs' recorded timings.
+    pub async fn health(&self, migration: &crate::model::Migration) -> crate::Result<Vec<Reading>> {
+        let table = crate::ident::TableName::parse(&migration.table_name)?;
+        let probe = migration.health.probe.as_deref();
+        let mut wal = WalRate::default();
+        let first = self.target().health_sample(&table, None).await?;
+        wal.observe(first.wal_lsn);
+        if first.wal_lsn.is_some() {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        let sample = self.target().health_sample(&table, probe).await?;
+        let rate = wal.observe(sample.wal_lsn);
+        let jobs = self
+            .store()
+            .job_recent_succeeded(migration.id, 20)
+            .await?;
+        let latency = LatencyTracker::from_jobs(&jobs);
+        Ok(evaluate(&sample, &migration.health, rate, Some(&latency)))
+    }
+}
