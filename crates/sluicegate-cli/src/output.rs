@@ -219,11 +219,9 @@ pub async fn show(sg: &Sluicegate, migration: &str, json: bool) -> Result<()> {
             "interval / pause",
             format!("{} / {} ms", format_duration(m.interval), m.pause_ms),
         ),
-        (
-            "health",
-            {
-                let h = &m.health;
-                format!(
+        ("health", {
+            let h = &m.health;
+            format!(
                     "hold {}; replica lag max {} bytes or {} ms; WAL archive backlog max {}; WAL rate max {}; \
                      transaction age max {} ms; latency drift max {}x; probe {}",
                     format_duration(h.hold()),
@@ -237,8 +235,7 @@ pub async fn show(sg: &Sluicegate, migration: &str, json: bool) -> Result<()> {
                     h.latency_drift_factor,
                     h.probe.as_deref().unwrap_or("none"),
                 )
-            },
-        ),
+        }),
         (
             "sub-batch tuner",
             if m.target_sub_batch_ms > 0 {

@@ -134,7 +134,10 @@ impl Reporter {
                     (StepOutcome::Held { migration, reason }, Some(bar)) => {
                         let until = crate::output::time(migration.on_hold_until);
                         bar.set_message(format!("on hold until {until}"));
-                        bar.println(format!("{}: on hold until {until}: {reason}", migration.name));
+                        bar.println(format!(
+                            "{}: on hold until {until}: {reason}",
+                            migration.name
+                        ));
                     }
                     (StepOutcome::Held { migration, reason }, None) => {
                         println!(

@@ -357,6 +357,9 @@ store_test!(exactly_once_across_workers_killed_with_sigkill, |db| {
             "10",
             "--interval",
             "0s",
+            // Fixed sizes keep the run slow enough to be killed mid-job.
+            "--target-sub-batch-time",
+            "0s",
         ],
     );
     assert!(out.status.success(), "{}", stderr(&out));

@@ -734,7 +734,8 @@ impl Worker {
                     }
                     let took = t0.elapsed();
                     let ms = took.as_millis() as u64;
-                    if let Some(tracker) = self.latency.lock().expect("not poisoned").get_mut(&m.id) {
+                    if let Some(tracker) = self.latency.lock().expect("not poisoned").get_mut(&m.id)
+                    {
                         tracker.observe(took.as_secs_f64() * 1000.0, sub_batch_size);
                     }
                     sub_batch_size = optimizer::next_sub_batch_size(
@@ -996,9 +997,12 @@ impl Worker {
                 })
             })
             .collect();
-        let Some(resize) =
-            optimizer::next_batch_size_by_rows(m.batch_size, &samples, m.interval, m.max_batch_size)
-        else {
+        let Some(resize) = optimizer::next_batch_size_by_rows(
+            m.batch_size,
+            &samples,
+            m.interval,
+            m.max_batch_size,
+        ) else {
             return Ok(());
         };
         // The batch never drops below the sub-batch: shrink that too when it must.
@@ -1016,7 +1020,12 @@ impl Worker {
 
     /// A lock or statement timeout shrinks the migration's batch and sub-batch at once
     /// (×0.75), not after twenty jobs, and logs why.
-    async fn shrink_after_timeout(&self, m: &Migration, job: &Job, failure: &Failure) -> Result<()> {
+    async fn shrink_after_timeout(
+        &self,
+        m: &Migration,
+        job: &Job,
+        failure: &Failure,
+    ) -> Result<()> {
         let Some(current) = self.sg.store.migration_get(m.id).await? else {
             return Ok(());
         };
@@ -1077,7 +1086,9 @@ impl Worker {
         let held = match self.sg.store.migration_transition(&params).await {
             Ok(held) => held,
             // Paused or cancelled meanwhile: nothing to hold.
-            Err(Error::Conflict { .. }) => return Ok(Some(StepOutcome::Waiting { migration_id: m.id })),
+            Err(Error::Conflict { .. }) => {
+                return Ok(Some(StepOutcome::Waiting { migration_id: m.id }))
+            }
             Err(e) => return Err(e),
         };
         self.sg.store.table_lease_release(m.id).await?;

@@ -71,7 +71,7 @@ impl HealthSettings {
         if let Some((flag, value)) = positive.iter().find(|(_, v)| *v <= 0) {
             return Some(format!("{flag} must be positive (got {value})"));
         }
-        if !(self.latency_drift_factor > 1.0) {
+        if self.latency_drift_factor.is_nan() || self.latency_drift_factor <= 1.0 {
             return Some(format!(
                 "the latency drift factor must be above 1 (got {})",
                 self.latency_drift_factor
@@ -638,7 +638,9 @@ impl LatencyTracker {
             let entries = job.metrics.get("recent").and_then(|r| r.as_array());
             for entry in entries.into_iter().flatten() {
                 let field = |k: &str| entry.get(k).and_then(serde_json::Value::as_i64);
-                if let (Some(start), Some(end), Some(ms)) = (field("start"), field("end"), field("ms")) {
+                if let (Some(start), Some(end), Some(ms)) =
+                    (field("start"), field("end"), field("ms"))
+                {
                     tracker.observe(ms as f64, end - start + 1);
                 }
             }
@@ -662,10 +664,7 @@ impl crate::Sluicegate {
         }
         let sample = self.target().health_sample(&table, probe).await?;
         let rate = wal.observe(sample.wal_lsn);
-        let jobs = self
-            .store()
-            .job_recent_succeeded(migration.id, 20)
-            .await?;
+        let jobs = self.store().job_recent_succeeded(migration.id, 20).await?;
         let latency = LatencyTracker::from_jobs(&jobs);
         Ok(evaluate(&sample, &migration.health, rate, Some(&latency)))
     }

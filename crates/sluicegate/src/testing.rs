@@ -80,6 +80,13 @@ pub fn pg_admin_url() -> String {
     })
 }
 
+/// An environment variable `scripts/test` sets, or a panic saying so.
+pub fn require_env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!("{name} is not set: run the tests with scripts/test, which starts the servers they need")
+    })
+}
+
 /// `url` with its database name replaced by `db`.
 pub fn with_database(url: &str, db: &str) -> String {
     let (base, query) = match url.split_once('?') {
@@ -102,7 +109,17 @@ pub fn with_database(url: &str, db: &str) -> String {
 impl TestDb {
     /// A new empty PostgreSQL database.
     pub async fn postgres() -> Self {
-        let admin_url = pg_admin_url();
+        Self::postgres_on(pg_admin_url()).await
+    }
+
+    /// A new empty PostgreSQL database on the health-test primary
+    /// (`SLUICEGATE_TEST_HEALTH_PG_URL`: archiving, fast autovacuum, a streaming replica).
+    pub async fn postgres_health() -> Self {
+        Self::postgres_on(require_env("SLUICEGATE_TEST_HEALTH_PG_URL")).await
+    }
+
+    /// A new empty PostgreSQL database on the server of `admin_url`.
+    pub async fn postgres_on(admin_url: String) -> Self {
         let name = format!("sg_test_{}", random_suffix());
         let admin = PgPoolOptions::new()
             .max_connections(1)

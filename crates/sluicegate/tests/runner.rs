@@ -218,6 +218,25 @@ store_test!(timeouts_shrink_sub_batches_and_split_jobs, |db| {
         .filter(|j| j.id != holding[0].id)
         .all(|j| j.status == JobStatus::Succeeded));
     assert_eq!(m.status, MigrationStatus::Failed);
+    // Each timeout shrank the migration's sizes at once, logged with its reason.
+    let resizes: Vec<_> = sg
+        .migration_history(&m)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.event == MigrationEvent::Resize)
+        .collect();
+    assert!(!resizes.is_empty());
+    let first = resizes[0].reason.as_deref().unwrap_or("");
+    assert!(
+        first.starts_with("StatementTimeout in job ")
+            && first.ends_with("batch size 1000 -> 1000, sub-batch size 100 -> 75"),
+        "{first}"
+    );
+    assert!(resizes
+        .iter()
+        .all(|r| r.previous_status == Some(r.next_status)));
+    assert!(m.sub_batch_size < 100, "{m:?}");
     // Committed sub-batches count once, including those of the job that failed for good.
     let covered: i64 = jobs.iter().map(|j| j.rows_affected).sum();
     assert_eq!(

@@ -3,6 +3,7 @@
 mod common;
 
 mod bad_input;
+mod health;
 mod partitions;
 mod runner;
 mod schema;

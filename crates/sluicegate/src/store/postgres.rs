@@ -11,8 +11,9 @@ use sqlx::{PgConnection, Row};
 
 use super::{
     add_months, duration_ms, month_start, Backend, Checkpoint, JobCreateParams, JobCreated,
-    JobRange, JobSplitParams, JobTransitionParams, MigrationResizeParams, MigrationTransitionParams, PartitionReport,
-    Store, SubBatchOutcome, SubBatchSpec, Target, PROBE_TIMEOUT, SCHEMA_VERSION,
+    JobRange, JobSplitParams, JobTransitionParams, MigrationResizeParams,
+    MigrationTransitionParams, PartitionReport, Store, SubBatchOutcome, SubBatchSpec, Target,
+    PROBE_TIMEOUT, SCHEMA_VERSION,
 };
 use crate::error::{Error, Result};
 use crate::failure::Failure;

@@ -15,8 +15,8 @@ use sqlx::{Row, SqliteConnection};
 
 use super::{
     Backend, Checkpoint, JobCreateParams, JobCreated, JobRange, JobSplitParams,
-    JobTransitionParams, MigrationResizeParams, MigrationTransitionParams, PartitionReport, Store, SubBatchOutcome,
-    SubBatchSpec, Target, PROBE_TIMEOUT, SCHEMA_VERSION,
+    JobTransitionParams, MigrationResizeParams, MigrationTransitionParams, PartitionReport, Store,
+    SubBatchOutcome, SubBatchSpec, Target, PROBE_TIMEOUT, SCHEMA_VERSION,
 };
 use crate::error::{Error, Result};
 use crate::failure::Failure;

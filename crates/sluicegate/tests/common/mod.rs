@@ -115,6 +115,8 @@ pub fn fast(name: &str, kind: &str, table: &str, batch: i64, sub: i64) -> QueueR
     req.sub_batch_size = sub;
     req.pause_ms = 0;
     req.interval = Duration::ZERO;
+    // Fixed sizes: these tests count sub-batches. The tuner has its own tests.
+    req.target_sub_batch_time = Duration::ZERO;
     req
 }
 

@@ -1,0 +1,522 @@
+//! Health indicators against real server state: a paused streaming replica, a failing WAL
+//! archiver, an idle-in-transaction session, a lock held on the table, a running autovacuum,
+//! the user's probe; and the optimizer and sub-batch tuner on jobs made slow with `pg_sleep`.
+//!
+//! The replica, archiver and autovacuum tests use the health primary `scripts/test` starts
+//! (`SLUICEGATE_TEST_HEALTH_PG_URL`); each raises the thresholds of the indicators the
+//! others provoke on that shared server, so they can run in parallel.
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use sluicegate::health::{Indicator, Reading, Signal};
+use sluicegate::testing::{require_env, TestDb};
+use sluicegate::{store_test, Error, MigrationEvent, MigrationStatus, QueueRequest, Sluicegate};
+use sluicegate::{Migration, StepOutcome};
+use sqlx::{Connection, Executor, PgConnection};
+
+use crate::common::*;
+
+/// Polls `check` until it returns `Some`, for at most `within`.
+async fn eventually<T, F, Fut>(within: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn reading(sg: &Sluicegate, name: &str, indicator: Indicator) -> Reading {
+    let m = sg.migration(name).await.unwrap();
+    let readings = sg.health(&m).await.unwrap();
+    readings
+        .into_iter()
+        .find(|r| r.indicator == indicator)
+        .expect("every indicator reports")
+}
+
+/// One worker step must hold the migration; returns the logged reason after checking the
+/// hold row: same status before and after, event `hold`, reason naming `indicator`.
+async fn assert_held(sg: &Sluicegate, name: &str, indicator: Indicator) -> String {
+    let outcome = worker(sg, "w1").step().await.unwrap();
+    let StepOutcome::Held { migration, reason } = outcome else {
+        panic!("expected a hold by {indicator}, got {outcome:?}");
+    };
+    assert_eq!(migration.name, name);
+    assert!(
+        reason.starts_with(&format!("{indicator}: ")),
+        "held by another indicator: {reason}"
+    );
+    assert!(migration
+        .on_hold_until
+        .is_some_and(|t| t > chrono::Utc::now()));
+    let log = sg.migration_history(&migration).await.unwrap();
+    let hold = log.last().unwrap();
+    assert_eq!(hold.event, MigrationEvent::Hold);
+    assert_eq!(hold.previous_status, Some(MigrationStatus::Active));
+    assert_eq!(hold.next_status, MigrationStatus::Active);
+    assert_eq!(hold.reason.as_deref(), Some(reason.as_str()));
+    assert_eq!(hold.actor.as_deref(), Some("w1"));
+    // No job ran, the batch size did not move, and `status` shows why.
+    assert!(sg.jobs(&migration, None).await.unwrap().is_empty());
+    let progress = sg.progress(&migration).await.unwrap();
+    assert_eq!(progress.hold_reason.as_deref(), Some(reason.as_str()));
+    reason
+}
+
+async fn finishes(sg: &Sluicegate, name: &str) -> Migration {
+    run_to_end(sg).await;
+    let m = sg.migration(name).await.unwrap();
+    assert_eq!(m.status, MigrationStatus::Finished, "{m:?}");
+    m
+}
+
+/// A backfill with short holds, whose other indicators do not fire on a shared server.
+fn held_request(name: &str) -> QueueRequest {
+    let mut req = fast(name, "update", "items", 2_000, 1_000);
+    req.arguments = json!({"set": "n = n + 1"});
+    req.health.hold_ms = 300;
+    req.health.max_replica_lag_bytes = i64::MAX;
+    req.health.max_replica_lag_ms = i64::MAX;
+    req.health.max_wal_archive_backlog = i64::MAX;
+    req
+}
+
+async fn connect(url: &str) -> PgConnection {
+    PgConnection::connect(url).await.expect("connect")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replica_lag_holds_the_migration_until_replay_resumes() {
+    let db = TestDb::postgres_health().await;
+    let mut replica = connect(&require_env("SLUICEGATE_TEST_REPLICA_URL")).await;
+    db.create_items("items", &[(1, 10_000)]).await;
+    let sg = db.sluicegate().await;
+    let (sg, db) = (&sg, &db);
+    let mut req = held_request("lagged");
+    req.health.max_replica_lag_bytes = 32 << 20;
+    sg.queue(&req).await.unwrap();
+
+    replica
+        .execute("SELECT pg_wal_replay_pause()")
+        .await
+        .unwrap();
+    // About 70 MiB of WAL the replica receives but does not replay.
+    db.exec("CREATE TABLE filler AS SELECT g, repeat('x', 1000) AS pad FROM generate_series(1, 60000) g")
+        .await;
+    let r = reading(sg, "lagged", Indicator::ReplicaLag).await;
+    assert_eq!(r.signal, Signal::Stop, "{r:?}");
+    let reason = assert_held(sg, "lagged", Indicator::ReplicaLag).await;
+    assert!(
+        reason.contains("replica sg_replica (127.0.0.1) is") && reason.contains("behind in replay"),
+        "{reason}"
+    );
+    assert_eq!(db.scalar("SELECT sum(n) FROM items").await, 0);
+
+    replica
+        .execute("SELECT pg_wal_replay_resume()")
+        .await
+        .unwrap();
+    eventually(
+        Duration::from_secs(60),
+        "the replica to catch up",
+        move || async move {
+            (reading(sg, "lagged", Indicator::ReplicaLag).await.signal == Signal::Normal)
+                .then_some(())
+        },
+    )
+    .await;
+    finishes(sg, "lagged").await;
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM items WHERE n = 1").await,
+        10_000
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wal_archive_backlog_holds_until_the_archiver_catches_up() {
+    let db = TestDb::postgres_health().await;
+    let switch = require_env("SLUICEGATE_TEST_ARCHIVE_SWITCH");
+    db.create_items("items", &[(1, 10_000)]).await;
+    db.exec("CREATE TABLE wal_maker (x int)").await;
+    let sg = db.sluicegate().await;
+    let (sg, db) = (&sg, &db);
+    let mut req = held_request("archived");
+    req.health.max_wal_archive_backlog = 3;
+    sg.queue(&req).await.unwrap();
+
+    // The archive_command fails from now on; every switched segment waits as `.ready`.
+    std::fs::remove_file(&switch).expect("remove the archive switch");
+    let segments = async {
+        for _ in 0..6 {
+            db.exec("INSERT INTO wal_maker VALUES (1)").await;
+            db.exec("SELECT pg_switch_wal()").await;
+        }
+    };
+    segments.await;
+    let r = eventually(
+        Duration::from_secs(30),
+        "a backlog above 3",
+        move || async move {
+            let r = reading(sg, "archived", Indicator::WalArchiveBacklog).await;
+            (r.signal == Signal::Stop).then_some(r)
+        },
+    )
+    .await;
+    assert!(
+        r.reading.ends_with("WAL segments waiting for the archiver"),
+        "{r:?}"
+    );
+    let reason = assert_held(sg, "archived", Indicator::WalArchiveBacklog).await;
+    assert!(reason.ends_with("(max 3 segments)"), "{reason}");
+
+    // Fixed: the archiver, woken by the next segment, empties the backlog.
+    std::fs::write(&switch, b"").expect("restore the archive switch");
+    eventually(
+        Duration::from_secs(90),
+        "the archiver to catch up",
+        move || async move {
+            db.exec("INSERT INTO wal_maker VALUES (1)").await;
+            db.exec("SELECT pg_switch_wal()").await;
+            let r = reading(sg, "archived", Indicator::WalArchiveBacklog).await;
+            (r.signal == Signal::Normal).then_some(())
+        },
+    )
+    .await;
+    finishes(sg, "archived").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_in_transaction_session_holds_until_it_ends() {
+    let db = TestDb::postgres().await;
+    db.create_items("items", &[(1, 5_000)]).await;
+    let sg = db.sluicegate().await;
+    let (sg, db) = (&sg, &db);
+    let mut req = held_request("idle");
+    req.health.max_transaction_age_ms = 500;
+    sg.queue(&req).await.unwrap();
+
+    let mut session = connect(&db.url).await;
+    session
+        .execute("SET application_name = 'forgotten'; BEGIN; SELECT count(*) FROM items")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let reason = assert_held(sg, "idle", Indicator::LongTransactions).await;
+    assert!(
+        reason.contains("(postgres, forgotten) idle in transaction for"),
+        "{reason}"
+    );
+    session.execute("ROLLBACK").await.unwrap();
+    finishes(sg, "idle").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_held_on_the_table_holds_until_released() {
+    let db = TestDb::postgres().await;
+    db.create_items("items", &[(1, 5_000)]).await;
+    let sg = db.sluicegate().await;
+    let (sg, db) = (&sg, &db);
+    sg.queue(&held_request("locked")).await.unwrap();
+
+    let mut holder = connect(&db.url).await;
+    holder
+        .execute("BEGIN; LOCK TABLE items IN SHARE MODE")
+        .await
+        .unwrap();
+    // A second session queues behind it for an exclusive lock: a waiter.
+    let url = db.url.clone();
+    let waiter = tokio::spawn(async move {
+        let mut c = connect(&url).await;
+        c.execute("BEGIN; LOCK TABLE items IN ACCESS EXCLUSIVE MODE; COMMIT")
+            .await
+            .unwrap();
+    });
+    let r = eventually(
+        Duration::from_secs(10),
+        "the waiter to queue",
+        move || async move {
+            let r = reading(sg, "locked", Indicator::LockWaits).await;
+            r.reading.ends_with("1 session waiting").then_some(r)
+        },
+    )
+    .await;
+    assert_eq!(r.signal, Signal::Stop);
+    assert!(r.reading.contains("holds ShareLock on the table"), "{r:?}");
+    let reason = assert_held(sg, "locked", Indicator::LockWaits).await;
+    assert!(reason.starts_with("lock_waits: pid "), "{reason}");
+    holder.execute("ROLLBACK").await.unwrap();
+    waiter.await.unwrap();
+    finishes(sg, "locked").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn autovacuum_on_the_table_holds() {
+    let db = TestDb::postgres_health().await;
+    // A vacuum slowed to a crawl (1 cost unit, then 100 ms of sleep) on a table that needs
+    // one at once, on a server whose launcher wakes every second.
+    db.exec(
+        "CREATE TABLE items (id bigint PRIMARY KEY, n integer NOT NULL DEFAULT 0, email text, email_lower text) \
+         WITH (autovacuum_vacuum_threshold = 0, autovacuum_vacuum_scale_factor = 0, \
+               autovacuum_vacuum_cost_delay = 100, autovacuum_vacuum_cost_limit = 1)",
+    )
+    .await;
+    db.exec("INSERT INTO items (id) SELECT g FROM generate_series(1, 20000) g")
+        .await;
+    db.exec("DELETE FROM items WHERE id % 2 = 0").await;
+    let sg = db.sluicegate().await;
+    let (sg, db) = (&sg, &db);
+    sg.queue(&held_request("vacuumed")).await.unwrap();
+    let r = eventually(
+        Duration::from_secs(60),
+        "autovacuum on the table",
+        move || async move {
+            let r = reading(sg, "vacuumed", Indicator::Autovacuum).await;
+            (r.signal == Signal::Stop).then_some(r)
+        },
+    )
+    .await;
+    assert!(
+        r.reading.starts_with("autovacuum on the table (pid "),
+        "{r:?}"
+    );
+    assert_held(sg, "vacuumed", Indicator::Autovacuum).await;
+    // Stop it for good: no new autovacuum on the table, the running one cancelled.
+    db.exec("ALTER TABLE items SET (autovacuum_enabled = false)")
+        .await;
+    db.exec(
+        "SELECT pg_cancel_backend(pid) FROM pg_stat_progress_vacuum \
+         WHERE relid = 'items'::regclass",
+    )
+    .await;
+    eventually(
+        Duration::from_secs(30),
+        "the autovacuum to end",
+        move || async move {
+            let r = reading(sg, "vacuumed", Indicator::Autovacuum).await;
+            (r.signal == Signal::Normal).then_some(())
+        },
+    )
+    .await;
+    finishes(sg, "vacuumed").await;
+}
+
+store_test!(a_probe_returning_false_holds_and_true_lets_it_run, |db| {
+    db.create_items("items", &[(1, 5_000)]).await;
+    db.exec("CREATE TABLE gate (open boolean NOT NULL)").await;
+    db.exec("INSERT INTO gate VALUES (false)").await;
+    let sg = db.sluicegate().await;
+    let (sg, db) = (&sg, &db);
+    let mut req = held_request("gated");
+    req.health.probe = Some("SELECT open FROM gate".into());
+    sg.queue(&req).await.unwrap();
+    let reason = assert_held(sg, "gated", Indicator::Probe).await;
+    assert_eq!(reason, "probe: the probe returned false (returns true)");
+    db.exec("UPDATE gate SET open = true").await;
+    finishes(sg, "gated").await;
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM items WHERE n = 1").await,
+        5_000
+    );
+
+    let m = sg.migration("gated").await.unwrap();
+    let readings = sg.health(&m).await.unwrap();
+    let probe = readings
+        .iter()
+        .find(|r| r.indicator == Indicator::Probe)
+        .unwrap();
+    assert_eq!(
+        (probe.signal, probe.reading.as_str()),
+        (Signal::Normal, "the probe returned true")
+    );
+    if db.backend == sluicegate::store::Backend::Sqlite {
+        // What SQLite cannot tell is unknown, never a made-up normal.
+        for r in readings
+            .iter()
+            .filter(|r| !matches!(r.indicator, Indicator::Probe | Indicator::SubBatchLatency))
+        {
+            assert_eq!(r.signal, Signal::Unknown, "{r:?}");
+            assert_eq!(r.reading, "not available on SQLite");
+        }
+    }
+});
+
+store_test!(bad_health_settings_are_refused_at_queue, |db| {
+    db.create_items("items", &[(1, 100)]).await;
+    let sg = db.sluicegate().await;
+    let (sg, db) = (&sg, &db);
+    let refused = |probe: &str| {
+        let mut req = held_request("bad");
+        req.health.probe = Some(probe.into());
+        req
+    };
+    for (req, expect) in [
+        (
+            refused("SELECT open FROM no_such_table"),
+            "--health-probe failed on a trial run",
+        ),
+        (
+            refused("SELECT 'text'"),
+            "--health-probe failed on a trial run",
+        ),
+        (
+            refused("INSERT INTO items (id) VALUES (1000) RETURNING true"),
+            "--health-probe failed on a trial run",
+        ),
+        (refused("   "), "--health-probe is empty"),
+        (
+            {
+                let mut r = held_request("bad");
+                r.health.hold_ms = 0;
+                r
+            },
+            "--hold must be positive",
+        ),
+        (
+            {
+                let mut r = held_request("bad");
+                r.health.max_wal_archive_backlog = -1;
+                r
+            },
+            "--max-wal-archive-backlog must be positive",
+        ),
+    ] {
+        match sg.queue(&req).await {
+            Err(Error::InvalidSettings(msg)) => assert!(msg.contains(expect), "{msg}"),
+            other => panic!("expected {expect:?}, got {other:?}"),
+        }
+    }
+    assert!(sg.migrations().await.unwrap().is_empty());
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM items").await,
+        100,
+        "the probe wrote nothing"
+    );
+});
+
+/// `UPDATE ... n = n + 1` over the range after sleeping `knob.delay` seconds per key of it:
+/// slow or fast on demand, in proportion to the sub-batch size like real work.
+const SLEEPY_SQL: &str = "UPDATE items SET n = n + 1 \
+    FROM (SELECT pg_sleep((SELECT delay FROM knob) * ($2 - $1 + 1))) AS z \
+    WHERE id BETWEEN $1 AND $2";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sub_batch_tuner_shrinks_slow_sub_batches_and_grows_fast_ones() {
+    let db = TestDb::postgres().await;
+    db.create_items("items", &[(1, 40_000)]).await;
+    db.exec("CREATE TABLE knob (delay float8 NOT NULL)").await;
+    db.exec("INSERT INTO knob VALUES (0.0001)").await;
+    let sg = db.sluicegate().await;
+    let (sg, db) = (&sg, &db);
+    let mut req = fast("tuned", "sql", "items", 8_000, 2_000);
+    req.arguments = json!({ "sql": SLEEPY_SQL });
+    req.target_sub_batch_time = Duration::from_millis(50);
+    sg.queue(&req).await.unwrap();
+    let w = worker(sg, "w1");
+    // 0.1 ms per key: 2,000 keys take 200 ms against 50 ms, halved until about 500.
+    let StepOutcome::Ran { job, .. } = w.step().await.unwrap() else {
+        panic!("a job runs")
+    };
+    assert!((250..=700).contains(&job.sub_batch_size), "{job:?}");
+    let m = sg.migration("tuned").await.unwrap();
+    db.exec("UPDATE knob SET delay = 0").await;
+    let mut last = job;
+    for _ in 0..4 {
+        let StepOutcome::Ran { job, .. } = w.step().await.unwrap() else {
+            panic!("a job runs")
+        };
+        assert!(job.sub_batch_size >= last.sub_batch_size, "{job:?}");
+        last = job;
+    }
+    assert_eq!(
+        last.sub_batch_size, 8_000,
+        "grew back to the whole batch: {last:?}"
+    );
+    // The tuned size carries over to the migration, its batch size untouched.
+    let after = sg.migration("tuned").await.unwrap();
+    assert_eq!(after.batch_size, m.batch_size);
+    assert!(after.sub_batch_size > 700, "{after:?}");
+    finishes(sg, "tuned").await;
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM items WHERE n = 1").await,
+        40_000
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_jobs_shrink_the_batch_and_fast_jobs_grow_it_again() {
+    let db = TestDb::postgres().await;
+    db.create_items("items", &[(1, 200_000)]).await;
+    db.exec("CREATE TABLE knob (delay float8 NOT NULL)").await;
+    db.exec("INSERT INTO knob VALUES (0.00015)").await;
+    let sg = db.sluicegate().await;
+    let (sg, db) = (&sg, &db);
+    let mut req = fast("optimized", "sql", "items", 2_000, 2_000);
+    req.arguments = json!({ "sql": SLEEPY_SQL });
+    req.interval = Duration::from_millis(150);
+    sg.queue(&req).await.unwrap();
+    let w = worker(sg, "w1");
+    let w = &w;
+    let batch_size = move || async move { sg.migration("optimized").await.unwrap().batch_size };
+    // 2,000 keys at 0.15 ms: jobs twice as long as the interval. After twenty, ×0.475,
+    // clamped to 1,000. Fast again, it grows once the slow jobs leave the sample: until then
+    // their cost per row caps growth.
+    eventually(
+        Duration::from_secs(60),
+        "the batch to shrink",
+        move || async move {
+            w.step().await.unwrap();
+            (batch_size().await < 2_000).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(batch_size().await, 1_000);
+    db.exec("UPDATE knob SET delay = 0").await;
+    eventually(
+        Duration::from_secs(60),
+        "the batch to grow",
+        move || async move {
+            w.step().await.unwrap();
+            (batch_size().await > 1_000).then_some(())
+        },
+    )
+    .await;
+    let m = sg.migration("optimized").await.unwrap();
+    let resizes: Vec<String> = sg
+        .migration_history(&m)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.event == MigrationEvent::Resize)
+        .filter_map(|r| r.reason)
+        .collect();
+    assert_eq!(resizes.len(), 2, "{resizes:?}");
+    assert!(
+        resizes[0].starts_with("optimizer: batch size 2000 -> 1000: efficiency "),
+        "{resizes:?}"
+    );
+    assert!(
+        resizes[1].starts_with("optimizer: batch size 1000 -> 1200: efficiency "),
+        "{resizes:?}"
+    );
+    // Job rows keep the size each ran with: the history `show` lists.
+    let sizes: Vec<i64> = sg
+        .jobs(&m, None)
+        .await
+        .unwrap()
+        .iter()
+        .map(|j| j.batch_size)
+        .collect();
+    assert!(
+        sizes.contains(&2_000) && sizes.contains(&1_000),
+        "{sizes:?}"
+    );
+}
