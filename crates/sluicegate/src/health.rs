@@ -669,3 +669,228 @@ impl crate::Sluicegate {
         Ok(evaluate(&sample, &migration.health, rate, Some(&latency)))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn by(readings: &[Reading], indicator: Indicator) -> &Reading {
+        readings.iter().find(|r| r.indicator == indicator).unwrap()
+    }
+
+    fn healthy() -> HealthSample {
+        HealthSample {
+            not_available: None,
+            autovacuum: Some(vec![]),
+            archiving: Some(true),
+            archive_ready: Some(0),
+            wal_lsn: Some(1 << 30),
+            replicas: Some(vec![]),
+            transactions: Some(vec![]),
+            locks: Some(vec![]),
+            probe: None,
+        }
+    }
+
+    #[test]
+    fn a_healthy_server_says_normal_everywhere_it_can() {
+        let r = evaluate(&healthy(), &HealthSettings::default(), Some(1e6), None);
+        assert_eq!(r.len(), 8, "every indicator reports");
+        for reading in &r {
+            let expect = match reading.indicator {
+                Indicator::SubBatchLatency => Signal::Unknown,
+                _ => Signal::Normal,
+            };
+            assert_eq!(reading.signal, expect, "{reading:?}");
+        }
+        assert!(first_stop(&r).is_none());
+    }
+
+    #[test]
+    fn thresholds_are_strict_and_reasons_name_the_culprit() {
+        let settings = HealthSettings::default();
+        let mut s = healthy();
+        s.archive_ready = Some(42);
+        assert_eq!(
+            by(
+                &evaluate(&s, &settings, None, None),
+                Indicator::WalArchiveBacklog
+            )
+            .signal,
+            Signal::Normal,
+            "42 is GitLab's limit, not above it"
+        );
+        s.archive_ready = Some(43);
+        s.replicas = Some(vec![
+            Replica {
+                name: "r1".into(),
+                address: None,
+                lag_bytes: Some(10),
+                replay_lag_ms: Some(45_000.0),
+            },
+            Replica {
+                name: "r2".into(),
+                address: Some("10.0.0.2".into()),
+                lag_bytes: Some(2 << 30),
+                replay_lag_ms: None,
+            },
+        ]);
+        s.transactions = Some(vec![OpenTransaction {
+            pid: 77,
+            user: Some("app".into()),
+            application: Some("psql".into()),
+            state: Some("idle in transaction".into()),
+            age_ms: 11.0 * 60_000.0,
+        }]);
+        s.locks = Some(vec![TableLock {
+            pid: 9,
+            mode: "AccessExclusiveLock".into(),
+            granted: true,
+        }]);
+        s.autovacuum = Some(vec![
+            AutovacuumWorker {
+                pid: 5,
+                wraparound: false,
+                seconds: 300.0,
+            },
+            AutovacuumWorker {
+                pid: 6,
+                wraparound: true,
+                seconds: 2.0,
+            },
+        ]);
+        let r = evaluate(&s, &settings, None, None);
+        let reason = |i| by(&r, i).reason();
+        assert_eq!(
+            reason(Indicator::WalArchiveBacklog),
+            "wal_archive_backlog: 43 WAL segments waiting for the archiver (max 42 segments)"
+        );
+        assert_eq!(
+            reason(Indicator::ReplicaLag),
+            "replica_lag: replica r2 (10.0.0.2) is 2048.0 MiB behind in replay (max 1024.0 MiB or 30s)"
+        );
+        assert_eq!(
+            reason(Indicator::LongTransactions),
+            "long_transactions: oldest transaction: pid 77 (app, psql) idle in transaction for 11m (max 10m)"
+        );
+        assert!(reason(Indicator::LockWaits).starts_with(
+            "lock_waits: pid 9 holds AccessExclusiveLock on the table; 0 sessions waiting"
+        ));
+        assert!(
+            reason(Indicator::Autovacuum)
+                .starts_with("autovacuum: autovacuum to prevent wraparound on the table (pid 6"),
+            "wraparound prevention is reported first"
+        );
+        assert_eq!(
+            first_stop(&r).unwrap().indicator,
+            Indicator::Autovacuum,
+            "the first stop in report order is logged"
+        );
+    }
+
+    #[test]
+    fn replay_time_lag_alone_stops() {
+        let mut s = healthy();
+        s.replicas = Some(vec![Replica {
+            name: "r1".into(),
+            address: None,
+            lag_bytes: Some(0),
+            replay_lag_ms: Some(31_000.0),
+        }]);
+        let r = evaluate(&s, &HealthSettings::default(), None, None);
+        assert_eq!(
+            by(&r, Indicator::ReplicaLag).reading,
+            "replica r1 replays 31s late"
+        );
+    }
+
+    #[test]
+    fn what_cannot_be_read_is_unknown_never_normal() {
+        let s = HealthSample {
+            not_available: Some("needs the pg_read_all_stats role".into()),
+            archiving: Some(true),
+            ..HealthSample::default()
+        };
+        let r = evaluate(&s, &HealthSettings::default(), None, None);
+        for i in [
+            Indicator::Autovacuum,
+            Indicator::WalArchiveBacklog,
+            Indicator::WalRate,
+            Indicator::ReplicaLag,
+            Indicator::LongTransactions,
+            Indicator::LockWaits,
+        ] {
+            assert_eq!(by(&r, i).signal, Signal::Unknown, "{i}");
+            assert_eq!(by(&r, i).reading, "needs the pg_read_all_stats role");
+        }
+        assert!(first_stop(&r).is_none(), "unknown does not hold");
+    }
+
+    #[test]
+    fn wal_rate_needs_a_limit_to_stop() {
+        let mut settings = HealthSettings::default();
+        let r = evaluate(&healthy(), &settings, Some(500e6), None);
+        assert_eq!(by(&r, Indicator::WalRate).signal, Signal::Normal);
+        settings.max_wal_rate_bytes = Some(100 << 20);
+        let r = evaluate(&healthy(), &settings, Some(500e6), None);
+        assert_eq!(by(&r, Indicator::WalRate).signal, Signal::Stop);
+        let r = evaluate(&healthy(), &settings, None, None);
+        assert_eq!(by(&r, Indicator::WalRate).signal, Signal::Unknown);
+    }
+
+    #[test]
+    fn the_probe_holds_on_false_only() {
+        let mut settings = HealthSettings::default();
+        settings.probe = Some("SELECT ok FROM gate".into());
+        let signal = |answer| {
+            let mut s = healthy();
+            s.probe = Some(answer);
+            by(&evaluate(&s, &settings, None, None), Indicator::Probe).signal
+        };
+        assert_eq!(signal(Ok(Some(true))), Signal::Normal);
+        assert_eq!(signal(Ok(Some(false))), Signal::Stop);
+        assert_eq!(signal(Ok(None)), Signal::Unknown);
+        assert_eq!(signal(Err("boom".into())), Signal::Unknown);
+    }
+
+    #[test]
+    fn latency_drift_against_the_running_median_per_key() {
+        let mut t = LatencyTracker::default();
+        assert_eq!(t.reading(5.0).signal, Signal::Unknown, "no samples yet");
+        // Forty sub-batches at 10 ms per 1,000 keys, growing sizes at the same pace per key.
+        for i in 0..40 {
+            t.job_started();
+            t.observe(10.0 * (1 + i % 4) as f64, 1_000 * (1 + i % 4));
+        }
+        assert_eq!(t.reading(5.0).signal, Signal::Normal);
+        // The latest job runs at 30 ms per 500 keys: 6x per key.
+        t.job_started();
+        for _ in 0..3 {
+            t.observe(30.0, 500);
+        }
+        let r = t.reading(5.0);
+        assert_eq!(r.signal, Signal::Stop, "{r:?}");
+        assert!(
+            r.reading.contains("6.0x the running median per key"),
+            "{r:?}"
+        );
+        // The same drift on sub-batches too fast to matter is ignored.
+        let mut tiny = LatencyTracker::default();
+        for _ in 0..40 {
+            tiny.observe(1.0, 1_000);
+        }
+        tiny.job_started();
+        tiny.observe(10.0, 1_000);
+        assert_eq!(tiny.reading(5.0).signal, Signal::Normal);
+    }
+
+    #[test]
+    fn settings_missing_from_stored_json_take_defaults() {
+        let s: HealthSettings = serde_json::from_str(r#"{"hold_ms": 5000}"#).unwrap();
+        assert_eq!(s.hold(), Duration::from_secs(5));
+        assert_eq!(s.max_wal_archive_backlog, 42);
+        let s: HealthSettings = serde_json::from_str("{}").unwrap();
+        assert_eq!(s, HealthSettings::default());
+        assert_eq!(s.invalid(), None);
+    }
+}
