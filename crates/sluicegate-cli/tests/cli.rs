@@ -314,10 +314,55 @@ store_test!(json_output_has_the_documented_fields, |db| {
         "eta_seconds",
         "jobs",
         "on_hold_until",
+        "hold_reason",
+        "health_settings",
+        "target_sub_batch_ms",
         "created_at",
         "finished_at",
     ] {
         assert!(m.get(field).is_some(), "status --json has {field}: {m}");
+    }
+    assert_eq!(m["health_settings"]["hold_ms"], 600_000);
+    assert_eq!(m["target_sub_batch_ms"], 100);
+    let out = sg(&url, &["health", "m", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let health: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(health["migration"], "m");
+    assert_eq!(health["stop"], false);
+    let indicators = health["indicators"].as_array().unwrap();
+    let names: Vec<&str> = indicators
+        .iter()
+        .map(|i| i["indicator"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "autovacuum",
+            "wal_archive_backlog",
+            "wal_rate",
+            "replica_lag",
+            "long_transactions",
+            "lock_waits",
+            "probe",
+            "sub_batch_latency"
+        ]
+    );
+    for i in indicators {
+        assert!(
+            ["normal", "stop", "unknown"].contains(&i["signal"].as_str().unwrap())
+                && i["reading"].is_string()
+                && i["threshold"].is_string(),
+            "{i}"
+        );
+    }
+    // The test server has no replica: a reading, not a guess.
+    let replica = &indicators[3];
+    match db.backend {
+        sluicegate::store::Backend::Postgres => assert_eq!(
+            (replica["signal"].as_str(), replica["reading"].as_str()),
+            (Some("normal"), Some("no replicas streaming from this server"))
+        ),
+        sluicegate::store::Backend::Sqlite => assert_eq!(replica["signal"], "unknown"),
     }
     assert_eq!(m["status"], "finished");
     assert_eq!(m["rows_done"], 100);
