@@ -360,7 +360,10 @@ store_test!(json_output_has_the_documented_fields, |db| {
     match db.backend {
         sluicegate::store::Backend::Postgres => assert_eq!(
             (replica["signal"].as_str(), replica["reading"].as_str()),
-            (Some("normal"), Some("no replicas streaming from this server"))
+            (
+                Some("normal"),
+                Some("no replicas streaming from this server")
+            )
         ),
         sluicegate::store::Backend::Sqlite => assert_eq!(replica["signal"], "unknown"),
     }

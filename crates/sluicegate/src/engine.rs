@@ -14,7 +14,7 @@ use tokio::task::JoinHandle;
 use crate::client::{Sluicegate, LOG_RETENTION_MONTHS, MAX_ATTEMPTS};
 use crate::error::{Error, Result};
 use crate::failure::Failure;
-use crate::health::{self, LatencyTracker, Signal, WalRate};
+use crate::health::{self, HealthSample, LatencyTracker, Signal, WalRate};
 use crate::ident::TableName;
 use crate::kind::JobKind;
 use crate::model::{Job, Migration};
@@ -133,7 +133,20 @@ pub struct Worker {
     wal_rate: Arc<std::sync::Mutex<WalRate>>,
     /// Sub-batch latencies this worker measured, per migration.
     latency: Arc<std::sync::Mutex<std::collections::HashMap<i64, LatencyTracker>>>,
+    /// What the next job of the sticky migration needs, read while the current one runs.
+    prefetch: Arc<std::sync::Mutex<Option<Prefetch>>>,
 }
+
+/// The health sample and the next key range of a migration, read on other connections while
+/// its current job runs, so that neither costs time between jobs.
+struct Prefetch {
+    migration_id: i64,
+    start: i64,
+    task: JoinHandle<PrefetchResult>,
+}
+
+/// The health sample, and the next job's key range (`None`: none left from the start).
+type PrefetchResult = (Result<HealthSample>, Result<Option<(i64, i64)>>);
 
 impl std::fmt::Debug for Worker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -179,6 +192,7 @@ impl Worker {
             sticky: Arc::new(std::sync::Mutex::new(None)),
             wal_rate: Arc::default(),
             latency: Arc::default(),
+            prefetch: Arc::default(),
         }
     }
 
@@ -297,7 +311,11 @@ impl Worker {
         let mut loops = Vec::new();
         for i in 0..self.opts.concurrency.max(1) {
             let mut worker = self.clone();
+            // Each loop keeps its own next migration, WAL samples and sub-batch timings.
             worker.sticky = Arc::new(std::sync::Mutex::new(None));
+            worker.wal_rate = Arc::default();
+            worker.latency = Arc::default();
+            worker.prefetch = Arc::default();
             if self.opts.concurrency > 1 {
                 worker.opts.name = format!("{}#{i}", self.opts.name);
             }
@@ -446,7 +464,8 @@ impl Worker {
         };
         let table = TableName::parse(&m.table_name)?;
         if mode == Mode::Normal {
-            if let Some(held) = self.check_health(&m, &table).await? {
+            let sample = self.health_sample(&m, &table).await?;
+            if let Some(held) = self.check_health(&m, sample).await? {
                 return Ok(held);
             }
         }
@@ -467,6 +486,10 @@ impl Worker {
         table: &TableName,
         mode: Mode,
     ) -> Result<StepOutcome> {
+        if let (Mode::Normal, true, Some(Some(start))) = (mode, m.interval.is_zero(), next.next_min)
+        {
+            self.start_prefetch(&m, table, start);
+        }
         let (job, outcome) = self.execute(&m, kind, table, next.job).await?;
         if let JobOutcome::Failed { failure } = &outcome {
             self.after_failure(&m, table, &job, failure).await?;
@@ -484,6 +507,38 @@ impl Worker {
             job: Box::new(job),
             outcome,
         })
+    }
+
+    /// Reads, on other connections, what the next job of `m` will need (its health sample and
+    /// the key range from `start`) while the current job runs.
+    fn start_prefetch(&self, m: &Migration, table: &TableName, start: i64) {
+        let target = self.sg.target.clone();
+        let (table, column, probe) = (table.clone(), m.column_name.clone(), m.health.probe.clone());
+        let (max, size) = (m.max_value, m.batch_size);
+        let task = tokio::spawn(async move {
+            let sample = target.health_sample(&table, probe.as_deref());
+            let range = target.range_next(&table, &column, start, max, size);
+            futures::join!(sample, range)
+        });
+        let previous = self
+            .prefetch
+            .lock()
+            .expect("not poisoned")
+            .replace(Prefetch {
+                migration_id: m.id,
+                start,
+                task,
+            });
+        if let Some(p) = previous {
+            p.task.abort();
+        }
+    }
+
+    async fn health_sample(&self, m: &Migration, table: &TableName) -> Result<HealthSample> {
+        self.sg
+            .target
+            .health_sample(table, m.health.probe.as_deref())
+            .await
     }
 
     /// Creates the migration's next job from `start`: in one statement with the keyset walk
@@ -509,6 +564,16 @@ impl Worker {
                 None => return Ok(JobCreated::NotNow),
             }
         };
+        self.create_job_in(m, start, range).await
+    }
+
+    /// Creates the job over `range` if the migration's next key is still `start`.
+    async fn create_job_in(
+        &self,
+        m: &Migration,
+        start: i64,
+        range: JobRange,
+    ) -> Result<JobCreated> {
         self.sg
             .store
             .job_create(&JobCreateParams {
@@ -534,10 +599,30 @@ impl Worker {
             return Ok(None);
         };
         let table = TableName::parse(&m.table_name)?;
-        if let Some(held) = self.check_health(&m, &table).await? {
+        let prefetched = self
+            .prefetch
+            .lock()
+            .expect("not poisoned")
+            .take()
+            .filter(|p| p.migration_id == m.id && p.start == start);
+        let (sample, range) = match prefetched {
+            Some(p) => match p.task.await {
+                Ok((sample, range)) => (sample?, range.ok().flatten()),
+                Err(_) => (self.health_sample(&m, &table).await?, None),
+            },
+            None => (self.health_sample(&m, &table).await?, None),
+        };
+        if let Some(held) = self.check_health(&m, sample).await? {
             return Ok(Some(held));
         }
-        match self.create_job(&m, &table, start).await? {
+        let created = match range {
+            Some((min, max)) => {
+                self.create_job_in(&m, start, JobRange::Given { min, max })
+                    .await?
+            }
+            None => self.create_job(&m, &table, start).await?,
+        };
+        match created {
             JobCreated::Created(job, next_min) => {
                 let next = NextJob {
                     job: *job,
@@ -1049,14 +1134,13 @@ impl Worker {
     }
 
     /// Samples the target's health before a job. On a stop, puts the migration on hold for
-    /// its hold duration with the indicator and reading in its log, and gives up its table
-    /// lease; the batch size is left alone. `unknown` readings are logged at debug level.
-    async fn check_health(&self, m: &Migration, table: &TableName) -> Result<Option<StepOutcome>> {
-        let sample = self
-            .sg
-            .target
-            .health_sample(table, m.health.probe.as_deref())
-            .await?;
+    /// its hold duration with the indicator and reading in its log; the batch size is left
+    /// alone. `unknown` readings are logged at debug level.
+    async fn check_health(
+        &self,
+        m: &Migration,
+        sample: HealthSample,
+    ) -> Result<Option<StepOutcome>> {
         let rate = self
             .wal_rate
             .lock()
@@ -1091,7 +1175,8 @@ impl Worker {
             }
             Err(e) => return Err(e),
         };
-        self.sg.store.table_lease_release(m.id).await?;
+        // The table lease is kept: jobs of this migration other loops are running renew it,
+        // and no other migration of the table may start beside them. Unrenewed, it expires.
         tracing::warn!(migration = m.id, name = %m.name, until = ?held.on_hold_until, %reason, "migration on hold");
         Ok(Some(StepOutcome::Held {
             migration: Box::new(held),

@@ -123,9 +123,10 @@ WITH m AS (
 SELECT * FROM m";
 
 /// `{range}` is a query returning one row `(first, last)`: either the given keys or the
-/// keyset walk over the target table (same database).
+/// keyset walk over the target table (same database). `MATERIALIZED`: inlined, the walk would
+/// run once per reference to `r.first`/`r.last` (three times a job, seen with auto_explain).
 const JOB_CREATE: &str = "
-WITH r AS ({range}),
+WITH r AS MATERIALIZED ({range}),
 m AS (
     UPDATE {s}.migrations AS mg SET
         next_min_value = CASE WHEN r.first IS NOT NULL AND r.last < mg.max_value THEN r.last + 1 END,
