@@ -840,8 +840,10 @@ mod tests {
 
     #[test]
     fn the_probe_holds_on_false_only() {
-        let mut settings = HealthSettings::default();
-        settings.probe = Some("SELECT ok FROM gate".into());
+        let settings = HealthSettings {
+            probe: Some("SELECT ok FROM gate".into()),
+            ..HealthSettings::default()
+        };
         let signal = |answer| {
             let mut s = healthy();
             s.probe = Some(answer);
