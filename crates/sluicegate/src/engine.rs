@@ -21,8 +21,9 @@ use crate::model::{Job, Migration};
 use crate::optimizer;
 use crate::status::{JobStatus, MigrationEvent, MigrationStatus};
 use crate::store::{
-    Checkpoint, JobCreateParams, JobCreated, JobRange, JobSplitParams, JobTransitionParams,
-    MigrationResizeParams, MigrationTransitionParams, SubBatchOutcome, SubBatchSpec, Timeouts,
+    Checkpoint, JobCreateParams, JobCreated, JobFinish, JobRange, JobSplitParams,
+    JobTransitionParams, MigrationResizeParams, MigrationTransitionParams, SubBatchOutcome,
+    SubBatchSpec, Timeouts,
 };
 
 /// Jobs that must have run before the failure ratio can fail a migration (GitLab: 50).
@@ -764,8 +765,7 @@ impl Worker {
             None => Some(job.min_value),
         };
         let mut sub_batch_size = job.sub_batch_size;
-        let mut entries = Vec::new();
-        let (mut sub_batches, mut rows_total, mut slowest_ms) = (0u64, 0u64, 0u64);
+        let mut tally = Tally::default();
         let target_time = Duration::from_millis(m.target_sub_batch_ms.max(0) as u64);
         self.latency
             .lock()
@@ -773,11 +773,6 @@ impl Worker {
             .entry(m.id)
             .or_default()
             .job_started();
-        let checkpoint = self.sg.same_database.then_some(Checkpoint {
-            job_id: job.id,
-            attempts: job.attempts,
-            lease: self.opts.lease,
-        });
         let failure = loop {
             let Some(from) = start.filter(|s| *s <= job.max_value) else {
                 break None;
@@ -800,9 +795,41 @@ impl Worker {
                     lock_ms: m.lock_timeout_ms,
                 },
             };
+            // The job's end commits with its last sub-batch (same database only).
+            let finish = |s: i64, end: i64, rows: u64| {
+                let took = t0.elapsed();
+                let mut tally = tally.clone();
+                tally.record(s, end, rows, took);
+                let next_size = optimizer::next_sub_batch_size(
+                    sub_batch_size,
+                    took,
+                    target_time,
+                    job.batch_size,
+                );
+                JobFinish {
+                    metrics: tally.metrics(started.elapsed(), next_size),
+                    sub_batch_size: (next_size != job.sub_batch_size).then_some(next_size),
+                    worker: self.opts.name.clone(),
+                }
+            };
+            let checkpoint = self.sg.same_database.then_some(Checkpoint {
+                job_id: job.id,
+                attempts: job.attempts,
+                lease: self.opts.lease,
+                job_max: job.max_value,
+                finish: Some(&finish),
+            });
             match self.sg.target.sub_batch_run(spec, checkpoint).await {
                 Ok(SubBatchOutcome::Exhausted) => break None,
                 Ok(SubBatchOutcome::Fenced) => return Ok((job, JobOutcome::Lost)),
+                Ok(SubBatchOutcome::Finished { job: done, .. }) => {
+                    drop(heartbeat);
+                    if let Some(tracker) = self.latency.lock().expect("not poisoned").get_mut(&m.id)
+                    {
+                        tracker.observe(t0.elapsed().as_secs_f64() * 1000.0, sub_batch_size);
+                    }
+                    return Ok((*done, JobOutcome::Succeeded));
+                }
                 Ok(SubBatchOutcome::Done {
                     start: s,
                     end,
@@ -818,7 +845,6 @@ impl Worker {
                         return Ok((job, JobOutcome::Lost));
                     }
                     let took = t0.elapsed();
-                    let ms = took.as_millis() as u64;
                     if let Some(tracker) = self.latency.lock().expect("not poisoned").get_mut(&m.id)
                     {
                         tracker.observe(took.as_secs_f64() * 1000.0, sub_batch_size);
@@ -829,13 +855,7 @@ impl Worker {
                         target_time,
                         job.batch_size,
                     );
-                    sub_batches += 1;
-                    rows_total += rows;
-                    slowest_ms = slowest_ms.max(ms);
-                    if entries.len() == METRICS_KEPT {
-                        entries.remove(0);
-                    }
-                    entries.push(json!({"start": s, "end": end, "rows": rows, "ms": ms}));
+                    tally.record(s, end, rows, took);
                     start = end.checked_add(1);
                     if job.pause_ms > 0 && start.is_some_and(|s| s <= job.max_value) {
                         tokio::time::sleep(Duration::from_millis(job.pause_ms as u64)).await;
@@ -850,14 +870,7 @@ impl Worker {
             }
         };
         drop(heartbeat);
-        let metrics = json!({
-            "duration_ms": started.elapsed().as_millis() as u64,
-            "sub_batches": sub_batches,
-            "rows": rows_total,
-            "slowest_sub_batch_ms": slowest_ms,
-            "sub_batch_size": sub_batch_size,
-            "recent": entries,
-        });
+        let metrics = tally.metrics(started.elapsed(), sub_batch_size);
         let to = if failure.is_some() {
             JobStatus::Failed
         } else {
@@ -1182,6 +1195,41 @@ impl Worker {
             migration: Box::new(held),
             reason,
         }))
+    }
+}
+
+/// What a job's sub-batches did, for its metrics.
+#[derive(Debug, Default, Clone)]
+struct Tally {
+    sub_batches: u64,
+    rows: u64,
+    slowest_ms: u64,
+    /// The newest [`METRICS_KEPT`] sub-batches.
+    recent: Vec<serde_json::Value>,
+}
+
+impl Tally {
+    fn record(&mut self, start: i64, end: i64, rows: u64, took: Duration) {
+        let ms = took.as_millis() as u64;
+        self.sub_batches += 1;
+        self.rows += rows;
+        self.slowest_ms = self.slowest_ms.max(ms);
+        if self.recent.len() == METRICS_KEPT {
+            self.recent.remove(0);
+        }
+        self.recent
+            .push(json!({"start": start, "end": end, "rows": rows, "ms": ms}));
+    }
+
+    fn metrics(&self, duration: Duration, sub_batch_size: i64) -> serde_json::Value {
+        json!({
+            "duration_ms": duration.as_millis() as u64,
+            "sub_batches": self.sub_batches,
+            "rows": self.rows,
+            "slowest_sub_batch_ms": self.slowest_ms,
+            "sub_batch_size": sub_batch_size,
+            "recent": self.recent,
+        })
     }
 }
 

@@ -204,8 +204,24 @@ SELECT migration_id, $2, $3, $4, $5, pause_ms, 'pending' FROM {s}.jobs WHERE id 
 RETURNING *";
 const JOB_CHECKPOINT: &str =
     "UPDATE {s}.jobs SET cursor_value = $3, rows_affected = rows_affected + $4,
-    lease_expires_at = now() + $5 * interval '1 millisecond', updated_at = now()
+    lease_expires_at = clock_timestamp() + $5 * interval '1 millisecond', updated_at = clock_timestamp()
     WHERE id = $1 AND attempts = $2 AND status = 'running'";
+/// A job's last sub-batch: cursor, rows, `running -> succeeded` and its log row, fenced by
+/// attempt like the checkpoint it replaces. `clock_timestamp()`, not `now()`: the transaction
+/// began before the sub-batch ran, and the job ends after it.
+const JOB_FINISH_AT_CURSOR: &str = "
+WITH j AS (
+    UPDATE {s}.jobs SET status = 'succeeded', finished_at = clock_timestamp(),
+        lease_expires_at = NULL, cursor_value = $3, rows_affected = rows_affected + $4,
+        metrics = $5, sub_batch_size = coalesce($6, sub_batch_size), updated_at = clock_timestamp()
+    WHERE id = $1 AND attempts = $2 AND status = 'running'
+    RETURNING *
+), log AS (
+    INSERT INTO {s}.job_transition_logs (job_id, migration_id, previous_status, next_status, worker,
+        created_at)
+    SELECT id, migration_id, 'running', 'succeeded', $7, finished_at FROM j
+)
+SELECT * FROM j";
 const JOB_HEARTBEAT: &str = "
 WITH j AS (
     UPDATE {s}.jobs SET lease_expires_at = now() + $3 * interval '1 millisecond', updated_at = now()
@@ -421,6 +437,11 @@ impl PgStore {
     /// The checkpoint statement, for a target sharing this database.
     pub(crate) fn checkpoint_sql(&self) -> String {
         self.q(JOB_CHECKPOINT)
+    }
+
+    /// The last-sub-batch statement, for a target sharing this database.
+    pub(crate) fn finish_sql(&self) -> String {
+        self.q(JOB_FINISH_AT_CURSOR)
     }
 }
 
@@ -1068,6 +1089,8 @@ pub struct PgTarget {
     pool: PgPool,
     /// The tracking store's checkpoint statement when it lives in this same database.
     checkpoint_sql: Option<String>,
+    /// The tracking store's last-sub-batch statement when it lives in this same database.
+    finish_sql: Option<String>,
 }
 
 impl PgTarget {
@@ -1103,6 +1126,7 @@ impl PgTarget {
         Self {
             pool,
             checkpoint_sql: same_database_store.map(PgStore::checkpoint_sql),
+            finish_sql: same_database_store.map(PgStore::finish_sql),
         }
     }
 
@@ -1272,13 +1296,41 @@ impl Target for PgTarget {
     async fn sub_batch_run(
         &self,
         spec: SubBatchSpec<'_>,
-        checkpoint: Option<Checkpoint>,
+        checkpoint: Option<Checkpoint<'_>>,
     ) -> std::result::Result<SubBatchOutcome, Failure> {
         let mut tx = self.begin(&spec).await?;
         let Some((start, end, rows)) = Self::perform_in(&mut tx, &spec).await? else {
             tx.rollback().await?;
             return Ok(SubBatchOutcome::Exhausted);
         };
+        let last = checkpoint
+            .filter(|cp| end >= cp.job_max)
+            .and_then(|cp| Some((cp, cp.finish?)));
+        if let (Some((cp, finish)), Some(sql)) = (last, &self.finish_sql) {
+            let f = finish(start, end, rows);
+            let row = sqlx::query(sql)
+                .bind(cp.job_id)
+                .bind(cp.attempts)
+                .bind(end)
+                .bind(rows as i64)
+                .bind(Json(&f.metrics))
+                .bind(f.sub_batch_size)
+                .bind(&f.worker)
+                .fetch_optional(&mut *tx)
+                .await?;
+            let Some(row) = row else {
+                tx.rollback().await?;
+                return Ok(SubBatchOutcome::Fenced);
+            };
+            let job = job_from_row(&row).map_err(|e| Failure::new("Corrupt", e.to_string()))?;
+            tx.commit().await?;
+            return Ok(SubBatchOutcome::Finished {
+                start,
+                end,
+                rows,
+                job: Box::new(job),
+            });
+        }
         if let (Some(cp), Some(sql)) = (checkpoint, &self.checkpoint_sql) {
             let done = sqlx::query(sql)
                 .bind(cp.job_id)

@@ -135,6 +135,14 @@ const JOB_SPLIT_SECOND: &str = "INSERT INTO sluicegate_jobs (migration_id, min_v
 const JOB_CHECKPOINT: &str = "UPDATE sluicegate_jobs SET cursor_value = $3,
     rows_affected = rows_affected + $4, lease_expires_at = $5, updated_at = $6
     WHERE id = $1 AND attempts = $2 AND status = 'running'";
+/// A job's last sub-batch: cursor, rows and `running -> succeeded`, fenced by attempt like the
+/// checkpoint it replaces (its log row follows in the same transaction).
+const JOB_FINISH_AT_CURSOR: &str = "UPDATE sluicegate_jobs SET status = 'succeeded',
+    finished_at = $8, lease_expires_at = NULL, cursor_value = $3,
+    rows_affected = rows_affected + $4, metrics = $5, sub_batch_size = coalesce($6, sub_batch_size),
+    updated_at = $8
+    WHERE id = $1 AND attempts = $2 AND status = 'running'
+    RETURNING *";
 const JOB_HEARTBEAT: &str = "UPDATE sluicegate_jobs SET lease_expires_at = $3, updated_at = $4
     WHERE id = $1 AND attempts = $2 AND status = 'running'
     RETURNING migration_id";
@@ -1209,13 +1217,54 @@ impl Target for SqliteTarget {
     async fn sub_batch_run(
         &self,
         spec: SubBatchSpec<'_>,
-        checkpoint: Option<Checkpoint>,
+        checkpoint: Option<Checkpoint<'_>>,
     ) -> std::result::Result<SubBatchOutcome, Failure> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let Some((start, end, rows)) = Self::perform_in(&mut tx, &spec).await? else {
             tx.rollback().await?;
             return Ok(SubBatchOutcome::Exhausted);
         };
+        let last = checkpoint
+            .filter(|cp| self.same_database_store && end >= cp.job_max)
+            .and_then(|cp| Some((cp, cp.finish?)));
+        if let Some((cp, finish)) = last {
+            let f = finish(start, end, rows);
+            let at = ts(now());
+            let row = sqlx::query(JOB_FINISH_AT_CURSOR)
+                .bind(cp.job_id)
+                .bind(cp.attempts)
+                .bind(end)
+                .bind(rows as i64)
+                .bind(f.metrics.to_string())
+                .bind(f.sub_batch_size)
+                .bind(&f.worker)
+                .bind(&at)
+                .fetch_optional(&mut *tx)
+                .await?;
+            let Some(row) = row else {
+                tx.rollback().await?;
+                return Ok(SubBatchOutcome::Fenced);
+            };
+            let job = job_from_row(&row).map_err(|e| Failure::new("Corrupt", e.to_string()))?;
+            sqlx::query(JOB_LOG_INSERT)
+                .bind(job.id)
+                .bind(job.migration_id)
+                .bind("running")
+                .bind("succeeded")
+                .bind(None::<&str>)
+                .bind(None::<&str>)
+                .bind(&f.worker)
+                .bind(&at)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            return Ok(SubBatchOutcome::Finished {
+                start,
+                end,
+                rows,
+                job: Box::new(job),
+            });
+        }
         if let Some(cp) = checkpoint.filter(|_| self.same_database_store) {
             let done = sqlx::query(JOB_CHECKPOINT)
                 .bind(cp.job_id)
