@@ -1,6 +1,7 @@
 //! Health indicators against real server state: a paused streaming replica, a failing WAL
 //! archiver, an idle-in-transaction session, a lock held on the table, a running autovacuum,
-//! the user's probe; and the optimizer and sub-batch tuner on jobs made slow with `pg_sleep`.
+//! WAL written fast, sub-batches turned slow, the user's probe; and the optimizer and sub-batch
+//! tuner on jobs made slow with `pg_sleep`.
 //!
 //! The replica, archiver and autovacuum tests use the health primary `scripts/test` starts
 //! (`SLUICEGATE_TEST_HEALTH_PG_URL`); each raises the thresholds of the indicators the
@@ -519,4 +520,88 @@ async fn slow_jobs_shrink_the_batch_and_fast_jobs_grow_it_again() {
         sizes.contains(&2_000) && sizes.contains(&1_000),
         "{sizes:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writing_wal_faster_than_the_limit_holds() {
+    let db = TestDb::postgres().await;
+    db.create_items("items", &[(1, 50_000)]).await;
+    db.exec("CREATE TABLE wal_maker (pad text)").await;
+    let sg = db.sluicegate().await;
+    let (sg, db) = (&sg, &db);
+    let mut req = held_request("walrate");
+    req.health.max_wal_rate_bytes = Some(1 << 20);
+    sg.queue(&req).await.unwrap();
+    // About 8 MiB of WAL a second beside the migration.
+    let url = db.url.clone();
+    let writer = tokio::spawn(async move {
+        let mut c = connect(&url).await;
+        loop {
+            c.execute(
+                "INSERT INTO wal_maker SELECT repeat('x', 1000) FROM generate_series(1, 800)",
+            )
+            .await
+            .unwrap();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    let r = reading(sg, "walrate", Indicator::WalRate).await;
+    assert_eq!(r.signal, Signal::Stop, "{r:?}");
+    assert!(r.reading.ends_with("MiB/s of WAL written"), "{r:?}");
+    // A worker needs two samples a second apart: its first job runs, a later check holds.
+    let w = worker(sg, "w1");
+    let w = &w;
+    let reason = eventually(
+        Duration::from_secs(20),
+        "a hold by wal_rate",
+        move || async move {
+            match w.step().await.unwrap() {
+                StepOutcome::Held { reason, .. } => Some(reason),
+                _ => {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    None
+                }
+            }
+        },
+    )
+    .await;
+    assert!(
+        reason.starts_with("wal_rate: ") && reason.ends_with("(max 1.0 MiB/s)"),
+        "{reason}"
+    );
+    writer.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sub_batches_drifting_far_above_their_median_hold() {
+    let db = TestDb::postgres().await;
+    db.create_items("items", &[(1, 20_000)]).await;
+    db.exec("CREATE TABLE knob (delay float8 NOT NULL)").await;
+    db.exec("INSERT INTO knob VALUES (0)").await;
+    let sg = db.sluicegate().await;
+    let (sg, db) = (&sg, &db);
+    let mut req = fast("drift", "sql", "items", 500, 100);
+    req.arguments = json!({ "sql": SLEEPY_SQL });
+    req.health.hold_ms = 300;
+    sg.queue(&req).await.unwrap();
+    let w = worker(sg, "w1");
+    // Five fast jobs: 25 sub-batches of 100 keys, a millisecond or so each.
+    for _ in 0..5 {
+        assert!(matches!(w.step().await.unwrap(), StepOutcome::Ran { .. }));
+    }
+    // Then 0.5 ms a key: 50 ms a sub-batch, dozens of times the median.
+    db.exec("UPDATE knob SET delay = 0.0005").await;
+    assert!(matches!(w.step().await.unwrap(), StepOutcome::Ran { .. }));
+    let outcome = w.step().await.unwrap();
+    let StepOutcome::Held { reason, .. } = outcome else {
+        panic!("expected a hold, got {outcome:?}")
+    };
+    assert!(
+        reason.starts_with("sub_batch_latency: latest job's sub-batches ")
+            && reason.ends_with("(max 5x the running median per key)"),
+        "{reason}"
+    );
+    // Fast again: the hold ends, the migration completes.
+    db.exec("UPDATE knob SET delay = 0").await;
+    finishes(sg, "drift").await;
 }
