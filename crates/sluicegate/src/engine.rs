@@ -136,6 +136,12 @@ pub struct Worker {
     latency: Arc<std::sync::Mutex<std::collections::HashMap<i64, LatencyTracker>>>,
     /// What the next job of the sticky migration needs, read while the current one runs.
     prefetch: Arc<std::sync::Mutex<Option<Prefetch>>>,
+    /// A job created with the last one's end, to run next (see [`Worker::create_ahead`]).
+    ready: Arc<std::sync::Mutex<Option<(Migration, NextJob)>>>,
+    /// Whether a job's end may create the next job: only in step loops, which run it.
+    ahead: bool,
+    /// Set when the step loops are asked to stop: no more jobs are created ahead.
+    stopping: Arc<AtomicBool>,
 }
 
 /// The health sample and the next key range of a migration, read on other connections while
@@ -143,7 +149,8 @@ pub struct Worker {
 struct Prefetch {
     migration_id: i64,
     start: i64,
-    task: JoinHandle<PrefetchResult>,
+    task: JoinHandle<()>,
+    result: Arc<std::sync::Mutex<Option<PrefetchResult>>>,
 }
 
 /// The health sample, and the next job's key range (`None`: none left from the start).
@@ -194,6 +201,9 @@ impl Worker {
             wal_rate: Arc::default(),
             latency: Arc::default(),
             prefetch: Arc::default(),
+            ready: Arc::default(),
+            ahead: false,
+            stopping: Arc::default(),
         }
     }
 
@@ -240,6 +250,20 @@ impl Worker {
     /// One step: claim a due migration and run one job of it.
     pub async fn step(&self) -> Result<StepOutcome> {
         self.maintain_partitions().await?;
+        let ready = self.ready.lock().expect("not poisoned").take();
+        if let Some((m, next)) = ready {
+            let table = TableName::parse(&m.table_name)?;
+            let kind = self
+                .sg
+                .registry
+                .get(&m.job_kind)
+                .ok_or_else(|| Error::UnknownJobKind(m.job_kind.clone()))?;
+            let outcome = self
+                .run_job(m, next, kind.as_ref(), &table, Mode::Normal)
+                .await?;
+            self.emit(&outcome);
+            return Ok(outcome);
+        }
         let cached = self.sticky.lock().expect("not poisoned").take();
         if let Some(m) = cached {
             if let Some(outcome) = self.step_sticky(m).await? {
@@ -271,14 +295,17 @@ impl Worker {
     /// Runs steps until no active migration is left to work on (all finished, failed,
     /// paused or cancelled), waiting for intervals, holds and other workers' jobs.
     pub async fn run_until_idle(&self) -> Result<()> {
-        self.run_loop(true, &AtomicBool::new(false)).await
+        let mut worker = self.clone();
+        worker.ahead = true;
+        worker.run_loop(true, &AtomicBool::new(false)).await
     }
 
     /// The step loop of [`Worker::run`]: until `stop` is set between steps, or with
     /// `until_idle` also until no active migration is left.
     async fn run_loop(&self, until_idle: bool, stop: &AtomicBool) -> Result<()> {
         let mut backoff = Backoff::default();
-        while !stop.load(Ordering::Relaxed) {
+        // A job created ahead is running already: it runs before the loop stops.
+        while !stop.load(Ordering::Relaxed) || self.ready.lock().expect("not poisoned").is_some() {
             match self.step().await {
                 Ok(StepOutcome::Idle) => {
                     if until_idle {
@@ -317,6 +344,9 @@ impl Worker {
             worker.wal_rate = Arc::default();
             worker.latency = Arc::default();
             worker.prefetch = Arc::default();
+            worker.ready = Arc::default();
+            worker.ahead = true;
+            worker.stopping = stop.clone();
             if self.opts.concurrency > 1 {
                 worker.opts.name = format!("{}#{i}", self.opts.name);
             }
@@ -487,11 +517,13 @@ impl Worker {
         table: &TableName,
         mode: Mode,
     ) -> Result<StepOutcome> {
+        let mut ahead = None;
         if let (Mode::Normal, true, Some(Some(start))) = (mode, m.interval.is_zero(), next.next_min)
         {
             self.start_prefetch(&m, table, start);
+            ahead = Some(start).filter(|_| self.ahead && !self.stopping.load(Ordering::Relaxed));
         }
-        let (job, outcome) = self.execute(&m, kind, table, next.job).await?;
+        let (job, outcome, created) = self.execute(&m, kind, table, next.job, ahead).await?;
         if let JobOutcome::Failed { failure } = &outcome {
             self.after_failure(&m, table, &job, failure).await?;
         } else if outcome == JobOutcome::Succeeded && mode == Mode::Normal {
@@ -500,7 +532,13 @@ impl Worker {
                 let mut again = m.clone();
                 again.next_min_value = next_min;
                 again.sub_batch_size = job.sub_batch_size.min(again.batch_size);
-                *self.sticky.lock().expect("not poisoned") = Some(again);
+                match created {
+                    Some(created) => {
+                        again.next_min_value = created.next_min.flatten();
+                        *self.ready.lock().expect("not poisoned") = Some((again, created));
+                    }
+                    None => *self.sticky.lock().expect("not poisoned") = Some(again),
+                }
             }
         }
         Ok(StepOutcome::Ran {
@@ -516,10 +554,13 @@ impl Worker {
         let target = self.sg.target.clone();
         let (table, column, probe) = (table.clone(), m.column_name.clone(), m.health.probe.clone());
         let (max, size) = (m.max_value, m.batch_size);
+        let result = Arc::new(std::sync::Mutex::new(None));
+        let slot = result.clone();
         let task = tokio::spawn(async move {
             let sample = target.health_sample(&table, probe.as_deref());
             let range = target.range_next(&table, &column, start, max, size);
-            futures::join!(sample, range)
+            let both = futures::join!(sample, range);
+            *slot.lock().expect("not poisoned") = Some(both);
         });
         let previous = self
             .prefetch
@@ -529,10 +570,56 @@ impl Worker {
                 migration_id: m.id,
                 start,
                 task,
+                result,
             });
         if let Some(p) = previous {
             p.task.abort();
         }
+    }
+
+    /// The next job to create with the end of the current one, if the prefetched health sample
+    /// (read while this job ran) says go and the next range is known: the job's end and the
+    /// next job's start then commit in one statement with its last sub-batch, so nothing runs
+    /// between two jobs but that statement. A stop, or a sample not ready yet, leaves it to the
+    /// next step, which holds or creates the job itself.
+    fn create_ahead(
+        &self,
+        m: &Migration,
+        start: i64,
+        sub_batch_size: i64,
+    ) -> Option<JobCreateParams> {
+        let prefetch = self.prefetch.lock().expect("not poisoned");
+        let p = prefetch
+            .as_ref()
+            .filter(|p| p.migration_id == m.id && p.start == start)?;
+        let mut slot = p.result.lock().expect("not poisoned");
+        let Some((Ok(sample), Ok(Some((min, max))))) = slot.as_ref() else {
+            return None;
+        };
+        let rate = self
+            .wal_rate
+            .lock()
+            .expect("not poisoned")
+            .observe(sample.wal_lsn);
+        let readings = {
+            let latency = self.latency.lock().expect("not poisoned");
+            health::evaluate(sample, &m.health, rate, latency.get(&m.id))
+        };
+        if health::first_stop(&readings).is_some() {
+            return None;
+        }
+        let (min, max) = (*min, *max);
+        slot.take();
+        Some(JobCreateParams {
+            migration_id: m.id,
+            expected_next_min: start,
+            range: JobRange::Given { min, max },
+            batch_size: m.batch_size,
+            sub_batch_size: sub_batch_size.min(m.batch_size),
+            pause_ms: m.pause_ms,
+            worker: self.opts.name.clone(),
+            lease: self.opts.lease,
+        })
     }
 
     async fn health_sample(&self, m: &Migration, table: &TableName) -> Result<HealthSample> {
@@ -606,11 +693,14 @@ impl Worker {
             .expect("not poisoned")
             .take()
             .filter(|p| p.migration_id == m.id && p.start == start);
-        let (sample, range) = match prefetched {
-            Some(p) => match p.task.await {
-                Ok((sample, range)) => (sample?, range.ok().flatten()),
-                Err(_) => (self.health_sample(&m, &table).await?, None),
-            },
+        let mut result = None;
+        if let Some(p) = prefetched {
+            if p.task.await.is_ok() {
+                result = p.result.lock().expect("not poisoned").take();
+            }
+        }
+        let (sample, range) = match result {
+            Some((sample, range)) => (sample?, range.ok().flatten()),
             None => (self.health_sample(&m, &table).await?, None),
         };
         if let Some(held) = self.check_health(&m, sample).await? {
@@ -757,7 +847,8 @@ impl Worker {
         kind: &dyn JobKind,
         table: &TableName,
         job: Job,
-    ) -> Result<(Job, JobOutcome)> {
+        ahead: Option<i64>,
+    ) -> Result<(Job, JobOutcome, Option<NextJob>)> {
         let heartbeat = self.start_heartbeat(&job);
         let started = Instant::now();
         let mut start = match job.cursor {
@@ -778,7 +869,7 @@ impl Worker {
                 break None;
             };
             if heartbeat.lost.load(Ordering::Relaxed) {
-                return Ok((job, JobOutcome::Lost));
+                return Ok((job, JobOutcome::Lost, None));
             }
             let t0 = Instant::now();
             let spec = SubBatchSpec {
@@ -810,6 +901,7 @@ impl Worker {
                     metrics: tally.metrics(started.elapsed(), next_size),
                     sub_batch_size: (next_size != job.sub_batch_size).then_some(next_size),
                     worker: self.opts.name.clone(),
+                    then_create: ahead.and_then(|start| self.create_ahead(m, start, next_size)),
                 }
             };
             let checkpoint = self.sg.same_database.then_some(Checkpoint {
@@ -821,14 +913,20 @@ impl Worker {
             });
             match self.sg.target.sub_batch_run(spec, checkpoint).await {
                 Ok(SubBatchOutcome::Exhausted) => break None,
-                Ok(SubBatchOutcome::Fenced) => return Ok((job, JobOutcome::Lost)),
-                Ok(SubBatchOutcome::Finished { job: done, .. }) => {
+                Ok(SubBatchOutcome::Fenced) => return Ok((job, JobOutcome::Lost, None)),
+                Ok(SubBatchOutcome::Finished {
+                    job: done, next, ..
+                }) => {
                     drop(heartbeat);
                     if let Some(tracker) = self.latency.lock().expect("not poisoned").get_mut(&m.id)
                     {
                         tracker.observe(t0.elapsed().as_secs_f64() * 1000.0, sub_batch_size);
                     }
-                    return Ok((*done, JobOutcome::Succeeded));
+                    let next = next.map(|(job, next_min)| NextJob {
+                        job: *job,
+                        next_min: Some(next_min),
+                    });
+                    return Ok((*done, JobOutcome::Succeeded, next));
                 }
                 Ok(SubBatchOutcome::Done {
                     start: s,
@@ -842,7 +940,7 @@ impl Worker {
                             .job_checkpoint(job.id, job.attempts, end, rows as i64, self.opts.lease)
                             .await?
                     {
-                        return Ok((job, JobOutcome::Lost));
+                        return Ok((job, JobOutcome::Lost, None));
                     }
                     let took = t0.elapsed();
                     if let Some(tracker) = self.latency.lock().expect("not poisoned").get_mut(&m.id)
@@ -884,13 +982,13 @@ impl Worker {
         }
         let recorded = self.record_with_retry(&params).await?;
         let Some(job) = recorded else {
-            return Ok((job, JobOutcome::Lost));
+            return Ok((job, JobOutcome::Lost, None));
         };
         let outcome = match failure {
             Some(failure) => JobOutcome::Failed { failure },
             None => JobOutcome::Succeeded,
         };
-        Ok((job, outcome))
+        Ok((job, outcome, None))
     }
 
     /// Records the end of a job, retrying with backoff while the database is unreachable (a

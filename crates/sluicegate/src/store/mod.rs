@@ -356,6 +356,10 @@ pub struct JobFinish {
     pub sub_batch_size: Option<i64>,
     /// Who (the log row's worker).
     pub worker: String,
+    /// The migration's next job, to create (running) in the same statement when the job
+    /// succeeds: its range must be [`JobRange::Given`]. PostgreSQL only; SQLite ignores it and
+    /// the worker creates the job with its own statement.
+    pub then_create: Option<JobCreateParams>,
 }
 
 /// What a committed sub-batch did.
@@ -384,6 +388,9 @@ pub enum SubBatchOutcome {
         rows: u64,
         /// The job, `succeeded`.
         job: Box<Job>,
+        /// The next job created with it ([`JobFinish::then_create`]), running, and the
+        /// migration's `next_min_value` after it.
+        next: Option<(Box<Job>, Option<i64>)>,
     },
 }
 

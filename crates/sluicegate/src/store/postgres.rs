@@ -222,6 +222,52 @@ WITH j AS (
     SELECT id, migration_id, 'running', 'succeeded', $7, finished_at FROM j
 )
 SELECT * FROM j";
+/// [`JOB_FINISH_AT_CURSOR`], and when the job succeeds the migration's next job over a given
+/// range, created running with its log row, the migration's next key moved on (compare-and-set)
+/// and the table lease renewed: the whole of a job's bookkeeping between two jobs in the
+/// statement that commits with its last sub-batch. One row per job, the finished one first.
+const JOB_FINISH_AND_CREATE: &str = "
+WITH j AS (
+    UPDATE {s}.jobs SET status = 'succeeded', finished_at = clock_timestamp(),
+        lease_expires_at = NULL, cursor_value = $3, rows_affected = rows_affected + $4,
+        metrics = $5, sub_batch_size = coalesce($6, sub_batch_size), updated_at = clock_timestamp()
+    WHERE id = $1 AND attempts = $2 AND status = 'running'
+    RETURNING *
+), log AS (
+    INSERT INTO {s}.job_transition_logs (job_id, migration_id, previous_status, next_status, worker,
+        created_at)
+    SELECT id, migration_id, 'running', 'succeeded', $7, finished_at FROM j
+), m AS (
+    UPDATE {s}.migrations AS mg SET
+        next_min_value = CASE WHEN $10 < mg.max_value THEN $10 + 1 END,
+        last_job_started_at = clock_timestamp(),
+        sub_batch_size = least($12, mg.batch_size),
+        updated_at = clock_timestamp()
+    WHERE mg.id = $8 AND mg.next_min_value = $11 AND mg.status = 'active' AND mg.interval_ms = 0
+      AND EXISTS (SELECT 1 FROM j)
+      AND EXISTS (SELECT 1 FROM {s}.table_leases l
+                  WHERE l.table_name = mg.table_name AND l.migration_id = mg.id AND l.expires_at > now())
+    RETURNING mg.id, mg.next_min_value
+), lease AS (
+    UPDATE {s}.table_leases
+    SET expires_at = greatest(expires_at, clock_timestamp() + $15 * interval '1 millisecond')
+    WHERE migration_id IN (SELECT id FROM m)
+), j2 AS (
+    INSERT INTO {s}.jobs (migration_id, min_value, max_value, batch_size, sub_batch_size, pause_ms,
+        status, attempts, started_at, worker, lease_expires_at, created_at, updated_at)
+    SELECT id, $9, $10, $13, $12, $14, 'running', 1, clock_timestamp(), $7,
+        clock_timestamp() + $15 * interval '1 millisecond', clock_timestamp(), clock_timestamp()
+    FROM m
+    RETURNING *
+), log2 AS (
+    INSERT INTO {s}.job_transition_logs (job_id, migration_id, previous_status, next_status, worker,
+        created_at)
+    SELECT id, migration_id, 'pending', 'running', worker, started_at FROM j2
+)
+SELECT 0 AS ord, NULL::bigint AS next_min, j.* FROM j
+UNION ALL
+SELECT 1, (SELECT next_min_value FROM m), j2.* FROM j2
+ORDER BY ord";
 const JOB_HEARTBEAT: &str = "
 WITH j AS (
     UPDATE {s}.jobs SET lease_expires_at = now() + $3 * interval '1 millisecond', updated_at = now()
@@ -442,6 +488,11 @@ impl PgStore {
     /// The last-sub-batch statement, for a target sharing this database.
     pub(crate) fn finish_sql(&self) -> String {
         self.q(JOB_FINISH_AT_CURSOR)
+    }
+
+    /// The last-sub-batch statement that also creates the next job.
+    pub(crate) fn finish_and_create_sql(&self) -> String {
+        self.q(JOB_FINISH_AND_CREATE)
     }
 }
 
@@ -1089,8 +1140,9 @@ pub struct PgTarget {
     pool: PgPool,
     /// The tracking store's checkpoint statement when it lives in this same database.
     checkpoint_sql: Option<String>,
-    /// The tracking store's last-sub-batch statement when it lives in this same database.
-    finish_sql: Option<String>,
+    /// The tracking store's last-sub-batch statements when it lives in this same database:
+    /// finish, and finish with the next job's creation.
+    finish_sql: Option<(String, String)>,
 }
 
 impl PgTarget {
@@ -1126,7 +1178,7 @@ impl PgTarget {
         Self {
             pool,
             checkpoint_sql: same_database_store.map(PgStore::checkpoint_sql),
-            finish_sql: same_database_store.map(PgStore::finish_sql),
+            finish_sql: same_database_store.map(|s| (s.finish_sql(), s.finish_and_create_sql())),
         }
     }
 
@@ -1306,29 +1358,58 @@ impl Target for PgTarget {
         let last = checkpoint
             .filter(|cp| end >= cp.job_max)
             .and_then(|cp| Some((cp, cp.finish?)));
-        if let (Some((cp, finish)), Some(sql)) = (last, &self.finish_sql) {
+        if let (Some((cp, finish)), Some((finish_sql, and_create_sql))) = (last, &self.finish_sql) {
             let f = finish(start, end, rows);
-            let row = sqlx::query(sql)
-                .bind(cp.job_id)
-                .bind(cp.attempts)
-                .bind(end)
-                .bind(rows as i64)
-                .bind(Json(&f.metrics))
-                .bind(f.sub_batch_size)
-                .bind(&f.worker)
-                .fetch_optional(&mut *tx)
-                .await?;
-            let Some(row) = row else {
+            let create = f.then_create.as_ref().and_then(|c| match c.range {
+                JobRange::Given { min, max } => Some((c, min, max)),
+                JobRange::Keyset { .. } => None,
+            });
+            let query = sqlx::query(if create.is_some() {
+                and_create_sql
+            } else {
+                finish_sql
+            })
+            .bind(cp.job_id)
+            .bind(cp.attempts)
+            .bind(end)
+            .bind(rows as i64)
+            .bind(Json(&f.metrics))
+            .bind(f.sub_batch_size)
+            .bind(&f.worker);
+            let query = match create {
+                Some((c, min, max)) => query
+                    .bind(c.migration_id)
+                    .bind(min)
+                    .bind(max)
+                    .bind(c.expected_next_min)
+                    .bind(c.sub_batch_size)
+                    .bind(c.batch_size)
+                    .bind(c.pause_ms)
+                    .bind(duration_ms(c.lease)),
+                None => query,
+            };
+            let rows_back = query.fetch_all(&mut *tx).await?;
+            let corrupt = |e: Error| Failure::new("Corrupt", e.to_string());
+            let Some(row) = rows_back.first() else {
                 tx.rollback().await?;
                 return Ok(SubBatchOutcome::Fenced);
             };
-            let job = job_from_row(&row).map_err(|e| Failure::new("Corrupt", e.to_string()))?;
+            let job = job_from_row(row).map_err(corrupt)?;
+            let next = match rows_back.get(1) {
+                Some(row) => {
+                    let next_min: Option<i64> =
+                        row.try_get("next_min").map_err(|e| corrupt(decode(e)))?;
+                    Some((Box::new(job_from_row(row).map_err(corrupt)?), next_min))
+                }
+                None => None,
+            };
             tx.commit().await?;
             return Ok(SubBatchOutcome::Finished {
                 start,
                 end,
                 rows,
                 job: Box::new(job),
+                next,
             });
         }
         if let (Some(cp), Some(sql)) = (checkpoint, &self.checkpoint_sql) {

@@ -1263,6 +1263,7 @@ impl Target for SqliteTarget {
                 end,
                 rows,
                 job: Box::new(job),
+                next: None,
             });
         }
         if let Some(cp) = checkpoint.filter(|_| self.same_database_store) {
