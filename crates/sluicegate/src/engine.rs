@@ -32,6 +32,8 @@ pub const AUTO_FAIL_MIN_JOBS: i64 = 50;
 const METRICS_KEPT: usize = 50;
 /// How long a worker keeps trying to record a job's end while the database is away.
 const RECORD_RETRY_FOR: Duration = Duration::from_secs(60);
+/// How long a job's last sub-batch waits for the next job's prefetch before going without it.
+const PREFETCH_WAIT: Duration = Duration::from_millis(50);
 /// How often a worker re-checks the job log's partitions.
 const PARTITION_CHECK_EVERY: Duration = Duration::from_secs(3600);
 
@@ -151,6 +153,8 @@ struct Prefetch {
     start: i64,
     task: JoinHandle<()>,
     result: Arc<std::sync::Mutex<Option<PrefetchResult>>>,
+    /// Turns true when `result` is there.
+    done: tokio::sync::watch::Receiver<bool>,
 }
 
 /// The health sample, and the next job's key range (`None`: none left from the start).
@@ -556,11 +560,13 @@ impl Worker {
         let (max, size) = (m.max_value, m.batch_size);
         let result = Arc::new(std::sync::Mutex::new(None));
         let slot = result.clone();
+        let (done_tx, done) = tokio::sync::watch::channel(false);
         let task = tokio::spawn(async move {
             let sample = target.health_sample(&table, probe.as_deref());
             let range = target.range_next(&table, &column, start, max, size);
             let both = futures::join!(sample, range);
             *slot.lock().expect("not poisoned") = Some(both);
+            let _ = done_tx.send(true);
         });
         let previous = self
             .prefetch
@@ -571,9 +577,24 @@ impl Worker {
                 start,
                 task,
                 result,
+                done,
             });
         if let Some(p) = previous {
             p.task.abort();
+        }
+    }
+
+    /// Waits, briefly, until the prefetch for `migration_id` has its result.
+    async fn prefetch_ready(&self, migration_id: i64) {
+        let done = self
+            .prefetch
+            .lock()
+            .expect("not poisoned")
+            .as_ref()
+            .filter(|p| p.migration_id == migration_id)
+            .map(|p| p.done.clone());
+        if let Some(mut done) = done {
+            let _ = tokio::time::timeout(PREFETCH_WAIT, done.wait_for(|d| *d)).await;
         }
     }
 
@@ -678,9 +699,10 @@ impl Worker {
     }
 
     /// The next job of the migration this worker just ran a job of, without claiming it again
-    /// (its table lease is renewed by the creating statement): the steady state costs two
-    /// bookkeeping round trips per job, create+start and finish+log. `None` when it is not to
-    /// be had (paused, another worker's range, the table lease gone): then claim as usual.
+    /// (its table lease is renewed by the creating statement), when its end did not create it
+    /// already ([`Worker::create_ahead`]): a health check, then create+start in one statement.
+    /// `None` when it is not to be had (paused, another worker's range, the table lease gone):
+    /// then claim as usual.
     async fn step_sticky(&self, m: Migration) -> Result<Option<StepOutcome>> {
         let (Some(start), Some(kind)) = (m.next_min_value, self.sg.registry.get(&m.job_kind))
         else {
@@ -871,6 +893,12 @@ impl Worker {
             if heartbeat.lost.load(Ordering::Relaxed) {
                 return Ok((job, JobOutcome::Lost, None));
             }
+            let whole_rest = sub_batch_size >= job.batch_size;
+            if ahead.is_some() && whole_rest {
+                // This sub-batch is the job's last: let the next job's health sample and range
+                // arrive (they are read meanwhile) so that its end can create the next job.
+                self.prefetch_ready(m.id).await;
+            }
             let t0 = Instant::now();
             let spec = SubBatchSpec {
                 kind,
@@ -880,7 +908,7 @@ impl Worker {
                 start: from,
                 max: job.max_value,
                 size: sub_batch_size,
-                whole_rest: sub_batch_size >= job.batch_size,
+                whole_rest,
                 timeouts: Timeouts {
                     statement_ms: m.statement_timeout_ms,
                     lock_ms: m.lock_timeout_ms,
