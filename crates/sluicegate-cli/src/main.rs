@@ -77,6 +77,36 @@ async fn connect_ready(cli: &Cli) -> Result<Sluicegate> {
     Ok(sg)
 }
 
+/// How long `run` waits for a database that is restarting or not up yet.
+const STARTUP_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// [`connect_ready`] for workers: a worker started while the server restarts (or before it is
+/// up) waits for it with backoff, as running workers do, instead of dying. Anything but a lost
+/// or refused connection fails at once.
+async fn connect_ready_waiting(cli: &Cli) -> Result<Sluicegate> {
+    let started = std::time::Instant::now();
+    let mut wait = std::time::Duration::from_millis(200);
+    loop {
+        match connect_ready(cli).await {
+            Ok(sg) => return Ok(sg),
+            Err(e) if is_connection_lost(&e) && started.elapsed() < STARTUP_WAIT => {
+                tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "database unavailable at startup; waiting");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(std::time::Duration::from_secs(5));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn is_connection_lost(e: &anyhow::Error) -> bool {
+    matches!(
+        e.downcast_ref::<sluicegate::Error>(),
+        Some(sluicegate::Error::Database { source, .. })
+            if sluicegate::Failure::from_sqlx(source).is_connection_lost()
+    )
+}
+
 async fn dispatch(cli: Cli) -> Result<()> {
     match &cli.command {
         Command::Setup => {
@@ -100,7 +130,7 @@ async fn dispatch(cli: Cli) -> Result<()> {
             run::queue(&sg, args).await
         }
         Command::Run(args) => {
-            let sg = connect_ready(&cli).await?;
+            let sg = connect_ready_waiting(&cli).await?;
             run::run(&sg, args).await
         }
         Command::Status(args) => {
