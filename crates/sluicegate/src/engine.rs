@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
+use futures::future::BoxFuture;
 use serde::Serialize;
 use serde_json::json;
 use tokio::task::JoinHandle;
@@ -32,8 +33,9 @@ pub const AUTO_FAIL_MIN_JOBS: i64 = 50;
 const METRICS_KEPT: usize = 50;
 /// How long a worker keeps trying to record a job's end while the database is away.
 const RECORD_RETRY_FOR: Duration = Duration::from_secs(60);
-/// How long a job's last sub-batch waits for the next job's prefetch before going without it.
-const PREFETCH_WAIT: Duration = Duration::from_millis(50);
+/// How long a job's last sub-batch waits (its transaction open) for the next job's prefetch
+/// before going without it.
+const PREFETCH_WAIT: Duration = Duration::from_millis(20);
 /// How often a worker re-checks the job log's partitions.
 const PARTITION_CHECK_EVERY: Duration = Duration::from_secs(3600);
 
@@ -894,11 +896,6 @@ impl Worker {
                 return Ok((job, JobOutcome::Lost, None));
             }
             let whole_rest = sub_batch_size >= job.batch_size;
-            if ahead.is_some() && whole_rest {
-                // This sub-batch is the job's last: let the next job's health sample and range
-                // arrive (they are read meanwhile) so that its end can create the next job.
-                self.prefetch_ready(m.id).await;
-            }
             let t0 = Instant::now();
             let spec = SubBatchSpec {
                 kind,
@@ -915,9 +912,10 @@ impl Worker {
                 },
             };
             // The job's end commits with its last sub-batch (same database only).
-            let finish = |s: i64, end: i64, rows: u64| {
+            let tally_now = &tally;
+            let finish = move |s: i64, end: i64, rows: u64| -> BoxFuture<'_, JobFinish> {
                 let took = t0.elapsed();
-                let mut tally = tally.clone();
+                let mut tally = tally_now.clone();
                 tally.record(s, end, rows, took);
                 let next_size = optimizer::next_sub_batch_size(
                     sub_batch_size,
@@ -925,12 +923,24 @@ impl Worker {
                     target_time,
                     job.batch_size,
                 );
-                JobFinish {
-                    metrics: tally.metrics(started.elapsed(), next_size),
-                    sub_batch_size: (next_size != job.sub_batch_size).then_some(next_size),
-                    worker: self.opts.name.clone(),
-                    then_create: ahead.and_then(|start| self.create_ahead(m, start, next_size)),
-                }
+                let metrics = tally.metrics(started.elapsed(), next_size);
+                Box::pin(async move {
+                    let then_create = match ahead {
+                        Some(start) => {
+                            // The next job's health sample and range, read while this job ran,
+                            // are there by now but for the shortest jobs: wait for them briefly.
+                            self.prefetch_ready(m.id).await;
+                            self.create_ahead(m, start, next_size)
+                        }
+                        None => None,
+                    };
+                    JobFinish {
+                        metrics,
+                        sub_batch_size: (next_size != job.sub_batch_size).then_some(next_size),
+                        worker: self.opts.name.clone(),
+                        then_create,
+                    }
+                })
             };
             let checkpoint = self.sg.same_database.then_some(Checkpoint {
                 job_id: job.id,

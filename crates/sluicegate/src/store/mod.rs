@@ -333,8 +333,13 @@ pub struct Checkpoint<'a> {
     /// Builds the job's end from its last sub-batch `(start, end, rows)`: then `succeeded`
     /// and its log row commit in that sub-batch's transaction, instead of the cursor (one
     /// statement, and one round trip, less per job).
-    pub finish: Option<&'a (dyn Fn(i64, i64, u64) -> JobFinish + Send + Sync)>,
+    pub finish: Option<&'a FinishFn<'a>>,
 }
+
+/// Builds a job's end from its last sub-batch `(start, end, rows)`, inside that sub-batch's
+/// transaction (it may wait briefly, e.g. for the next job's health sample).
+pub type FinishFn<'a> =
+    dyn Fn(i64, i64, u64) -> futures::future::BoxFuture<'a, JobFinish> + Send + Sync + 'a;
 
 impl std::fmt::Debug for Checkpoint<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -1359,7 +1359,7 @@ impl Target for PgTarget {
             .filter(|cp| end >= cp.job_max)
             .and_then(|cp| Some((cp, cp.finish?)));
         if let (Some((cp, finish)), Some((finish_sql, and_create_sql))) = (last, &self.finish_sql) {
-            let f = finish(start, end, rows);
+            let f = finish(start, end, rows).await;
             let create = f.then_create.as_ref().and_then(|c| match c.range {
                 JobRange::Given { min, max } => Some((c, min, max)),
                 JobRange::Keyset { .. } => None,

@@ -1228,7 +1228,7 @@ impl Target for SqliteTarget {
             .filter(|cp| self.same_database_store && end >= cp.job_max)
             .and_then(|cp| Some((cp, cp.finish?)));
         if let Some((cp, finish)) = last {
-            let f = finish(start, end, rows);
+            let f = finish(start, end, rows).await;
             let at = ts(now());
             let row = sqlx::query(JOB_FINISH_AT_CURSOR)
                 .bind(cp.job_id)
