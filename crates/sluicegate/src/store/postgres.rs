@@ -206,10 +206,13 @@ const JOB_CHECKPOINT: &str =
     "UPDATE {s}.jobs SET cursor_value = $3, rows_affected = rows_affected + $4,
     lease_expires_at = clock_timestamp() + $5 * interval '1 millisecond', updated_at = clock_timestamp()
     WHERE id = $1 AND attempts = $2 AND status = 'running'";
-/// A job's last sub-batch: cursor, rows, `running -> succeeded` and its log row, fenced by
-/// attempt like the checkpoint it replaces. `clock_timestamp()`, not `now()`: the transaction
-/// began before the sub-batch ran, and the job ends after it.
-const JOB_FINISH_AT_CURSOR: &str = "
+/// The two CTEs that end a job at its last sub-batch: `j` (cursor, rows, `running ->
+/// succeeded`, fenced by attempt like the checkpoint it replaces) and `log`, its log row.
+/// `clock_timestamp()`, not `now()`: the transaction began before the sub-batch ran, and the job
+/// ends after it. Shared by [`JOB_FINISH_AT_CURSOR`] and [`JOB_FINISH_AND_CREATE`].
+macro_rules! job_finish_ctes {
+    () => {
+        "
 WITH j AS (
     UPDATE {s}.jobs SET status = 'succeeded', finished_at = clock_timestamp(),
         lease_expires_at = NULL, cursor_value = $3, rows_affected = rows_affected + $4,
@@ -220,24 +223,18 @@ WITH j AS (
     INSERT INTO {s}.job_transition_logs (job_id, migration_id, previous_status, next_status, worker,
         created_at)
     SELECT id, migration_id, 'running', 'succeeded', $7, finished_at FROM j
-)
-SELECT * FROM j";
+)"
+    };
+}
+/// A job's last sub-batch: its end (`job_finish_ctes!`), the finished job returned.
+const JOB_FINISH_AT_CURSOR: &str = concat!(job_finish_ctes!(), "\nSELECT * FROM j");
 /// [`JOB_FINISH_AT_CURSOR`], and when the job succeeds the migration's next job over a given
 /// range, created running with its log row, the migration's next key moved on (compare-and-set)
 /// and the table lease renewed: the whole of a job's bookkeeping between two jobs in the
 /// statement that commits with its last sub-batch. One row per job, the finished one first.
-const JOB_FINISH_AND_CREATE: &str = "
-WITH j AS (
-    UPDATE {s}.jobs SET status = 'succeeded', finished_at = clock_timestamp(),
-        lease_expires_at = NULL, cursor_value = $3, rows_affected = rows_affected + $4,
-        metrics = $5, sub_batch_size = coalesce($6, sub_batch_size), updated_at = clock_timestamp()
-    WHERE id = $1 AND attempts = $2 AND status = 'running'
-    RETURNING *
-), log AS (
-    INSERT INTO {s}.job_transition_logs (job_id, migration_id, previous_status, next_status, worker,
-        created_at)
-    SELECT id, migration_id, 'running', 'succeeded', $7, finished_at FROM j
-), m AS (
+const JOB_FINISH_AND_CREATE: &str = concat!(
+    job_finish_ctes!(),
+    ", m AS (
     UPDATE {s}.migrations AS mg SET
         next_min_value = CASE WHEN $10 < mg.max_value THEN $10 + 1 END,
         last_job_started_at = clock_timestamp(),
@@ -267,7 +264,8 @@ WITH j AS (
 SELECT 0 AS ord, NULL::bigint AS next_min, j.* FROM j
 UNION ALL
 SELECT 1, (SELECT next_min_value FROM m), j2.* FROM j2
-ORDER BY ord";
+ORDER BY ord"
+);
 const JOB_HEARTBEAT: &str = "
 WITH j AS (
     UPDATE {s}.jobs SET lease_expires_at = now() + $3 * interval '1 millisecond', updated_at = now()
