@@ -619,16 +619,7 @@ impl Worker {
         let Some((Ok(sample), Ok(Some((min, max))))) = slot.as_ref() else {
             return None;
         };
-        let rate = self
-            .wal_rate
-            .lock()
-            .expect("not poisoned")
-            .observe(sample.wal_lsn);
-        let readings = {
-            let latency = self.latency.lock().expect("not poisoned");
-            health::evaluate(sample, &m.health, rate, latency.get(&m.id))
-        };
-        if health::first_stop(&readings).is_some() {
+        if health::first_stop(&self.judge(m, sample)).is_some() {
             return None;
         }
         let (min, max) = (*min, *max);
@@ -1282,6 +1273,18 @@ impl Worker {
         Ok(())
     }
 
+    /// Every indicator's verdict on `sample` for `m`, with this worker's WAL rate (the sample
+    /// fed to it) and its own sub-batch timings of `m`.
+    fn judge(&self, m: &Migration, sample: &HealthSample) -> Vec<health::Reading> {
+        let rate = self
+            .wal_rate
+            .lock()
+            .expect("not poisoned")
+            .observe(sample.wal_lsn);
+        let latency = self.latency.lock().expect("not poisoned");
+        health::evaluate(sample, &m.health, rate, latency.get(&m.id))
+    }
+
     /// Samples the target's health before a job. On a stop, puts the migration on hold for
     /// its hold duration with the indicator and reading in its log; the batch size is left
     /// alone. `unknown` readings are logged at debug level.
@@ -1290,15 +1293,7 @@ impl Worker {
         m: &Migration,
         sample: HealthSample,
     ) -> Result<Option<StepOutcome>> {
-        let rate = self
-            .wal_rate
-            .lock()
-            .expect("not poisoned")
-            .observe(sample.wal_lsn);
-        let readings = {
-            let latency = self.latency.lock().expect("not poisoned");
-            health::evaluate(&sample, &m.health, rate, latency.get(&m.id))
-        };
+        let readings = self.judge(m, &sample);
         for r in readings.iter().filter(|r| r.signal == Signal::Unknown) {
             tracing::debug!(migration = m.id, indicator = %r.indicator, reading = %r.reading, "health indicator unknown");
         }
