@@ -68,7 +68,7 @@ pub async fn demo(args: &DemoArgs) -> Result<()> {
     let url = format!("sqlite://{}", path.display());
     let say = |line: String| {
         if !args.json {
-            println!("{line}");
+            outln_or_drop!("{line}");
         }
     };
 
@@ -151,7 +151,7 @@ pub async fn demo(args: &DemoArgs) -> Result<()> {
             Some(j) => sg.job_history(j.id).await?,
             None => Vec::new(),
         };
-        println!(
+        outln!(
             "{}",
             serde_json::json!({
                 "event": "demo",
@@ -164,18 +164,18 @@ pub async fn demo(args: &DemoArgs) -> Result<()> {
             })
         );
     } else {
-        println!();
+        outln!();
         output::status(&sg, false).await?;
         if let Some(j) = retried {
             output::history(&sg, &m.name, Some(j.id), false).await?;
         }
-        println!(
+        outln!(
             "checked: {} of {} rows have email_lower = lower(email); took {:.1}s",
             args.rows - wrong,
             args.rows,
             started.elapsed().as_secs_f64()
         );
-        println!(
+        outln!(
             "look around: sluicegate --database-url {url} show {}",
             m.name
         );

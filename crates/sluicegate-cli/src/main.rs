@@ -1,5 +1,31 @@
 //! `sluicegate`: queue, run and watch batched background data migrations from a terminal.
 
+/// `println!` that hands back a write error instead of panicking, so that a closed pipe
+/// (`sluicegate history x | head -1`) ends the command quietly: `main` treats `BrokenPipe` as
+/// success.
+macro_rules! outln {
+    () => {
+        std::io::Write::write_all(&mut std::io::stdout().lock(), b"\n")?
+    };
+    ($($arg:tt)*) => {
+        std::io::Write::write_fmt(
+            &mut std::io::stdout().lock(),
+            format_args!("{}\n", format_args!($($arg)*)),
+        )?
+    };
+}
+
+/// [`outln!`] where there is no caller to hand the error to (progress lines written from a
+/// task): a closed pipe drops the line.
+macro_rules! outln_or_drop {
+    ($($arg:tt)*) => {{
+        let _ = std::io::Write::write_fmt(
+            &mut std::io::stdout().lock(),
+            format_args!("{}\n", format_args!($($arg)*)),
+        );
+    }};
+}
+
 mod args;
 mod demo;
 mod output;
@@ -113,12 +139,12 @@ async fn dispatch(cli: Cli) -> Result<()> {
             let sg = connect(&cli).await?;
             let (applied, partitions) = sg.setup().await?;
             if applied.is_empty() {
-                println!("tracking schema is up to date");
+                outln!("tracking schema is up to date");
             } else {
-                println!("installed tracking schema version(s) {applied:?}");
+                outln!("installed tracking schema version(s) {applied:?}");
             }
             if !partitions.created.is_empty() {
-                println!(
+                outln!(
                     "created job log partitions {}",
                     partitions.created.join(", ")
                 );
@@ -167,7 +193,7 @@ async fn dispatch(cli: Cli) -> Result<()> {
             let m = sg
                 .apply(&args.migration, event, args.reason.clone(), "cli")
                 .await?;
-            println!("migration {} ({}) is {}", m.id, m.name, m.status);
+            outln!("migration {} ({}) is {}", m.id, m.name, m.status);
             Ok(())
         }
         Command::Finalize(args) => {

@@ -77,11 +77,11 @@ pub async fn status(sg: &Sluicegate, json: bool) -> Result<()> {
     }
     if json {
         let all: Vec<_> = rows.iter().map(StatusJson::from_progress).collect();
-        println!("{}", serde_json::to_string_pretty(&all)?);
+        outln!("{}", serde_json::to_string_pretty(&all)?);
         return Ok(());
     }
     if rows.is_empty() {
-        println!("no migrations queued");
+        outln!("no migrations queued");
         return Ok(());
     }
     let mut t = table();
@@ -119,7 +119,7 @@ pub async fn status(sg: &Sluicegate, json: bool) -> Result<()> {
             Cell::new(hold_text(p)),
         ]);
     }
-    println!("{t}");
+    outln!("{t}");
     Ok(())
 }
 
@@ -194,7 +194,7 @@ pub async fn show(sg: &Sluicegate, migration: &str, json: bool) -> Result<()> {
                 .collect(),
             failed_jobs: failed.iter().map(JobJson::from_job).collect(),
         };
-        println!("{}", serde_json::to_string_pretty(&out)?);
+        outln!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());
     }
     let mut t = table();
@@ -291,10 +291,10 @@ pub async fn show(sg: &Sluicegate, migration: &str, json: bool) -> Result<()> {
     for (k, v) in rows {
         t.add_row([Cell::new(k), Cell::new(v)]);
     }
-    println!("{t}");
+    outln!("{t}");
     if !failed.is_empty() {
-        println!("failed jobs:");
-        println!("{}", jobs_table(&failed));
+        outln!("failed jobs:");
+        outln!("{}", jobs_table(&failed));
     }
     Ok(())
 }
@@ -318,11 +318,11 @@ pub async fn jobs(
     let jobs = sg.jobs(&m, status).await?;
     if json {
         let all: Vec<_> = jobs.iter().map(JobJson::from_job).collect();
-        println!("{}", serde_json::to_string_pretty(&all)?);
+        outln!("{}", serde_json::to_string_pretty(&all)?);
     } else if jobs.is_empty() {
-        println!("no jobs");
+        outln!("no jobs");
     } else {
-        println!("{}", jobs_table(&jobs));
+        outln!("{}", jobs_table(&jobs));
     }
     Ok(())
 }
@@ -340,7 +340,7 @@ pub async fn history(sg: &Sluicegate, migration: &str, job: Option<i64>, json: b
         }
         let log = sg.job_history(job_id).await?;
         if json {
-            println!("{}", serde_json::to_string_pretty(&log)?);
+            outln!("{}", serde_json::to_string_pretty(&log)?);
             return Ok(());
         }
         let mut t = table();
@@ -354,16 +354,16 @@ pub async fn history(sg: &Sluicegate, migration: &str, job: Option<i64>, json: b
                 Cell::new(r.exception_message.as_deref().unwrap_or("")),
             ]);
         }
-        println!(
+        outln!(
             "job {job_id} of migration {} (keys {} ..= {}):",
             m.name, j.min_value, j.max_value
         );
-        println!("{t}");
+        outln!("{t}");
         return Ok(());
     }
     let log = sg.migration_history(&m).await?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&log)?);
+        outln!("{}", serde_json::to_string_pretty(&log)?);
         return Ok(());
     }
     let mut t = table();
@@ -389,8 +389,8 @@ pub async fn history(sg: &Sluicegate, migration: &str, job: Option<i64>, json: b
             }),
         ]);
     }
-    println!("migration {} ({}):", m.id, m.name);
-    println!("{t}");
+    outln!("migration {} ({}):", m.id, m.name);
+    outln!("{t}");
     Ok(())
 }
 
@@ -410,7 +410,7 @@ pub async fn health(sg: &Sluicegate, migration: &str, json: bool) -> Result<()> 
             "hold_reason": p.hold_reason,
             "indicators": readings,
         });
-        println!("{}", serde_json::to_string_pretty(&out)?);
+        outln!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());
     }
     let mut t = table();
@@ -423,10 +423,10 @@ pub async fn health(sg: &Sluicegate, migration: &str, json: bool) -> Result<()> 
             Cell::new(&r.threshold),
         ]);
     }
-    println!("{t}");
+    outln!("{t}");
     let note = hold_text(&p);
     if !note.is_empty() {
-        println!("{}: {note}", m.name);
+        outln!("{}: {note}", m.name);
     }
     Ok(())
 }

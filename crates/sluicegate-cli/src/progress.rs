@@ -110,7 +110,7 @@ impl Reporter {
                             JobOutcome::Failed { .. } => "failed",
                             JobOutcome::Lost => "lost",
                         };
-                        println!(
+                        outln_or_drop!(
                             "{}",
                             json!({
                                 "event": "job",
@@ -140,7 +140,7 @@ impl Reporter {
                         ));
                     }
                     (StepOutcome::Held { migration, reason }, None) => {
-                        println!(
+                        outln_or_drop!(
                             "{}",
                             json!({
                                 "event": "hold",
@@ -152,7 +152,7 @@ impl Reporter {
                         );
                     }
                     (StepOutcome::Completed { migration }, None) => {
-                        println!(
+                        outln_or_drop!(
                             "{}",
                             json!({
                                 "event": "migration",

@@ -105,27 +105,27 @@ pub async fn queue(sg: &Sluicegate, args: &QueueArgs) -> Result<()> {
             "written": false,
         });
         if args.json {
-            println!("{value}");
+            outln!("{value}");
         } else {
-            println!("dry run: nothing was written");
-            println!(
+            outln!("dry run: nothing was written");
+            outln!(
                 "  migration      {} ({} on {}.{})",
                 m.name, m.job_kind, m.table_name, m.column_name
             );
-            println!("  range          {} ..= {}", m.min_value, m.max_value);
-            println!("  rows (est.)    {}", output::opt(m.total_tuple_count));
-            println!(
+            outln!("  range          {} ..= {}", m.min_value, m.max_value);
+            outln!("  rows (est.)    {}", output::opt(m.total_tuple_count));
+            outln!(
                 "  jobs (est.)    {} of {} keys, sub-batches of {}",
                 output::opt(plan.estimated_jobs()),
                 m.batch_size,
                 m.sub_batch_size
             );
-            println!(
+            outln!(
                 "  trial          one sub-batch touched {} rows in {:.1} ms, rolled back",
                 plan.trial_rows,
                 plan.trial_time.as_secs_f64() * 1000.0
             );
-            println!(
+            outln!(
                 "  duration (est.) {} at interval {} and pause {} ms",
                 plan.estimated_duration()
                     .map(format_duration)
@@ -138,12 +138,12 @@ pub async fn queue(sg: &Sluicegate, args: &QueueArgs) -> Result<()> {
     }
     let m = sg.queue(&req).await?;
     if args.json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string(&output::MigrationJson::from_migration(&m))?
         );
     } else {
-        println!(
+        outln!(
             "queued migration {} ({}): {} on {}.{}, keys {} ..= {}, {}",
             m.id,
             m.name,
@@ -215,12 +215,12 @@ pub async fn finalize(sg: &Sluicegate, migration: &str, json: bool) -> Result<()
         );
     }
     if json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string(&output::MigrationJson::from_migration(&m))?
         );
     } else {
-        println!("migration {} ({}) is finished", m.id, m.name);
+        outln!("migration {} ({}) is finished", m.id, m.name);
     }
     Ok(())
 }
