@@ -701,6 +701,11 @@ fn stored_table_name(canonical: &TableName, given: &str) -> String {
     }
 }
 
+/// The longest interval, hold or health age a migration may be queued with.
+pub const MAX_PACING: Duration = Duration::from_secs(365 * 24 * 3600);
+/// The longest statement or lock timeout, and pause between sub-batches.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+
 fn check_settings(req: &QueueRequest) -> Result<()> {
     let bad = |msg: String| Err(Error::InvalidSettings(msg));
     if req.batch_size <= 0 {
@@ -737,6 +742,32 @@ fn check_settings(req: &QueueRequest) -> Result<()> {
     }
     if req.statement_timeout.is_zero() || req.lock_timeout.is_zero() {
         return bad("statement and lock timeouts must be positive".into());
+    }
+    // Stored durations feed timestamp arithmetic on every claim and hold: an absurd one
+    // (`--interval 100000000y`) would overflow there, so it is refused here, by name.
+    let bounded = [
+        ("--interval", req.interval, MAX_PACING),
+        ("--statement-timeout", req.statement_timeout, MAX_TIMEOUT),
+        ("--lock-timeout", req.lock_timeout, MAX_TIMEOUT),
+        ("--pause-ms", Duration::from_millis(req.pause_ms.max(0) as u64), MAX_TIMEOUT),
+        ("--hold", req.health.hold(), MAX_PACING),
+        (
+            "--max-replica-lag",
+            Duration::from_millis(req.health.max_replica_lag_ms.max(0) as u64),
+            MAX_PACING,
+        ),
+        (
+            "--max-transaction-age",
+            Duration::from_millis(req.health.max_transaction_age_ms.max(0) as u64),
+            MAX_PACING,
+        ),
+    ];
+    if let Some((flag, value, max)) = bounded.iter().find(|(_, value, max)| value > max) {
+        return bad(format!(
+            "{flag} must be at most {} (got {})",
+            humantime::format_duration(*max),
+            humantime::format_duration(*value)
+        ));
     }
     if let Some(reason) = req.health.invalid() {
         return bad(reason);

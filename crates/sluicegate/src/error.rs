@@ -122,6 +122,10 @@ pub enum Error {
         what: String,
     },
 
+    /// A stored value (a duration, a key) is past what the database or a timestamp can hold.
+    #[error("value out of range: {0}")]
+    OutOfRange(String),
+
     /// A stored value could not be read back (a status the enum does not know, bad JSON).
     #[error("corrupt tracking data: {0}")]
     Corrupt(String),

@@ -88,7 +88,7 @@ WITH candidate AS (
     WHERE (($3::bigint IS NULL AND m.status = 'active'
             AND (m.on_hold_until IS NULL OR m.on_hold_until <= now())
             AND (m.interval_ms = 0 OR m.last_job_started_at IS NULL
-                 OR m.last_job_started_at + m.interval_ms * interval '1 millisecond' <= now()))
+                 OR extract(epoch FROM now() - m.last_job_started_at) * 1000 >= m.interval_ms))
            OR (m.id = $3 AND m.status IN ('active', 'finalizing')))
       AND NOT EXISTS (SELECT 1 FROM {s}.table_leases l
                       WHERE l.table_name = m.table_name AND l.migration_id <> m.id
@@ -136,7 +136,7 @@ m AS (
     FROM r
     WHERE mg.id = $1 AND mg.next_min_value = $2 AND mg.status IN ('active', 'finalizing')
       AND (mg.status = 'finalizing' OR mg.interval_ms = 0 OR mg.last_job_started_at IS NULL
-           OR mg.last_job_started_at + mg.interval_ms * interval '1 millisecond' <= now())
+           OR extract(epoch FROM now() - mg.last_job_started_at) * 1000 >= mg.interval_ms)
       AND EXISTS (SELECT 1 FROM {s}.table_leases l
                   WHERE l.table_name = mg.table_name AND l.migration_id = mg.id AND l.expires_at > now())
     RETURNING mg.id, mg.next_min_value, r.first, r.last
@@ -727,12 +727,14 @@ impl Store for PgStore {
                 column,
                 size,
             } => {
-                let max = "(SELECT max_value FROM {s}.migrations WHERE id = $1)";
-                let sql = keyset_sql(table, column, "$2", max, "$10");
+                let max = self.q("(SELECT max_value FROM {s}.migrations WHERE id = $1)");
+                let sql = keyset_sql(table, column, "$2", &max, "$10");
                 (sql, None, Some((*size).max(1)))
             }
         };
-        let sql = self.q(&JOB_CREATE.replace("{range}", &range_sql));
+        // The schema goes in before the range: the range holds the table's and column's quoted
+        // names, user text that may itself contain `{s}` (a table named `a{s}b`).
+        let sql = self.q(JOB_CREATE).replacen("{range}", &range_sql, 1);
         let row = sqlx::query(&sql)
             .bind(p.migration_id)
             .bind(p.expected_next_min)

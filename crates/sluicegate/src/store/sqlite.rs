@@ -177,8 +177,14 @@ fn now() -> DateTime<Utc> {
     Utc::now()
 }
 
-fn later(by: Duration) -> String {
-    ts(now() + chrono::Duration::from_std(by).unwrap_or(chrono::Duration::MAX))
+/// `now + by` as stored text; a duration past what a timestamp can hold is an error of the
+/// value (recorded on its migration by the worker), never a panic.
+fn later(by: Duration) -> Result<String> {
+    chrono::Duration::from_std(by)
+        .ok()
+        .and_then(|by| now().checked_add_signed(by))
+        .map(ts)
+        .ok_or_else(|| Error::OutOfRange(format!("now + {}", humantime::format_duration(by))))
 }
 
 fn parse_ts(text: Option<String>) -> Result<Option<DateTime<Utc>>> {
@@ -257,7 +263,7 @@ impl SqliteStore {
             .bind(p.expected_attempts)
             .bind(p.attempts)
             .bind(&p.worker)
-            .bind(p.lease.map(later))
+            .bind(p.lease.map(later).transpose()?)
             .bind(p.metrics.as_ref().map(|m| m.to_string()))
             .bind(p.sub_batch_size)
             .bind(p.require_expired_lease)
@@ -300,7 +306,7 @@ impl SqliteStore {
             .bind(p.from.as_str())
             .bind(p.to.as_str())
             .bind(p.event.as_str())
-            .bind(p.hold_until.map(later))
+            .bind(p.hold_until.map(later).transpose()?)
             .bind(&at)
             .fetch_optional(&mut *conn)
             .await
@@ -544,7 +550,7 @@ impl Store for SqliteStore {
                 .bind(&m.table_name)
                 .bind(m.id)
                 .bind(worker)
-                .bind(later(lease))
+                .bind(later(lease)?)
                 .execute(&mut *tx)
                 .await
                 .map_err(Error::db(context))?;
@@ -678,7 +684,7 @@ impl Store for SqliteStore {
             .bind(p.pause_ms)
             .bind(ts(at))
             .bind(&p.worker)
-            .bind(later(p.lease))
+            .bind(later(p.lease)?)
             .fetch_one(&mut *tx)
             .await
             .map_err(Error::db(&context))?;
@@ -697,7 +703,7 @@ impl Store for SqliteStore {
             .map_err(Error::db(&context))?;
         sqlx::query(TABLE_LEASE_RENEW)
             .bind(p.migration_id)
-            .bind(later(p.lease))
+            .bind(later(p.lease)?)
             .execute(&mut *tx)
             .await
             .map_err(Error::db(&context))?;
@@ -818,7 +824,7 @@ impl Store for SqliteStore {
             .bind(attempts)
             .bind(cursor)
             .bind(rows)
-            .bind(later(lease))
+            .bind(later(lease)?)
             .bind(ts(now()))
             .execute(&self.pool)
             .await
@@ -832,7 +838,7 @@ impl Store for SqliteStore {
         let migration_id: Option<i64> = sqlx::query_scalar(JOB_HEARTBEAT)
             .bind(job_id)
             .bind(attempts)
-            .bind(later(lease))
+            .bind(later(lease)?)
             .bind(ts(now()))
             .fetch_optional(&mut *tx)
             .await
@@ -840,7 +846,7 @@ impl Store for SqliteStore {
         if let Some(migration_id) = migration_id {
             sqlx::query(TABLE_LEASE_RENEW)
                 .bind(migration_id)
-                .bind(later(lease))
+                .bind(later(lease)?)
                 .execute(&mut *tx)
                 .await
                 .map_err(Error::db(&context))?;
@@ -945,10 +951,14 @@ impl Store for SqliteStore {
 
 /// Whether `m`'s interval has passed since its last job started (pacing).
 fn interval_elapsed(m: &Migration, at: DateTime<Utc>) -> bool {
-    let interval = chrono::Duration::from_std(m.interval).unwrap_or(chrono::Duration::MAX);
-    m.interval.is_zero()
-        || m.last_job_started_at
-            .is_none_or(|last| last + interval <= at)
+    // Checked: a stored interval too long to add is one that never elapses.
+    let due = |last: DateTime<Utc>| {
+        chrono::Duration::from_std(m.interval)
+            .ok()
+            .and_then(|interval| last.checked_add_signed(interval))
+            .is_some_and(|next| next <= at)
+    };
+    m.interval.is_zero() || m.last_job_started_at.is_none_or(due)
 }
 
 fn migration_from_row(row: &SqliteRow) -> Result<Migration> {
@@ -1272,7 +1282,7 @@ impl Target for SqliteTarget {
                 .bind(cp.attempts)
                 .bind(end)
                 .bind(rows as i64)
-                .bind(later(cp.lease))
+                .bind(later(cp.lease).map_err(|e| Failure::new("OutOfRange", e.to_string()))?)
                 .bind(ts(now()))
                 .execute(&mut *tx)
                 .await?;
