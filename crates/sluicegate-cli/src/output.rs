@@ -356,7 +356,9 @@ pub async fn history(sg: &Sluicegate, migration: &str, job: Option<i64>, json: b
         }
         outln!(
             "job {job_id} of migration {} (keys {} ..= {}):",
-            m.name, j.min_value, j.max_value
+            m.name,
+            j.min_value,
+            j.max_value
         );
         outln!("{t}");
         return Ok(());

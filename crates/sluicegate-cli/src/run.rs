@@ -110,7 +110,10 @@ pub async fn queue(sg: &Sluicegate, args: &QueueArgs) -> Result<()> {
             outln!("dry run: nothing was written");
             outln!(
                 "  migration      {} ({} on {}.{})",
-                m.name, m.job_kind, m.table_name, m.column_name
+                m.name,
+                m.job_kind,
+                m.table_name,
+                m.column_name
             );
             outln!("  range          {} ..= {}", m.min_value, m.max_value);
             outln!("  rows (est.)    {}", output::opt(m.total_tuple_count));
@@ -175,8 +178,7 @@ pub async fn run(sg: &Sluicegate, args: &RunArgs) -> Result<()> {
         })
         .with_events(reporter.sink());
     let result = if args.once {
-        let steps = (0..args.concurrency).map(|_| worker.step());
-        futures::future::try_join_all(steps).await.map(|outcomes| {
+        worker.run_once().await.map(|outcomes| {
             if outcomes.iter().all(|o| *o == StepOutcome::Idle) {
                 eprintln!("nothing to do: no migration is due");
             }

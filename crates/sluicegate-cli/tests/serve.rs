@@ -32,10 +32,12 @@ async fn running_migration(db: &TestDb) -> (Sluicegate, i64) {
     req.target_sub_batch_time = Duration::ZERO;
     // The trial sub-batch (keys 1..10) does not reach key 150: queueing succeeds.
     let m = sg.queue(&req).await.unwrap();
-    let worker = sg.worker(WorkerOptions {
-        name: "w1".into(),
-        ..WorkerOptions::default()
-    });
+    let mut worker = sg
+        .worker(WorkerOptions {
+            name: "w1".into(),
+            ..WorkerOptions::default()
+        })
+        .new_loop();
     for _ in 0..4 {
         worker.step().await.unwrap();
     }

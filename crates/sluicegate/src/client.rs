@@ -533,25 +533,8 @@ impl Sluicegate {
         reason: Option<String>,
         actor: &str,
     ) -> Result<Migration> {
-        let to =
-            migration
-                .status
-                .after(event)
-                .ok_or_else(|| Error::IllegalMigrationTransition {
-                    migration: migration.name.clone(),
-                    event: event.as_str().to_owned(),
-                    from: migration.status,
-                })?;
-        let params = MigrationTransitionParams {
-            migration_id: migration.id,
-            from: migration.status,
-            to,
-            event,
-            reason,
-            actor: actor.to_owned(),
-            failure: None,
-            hold_until: None,
-        };
+        let params = MigrationTransitionParams::new(migration, event, actor)?.with_reason(reason);
+        let to = params.to();
         let result = if event == MigrationEvent::Retry {
             self.store.migration_retry(&params).await
         } else {
@@ -670,17 +653,7 @@ impl Sluicegate {
         failure: Option<crate::Failure>,
         actor: &str,
     ) -> Result<Job> {
-        job.status.check(to, job.id)?;
-        let mut params = JobTransitionParams::new(job, to, actor);
-        params.failure = failure;
-        match to {
-            JobStatus::Pending => params.attempts = 0,
-            JobStatus::Running => {
-                params.attempts = job.attempts + 1;
-                params.lease = Some(Duration::from_secs(30));
-            }
-            _ => {}
-        }
+        let params = JobTransitionParams::new(job, to, actor)?.with_failure(failure);
         self.store.job_transition(&params).await
     }
 }
@@ -746,26 +719,25 @@ fn check_settings(req: &QueueRequest) -> Result<()> {
     // Stored durations feed timestamp arithmetic on every claim and hold: an absurd one
     // (`--interval 100000000y`) would overflow there, so it is refused here, by name.
     let bounded = [
-        ("--interval", req.interval, MAX_PACING),
-        ("--statement-timeout", req.statement_timeout, MAX_TIMEOUT),
-        ("--lock-timeout", req.lock_timeout, MAX_TIMEOUT),
-        ("--pause-ms", Duration::from_millis(req.pause_ms.max(0) as u64), MAX_TIMEOUT),
-        ("--hold", req.health.hold(), MAX_PACING),
+        ("--interval", req.interval, MAX_PACING, "365 days"),
+        ("--hold", req.health.hold(), MAX_PACING, "365 days"),
         (
-            "--max-replica-lag",
-            Duration::from_millis(req.health.max_replica_lag_ms.max(0) as u64),
-            MAX_PACING,
+            "--statement-timeout",
+            req.statement_timeout,
+            MAX_TIMEOUT,
+            "24 hours",
         ),
+        ("--lock-timeout", req.lock_timeout, MAX_TIMEOUT, "24 hours"),
         (
-            "--max-transaction-age",
-            Duration::from_millis(req.health.max_transaction_age_ms.max(0) as u64),
-            MAX_PACING,
+            "--pause-ms",
+            Duration::from_millis(req.pause_ms.max(0) as u64),
+            MAX_TIMEOUT,
+            "24 hours",
         ),
     ];
-    if let Some((flag, value, max)) = bounded.iter().find(|(_, value, max)| value > max) {
+    if let Some((flag, value, _, max)) = bounded.iter().find(|(_, value, max, _)| value > max) {
         return bad(format!(
-            "{flag} must be at most {} (got {})",
-            humantime::format_duration(*max),
+            "{flag} must be at most {max} (got {})",
             humantime::format_duration(*value)
         ));
     }

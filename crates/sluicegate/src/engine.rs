@@ -1,20 +1,29 @@
 //! The runner: workers that claim due migrations and run their jobs, sub-batch by
-//! sub-batch, recording every status change. One [`Worker::step`] is DESIGN §5: claim, next
-//! job (new range or retry), execute, record, split or fail on repeated timeouts, optimize.
+//! sub-batch, recording every status change (DESIGN §5).
+//!
+//! A [`Worker`] runs one or more [`WorkerLoop`]s. Each loop owns its state and moves it by
+//! value from one [`WorkerLoop::step`] to the next ([`Carry`]): nothing carried (claim a due
+//! migration), continue the migration it just ran (with the next job's health sample and key
+//! range, read while the last job ran), or run the job the last job's end already started.
+//! [`WorkerLoop::after_job`] is the one place that decides which. The store never calls back
+//! into the engine: a sub-batch is performed in its open transaction and handed back
+//! ([`PerformedSubBatch`]); the engine then commits it alone, with the job's cursor, or with the
+//! job's end and the next job's start, without waiting on anything in between.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use futures::future::BoxFuture;
+use futures::FutureExt;
 use serde::Serialize;
 use serde_json::json;
 use tokio::task::JoinHandle;
 
 use crate::client::{Sluicegate, LOG_RETENTION_MONTHS, MAX_ATTEMPTS};
 use crate::error::{Error, Result};
-use crate::failure::Failure;
+use crate::failure::{Failure, FailureClass};
 use crate::health::{self, HealthSample, LatencyTracker, Signal, WalRate};
 use crate::ident::TableName;
 use crate::kind::JobKind;
@@ -22,9 +31,9 @@ use crate::model::{Job, Migration};
 use crate::optimizer;
 use crate::status::{JobStatus, MigrationEvent, MigrationStatus};
 use crate::store::{
-    Checkpoint, JobCreateParams, JobCreated, JobFinish, JobRange, JobSplitParams,
-    JobTransitionParams, MigrationResizeParams, MigrationTransitionParams, SubBatchOutcome,
-    SubBatchSpec, Timeouts,
+    Backend, JobCreateParams, JobCreated, JobCursor, JobFinish, JobRange, JobSplitParams,
+    JobTransitionParams, MigrationResizeParams, MigrationTransitionParams, SubBatchCommit,
+    SubBatchCommitted, SubBatchSpec, Timeouts,
 };
 
 /// Jobs that must have run before the failure ratio can fail a migration (GitLab: 50).
@@ -33,9 +42,6 @@ pub const AUTO_FAIL_MIN_JOBS: i64 = 50;
 const METRICS_KEPT: usize = 50;
 /// How long a worker keeps trying to record a job's end while the database is away.
 const RECORD_RETRY_FOR: Duration = Duration::from_secs(60);
-/// How long a job's last sub-batch waits (its transaction open) for the next job's prefetch
-/// before going without it.
-const PREFETCH_WAIT: Duration = Duration::from_millis(20);
 /// How often a worker re-checks the job log's partitions.
 const PARTITION_CHECK_EVERY: Duration = Duration::from_secs(3600);
 
@@ -124,43 +130,15 @@ pub enum StepOutcome {
 /// Something a worker did, for progress displays.
 pub type EventSink = Arc<dyn Fn(&StepOutcome) + Send + Sync>;
 
-/// A worker: runs jobs of due migrations. Clone it to share; [`Worker::run`] runs
-/// `concurrency` loops at once.
+/// A worker: runs the jobs of due migrations in [`WorkerLoop`]s. Cheap to clone.
 #[derive(Clone)]
 pub struct Worker {
     sg: Sluicegate,
     opts: WorkerOptions,
     events: Option<EventSink>,
+    /// When this worker's loops last checked the job log's partitions (one check for all).
     last_partition_check: Arc<std::sync::Mutex<Option<Instant>>>,
-    /// The migration whose job this loop just ran, to continue without a new claim.
-    sticky: Arc<std::sync::Mutex<Option<Migration>>>,
-    /// WAL rate between this worker's health samples.
-    wal_rate: Arc<std::sync::Mutex<WalRate>>,
-    /// Sub-batch latencies this worker measured, per migration.
-    latency: Arc<std::sync::Mutex<std::collections::HashMap<i64, LatencyTracker>>>,
-    /// What the next job of the sticky migration needs, read while the current one runs.
-    prefetch: Arc<std::sync::Mutex<Option<Prefetch>>>,
-    /// A job created with the last one's end, to run next (see [`Worker::create_ahead`]).
-    ready: Arc<std::sync::Mutex<Option<(Migration, NextJob)>>>,
-    /// Whether a job's end may create the next job: only in step loops, which run it.
-    ahead: bool,
-    /// Set when the step loops are asked to stop: no more jobs are created ahead.
-    stopping: Arc<AtomicBool>,
 }
-
-/// The health sample and the next key range of a migration, read on other connections while
-/// its current job runs, so that neither costs time between jobs.
-struct Prefetch {
-    migration_id: i64,
-    start: i64,
-    task: JoinHandle<()>,
-    result: Arc<std::sync::Mutex<Option<PrefetchResult>>>,
-    /// Turns true when `result` is there.
-    done: tokio::sync::watch::Receiver<bool>,
-}
-
-/// The health sample, and the next job's key range (`None`: none left from the start).
-type PrefetchResult = (Result<HealthSample>, Result<Option<(i64, i64)>>);
 
 impl std::fmt::Debug for Worker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -168,11 +146,147 @@ impl std::fmt::Debug for Worker {
     }
 }
 
-/// A job to run, and — when it was just created from the range — the migration's
-/// `next_min_value` after it.
-struct NextJob {
+/// One step loop of a worker. It owns everything that carries from one step to the next;
+/// nothing of it is shared with other loops.
+pub struct WorkerLoop {
+    worker: Worker,
+    /// This loop's name in leases and logs.
+    name: String,
+    /// What the next step starts from.
+    carry: Carry,
+    /// WAL rate between this loop's health samples.
+    wal_rate: WalRate,
+    /// Sub-batch latencies this loop measured, per migration.
+    latency: HashMap<i64, LatencyTracker>,
+    /// Set when the loop is asked to stop (or runs a single step): a job's end then starts no
+    /// next job, which nobody would run.
+    stopping: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for WorkerLoop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerLoop")
+            .field("name", &self.name)
+            .field("carry", &self.carry)
+            .finish()
+    }
+}
+
+/// What a loop's next step starts from: the state it passes from step to step.
+#[derive(Debug, Default)]
+enum Carry {
+    /// Nothing: claim a due migration.
+    #[default]
+    Nothing,
+    /// Continue the migration whose job this loop just ran, without claiming it again (its
+    /// table lease is renewed by the statement that creates the next job).
+    Continue {
+        /// The migration, with its next key and the tuned sub-batch size.
+        migration: Box<Migration>,
+        /// The next job's health sample and key range, read while the last job ran.
+        prefetch: Option<Box<Prefetch>>,
+    },
+    /// The last job's end created and started this job: run it.
+    Started {
+        /// Its migration, with its next key after this job.
+        migration: Box<Migration>,
+        /// The job, `running`.
+        job: Box<Job>,
+    },
+}
+
+/// Where a job to run came from, which says what may follow it without a new claim.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Origin {
+    /// Created from the migration's key range; the migration's next key after it (`None`:
+    /// the range is handed out).
+    Range { next_min: Option<i64> },
+    /// A pending, failed or abandoned job taken up again.
+    Retry,
+}
+
+/// What the next job of a migration needs (its health sample and key range), read on other
+/// connections while the current job runs, so that neither costs time between jobs.
+struct Prefetch {
+    migration_id: i64,
+    /// The key the range was read from.
+    start: i64,
+    task: Option<JoinHandle<PrefetchResult>>,
+    result: Option<PrefetchResult>,
+}
+
+/// The health sample, and the next job's key range (`None`: no key left from the start).
+type PrefetchResult = (Result<HealthSample>, Result<Option<(i64, i64)>>);
+
+impl std::fmt::Debug for Prefetch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Prefetch")
+            .field("migration_id", &self.migration_id)
+            .field("start", &self.start)
+            .field("ready", &self.result.is_some())
+            .finish()
+    }
+}
+
+impl Prefetch {
+    /// Starts reading `m`'s health sample and its key range from `start`.
+    fn start(sg: &Sluicegate, m: &Migration, table: &TableName, start: i64) -> Self {
+        let target = sg.target.clone();
+        let (table, column, probe) = (table.clone(), m.column_name.clone(), m.health.probe.clone());
+        let (max, size) = (m.max_value, m.batch_size);
+        let task = tokio::spawn(async move {
+            let sample = target.health_sample(&table, probe.as_deref());
+            let range = target.range_next(&table, &column, start, max, size);
+            futures::join!(sample, range)
+        });
+        Self {
+            migration_id: m.id,
+            start,
+            task: Some(task),
+            result: None,
+        }
+    }
+
+    /// Its result if it is there now; never waits.
+    fn ready(&mut self) -> Option<&mut PrefetchResult> {
+        if self.result.is_none() {
+            let task = self.task.as_mut()?;
+            if !task.is_finished() {
+                return None;
+            }
+            let joined = task.now_or_never()?;
+            self.task = None;
+            self.result = Some(joined.unwrap_or_else(|e| {
+                let lost = || Error::Corrupt(format!("prefetch task died: {e}"));
+                (Err(lost()), Err(lost()))
+            }));
+        }
+        self.result.as_mut()
+    }
+
+    /// Its result, waiting for it (outside any transaction).
+    async fn wait(mut self) -> Option<PrefetchResult> {
+        if let Some(task) = self.task.take() {
+            self.result = task.await.ok();
+        }
+        self.result.take()
+    }
+}
+
+impl Drop for Prefetch {
+    fn drop(&mut self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+    }
+}
+
+/// How a job's run ended, for what follows it.
+struct JobRun {
     job: Job,
-    next_min: Option<Option<i64>>,
+    outcome: JobOutcome,
+    /// The next job, started by this job's end, and the migration's next key after it.
+    started_next: Option<(Job, Option<i64>)>,
 }
 
 /// Stops a heartbeat task when the job is done.
@@ -187,11 +301,12 @@ impl Drop for Heartbeat {
     }
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Mode {
     /// A worker's ordinary step.
     Normal,
-    /// `finalize`: ignore interval and holds, reset exhausted jobs.
+    /// `finalize` (or a worker taking over a finalizing migration whose finalizer died):
+    /// ignore interval and holds.
     Finalize,
 }
 
@@ -203,13 +318,6 @@ impl Worker {
             opts,
             events: None,
             last_partition_check: Arc::new(std::sync::Mutex::new(None)),
-            sticky: Arc::new(std::sync::Mutex::new(None)),
-            wal_rate: Arc::default(),
-            latency: Arc::default(),
-            prefetch: Arc::default(),
-            ready: Arc::default(),
-            ahead: false,
-            stopping: Arc::default(),
         }
     }
 
@@ -222,6 +330,137 @@ impl Worker {
     /// Its options.
     pub fn options(&self) -> &WorkerOptions {
         &self.opts
+    }
+
+    /// A step loop named after the worker: what [`Worker::run`] runs, for stepping by hand.
+    pub fn new_loop(&self) -> WorkerLoop {
+        self.loop_named(self.opts.name.clone(), Arc::default())
+    }
+
+    fn loop_named(&self, name: String, stopping: Arc<AtomicBool>) -> WorkerLoop {
+        WorkerLoop {
+            worker: self.clone(),
+            name,
+            carry: Carry::Nothing,
+            wal_rate: WalRate::default(),
+            latency: HashMap::new(),
+            stopping,
+        }
+    }
+
+    /// `concurrency` loops sharing `stop`, each with its own name when there are several.
+    fn loops(&self, stop: &Arc<AtomicBool>) -> Vec<WorkerLoop> {
+        let n = self.opts.concurrency.max(1);
+        (0..n)
+            .map(|i| {
+                let name = if n > 1 {
+                    format!("{}#{i}", self.opts.name)
+                } else {
+                    self.opts.name.clone()
+                };
+                self.loop_named(name, stop.clone())
+            })
+            .collect()
+    }
+
+    /// One step of each of `concurrency` loops, at once (`run --once`); no job is started
+    /// ahead, as no loop goes on to run it.
+    pub async fn run_once(&self) -> Result<Vec<StepOutcome>> {
+        let stop = Arc::new(AtomicBool::new(true));
+        let steps = self.loops(&stop).into_iter().map(|mut l| async move {
+            let outcome = l.step().await;
+            l.finish_carried().await?;
+            outcome
+        });
+        futures::future::try_join_all(steps).await
+    }
+
+    /// Runs steps until no active migration is left to work on (all finished, failed,
+    /// paused or cancelled), waiting for intervals, holds and other workers' jobs.
+    pub async fn run_until_idle(&self) -> Result<()> {
+        self.run(true, futures::future::pending()).await
+    }
+
+    /// Runs `concurrency` step loops until `shutdown` resolves (then lets running jobs end)
+    /// or, with `until_idle`, until no active migration is left.
+    pub async fn run(
+        &self,
+        until_idle: bool,
+        shutdown: impl std::future::Future<Output = ()> + Send,
+    ) -> Result<()> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let loops = self
+            .loops(&stop)
+            .into_iter()
+            .map(|mut l| tokio::spawn(async move { l.run(until_idle).await }));
+        let all = futures::future::try_join_all(loops);
+        tokio::pin!(all);
+        tokio::pin!(shutdown);
+        let results = tokio::select! {
+            results = &mut all => results,
+            _ = &mut shutdown => {
+                stop.store(true, Ordering::Relaxed);
+                all.await
+            }
+        };
+        let results = results.map_err(|e| Error::Corrupt(format!("worker task died: {e}")))?;
+        results.into_iter().collect()
+    }
+
+    /// Finalize: runs the migration's remaining jobs inline, back to back, resetting
+    /// exhausted attempts, until it is finished or failed. The finalizer keeps the table's
+    /// lease while it works; if it dies, a worker takes the migration over once that lease
+    /// has run out.
+    pub async fn finalize(&self, migration: &Migration, actor: &str) -> Result<Migration> {
+        let mut m = migration.clone();
+        match m.status {
+            MigrationStatus::Finished => return Ok(m),
+            MigrationStatus::Finalizing => {}
+            _ => {
+                m = self
+                    .sg
+                    .transition(&m, MigrationEvent::Finalize, None, actor)
+                    .await?
+            }
+        }
+        let mut l = self.loop_named(self.opts.name.clone(), Arc::new(AtomicBool::new(true)));
+        l.reset_exhausted(&m).await?;
+        let mut backoff = Backoff::default();
+        loop {
+            let current = self
+                .sg
+                .store
+                .migration_get(m.id)
+                .await?
+                .ok_or_else(|| Error::MigrationNotFound(m.id.to_string()))?;
+            if current.status != MigrationStatus::Finalizing {
+                return Ok(current);
+            }
+            let claimed = self
+                .sg
+                .store
+                .migration_claim(&l.name, self.opts.lease, Some(m.id))
+                .await?;
+            let Some(claimed) = claimed else {
+                // Another migration of the same table holds it: wait for it.
+                tokio::time::sleep(backoff.next()).await;
+                continue;
+            };
+            match l.step_migration(claimed).await {
+                Ok(StepOutcome::Completed { migration }) => {
+                    self.emit(&StepOutcome::Completed {
+                        migration: migration.clone(),
+                    });
+                    return Ok(*migration);
+                }
+                Ok(StepOutcome::Waiting { .. }) => tokio::time::sleep(backoff.next()).await,
+                Ok(other) => {
+                    backoff.reset();
+                    self.emit(&other);
+                }
+                Err(e) => self.on_error(e, &mut backoff).await?,
+            }
+        }
     }
 
     fn emit(&self, outcome: &StepOutcome) {
@@ -253,136 +492,11 @@ impl Worker {
         Ok(())
     }
 
-    /// One step: claim a due migration and run one job of it.
-    pub async fn step(&self) -> Result<StepOutcome> {
-        self.maintain_partitions().await?;
-        let ready = self.ready.lock().expect("not poisoned").take();
-        if let Some((m, next)) = ready {
-            let table = TableName::parse(&m.table_name)?;
-            let kind = self
-                .sg
-                .registry
-                .get(&m.job_kind)
-                .ok_or_else(|| Error::UnknownJobKind(m.job_kind.clone()))?;
-            let outcome = self
-                .run_job(m, next, kind.as_ref(), &table, Mode::Normal)
-                .await?;
-            self.emit(&outcome);
-            return Ok(outcome);
-        }
-        let cached = self.sticky.lock().expect("not poisoned").take();
-        if let Some(m) = cached {
-            if let Some(outcome) = self.step_sticky(m).await? {
-                self.emit(&outcome);
-                return Ok(outcome);
-            }
-        }
-        let started = Instant::now();
-        let claimed = self
-            .sg
-            .store
-            .migration_claim(&self.opts.name, self.opts.lease, None)
-            .await?;
-        // The soak script reads these lines to check that claiming stays flat under load.
-        tracing::debug!(
-            target: "sluicegate::claim",
-            claim_ms = started.elapsed().as_secs_f64() * 1000.0,
-            claimed = claimed.is_some(),
-            worker = %self.opts.name,
-        );
-        let Some(migration) = claimed else {
-            return Ok(StepOutcome::Idle);
-        };
-        let outcome = self.step_migration(migration, Mode::Normal).await?;
-        self.emit(&outcome);
-        Ok(outcome)
-    }
-
-    /// Runs steps until no active migration is left to work on (all finished, failed,
-    /// paused or cancelled), waiting for intervals, holds and other workers' jobs.
-    pub async fn run_until_idle(&self) -> Result<()> {
-        let mut worker = self.clone();
-        worker.ahead = true;
-        worker.run_loop(true, &AtomicBool::new(false)).await
-    }
-
-    /// The step loop of [`Worker::run`]: until `stop` is set between steps, or with
-    /// `until_idle` also until no active migration is left.
-    async fn run_loop(&self, until_idle: bool, stop: &AtomicBool) -> Result<()> {
-        let mut backoff = Backoff::default();
-        // A job created ahead is running already: it runs before the loop stops.
-        while !stop.load(Ordering::Relaxed) || self.ready.lock().expect("not poisoned").is_some() {
-            match self.step().await {
-                Ok(StepOutcome::Idle) => {
-                    if until_idle {
-                        match self.has_runnable_migrations().await {
-                            Ok(false) => return Ok(()),
-                            Ok(true) => {}
-                            Err(e) => {
-                                self.on_error(e, &mut backoff).await?;
-                                continue;
-                            }
-                        }
-                    }
-                    backoff.reset();
-                    tokio::time::sleep(self.opts.poll_interval).await;
-                }
-                Ok(_) => backoff.reset(),
-                Err(e) => self.on_error(e, &mut backoff).await?,
-            }
-        }
-        Ok(())
-    }
-
-    /// Runs `concurrency` step loops until `shutdown` resolves (then lets running jobs end)
-    /// or, with `until_idle`, until no active migration is left.
-    pub async fn run(
-        &self,
-        until_idle: bool,
-        shutdown: impl std::future::Future<Output = ()> + Send,
-    ) -> Result<()> {
-        let stop = Arc::new(AtomicBool::new(false));
-        let mut loops = Vec::new();
-        for i in 0..self.opts.concurrency.max(1) {
-            let mut worker = self.clone();
-            // Each loop keeps its own next migration, WAL samples and sub-batch timings.
-            worker.sticky = Arc::new(std::sync::Mutex::new(None));
-            worker.wal_rate = Arc::default();
-            worker.latency = Arc::default();
-            worker.prefetch = Arc::default();
-            worker.ready = Arc::default();
-            worker.ahead = true;
-            worker.stopping = stop.clone();
-            if self.opts.concurrency > 1 {
-                worker.opts.name = format!("{}#{i}", self.opts.name);
-            }
-            let stop = stop.clone();
-            loops.push(tokio::spawn(async move {
-                worker.run_loop(until_idle, &stop).await
-            }));
-        }
-        let all = futures::future::try_join_all(loops);
-        tokio::pin!(all);
-        tokio::pin!(shutdown);
-        let results = tokio::select! {
-            results = &mut all => results,
-            _ = &mut shutdown => {
-                stop.store(true, Ordering::Relaxed);
-                all.await
-            }
-        };
-        let results = results.map_err(|e| Error::Corrupt(format!("worker task died: {e}")))?;
-        results.into_iter().collect()
-    }
-
     /// A database error in the loop: back off and go on when it is the connection;
     /// anything else (a missing schema, corrupt data) stops the worker.
     async fn on_error(&self, e: Error, backoff: &mut Backoff) -> Result<()> {
         let transient = match &e {
-            Error::Database { source, .. } => {
-                let f = Failure::from_sqlx(source);
-                f.is_connection_lost() || f.class == "DatabaseBusy" || f.class == "DatabaseLocked"
-            }
+            Error::Database { source, .. } => Failure::from_sqlx(source).is_transient(),
             Error::Conflict { .. } => true,
             _ => false,
         };
@@ -405,225 +519,374 @@ impl Worker {
             )
         }))
     }
+}
 
-    /// Finalize: runs the migration's remaining jobs inline, back to back, resetting
-    /// exhausted attempts, until it is finished or failed.
-    pub async fn finalize(&self, migration: &Migration, actor: &str) -> Result<Migration> {
-        let mut m = migration.clone();
-        match m.status {
-            MigrationStatus::Finished => return Ok(m),
-            MigrationStatus::Active | MigrationStatus::Paused => {
-                m = self
-                    .sg
-                    .transition(&m, MigrationEvent::Finalize, None, actor)
-                    .await?;
-            }
-            MigrationStatus::Finalizing => {}
-            from => {
-                return Err(Error::IllegalMigrationTransition {
-                    migration: m.name.clone(),
-                    event: "finalize".into(),
-                    from,
-                })
-            }
+/// The failure an error is, when it belongs to the migration being worked on (its SQL, its
+/// data, a stored value out of range) rather than to the worker or the database as a whole:
+/// it is then recorded on that migration and the worker goes on with others.
+fn migration_failure(e: &Error) -> Option<Failure> {
+    match e {
+        Error::OutOfRange(what) => Some(Failure::new(
+            FailureClass::OutOfRange,
+            format!("value out of range: {what}"),
+        )),
+        Error::InvalidIdentifier { .. } | Error::InvalidSettings(_) => {
+            Some(Failure::new(FailureClass::InvalidSettings, e.to_string()))
         }
-        self.reset_exhausted(&m).await?;
-        let mut backoff = Backoff::default();
-        loop {
-            let current = self
-                .sg
-                .store
-                .migration_get(m.id)
-                .await?
-                .ok_or_else(|| Error::MigrationNotFound(m.id.to_string()))?;
-            if current.status != MigrationStatus::Finalizing {
-                return Ok(current);
-            }
-            let claimed = self
-                .sg
-                .store
-                .migration_claim(&self.opts.name, self.opts.lease, Some(m.id))
-                .await?;
-            let Some(claimed) = claimed else {
-                // Another migration of the same table holds it: wait for it.
-                tokio::time::sleep(backoff.next()).await;
-                continue;
+        Error::Database { source, .. } => {
+            let failure = Failure::from_sqlx(source);
+            let code = match source {
+                sqlx::Error::Database(db) => db.code().map(|c| c.into_owned()),
+                _ => None,
             };
-            match self.step_migration(claimed, Mode::Finalize).await {
-                Ok(StepOutcome::Completed { migration }) => {
-                    self.emit(&StepOutcome::Completed {
-                        migration: migration.clone(),
-                    });
-                    return Ok(*migration);
-                }
-                Ok(StepOutcome::Waiting { .. }) => tokio::time::sleep(backoff.next()).await,
-                Ok(other) => {
-                    backoff.reset();
-                    self.emit(&other);
-                }
-                Err(e) => self.on_error(e, &mut backoff).await?,
-            }
+            // Data exceptions (22: a value out of range, a bad cast) and a table or column
+            // that is gone (42P01, 42703) are the migration's own; privileges, resources and
+            // the connection are not.
+            let own = code
+                .as_deref()
+                .is_some_and(|c| c.starts_with("22") || c == "42P01" || c == "42703");
+            own.then(|| Failure::new(failure.class, format!("{e}")))
         }
+        _ => None,
+    }
+}
+
+impl WorkerLoop {
+    /// This loop's name in leases and logs.
+    pub fn name(&self) -> &str {
+        &self.name
     }
 
-    async fn reset_exhausted(&self, m: &Migration) -> Result<()> {
-        for job in self
-            .sg
-            .store
-            .job_list(m.id, Some(JobStatus::Failed))
-            .await?
-        {
-            let mut params = JobTransitionParams::new(&job, JobStatus::Pending, &self.opts.name);
-            params.attempts = 0;
-            match self.sg.store.job_transition(&params).await {
-                Ok(_) | Err(Error::Conflict { .. }) => {}
-                Err(e) => return Err(e),
+    fn sg(&self) -> &Sluicegate {
+        &self.worker.sg
+    }
+
+    fn lease(&self) -> Duration {
+        self.worker.opts.lease
+    }
+
+    /// Whether a job's end may start the next job in the same statement (PostgreSQL, one
+    /// database, and a loop that goes on to run it).
+    fn may_start_ahead(&self) -> bool {
+        self.sg().same_database
+            && self.sg().store.backend() == Backend::Postgres
+            && !self.stopping.load(Ordering::Relaxed)
+    }
+
+    /// One step: from what the last step carried, run one job (or hold, wait, finish), or
+    /// claim a due migration and do so.
+    pub async fn step(&mut self) -> Result<StepOutcome> {
+        self.worker.maintain_partitions().await?;
+        let outcome = match std::mem::take(&mut self.carry) {
+            Carry::Started { migration, job } => {
+                let next_min = migration.next_min_value;
+                self.run_job(*migration, *job, Origin::Range { next_min }, Mode::Normal)
+                    .await?
             }
+            Carry::Continue {
+                migration,
+                prefetch,
+            } => match self.continue_with(*migration, prefetch).await? {
+                Some(outcome) => outcome,
+                None => self.claim_and_step().await?,
+            },
+            Carry::Nothing => self.claim_and_step().await?,
+        };
+        self.worker.emit(&outcome);
+        Ok(outcome)
+    }
+
+    /// Runs the job a last step started ahead, if any, so that none is left running with no
+    /// one to run it (a loop ending).
+    async fn finish_carried(&mut self) -> Result<()> {
+        while matches!(self.carry, Carry::Started { .. }) {
+            self.step().await?;
         }
+        self.carry = Carry::Nothing;
         Ok(())
     }
 
-    async fn step_migration(&self, m: Migration, mode: Mode) -> Result<StepOutcome> {
-        let Some(kind) = self.sg.registry.get(&m.job_kind) else {
+    /// The loop of [`Worker::run`]: until `stopping` is set between steps, or with
+    /// `until_idle` also until no active migration is left.
+    async fn run(&mut self, until_idle: bool) -> Result<()> {
+        let mut backoff = Backoff::default();
+        while !self.stopping.load(Ordering::Relaxed) {
+            match self.step().await {
+                Ok(StepOutcome::Idle) => {
+                    if until_idle {
+                        match self.worker.has_runnable_migrations().await {
+                            Ok(false) => return Ok(()),
+                            Ok(true) => {}
+                            Err(e) => {
+                                self.worker.on_error(e, &mut backoff).await?;
+                                continue;
+                            }
+                        }
+                    }
+                    backoff.reset();
+                    tokio::time::sleep(self.worker.opts.poll_interval).await;
+                }
+                Ok(_) => backoff.reset(),
+                Err(e) => self.worker.on_error(e, &mut backoff).await?,
+            }
+        }
+        // A job started ahead is running already: it runs before the loop stops.
+        self.finish_carried().await
+    }
+
+    async fn claim_and_step(&mut self) -> Result<StepOutcome> {
+        let started = Instant::now();
+        let claimed = self
+            .sg()
+            .store
+            .migration_claim(&self.name, self.lease(), None)
+            .await?;
+        // The soak script reads these lines to check that claiming stays flat under load.
+        tracing::debug!(
+            target: "sluicegate::claim",
+            claim_ms = started.elapsed().as_secs_f64() * 1000.0,
+            claimed = claimed.is_some(),
+            worker = %self.name,
+        );
+        match claimed {
+            Some(migration) => self.step_migration(migration).await,
+            None => Ok(StepOutcome::Idle),
+        }
+    }
+
+    /// One step of a claimed migration; an error that belongs to it fails it (see
+    /// [`migration_failure`]) instead of stopping the worker.
+    async fn step_migration(&mut self, m: Migration) -> Result<StepOutcome> {
+        let mode = match m.status {
+            MigrationStatus::Finalizing => Mode::Finalize,
+            _ => Mode::Normal,
+        };
+        match self.step_migration_in(&m, mode).await {
+            Err(e) => match migration_failure(&e) {
+                Some(failure) => self.fail_for_error(&m, failure).await,
+                None => Err(e),
+            },
+            ok => ok,
+        }
+    }
+
+    async fn step_migration_in(&mut self, m: &Migration, mode: Mode) -> Result<StepOutcome> {
+        if self.sg().registry.get(&m.job_kind).is_none() {
             let failure = Failure::new(
-                "UnknownJobKind",
+                FailureClass::UnknownJobKind,
                 format!(
                     "job kind {:?} is not registered in worker {}",
-                    m.job_kind, self.opts.name
+                    m.job_kind, self.name
                 ),
             );
             let m = self
-                .fail_migration(&m, failure, "its job kind is not registered".into())
+                .fail_migration(m, failure, "its job kind is not registered".into())
                 .await?;
             return Ok(StepOutcome::Completed {
                 migration: Box::new(m),
             });
-        };
+        }
         let table = TableName::parse(&m.table_name)?;
         if mode == Mode::Normal {
-            let sample = self.health_sample(&m, &table).await?;
-            if let Some(held) = self.check_health(&m, sample).await? {
+            let sample = self.health_sample(m, &table).await?;
+            if let Some(held) = self.check_health(m, sample).await? {
                 return Ok(held);
             }
         }
-        match self.next_job(&m, &table).await? {
-            Some(next) => self.run_job(m, next, kind.as_ref(), &table, mode).await,
-            None => self.complete_if_done(&m).await,
+        match self.next_job(m, &table).await? {
+            Some((job, origin)) => self.run_job(m.clone(), job, origin, mode).await,
+            None => self.complete_if_done(m).await,
         }
+    }
+
+    /// Records an error of the migration's own on it (`fail`, with its class and message).
+    async fn fail_for_error(&mut self, m: &Migration, failure: Failure) -> Result<StepOutcome> {
+        tracing::warn!(migration = m.id, name = %m.name, class = %failure.class, message = %failure.message, "the migration failed on an error of its own");
+        let current = self.sg().store.migration_get(m.id).await?;
+        let Some(current) = current.filter(|c| c.status.after(MigrationEvent::Fail).is_some())
+        else {
+            return Ok(StepOutcome::Waiting { migration_id: m.id });
+        };
+        let reason = format!("{}: {}", failure.class, failure.message);
+        match self.fail_migration(&current, failure, reason).await {
+            Ok(m) => Ok(StepOutcome::Completed {
+                migration: Box::new(m),
+            }),
+            Err(Error::Conflict { .. }) => Ok(StepOutcome::Waiting { migration_id: m.id }),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The next job of the migration this loop just ran a job of, from what was prefetched
+    /// while that job ran: a health check, then create+start in one statement. `None` when it
+    /// is not to be had (paused, another worker moved the range on, the table lease gone):
+    /// then the step claims as usual.
+    async fn continue_with(
+        &mut self,
+        m: Migration,
+        prefetch: Option<Box<Prefetch>>,
+    ) -> Result<Option<StepOutcome>> {
+        let Some(start) = m.next_min_value else {
+            return Ok(None);
+        };
+        let table = TableName::parse(&m.table_name)?;
+        let prefetched = match prefetch.filter(|p| p.migration_id == m.id && p.start == start) {
+            Some(p) => p.wait().await,
+            None => None,
+        };
+        let (sample, range) = match prefetched {
+            Some((sample, range)) => (sample?, range.ok().flatten()),
+            None => (self.health_sample(&m, &table).await?, None),
+        };
+        if let Some(held) = self.check_health(&m, sample).await? {
+            return Ok(Some(held));
+        }
+        let created = match range {
+            Some((min, max)) => {
+                self.create_job_in(&m, start, JobRange::Given { min, max })
+                    .await
+            }
+            None => self.create_job(&m, &table, start).await,
+        };
+        let created = match created {
+            Ok(created) => created,
+            Err(e) => match migration_failure(&e) {
+                Some(failure) => return self.fail_for_error(&m, failure).await.map(Some),
+                None => return Err(e),
+            },
+        };
+        match created {
+            JobCreated::Created(job, next_min) => {
+                let outcome = self
+                    .run_job(m, *job, Origin::Range { next_min }, Mode::Normal)
+                    .await?;
+                Ok(Some(outcome))
+            }
+            JobCreated::Exhausted | JobCreated::NotNow => {
+                self.release_if_stopped(&m).await?;
+                Ok(None)
+            }
+        }
+    }
+
+    /// Gives the table lease back when the migration no longer runs (paused, cancelled,
+    /// failed): the store keeps it while any of its jobs still runs.
+    async fn release_if_stopped(&self, m: &Migration) -> Result<()> {
+        let current = self.sg().store.migration_get(m.id).await?;
+        if current.is_some_and(|c| {
+            !matches!(
+                c.status,
+                MigrationStatus::Active | MigrationStatus::Finalizing
+            )
+        }) {
+            self.sg().store.table_lease_release(m.id).await?;
+        }
+        Ok(())
     }
 
     /// Runs a job and what follows it: split or auto-fail after a failure, the optimizer after
-    /// a success. A job created from the range leaves its migration as this worker's next
-    /// candidate (see [`Worker::step`]).
+    /// a success; then [`Self::after_job`] decides what the next step starts from.
     async fn run_job(
-        &self,
+        &mut self,
         m: Migration,
-        next: NextJob,
-        kind: &dyn JobKind,
-        table: &TableName,
+        job: Job,
+        origin: Origin,
         mode: Mode,
     ) -> Result<StepOutcome> {
-        let mut ahead = None;
-        if let (Mode::Normal, true, Some(Some(start))) = (mode, m.interval.is_zero(), next.next_min)
-        {
-            self.start_prefetch(&m, table, start);
-            ahead = Some(start).filter(|_| self.ahead && !self.stopping.load(Ordering::Relaxed));
+        let table = TableName::parse(&m.table_name)?;
+        let kind = self
+            .sg()
+            .registry
+            .get(&m.job_kind)
+            .ok_or_else(|| Error::UnknownJobKind(m.job_kind.clone()))?;
+        // At full speed, what the next job needs is read while this one runs.
+        let mut prefetch = match origin {
+            Origin::Range {
+                next_min: Some(start),
+            } if mode == Mode::Normal && m.interval.is_zero() => {
+                Some(Prefetch::start(self.sg(), &m, &table, start))
+            }
+            _ => None,
+        };
+        let run = self
+            .execute(&m, kind.as_ref(), &table, job, prefetch.as_mut())
+            .await?;
+        match &run.outcome {
+            JobOutcome::Failed { failure } => {
+                self.after_failure(&m, &table, &run.job, failure).await?
+            }
+            JobOutcome::Succeeded if mode == Mode::Normal => self.optimize(&m).await?,
+            _ => {}
         }
-        let (job, outcome, created) = self.execute(&m, kind, table, next.job, ahead).await?;
-        if let JobOutcome::Failed { failure } = &outcome {
-            self.after_failure(&m, table, &job, failure).await?;
-        } else if outcome == JobOutcome::Succeeded && mode == Mode::Normal {
-            self.optimize(&m).await?;
-            if let Some(next_min) = next.next_min.filter(|_| m.interval.is_zero()) {
-                let mut again = m.clone();
+        let outcome = StepOutcome::Ran {
+            migration_id: m.id,
+            job: Box::new(run.job.clone()),
+            outcome: run.outcome.clone(),
+        };
+        self.carry = Self::after_job(m, run, origin, mode, prefetch);
+        Ok(outcome)
+    }
+
+    /// What runs next after a job of `m`: the one place that decides it. After a success at
+    /// full speed with keys left, the same migration again — the job its end started, or a
+    /// new one from the prefetched range; anything else goes back to claiming.
+    fn after_job(
+        m: Migration,
+        run: JobRun,
+        origin: Origin,
+        mode: Mode,
+        prefetch: Option<Prefetch>,
+    ) -> Carry {
+        let Origin::Range {
+            next_min: Some(start),
+        } = origin
+        else {
+            return Carry::Nothing;
+        };
+        if mode != Mode::Normal || !m.interval.is_zero() || run.outcome != JobOutcome::Succeeded {
+            return Carry::Nothing;
+        }
+        let mut again = m;
+        again.sub_batch_size = run.job.sub_batch_size.min(again.batch_size);
+        match run.started_next {
+            Some((job, next_min)) => {
                 again.next_min_value = next_min;
-                again.sub_batch_size = job.sub_batch_size.min(again.batch_size);
-                match created {
-                    Some(created) => {
-                        again.next_min_value = created.next_min.flatten();
-                        *self.ready.lock().expect("not poisoned") = Some((again, created));
-                    }
-                    None => *self.sticky.lock().expect("not poisoned") = Some(again),
+                Carry::Started {
+                    migration: Box::new(again),
+                    job: Box::new(job),
+                }
+            }
+            None => {
+                again.next_min_value = Some(start);
+                Carry::Continue {
+                    migration: Box::new(again),
+                    prefetch: prefetch.map(Box::new),
                 }
             }
         }
-        Ok(StepOutcome::Ran {
-            migration_id: m.id,
-            job: Box::new(job),
-            outcome,
-        })
     }
 
-    /// Reads, on other connections, what the next job of `m` will need (its health sample and
-    /// the key range from `start`) while the current job runs.
-    fn start_prefetch(&self, m: &Migration, table: &TableName, start: i64) {
-        let target = self.sg.target.clone();
-        let (table, column, probe) = (table.clone(), m.column_name.clone(), m.health.probe.clone());
-        let (max, size) = (m.max_value, m.batch_size);
-        let result = Arc::new(std::sync::Mutex::new(None));
-        let slot = result.clone();
-        let (done_tx, done) = tokio::sync::watch::channel(false);
-        let task = tokio::spawn(async move {
-            let sample = target.health_sample(&table, probe.as_deref());
-            let range = target.range_next(&table, &column, start, max, size);
-            let both = futures::join!(sample, range);
-            *slot.lock().expect("not poisoned") = Some(both);
-            let _ = done_tx.send(true);
-        });
-        let previous = self
-            .prefetch
-            .lock()
-            .expect("not poisoned")
-            .replace(Prefetch {
-                migration_id: m.id,
-                start,
-                task,
-                result,
-                done,
-            });
-        if let Some(p) = previous {
-            p.task.abort();
-        }
-    }
-
-    /// Waits, briefly, until the prefetch for `migration_id` has its result.
-    async fn prefetch_ready(&self, migration_id: i64) {
-        let done = self
-            .prefetch
-            .lock()
-            .expect("not poisoned")
-            .as_ref()
-            .filter(|p| p.migration_id == migration_id)
-            .map(|p| p.done.clone());
-        if let Some(mut done) = done {
-            let _ = tokio::time::timeout(PREFETCH_WAIT, done.wait_for(|d| *d)).await;
-        }
-    }
-
-    /// The next job to create with the end of the current one, if the prefetched health sample
-    /// (read while this job ran) says go and the next range is known: the job's end and the
-    /// next job's start then commit in one statement with its last sub-batch, so nothing runs
-    /// between two jobs but that statement. A stop, or a sample not ready yet, leaves it to the
-    /// next step, which holds or creates the job itself.
-    fn create_ahead(
-        &self,
+    /// The next job to start with the end of the current one, if the prefetched health sample
+    /// (read while this job ran) is there now and says go, and the next range is known. Never
+    /// waits: called while the last sub-batch's transaction is open.
+    fn start_ahead(
+        &mut self,
         m: &Migration,
-        start: i64,
+        prefetch: &mut Prefetch,
         sub_batch_size: i64,
     ) -> Option<JobCreateParams> {
-        let prefetch = self.prefetch.lock().expect("not poisoned");
-        let p = prefetch
-            .as_ref()
-            .filter(|p| p.migration_id == m.id && p.start == start)?;
-        let mut slot = p.result.lock().expect("not poisoned");
-        let Some((Ok(sample), Ok(Some((min, max))))) = slot.as_ref() else {
+        let start = prefetch.start;
+        let (sample, range) = prefetch.ready()?;
+        let (Ok(sample), Ok(Some((min, max)))) = (&*sample, &*range) else {
             return None;
         };
-        if health::first_stop(&self.judge(m, sample)).is_some() {
+        let (min, max) = (*min, *max);
+        let readings = self.judge(m, sample);
+        if health::first_stop(&readings).is_some() {
             return None;
         }
-        let (min, max) = (*min, *max);
-        slot.take();
+        // The range is spent on this job; the sample stays for the next step's own check.
+        prefetch.result.as_mut()?.1 = Ok(None);
         Some(JobCreateParams {
             migration_id: m.id,
             expected_next_min: start,
@@ -631,13 +894,13 @@ impl Worker {
             batch_size: m.batch_size,
             sub_batch_size: sub_batch_size.min(m.batch_size),
             pause_ms: m.pause_ms,
-            worker: self.opts.name.clone(),
-            lease: self.opts.lease,
+            worker: self.name.clone(),
+            lease: self.lease(),
         })
     }
 
     async fn health_sample(&self, m: &Migration, table: &TableName) -> Result<HealthSample> {
-        self.sg
+        self.sg()
             .target
             .health_sample(table, m.health.probe.as_deref())
             .await
@@ -646,7 +909,7 @@ impl Worker {
     /// Creates the migration's next job from `start`: in one statement with the keyset walk
     /// when the table is in the tracking database, else after finding the range on the target.
     async fn create_job(&self, m: &Migration, table: &TableName, start: i64) -> Result<JobCreated> {
-        let range = if self.sg.same_database {
+        let range = if self.sg().same_database {
             JobRange::Keyset {
                 table: table.clone(),
                 column: m.column_name.clone(),
@@ -654,13 +917,13 @@ impl Worker {
             }
         } else {
             let found = self
-                .sg
+                .sg()
                 .target
                 .range_next(table, &m.column_name, start, m.max_value, m.batch_size)
                 .await?;
             match found {
                 Some((min, max)) => JobRange::Given { min, max },
-                None if self.sg.store.migration_range_exhaust(m.id, start).await? => {
+                None if self.sg().store.migration_range_exhaust(m.id, start).await? => {
                     return Ok(JobCreated::Exhausted)
                 }
                 None => return Ok(JobCreated::NotNow),
@@ -676,7 +939,7 @@ impl Worker {
         start: i64,
         range: JobRange,
     ) -> Result<JobCreated> {
-        self.sg
+        self.sg()
             .store
             .job_create(&JobCreateParams {
                 migration_id: m.id,
@@ -685,68 +948,16 @@ impl Worker {
                 batch_size: m.batch_size,
                 sub_batch_size: m.sub_batch_size.min(m.batch_size),
                 pause_ms: m.pause_ms,
-                worker: self.opts.name.clone(),
-                lease: self.opts.lease,
+                worker: self.name.clone(),
+                lease: self.lease(),
             })
             .await
     }
 
-    /// The next job of the migration this worker just ran a job of, without claiming it again
-    /// (its table lease is renewed by the creating statement), when its end did not create it
-    /// already ([`Worker::create_ahead`]): a health check, then create+start in one statement.
-    /// `None` when it is not to be had (paused, another worker's range, the table lease gone):
-    /// then claim as usual.
-    async fn step_sticky(&self, m: Migration) -> Result<Option<StepOutcome>> {
-        let (Some(start), Some(kind)) = (m.next_min_value, self.sg.registry.get(&m.job_kind))
-        else {
-            return Ok(None);
-        };
-        let table = TableName::parse(&m.table_name)?;
-        let prefetched = self
-            .prefetch
-            .lock()
-            .expect("not poisoned")
-            .take()
-            .filter(|p| p.migration_id == m.id && p.start == start);
-        let mut result = None;
-        if let Some(p) = prefetched {
-            if p.task.await.is_ok() {
-                result = p.result.lock().expect("not poisoned").take();
-            }
-        }
-        let (sample, range) = match result {
-            Some((sample, range)) => (sample?, range.ok().flatten()),
-            None => (self.health_sample(&m, &table).await?, None),
-        };
-        if let Some(held) = self.check_health(&m, sample).await? {
-            return Ok(Some(held));
-        }
-        let created = match range {
-            Some((min, max)) => {
-                self.create_job_in(&m, start, JobRange::Given { min, max })
-                    .await?
-            }
-            None => self.create_job(&m, &table, start).await?,
-        };
-        match created {
-            JobCreated::Created(job, next_min) => {
-                let next = NextJob {
-                    job: *job,
-                    next_min: Some(next_min),
-                };
-                Ok(Some(
-                    self.run_job(m, next, kind.as_ref(), &table, Mode::Normal)
-                        .await?,
-                ))
-            }
-            JobCreated::Exhausted | JobCreated::NotNow => Ok(None),
-        }
-    }
-
     /// The job to run now: a new range after the last one, or a pending, retriable or
     /// abandoned job. Concurrent workers race through compare-and-set; the loser looks again.
-    async fn next_job(&self, m: &Migration, table: &TableName) -> Result<Option<NextJob>> {
-        let store = &self.sg.store;
+    async fn next_job(&self, m: &Migration, table: &TableName) -> Result<Option<(Job, Origin)>> {
+        let store = &self.sg().store;
         let mut m = m.clone();
         for attempt in 0.. {
             if attempt > 0 {
@@ -769,10 +980,7 @@ impl Worker {
             if let Some(start) = m.next_min_value {
                 match self.create_job(&m, table, start).await? {
                     JobCreated::Created(job, next_min) => {
-                        return Ok(Some(NextJob {
-                            job: *job,
-                            next_min: Some(next_min),
-                        }))
+                        return Ok(Some((*job, Origin::Range { next_min })))
                     }
                     JobCreated::Exhausted => continue,
                     JobCreated::NotNow => {
@@ -794,18 +1002,18 @@ impl Worker {
             };
             if job.status == JobStatus::Running {
                 // Its worker stopped renewing the lease: record the gap, then retry it.
-                let mut params = JobTransitionParams::new(&job, JobStatus::Failed, &self.opts.name);
-                params.require_expired_lease = true;
-                params.failure = Some(Failure::new(
-                    "WorkerLost",
-                    format!(
-                        "worker {} stopped renewing its lease, which expired at {}",
-                        job.worker.as_deref().unwrap_or("?"),
-                        job.lease_expires_at
-                            .map(|t| t.to_rfc3339())
-                            .unwrap_or_else(|| "?".into())
-                    ),
-                ));
+                let params = JobTransitionParams::new(&job, JobStatus::Failed, &self.name)?
+                    .if_lease_expired()
+                    .with_failure(Some(Failure::new(
+                        FailureClass::WorkerLost,
+                        format!(
+                            "worker {} stopped renewing its lease, which expired at {}",
+                            job.worker.as_deref().unwrap_or("?"),
+                            job.lease_expires_at
+                                .map(|t| t.to_rfc3339())
+                                .unwrap_or_else(|| "?".into())
+                        ),
+                    )));
                 job = match store.job_transition(&params).await {
                     Ok(job) => job,
                     Err(Error::Conflict { .. }) => continue,
@@ -815,17 +1023,10 @@ impl Worker {
                     continue;
                 }
             }
-            job.status.check(JobStatus::Running, job.id)?;
-            let mut params = JobTransitionParams::new(&job, JobStatus::Running, &self.opts.name);
-            params.attempts = job.attempts + 1;
-            params.lease = Some(self.opts.lease);
+            let params = JobTransitionParams::new(&job, JobStatus::Running, &self.name)?
+                .with_lease(self.lease());
             match store.job_transition(&params).await {
-                Ok(job) => {
-                    return Ok(Some(NextJob {
-                        job,
-                        next_min: None,
-                    }))
-                }
+                Ok(job) => return Ok(Some((job, Origin::Retry))),
                 Err(Error::Conflict { .. }) => continue,
                 Err(e) => return Err(e),
             }
@@ -836,7 +1037,7 @@ impl Worker {
     fn start_heartbeat(&self, job: &Job) -> Heartbeat {
         let lost = Arc::new(AtomicBool::new(false));
         let (store, lease, id, attempts) =
-            (self.sg.store.clone(), self.opts.lease, job.id, job.attempts);
+            (self.sg().store.clone(), self.lease(), job.id, job.attempts);
         let flag = lost.clone();
         let task = tokio::spawn(async move {
             let every = (lease / 3).max(Duration::from_millis(50));
@@ -855,15 +1056,24 @@ impl Worker {
         Heartbeat { task, lost }
     }
 
-    /// Runs a job sub-batch by sub-batch, from its cursor on, and records how it ended.
+    /// Runs a job sub-batch by sub-batch, from its cursor on, and records how it ended. When
+    /// tracking and target are one database each sub-batch commits the job's cursor, and the
+    /// last one the job's end (and, given `prefetch` with a go, the next job's start).
     async fn execute(
-        &self,
+        &mut self,
         m: &Migration,
         kind: &dyn JobKind,
         table: &TableName,
         job: Job,
-        ahead: Option<i64>,
-    ) -> Result<(Job, JobOutcome, Option<NextJob>)> {
+        mut prefetch: Option<&mut Prefetch>,
+    ) -> Result<JobRun> {
+        let lost = |job| {
+            Ok(JobRun {
+                job,
+                outcome: JobOutcome::Lost,
+                started_next: None,
+            })
+        };
         let heartbeat = self.start_heartbeat(&job);
         let started = Instant::now();
         let mut start = match job.cursor {
@@ -873,20 +1083,19 @@ impl Worker {
         let mut sub_batch_size = job.sub_batch_size;
         let mut tally = Tally::default();
         let target_time = Duration::from_millis(m.target_sub_batch_ms.max(0) as u64);
-        self.latency
-            .lock()
-            .expect("not poisoned")
-            .entry(m.id)
-            .or_default()
-            .job_started();
+        let cursor = JobCursor {
+            job_id: job.id,
+            attempts: job.attempts,
+            lease: self.lease(),
+        };
+        self.latency.entry(m.id).or_default().job_started();
         let failure = loop {
             let Some(from) = start.filter(|s| *s <= job.max_value) else {
                 break None;
             };
             if heartbeat.lost.load(Ordering::Relaxed) {
-                return Ok((job, JobOutcome::Lost, None));
+                return lost(job);
             }
-            let whole_rest = sub_batch_size >= job.batch_size;
             let t0 = Instant::now();
             let spec = SubBatchSpec {
                 kind,
@@ -896,128 +1105,123 @@ impl Worker {
                 start: from,
                 max: job.max_value,
                 size: sub_batch_size,
-                whole_rest,
+                whole_rest: sub_batch_size >= job.batch_size,
                 timeouts: Timeouts {
                     statement_ms: m.statement_timeout_ms,
                     lock_ms: m.lock_timeout_ms,
                 },
             };
-            // The job's end commits with its last sub-batch (same database only).
-            let tally_now = &tally;
-            let finish = move |s: i64, end: i64, rows: u64| -> BoxFuture<'_, JobFinish> {
+            let performed = match self.sg().target.sub_batch_perform(spec).await {
+                Ok(Some(performed)) => performed,
+                Ok(None) => break None,
+                Err(failure) => break Some(failure),
+            };
+            let (first, end) = performed.keys();
+            let rows = performed.rows();
+            if !self.sg().same_database {
+                // Another database: commit there, then record the cursor here (at-least-once).
+                if let Err(failure) = performed.commit(SubBatchCommit::Alone).await {
+                    break Some(failure);
+                }
+                let recorded = self
+                    .sg()
+                    .store
+                    .job_checkpoint(job.id, job.attempts, end, rows as i64, self.lease())
+                    .await?;
+                if !recorded {
+                    return lost(job);
+                }
+            } else if end >= job.max_value {
+                // The job's last sub-batch: its end commits with it.
                 let took = t0.elapsed();
-                let mut tally = tally_now.clone();
-                tally.record(s, end, rows, took);
+                let mut tally = tally.clone();
+                tally.record(first, end, rows, took);
                 let next_size = optimizer::next_sub_batch_size(
                     sub_batch_size,
                     took,
                     target_time,
                     job.batch_size,
                 );
-                let metrics = tally.metrics(started.elapsed(), next_size);
-                Box::pin(async move {
-                    let then_create = match ahead {
-                        Some(start) => {
-                            // The next job's health sample and range, read while this job ran,
-                            // are there by now but for the shortest jobs: wait for them briefly.
-                            self.prefetch_ready(m.id).await;
-                            self.create_ahead(m, start, next_size)
-                        }
-                        None => None,
-                    };
-                    JobFinish {
-                        metrics,
-                        sub_batch_size: (next_size != job.sub_batch_size).then_some(next_size),
-                        worker: self.opts.name.clone(),
-                        then_create,
+                let then_create = match prefetch.as_deref_mut() {
+                    Some(p) if self.may_start_ahead() => self.start_ahead(m, p, next_size),
+                    _ => None,
+                };
+                let finish = JobFinish {
+                    metrics: tally.metrics(started.elapsed(), next_size),
+                    sub_batch_size: (next_size != job.sub_batch_size).then_some(next_size),
+                    worker: self.name.clone(),
+                    then_create,
+                };
+                match performed
+                    .commit(SubBatchCommit::Finish(cursor, &finish))
+                    .await
+                {
+                    Ok(SubBatchCommitted::Finished { job: done, next }) => {
+                        drop(heartbeat);
+                        self.observe_latency(m.id, t0.elapsed(), sub_batch_size);
+                        return Ok(JobRun {
+                            job: *done,
+                            outcome: JobOutcome::Succeeded,
+                            started_next: next.map(|(job, next_min)| (*job, next_min)),
+                        });
                     }
-                })
-            };
-            let checkpoint = self.sg.same_database.then_some(Checkpoint {
-                job_id: job.id,
-                attempts: job.attempts,
-                lease: self.opts.lease,
-                job_max: job.max_value,
-                finish: Some(&finish),
-            });
-            match self.sg.target.sub_batch_run(spec, checkpoint).await {
-                Ok(SubBatchOutcome::Exhausted) => break None,
-                Ok(SubBatchOutcome::Fenced) => return Ok((job, JobOutcome::Lost, None)),
-                Ok(SubBatchOutcome::Finished {
-                    job: done, next, ..
-                }) => {
-                    drop(heartbeat);
-                    if let Some(tracker) = self.latency.lock().expect("not poisoned").get_mut(&m.id)
-                    {
-                        tracker.observe(t0.elapsed().as_secs_f64() * 1000.0, sub_batch_size);
+                    Ok(SubBatchCommitted::Fenced) => return lost(job),
+                    Ok(SubBatchCommitted::Committed) => {
+                        return Err(Error::Corrupt(format!(
+                            "job {}'s last sub-batch committed without its end",
+                            job.id
+                        )))
                     }
-                    let next = next.map(|(job, next_min)| NextJob {
-                        job: *job,
-                        next_min: Some(next_min),
-                    });
-                    return Ok((*done, JobOutcome::Succeeded, next));
+                    Err(failure) => break Some(failure),
                 }
-                Ok(SubBatchOutcome::Done {
-                    start: s,
-                    end,
-                    rows,
-                }) => {
-                    if checkpoint.is_none()
-                        && !self
-                            .sg
-                            .store
-                            .job_checkpoint(job.id, job.attempts, end, rows as i64, self.opts.lease)
-                            .await?
-                    {
-                        return Ok((job, JobOutcome::Lost, None));
-                    }
-                    let took = t0.elapsed();
-                    if let Some(tracker) = self.latency.lock().expect("not poisoned").get_mut(&m.id)
-                    {
-                        tracker.observe(took.as_secs_f64() * 1000.0, sub_batch_size);
-                    }
-                    sub_batch_size = optimizer::next_sub_batch_size(
-                        sub_batch_size,
-                        took,
-                        target_time,
-                        job.batch_size,
-                    );
-                    tally.record(s, end, rows, took);
-                    start = end.checked_add(1);
-                    if job.pause_ms > 0 && start.is_some_and(|s| s <= job.max_value) {
-                        tokio::time::sleep(Duration::from_millis(job.pause_ms as u64)).await;
-                    }
+            } else {
+                match performed.commit(SubBatchCommit::Cursor(cursor)).await {
+                    Ok(SubBatchCommitted::Fenced) => return lost(job),
+                    Ok(_) => {}
+                    Err(failure) => break Some(failure),
                 }
-                Err(failure) => {
-                    if failure.is_timeout() {
-                        sub_batch_size = ((sub_batch_size as f64) * 0.75).max(1.0) as i64;
-                    }
-                    break Some(failure);
-                }
+            }
+            let took = t0.elapsed();
+            self.observe_latency(m.id, took, sub_batch_size);
+            sub_batch_size =
+                optimizer::next_sub_batch_size(sub_batch_size, took, target_time, job.batch_size);
+            tally.record(first, end, rows, took);
+            start = end.checked_add(1);
+            if job.pause_ms > 0 && start.is_some_and(|s| s <= job.max_value) {
+                tokio::time::sleep(Duration::from_millis(job.pause_ms as u64)).await;
             }
         };
         drop(heartbeat);
-        let metrics = tally.metrics(started.elapsed(), sub_batch_size);
+        if failure.as_ref().is_some_and(Failure::is_timeout) {
+            sub_batch_size = ((sub_batch_size as f64) * 0.75).max(1.0) as i64;
+        }
         let to = if failure.is_some() {
             JobStatus::Failed
         } else {
             JobStatus::Succeeded
         };
-        let mut params = JobTransitionParams::new(&job, to, &self.opts.name);
-        params.metrics = Some(metrics);
-        params.failure = failure.clone();
-        if sub_batch_size != job.sub_batch_size {
-            params.sub_batch_size = Some(sub_batch_size);
-        }
-        let recorded = self.record_with_retry(&params).await?;
-        let Some(job) = recorded else {
-            return Ok((job, JobOutcome::Lost, None));
+        let params = JobTransitionParams::new(&job, to, &self.name)?
+            .with_metrics(tally.metrics(started.elapsed(), sub_batch_size))
+            .with_failure(failure.clone())
+            .with_sub_batch_size((sub_batch_size != job.sub_batch_size).then_some(sub_batch_size));
+        let Some(job) = self.record_with_retry(&params).await? else {
+            return lost(job);
         };
         let outcome = match failure {
             Some(failure) => JobOutcome::Failed { failure },
             None => JobOutcome::Succeeded,
         };
-        Ok((job, outcome, None))
+        Ok(JobRun {
+            job,
+            outcome,
+            started_next: None,
+        })
+    }
+
+    fn observe_latency(&mut self, migration_id: i64, took: Duration, keys: i64) {
+        if let Some(tracker) = self.latency.get_mut(&migration_id) {
+            tracker.observe(took.as_secs_f64() * 1000.0, keys);
+        }
     }
 
     /// Records the end of a job, retrying with backoff while the database is unreachable (a
@@ -1025,10 +1229,10 @@ impl Worker {
     /// meanwhile, the attempt no longer matches and nothing is written. `None` when the job is
     /// no longer ours.
     async fn record_with_retry(&self, params: &JobTransitionParams) -> Result<Option<Job>> {
-        let deadline = Instant::now() + (self.opts.lease * 3).max(RECORD_RETRY_FOR);
+        let deadline = Instant::now() + (self.lease() * 3).max(RECORD_RETRY_FOR);
         let mut backoff = Backoff::default();
         loop {
-            match self.sg.store.job_transition(params).await {
+            match self.sg().store.job_transition(params).await {
                 Ok(job) => return Ok(Some(job)),
                 Err(Error::Conflict { .. }) => return Ok(None),
                 Err(Error::Database { source, context })
@@ -1036,12 +1240,28 @@ impl Worker {
                         && Instant::now() < deadline =>
                 {
                     let wait = backoff.next();
-                    tracing::warn!(job = params.job_id, error = %source, %context, retry_in_ms = wait.as_millis() as u64, "cannot record the job's end yet; retrying");
+                    tracing::warn!(job = params.job_id(), error = %source, %context, retry_in_ms = wait.as_millis() as u64, "cannot record the job's end yet; retrying");
                     tokio::time::sleep(wait).await;
                 }
                 Err(e) => return Err(e),
             }
         }
+    }
+
+    async fn reset_exhausted(&self, m: &Migration) -> Result<()> {
+        for job in self
+            .sg()
+            .store
+            .job_list(m.id, Some(JobStatus::Failed))
+            .await?
+        {
+            let params = JobTransitionParams::new(&job, JobStatus::Pending, &self.name)?;
+            match self.sg().store.job_transition(&params).await {
+                Ok(_) | Err(Error::Conflict { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
     }
 
     /// After a failed job: split it when timeouts exhausted its attempts, and fail the
@@ -1059,16 +1279,16 @@ impl Worker {
                 self.split(m, table, job).await?;
             }
         }
-        let counts = self.sg.store.job_counts(m.id, MAX_ATTEMPTS).await?;
+        let counts = self.sg().store.job_counts(m.id, MAX_ATTEMPTS).await?;
         if counts.total() >= AUTO_FAIL_MIN_JOBS && counts.failed * 2 > counts.total() {
-            let current = self.sg.store.migration_get(m.id).await?;
+            let current = self.sg().store.migration_get(m.id).await?;
             if let Some(current) = current.filter(|c| c.status == MigrationStatus::Active) {
                 let reason = format!(
                     "{} of {} jobs failed (more than half, with at least {AUTO_FAIL_MIN_JOBS} jobs)",
                     counts.failed,
                     counts.total()
                 );
-                let failure = Failure::new("TooManyFailedJobs", reason.clone());
+                let failure = Failure::new(FailureClass::TooManyFailedJobs, reason.clone());
                 match self.fail_migration(&current, failure, reason).await {
                     Ok(_) | Err(Error::Conflict { .. }) => {}
                     Err(e) => return Err(e),
@@ -1091,23 +1311,22 @@ impl Worker {
             None => job.min_value,
         };
         let range = self
-            .sg
+            .sg()
             .target
             .range_next(table, &m.column_name, from, job.max_value, half)
             .await?;
         let Some((_, mid)) = range.filter(|(_, mid)| *mid < job.max_value) else {
             return Ok(());
         };
-        job.status.check(JobStatus::Pending, job.id)?;
         let params = JobSplitParams {
-            transition: JobTransitionParams::new(job, JobStatus::Pending, &self.opts.name),
+            transition: JobTransitionParams::new(job, JobStatus::Pending, &self.name)?,
             first_max: mid,
             batch_size: half,
             sub_batch_size: job.sub_batch_size.min(half),
             second_min: mid + 1,
             second_max: job.max_value,
         };
-        match self.sg.store.job_split(&params).await {
+        match self.sg().store.job_split(&params).await {
             Ok((first, second)) => {
                 tracing::info!(
                     job = first.id,
@@ -1127,59 +1346,37 @@ impl Worker {
         failure: Failure,
         reason: String,
     ) -> Result<Migration> {
-        let to = m.status.after(MigrationEvent::Fail).ok_or_else(|| {
-            Error::IllegalMigrationTransition {
-                migration: m.name.clone(),
-                event: "fail".into(),
-                from: m.status,
-            }
-        })?;
-        let params = MigrationTransitionParams {
-            migration_id: m.id,
-            from: m.status,
-            to,
-            event: MigrationEvent::Fail,
-            reason: Some(reason),
-            actor: self.opts.name.clone(),
-            failure: Some(failure),
-            hold_until: None,
-        };
-        let m = self.sg.store.migration_transition(&params).await?;
-        self.sg.store.table_lease_release(m.id).await?;
+        let params = MigrationTransitionParams::new(m, MigrationEvent::Fail, &self.name)?
+            .with_reason(Some(reason))
+            .with_failure(failure);
+        let m = self.sg().store.migration_transition(&params).await?;
+        self.sg().store.table_lease_release(m.id).await?;
         Ok(m)
     }
 
     /// No job left to start: finish (or fail) the migration when nothing is pending or
     /// running any more.
     async fn complete_if_done(&self, m: &Migration) -> Result<StepOutcome> {
-        let Some(m) = self.sg.store.migration_get(m.id).await? else {
+        let Some(m) = self.sg().store.migration_get(m.id).await? else {
             return Ok(StepOutcome::Idle);
         };
         let runnable = matches!(
             m.status,
             MigrationStatus::Active | MigrationStatus::Finalizing
         );
-        let counts = self.sg.store.job_counts(m.id, MAX_ATTEMPTS).await?;
+        let counts = self.sg().store.job_counts(m.id, MAX_ATTEMPTS).await?;
         if !runnable || m.next_min_value.is_some() || counts.pending > 0 || counts.running > 0 {
             return Ok(StepOutcome::Waiting { migration_id: m.id });
         }
         let result = if counts.failed == 0 {
-            let params = MigrationTransitionParams {
-                migration_id: m.id,
-                from: m.status,
-                to: MigrationStatus::Finished,
-                event: MigrationEvent::Finish,
-                reason: Some(format!(
+            let params = MigrationTransitionParams::new(&m, MigrationEvent::Finish, &self.name)?
+                .with_reason(Some(format!(
                     "all {} jobs succeeded, {} rows affected",
                     counts.succeeded, counts.rows_affected
-                )),
-                actor: self.opts.name.clone(),
-                failure: None,
-                hold_until: None,
-            };
-            let done = self.sg.store.migration_transition(&params).await;
+                )));
+            let done = self.sg().store.migration_transition(&params).await;
             if done.is_ok() {
-                self.sg.store.table_lease_release(m.id).await?;
+                self.sg().store.table_lease_release(m.id).await?;
             }
             done
         } else {
@@ -1188,8 +1385,12 @@ impl Worker {
                 counts.failed,
                 if counts.failed == 1 { "" } else { "s" }
             );
-            self.fail_migration(&m, Failure::new("JobsFailed", reason.clone()), reason)
-                .await
+            self.fail_migration(
+                &m,
+                Failure::new(FailureClass::JobsFailed, reason.clone()),
+                reason,
+            )
+            .await
         };
         match result {
             Ok(m) => Ok(StepOutcome::Completed {
@@ -1208,7 +1409,7 @@ impl Worker {
             return Ok(());
         }
         let jobs = self
-            .sg
+            .sg()
             .store
             .job_recent_succeeded(m.id, optimizer::SAMPLE_JOBS as i64)
             .await?;
@@ -1236,10 +1437,10 @@ impl Worker {
             batch_size: resize.batch_size,
             sub_batch_size: m.sub_batch_size.min(resize.batch_size),
             reason: format!("optimizer: {}", resize.reason),
-            actor: self.opts.name.clone(),
+            actor: self.name.clone(),
         };
         tracing::info!(migration = m.id, reason = %params.reason, "batch size changed");
-        self.sg.store.migration_resize(&params).await?;
+        self.sg().store.migration_resize(&params).await?;
         Ok(())
     }
 
@@ -1251,7 +1452,7 @@ impl Worker {
         job: &Job,
         failure: &Failure,
     ) -> Result<()> {
-        let Some(current) = self.sg.store.migration_get(m.id).await? else {
+        let Some(current) = self.sg().store.migration_get(m.id).await? else {
             return Ok(());
         };
         let (batch, sub) = optimizer::after_timeout(current.batch_size, current.sub_batch_size);
@@ -1266,30 +1467,25 @@ impl Worker {
                 "{} in job {}: batch size {} -> {batch}, sub-batch size {} -> {sub}",
                 failure.class, job.id, current.batch_size, current.sub_batch_size
             ),
-            actor: self.opts.name.clone(),
+            actor: self.name.clone(),
         };
         tracing::info!(migration = m.id, reason = %params.reason, "batch size shrunk after a timeout");
-        self.sg.store.migration_resize(&params).await?;
+        self.sg().store.migration_resize(&params).await?;
         Ok(())
     }
 
     /// Every indicator's verdict on `sample` for `m`, with this worker's WAL rate (the sample
     /// fed to it) and its own sub-batch timings of `m`.
-    fn judge(&self, m: &Migration, sample: &HealthSample) -> Vec<health::Reading> {
-        let rate = self
-            .wal_rate
-            .lock()
-            .expect("not poisoned")
-            .observe(sample.wal_lsn);
-        let latency = self.latency.lock().expect("not poisoned");
-        health::evaluate(sample, &m.health, rate, latency.get(&m.id))
+    fn judge(&mut self, m: &Migration, sample: &HealthSample) -> Vec<health::Reading> {
+        let rate = self.wal_rate.observe(sample.wal_lsn);
+        health::evaluate(sample, &m.health, rate, self.latency.get(&m.id))
     }
 
     /// Samples the target's health before a job. On a stop, puts the migration on hold for
     /// its hold duration with the indicator and reading in its log; the batch size is left
     /// alone. `unknown` readings are logged at debug level.
     async fn check_health(
-        &self,
+        &mut self,
         m: &Migration,
         sample: HealthSample,
     ) -> Result<Option<StepOutcome>> {
@@ -1301,17 +1497,10 @@ impl Worker {
             return Ok(None);
         };
         let reason = stop.reason();
-        let params = MigrationTransitionParams {
-            migration_id: m.id,
-            from: m.status,
-            to: m.status,
-            event: MigrationEvent::Hold,
-            reason: Some(reason.clone()),
-            actor: self.opts.name.clone(),
-            failure: None,
-            hold_until: Some(m.health.hold()),
-        };
-        let held = match self.sg.store.migration_transition(&params).await {
+        let params = MigrationTransitionParams::new(m, MigrationEvent::Hold, &self.name)?
+            .with_reason(Some(reason.clone()))
+            .holding_for(m.health.hold());
+        let held = match self.sg().store.migration_transition(&params).await {
             Ok(held) => held,
             // Paused or cancelled meanwhile: nothing to hold.
             Err(Error::Conflict { .. }) => {

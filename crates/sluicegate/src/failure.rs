@@ -10,6 +10,76 @@ pub const MAX_CLASS_CHARS: usize = 100;
 /// Longest exception message stored (GitLab's cap).
 pub const MAX_MESSAGE_CHARS: usize = 1_000;
 
+/// The failure classes Sluicegate itself names or acts on. Their names are stable: they are
+/// what the transition logs hold. Job kinds and the database add classes of their own (a
+/// [`Failure`]'s class is text), such as `UniqueViolation` or a kind's `SimulatedFault`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum FailureClass {
+    /// `statement_timeout` ran out (SQLSTATE 57014): shrinks the sub-batch, splits the job.
+    StatementTimeout,
+    /// `lock_timeout` ran out (55P03): shrinks the sub-batch, splits the job.
+    LockTimeout,
+    /// The connection to the database is gone: the worker backs off and retries.
+    ConnectionLost,
+    /// SQLite is busy: the worker backs off and retries.
+    DatabaseBusy,
+    /// SQLite's database is locked: the worker backs off and retries.
+    DatabaseLocked,
+    /// A job's worker stopped renewing its lease.
+    WorkerLost,
+    /// The job kind panicked.
+    Panic,
+    /// A migration ended with jobs that failed all their attempts.
+    JobsFailed,
+    /// More than half of at least 50 jobs failed (GitLab's rule).
+    TooManyFailedJobs,
+    /// No worker knows the migration's job kind.
+    UnknownJobKind,
+    /// A stored value is past what the database or a timestamp can hold.
+    OutOfRange,
+    /// A stored setting is not valid.
+    InvalidSettings,
+    /// Tracking data could not be read back.
+    Corrupt,
+    /// Sluicegate misused its own storage layer (a bug).
+    Internal,
+}
+
+impl FailureClass {
+    /// Its stable name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::StatementTimeout => "StatementTimeout",
+            Self::LockTimeout => "LockTimeout",
+            Self::ConnectionLost => "ConnectionLost",
+            Self::DatabaseBusy => "DatabaseBusy",
+            Self::DatabaseLocked => "DatabaseLocked",
+            Self::WorkerLost => "WorkerLost",
+            Self::Panic => "Panic",
+            Self::JobsFailed => "JobsFailed",
+            Self::TooManyFailedJobs => "TooManyFailedJobs",
+            Self::UnknownJobKind => "UnknownJobKind",
+            Self::OutOfRange => "OutOfRange",
+            Self::InvalidSettings => "InvalidSettings",
+            Self::Corrupt => "Corrupt",
+            Self::Internal => "Internal",
+        }
+    }
+}
+
+impl fmt::Display for FailureClass {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl From<FailureClass> for String {
+    fn from(class: FailureClass) -> Self {
+        class.as_str().to_owned()
+    }
+}
+
 /// A failure as recorded in a transition log: a stable class (`StatementTimeout`,
 /// `LockTimeout`, `UniqueViolation`, `Panic`, `WorkerLost`, `ConnectionLost`, ...) and a message.
 ///
@@ -32,14 +102,27 @@ impl Failure {
         }
     }
 
+    /// Whether its class is `class`.
+    pub fn is(&self, class: FailureClass) -> bool {
+        self.class == class.as_str()
+    }
+
     /// Whether the failure is a statement or lock timeout (which shrinks and splits jobs).
     pub fn is_timeout(&self) -> bool {
-        matches!(self.class.as_str(), "StatementTimeout" | "LockTimeout")
+        self.is(FailureClass::StatementTimeout) || self.is(FailureClass::LockTimeout)
     }
 
     /// Whether the failure means the database connection is gone.
     pub fn is_connection_lost(&self) -> bool {
-        self.class == "ConnectionLost"
+        self.is(FailureClass::ConnectionLost)
+    }
+
+    /// Whether waiting and trying again is the answer: the connection is gone, or SQLite is
+    /// busy or locked.
+    pub fn is_transient(&self) -> bool {
+        self.is_connection_lost()
+            || self.is(FailureClass::DatabaseBusy)
+            || self.is(FailureClass::DatabaseLocked)
     }
 
     /// Classifies a driver error.

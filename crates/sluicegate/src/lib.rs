@@ -23,9 +23,9 @@ pub mod store;
 pub mod testing;
 
 pub use client::{ConnectOptions, Plan, Progress, QueueRequest, Sluicegate};
-pub use engine::{JobOutcome, StepOutcome, Worker, WorkerOptions};
+pub use engine::{JobOutcome, StepOutcome, Worker, WorkerLoop, WorkerOptions};
 pub use error::{Error, Result};
-pub use failure::Failure;
+pub use failure::{Failure, FailureClass};
 pub use kind::{JobKind, Registry, SubBatch, SubBatchConnection};
 pub use model::{Job, JobCounts, JobTransition, Migration, MigrationTransition};
 pub use status::{JobStatus, MigrationEvent, MigrationStatus};

@@ -47,7 +47,7 @@ async fn reading(sg: &Sluicegate, name: &str, indicator: Indicator) -> Reading {
 /// One worker step must hold the migration; returns the logged reason after checking the
 /// hold row: same status before and after, event `hold`, reason naming `indicator`.
 async fn assert_held(sg: &Sluicegate, name: &str, indicator: Indicator) -> String {
-    let outcome = worker(sg, "w1").step().await.unwrap();
+    let outcome = worker(sg, "w1").new_loop().step().await.unwrap();
     let StepOutcome::Held { migration, reason } = outcome else {
         panic!("expected a hold by {indicator}, got {outcome:?}");
     };
@@ -421,7 +421,7 @@ async fn the_sub_batch_tuner_shrinks_slow_sub_batches_and_grows_fast_ones() {
     req.arguments = json!({ "sql": SLEEPY_SQL });
     req.target_sub_batch_time = Duration::from_millis(50);
     sg.queue(&req).await.unwrap();
-    let w = worker(sg, "w1");
+    let mut w = worker(sg, "w1").new_loop();
     // 0.1 ms per key: 2,000 keys take 200 ms against 50 ms, halved until about 500.
     let StepOutcome::Ran { job, .. } = w.step().await.unwrap() else {
         panic!("a job runs")
@@ -464,7 +464,7 @@ async fn slow_jobs_shrink_the_batch_and_fast_jobs_grow_it_again() {
     req.arguments = json!({ "sql": SLEEPY_SQL });
     req.interval = Duration::from_millis(150);
     sg.queue(&req).await.unwrap();
-    let w = worker(sg, "w1");
+    let w = tokio::sync::Mutex::new(worker(sg, "w1").new_loop());
     let w = &w;
     let batch_size = move || async move { sg.migration("optimized").await.unwrap().batch_size };
     // 2,000 keys at 0.15 ms: jobs twice as long as the interval. After twenty, ×0.475,
@@ -474,7 +474,7 @@ async fn slow_jobs_shrink_the_batch_and_fast_jobs_grow_it_again() {
         Duration::from_secs(60),
         "the batch to shrink",
         move || async move {
-            w.step().await.unwrap();
+            w.lock().await.step().await.unwrap();
             (batch_size().await < 2_000).then_some(())
         },
     )
@@ -485,7 +485,7 @@ async fn slow_jobs_shrink_the_batch_and_fast_jobs_grow_it_again() {
         Duration::from_secs(60),
         "the batch to grow",
         move || async move {
-            w.step().await.unwrap();
+            w.lock().await.step().await.unwrap();
             (batch_size().await > 1_000).then_some(())
         },
     )
@@ -549,13 +549,13 @@ async fn writing_wal_faster_than_the_limit_holds() {
     assert_eq!(r.signal, Signal::Stop, "{r:?}");
     assert!(r.reading.ends_with("MiB/s of WAL written"), "{r:?}");
     // A worker needs two samples a second apart: its first job runs, a later check holds.
-    let w = worker(sg, "w1");
+    let w = tokio::sync::Mutex::new(worker(sg, "w1").new_loop());
     let w = &w;
     let reason = eventually(
         Duration::from_secs(20),
         "a hold by wal_rate",
         move || async move {
-            match w.step().await.unwrap() {
+            match w.lock().await.step().await.unwrap() {
                 StepOutcome::Held { reason, .. } => Some(reason),
                 _ => {
                     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -584,7 +584,7 @@ async fn sub_batches_drifting_far_above_their_median_hold() {
     req.arguments = json!({ "sql": SLEEPY_SQL });
     req.health.hold_ms = 300;
     sg.queue(&req).await.unwrap();
-    let w = worker(sg, "w1");
+    let mut w = worker(sg, "w1").new_loop();
     // Five fast jobs: 25 sub-batches of 100 keys, a millisecond or so each.
     for _ in 0..5 {
         assert!(matches!(w.step().await.unwrap(), StepOutcome::Ran { .. }));

@@ -86,7 +86,7 @@ async fn workers_create_partitions_ahead_not_only_setup() {
     ))
     .await;
     assert_eq!(sg.store().log_partitions_list().await.unwrap().len(), 1);
-    let worker = crate::common::worker(&sg, "w");
+    let mut worker = crate::common::worker(&sg, "w").new_loop();
     worker.step().await.unwrap();
     let parts = sg.store().log_partitions_list().await.unwrap();
     assert_eq!(

@@ -100,16 +100,18 @@ store_test!(stale_job_transition_is_a_conflict_not_an_overwrite, |db| {
         .await
         .unwrap();
     // A second writer still holding the old snapshot (running) tries to fail it.
-    let mut stale = JobTransitionParams::new(&job, JobStatus::Failed, "b");
-    stale.failure = Some(Failure::new("Late", "too late"));
+    let stale = JobTransitionParams::new(&job, JobStatus::Failed, "b")
+        .unwrap()
+        .with_failure(Some(Failure::new("Late", "too late")));
     let err = sg.store().job_transition(&stale).await.unwrap_err();
     assert!(matches!(err, Error::Conflict { .. }), "{err}");
     assert_eq!(sg.job(job.id).await.unwrap().status, JobStatus::Succeeded);
     assert_eq!(sg.job_history(job.id).await.unwrap().len(), 2);
     // A wrong attempt number (fencing token) is refused the same way.
     let running = job_in(&sg, &m, JobStatus::Running).await;
-    let mut fenced = JobTransitionParams::new(&running, JobStatus::Succeeded, "c");
-    fenced.expected_attempts = running.attempts + 1;
+    let fenced = JobTransitionParams::new(&running, JobStatus::Succeeded, "c")
+        .unwrap()
+        .expecting_attempts(running.attempts + 1);
     assert!(matches!(
         sg.store().job_transition(&fenced).await,
         Err(Error::Conflict { .. })

@@ -30,36 +30,61 @@ pub enum Backend {
     Sqlite,
 }
 
-/// A job status change, applied with its log row in one transaction.
+/// A job status change, applied with its log row in one transaction. Built only through
+/// [`JobTransitionParams::new`], which refuses a change the state machine does not allow; the
+/// stores check it again before writing.
 #[derive(Debug, Clone)]
 pub struct JobTransitionParams {
-    /// The job.
-    pub job_id: i64,
+    pub(crate) job_id: i64,
     /// The status it must be in now (`WHERE status = from`).
-    pub from: JobStatus,
-    /// The status it moves to.
-    pub to: JobStatus,
+    pub(crate) from: JobStatus,
+    pub(crate) to: JobStatus,
     /// The attempt count it must have now: the fencing token of the run being changed.
-    pub expected_attempts: i32,
+    pub(crate) expected_attempts: i32,
     /// Its attempt count afterwards.
-    pub attempts: i32,
+    pub(crate) attempts: i32,
     /// Who makes the change (written to the log, and to the job when it starts running).
-    pub worker: String,
+    pub(crate) worker: String,
     /// The lease to take when moving to `running`.
-    pub lease: Option<Duration>,
-    /// The failure being recorded, if any.
-    pub failure: Option<Failure>,
+    pub(crate) lease: Option<Duration>,
+    pub(crate) failure: Option<Failure>,
     /// Only match when the job's lease has run out (a lost worker's job).
-    pub require_expired_lease: bool,
-    /// New per-sub-batch metrics.
-    pub metrics: Option<serde_json::Value>,
-    /// New sub-batch size.
-    pub sub_batch_size: Option<i64>,
+    pub(crate) require_expired_lease: bool,
+    pub(crate) metrics: Option<serde_json::Value>,
+    pub(crate) sub_batch_size: Option<i64>,
 }
 
 impl JobTransitionParams {
-    /// A change of `job` from its current status to `to`, by `worker`, with no other effect.
-    pub fn new(job: &Job, to: JobStatus, worker: impl Into<String>) -> Self {
+    /// A change of `job` from its current status to `to`, by `worker`: an
+    /// [`Error::IllegalJobTransition`](crate::Error::IllegalJobTransition) when the state
+    /// machine does not allow it. Moving to `running` starts the next attempt (with a 30 s
+    /// lease unless [`with_lease`](Self::with_lease) says otherwise); moving to `pending`
+    /// resets the attempts.
+    pub fn new(job: &Job, to: JobStatus, worker: impl Into<String>) -> Result<Self> {
+        job.status.check(to, job.id)?;
+        Ok(Self {
+            job_id: job.id,
+            from: job.status,
+            to,
+            expected_attempts: job.attempts,
+            attempts: match to {
+                JobStatus::Running => job.attempts + 1,
+                JobStatus::Pending => 0,
+                _ => job.attempts,
+            },
+            worker: worker.into(),
+            lease: (to == JobStatus::Running).then_some(Duration::from_secs(30)),
+            failure: None,
+            require_expired_lease: false,
+            metrics: None,
+            sub_batch_size: None,
+        })
+    }
+
+    /// The same change with no check at all, to test that the stores refuse what the state
+    /// machine does not allow.
+    #[cfg(feature = "testing")]
+    pub fn unchecked(job: &Job, to: JobStatus, worker: impl Into<String>) -> Self {
         Self {
             job_id: job.id,
             from: job.status,
@@ -67,34 +92,163 @@ impl JobTransitionParams {
             expected_attempts: job.attempts,
             attempts: job.attempts,
             worker: worker.into(),
-            lease: None,
+            lease: (to == JobStatus::Running).then_some(Duration::from_secs(30)),
             failure: None,
             require_expired_lease: false,
             metrics: None,
             sub_batch_size: None,
         }
     }
+
+    /// The lease taken when moving to `running`.
+    pub fn with_lease(mut self, lease: Duration) -> Self {
+        if self.to == JobStatus::Running {
+            self.lease = Some(lease);
+        }
+        self
+    }
+
+    /// Records `failure` with the change.
+    pub fn with_failure(mut self, failure: Option<Failure>) -> Self {
+        self.failure = failure;
+        self
+    }
+
+    /// New per-sub-batch metrics.
+    pub fn with_metrics(mut self, metrics: serde_json::Value) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// A new sub-batch size.
+    pub fn with_sub_batch_size(mut self, size: Option<i64>) -> Self {
+        self.sub_batch_size = size;
+        self
+    }
+
+    /// Matches only when the job's lease has run out (its worker was lost).
+    pub fn if_lease_expired(mut self) -> Self {
+        self.require_expired_lease = true;
+        self
+    }
+
+    /// Expects attempt `attempts` instead of the job's (a stale snapshot, in tests).
+    pub fn expecting_attempts(mut self, attempts: i32) -> Self {
+        self.expected_attempts = attempts;
+        self
+    }
+
+    /// The job.
+    pub fn job_id(&self) -> i64 {
+        self.job_id
+    }
+
+    /// Its status before and after.
+    pub fn statuses(&self) -> (JobStatus, JobStatus) {
+        (self.from, self.to)
+    }
+
+    /// Refuses a change the state machine does not allow (the stores' own check).
+    pub(crate) fn check(&self) -> Result<()> {
+        self.from.check(self.to, self.job_id)
+    }
 }
 
-/// A migration status change (or a hold), applied with its log row in one transaction.
+/// A migration status change (or a hold, or a resize), applied with its log row in one
+/// transaction. Built only through [`MigrationTransitionParams::new`], which asks the state
+/// machine for the next status; the stores check it again before writing.
 #[derive(Debug, Clone)]
 pub struct MigrationTransitionParams {
-    /// The migration.
-    pub migration_id: i64,
+    pub(crate) migration_id: i64,
     /// The status it must be in now.
-    pub from: MigrationStatus,
+    pub(crate) from: MigrationStatus,
     /// The status it moves to (equal to `from` for a hold).
-    pub to: MigrationStatus,
-    /// What moves it.
-    pub event: MigrationEvent,
+    pub(crate) to: MigrationStatus,
+    pub(crate) event: MigrationEvent,
     /// The operator's reason, or the health reading.
-    pub reason: Option<String>,
+    pub(crate) reason: Option<String>,
     /// Who: a worker name, `cli`, `http`.
-    pub actor: String,
-    /// The failure, when one moves it.
-    pub failure: Option<Failure>,
+    pub(crate) actor: String,
+    pub(crate) failure: Option<Failure>,
     /// For a hold: until when.
-    pub hold_until: Option<Duration>,
+    pub(crate) hold_until: Option<Duration>,
+}
+
+impl MigrationTransitionParams {
+    /// `event` applied to `m` by `actor`: an
+    /// [`Error::IllegalMigrationTransition`](crate::Error::IllegalMigrationTransition) when
+    /// the state machine does not allow it from `m`'s status.
+    pub fn new(m: &Migration, event: MigrationEvent, actor: impl Into<String>) -> Result<Self> {
+        let to = m
+            .status
+            .after(event)
+            .ok_or_else(|| crate::Error::IllegalMigrationTransition {
+                migration: m.name.clone(),
+                event: event.as_str().to_owned(),
+                from: m.status,
+            })?;
+        Ok(Self {
+            migration_id: m.id,
+            from: m.status,
+            to,
+            event,
+            reason: None,
+            actor: actor.into(),
+            failure: None,
+            hold_until: None,
+        })
+    }
+
+    /// The same change with no check at all, to test that the stores refuse what the state
+    /// machine does not allow.
+    #[cfg(feature = "testing")]
+    pub fn unchecked(m: &Migration, event: MigrationEvent, to: MigrationStatus) -> Self {
+        Self {
+            migration_id: m.id,
+            from: m.status,
+            to,
+            event,
+            reason: None,
+            actor: "test".into(),
+            failure: None,
+            hold_until: None,
+        }
+    }
+
+    /// Why, for the log.
+    pub fn with_reason(mut self, reason: Option<String>) -> Self {
+        self.reason = reason;
+        self
+    }
+
+    /// The failure that moves it.
+    pub fn with_failure(mut self, failure: Failure) -> Self {
+        self.failure = Some(failure);
+        self
+    }
+
+    /// For a hold: how long.
+    pub fn holding_for(mut self, hold: Duration) -> Self {
+        self.hold_until = Some(hold);
+        self
+    }
+
+    /// The status it moves to.
+    pub fn to(&self) -> MigrationStatus {
+        self.to
+    }
+
+    /// Refuses a change the state machine does not allow (the stores' own check).
+    pub(crate) fn check(&self) -> Result<()> {
+        if self.from.after(self.event) == Some(self.to) {
+            return Ok(());
+        }
+        Err(crate::Error::IllegalMigrationTransition {
+            migration: self.migration_id.to_string(),
+            event: self.event.as_str().to_owned(),
+            from: self.from,
+        })
+    }
 }
 
 /// Where a new job's key range comes from.
@@ -319,37 +473,16 @@ pub struct SubBatchSpec<'a> {
     pub timeouts: Timeouts,
 }
 
-/// The job cursor to commit with the sub-batch when tracking and target are one database.
-#[derive(Clone, Copy)]
-pub struct Checkpoint<'a> {
+/// The job a sub-batch belongs to, for committing its cursor or its end with the sub-batch
+/// when tracking and target are one database.
+#[derive(Debug, Clone, Copy)]
+pub struct JobCursor {
     /// The job.
     pub job_id: i64,
     /// Fencing token: the attempt the worker runs.
     pub attempts: i32,
     /// Lease renewal.
     pub lease: Duration,
-    /// The job's last key: a sub-batch that reaches it is the job's last.
-    pub job_max: i64,
-    /// Builds the job's end from its last sub-batch `(start, end, rows)`: then `succeeded`
-    /// and its log row commit in that sub-batch's transaction, instead of the cursor (one
-    /// statement, and one round trip, less per job).
-    pub finish: Option<&'a FinishFn<'a>>,
-}
-
-/// Builds a job's end from its last sub-batch `(start, end, rows)`, inside that sub-batch's
-/// transaction (it may wait briefly, e.g. for the next job's health sample).
-pub type FinishFn<'a> =
-    dyn Fn(i64, i64, u64) -> futures::future::BoxFuture<'a, JobFinish> + Send + Sync + 'a;
-
-impl std::fmt::Debug for Checkpoint<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Checkpoint")
-            .field("job_id", &self.job_id)
-            .field("attempts", &self.attempts)
-            .field("job_max", &self.job_max)
-            .field("finish", &self.finish.is_some())
-            .finish()
-    }
 }
 
 /// A job's `running -> succeeded`, written with its last sub-batch.
@@ -362,41 +495,58 @@ pub struct JobFinish {
     /// Who (the log row's worker).
     pub worker: String,
     /// The migration's next job, to create (running) in the same statement when the job
-    /// succeeds: its range must be [`JobRange::Given`]. PostgreSQL only; SQLite ignores it and
-    /// the worker creates the job with its own statement.
+    /// succeeds: its range must be [`JobRange::Given`]. PostgreSQL only: SQLite refuses it.
     pub then_create: Option<JobCreateParams>,
 }
 
-/// What a committed sub-batch did.
+/// How a performed sub-batch commits.
+#[derive(Debug, Clone, Copy)]
+pub enum SubBatchCommit<'a> {
+    /// Alone: the target is another database, and the worker records the cursor on the
+    /// tracking store afterwards (at-least-once).
+    Alone,
+    /// With the job's cursor and a lease renewal, fenced by attempt (exactly-once).
+    Cursor(JobCursor),
+    /// With the job's end, and the next job's start when [`JobFinish::then_create`] is given:
+    /// the job's last sub-batch.
+    Finish(JobCursor, &'a JobFinish),
+}
+
+/// What committing a sub-batch did.
 #[derive(Debug, Clone, PartialEq)]
-pub enum SubBatchOutcome {
-    /// No key left in `[start, max]`: nothing ran.
-    Exhausted,
-    /// Ran and committed over `[start, end]`.
-    Done {
-        /// First existing key.
-        start: i64,
-        /// Last key of the sub-batch.
-        end: i64,
-        /// Rows the kind affected.
-        rows: u64,
-    },
+pub enum SubBatchCommitted {
+    /// Committed (with the cursor, when asked).
+    Committed,
     /// The job is no longer this worker's (its lease was taken over): rolled back.
     Fenced,
-    /// Ran, and the job's end committed with it ([`Checkpoint::finish`]).
+    /// Committed with the job's end.
     Finished {
-        /// First existing key.
-        start: i64,
-        /// Last key of the sub-batch, the job's last.
-        end: i64,
-        /// Rows the kind affected.
-        rows: u64,
         /// The job, `succeeded`.
         job: Box<Job>,
-        /// The next job created with it ([`JobFinish::then_create`]), running, and the
-        /// migration's `next_min_value` after it.
+        /// The next job created with it, running, and the migration's `next_min_value` after
+        /// it; `None` when none was asked for or the migration had moved on.
         next: Option<(Box<Job>, Option<i64>)>,
     },
+}
+
+/// A sub-batch performed inside its still open transaction: the engine decides how it
+/// commits (alone, with the job's cursor, or with the job's end). Dropped, it rolls back.
+///
+/// # Transactions and locks
+/// It holds the sub-batch's transaction, and with it the row locks of what the kind wrote
+/// (and on SQLite the database's write lock), until [`commit`](Self::commit): commit it at
+/// once, waiting on nothing else.
+#[async_trait]
+pub trait PerformedSubBatch: Send {
+    /// The first and last key it covered.
+    fn keys(&self) -> (i64, i64);
+    /// Rows the kind affected.
+    fn rows(&self) -> u64;
+    /// Commits, with what `how` says, in the same transaction.
+    async fn commit(
+        self: Box<Self>,
+        how: SubBatchCommit<'_>,
+    ) -> std::result::Result<SubBatchCommitted, Failure>;
 }
 
 /// Operations on the database holding the table being migrated.
@@ -421,13 +571,13 @@ pub trait Target: Send + Sync + 'static {
         max: i64,
         size: i64,
     ) -> Result<Option<(i64, i64)>>;
-    /// Runs one sub-batch in its own transaction and commits it, with `checkpoint` in the same
-    /// transaction when given. A panic in the kind becomes a `Panic` failure.
-    async fn sub_batch_run(
+    /// Opens a sub-batch's transaction (with its timeouts), finds its keys and performs the
+    /// kind on them; `None` (rolled back) when no key is left in range. A panic in the kind
+    /// becomes a `Panic` failure.
+    async fn sub_batch_perform(
         &self,
         spec: SubBatchSpec<'_>,
-        checkpoint: Option<Checkpoint<'_>>,
-    ) -> std::result::Result<SubBatchOutcome, Failure>;
+    ) -> std::result::Result<Option<Box<dyn PerformedSubBatch>>, Failure>;
     /// Runs one sub-batch and rolls it back: the queue-time check of a migration.
     async fn sub_batch_try(&self, spec: SubBatchSpec<'_>) -> std::result::Result<u64, Failure>;
     /// What the database says about its health as it concerns `table` (one query on
@@ -470,7 +620,7 @@ pub(crate) async fn perform_catching_panics(
                 .map(|s| s.to_string())
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "job kind panicked".to_owned());
-            Err(Failure::new("Panic", message))
+            Err(Failure::new(crate::failure::FailureClass::Panic, message))
         }
     }
 }

@@ -9,11 +9,13 @@ use sqlx::postgres::{PgPool, PgRow};
 use sqlx::types::Json;
 use sqlx::{PgConnection, Row};
 
+use std::sync::Arc;
+
 use super::{
-    add_months, duration_ms, month_start, Backend, Checkpoint, JobCreateParams, JobCreated,
-    JobRange, JobSplitParams, JobTransitionParams, MigrationResizeParams,
-    MigrationTransitionParams, PartitionReport, Store, SubBatchOutcome, SubBatchSpec, Target,
-    PROBE_TIMEOUT, SCHEMA_VERSION,
+    add_months, duration_ms, month_start, Backend, JobCreateParams, JobCreated, JobRange,
+    JobSplitParams, JobTransitionParams, MigrationResizeParams, MigrationTransitionParams,
+    PartitionReport, PerformedSubBatch, Store, SubBatchCommit, SubBatchCommitted, SubBatchSpec,
+    Target, PROBE_TIMEOUT, SCHEMA_VERSION,
 };
 use crate::error::{Error, Result};
 use crate::failure::Failure;
@@ -89,7 +91,11 @@ WITH candidate AS (
             AND (m.on_hold_until IS NULL OR m.on_hold_until <= now())
             AND (m.interval_ms = 0 OR m.last_job_started_at IS NULL
                  OR extract(epoch FROM now() - m.last_job_started_at) * 1000 >= m.interval_ms))
-           OR (m.id = $3 AND m.status IN ('active', 'finalizing')))
+           OR (m.id = $3 AND m.status IN ('active', 'finalizing'))
+           -- A finalizing migration whose finalizer died: its table lease ran out.
+           OR ($3::bigint IS NULL AND m.status = 'finalizing'
+               AND NOT EXISTS (SELECT 1 FROM {s}.table_leases l
+                               WHERE l.table_name = m.table_name AND l.expires_at > now())))
       AND NOT EXISTS (SELECT 1 FROM {s}.table_leases l
                       WHERE l.table_name = m.table_name AND l.migration_id <> m.id
                         AND l.expires_at > now())
@@ -106,7 +112,11 @@ WITH candidate AS (
     RETURNING migration_id
 )
 SELECT m.* FROM {s}.migrations m JOIN lease ON lease.migration_id = m.id";
-const TABLE_LEASE_RELEASE: &str = "DELETE FROM {s}.table_leases WHERE migration_id = $1";
+/// Only once no job of the migration runs under a live lease: those jobs still write the
+/// table, and another migration of it must not start beside them.
+const TABLE_LEASE_RELEASE: &str = "DELETE FROM {s}.table_leases WHERE migration_id = $1
+    AND NOT EXISTS (SELECT 1 FROM {s}.jobs WHERE migration_id = $1 AND status = 'running'
+                    AND lease_expires_at > now())";
 const MIGRATION_RANGE_EXHAUST: &str =
     "UPDATE {s}.migrations SET next_min_value = NULL, updated_at = now()
     WHERE id = $1 AND next_min_value = $2";
@@ -422,6 +432,8 @@ impl PgStore {
         conn: &mut PgConnection,
         p: &JobTransitionParams,
     ) -> Result<Job> {
+        // The state machine again, below the engine: nothing illegal is ever written.
+        p.check()?;
         let row = sqlx::query(&self.q(JOB_TRANSITION))
             .bind(p.job_id)
             .bind(p.from.as_str())
@@ -454,6 +466,8 @@ impl PgStore {
         conn: &mut PgConnection,
         p: &MigrationTransitionParams,
     ) -> Result<Migration> {
+        // The state machine again, below the engine: nothing illegal is ever written.
+        p.check()?;
         let row = sqlx::query(&self.q(MIGRATION_TRANSITION))
             .bind(p.migration_id)
             .bind(p.from.as_str())
@@ -476,21 +490,6 @@ impl PgStore {
                 what: format!("migration {} (expected {})", p.migration_id, p.from),
             }),
         }
-    }
-
-    /// The checkpoint statement, for a target sharing this database.
-    pub(crate) fn checkpoint_sql(&self) -> String {
-        self.q(JOB_CHECKPOINT)
-    }
-
-    /// The last-sub-batch statement, for a target sharing this database.
-    pub(crate) fn finish_sql(&self) -> String {
-        self.q(JOB_FINISH_AT_CURSOR)
-    }
-
-    /// The last-sub-batch statement that also creates the next job.
-    pub(crate) fn finish_and_create_sql(&self) -> String {
-        self.q(JOB_FINISH_AND_CREATE)
     }
 }
 
@@ -1138,11 +1137,20 @@ fn migration_transition_from_row(row: &PgRow) -> Result<MigrationTransition> {
 #[derive(Debug, Clone)]
 pub struct PgTarget {
     pool: PgPool,
-    /// The tracking store's checkpoint statement when it lives in this same database.
-    checkpoint_sql: Option<String>,
-    /// The tracking store's last-sub-batch statements when it lives in this same database:
-    /// finish, and finish with the next job's creation.
-    finish_sql: Option<(String, String)>,
+    /// The tracking store's statements that commit with a sub-batch, when it lives in this
+    /// same database.
+    tracking: Option<Arc<TrackingSql>>,
+}
+
+/// The tracking statements a sub-batch commits with (schema filled in).
+#[derive(Debug)]
+struct TrackingSql {
+    /// The job's cursor and lease ([`JOB_CHECKPOINT`]).
+    checkpoint: String,
+    /// The job's end ([`JOB_FINISH_AT_CURSOR`]).
+    finish: String,
+    /// The job's end and the next job's start ([`JOB_FINISH_AND_CREATE`]).
+    finish_and_create: String,
 }
 
 impl PgTarget {
@@ -1177,8 +1185,13 @@ impl PgTarget {
     pub fn new(pool: PgPool, same_database_store: Option<&PgStore>) -> Self {
         Self {
             pool,
-            checkpoint_sql: same_database_store.map(PgStore::checkpoint_sql),
-            finish_sql: same_database_store.map(|s| (s.finish_sql(), s.finish_and_create_sql())),
+            tracking: same_database_store.map(|store| {
+                Arc::new(TrackingSql {
+                    checkpoint: store.q(JOB_CHECKPOINT),
+                    finish: store.q(JOB_FINISH_AT_CURSOR),
+                    finish_and_create: store.q(JOB_FINISH_AND_CREATE),
+                })
+            }),
         }
     }
 
@@ -1345,89 +1358,21 @@ impl Target for PgTarget {
             )))
     }
 
-    async fn sub_batch_run(
+    async fn sub_batch_perform(
         &self,
         spec: SubBatchSpec<'_>,
-        checkpoint: Option<Checkpoint<'_>>,
-    ) -> std::result::Result<SubBatchOutcome, Failure> {
+    ) -> std::result::Result<Option<Box<dyn PerformedSubBatch>>, Failure> {
         let mut tx = self.begin(&spec).await?;
         let Some((start, end, rows)) = Self::perform_in(&mut tx, &spec).await? else {
             tx.rollback().await?;
-            return Ok(SubBatchOutcome::Exhausted);
+            return Ok(None);
         };
-        let last = checkpoint
-            .filter(|cp| end >= cp.job_max)
-            .and_then(|cp| Some((cp, cp.finish?)));
-        if let (Some((cp, finish)), Some((finish_sql, and_create_sql))) = (last, &self.finish_sql) {
-            let f = finish(start, end, rows).await;
-            let create = f.then_create.as_ref().and_then(|c| match c.range {
-                JobRange::Given { min, max } => Some((c, min, max)),
-                JobRange::Keyset { .. } => None,
-            });
-            let query = sqlx::query(if create.is_some() {
-                and_create_sql
-            } else {
-                finish_sql
-            })
-            .bind(cp.job_id)
-            .bind(cp.attempts)
-            .bind(end)
-            .bind(rows as i64)
-            .bind(Json(&f.metrics))
-            .bind(f.sub_batch_size)
-            .bind(&f.worker);
-            let query = match create {
-                Some((c, min, max)) => query
-                    .bind(c.migration_id)
-                    .bind(min)
-                    .bind(max)
-                    .bind(c.expected_next_min)
-                    .bind(c.sub_batch_size)
-                    .bind(c.batch_size)
-                    .bind(c.pause_ms)
-                    .bind(duration_ms(c.lease)),
-                None => query,
-            };
-            let rows_back = query.fetch_all(&mut *tx).await?;
-            let corrupt = |e: Error| Failure::new("Corrupt", e.to_string());
-            let Some(row) = rows_back.first() else {
-                tx.rollback().await?;
-                return Ok(SubBatchOutcome::Fenced);
-            };
-            let job = job_from_row(row).map_err(corrupt)?;
-            let next = match rows_back.get(1) {
-                Some(row) => {
-                    let next_min: Option<i64> =
-                        row.try_get("next_min").map_err(|e| corrupt(decode(e)))?;
-                    Some((Box::new(job_from_row(row).map_err(corrupt)?), next_min))
-                }
-                None => None,
-            };
-            tx.commit().await?;
-            return Ok(SubBatchOutcome::Finished {
-                start,
-                end,
-                rows,
-                job: Box::new(job),
-                next,
-            });
-        }
-        if let (Some(cp), Some(sql)) = (checkpoint, &self.checkpoint_sql) {
-            let done = sqlx::query(sql)
-                .bind(cp.job_id)
-                .bind(cp.attempts)
-                .bind(end)
-                .bind(rows as i64)
-                .bind(duration_ms(cp.lease))
-                .execute(&mut *tx)
-                .await?;
-            if done.rows_affected() != 1 {
-                tx.rollback().await?;
-                return Ok(SubBatchOutcome::Fenced);
-            }
-        }
-        tx.commit().await?;
-        Ok(SubBatchOutcome::Done { start, end, rows })
+        Ok(Some(Box::new(PgPerformed {
+            tx,
+            keys: (start, end),
+            rows,
+            tracking: self.tracking.clone(),
+        })))
     }
 
     async fn sub_batch_try(&self, spec: SubBatchSpec<'_>) -> std::result::Result<u64, Failure> {
@@ -1476,6 +1421,115 @@ impl Target for PgTarget {
             sample.probe = Some(self.probe(probe).await?);
         }
         Ok(sample)
+    }
+}
+
+/// A sub-batch performed in its open PostgreSQL transaction.
+struct PgPerformed {
+    tx: sqlx::Transaction<'static, sqlx::Postgres>,
+    keys: (i64, i64),
+    rows: u64,
+    tracking: Option<Arc<TrackingSql>>,
+}
+
+#[async_trait]
+impl PerformedSubBatch for PgPerformed {
+    fn keys(&self) -> (i64, i64) {
+        self.keys
+    }
+
+    fn rows(&self) -> u64 {
+        self.rows
+    }
+
+    async fn commit(
+        self: Box<Self>,
+        how: SubBatchCommit<'_>,
+    ) -> std::result::Result<SubBatchCommitted, Failure> {
+        let PgPerformed {
+            mut tx,
+            keys: (_, end),
+            rows,
+            tracking,
+        } = *self;
+        let (cursor, finish) = match how {
+            SubBatchCommit::Alone => {
+                tx.commit().await?;
+                return Ok(SubBatchCommitted::Committed);
+            }
+            SubBatchCommit::Cursor(cursor) => (cursor, None),
+            SubBatchCommit::Finish(cursor, finish) => (cursor, Some(finish)),
+        };
+        let Some(sql) = tracking else {
+            return Err(Failure::new(
+                "Internal",
+                "a sub-batch on another database cannot commit the job's state",
+            ));
+        };
+        let Some(f) = finish else {
+            let done = sqlx::query(&sql.checkpoint)
+                .bind(cursor.job_id)
+                .bind(cursor.attempts)
+                .bind(end)
+                .bind(rows as i64)
+                .bind(duration_ms(cursor.lease))
+                .execute(&mut *tx)
+                .await?;
+            if done.rows_affected() != 1 {
+                tx.rollback().await?;
+                return Ok(SubBatchCommitted::Fenced);
+            }
+            tx.commit().await?;
+            return Ok(SubBatchCommitted::Committed);
+        };
+        let create = f.then_create.as_ref().and_then(|c| match c.range {
+            JobRange::Given { min, max } => Some((c, min, max)),
+            JobRange::Keyset { .. } => None,
+        });
+        let query = sqlx::query(if create.is_some() {
+            &sql.finish_and_create
+        } else {
+            &sql.finish
+        })
+        .bind(cursor.job_id)
+        .bind(cursor.attempts)
+        .bind(end)
+        .bind(rows as i64)
+        .bind(Json(&f.metrics))
+        .bind(f.sub_batch_size)
+        .bind(&f.worker);
+        let query = match create {
+            Some((c, min, max)) => query
+                .bind(c.migration_id)
+                .bind(min)
+                .bind(max)
+                .bind(c.expected_next_min)
+                .bind(c.sub_batch_size)
+                .bind(c.batch_size)
+                .bind(c.pause_ms)
+                .bind(duration_ms(c.lease)),
+            None => query,
+        };
+        let rows_back = query.fetch_all(&mut *tx).await?;
+        let corrupt = |e: Error| Failure::new("Corrupt", e.to_string());
+        let Some(row) = rows_back.first() else {
+            tx.rollback().await?;
+            return Ok(SubBatchCommitted::Fenced);
+        };
+        let job = job_from_row(row).map_err(corrupt)?;
+        let next = match rows_back.get(1) {
+            Some(row) => {
+                let next_min: Option<i64> =
+                    row.try_get("next_min").map_err(|e| corrupt(decode(e)))?;
+                Some((Box::new(job_from_row(row).map_err(corrupt)?), next_min))
+            }
+            None => None,
+        };
+        tx.commit().await?;
+        Ok(SubBatchCommitted::Finished {
+            job: Box::new(job),
+            next,
+        })
     }
 }
 

@@ -14,9 +14,9 @@ use sqlx::sqlite::{SqlitePool, SqliteRow};
 use sqlx::{Row, SqliteConnection};
 
 use super::{
-    Backend, Checkpoint, JobCreateParams, JobCreated, JobRange, JobSplitParams,
-    JobTransitionParams, MigrationResizeParams, MigrationTransitionParams, PartitionReport, Store,
-    SubBatchOutcome, SubBatchSpec, Target, PROBE_TIMEOUT, SCHEMA_VERSION,
+    Backend, JobCreateParams, JobCreated, JobRange, JobSplitParams, JobTransitionParams,
+    MigrationResizeParams, MigrationTransitionParams, PartitionReport, PerformedSubBatch, Store,
+    SubBatchCommit, SubBatchCommitted, SubBatchSpec, Target, PROBE_TIMEOUT, SCHEMA_VERSION,
 };
 use crate::error::{Error, Result};
 use crate::failure::Failure;
@@ -69,6 +69,7 @@ const MIGRATION_RETRY_JOBS: &str = "UPDATE sluicegate_jobs
     RETURNING id";
 const MIGRATION_CLAIM_CANDIDATES: &str = "SELECT * FROM sluicegate_migrations
     WHERE ($1 IS NULL AND status = 'active' AND (on_hold_until IS NULL OR on_hold_until <= $2))
+       OR ($1 IS NULL AND status = 'finalizing')
        OR (id = $1 AND status IN ('active', 'finalizing'))
     ORDER BY last_job_started_at IS NOT NULL, last_job_started_at, id";
 const TABLE_LEASE_GET: &str =
@@ -78,7 +79,11 @@ const TABLE_LEASE_PUT: &str =
     VALUES ($1, $2, $3, $4)
     ON CONFLICT (table_name) DO UPDATE SET migration_id = excluded.migration_id,
         worker = excluded.worker, expires_at = max(expires_at, excluded.expires_at)";
-const TABLE_LEASE_RELEASE: &str = "DELETE FROM sluicegate_table_leases WHERE migration_id = $1";
+/// Only once no job of the migration runs under a live lease: those jobs still write the
+/// table, and another migration of it must not start beside them.
+const TABLE_LEASE_RELEASE: &str = "DELETE FROM sluicegate_table_leases WHERE migration_id = $1
+    AND NOT EXISTS (SELECT 1 FROM sluicegate_jobs WHERE migration_id = $1 AND status = 'running'
+                    AND lease_expires_at > $2)";
 const TABLE_LEASE_RENEW: &str =
     "UPDATE sluicegate_table_leases SET expires_at = max(expires_at, $2)
     WHERE migration_id = $1";
@@ -254,6 +259,8 @@ impl SqliteStore {
         conn: &mut SqliteConnection,
         p: &JobTransitionParams,
     ) -> Result<Job> {
+        // The state machine again, below the engine: nothing illegal is ever written.
+        p.check()?;
         let at = ts(now());
         let context = format!("changing job {} to {}", p.job_id, p.to);
         let row = sqlx::query(JOB_TRANSITION)
@@ -299,6 +306,8 @@ impl SqliteStore {
         conn: &mut SqliteConnection,
         p: &MigrationTransitionParams,
     ) -> Result<Migration> {
+        // The state machine again, below the engine: nothing illegal is ever written.
+        p.check()?;
         let at = ts(now());
         let context = format!("changing migration {} to {}", p.migration_id, p.to);
         let row = sqlx::query(MIGRATION_TRANSITION)
@@ -542,7 +551,11 @@ impl Store for SqliteStore {
                 .fetch_optional(&mut *tx)
                 .await
                 .map_err(Error::db(context))?;
-            let busy = holder.is_some_and(|(id, expires)| id != m.id && expires > ts(at));
+            // A finalizing migration is its finalizer's while that one renews the lease;
+            // a worker takes it over only once the lease has run out (the finalizer died).
+            let takeover = only.is_none() && m.status == MigrationStatus::Finalizing;
+            let busy =
+                holder.is_some_and(|(id, expires)| (id != m.id || takeover) && expires > ts(at));
             if busy {
                 continue;
             }
@@ -564,6 +577,7 @@ impl Store for SqliteStore {
     async fn table_lease_release(&self, migration_id: i64) -> Result<()> {
         sqlx::query(TABLE_LEASE_RELEASE)
             .bind(migration_id)
+            .bind(ts(now()))
             .execute(&self.pool)
             .await
             .map_err(Error::db("releasing a table lease"))?;
@@ -1224,75 +1238,21 @@ impl Target for SqliteTarget {
             )))
     }
 
-    async fn sub_batch_run(
+    async fn sub_batch_perform(
         &self,
         spec: SubBatchSpec<'_>,
-        checkpoint: Option<Checkpoint<'_>>,
-    ) -> std::result::Result<SubBatchOutcome, Failure> {
+    ) -> std::result::Result<Option<Box<dyn PerformedSubBatch>>, Failure> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let Some((start, end, rows)) = Self::perform_in(&mut tx, &spec).await? else {
             tx.rollback().await?;
-            return Ok(SubBatchOutcome::Exhausted);
+            return Ok(None);
         };
-        let last = checkpoint
-            .filter(|cp| self.same_database_store && end >= cp.job_max)
-            .and_then(|cp| Some((cp, cp.finish?)));
-        if let Some((cp, finish)) = last {
-            let f = finish(start, end, rows).await;
-            let at = ts(now());
-            let row = sqlx::query(JOB_FINISH_AT_CURSOR)
-                .bind(cp.job_id)
-                .bind(cp.attempts)
-                .bind(end)
-                .bind(rows as i64)
-                .bind(f.metrics.to_string())
-                .bind(f.sub_batch_size)
-                .bind(&f.worker)
-                .bind(&at)
-                .fetch_optional(&mut *tx)
-                .await?;
-            let Some(row) = row else {
-                tx.rollback().await?;
-                return Ok(SubBatchOutcome::Fenced);
-            };
-            let job = job_from_row(&row).map_err(|e| Failure::new("Corrupt", e.to_string()))?;
-            sqlx::query(JOB_LOG_INSERT)
-                .bind(job.id)
-                .bind(job.migration_id)
-                .bind("running")
-                .bind("succeeded")
-                .bind(None::<&str>)
-                .bind(None::<&str>)
-                .bind(&f.worker)
-                .bind(&at)
-                .execute(&mut *tx)
-                .await?;
-            tx.commit().await?;
-            return Ok(SubBatchOutcome::Finished {
-                start,
-                end,
-                rows,
-                job: Box::new(job),
-                next: None,
-            });
-        }
-        if let Some(cp) = checkpoint.filter(|_| self.same_database_store) {
-            let done = sqlx::query(JOB_CHECKPOINT)
-                .bind(cp.job_id)
-                .bind(cp.attempts)
-                .bind(end)
-                .bind(rows as i64)
-                .bind(later(cp.lease).map_err(|e| Failure::new("OutOfRange", e.to_string()))?)
-                .bind(ts(now()))
-                .execute(&mut *tx)
-                .await?;
-            if done.rows_affected() != 1 {
-                tx.rollback().await?;
-                return Ok(SubBatchOutcome::Fenced);
-            }
-        }
-        tx.commit().await?;
-        Ok(SubBatchOutcome::Done { start, end, rows })
+        Ok(Some(Box::new(SqlitePerformed {
+            tx,
+            keys: (start, end),
+            rows,
+            same_database_store: self.same_database_store,
+        })))
     }
 
     async fn sub_batch_try(&self, spec: SubBatchSpec<'_>) -> std::result::Result<u64, Failure> {
@@ -1330,5 +1290,103 @@ impl Target for SqliteTarget {
             });
         }
         Ok(sample)
+    }
+}
+
+/// A sub-batch performed in its open SQLite transaction (which holds the write lock).
+struct SqlitePerformed {
+    tx: sqlx::Transaction<'static, sqlx::Sqlite>,
+    keys: (i64, i64),
+    rows: u64,
+    same_database_store: bool,
+}
+
+#[async_trait]
+impl PerformedSubBatch for SqlitePerformed {
+    fn keys(&self) -> (i64, i64) {
+        self.keys
+    }
+
+    fn rows(&self) -> u64 {
+        self.rows
+    }
+
+    async fn commit(
+        self: Box<Self>,
+        how: SubBatchCommit<'_>,
+    ) -> std::result::Result<SubBatchCommitted, Failure> {
+        let SqlitePerformed {
+            mut tx,
+            keys: (_, end),
+            rows,
+            same_database_store,
+        } = *self;
+        let misuse = |what: &str| Failure::new("Internal", what.to_owned());
+        match how {
+            SubBatchCommit::Alone => {
+                tx.commit().await?;
+                Ok(SubBatchCommitted::Committed)
+            }
+            SubBatchCommit::Cursor(_) | SubBatchCommit::Finish(..) if !same_database_store => Err(
+                misuse("a sub-batch on another database cannot commit the job's state"),
+            ),
+            SubBatchCommit::Cursor(cursor) => {
+                let lease =
+                    later(cursor.lease).map_err(|e| Failure::new("OutOfRange", e.to_string()))?;
+                let done = sqlx::query(JOB_CHECKPOINT)
+                    .bind(cursor.job_id)
+                    .bind(cursor.attempts)
+                    .bind(end)
+                    .bind(rows as i64)
+                    .bind(lease)
+                    .bind(ts(now()))
+                    .execute(&mut *tx)
+                    .await?;
+                if done.rows_affected() != 1 {
+                    tx.rollback().await?;
+                    return Ok(SubBatchCommitted::Fenced);
+                }
+                tx.commit().await?;
+                Ok(SubBatchCommitted::Committed)
+            }
+            SubBatchCommit::Finish(_, f) if f.then_create.is_some() => Err(misuse(
+                "SQLite creates the next job with its own statement, not with a job's end",
+            )),
+            SubBatchCommit::Finish(cursor, f) => {
+                let at = ts(now());
+                let row = sqlx::query(JOB_FINISH_AT_CURSOR)
+                    .bind(cursor.job_id)
+                    .bind(cursor.attempts)
+                    .bind(end)
+                    .bind(rows as i64)
+                    .bind(f.metrics.to_string())
+                    .bind(f.sub_batch_size)
+                    .bind(&f.worker)
+                    .bind(&at)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                let Some(row) = row else {
+                    tx.rollback().await?;
+                    return Ok(SubBatchCommitted::Fenced);
+                };
+                let job = job_from_row(&row).map_err(|e| Failure::new("Corrupt", e.to_string()))?;
+                sqlx::query(JOB_LOG_INSERT)
+                    .bind(job.id)
+                    .bind(job.migration_id)
+                    .bind("running")
+                    .bind("succeeded")
+                    .bind(None::<&str>)
+                    .bind(None::<&str>)
+                    .bind(&f.worker)
+                    .bind(&at)
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                Ok(SubBatchCommitted::Finished {
+                    job: Box::new(job),
+                    next: None,
+                })
+            }
+        }
     }
 }
