@@ -495,3 +495,128 @@ store_test!(exactly_once_across_workers_killed_with_sigkill, |db| {
         assert_eq!(pair[0].1 + 1, pair[1].0, "no overlap, no hole: {pair:?}");
     }
 });
+
+store_test!(a_closed_pipe_ends_read_commands_quietly, |db| {
+    // Defect: `sluicegate history NAME | head -1` panicked now and then (exit 101). Here the
+    // reading end is closed before the command writes, every time.
+    db.create_items("items", &[(1, 2_000)]).await;
+    let url = db.url.clone();
+    assert!(sg(&url, &["setup"]).status.success());
+    let queued = sg(
+        &url,
+        &[
+            "queue",
+            "piped",
+            "--table",
+            "items",
+            "--kind",
+            "update",
+            "--set",
+            "n = n + 1",
+            "--batch-size",
+            "100",
+            "--interval",
+            "0s",
+            "--pause-ms",
+            "0",
+        ],
+    );
+    assert!(queued.status.success(), "{}", stderr(&queued));
+    assert!(sg(&url, &["run", "--until-idle", "--json"])
+        .status
+        .success());
+    for args in [
+        &["history", "piped"][..],
+        &["status"],
+        &["jobs", "piped", "--json"],
+        &["show", "piped"],
+    ] {
+        for _ in 0..5 {
+            let mut child = bin()
+                .arg("--database-url")
+                .arg(&url)
+                .args(args)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            drop(child.stdout.take());
+            let out = child.wait_with_output().unwrap();
+            assert_eq!(
+                out.status.code(),
+                Some(0),
+                "{args:?} with a closed pipe: {}",
+                stderr(&out)
+            );
+            assert!(stderr(&out).is_empty(), "{args:?}: {}", stderr(&out));
+        }
+    }
+});
+
+store_test!(run_once_with_concurrency_runs_one_step_per_loop, |db| {
+    // Defect: `run --once --concurrency N` shared one worker's state between its N steps.
+    db.create_items("items", &[(1, 1_000)]).await;
+    let url = db.url.clone();
+    assert!(sg(&url, &["setup"]).status.success());
+    let queued = sg(
+        &url,
+        &[
+            "queue",
+            "once",
+            "--table",
+            "items",
+            "--kind",
+            "update",
+            "--set",
+            "n = n + 1",
+            "--batch-size",
+            "100",
+            "--sub-batch-size",
+            "100",
+            "--interval",
+            "0s",
+            "--pause-ms",
+            "0",
+        ],
+    );
+    assert!(queued.status.success(), "{}", stderr(&queued));
+    let out = sg(
+        &url,
+        &[
+            "run",
+            "--once",
+            "--concurrency",
+            "3",
+            "--worker",
+            "solo",
+            "--json",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let jobs = tracking(&db, "jobs");
+    // Three loops, one job each; none left running for a loop that will not come back.
+    assert_eq!(
+        db.scalar(&format!(
+            "SELECT count(*) FROM {jobs} WHERE status = 'succeeded'"
+        ))
+        .await,
+        3
+    );
+    assert_eq!(
+        db.scalar(&format!(
+            "SELECT count(*) FROM {jobs} WHERE status <> 'succeeded'"
+        ))
+        .await,
+        0
+    );
+    assert_eq!(
+        db.scalar(&format!("SELECT count(DISTINCT worker) FROM {jobs}"))
+            .await,
+        3
+    );
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM items WHERE n = 1").await,
+        300
+    );
+    assert_eq!(db.scalar("SELECT count(*) FROM items WHERE n > 1").await, 0);
+});

@@ -27,6 +27,7 @@ macro_rules! store_test {
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn postgres() {
+                $crate::skip_without_postgres!("SLUICEGATE_TEST_PG_URL");
                 let $db = $crate::testing::TestDb::postgres().await;
                 $body
             }
@@ -38,6 +39,32 @@ macro_rules! store_test {
             }
         }
     };
+}
+
+/// Returns from a PostgreSQL test when `$var` (the server's admin URL) is not set, saying so
+/// on stderr, so that a plain `cargo test` runs the SQLite half. `scripts/test` sets
+/// `SLUICEGATE_REQUIRE_PG`, and then a missing server fails the test instead.
+#[macro_export]
+macro_rules! skip_without_postgres {
+    ($var:literal) => {
+        if !$crate::testing::postgres_configured($var) {
+            return;
+        }
+    };
+}
+
+/// Whether the PostgreSQL server named by `var` is configured; when it is not and
+/// `SLUICEGATE_REQUIRE_PG` is unset, prints that the test is skipped.
+pub fn postgres_configured(var: &str) -> bool {
+    if std::env::var_os(var).is_some() {
+        return true;
+    }
+    assert!(
+        std::env::var_os("SLUICEGATE_REQUIRE_PG").is_none(),
+        "{var} is not set, and SLUICEGATE_REQUIRE_PG says PostgreSQL is required: run scripts/test"
+    );
+    eprintln!("SKIPPED (PostgreSQL half): {var} is not set; scripts/test starts the servers");
+    false
 }
 
 /// Direct access to a test database, for setting up and checking target tables.

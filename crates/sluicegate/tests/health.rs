@@ -97,6 +97,8 @@ async fn connect(url: &str) -> PgConnection {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replica_lag_holds_the_migration_until_replay_resumes() {
+    sluicegate::skip_without_postgres!("SLUICEGATE_TEST_HEALTH_PG_URL");
+
     let db = TestDb::postgres_health().await;
     let mut replica = connect(&require_env("SLUICEGATE_TEST_REPLICA_URL")).await;
     db.create_items("items", &[(1, 10_000)]).await;
@@ -144,6 +146,8 @@ async fn replica_lag_holds_the_migration_until_replay_resumes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wal_archive_backlog_holds_until_the_archiver_catches_up() {
+    sluicegate::skip_without_postgres!("SLUICEGATE_TEST_HEALTH_PG_URL");
+
     let db = TestDb::postgres_health().await;
     let switch = require_env("SLUICEGATE_TEST_ARCHIVE_SWITCH");
     db.create_items("items", &[(1, 10_000)]).await;
@@ -197,6 +201,8 @@ async fn wal_archive_backlog_holds_until_the_archiver_catches_up() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_in_transaction_session_holds_until_it_ends() {
+    sluicegate::skip_without_postgres!("SLUICEGATE_TEST_PG_URL");
+
     let db = TestDb::postgres().await;
     db.create_items("items", &[(1, 5_000)]).await;
     let sg = db.sluicegate().await;
@@ -222,6 +228,8 @@ async fn an_idle_in_transaction_session_holds_until_it_ends() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lock_held_on_the_table_holds_until_released() {
+    sluicegate::skip_without_postgres!("SLUICEGATE_TEST_PG_URL");
+
     let db = TestDb::postgres().await;
     db.create_items("items", &[(1, 5_000)]).await;
     let sg = db.sluicegate().await;
@@ -261,6 +269,8 @@ async fn a_lock_held_on_the_table_holds_until_released() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn autovacuum_on_the_table_holds() {
+    sluicegate::skip_without_postgres!("SLUICEGATE_TEST_HEALTH_PG_URL");
+
     let db = TestDb::postgres_health().await;
     // A vacuum slowed to a crawl (1 cost unit, then 100 ms of sleep) on a table that needs
     // one at once, on a server whose launcher wakes every second.
@@ -411,6 +421,8 @@ const SLEEPY_SQL: &str = "UPDATE items SET n = n + 1 \
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sub_batch_tuner_shrinks_slow_sub_batches_and_grows_fast_ones() {
+    sluicegate::skip_without_postgres!("SLUICEGATE_TEST_PG_URL");
+
     let db = TestDb::postgres().await;
     db.create_items("items", &[(1, 40_000)]).await;
     db.exec("CREATE TABLE knob (delay float8 NOT NULL)").await;
@@ -454,6 +466,8 @@ async fn the_sub_batch_tuner_shrinks_slow_sub_batches_and_grows_fast_ones() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_jobs_shrink_the_batch_and_fast_jobs_grow_it_again() {
+    sluicegate::skip_without_postgres!("SLUICEGATE_TEST_PG_URL");
+
     let db = TestDb::postgres().await;
     db.create_items("items", &[(1, 200_000)]).await;
     db.exec("CREATE TABLE knob (delay float8 NOT NULL)").await;
@@ -524,6 +538,8 @@ async fn slow_jobs_shrink_the_batch_and_fast_jobs_grow_it_again() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writing_wal_faster_than_the_limit_holds() {
+    sluicegate::skip_without_postgres!("SLUICEGATE_TEST_PG_URL");
+
     let db = TestDb::postgres().await;
     db.create_items("items", &[(1, 50_000)]).await;
     db.exec("CREATE TABLE wal_maker (pad text)").await;
@@ -574,6 +590,8 @@ async fn writing_wal_faster_than_the_limit_holds() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sub_batches_drifting_far_above_their_median_hold() {
+    sluicegate::skip_without_postgres!("SLUICEGATE_TEST_PG_URL");
+
     let db = TestDb::postgres().await;
     db.create_items("items", &[(1, 20_000)]).await;
     db.exec("CREATE TABLE knob (delay float8 NOT NULL)").await;

@@ -14,6 +14,8 @@ fn month(offset: i32) -> NaiveDate {
 
 #[tokio::test]
 async fn partitions_are_created_ahead_and_dropped_after_retention() {
+    sluicegate::skip_without_postgres!("SLUICEGATE_TEST_PG_URL");
+
     let db = TestDb::postgres().await;
     let sg = db.sluicegate().await;
     let parts = sg.store().log_partitions_list().await.unwrap();
@@ -78,6 +80,8 @@ async fn partitions_are_created_ahead_and_dropped_after_retention() {
 
 #[tokio::test]
 async fn workers_create_partitions_ahead_not_only_setup() {
+    sluicegate::skip_without_postgres!("SLUICEGATE_TEST_PG_URL");
+
     let db = TestDb::postgres().await;
     let sg = db.sluicegate().await;
     db.exec(&format!(

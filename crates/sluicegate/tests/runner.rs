@@ -588,6 +588,8 @@ store_test!(
 /// statement), longer than that read; a job shorter than it falls back to a create statement.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bookkeeping_is_one_statement_per_job_on_postgres() {
+    sluicegate::skip_without_postgres!("SLUICEGATE_TEST_PG_URL");
+
     let db = sluicegate::testing::TestDb::postgres().await;
     if db
         .try_exec("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")

@@ -3,6 +3,7 @@
 mod common;
 
 mod bad_input;
+mod guarantees;
 mod health;
 mod partitions;
 mod runner;

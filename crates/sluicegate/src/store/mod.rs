@@ -238,8 +238,17 @@ impl MigrationTransitionParams {
         self.to
     }
 
-    /// Refuses a change the state machine does not allow (the stores' own check).
+    /// Refuses a change the state machine does not allow (the stores' own check), and a hold
+    /// longer than any that may be queued (a stored value past it is out of range: written,
+    /// its timestamp would not read back).
     pub(crate) fn check(&self) -> Result<()> {
+        if let Some(hold) = self.hold_until.filter(|h| *h > crate::client::MAX_PACING) {
+            return Err(crate::Error::OutOfRange(format!(
+                "a hold of {} for migration {} (at most 365 days)",
+                humantime::format_duration(hold),
+                self.migration_id
+            )));
+        }
         if self.from.after(self.event) == Some(self.to) {
             return Ok(());
         }
