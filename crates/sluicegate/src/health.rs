@@ -359,93 +359,130 @@ fn human_ms(ms: f64) -> String {
     }
 }
 
-/// Judges a sample against the thresholds. `wal_rate` is bytes per second from
-/// [`WalRate`]; `latency` is the worker's own tracker for this migration.
+/// Judges a sample against the thresholds, one indicator at a time, in the documented
+/// order. `wal_rate` is bytes per second from [`WalRate`]; `latency` is the worker's own
+/// tracker for this migration.
 pub fn evaluate(
     sample: &HealthSample,
     settings: &HealthSettings,
     wal_rate: Option<f64>,
     latency: Option<&LatencyTracker>,
 ) -> Vec<Reading> {
-    let unavailable = sample
-        .not_available
-        .clone()
-        .unwrap_or_else(|| "not readable".into());
-    let unknown = |indicator, threshold: String| Reading {
-        indicator,
-        signal: Signal::Unknown,
-        reading: unavailable.clone(),
-        threshold,
-    };
-    let judge = |indicator, stop: bool, reading: String, threshold: String| Reading {
-        indicator,
-        signal: if stop { Signal::Stop } else { Signal::Normal },
-        reading,
-        threshold,
-    };
-    let mut out = Vec::new();
+    vec![
+        autovacuum(sample),
+        wal_archive_backlog(sample, settings),
+        wal_rate_reading(sample, settings, wal_rate),
+        replica_lag(sample, settings),
+        long_transactions(sample, settings),
+        lock_waits(sample),
+        probe(sample, settings),
+        sub_batch_latency(settings, latency),
+    ]
+}
 
+impl Reading {
+    /// A verdict: `stop` or `normal`.
+    fn judged(indicator: Indicator, stop: bool, reading: String, threshold: String) -> Self {
+        Self {
+            indicator,
+            signal: if stop { Signal::Stop } else { Signal::Normal },
+            reading,
+            threshold,
+        }
+    }
+
+    /// No verdict, and why.
+    fn unknown(indicator: Indicator, reading: String, threshold: String) -> Self {
+        Self {
+            indicator,
+            signal: Signal::Unknown,
+            reading,
+            threshold,
+        }
+    }
+
+    /// No verdict: the sample could not read what the indicator needs.
+    fn unreadable(indicator: Indicator, sample: &HealthSample, threshold: String) -> Self {
+        let why = sample
+            .not_available
+            .clone()
+            .unwrap_or_else(|| "not readable".into());
+        Self::unknown(indicator, why, threshold)
+    }
+}
+
+/// Any autovacuum worker on the table stops (GitLab's rule); wraparound is named first.
+fn autovacuum(sample: &HealthSample) -> Reading {
     let threshold = "no autovacuum on the table".to_owned();
-    out.push(match &sample.autovacuum {
-        None => unknown(Indicator::Autovacuum, threshold),
-        Some(workers) => match workers
-            .iter()
-            .max_by_key(|w| (w.wraparound, w.seconds as i64))
-        {
-            None => judge(
-                Indicator::Autovacuum,
-                false,
-                "no autovacuum on the table".into(),
-                threshold,
+    let Some(workers) = &sample.autovacuum else {
+        return Reading::unreadable(Indicator::Autovacuum, sample, threshold);
+    };
+    match workers
+        .iter()
+        .max_by_key(|w| (w.wraparound, w.seconds as i64))
+    {
+        None => Reading::judged(
+            Indicator::Autovacuum,
+            false,
+            "no autovacuum on the table".into(),
+            threshold,
+        ),
+        Some(w) => Reading::judged(
+            Indicator::Autovacuum,
+            true,
+            format!(
+                "autovacuum{} on the table (pid {}, running {})",
+                if w.wraparound {
+                    " to prevent wraparound"
+                } else {
+                    ""
+                },
+                w.pid,
+                human_ms(w.seconds * 1000.0)
             ),
-            Some(w) => judge(
-                Indicator::Autovacuum,
-                true,
-                format!(
-                    "autovacuum{} on the table (pid {}, running {})",
-                    if w.wraparound {
-                        " to prevent wraparound"
-                    } else {
-                        ""
-                    },
-                    w.pid,
-                    human_ms(w.seconds * 1000.0)
-                ),
-                threshold,
-            ),
-        },
-    });
+            threshold,
+        ),
+    }
+}
 
+/// WAL segments waiting for the archiver; `archive_mode = off` is normal.
+fn wal_archive_backlog(sample: &HealthSample, settings: &HealthSettings) -> Reading {
     let threshold = format!("max {} segments", settings.max_wal_archive_backlog);
-    out.push(match (sample.archiving, sample.archive_ready) {
-        (Some(false), _) => judge(
+    match (sample.archiving, sample.archive_ready) {
+        (Some(false), _) => Reading::judged(
             Indicator::WalArchiveBacklog,
             false,
             "archive_mode is off".into(),
             threshold,
         ),
-        (Some(true), Some(ready)) => judge(
+        (Some(true), Some(ready)) => Reading::judged(
             Indicator::WalArchiveBacklog,
             ready > settings.max_wal_archive_backlog,
             format!("{ready} WAL segments waiting for the archiver"),
             threshold,
         ),
-        _ => unknown(Indicator::WalArchiveBacklog, threshold),
-    });
+        _ => Reading::unreadable(Indicator::WalArchiveBacklog, sample, threshold),
+    }
+}
 
+/// WAL bytes per second between this worker's samples; stops only above a limit set.
+fn wal_rate_reading(
+    sample: &HealthSample,
+    settings: &HealthSettings,
+    wal_rate: Option<f64>,
+) -> Reading {
     let threshold = match settings.max_wal_rate_bytes {
         Some(max) => format!("max {}/s", mib(max as f64)),
         None => "no limit set".into(),
     };
-    out.push(match (sample.wal_lsn, wal_rate) {
-        (None, _) => unknown(Indicator::WalRate, threshold),
-        (Some(_), None) => Reading {
-            indicator: Indicator::WalRate,
-            signal: Signal::Unknown,
-            reading: "first sample; the rate needs two a second apart".into(),
+    match (sample.wal_lsn, wal_rate) {
+        (None, _) => Reading::unreadable(Indicator::WalRate, sample, threshold),
+        (Some(_), None) => Reading::unknown(
+            Indicator::WalRate,
+            "first sample; the rate needs two a second apart".into(),
             threshold,
-        },
-        (Some(_), Some(rate)) => judge(
+        ),
+        (Some(_), Some(rate)) => Reading::judged(
             Indicator::WalRate,
             settings
                 .max_wal_rate_bytes
@@ -453,174 +490,174 @@ pub fn evaluate(
             format!("{}/s of WAL written", mib(rate)),
             threshold,
         ),
-    });
+    }
+}
 
+/// The replica furthest behind, in bytes of WAL or in time.
+fn replica_lag(sample: &HealthSample, settings: &HealthSettings) -> Reading {
     let threshold = format!(
         "max {} or {}",
         mib(settings.max_replica_lag_bytes as f64),
         human_ms(settings.max_replica_lag_ms as f64)
     );
-    out.push(match &sample.replicas {
-        None => unknown(Indicator::ReplicaLag, threshold),
-        Some(replicas) if replicas.is_empty() => judge(
+    let Some(replicas) = &sample.replicas else {
+        return Reading::unreadable(Indicator::ReplicaLag, sample, threshold);
+    };
+    if replicas.is_empty() {
+        return Reading::judged(
             Indicator::ReplicaLag,
             false,
             "no replicas streaming from this server".into(),
             threshold,
+        );
+    }
+    let name = |r: &Replica| match &r.address {
+        Some(a) => format!("{} ({a})", r.name),
+        None => r.name.clone(),
+    };
+    let worst_bytes = replicas.iter().max_by_key(|r| r.lag_bytes.unwrap_or(0));
+    let worst_time = replicas
+        .iter()
+        .max_by(|a, b| {
+            a.replay_lag_ms
+                .unwrap_or(0.0)
+                .total_cmp(&b.replay_lag_ms.unwrap_or(0.0))
+        })
+        .filter(|r| r.replay_lag_ms.is_some());
+    let bytes = worst_bytes.and_then(|r| r.lag_bytes).unwrap_or(0);
+    let time = worst_time.and_then(|r| r.replay_lag_ms).unwrap_or(0.0);
+    let (stop, reading) = match (worst_bytes, worst_time) {
+        (Some(r), _) if bytes > settings.max_replica_lag_bytes => (
+            true,
+            format!(
+                "replica {} is {} behind in replay",
+                name(r),
+                mib(bytes as f64)
+            ),
         ),
-        Some(replicas) => {
-            let name = |r: &Replica| match &r.address {
-                Some(a) => format!("{} ({a})", r.name),
-                None => r.name.clone(),
-            };
-            let worst_bytes = replicas.iter().max_by_key(|r| r.lag_bytes.unwrap_or(0));
-            let worst_time = replicas
-                .iter()
-                .max_by(|a, b| {
-                    a.replay_lag_ms
-                        .unwrap_or(0.0)
-                        .total_cmp(&b.replay_lag_ms.unwrap_or(0.0))
-                })
-                .filter(|r| r.replay_lag_ms.is_some());
-            let bytes = worst_bytes.and_then(|r| r.lag_bytes).unwrap_or(0);
-            let time = worst_time.and_then(|r| r.replay_lag_ms).unwrap_or(0.0);
-            if bytes > settings.max_replica_lag_bytes {
-                let r = worst_bytes.expect("a replica has the largest lag");
-                judge(
-                    Indicator::ReplicaLag,
-                    true,
-                    format!(
-                        "replica {} is {} behind in replay",
-                        name(r),
-                        mib(bytes as f64)
-                    ),
-                    threshold,
-                )
-            } else if time > settings.max_replica_lag_ms as f64 {
-                let r = worst_time.expect("a replica has the largest lag");
-                judge(
-                    Indicator::ReplicaLag,
-                    true,
-                    format!("replica {} replays {} late", name(r), human_ms(time)),
-                    threshold,
-                )
-            } else {
-                judge(
-                    Indicator::ReplicaLag,
-                    false,
-                    format!(
-                        "{} replica{}, worst {} and {} behind",
-                        replicas.len(),
-                        if replicas.len() == 1 { "" } else { "s" },
-                        mib(bytes as f64),
-                        human_ms(time)
-                    ),
-                    threshold,
-                )
-            }
-        }
-    });
+        (_, Some(r)) if time > settings.max_replica_lag_ms as f64 => (
+            true,
+            format!("replica {} replays {} late", name(r), human_ms(time)),
+        ),
+        _ => (
+            false,
+            format!(
+                "{} replica{}, worst {} and {} behind",
+                replicas.len(),
+                if replicas.len() == 1 { "" } else { "s" },
+                mib(bytes as f64),
+                human_ms(time)
+            ),
+        ),
+    };
+    Reading::judged(Indicator::ReplicaLag, stop, reading, threshold)
+}
 
+/// The oldest transaction of another session of this database (idle in transaction too).
+fn long_transactions(sample: &HealthSample, settings: &HealthSettings) -> Reading {
     let threshold = format!("max {}", human_ms(settings.max_transaction_age_ms as f64));
-    out.push(match &sample.transactions {
-        None => unknown(Indicator::LongTransactions, threshold),
-        Some(open) => match open.first() {
-            None => judge(
-                Indicator::LongTransactions,
-                false,
-                "no other open transactions".into(),
-                threshold,
+    let Some(open) = &sample.transactions else {
+        return Reading::unreadable(Indicator::LongTransactions, sample, threshold);
+    };
+    match open.first() {
+        None => Reading::judged(
+            Indicator::LongTransactions,
+            false,
+            "no other open transactions".into(),
+            threshold,
+        ),
+        Some(t) => Reading::judged(
+            Indicator::LongTransactions,
+            t.age_ms > settings.max_transaction_age_ms as f64,
+            format!(
+                "oldest transaction: pid {} ({}{}) {} for {}",
+                t.pid,
+                t.user.as_deref().unwrap_or("?"),
+                t.application
+                    .as_deref()
+                    .filter(|a| !a.is_empty())
+                    .map(|a| format!(", {a}"))
+                    .unwrap_or_default(),
+                t.state.as_deref().unwrap_or("in a transaction"),
+                human_ms(t.age_ms)
             ),
-            Some(t) => judge(
-                Indicator::LongTransactions,
-                t.age_ms > settings.max_transaction_age_ms as f64,
-                format!(
-                    "oldest transaction: pid {} ({}{}) {} for {}",
-                    t.pid,
-                    t.user.as_deref().unwrap_or("?"),
-                    t.application
-                        .as_deref()
-                        .filter(|a| !a.is_empty())
-                        .map(|a| format!(", {a}"))
-                        .unwrap_or_default(),
-                    t.state.as_deref().unwrap_or("in a transaction"),
-                    human_ms(t.age_ms)
-                ),
-                threshold,
-            ),
-        },
-    });
+            threshold,
+        ),
+    }
+}
 
+/// Sessions waiting for a lock on the table, or holding one that blocks writes.
+fn lock_waits(sample: &HealthSample) -> Reading {
     let threshold = "no waiters, no write-blocking locks held".to_owned();
-    out.push(match &sample.locks {
-        None => unknown(Indicator::LockWaits, threshold),
-        Some(locks) => {
-            let waiting = locks.iter().filter(|l| !l.granted).count();
-            let holder = locks.iter().find(|l| l.granted);
-            let text = match (waiting, holder) {
-                (0, None) => "no lock waits on the table".to_owned(),
-                (w, Some(h)) => format!(
-                    "pid {} holds {} on the table; {w} session{} waiting",
-                    h.pid,
-                    h.mode,
-                    if w == 1 { "" } else { "s" }
-                ),
-                (w, None) => format!(
-                    "{w} session{} waiting for a lock on the table",
-                    if w == 1 { "" } else { "s" }
-                ),
-            };
-            judge(
-                Indicator::LockWaits,
-                waiting > 0 || holder.is_some(),
-                text,
-                threshold,
-            )
-        }
-    });
+    let Some(locks) = &sample.locks else {
+        return Reading::unreadable(Indicator::LockWaits, sample, threshold);
+    };
+    let waiting = locks.iter().filter(|l| !l.granted).count();
+    let holder = locks.iter().find(|l| l.granted);
+    let text = match (waiting, holder) {
+        (0, None) => "no lock waits on the table".to_owned(),
+        (w, Some(h)) => format!(
+            "pid {} holds {} on the table; {w} session{} waiting",
+            h.pid,
+            h.mode,
+            if w == 1 { "" } else { "s" }
+        ),
+        (w, None) => format!(
+            "{w} session{} waiting for a lock on the table",
+            if w == 1 { "" } else { "s" }
+        ),
+    };
+    Reading::judged(
+        Indicator::LockWaits,
+        waiting > 0 || holder.is_some(),
+        text,
+        threshold,
+    )
+}
 
+/// The user's probe: `false` stops; NULL or an error says nothing.
+fn probe(sample: &HealthSample, settings: &HealthSettings) -> Reading {
     let threshold = "returns true".to_owned();
-    out.push(match (&settings.probe, &sample.probe) {
-        (None, _) => Reading {
-            indicator: Indicator::Probe,
-            signal: Signal::Normal,
-            reading: "no probe set".into(),
-            threshold: "none".into(),
-        },
-        (Some(_), None) => unknown(Indicator::Probe, threshold),
-        (Some(_), Some(Ok(Some(ok)))) => judge(
+    match (&settings.probe, &sample.probe) {
+        (None, _) => Reading::judged(
+            Indicator::Probe,
+            false,
+            "no probe set".into(),
+            "none".into(),
+        ),
+        (Some(_), None) => Reading::unreadable(Indicator::Probe, sample, threshold),
+        (Some(_), Some(Ok(Some(ok)))) => Reading::judged(
             Indicator::Probe,
             !ok,
             format!("the probe returned {ok}"),
             threshold,
         ),
-        (Some(_), Some(Ok(None))) => Reading {
-            indicator: Indicator::Probe,
-            signal: Signal::Unknown,
-            reading: "the probe returned NULL".into(),
+        (Some(_), Some(Ok(None))) => Reading::unknown(
+            Indicator::Probe,
+            "the probe returned NULL".into(),
             threshold,
-        },
-        (Some(_), Some(Err(e))) => Reading {
-            indicator: Indicator::Probe,
-            signal: Signal::Unknown,
-            reading: format!("the probe failed: {e}"),
+        ),
+        (Some(_), Some(Err(e))) => Reading::unknown(
+            Indicator::Probe,
+            format!("the probe failed: {e}"),
             threshold,
-        },
-    });
+        ),
+    }
+}
 
-    out.push(match latency {
+/// The latest job's sub-batches against the running median, per key.
+fn sub_batch_latency(settings: &HealthSettings, latency: Option<&LatencyTracker>) -> Reading {
+    match latency {
         Some(tracker) => tracker.reading(settings.latency_drift_factor),
-        None => Reading {
-            indicator: Indicator::SubBatchLatency,
-            signal: Signal::Unknown,
-            reading: "no sub-batches measured by this process".into(),
-            threshold: format!(
+        None => Reading::unknown(
+            Indicator::SubBatchLatency,
+            "no sub-batches measured by this process".into(),
+            format!(
                 "max {}x the running median per key",
                 settings.latency_drift_factor
             ),
-        },
-    });
-    out
+        ),
+    }
 }
 
 /// The first stopping reading, if any: what a hold is logged with.
