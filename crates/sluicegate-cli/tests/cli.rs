@@ -431,7 +431,26 @@ store_test!(exactly_once_across_workers_killed_with_sigkill, |db| {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        tokio::time::sleep(Duration::from_millis(400 + 150 * round)).await;
+        // Killed as soon as it holds a job (an event, not a fixed time), a little later
+        // into the job each round.
+        let victim = format!("victim-{round}");
+        let m = handle.migration("inc").await.unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let running = handle.jobs(&m, Some(JobStatus::Running)).await.unwrap();
+            if running
+                .iter()
+                .any(|j| j.worker.as_deref() == Some(victim.as_str()))
+            {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{victim} never took a job"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(20 * round)).await;
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
         let m = handle.migration("inc").await.unwrap();

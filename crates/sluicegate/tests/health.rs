@@ -216,7 +216,15 @@ async fn an_idle_in_transaction_session_holds_until_it_ends() {
         .execute("SET application_name = 'forgotten'; BEGIN; SELECT count(*) FROM items")
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    eventually(
+        Duration::from_secs(30),
+        "the idle transaction to age past the limit",
+        move || async move {
+            let r = reading(sg, "idle", Indicator::LongTransactions).await;
+            (r.signal == Signal::Stop).then_some(())
+        },
+    )
+    .await;
     let reason = assert_held(sg, "idle", Indicator::LongTransactions).await;
     assert!(
         reason.contains("(postgres, forgotten) idle in transaction for"),
