@@ -186,6 +186,15 @@ pub struct QueueArgs {
     /// Hold when sub-batches take this many times their running median per key [default: 5].
     #[arg(long)]
     pub max_latency_drift: Option<f64>,
+    /// Which autovacuum of the table holds the migration: wraparound (only one to prevent
+    /// wraparound), any (GitLab's rule) or ignore [default: wraparound].
+    #[arg(long, value_parser = parse_autovacuum)]
+    pub autovacuum: Option<sluicegate::health::AutovacuumPolicy>,
+    /// Health indicators to switch off for this migration (read and shown, never holding),
+    /// comma-separated: autovacuum, wal_archive_backlog, wal_rate, replica_lag,
+    /// long_transactions, lock_waits, probe, sub_batch_latency.
+    #[arg(long, value_delimiter = ',', value_parser = parse_indicator)]
+    pub health_off: Vec<sluicegate::health::Indicator>,
     /// Tune sub-batch sizes so each transaction takes about this long; 0s keeps them fixed.
     #[arg(long, default_value = "100ms", value_parser = parse_duration)]
     pub target_sub_batch_time: Duration,
@@ -292,4 +301,12 @@ pub struct DemoArgs {
     /// JSON lines instead of tables and progress bars.
     #[arg(long)]
     pub json: bool,
+}
+
+fn parse_autovacuum(s: &str) -> Result<sluicegate::health::AutovacuumPolicy, String> {
+    s.parse()
+}
+
+fn parse_indicator(s: &str) -> Result<sluicegate::health::Indicator, String> {
+    s.trim().parse()
 }

@@ -223,7 +223,7 @@ pub async fn show(sg: &Sluicegate, migration: &str, json: bool) -> Result<()> {
             let h = &m.health;
             format!(
                     "hold {}; replica lag max {} bytes or {} ms; WAL archive backlog max {}; WAL rate max {}; \
-                     transaction age max {} ms; latency drift max {}x; probe {}",
+                     transaction age max {} ms; latency drift max {}x; probe {}; autovacuum {}; off: {}",
                     format_duration(h.hold()),
                     h.max_replica_lag_bytes,
                     h.max_replica_lag_ms,
@@ -234,6 +234,12 @@ pub async fn show(sg: &Sluicegate, migration: &str, json: bool) -> Result<()> {
                     h.max_transaction_age_ms,
                     h.latency_drift_factor,
                     h.probe.as_deref().unwrap_or("none"),
+                    h.autovacuum.as_str(),
+                    if h.off.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        h.off.iter().map(|i| i.as_str()).collect::<Vec<_>>().join(", ")
+                    },
                 )
         }),
         (

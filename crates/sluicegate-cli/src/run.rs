@@ -53,6 +53,10 @@ fn request(args: &QueueArgs) -> Result<QueueRequest> {
     if let Some(v) = args.max_latency_drift {
         health.latency_drift_factor = v;
     }
+    if let Some(v) = args.autovacuum {
+        health.autovacuum = v;
+    }
+    health.off = args.health_off.clone();
     let given = [
         ("--set", args.set_clause.as_ref()),
         ("--where", args.where_clause.as_ref()),

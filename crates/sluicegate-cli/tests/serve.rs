@@ -32,14 +32,13 @@ async fn running_migration(db: &TestDb) -> (Sluicegate, i64) {
     req.target_sub_batch_time = Duration::ZERO;
     // The trial sub-batch (keys 1..10) does not reach key 150: queueing succeeds.
     let m = sg.queue(&req).await.unwrap();
-    let mut worker = sg
-        .worker(WorkerOptions {
-            name: "w1".into(),
-            ..WorkerOptions::default()
-        })
-        .new_loop();
+    let worker = sg.worker(WorkerOptions {
+        name: "w1".into(),
+        ..WorkerOptions::default()
+    });
+    // One job a call, none started ahead: four jobs on either engine.
     for _ in 0..4 {
-        worker.step().await.unwrap();
+        worker.run_once().await.unwrap();
     }
     let failed = sg
         .jobs(&m, Some(sluicegate::JobStatus::Failed))

@@ -369,7 +369,7 @@ impl Worker {
         let stop = Arc::new(AtomicBool::new(true));
         let steps = self.loops(&stop).into_iter().map(|mut l| async move {
             let outcome = l.step().await;
-            l.finish_carried().await?;
+            l.finish().await?;
             outcome
         });
         futures::future::try_join_all(steps).await
@@ -596,9 +596,11 @@ impl WorkerLoop {
         Ok(outcome)
     }
 
-    /// Runs the job a last step started ahead, if any, so that none is left running with no
-    /// one to run it (a loop ending).
-    async fn finish_carried(&mut self) -> Result<()> {
+    /// Runs the job the last step started ahead, if any, and starts no other: call it before
+    /// dropping a loop stepped by hand, so that no job is left running with no one to run it
+    /// (its lease would run out and another worker would log it `WorkerLost`).
+    pub async fn finish(&mut self) -> Result<()> {
+        self.stopping = Arc::new(AtomicBool::new(true));
         while matches!(self.carry, Carry::Started { .. }) {
             self.step().await?;
         }
@@ -631,7 +633,7 @@ impl WorkerLoop {
             }
         }
         // A job started ahead is running already: it runs before the loop stops.
-        self.finish_carried().await
+        self.finish().await
     }
 
     async fn claim_and_step(&mut self) -> Result<StepOutcome> {

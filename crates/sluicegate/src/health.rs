@@ -35,6 +35,51 @@ pub struct HealthSettings {
     pub hold_ms: i64,
     /// Hold when recent sub-batches take this many times their running median per key.
     pub latency_drift_factor: f64,
+    /// Which autovacuum on the table stops the migration (default: only one to prevent
+    /// wraparound; an ordinary one, often started by the backfill's own dead tuples, is
+    /// reported and obeyed no more).
+    pub autovacuum: AutovacuumPolicy,
+    /// Indicators switched off for this migration: read and shown, never stop it.
+    pub off: Vec<Indicator>,
+}
+
+/// Which autovacuum of the table stops a migration (`--autovacuum`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AutovacuumPolicy {
+    /// Only an autovacuum to prevent transaction-ID wraparound (the default).
+    #[default]
+    Wraparound,
+    /// Any autovacuum of the table (GitLab's rule).
+    Any,
+    /// None: autovacuum is reported only.
+    Ignore,
+}
+
+impl AutovacuumPolicy {
+    /// Its name as `--autovacuum` takes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Wraparound => "wraparound",
+            Self::Any => "any",
+            Self::Ignore => "ignore",
+        }
+    }
+}
+
+impl std::str::FromStr for AutovacuumPolicy {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "wraparound" => Ok(Self::Wraparound),
+            "any" => Ok(Self::Any),
+            "ignore" => Ok(Self::Ignore),
+            other => Err(format!(
+                "unknown autovacuum policy {other:?} (wraparound, any or ignore)"
+            )),
+        }
+    }
 }
 
 impl Default for HealthSettings {
@@ -48,6 +93,8 @@ impl Default for HealthSettings {
             probe: None,
             hold_ms: 10 * 60 * 1000,
             latency_drift_factor: 5.0,
+            autovacuum: AutovacuumPolicy::default(),
+            off: Vec::new(),
         }
     }
 }
@@ -129,6 +176,18 @@ pub enum Indicator {
 }
 
 impl Indicator {
+    /// Every indicator, in the order they are reported.
+    pub const ALL: [Indicator; 8] = [
+        Self::Autovacuum,
+        Self::WalArchiveBacklog,
+        Self::WalRate,
+        Self::ReplicaLag,
+        Self::LongTransactions,
+        Self::LockWaits,
+        Self::Probe,
+        Self::SubBatchLatency,
+    ];
+
     /// The name used in logs, hold reasons and metrics labels.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -141,6 +200,20 @@ impl Indicator {
             Self::Probe => "probe",
             Self::SubBatchLatency => "sub_batch_latency",
         }
+    }
+}
+
+impl std::str::FromStr for Indicator {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|i| i.as_str() == s)
+            .ok_or_else(|| {
+                let names: Vec<&str> = Self::ALL.iter().map(|i| i.as_str()).collect();
+                format!("unknown health indicator {s:?} ({})", names.join(", "))
+            })
     }
 }
 
@@ -368,8 +441,8 @@ pub fn evaluate(
     wal_rate: Option<f64>,
     latency: Option<&LatencyTracker>,
 ) -> Vec<Reading> {
-    vec![
-        autovacuum(sample),
+    let mut readings = vec![
+        autovacuum(sample, settings),
         wal_archive_backlog(sample, settings),
         wal_rate_reading(sample, settings, wal_rate),
         replica_lag(sample, settings),
@@ -377,7 +450,17 @@ pub fn evaluate(
         lock_waits(sample),
         probe(sample, settings),
         sub_batch_latency(settings, latency),
-    ]
+    ];
+    // Switched off: still read and shown, never a stop.
+    for r in readings.iter_mut() {
+        if settings.off.contains(&r.indicator) {
+            if r.signal == Signal::Stop {
+                r.signal = Signal::Normal;
+            }
+            r.threshold = "switched off for this migration".into();
+        }
+    }
+    readings
 }
 
 impl Reading {
@@ -411,9 +494,15 @@ impl Reading {
     }
 }
 
-/// Any autovacuum worker on the table stops (GitLab's rule); wraparound is named first.
-fn autovacuum(sample: &HealthSample) -> Reading {
-    let threshold = "no autovacuum on the table".to_owned();
+/// An autovacuum worker on the table: by default only one to prevent wraparound stops; an
+/// ordinary one is reported (`--autovacuum` says otherwise).
+fn autovacuum(sample: &HealthSample, settings: &HealthSettings) -> Reading {
+    let threshold = match settings.autovacuum {
+        AutovacuumPolicy::Wraparound => "stops for an autovacuum to prevent wraparound only",
+        AutovacuumPolicy::Any => "stops for any autovacuum of the table",
+        AutovacuumPolicy::Ignore => "never stops (--autovacuum ignore)",
+    }
+    .to_owned();
     let Some(workers) = &sample.autovacuum else {
         return Reading::unreadable(Indicator::Autovacuum, sample, threshold);
     };
@@ -429,7 +518,11 @@ fn autovacuum(sample: &HealthSample) -> Reading {
         ),
         Some(w) => Reading::judged(
             Indicator::Autovacuum,
-            true,
+            match settings.autovacuum {
+                AutovacuumPolicy::Wraparound => w.wraparound,
+                AutovacuumPolicy::Any => true,
+                AutovacuumPolicy::Ignore => false,
+            },
             format!(
                 "autovacuum{} on the table (pid {}, running {})",
                 if w.wraparound {

@@ -11,7 +11,7 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use sluicegate::health::{Indicator, Reading, Signal};
+use sluicegate::health::{AutovacuumPolicy, Indicator, Reading, Signal};
 use sluicegate::testing::{require_env, TestDb};
 use sluicegate::{store_test, Error, MigrationEvent, MigrationStatus, QueueRequest, Sluicegate};
 use sluicegate::{Migration, StepOutcome};
@@ -276,7 +276,7 @@ async fn a_lock_held_on_the_table_holds_until_released() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn autovacuum_on_the_table_holds() {
+async fn autovacuum_on_the_table_holds_only_when_asked() {
     sluicegate::skip_without_postgres!("SLUICEGATE_TEST_HEALTH_PG_URL");
 
     let db = TestDb::postgres_health().await;
@@ -293,7 +293,34 @@ async fn autovacuum_on_the_table_holds() {
     db.exec("DELETE FROM items WHERE id % 2 = 0").await;
     let sg = db.sluicegate().await;
     let (sg, db) = (&sg, &db);
-    sg.queue(&held_request("vacuumed")).await.unwrap();
+    // The default: an ordinary autovacuum (not to prevent wraparound) is reported, not obeyed.
+    sg.queue(&held_request("ordinary")).await.unwrap();
+    let r = eventually(
+        Duration::from_secs(60),
+        "autovacuum on the table",
+        move || async move {
+            let r = reading(sg, "ordinary", Indicator::Autovacuum).await;
+            r.reading
+                .starts_with("autovacuum on the table (pid ")
+                .then_some(r)
+        },
+    )
+    .await;
+    assert_eq!(r.signal, Signal::Normal, "{r:?}");
+    assert_eq!(
+        r.threshold,
+        "stops for an autovacuum to prevent wraparound only"
+    );
+    let outcome = worker(sg, "w1").new_loop().step().await.unwrap();
+    assert!(matches!(outcome, StepOutcome::Ran { .. }), "{outcome:?}");
+    sg.apply("ordinary", MigrationEvent::Pause, None, "test")
+        .await
+        .unwrap();
+    // GitLab's rule, asked for: any autovacuum of the table holds.
+    let mut strict = held_request("vacuumed");
+    strict.arguments = json!({"set": "email_lower = 'x'"});
+    strict.health.autovacuum = AutovacuumPolicy::Any;
+    sg.queue(&strict).await.unwrap();
     let r = eventually(
         Duration::from_secs(60),
         "autovacuum on the table",

@@ -8,4 +8,5 @@ mod health;
 mod partitions;
 mod runner;
 mod schema;
+mod store;
 mod transitions;

@@ -16,6 +16,7 @@ use crate::model::{Job, JobCounts, JobTransition, Migration, MigrationTransition
 use crate::status::{JobStatus, MigrationEvent, MigrationStatus};
 
 pub mod postgres;
+mod rows;
 pub mod sqlite;
 
 /// Newest tracking-schema version this binary knows.

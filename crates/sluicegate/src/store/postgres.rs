@@ -5,12 +5,13 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Datelike, NaiveDate, Utc};
-use sqlx::postgres::{PgPool, PgRow};
+use sqlx::postgres::PgPool;
 use sqlx::types::Json;
 use sqlx::{PgConnection, Row};
 
 use std::sync::Arc;
 
+use super::rows;
 use super::{
     add_months, duration_ms, month_start, Backend, JobCreateParams, JobCreated, JobRange,
     JobSplitParams, JobTransitionParams, MigrationResizeParams, MigrationTransitionParams,
@@ -23,7 +24,7 @@ use crate::health::HealthSample;
 use crate::ident::{self, TableName};
 use crate::kind::{SubBatch, SubBatchConnection};
 use crate::model::{Job, JobCounts, JobTransition, Migration, MigrationTransition, NewMigration};
-use crate::status::{JobStatus, MigrationStatus};
+use crate::status::JobStatus;
 
 /// Schema migrations, in order. `{s}` stands for the quoted tracking schema.
 const SCHEMA_MIGRATIONS: &[(i64, &str)] = &[
@@ -335,6 +336,10 @@ const TARGET_ROW_ESTIMATE: &str =
 /// Everything the health indicators read, as one JSON row, in one round trip. Statistics of
 /// other sessions need `pg_read_all_stats` and the archiver's directory `pg_monitor`; without
 /// them those parts are NULL and their indicators say `unknown`. `$1` is the quoted table.
+/// The health sample: one query. `{archive_ready}` is [`ARCHIVE_READY`] when the role may
+/// execute `pg_ls_archive_statusdir()`, else `NULL`: PostgreSQL checks EXECUTE when the query
+/// starts, so a role without `pg_monitor` could not run the query at all with the call in it,
+/// even behind a `CASE`.
 const TARGET_HEALTH: &str = r"
 WITH f AS (
     SELECT pg_has_role(current_user, 'pg_read_all_stats', 'USAGE') AS stats,
@@ -344,6 +349,7 @@ WITH f AS (
            to_regclass($1)::oid AS relid
 )
 SELECT json_build_object(
+    'role', current_user,
     'stats', f.stats,
     'monitor', f.monitor,
     'archiving', f.archiving,
@@ -355,8 +361,7 @@ SELECT json_build_object(
                '[]'::json)
         FROM pg_stat_progress_vacuum p JOIN pg_stat_activity a ON a.pid = p.pid
         WHERE p.relid = f.relid AND a.backend_type = 'autovacuum worker') END,
-    'archive_ready', CASE WHEN f.monitor AND f.archiving THEN (
-        SELECT count(*) FROM pg_ls_archive_statusdir() WHERE name ~ '^[0-9A-F]{24}\.ready$') END,
+    'archive_ready', CASE WHEN f.monitor AND f.archiving THEN {archive_ready} END,
     'wal_lsn', CASE WHEN NOT f.recovery THEN pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint END,
     'replicas', CASE WHEN f.stats AND NOT f.recovery THEN (
         SELECT coalesce(json_agg(json_build_object(
@@ -384,6 +389,14 @@ SELECT json_build_object(
                                            'AccessExclusiveLock')))
 )
 FROM f";
+
+/// WAL segments waiting for the archiver (needs EXECUTE on `pg_ls_archive_statusdir()`:
+/// `pg_monitor`).
+const ARCHIVE_READY: &str =
+    r"(SELECT count(*) FROM pg_ls_archive_statusdir() WHERE name ~ '^[0-9A-F]{24}\.ready$')";
+/// Whether this role may list the archiver's status directory.
+const ARCHIVE_READABLE: &str =
+    "SELECT has_function_privilege('pg_catalog.pg_ls_archive_statusdir()', 'EXECUTE')";
 
 /// The keyset walk as one row `(first, last)`: the first existing key in `[start, max]` and
 /// the `size`-th one, or the last one in range when fewer remain. The arguments are SQL
@@ -451,7 +464,7 @@ impl PgStore {
             .await
             .map_err(Error::db(format!("changing job {} to {}", p.job_id, p.to)))?;
         match row {
-            Some(row) => job_from_row(&row),
+            Some(row) => rows::job(&row),
             None => Err(Error::Conflict {
                 what: format!(
                     "job {} (expected {} attempt {})",
@@ -485,7 +498,7 @@ impl PgStore {
                 p.migration_id, p.to
             )))?;
         match row {
-            Some(row) => migration_from_row(&row),
+            Some(row) => rows::migration(&row),
             None => Err(Error::Conflict {
                 what: format!("migration {} (expected {})", p.migration_id, p.from),
             }),
@@ -605,7 +618,7 @@ impl Store for PgStore {
                     Error::db(format!("queueing migration {}", m.name))(e)
                 }
             })?;
-        migration_from_row(&row)
+        rows::migration(&row)
     }
 
     async fn migration_get(&self, id: i64) -> Result<Option<Migration>> {
@@ -614,7 +627,7 @@ impl Store for PgStore {
             .fetch_optional(&self.pool)
             .await
             .map_err(Error::db(format!("reading migration {id}")))?;
-        row.as_ref().map(migration_from_row).transpose()
+        row.as_ref().map(rows::migration).transpose()
     }
 
     async fn migration_get_by_name(&self, name: &str) -> Result<Option<Migration>> {
@@ -623,7 +636,7 @@ impl Store for PgStore {
             .fetch_optional(&self.pool)
             .await
             .map_err(Error::db(format!("reading migration {name:?}")))?;
-        row.as_ref().map(migration_from_row).transpose()
+        row.as_ref().map(rows::migration).transpose()
     }
 
     async fn migration_list(&self) -> Result<Vec<Migration>> {
@@ -637,7 +650,7 @@ impl Store for PgStore {
                     Error::db("listing migrations")(e)
                 }
             })?;
-        rows.iter().map(migration_from_row).collect()
+        rows.iter().map(rows::migration).collect()
     }
 
     async fn migration_transition(&self, p: &MigrationTransitionParams) -> Result<Migration> {
@@ -676,7 +689,7 @@ impl Store for PgStore {
             .fetch_optional(&self.pool)
             .await
             .map_err(Error::db("claiming a migration"))?;
-        row.as_ref().map(migration_from_row).transpose()
+        row.as_ref().map(rows::migration).transpose()
     }
 
     async fn table_lease_release(&self, migration_id: i64) -> Result<()> {
@@ -711,7 +724,7 @@ impl Store for PgStore {
                 "resizing the batches of migration {}",
                 p.migration_id
             )))?;
-        row.as_ref().map(migration_from_row).transpose()
+        row.as_ref().map(rows::migration).transpose()
     }
 
     async fn job_create(&self, p: &JobCreateParams) -> Result<JobCreated> {
@@ -751,16 +764,16 @@ impl Store for PgStore {
                 "creating a job of migration {}",
                 p.migration_id
             )))?;
-        let matched: i64 = row.try_get("matched").map_err(decode)?;
+        let matched: i64 = row.try_get("matched").map_err(rows::decode)?;
         if matched == 0 {
             return Ok(JobCreated::NotNow);
         }
-        let id: Option<i64> = row.try_get("id").map_err(decode)?;
+        let id: Option<i64> = row.try_get("id").map_err(rows::decode)?;
         if id.is_none() {
             return Ok(JobCreated::Exhausted);
         }
-        let next_min: Option<i64> = row.try_get("next_min").map_err(decode)?;
-        Ok(JobCreated::Created(Box::new(job_from_row(&row)?), next_min))
+        let next_min: Option<i64> = row.try_get("next_min").map_err(rows::decode)?;
+        Ok(JobCreated::Created(Box::new(rows::job(&row)?), next_min))
     }
 
     async fn job_get(&self, id: i64) -> Result<Option<Job>> {
@@ -769,7 +782,7 @@ impl Store for PgStore {
             .fetch_optional(&self.pool)
             .await
             .map_err(Error::db(format!("reading job {id}")))?;
-        row.as_ref().map(job_from_row).transpose()
+        row.as_ref().map(rows::job).transpose()
     }
 
     async fn job_list(&self, migration_id: i64, status: Option<JobStatus>) -> Result<Vec<Job>> {
@@ -781,7 +794,7 @@ impl Store for PgStore {
             .map_err(Error::db(format!(
                 "listing jobs of migration {migration_id}"
             )))?;
-        rows.iter().map(job_from_row).collect()
+        rows.iter().map(rows::job).collect()
     }
 
     async fn job_find_retriable(
@@ -795,7 +808,7 @@ impl Store for PgStore {
             .fetch_optional(&self.pool)
             .await
             .map_err(Error::db("finding a job to retry"))?;
-        row.as_ref().map(job_from_row).transpose()
+        row.as_ref().map(rows::job).transpose()
     }
 
     async fn job_transition(&self, p: &JobTransitionParams) -> Result<Job> {
@@ -817,10 +830,10 @@ impl Store for PgStore {
             .bind(p.second_max)
             .bind(p.batch_size)
             .bind(p.sub_batch_size)
-            .fetch_one(&mut *tx as &mut _)
+            .fetch_one(&mut *tx)
             .await
             .map_err(Error::db(&context))?;
-        let second = job_from_row(&second)?;
+        let second = rows::job(&second)?;
         let message = format!(
             "split: keys up to {} stay in this job, {}..{} moved to job {}",
             p.first_max, p.second_min, p.second_max, second.id
@@ -845,7 +858,7 @@ impl Store for PgStore {
             });
         };
         tx.commit().await.map_err(Error::db(&context))?;
-        Ok((job_from_row(&first)?, second))
+        Ok((rows::job(&first)?, second))
     }
 
     async fn job_checkpoint(
@@ -889,14 +902,14 @@ impl Store for PgStore {
                 "counting jobs of migration {migration_id}"
             )))?;
         Ok(JobCounts {
-            pending: row.try_get(0).map_err(decode)?,
-            running: row.try_get(1).map_err(decode)?,
-            failed: row.try_get(2).map_err(decode)?,
-            succeeded: row.try_get(3).map_err(decode)?,
-            exhausted: row.try_get(4).map_err(decode)?,
-            rows_affected: row.try_get(5).map_err(decode)?,
-            first_started_at: row.try_get(6).map_err(decode)?,
-            last_finished_at: row.try_get(7).map_err(decode)?,
+            pending: row.try_get(0).map_err(rows::decode)?,
+            running: row.try_get(1).map_err(rows::decode)?,
+            failed: row.try_get(2).map_err(rows::decode)?,
+            succeeded: row.try_get(3).map_err(rows::decode)?,
+            exhausted: row.try_get(4).map_err(rows::decode)?,
+            rows_affected: row.try_get(5).map_err(rows::decode)?,
+            first_started_at: row.try_get(6).map_err(rows::decode)?,
+            last_finished_at: row.try_get(7).map_err(rows::decode)?,
         })
     }
 
@@ -907,7 +920,7 @@ impl Store for PgStore {
             .fetch_all(&self.pool)
             .await
             .map_err(Error::db("reading recent jobs"))?;
-        rows.iter().map(job_from_row).collect()
+        rows.iter().map(rows::job).collect()
     }
 
     async fn job_transition_list(&self, job_id: i64) -> Result<Vec<JobTransition>> {
@@ -916,7 +929,7 @@ impl Store for PgStore {
             .fetch_all(&self.pool)
             .await
             .map_err(Error::db(format!("reading the history of job {job_id}")))?;
-        rows.iter().map(job_transition_from_row).collect()
+        rows.iter().map(rows::job_transition).collect()
     }
 
     async fn job_transition_list_by_migration(
@@ -930,7 +943,7 @@ impl Store for PgStore {
             .map_err(Error::db(format!(
                 "reading job history of migration {migration_id}"
             )))?;
-        rows.iter().map(job_transition_from_row).collect()
+        rows.iter().map(rows::job_transition).collect()
     }
 
     async fn migration_transition_list(
@@ -944,7 +957,7 @@ impl Store for PgStore {
             .map_err(Error::db(format!(
                 "reading the history of migration {migration_id}"
             )))?;
-        rows.iter().map(migration_transition_from_row).collect()
+        rows.iter().map(rows::migration_transition).collect()
     }
 
     async fn log_partitions_maintain(
@@ -1035,104 +1048,6 @@ async fn exec_raw(conn: &mut PgConnection, sql: &str) -> std::result::Result<(),
     sqlx::Executor::execute(conn, sql).await.map(|_| ())
 }
 
-fn decode(e: sqlx::Error) -> Error {
-    Error::Corrupt(e.to_string())
-}
-
-fn migration_from_row(row: &PgRow) -> Result<Migration> {
-    let status: String = row.try_get("status").map_err(decode)?;
-    let interval_ms: i64 = row.try_get("interval_ms").map_err(decode)?;
-    let Json(job_arguments) = row.try_get("job_arguments").map_err(decode)?;
-    let Json(health) = row.try_get("health_settings").map_err(decode)?;
-    Ok(Migration {
-        id: row.try_get("id").map_err(decode)?,
-        name: row.try_get("name").map_err(decode)?,
-        job_kind: row.try_get("job_kind").map_err(decode)?,
-        table_name: row.try_get("table_name").map_err(decode)?,
-        column_name: row.try_get("column_name").map_err(decode)?,
-        job_arguments,
-        min_value: row.try_get("min_value").map_err(decode)?,
-        max_value: row.try_get("max_value").map_err(decode)?,
-        next_min_value: row.try_get("next_min_value").map_err(decode)?,
-        batch_size: row.try_get("batch_size").map_err(decode)?,
-        sub_batch_size: row.try_get("sub_batch_size").map_err(decode)?,
-        max_batch_size: row.try_get("max_batch_size").map_err(decode)?,
-        pause_ms: row.try_get("pause_ms").map_err(decode)?,
-        interval: Duration::from_millis(interval_ms.max(0) as u64),
-        statement_timeout_ms: row.try_get("statement_timeout_ms").map_err(decode)?,
-        lock_timeout_ms: row.try_get("lock_timeout_ms").map_err(decode)?,
-        health,
-        target_sub_batch_ms: row.try_get("target_sub_batch_ms").map_err(decode)?,
-        status: status.parse()?,
-        total_tuple_count: row.try_get("total_tuple_count").map_err(decode)?,
-        on_hold_until: row.try_get("on_hold_until").map_err(decode)?,
-        last_job_started_at: row.try_get("last_job_started_at").map_err(decode)?,
-        started_at: row.try_get("started_at").map_err(decode)?,
-        finished_at: row.try_get("finished_at").map_err(decode)?,
-        created_at: row.try_get("created_at").map_err(decode)?,
-        updated_at: row.try_get("updated_at").map_err(decode)?,
-    })
-}
-
-fn job_from_row(row: &PgRow) -> Result<Job> {
-    let status: String = row.try_get("status").map_err(decode)?;
-    let Json(metrics) = row.try_get("metrics").map_err(decode)?;
-    Ok(Job {
-        id: row.try_get("id").map_err(decode)?,
-        migration_id: row.try_get("migration_id").map_err(decode)?,
-        min_value: row.try_get("min_value").map_err(decode)?,
-        max_value: row.try_get("max_value").map_err(decode)?,
-        batch_size: row.try_get("batch_size").map_err(decode)?,
-        sub_batch_size: row.try_get("sub_batch_size").map_err(decode)?,
-        pause_ms: row.try_get("pause_ms").map_err(decode)?,
-        status: status.parse()?,
-        attempts: row.try_get("attempts").map_err(decode)?,
-        started_at: row.try_get("started_at").map_err(decode)?,
-        finished_at: row.try_get("finished_at").map_err(decode)?,
-        rows_affected: row.try_get("rows_affected").map_err(decode)?,
-        cursor: row.try_get("cursor_value").map_err(decode)?,
-        metrics,
-        worker: row.try_get("worker").map_err(decode)?,
-        lease_expires_at: row.try_get("lease_expires_at").map_err(decode)?,
-        created_at: row.try_get("created_at").map_err(decode)?,
-        updated_at: row.try_get("updated_at").map_err(decode)?,
-    })
-}
-
-fn job_transition_from_row(row: &PgRow) -> Result<JobTransition> {
-    let previous: String = row.try_get("previous_status").map_err(decode)?;
-    let next: String = row.try_get("next_status").map_err(decode)?;
-    Ok(JobTransition {
-        id: row.try_get("id").map_err(decode)?,
-        job_id: row.try_get("job_id").map_err(decode)?,
-        migration_id: row.try_get("migration_id").map_err(decode)?,
-        previous_status: previous.parse()?,
-        next_status: next.parse()?,
-        exception_class: row.try_get("exception_class").map_err(decode)?,
-        exception_message: row.try_get("exception_message").map_err(decode)?,
-        worker: row.try_get("worker").map_err(decode)?,
-        created_at: row.try_get("created_at").map_err(decode)?,
-    })
-}
-
-fn migration_transition_from_row(row: &PgRow) -> Result<MigrationTransition> {
-    let previous: Option<String> = row.try_get("previous_status").map_err(decode)?;
-    let next: String = row.try_get("next_status").map_err(decode)?;
-    let event: String = row.try_get("event").map_err(decode)?;
-    Ok(MigrationTransition {
-        id: row.try_get("id").map_err(decode)?,
-        migration_id: row.try_get("migration_id").map_err(decode)?,
-        previous_status: previous.map(|s| s.parse::<MigrationStatus>()).transpose()?,
-        next_status: next.parse()?,
-        event: event.parse()?,
-        reason: row.try_get("reason").map_err(decode)?,
-        actor: row.try_get("actor").map_err(decode)?,
-        exception_class: row.try_get("exception_class").map_err(decode)?,
-        exception_message: row.try_get("exception_message").map_err(decode)?,
-        created_at: row.try_get("created_at").map_err(decode)?,
-    })
-}
-
 /// The table being migrated, on PostgreSQL.
 #[derive(Debug, Clone)]
 pub struct PgTarget {
@@ -1140,6 +1055,9 @@ pub struct PgTarget {
     /// The tracking store's statements that commit with a sub-batch, when it lives in this
     /// same database.
     tracking: Option<Arc<TrackingSql>>,
+    /// The health query for this role (with or without the archiver's directory), built at
+    /// the first sample: what a role may execute does not change under a running worker.
+    health_sql: Arc<tokio::sync::OnceCell<String>>,
 }
 
 /// The tracking statements a sub-batch commits with (schema filled in).
@@ -1185,6 +1103,7 @@ impl PgTarget {
     pub fn new(pool: PgPool, same_database_store: Option<&PgStore>) -> Self {
         Self {
             pool,
+            health_sql: Arc::default(),
             tracking: same_database_store.map(|store| {
                 Arc::new(TrackingSql {
                     checkpoint: store.q(JOB_CHECKPOINT),
@@ -1385,6 +1304,7 @@ impl Target for PgTarget {
     async fn health_sample(&self, table: &TableName, probe: Option<&str>) -> Result<HealthSample> {
         #[derive(serde::Deserialize)]
         struct Row {
+            role: String,
             stats: bool,
             monitor: bool,
             archiving: bool,
@@ -1396,15 +1316,37 @@ impl Target for PgTarget {
             locks: Option<Vec<crate::health::TableLock>>,
         }
         let context = "reading health indicators";
-        let Json(row): Json<Row> = sqlx::query_scalar(TARGET_HEALTH)
+        let sql = self
+            .health_sql
+            .get_or_try_init(|| async {
+                let readable: bool = sqlx::query_scalar(ARCHIVE_READABLE)
+                    .fetch_one(&self.pool)
+                    .await
+                    .map_err(Error::db(context))?;
+                let archive_ready = if readable {
+                    ARCHIVE_READY
+                } else {
+                    "NULL::bigint"
+                };
+                Ok::<_, Error>(TARGET_HEALTH.replace("{archive_ready}", archive_ready))
+            })
+            .await?;
+        let Json(row): Json<Row> = sqlx::query_scalar(sql)
             .bind(table.quoted())
             .fetch_one(&self.pool)
             .await
             .map_err(Error::db(context))?;
+        // Named with the grant that would make it readable.
         let not_available = match (row.stats, row.monitor) {
             (true, true) => None,
-            (false, _) => Some("needs the pg_read_all_stats role".to_owned()),
-            (true, false) => Some("needs the pg_monitor role".to_owned()),
+            (false, _) => Some(format!(
+                "not readable by role {}: needs GRANT pg_read_all_stats (or pg_monitor) TO {0}",
+                row.role
+            )),
+            (true, false) => Some(format!(
+                "not readable by role {}: needs GRANT pg_monitor TO {0}",
+                row.role
+            )),
         };
         let mut sample = HealthSample {
             not_available,
@@ -1516,12 +1458,13 @@ impl PerformedSubBatch for PgPerformed {
             tx.rollback().await?;
             return Ok(SubBatchCommitted::Fenced);
         };
-        let job = job_from_row(row).map_err(corrupt)?;
+        let job = rows::job(row).map_err(corrupt)?;
         let next = match rows_back.get(1) {
             Some(row) => {
-                let next_min: Option<i64> =
-                    row.try_get("next_min").map_err(|e| corrupt(decode(e)))?;
-                Some((Box::new(job_from_row(row).map_err(corrupt)?), next_min))
+                let next_min: Option<i64> = row
+                    .try_get("next_min")
+                    .map_err(|e| corrupt(rows::decode(e)))?;
+                Some((Box::new(rows::job(row).map_err(corrupt)?), next_min))
             }
             None => None,
         };

@@ -10,9 +10,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, SecondsFormat, Utc};
-use sqlx::sqlite::{SqlitePool, SqliteRow};
+use sqlx::sqlite::SqlitePool;
 use sqlx::{Row, SqliteConnection};
 
+use super::rows;
 use super::{
     Backend, JobCreateParams, JobCreated, JobRange, JobSplitParams, JobTransitionParams,
     MigrationResizeParams, MigrationTransitionParams, PartitionReport, PerformedSubBatch, Store,
@@ -207,19 +208,6 @@ async fn exec_raw(conn: &mut SqliteConnection, sql: &str) -> std::result::Result
     sqlx::Executor::execute(conn, sql).await.map(|_| ())
 }
 
-fn decode(e: sqlx::Error) -> Error {
-    Error::Corrupt(e.to_string())
-}
-
-fn time_col(row: &SqliteRow, col: &str) -> Result<Option<DateTime<Utc>>> {
-    parse_ts(row.try_get(col).map_err(decode)?)
-}
-
-fn json_col(row: &SqliteRow, col: &str) -> Result<serde_json::Value> {
-    let text: String = row.try_get(col).map_err(decode)?;
-    serde_json::from_str(&text).map_err(|e| Error::Corrupt(format!("bad {col}: {e}")))
-}
-
 fn is_unique_violation(err: &sqlx::Error) -> bool {
     matches!(err, sqlx::Error::Database(db) if db.is_unique_violation())
 }
@@ -286,7 +274,7 @@ impl SqliteStore {
                 ),
             });
         };
-        let job = job_from_row(&row)?;
+        let job = rows::job(&row)?;
         sqlx::query(JOB_LOG_INSERT)
             .bind(job.id)
             .bind(job.migration_id)
@@ -325,7 +313,7 @@ impl SqliteStore {
                 what: format!("migration {} (expected {})", p.migration_id, p.from),
             });
         };
-        let migration = migration_from_row(&row)?;
+        let migration = rows::migration(&row)?;
         sqlx::query(MIGRATION_LOG_INSERT)
             .bind(p.migration_id)
             .bind(p.from.as_str())
@@ -439,7 +427,7 @@ impl Store for SqliteStore {
                     Error::db(&context)(e)
                 }
             })?;
-        let migration = migration_from_row(&row)?;
+        let migration = rows::migration(&row)?;
         sqlx::query(MIGRATION_LOG_INSERT)
             .bind(migration.id)
             .bind(None::<&str>)
@@ -463,7 +451,7 @@ impl Store for SqliteStore {
             .fetch_optional(&self.pool)
             .await
             .map_err(Error::db(format!("reading migration {id}")))?;
-        row.as_ref().map(migration_from_row).transpose()
+        row.as_ref().map(rows::migration).transpose()
     }
 
     async fn migration_get_by_name(&self, name: &str) -> Result<Option<Migration>> {
@@ -472,7 +460,7 @@ impl Store for SqliteStore {
             .fetch_optional(&self.pool)
             .await
             .map_err(Error::db(format!("reading migration {name:?}")))?;
-        row.as_ref().map(migration_from_row).transpose()
+        row.as_ref().map(rows::migration).transpose()
     }
 
     async fn migration_list(&self) -> Result<Vec<Migration>> {
@@ -486,7 +474,7 @@ impl Store for SqliteStore {
                     Error::db("listing migrations")(e)
                 }
             })?;
-        rows.iter().map(migration_from_row).collect()
+        rows.iter().map(rows::migration).collect()
     }
 
     async fn migration_transition(&self, p: &MigrationTransitionParams) -> Result<Migration> {
@@ -542,7 +530,7 @@ impl Store for SqliteStore {
             .await
             .map_err(Error::db(context))?;
         for row in &rows {
-            let m = migration_from_row(row)?;
+            let m = rows::migration(row)?;
             if only.is_none() && !interval_elapsed(&m, at) {
                 continue;
             }
@@ -607,7 +595,7 @@ impl Store for SqliteStore {
             .fetch_optional(&mut *tx)
             .await
             .map_err(Error::db(&context))?;
-        let Some(m) = row.as_ref().map(migration_from_row).transpose()? else {
+        let Some(m) = row.as_ref().map(rows::migration).transpose()? else {
             return Ok(None);
         };
         sqlx::query(MIGRATION_LOG_INSERT)
@@ -636,7 +624,7 @@ impl Store for SqliteStore {
             .fetch_optional(&mut *tx)
             .await
             .map_err(Error::db(&context))?;
-        let Some(m) = row.as_ref().map(migration_from_row).transpose()? else {
+        let Some(m) = row.as_ref().map(rows::migration).transpose()? else {
             return Ok(JobCreated::NotNow);
         };
         let due = m.status == MigrationStatus::Finalizing || interval_elapsed(&m, at);
@@ -702,7 +690,7 @@ impl Store for SqliteStore {
             .fetch_one(&mut *tx)
             .await
             .map_err(Error::db(&context))?;
-        let job = job_from_row(&row)?;
+        let job = rows::job(&row)?;
         sqlx::query(JOB_LOG_INSERT)
             .bind(job.id)
             .bind(job.migration_id)
@@ -731,7 +719,7 @@ impl Store for SqliteStore {
             .fetch_optional(&self.pool)
             .await
             .map_err(Error::db(format!("reading job {id}")))?;
-        row.as_ref().map(job_from_row).transpose()
+        row.as_ref().map(rows::job).transpose()
     }
 
     async fn job_list(&self, migration_id: i64, status: Option<JobStatus>) -> Result<Vec<Job>> {
@@ -743,7 +731,7 @@ impl Store for SqliteStore {
             .map_err(Error::db(format!(
                 "listing jobs of migration {migration_id}"
             )))?;
-        rows.iter().map(job_from_row).collect()
+        rows.iter().map(rows::job).collect()
     }
 
     async fn job_find_retriable(
@@ -758,7 +746,7 @@ impl Store for SqliteStore {
             .fetch_optional(&self.pool)
             .await
             .map_err(Error::db("finding a job to retry"))?;
-        row.as_ref().map(job_from_row).transpose()
+        row.as_ref().map(rows::job).transpose()
     }
 
     async fn job_transition(&self, p: &JobTransitionParams) -> Result<Job> {
@@ -792,7 +780,7 @@ impl Store for SqliteStore {
                 ),
             });
         };
-        let first = job_from_row(&first)?;
+        let first = rows::job(&first)?;
         let second = sqlx::query(JOB_SPLIT_SECOND)
             .bind(first.migration_id)
             .bind(p.second_min)
@@ -804,7 +792,7 @@ impl Store for SqliteStore {
             .fetch_one(&mut *tx)
             .await
             .map_err(Error::db(&context))?;
-        let second = job_from_row(&second)?;
+        let second = rows::job(&second)?;
         let message = format!(
             "split: keys up to {} stay in this job, {}..{} moved to job {}",
             p.first_max, p.second_min, p.second_max, second.id
@@ -879,14 +867,14 @@ impl Store for SqliteStore {
                 "counting jobs of migration {migration_id}"
             )))?;
         Ok(JobCounts {
-            pending: row.try_get(0).map_err(decode)?,
-            running: row.try_get(1).map_err(decode)?,
-            failed: row.try_get(2).map_err(decode)?,
-            succeeded: row.try_get(3).map_err(decode)?,
-            exhausted: row.try_get(4).map_err(decode)?,
-            rows_affected: row.try_get(5).map_err(decode)?,
-            first_started_at: parse_ts(row.try_get(6).map_err(decode)?)?,
-            last_finished_at: parse_ts(row.try_get(7).map_err(decode)?)?,
+            pending: row.try_get(0).map_err(rows::decode)?,
+            running: row.try_get(1).map_err(rows::decode)?,
+            failed: row.try_get(2).map_err(rows::decode)?,
+            succeeded: row.try_get(3).map_err(rows::decode)?,
+            exhausted: row.try_get(4).map_err(rows::decode)?,
+            rows_affected: row.try_get(5).map_err(rows::decode)?,
+            first_started_at: parse_ts(row.try_get(6).map_err(rows::decode)?)?,
+            last_finished_at: parse_ts(row.try_get(7).map_err(rows::decode)?)?,
         })
     }
 
@@ -897,7 +885,7 @@ impl Store for SqliteStore {
             .fetch_all(&self.pool)
             .await
             .map_err(Error::db("reading recent jobs"))?;
-        rows.iter().map(job_from_row).collect()
+        rows.iter().map(rows::job).collect()
     }
 
     async fn job_transition_list(&self, job_id: i64) -> Result<Vec<JobTransition>> {
@@ -906,7 +894,7 @@ impl Store for SqliteStore {
             .fetch_all(&self.pool)
             .await
             .map_err(Error::db(format!("reading the history of job {job_id}")))?;
-        rows.iter().map(job_transition_from_row).collect()
+        rows.iter().map(rows::job_transition).collect()
     }
 
     async fn job_transition_list_by_migration(
@@ -920,7 +908,7 @@ impl Store for SqliteStore {
             .map_err(Error::db(format!(
                 "reading job history of migration {migration_id}"
             )))?;
-        rows.iter().map(job_transition_from_row).collect()
+        rows.iter().map(rows::job_transition).collect()
     }
 
     async fn migration_transition_list(
@@ -934,7 +922,7 @@ impl Store for SqliteStore {
             .map_err(Error::db(format!(
                 "reading the history of migration {migration_id}"
             )))?;
-        rows.iter().map(migration_transition_from_row).collect()
+        rows.iter().map(rows::migration_transition).collect()
     }
 
     async fn log_partitions_maintain(
@@ -973,98 +961,6 @@ fn interval_elapsed(m: &Migration, at: DateTime<Utc>) -> bool {
             .is_some_and(|next| next <= at)
     };
     m.interval.is_zero() || m.last_job_started_at.is_none_or(due)
-}
-
-fn migration_from_row(row: &SqliteRow) -> Result<Migration> {
-    let status: String = row.try_get("status").map_err(decode)?;
-    let interval_ms: i64 = row.try_get("interval_ms").map_err(decode)?;
-    Ok(Migration {
-        id: row.try_get("id").map_err(decode)?,
-        name: row.try_get("name").map_err(decode)?,
-        job_kind: row.try_get("job_kind").map_err(decode)?,
-        table_name: row.try_get("table_name").map_err(decode)?,
-        column_name: row.try_get("column_name").map_err(decode)?,
-        job_arguments: json_col(row, "job_arguments")?,
-        min_value: row.try_get("min_value").map_err(decode)?,
-        max_value: row.try_get("max_value").map_err(decode)?,
-        next_min_value: row.try_get("next_min_value").map_err(decode)?,
-        batch_size: row.try_get("batch_size").map_err(decode)?,
-        sub_batch_size: row.try_get("sub_batch_size").map_err(decode)?,
-        max_batch_size: row.try_get("max_batch_size").map_err(decode)?,
-        pause_ms: row.try_get("pause_ms").map_err(decode)?,
-        interval: Duration::from_millis(interval_ms.max(0) as u64),
-        statement_timeout_ms: row.try_get("statement_timeout_ms").map_err(decode)?,
-        lock_timeout_ms: row.try_get("lock_timeout_ms").map_err(decode)?,
-        health: serde_json::from_value(json_col(row, "health_settings")?)
-            .map_err(|e| Error::Corrupt(format!("bad health_settings: {e}")))?,
-        target_sub_batch_ms: row.try_get("target_sub_batch_ms").map_err(decode)?,
-        status: status.parse()?,
-        total_tuple_count: row.try_get("total_tuple_count").map_err(decode)?,
-        on_hold_until: time_col(row, "on_hold_until")?,
-        last_job_started_at: time_col(row, "last_job_started_at")?,
-        started_at: time_col(row, "started_at")?,
-        finished_at: time_col(row, "finished_at")?,
-        created_at: time_col(row, "created_at")?.unwrap_or_default(),
-        updated_at: time_col(row, "updated_at")?.unwrap_or_default(),
-    })
-}
-
-fn job_from_row(row: &SqliteRow) -> Result<Job> {
-    let status: String = row.try_get("status").map_err(decode)?;
-    Ok(Job {
-        id: row.try_get("id").map_err(decode)?,
-        migration_id: row.try_get("migration_id").map_err(decode)?,
-        min_value: row.try_get("min_value").map_err(decode)?,
-        max_value: row.try_get("max_value").map_err(decode)?,
-        batch_size: row.try_get("batch_size").map_err(decode)?,
-        sub_batch_size: row.try_get("sub_batch_size").map_err(decode)?,
-        pause_ms: row.try_get("pause_ms").map_err(decode)?,
-        status: status.parse()?,
-        attempts: row.try_get("attempts").map_err(decode)?,
-        started_at: time_col(row, "started_at")?,
-        finished_at: time_col(row, "finished_at")?,
-        rows_affected: row.try_get("rows_affected").map_err(decode)?,
-        cursor: row.try_get("cursor_value").map_err(decode)?,
-        metrics: json_col(row, "metrics")?,
-        worker: row.try_get("worker").map_err(decode)?,
-        lease_expires_at: time_col(row, "lease_expires_at")?,
-        created_at: time_col(row, "created_at")?.unwrap_or_default(),
-        updated_at: time_col(row, "updated_at")?.unwrap_or_default(),
-    })
-}
-
-fn job_transition_from_row(row: &SqliteRow) -> Result<JobTransition> {
-    let previous: String = row.try_get("previous_status").map_err(decode)?;
-    let next: String = row.try_get("next_status").map_err(decode)?;
-    Ok(JobTransition {
-        id: row.try_get("id").map_err(decode)?,
-        job_id: row.try_get("job_id").map_err(decode)?,
-        migration_id: row.try_get("migration_id").map_err(decode)?,
-        previous_status: previous.parse()?,
-        next_status: next.parse()?,
-        exception_class: row.try_get("exception_class").map_err(decode)?,
-        exception_message: row.try_get("exception_message").map_err(decode)?,
-        worker: row.try_get("worker").map_err(decode)?,
-        created_at: time_col(row, "created_at")?.unwrap_or_default(),
-    })
-}
-
-fn migration_transition_from_row(row: &SqliteRow) -> Result<MigrationTransition> {
-    let previous: Option<String> = row.try_get("previous_status").map_err(decode)?;
-    let next: String = row.try_get("next_status").map_err(decode)?;
-    let event: String = row.try_get("event").map_err(decode)?;
-    Ok(MigrationTransition {
-        id: row.try_get("id").map_err(decode)?,
-        migration_id: row.try_get("migration_id").map_err(decode)?,
-        previous_status: previous.map(|s| s.parse::<MigrationStatus>()).transpose()?,
-        next_status: next.parse()?,
-        event: event.parse()?,
-        reason: row.try_get("reason").map_err(decode)?,
-        actor: row.try_get("actor").map_err(decode)?,
-        exception_class: row.try_get("exception_class").map_err(decode)?,
-        exception_message: row.try_get("exception_message").map_err(decode)?,
-        created_at: time_col(row, "created_at")?.unwrap_or_default(),
-    })
 }
 
 /// The table being migrated, on SQLite.
@@ -1369,7 +1265,7 @@ impl PerformedSubBatch for SqlitePerformed {
                     tx.rollback().await?;
                     return Ok(SubBatchCommitted::Fenced);
                 };
-                let job = job_from_row(&row).map_err(|e| Failure::new("Corrupt", e.to_string()))?;
+                let job = rows::job(&row).map_err(|e| Failure::new("Corrupt", e.to_string()))?;
                 sqlx::query(JOB_LOG_INSERT)
                     .bind(job.id)
                     .bind(job.migration_id)

@@ -1,0 +1,182 @@
+//! Reading the tracking tables' rows into the model, written once for both engines. Each
+//! backend says only how it stores the two types they keep differently: times (PostgreSQL
+//! `timestamptz`, SQLite RFC 3339 text) and JSON (`jsonb`, text).
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::postgres::PgRow;
+use sqlx::sqlite::SqliteRow;
+use sqlx::types::Json;
+use sqlx::Row;
+
+use crate::error::{Error, Result};
+use crate::model::{Job, JobTransition, Migration, MigrationTransition};
+use crate::status::MigrationStatus;
+
+/// A driver error while reading a row: the stored data is not what we wrote.
+pub(crate) fn decode(e: sqlx::Error) -> Error {
+    Error::Corrupt(e.to_string())
+}
+
+/// The columns of a tracking row, typed.
+pub(crate) trait ModelRow {
+    /// A `bigint` column.
+    fn int(&self, col: &str) -> Result<i64>;
+    /// A nullable `bigint` column.
+    fn opt_int(&self, col: &str) -> Result<Option<i64>>;
+    /// An `integer` column.
+    fn int32(&self, col: &str) -> Result<i32>;
+    /// A `text` column.
+    fn text(&self, col: &str) -> Result<String>;
+    /// A nullable `text` column.
+    fn opt_text(&self, col: &str) -> Result<Option<String>>;
+    /// A nullable time column.
+    fn time(&self, col: &str) -> Result<Option<DateTime<Utc>>>;
+    /// A JSON column.
+    fn json(&self, col: &str) -> Result<Value>;
+}
+
+/// The columns both engines decode the same way.
+macro_rules! plain_columns {
+    () => {
+        fn int(&self, col: &str) -> Result<i64> {
+            self.try_get(col).map_err(decode)
+        }
+        fn opt_int(&self, col: &str) -> Result<Option<i64>> {
+            self.try_get(col).map_err(decode)
+        }
+        fn int32(&self, col: &str) -> Result<i32> {
+            self.try_get(col).map_err(decode)
+        }
+        fn text(&self, col: &str) -> Result<String> {
+            self.try_get(col).map_err(decode)
+        }
+        fn opt_text(&self, col: &str) -> Result<Option<String>> {
+            self.try_get(col).map_err(decode)
+        }
+    };
+}
+
+impl ModelRow for PgRow {
+    plain_columns!();
+
+    fn time(&self, col: &str) -> Result<Option<DateTime<Utc>>> {
+        self.try_get(col).map_err(decode)
+    }
+
+    fn json(&self, col: &str) -> Result<Value> {
+        let Json(value) = self.try_get(col).map_err(decode)?;
+        Ok(value)
+    }
+}
+
+impl ModelRow for SqliteRow {
+    plain_columns!();
+
+    fn time(&self, col: &str) -> Result<Option<DateTime<Utc>>> {
+        let text: Option<String> = self.try_get(col).map_err(decode)?;
+        text.map(|t| {
+            DateTime::parse_from_rfc3339(&t)
+                .map(|d| d.with_timezone(&Utc))
+                .map_err(|e| Error::Corrupt(format!("bad time {t:?} in {col}: {e}")))
+        })
+        .transpose()
+    }
+
+    fn json(&self, col: &str) -> Result<Value> {
+        let text: String = self.try_get(col).map_err(decode)?;
+        serde_json::from_str(&text).map_err(|e| Error::Corrupt(format!("bad {col}: {e}")))
+    }
+}
+
+/// A `migrations` row.
+pub(crate) fn migration(row: &impl ModelRow) -> Result<Migration> {
+    let interval_ms = row.int("interval_ms")?;
+    Ok(Migration {
+        id: row.int("id")?,
+        name: row.text("name")?,
+        job_kind: row.text("job_kind")?,
+        table_name: row.text("table_name")?,
+        column_name: row.text("column_name")?,
+        job_arguments: row.json("job_arguments")?,
+        min_value: row.int("min_value")?,
+        max_value: row.int("max_value")?,
+        next_min_value: row.opt_int("next_min_value")?,
+        batch_size: row.int("batch_size")?,
+        sub_batch_size: row.int("sub_batch_size")?,
+        max_batch_size: row.opt_int("max_batch_size")?,
+        pause_ms: row.int("pause_ms")?,
+        interval: std::time::Duration::from_millis(interval_ms.max(0) as u64),
+        statement_timeout_ms: row.int("statement_timeout_ms")?,
+        lock_timeout_ms: row.int("lock_timeout_ms")?,
+        health: serde_json::from_value(row.json("health_settings")?)
+            .map_err(|e| Error::Corrupt(format!("bad health_settings: {e}")))?,
+        target_sub_batch_ms: row.int("target_sub_batch_ms")?,
+        status: row.text("status")?.parse()?,
+        total_tuple_count: row.opt_int("total_tuple_count")?,
+        on_hold_until: row.time("on_hold_until")?,
+        last_job_started_at: row.time("last_job_started_at")?,
+        started_at: row.time("started_at")?,
+        finished_at: row.time("finished_at")?,
+        created_at: row.time("created_at")?.unwrap_or_default(),
+        updated_at: row.time("updated_at")?.unwrap_or_default(),
+    })
+}
+
+/// A `jobs` row.
+pub(crate) fn job(row: &impl ModelRow) -> Result<Job> {
+    Ok(Job {
+        id: row.int("id")?,
+        migration_id: row.int("migration_id")?,
+        min_value: row.int("min_value")?,
+        max_value: row.int("max_value")?,
+        batch_size: row.int("batch_size")?,
+        sub_batch_size: row.int("sub_batch_size")?,
+        pause_ms: row.int("pause_ms")?,
+        status: row.text("status")?.parse()?,
+        attempts: row.int32("attempts")?,
+        started_at: row.time("started_at")?,
+        finished_at: row.time("finished_at")?,
+        rows_affected: row.int("rows_affected")?,
+        cursor: row.opt_int("cursor_value")?,
+        metrics: row.json("metrics")?,
+        worker: row.opt_text("worker")?,
+        lease_expires_at: row.time("lease_expires_at")?,
+        created_at: row.time("created_at")?.unwrap_or_default(),
+        updated_at: row.time("updated_at")?.unwrap_or_default(),
+    })
+}
+
+/// A `job_transition_logs` row.
+pub(crate) fn job_transition(row: &impl ModelRow) -> Result<JobTransition> {
+    Ok(JobTransition {
+        id: row.int("id")?,
+        job_id: row.int("job_id")?,
+        migration_id: row.int("migration_id")?,
+        previous_status: row.text("previous_status")?.parse()?,
+        next_status: row.text("next_status")?.parse()?,
+        exception_class: row.opt_text("exception_class")?,
+        exception_message: row.opt_text("exception_message")?,
+        worker: row.opt_text("worker")?,
+        created_at: row.time("created_at")?.unwrap_or_default(),
+    })
+}
+
+/// A `migration_transition_logs` row.
+pub(crate) fn migration_transition(row: &impl ModelRow) -> Result<MigrationTransition> {
+    Ok(MigrationTransition {
+        id: row.int("id")?,
+        migration_id: row.int("migration_id")?,
+        previous_status: row
+            .opt_text("previous_status")?
+            .map(|s| s.parse::<MigrationStatus>())
+            .transpose()?,
+        next_status: row.text("next_status")?.parse()?,
+        event: row.text("event")?.parse()?,
+        reason: row.opt_text("reason")?,
+        actor: row.opt_text("actor")?,
+        exception_class: row.opt_text("exception_class")?,
+        exception_message: row.opt_text("exception_message")?,
+        created_at: row.time("created_at")?.unwrap_or_default(),
+    })
+}
