@@ -180,7 +180,8 @@ pub struct QueueArgs {
     /// Your own check, run before each job: a query returning one boolean; false holds.
     #[arg(long)]
     pub health_probe: Option<String>,
-    /// How long a health stop holds the migration [default: 10m, GitLab's].
+    /// How long a health stop waits before health is re-checked; the hold lasts while the
+    /// stop does [default: 5s] (GitLab holds 10m at once).
     #[arg(long, value_parser = parse_duration)]
     pub hold: Option<Duration>,
     /// Hold when sub-batches take this many times their running median per key [default: 5].

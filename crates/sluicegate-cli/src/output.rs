@@ -59,12 +59,19 @@ fn eta_text(p: &Progress) -> String {
         .map(|s| format_duration(Duration::from_secs_f64(s))))
 }
 
+/// The note on a held or slowed migration: what the tool decided by itself, and why.
 fn hold_text(p: &Progress) -> String {
-    match p.migration.on_hold_until {
-        Some(t) if t > Utc::now() => format!(
-            "on hold until {}: {}",
-            time(Some(t)),
+    let m = &p.migration;
+    match (m.held_since, &m.throttle_reason) {
+        (Some(since), _) => format!(
+            "on hold since {} (re-checked every {}): {}",
+            time(Some(since)),
+            format_duration(m.health.hold()),
             p.hold_reason.as_deref().unwrap_or("?")
+        ),
+        (None, Some(why)) if m.throttle_pause_ms > 0 => format!(
+            "slowed down: {} ms between jobs ({why})",
+            m.throttle_pause_ms
         ),
         _ => String::new(),
     }

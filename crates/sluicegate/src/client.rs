@@ -632,7 +632,8 @@ impl Sluicegate {
         let jobs = self.store.job_counts(migration.id, MAX_ATTEMPTS).await?;
         let now = Utc::now();
         let mut progress = compute_progress(migration.clone(), jobs, now);
-        if migration.on_hold_until.is_some_and(|t| t > now) {
+        // A hold lasts from its `hold` row to its `release` row, re-checks between included.
+        if migration.held_since.is_some() {
             progress.hold_reason = self
                 .migration_history(migration)
                 .await?

@@ -32,8 +32,8 @@ use crate::optimizer;
 use crate::status::{JobStatus, MigrationEvent, MigrationStatus};
 use crate::store::{
     Backend, JobCreateParams, JobCreated, JobCursor, JobFinish, JobRange, JobSplitParams,
-    JobTransitionParams, MigrationResizeParams, MigrationTransitionParams, SubBatchCommit,
-    SubBatchCommitted, SubBatchSpec, Timeouts,
+    JobTransitionParams, MigrationResizeParams, MigrationThrottleParams, MigrationTransitionParams,
+    SubBatchCommit, SubBatchCommitted, SubBatchSpec, Timeouts,
 };
 
 /// Jobs that must have run before the failure ratio can fail a migration (GitLab: 50).
@@ -158,6 +158,10 @@ pub struct WorkerLoop {
     wal_rate: WalRate,
     /// Sub-batch latencies this loop measured, per migration.
     latency: HashMap<i64, LatencyTracker>,
+    /// How long this loop's last job of each migration took (the unit of a throttle pause).
+    job_time: HashMap<i64, Duration>,
+    /// The throttle pause this loop last knew of, per migration (logged only on change).
+    throttle_ms: HashMap<i64, i64>,
     /// Set when the loop is asked to stop (or runs a single step): a job's end then starts no
     /// next job, which nobody would run.
     stopping: Arc<AtomicBool>,
@@ -344,6 +348,8 @@ impl Worker {
             carry: Carry::Nothing,
             wal_rate: WalRate::default(),
             latency: HashMap::new(),
+            job_time: HashMap::new(),
+            throttle_ms: HashMap::new(),
             stopping,
         }
     }
@@ -689,6 +695,18 @@ impl WorkerLoop {
             });
         }
         let table = TableName::parse(&m.table_name)?;
+        // Health protects the start of jobs; with none left to start, the migration ends
+        // without waiting on it (an autovacuum its own last job set off, say).
+        if m.next_min_value.is_none()
+            && self
+                .sg()
+                .store
+                .job_find_retriable(m.id, MAX_ATTEMPTS)
+                .await?
+                .is_none()
+        {
+            return self.complete_if_done(m).await;
+        }
         if mode == Mode::Normal {
             let sample = self.health_sample(m, &table).await?;
             if let Some(held) = self.check_health(m, sample).await? {
@@ -810,9 +828,11 @@ impl WorkerLoop {
             }
             _ => None,
         };
+        let started = Instant::now();
         let run = self
             .execute(&m, kind.as_ref(), &table, job, prefetch.as_mut())
             .await?;
+        self.job_time.insert(m.id, started.elapsed());
         match &run.outcome {
             JobOutcome::Failed { failure } => {
                 self.after_failure(&m, &table, &run.job, failure).await?
@@ -883,8 +903,10 @@ impl WorkerLoop {
             return None;
         };
         let (min, max) = (*min, *max);
-        let readings = self.judge(m, sample);
-        if health::first_stop(&readings).is_some() {
+        // A stop, or a limit near enough to slow down: the next step decides, outside this
+        // transaction.
+        let (readings, pressure) = self.judge(m, sample);
+        if health::first_stop(&readings).is_some() || pressure.is_some() {
             return None;
         }
         // The range is spent on this job; the sample stays for the next step's own check.
@@ -1029,7 +1051,17 @@ impl WorkerLoop {
                 .with_lease(self.lease());
             match store.job_transition(&params).await {
                 Ok(job) => return Ok(Some((job, Origin::Retry))),
-                Err(Error::Conflict { .. }) => continue,
+                Err(Error::Conflict { .. }) => {
+                    // Held meanwhile (by another worker): no job of it starts now.
+                    let held = store.migration_get(m.id).await?.is_some_and(|now| {
+                        now.status == MigrationStatus::Active
+                            && now.on_hold_until.is_some_and(|t| t > Utc::now())
+                    });
+                    if held {
+                        return Ok(None);
+                    }
+                    continue;
+                }
                 Err(e) => return Err(e),
             }
         }
@@ -1476,47 +1508,166 @@ impl WorkerLoop {
         Ok(())
     }
 
-    /// Every indicator's verdict on `sample` for `m`, with this worker's WAL rate (the sample
-    /// fed to it) and its own sub-batch timings of `m`.
-    fn judge(&mut self, m: &Migration, sample: &HealthSample) -> Vec<health::Reading> {
+    /// Every indicator's verdict on `sample` for `m` (with the release hysteresis while it is
+    /// on hold), with this loop's WAL rate (the sample fed to it) and its own sub-batch
+    /// timings of `m`; and how near a limit it is ([`health::pressure`]).
+    fn judge(
+        &mut self,
+        m: &Migration,
+        sample: &HealthSample,
+    ) -> (Vec<health::Reading>, Option<(f64, String)>) {
         let rate = self.wal_rate.observe(sample.wal_lsn);
-        health::evaluate(sample, &m.health, rate, self.latency.get(&m.id))
+        let latency = self.latency.get(&m.id);
+        let holding = m.held_since.is_some();
+        let readings = health::evaluate_while(sample, &m.health, rate, latency, holding);
+        let pressure = health::pressure(sample, &m.health, rate, latency);
+        (readings, pressure)
     }
 
-    /// Samples the target's health before a job. On a stop, puts the migration on hold for
-    /// its hold duration with the indicator and reading in its log; the batch size is left
-    /// alone. `unknown` readings are logged at debug level.
+    /// Samples the target's health before a job. A stop starts a hold (one `hold` row with the
+    /// indicator, reading and threshold; `on_hold_until` = the next re-check, `--hold` away),
+    /// or, when a hold is on, moves its re-check on with no row. Every indicator normal on a
+    /// held migration ends the hold (a `release` row: how long, what cleared). Near a limit
+    /// the worker waits before the job, in proportion ([`health::slow_down`]), and logs a
+    /// `throttle` row when that changes. `unknown` readings are logged at debug level.
     async fn check_health(
         &mut self,
         m: &Migration,
         sample: HealthSample,
     ) -> Result<Option<StepOutcome>> {
-        let readings = self.judge(m, &sample);
+        let (readings, pressure) = self.judge(m, &sample);
         for r in readings.iter().filter(|r| r.signal == Signal::Unknown) {
             tracing::debug!(migration = m.id, indicator = %r.indicator, reading = %r.reading, "health indicator unknown");
         }
-        let Some(stop) = health::first_stop(&readings) else {
-            return Ok(None);
-        };
-        let reason = stop.reason();
-        let params = MigrationTransitionParams::new(m, MigrationEvent::Hold, &self.name)?
-            .with_reason(Some(reason.clone()))
-            .holding_for(m.health.hold());
-        let held = match self.sg().store.migration_transition(&params).await {
-            Ok(held) => held,
-            // Paused or cancelled meanwhile: nothing to hold.
-            Err(Error::Conflict { .. }) => {
-                return Ok(Some(StepOutcome::Waiting { migration_id: m.id }))
+        if let Some(stop) = health::first_stop(&readings) {
+            let reason = stop.reason();
+            return self.hold(m, reason).await.map(Some);
+        }
+        if let Some(since) = m.held_since {
+            self.release(m, since, &readings).await?;
+        }
+        self.throttle(m, pressure).await?;
+        Ok(None)
+    }
+
+    /// Starts a hold, or moves the one in progress on to its next re-check.
+    async fn hold(&mut self, m: &Migration, reason: String) -> Result<StepOutcome> {
+        let store = &self.sg().store;
+        let started = match m.held_since {
+            Some(_) => None,
+            None => {
+                let params = MigrationTransitionParams::new(m, MigrationEvent::Hold, &self.name)?
+                    .with_reason(Some(reason.clone()))
+                    .holding_for(m.health.hold());
+                match store.migration_transition(&params).await {
+                    Ok(held) => Some(held),
+                    // Another worker started it (or it was paused): go on with theirs.
+                    Err(Error::Conflict { .. }) => None,
+                    Err(e) => return Err(e),
+                }
             }
-            Err(e) => return Err(e),
+        };
+        let held = match started {
+            Some(held) => {
+                tracing::warn!(migration = m.id, name = %m.name, %reason, "migration on hold");
+                held
+            }
+            None => match store.migration_hold_extend(m.id, m.health.hold()).await? {
+                Some(held) => held,
+                None => return Ok(StepOutcome::Waiting { migration_id: m.id }),
+            },
         };
         // The table lease is kept: jobs of this migration other loops are running renew it,
         // and no other migration of the table may start beside them. Unrenewed, it expires.
-        tracing::warn!(migration = m.id, name = %m.name, until = ?held.on_hold_until, %reason, "migration on hold");
-        Ok(Some(StepOutcome::Held {
+        Ok(StepOutcome::Held {
             migration: Box::new(held),
             reason,
-        }))
+        })
+    }
+
+    /// Ends the hold in progress: every indicator is normal at this re-check.
+    async fn release(
+        &mut self,
+        m: &Migration,
+        since: chrono::DateTime<Utc>,
+        readings: &[health::Reading],
+    ) -> Result<()> {
+        let store = &self.sg().store;
+        // What held it: the indicator named by the hold's log row, and its reading now.
+        let log = store.migration_transition_list(m.id).await?;
+        let cause = log
+            .iter()
+            .rev()
+            .find(|r| r.event == MigrationEvent::Hold)
+            .and_then(|r| r.reason.as_deref())
+            .and_then(|r| r.split_once(':'))
+            .map(|(indicator, _)| indicator.to_owned());
+        let cleared = cause
+            .as_deref()
+            .and_then(|c| readings.iter().find(|r| r.indicator.as_str() == c))
+            .map(|r| format!("; {}: {}", r.indicator, r.reading))
+            .unwrap_or_default();
+        let held_for = (Utc::now() - since).to_std().unwrap_or_default();
+        let reason = format!(
+            "held {}; every indicator normal again{cleared}",
+            humantime::format_duration(Duration::from_millis(held_for.as_millis() as u64))
+        );
+        let params = MigrationTransitionParams::new(m, MigrationEvent::Release, &self.name)?
+            .with_reason(Some(reason.clone()));
+        match store.migration_transition(&params).await {
+            Ok(_) => {
+                tracing::info!(migration = m.id, name = %m.name, %reason, "hold ended");
+                Ok(())
+            }
+            // Another worker ended it, or the migration moved on.
+            Err(Error::Conflict { .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Near a limit, waits before the next job in proportion; logs a `throttle` row when the
+    /// pause starts, ends, or changes by a factor of two or more.
+    async fn throttle(&mut self, m: &Migration, pressure: Option<(f64, String)>) -> Result<()> {
+        let job = self
+            .job_time
+            .get(&m.id)
+            .copied()
+            .unwrap_or(Duration::from_millis(100));
+        let (pause, why) = match &pressure {
+            Some((share, why)) => (health::slow_down(*share, job), Some(why.clone())),
+            None => (Duration::ZERO, None),
+        };
+        let pause_ms = pause.as_millis() as i64;
+        let known = *self.throttle_ms.entry(m.id).or_insert(m.throttle_pause_ms);
+        let changed = match (known, pause_ms) {
+            (0, 0) => false,
+            (0, _) | (_, 0) => true,
+            (a, b) => b >= 2 * a || 2 * b <= a,
+        };
+        if changed {
+            let log = match &why {
+                Some(why) if pause_ms > 0 => format!(
+                    "slowing down: {} ms between jobs ({why}; {:.0}% of the limit)",
+                    pause_ms,
+                    pressure.as_ref().map_or(0.0, |p| p.0 * 100.0)
+                ),
+                _ => "full speed again: every measured indicator under half its limit".into(),
+            };
+            let params = MigrationThrottleParams {
+                migration_id: m.id,
+                pause_ms,
+                reason: why.filter(|_| pause_ms > 0),
+                log,
+                actor: self.name.clone(),
+            };
+            self.sg().store.migration_throttle(&params).await?;
+            self.throttle_ms.insert(m.id, pause_ms);
+            tracing::info!(migration = m.id, pause_ms, "throttle changed");
+        }
+        if !pause.is_zero() {
+            tokio::time::sleep(pause).await;
+        }
+        Ok(())
     }
 }
 

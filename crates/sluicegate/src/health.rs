@@ -31,7 +31,8 @@ pub struct HealthSettings {
     pub max_transaction_age_ms: i64,
     /// A query returning one boolean: `false` holds.
     pub probe: Option<String>,
-    /// How long a stop holds the migration, in milliseconds (GitLab: 10 minutes).
+    /// How long a stop waits before health is re-checked, in milliseconds (default 5 s; a hold
+    /// lasts as long as the stop, re-checked at this pace). GitLab holds 10 minutes at once.
     pub hold_ms: i64,
     /// Hold when recent sub-batches take this many times their running median per key.
     pub latency_drift_factor: f64,
@@ -91,7 +92,7 @@ impl Default for HealthSettings {
             max_wal_rate_bytes: None,
             max_transaction_age_ms: 10 * 60 * 1000,
             probe: None,
-            hold_ms: 10 * 60 * 1000,
+            hold_ms: 5_000,
             latency_drift_factor: 5.0,
             autovacuum: AutovacuumPolicy::default(),
             off: Vec::new(),
@@ -100,7 +101,7 @@ impl Default for HealthSettings {
 }
 
 impl HealthSettings {
-    /// How long a stop holds.
+    /// How long a stop waits before the next re-check.
     pub fn hold(&self) -> Duration {
         Duration::from_millis(self.hold_ms.max(0) as u64)
     }
@@ -349,6 +350,9 @@ pub struct LatencyTracker {
     history: VecDeque<f64>,
     recent_per_key: Vec<f64>,
     recent_ms: Vec<f64>,
+    /// The jobs before the latest: (ratio to the running median per key, median ms), newest
+    /// last. Drift must persist over [`LatencyTracker::SUSTAINED_JOBS`] jobs to stop.
+    past: VecDeque<(f64, f64)>,
 }
 
 impl LatencyTracker {
@@ -358,11 +362,43 @@ impl LatencyTracker {
     pub const MIN_SAMPLES: usize = 20;
     /// Sub-batches faster than this never count as drifting (noise on tiny batches).
     pub const FLOOR_MS: f64 = 20.0;
+    /// Jobs in a row that must drift before the indicator says stop: one slow job (a noisy
+    /// host, a checkpoint) never holds; the first drifting ones slow the worker down.
+    pub const SUSTAINED_JOBS: usize = 3;
 
-    /// Starts a job's sample.
+    /// Starts a job's sample (the latest job's joins the past ones).
     pub fn job_started(&mut self) {
+        if let Some(latest) = self.latest() {
+            if self.past.len() == 16 {
+                self.past.pop_front();
+            }
+            self.past.push_back(latest);
+        }
         self.recent_per_key.clear();
         self.recent_ms.clear();
+    }
+
+    /// The latest job's (ratio to the running median per key, median ms), once there are
+    /// enough samples to say.
+    fn latest(&self) -> Option<(f64, f64)> {
+        if self.history.len() < Self::MIN_SAMPLES || self.recent_per_key.is_empty() {
+            return None;
+        }
+        let all = median(self.history.iter().copied().collect());
+        let recent = median(self.recent_per_key.clone());
+        let ratio = if all > 0.0 { recent / all } else { 1.0 };
+        Some((ratio, median(self.recent_ms.clone())))
+    }
+
+    /// How many jobs in a row, the latest included, drifted past `factor`.
+    pub fn drifting_jobs(&self, factor: f64) -> usize {
+        let drifted = |(ratio, ms): &(f64, f64)| *ratio > factor && *ms >= Self::FLOOR_MS;
+        match self.latest() {
+            Some(latest) if drifted(&latest) => {
+                1 + self.past.iter().rev().take_while(|j| drifted(j)).count()
+            }
+            _ => 0,
+        }
     }
 
     /// One sub-batch of `keys` keys took `ms`.
@@ -378,7 +414,10 @@ impl LatencyTracker {
 
     /// The indicator's verdict with drift `factor`.
     pub fn reading(&self, factor: f64) -> Reading {
-        let threshold = format!("max {factor}x the running median per key");
+        let threshold = format!(
+            "max {factor}x the running median per key, {} jobs in a row",
+            Self::SUSTAINED_JOBS
+        );
         let reading = |signal, reading: String| Reading {
             indicator: Indicator::SubBatchLatency,
             signal,
@@ -395,14 +434,19 @@ impl LatencyTracker {
                 ),
             );
         }
-        let all = median(self.history.iter().copied().collect());
-        let recent = median(self.recent_per_key.clone());
-        let recent_ms = median(self.recent_ms.clone());
-        let ratio = if all > 0.0 { recent / all } else { 1.0 };
-        let text = format!(
+        let (ratio, recent_ms) = self.latest().unwrap_or((1.0, 0.0));
+        let drifting = self.drifting_jobs(factor);
+        let mut text = format!(
             "latest job's sub-batches {recent_ms:.1} ms median, {ratio:.1}x the running median per key"
         );
-        let signal = if ratio > factor && recent_ms >= Self::FLOOR_MS {
+        if drifting > 0 {
+            text.push_str(&format!(
+                "; drifting for {drifting} job{} in a row (stops at {})",
+                if drifting == 1 { "" } else { "s" },
+                Self::SUSTAINED_JOBS
+            ));
+        }
+        let signal = if drifting >= Self::SUSTAINED_JOBS {
             Signal::Stop
         } else {
             Signal::Normal
@@ -441,12 +485,30 @@ pub fn evaluate(
     wal_rate: Option<f64>,
     latency: Option<&LatencyTracker>,
 ) -> Vec<Reading> {
+    evaluate_while(sample, settings, wal_rate, latency, false)
+}
+
+/// Share of a limit a reading must fall below to end a hold: the hysteresis that keeps a
+/// signal hovering at its limit from holding and releasing the migration at every re-check.
+pub const RELEASE_BELOW: f64 = 0.9;
+
+/// [`evaluate`], for a migration on hold when `holding`: then the limits of the measured
+/// indicators (WAL archive backlog and rate, replica lag, transaction age) stop already at
+/// [`RELEASE_BELOW`] of themselves, so a hold ends only once the reading is clearly under.
+pub fn evaluate_while(
+    sample: &HealthSample,
+    settings: &HealthSettings,
+    wal_rate: Option<f64>,
+    latency: Option<&LatencyTracker>,
+    holding: bool,
+) -> Vec<Reading> {
+    let scale = if holding { RELEASE_BELOW } else { 1.0 };
     let mut readings = vec![
         autovacuum(sample, settings),
-        wal_archive_backlog(sample, settings),
-        wal_rate_reading(sample, settings, wal_rate),
-        replica_lag(sample, settings),
-        long_transactions(sample, settings),
+        wal_archive_backlog(sample, settings, scale),
+        wal_rate_reading(sample, settings, wal_rate, scale),
+        replica_lag(sample, settings, scale),
+        long_transactions(sample, settings, scale),
         lock_waits(sample),
         probe(sample, settings),
         sub_batch_latency(settings, latency),
@@ -539,8 +601,8 @@ fn autovacuum(sample: &HealthSample, settings: &HealthSettings) -> Reading {
 }
 
 /// WAL segments waiting for the archiver; `archive_mode = off` is normal.
-fn wal_archive_backlog(sample: &HealthSample, settings: &HealthSettings) -> Reading {
-    let threshold = format!("max {} segments", settings.max_wal_archive_backlog);
+fn wal_archive_backlog(sample: &HealthSample, settings: &HealthSettings, scale: f64) -> Reading {
+    let threshold = format!("max {} segments", settings.max_wal_archive_backlog) + ending(scale);
     match (sample.archiving, sample.archive_ready) {
         (Some(false), _) => Reading::judged(
             Indicator::WalArchiveBacklog,
@@ -550,7 +612,7 @@ fn wal_archive_backlog(sample: &HealthSample, settings: &HealthSettings) -> Read
         ),
         (Some(true), Some(ready)) => Reading::judged(
             Indicator::WalArchiveBacklog,
-            ready > settings.max_wal_archive_backlog,
+            over(ready as f64, settings.max_wal_archive_backlog as f64, scale),
             format!("{ready} WAL segments waiting for the archiver"),
             threshold,
         ),
@@ -563,9 +625,10 @@ fn wal_rate_reading(
     sample: &HealthSample,
     settings: &HealthSettings,
     wal_rate: Option<f64>,
+    scale: f64,
 ) -> Reading {
     let threshold = match settings.max_wal_rate_bytes {
-        Some(max) => format!("max {}/s", mib(max as f64)),
+        Some(max) => format!("max {}/s", mib(max as f64)) + ending(scale),
         None => "no limit set".into(),
     };
     match (sample.wal_lsn, wal_rate) {
@@ -579,7 +642,7 @@ fn wal_rate_reading(
             Indicator::WalRate,
             settings
                 .max_wal_rate_bytes
-                .is_some_and(|max| rate > max as f64),
+                .is_some_and(|max| over(rate, max as f64, scale)),
             format!("{}/s of WAL written", mib(rate)),
             threshold,
         ),
@@ -587,12 +650,12 @@ fn wal_rate_reading(
 }
 
 /// The replica furthest behind, in bytes of WAL or in time.
-fn replica_lag(sample: &HealthSample, settings: &HealthSettings) -> Reading {
+fn replica_lag(sample: &HealthSample, settings: &HealthSettings, scale: f64) -> Reading {
     let threshold = format!(
         "max {} or {}",
         mib(settings.max_replica_lag_bytes as f64),
         human_ms(settings.max_replica_lag_ms as f64)
-    );
+    ) + ending(scale);
     let Some(replicas) = &sample.replicas else {
         return Reading::unreadable(Indicator::ReplicaLag, sample, threshold);
     };
@@ -620,7 +683,7 @@ fn replica_lag(sample: &HealthSample, settings: &HealthSettings) -> Reading {
     let bytes = worst_bytes.and_then(|r| r.lag_bytes).unwrap_or(0);
     let time = worst_time.and_then(|r| r.replay_lag_ms).unwrap_or(0.0);
     let (stop, reading) = match (worst_bytes, worst_time) {
-        (Some(r), _) if bytes > settings.max_replica_lag_bytes => (
+        (Some(r), _) if over(bytes as f64, settings.max_replica_lag_bytes as f64, scale) => (
             true,
             format!(
                 "replica {} is {} behind in replay",
@@ -628,7 +691,7 @@ fn replica_lag(sample: &HealthSample, settings: &HealthSettings) -> Reading {
                 mib(bytes as f64)
             ),
         ),
-        (_, Some(r)) if time > settings.max_replica_lag_ms as f64 => (
+        (_, Some(r)) if over(time, settings.max_replica_lag_ms as f64, scale) => (
             true,
             format!("replica {} replays {} late", name(r), human_ms(time)),
         ),
@@ -647,8 +710,9 @@ fn replica_lag(sample: &HealthSample, settings: &HealthSettings) -> Reading {
 }
 
 /// The oldest transaction of another session of this database (idle in transaction too).
-fn long_transactions(sample: &HealthSample, settings: &HealthSettings) -> Reading {
-    let threshold = format!("max {}", human_ms(settings.max_transaction_age_ms as f64));
+fn long_transactions(sample: &HealthSample, settings: &HealthSettings, scale: f64) -> Reading {
+    let threshold =
+        format!("max {}", human_ms(settings.max_transaction_age_ms as f64)) + ending(scale);
     let Some(open) = &sample.transactions else {
         return Reading::unreadable(Indicator::LongTransactions, sample, threshold);
     };
@@ -661,7 +725,7 @@ fn long_transactions(sample: &HealthSample, settings: &HealthSettings) -> Readin
         ),
         Some(t) => Reading::judged(
             Indicator::LongTransactions,
-            t.age_ms > settings.max_transaction_age_ms as f64,
+            over(t.age_ms, settings.max_transaction_age_ms as f64, scale),
             format!(
                 "oldest transaction: pid {} ({}{}) {} for {}",
                 t.pid,
@@ -753,6 +817,129 @@ fn sub_batch_latency(settings: &HealthSettings, latency: Option<&LatencyTracker>
     }
 }
 
+/// Whether `value` stops: over `limit`, or while a hold is on (`scale` < 1) not yet below
+/// `scale` of it.
+fn over(value: f64, limit: f64, scale: f64) -> bool {
+    if scale < 1.0 {
+        value >= limit * scale
+    } else {
+        value > limit
+    }
+}
+
+/// The threshold's note while a hold is on.
+fn ending(scale: f64) -> &'static str {
+    if scale < 1.0 {
+        "; on hold, it ends below 90% of that"
+    } else {
+        ""
+    }
+}
+
+/// Share of a limit from which the worker slows down: between it and the limit its pause
+/// grows in proportion, so that a signal settles under its limit instead of the migration
+/// swinging between full speed and a hold.
+pub const SLOW_DOWN_FROM: f64 = 0.5;
+
+/// The indicator nearest its limit, as a share of that limit (WAL archive backlog and rate,
+/// replica lag in bytes and time; sub-batch latency drifting for fewer jobs than stop it),
+/// with a description, when it is at least [`SLOW_DOWN_FROM`]. Switched-off indicators and
+/// readings this role cannot see do not count.
+pub fn pressure(
+    sample: &HealthSample,
+    settings: &HealthSettings,
+    wal_rate: Option<f64>,
+    latency: Option<&LatencyTracker>,
+) -> Option<(f64, String)> {
+    let on = |i: Indicator| !settings.off.contains(&i);
+    let mut shares: Vec<(f64, String)> = Vec::new();
+    let mut share = |value: f64, limit: f64, what: String| {
+        if limit > 0.0 {
+            shares.push((value / limit, what));
+        }
+    };
+    if on(Indicator::WalArchiveBacklog) {
+        if let (Some(true), Some(ready)) = (sample.archiving, sample.archive_ready) {
+            let max = settings.max_wal_archive_backlog;
+            share(
+                ready as f64,
+                max as f64,
+                format!("wal_archive_backlog: {ready} of {max} segments"),
+            );
+        }
+    }
+    if on(Indicator::WalRate) {
+        if let (Some(rate), Some(max)) = (wal_rate, settings.max_wal_rate_bytes) {
+            share(
+                rate,
+                max as f64,
+                format!("wal_rate: {}/s of {}/s", mib(rate), mib(max as f64)),
+            );
+        }
+    }
+    if on(Indicator::ReplicaLag) {
+        for r in sample.replicas.iter().flatten() {
+            if let Some(bytes) = r.lag_bytes {
+                let max = settings.max_replica_lag_bytes;
+                share(
+                    bytes as f64,
+                    max as f64,
+                    format!(
+                        "replica_lag: {} {} behind of {}",
+                        r.name,
+                        mib(bytes as f64),
+                        mib(max as f64)
+                    ),
+                );
+            }
+            if let Some(ms) = r.replay_lag_ms {
+                let max = settings.max_replica_lag_ms;
+                share(
+                    ms,
+                    max as f64,
+                    format!(
+                        "replica_lag: {} {} late of {}",
+                        r.name,
+                        human_ms(ms),
+                        human_ms(max as f64)
+                    ),
+                );
+            }
+        }
+    }
+    if on(Indicator::SubBatchLatency) {
+        if let Some(tracker) = latency {
+            let drifting = tracker.drifting_jobs(settings.latency_drift_factor);
+            if drifting > 0 && drifting < LatencyTracker::SUSTAINED_JOBS {
+                // One drifting job: three quarters of the way; each more, closer to a stop.
+                let of = LatencyTracker::SUSTAINED_JOBS as f64;
+                shares.push((
+                    0.5 + 0.5 * drifting as f64 / of,
+                    format!(
+                        "sub_batch_latency: drifting for {drifting} job{} (stops at {of})",
+                        if drifting == 1 { "" } else { "s" }
+                    ),
+                ));
+            }
+        }
+    }
+    shares
+        .into_iter()
+        .filter(|(p, _)| *p >= SLOW_DOWN_FROM)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+}
+
+/// The extra pause before the next job at `pressure` (a share of a limit), for jobs that
+/// take `job`: none below [`SLOW_DOWN_FROM`], then in proportion, up to three times the
+/// job's own time just under the limit, and never more than 10 s.
+pub fn slow_down(pressure: f64, job: Duration) -> Duration {
+    if pressure < SLOW_DOWN_FROM {
+        return Duration::ZERO;
+    }
+    let share = ((pressure - SLOW_DOWN_FROM) / (1.0 - SLOW_DOWN_FROM)).clamp(0.0, 1.0);
+    job.mul_f64(3.0 * share).min(Duration::from_secs(10))
+}
+
 /// The first stopping reading, if any: what a hold is logged with.
 pub fn first_stop(readings: &[Reading]) -> Option<&Reading> {
     readings.iter().find(|r| r.signal == Signal::Stop)
@@ -796,7 +983,13 @@ impl crate::Sluicegate {
         let rate = wal.observe(sample.wal_lsn);
         let jobs = self.store().job_recent_succeeded(migration.id, 20).await?;
         let latency = LatencyTracker::from_jobs(&jobs);
-        Ok(evaluate(&sample, &migration.health, rate, Some(&latency)))
+        Ok(evaluate_while(
+            &sample,
+            &migration.health,
+            rate,
+            Some(&latency),
+            migration.held_since.is_some(),
+        ))
     }
 }
 
@@ -995,17 +1188,41 @@ mod tests {
             t.observe(10.0 * (1 + i % 4) as f64, 1_000 * (1 + i % 4));
         }
         assert_eq!(t.reading(5.0).signal, Signal::Normal);
-        // The latest job runs at 30 ms per 500 keys: 6x per key.
+        // The latest job runs at 30 ms per 500 keys: 6x per key. One such job slows the
+        // worker down (pressure), never stops it.
         t.job_started();
         for _ in 0..3 {
             t.observe(30.0, 500);
         }
         let r = t.reading(5.0);
-        assert_eq!(r.signal, Signal::Stop, "{r:?}");
+        assert_eq!(r.signal, Signal::Normal, "{r:?}");
         assert!(
-            r.reading.contains("6.0x the running median per key"),
+            r.reading.contains("6.0x the running median per key")
+                && r.reading
+                    .contains("drifting for 1 job in a row (stops at 3)"),
             "{r:?}"
         );
+        let settings = HealthSettings::default();
+        let (share, why) = pressure(&healthy(), &settings, None, Some(&t)).expect("pressure");
+        assert!((SLOW_DOWN_FROM..1.0).contains(&share), "{share}");
+        assert!(
+            why.starts_with("sub_batch_latency: drifting for 1 job"),
+            "{why}"
+        );
+        // Sustained over three jobs in a row: stop.
+        for _ in 0..2 {
+            t.job_started();
+            for _ in 0..3 {
+                t.observe(30.0, 500);
+            }
+        }
+        let r = t.reading(5.0);
+        assert_eq!(r.signal, Signal::Stop, "{r:?}");
+        assert!(r.reading.contains("drifting for 3 jobs in a row"), "{r:?}");
+        // One fast job in between starts the count again.
+        t.job_started();
+        t.observe(10.0, 1_000);
+        assert_eq!(t.reading(5.0).signal, Signal::Normal);
         // The same drift on sub-batches too fast to matter is ignored.
         let mut tiny = LatencyTracker::default();
         for _ in 0..40 {
@@ -1014,6 +1231,87 @@ mod tests {
         tiny.job_started();
         tiny.observe(10.0, 1_000);
         assert_eq!(tiny.reading(5.0).signal, Signal::Normal);
+    }
+
+    #[test]
+    fn only_a_wraparound_autovacuum_stops_by_default() {
+        let worker = |wraparound| AutovacuumWorker {
+            pid: 7,
+            wraparound,
+            seconds: 0.018,
+        };
+        let mut s = healthy();
+        s.autovacuum = Some(vec![worker(false)]);
+        let mut settings = HealthSettings::default();
+        let r = by(&evaluate(&s, &settings, None, None), Indicator::Autovacuum).clone();
+        assert_eq!(r.signal, Signal::Normal, "{r:?}");
+        assert_eq!(r.reading, "autovacuum on the table (pid 7, running 18ms)");
+        assert_eq!(
+            r.threshold,
+            "stops for an autovacuum to prevent wraparound only"
+        );
+        s.autovacuum = Some(vec![worker(true)]);
+        let r = by(&evaluate(&s, &settings, None, None), Indicator::Autovacuum).clone();
+        assert_eq!(r.signal, Signal::Stop, "{r:?}");
+        settings.autovacuum = AutovacuumPolicy::Ignore;
+        let r = by(&evaluate(&s, &settings, None, None), Indicator::Autovacuum).clone();
+        assert_eq!(r.signal, Signal::Normal, "{r:?}");
+        settings.autovacuum = AutovacuumPolicy::Any;
+        s.autovacuum = Some(vec![worker(false)]);
+        let r = by(&evaluate(&s, &settings, None, None), Indicator::Autovacuum).clone();
+        assert_eq!(r.signal, Signal::Stop, "{r:?}");
+        // Switched off: read, shown, never a stop.
+        settings.off = vec![Indicator::Autovacuum];
+        let r = by(&evaluate(&s, &settings, None, None), Indicator::Autovacuum).clone();
+        assert_eq!(r.signal, Signal::Normal, "{r:?}");
+        assert_eq!(r.threshold, "switched off for this migration");
+    }
+
+    #[test]
+    fn a_hold_ends_only_below_ninety_percent_of_the_limit() {
+        let settings = HealthSettings {
+            max_wal_archive_backlog: 10,
+            ..HealthSettings::default()
+        };
+        let at = |ready, holding| {
+            let mut s = healthy();
+            s.archive_ready = Some(ready);
+            by(
+                &evaluate_while(&s, &settings, None, None, holding),
+                Indicator::WalArchiveBacklog,
+            )
+            .signal
+        };
+        // At the limit: not over it, so no hold starts; but a hold on does not end yet.
+        assert_eq!(at(10, false), Signal::Normal);
+        assert_eq!(at(10, true), Signal::Stop);
+        assert_eq!(at(9, true), Signal::Stop, "9 is not below 90% of 10");
+        assert_eq!(at(8, true), Signal::Normal);
+    }
+
+    #[test]
+    fn the_worker_slows_down_in_proportion_before_a_limit() {
+        let mut settings = HealthSettings {
+            max_wal_rate_bytes: Some(100 << 20),
+            ..HealthSettings::default()
+        };
+        let job = Duration::from_millis(100);
+        assert!(
+            pressure(&healthy(), &settings, Some(40e6), None).is_none(),
+            "under half"
+        );
+        let (share, why) = pressure(&healthy(), &settings, Some(78_643_200.0), None).unwrap();
+        assert!((share - 0.75).abs() < 1e-9, "{share}");
+        assert_eq!(why, "wal_rate: 75.0 MiB/s of 100.0 MiB/s");
+        assert_eq!(slow_down(share, job), Duration::from_millis(150));
+        assert_eq!(slow_down(0.5, job), Duration::ZERO);
+        assert_eq!(slow_down(1.0, job), Duration::from_millis(300));
+        assert_eq!(
+            slow_down(0.99, Duration::from_secs(60)),
+            Duration::from_secs(10)
+        );
+        settings.off = vec![Indicator::WalRate];
+        assert!(pressure(&healthy(), &settings, Some(78_643_200.0), None).is_none());
     }
 
     #[test]

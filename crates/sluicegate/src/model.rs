@@ -54,8 +54,14 @@ pub struct Migration {
     pub status: MigrationStatus,
     /// Estimated rows in the table at queue time (for progress).
     pub total_tuple_count: Option<i64>,
-    /// Health holds it until then.
+    /// Health holds it until then (the next re-check).
     pub on_hold_until: Option<DateTime<Utc>>,
+    /// When the hold in progress began (`None`: not held).
+    pub held_since: Option<DateTime<Utc>>,
+    /// Extra pause between jobs while a limit nears (0: none).
+    pub throttle_pause_ms: i64,
+    /// Why the worker slows down, while it does.
+    pub throttle_reason: Option<String>,
     /// When its most recent job was created.
     pub last_job_started_at: Option<DateTime<Utc>>,
     /// When it first became active.

@@ -128,7 +128,7 @@ impl MigrationStatus {
         match (self, event) {
             (Active, E::Pause) => Some(Paused),
             (Paused, E::Resume) => Some(Active),
-            (Active, E::Hold) => Some(Active),
+            (Active, E::Hold | E::Release | E::Throttle) => Some(Active),
             (Active | Paused | Finalizing, E::Resize) => Some(self),
             (Active | Paused, E::Finalize) => Some(Finalizing),
             (Active | Finalizing, E::Finish) => Some(Finished),
@@ -169,13 +169,17 @@ pub enum MigrationEvent {
     Cancel,
     /// `active|finalizing -> finished`.
     Finish,
-    /// The batch or sub-batch size changed (optimizer, timeout): the status stays.
+    /// The batch or sub-batch size changed (optimizer, timeout, tuner): the status stays.
     Resize,
+    /// A hold ended: every indicator normal again at a re-check. The status stays.
+    Release,
+    /// The worker lengthened (or restored) its pause as a limit neared: the status stays.
+    Throttle,
 }
 
 impl MigrationEvent {
     /// All events.
-    pub const ALL: [MigrationEvent; 10] = [
+    pub const ALL: [MigrationEvent; 12] = [
         Self::Queue,
         Self::Pause,
         Self::Resume,
@@ -186,6 +190,8 @@ impl MigrationEvent {
         Self::Cancel,
         Self::Finish,
         Self::Resize,
+        Self::Release,
+        Self::Throttle,
     ];
 
     /// The lowercase name stored in the database.
@@ -201,13 +207,18 @@ impl MigrationEvent {
             Self::Cancel => "cancel",
             Self::Finish => "finish",
             Self::Resize => "resize",
+            Self::Release => "release",
+            Self::Throttle => "throttle",
         }
     }
 
-    /// Whether the event changes the status (all but `queue`, which creates, and `hold` and
-    /// `resize`, which record something else).
+    /// Whether the event changes the status (all but `queue`, which creates, and `hold`,
+    /// `release`, `throttle` and `resize`, which record something else).
     fn is_change(self) -> bool {
-        !matches!(self, Self::Queue | Self::Hold | Self::Resize)
+        !matches!(
+            self,
+            Self::Queue | Self::Hold | Self::Release | Self::Throttle | Self::Resize
+        )
     }
 }
 

@@ -294,3 +294,70 @@ store_test!(the_stores_refuse_illegal_transitions_themselves, |db| {
     );
     assert_eq!(sg.migration_history(&m).await.unwrap().len(), 1);
 });
+
+store_test!(a_hold_by_one_worker_stops_every_other, |db| {
+    // Holds are global: once one worker records a hold, no worker anywhere starts a job of
+    // the migration until it ends, even one whose own health check would say go.
+    db.create_items("items", &[(1, 2_000)]).await;
+    db.exec("CREATE TABLE gate (open boolean NOT NULL)").await;
+    db.exec("INSERT INTO gate VALUES (true)").await;
+    let sg = db.sluicegate().await;
+    let mut req = fast("global", "update", "items", 200, 100).argument("set", "n = n + 1");
+    req.health.probe = Some("SELECT open FROM gate".into());
+    req.health.hold_ms = 60_000;
+    let m = sg.queue(&req).await.unwrap();
+    // Worker B runs a job and keeps the migration for its next step.
+    let mut b = worker(&sg, "b").new_loop();
+    assert!(matches!(b.step().await.unwrap(), StepOutcome::Ran { .. }));
+    // Worker A sees the probe say stop and holds it.
+    db.exec("UPDATE gate SET open = false").await;
+    let mut a = worker(&sg, "a").new_loop();
+    let held = a.step().await.unwrap();
+    assert!(matches!(held, StepOutcome::Held { .. }), "{held:?}");
+    let hold_at = sg
+        .migration_history(&m)
+        .await
+        .unwrap()
+        .into_iter()
+        .rfind(|r| r.event == MigrationEvent::Hold)
+        .unwrap()
+        .created_at;
+    // For B the probe says go again; the hold still stops it, at every statement.
+    db.exec("UPDATE gate SET open = true").await;
+    for _ in 0..3 {
+        let outcome = b.step().await.unwrap();
+        if let StepOutcome::Ran { job, .. } = &outcome {
+            // Only a job its last job's end started before the hold may still run.
+            assert!(job.started_at.unwrap() < hold_at, "{outcome:?}");
+        }
+    }
+    b.finish().await.unwrap();
+    let started_after = sg
+        .jobs(&m, None)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|j| j.started_at.is_some_and(|t| t > hold_at))
+        .count();
+    assert_eq!(started_after, 0, "no job starts while the hold lasts");
+    let m = sg.migration("global").await.unwrap();
+    let start = m.next_min_value.expect("keys left");
+    let created = sg
+        .store()
+        .job_create(&sluicegate::store::JobCreateParams {
+            migration_id: m.id,
+            expected_next_min: start,
+            range: sluicegate::store::JobRange::Given {
+                min: start,
+                max: start + 10,
+            },
+            batch_size: 200,
+            sub_batch_size: 100,
+            pause_ms: 0,
+            worker: "c".into(),
+            lease: Duration::from_secs(30),
+        })
+        .await
+        .unwrap();
+    assert_eq!(created, sluicegate::store::JobCreated::NotNow);
+});

@@ -106,6 +106,8 @@ async fn replica_lag_holds_the_migration_until_replay_resumes() {
     let (sg, db) = (&sg, &db);
     let mut req = held_request("lagged");
     req.health.max_replica_lag_bytes = 32 << 20;
+    // Re-checked every 2 s: long enough for a busy test machine, short next to a 10-minute hold.
+    req.health.hold_ms = 2_000;
     sg.queue(&req).await.unwrap();
 
     replica
@@ -124,23 +126,62 @@ async fn replica_lag_holds_the_migration_until_replay_resumes() {
     );
     assert_eq!(db.scalar("SELECT sum(n) FROM items").await, 0);
 
+    // A worker keeps re-checking while the hold lasts; no job starts, no row per re-check.
+    let run = tokio::spawn({
+        let sg = sg.clone();
+        async move { run_to_end(&sg).await }
+    });
+    let m = sg.migration("lagged").await.unwrap();
+    let rechecked = eventually(Duration::from_secs(30), "a re-check", move || async move {
+        let now = sg.migration("lagged").await.unwrap();
+        (now.on_hold_until > m.on_hold_until).then_some(now)
+    })
+    .await;
+    assert!(rechecked.held_since.is_some());
+    assert_eq!(db.scalar("SELECT sum(n) FROM items").await, 0);
     replica
         .execute("SELECT pg_wal_replay_resume()")
         .await
         .unwrap();
-    eventually(
+    let cleared = eventually(
         Duration::from_secs(60),
         "the replica to catch up",
         move || async move {
             (reading(sg, "lagged", Indicator::ReplicaLag).await.signal == Signal::Normal)
-                .then_some(())
+                .then(chrono::Utc::now)
         },
     )
     .await;
-    finishes(sg, "lagged").await;
+    run.await.unwrap();
+    let m = sg.migration("lagged").await.unwrap();
+    assert_eq!(m.status, MigrationStatus::Finished);
     assert_eq!(
         db.scalar("SELECT count(*) FROM items WHERE n = 1").await,
         10_000
+    );
+    // One row when the hold started, one when it ended: how long, and what cleared.
+    let log = sg.migration_history(&m).await.unwrap();
+    let holds: Vec<_> = log
+        .iter()
+        .filter(|r| r.event == MigrationEvent::Hold)
+        .collect();
+    let releases: Vec<_> = log
+        .iter()
+        .filter(|r| r.event == MigrationEvent::Release)
+        .collect();
+    assert_eq!((holds.len(), releases.len()), (1, 1), "{log:?}");
+    let release = releases[0];
+    let why = release.reason.as_deref().unwrap_or_default();
+    assert!(
+        why.starts_with("held ") && why.contains("; replica_lag: "),
+        "{why}"
+    );
+    // Going on within two re-checks of the signal clearing (as seen by this test, which
+    // itself samples for a second).
+    let late = (release.created_at - cleared).num_milliseconds();
+    assert!(
+        late <= 4_000,
+        "released {late} ms after the replica caught up"
     );
 }
 
@@ -311,8 +352,10 @@ async fn autovacuum_on_the_table_holds_only_when_asked() {
         r.threshold,
         "stops for an autovacuum to prevent wraparound only"
     );
-    let outcome = worker(sg, "w1").new_loop().step().await.unwrap();
+    let mut w = worker(sg, "w1").new_loop();
+    let outcome = w.step().await.unwrap();
     assert!(matches!(outcome, StepOutcome::Ran { .. }), "{outcome:?}");
+    w.finish().await.unwrap();
     sg.apply("ordinary", MigrationEvent::Pause, None, "test")
         .await
         .unwrap();
@@ -642,17 +685,44 @@ async fn sub_batches_drifting_far_above_their_median_hold() {
     for _ in 0..5 {
         assert!(matches!(w.step().await.unwrap(), StepOutcome::Ran { .. }));
     }
-    // Then 0.5 ms a key: 50 ms a sub-batch, dozens of times the median.
+    // Then 0.5 ms a key: 50 ms a sub-batch, dozens of times the median. One slow job never
+    // holds: the first ones slow the worker down, the third in a row holds.
     db.exec("UPDATE knob SET delay = 0.0005").await;
-    assert!(matches!(w.step().await.unwrap(), StepOutcome::Ran { .. }));
-    let outcome = w.step().await.unwrap();
-    let StepOutcome::Held { reason, .. } = outcome else {
-        panic!("expected a hold, got {outcome:?}")
+    let mut slow_jobs = 0;
+    let reason = loop {
+        match w.step().await.unwrap() {
+            StepOutcome::Ran { .. } => slow_jobs += 1,
+            StepOutcome::Held { reason, .. } => break reason,
+            other => panic!("expected a job or a hold, got {other:?}"),
+        }
+        assert!(slow_jobs <= 6, "no hold after {slow_jobs} slow jobs");
     };
+    assert!(slow_jobs >= 3, "held after {slow_jobs} slow jobs");
     assert!(
         reason.starts_with("sub_batch_latency: latest job's sub-batches ")
-            && reason.ends_with("(max 5x the running median per key)"),
+            && reason.contains("drifting for 3 jobs in a row")
+            && reason.ends_with("(max 5x the running median per key, 3 jobs in a row)"),
         "{reason}"
+    );
+    let m = sg.migration("drift").await.unwrap();
+    let log = sg.migration_history(&m).await.unwrap();
+    let throttle = log
+        .iter()
+        .position(|r| r.event == MigrationEvent::Throttle)
+        .expect("a throttle row before the hold");
+    let hold = log
+        .iter()
+        .position(|r| r.event == MigrationEvent::Hold)
+        .unwrap();
+    assert!(throttle < hold, "{log:?}");
+    assert!(
+        log[throttle]
+            .reason
+            .as_deref()
+            .is_some_and(|r| r.starts_with("slowing down: ")
+                && r.contains("sub_batch_latency: drifting for 1 job")),
+        "{:?}",
+        log[throttle].reason
     );
     // Fast again: the hold ends, the migration completes.
     db.exec("UPDATE knob SET delay = 0").await;

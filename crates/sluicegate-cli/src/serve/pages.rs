@@ -115,8 +115,8 @@ fn progress_bar(percent: f64) -> Markup {
 }
 
 async fn hold_reason(st: &AppState, m: &Migration) -> Result<Option<String>, ApiError> {
-    match m.on_hold_until {
-        Some(until) if until > Utc::now() => {
+    match m.held_since {
+        Some(since) => {
             let log = st.sg.migration_history(m).await?;
             let reason = log
                 .iter()
@@ -125,8 +125,9 @@ async fn hold_reason(st: &AppState, m: &Migration) -> Result<Option<String>, Api
                 .and_then(|r| r.reason.clone())
                 .unwrap_or_default();
             Ok(Some(format!(
-                "on hold until {}: {reason}",
-                time(Some(until))
+                "on hold since {} (re-checked every {}): {reason}",
+                time(Some(since)),
+                humantime::format_duration(m.health.hold())
             )))
         }
         _ => Ok(None),

@@ -20,7 +20,7 @@ mod rows;
 pub mod sqlite;
 
 /// Newest tracking-schema version this binary knows.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// Which database engine a store or target talks to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -240,15 +240,10 @@ impl MigrationTransitionParams {
     }
 
     /// Refuses a change the state machine does not allow (the stores' own check), and a hold
-    /// longer than any that may be queued (a stored value past it is out of range: written,
-    /// its timestamp would not read back).
+    /// longer than any that may be queued.
     pub(crate) fn check(&self) -> Result<()> {
-        if let Some(hold) = self.hold_until.filter(|h| *h > crate::client::MAX_PACING) {
-            return Err(crate::Error::OutOfRange(format!(
-                "a hold of {} for migration {} (at most 365 days)",
-                humantime::format_duration(hold),
-                self.migration_id
-            )));
+        if let Some(hold) = self.hold_until {
+            check_hold(hold)?;
         }
         if self.from.after(self.event) == Some(self.to) {
             return Ok(());
@@ -394,6 +389,20 @@ pub trait Store: Send + Sync + 'static {
     /// Changes the batch and sub-batch sizes (sub-batch clamped to the batch) with a `resize`
     /// log row, in one transaction. `None` when the migration is final (nothing written).
     async fn migration_resize(&self, params: &MigrationResizeParams) -> Result<Option<Migration>>;
+
+    /// A re-check that still says stop: moves the hold in progress on to `now + hold`, with
+    /// no log row. `None` when no hold is in progress (released, paused, ended).
+    async fn migration_hold_extend(
+        &self,
+        migration_id: i64,
+        hold: Duration,
+    ) -> Result<Option<Migration>>;
+    /// Sets the worker's extra pause between jobs (and why) with a `throttle` log row, in one
+    /// transaction. `None` when the migration is not active (nothing written).
+    async fn migration_throttle(
+        &self,
+        params: &MigrationThrottleParams,
+    ) -> Result<Option<Migration>>;
 
     /// Creates the migration's next job, running, in one statement (see [`JobCreateParams`]).
     async fn job_create(&self, params: &JobCreateParams) -> Result<JobCreated>;
@@ -609,6 +618,33 @@ pub struct MigrationResizeParams {
     pub sub_batch_size: i64,
     /// Why, for the log (`"optimizer: efficiency 0.50 over 20 jobs"`).
     pub reason: String,
+    /// Who.
+    pub actor: String,
+}
+
+/// Refuses a hold longer than any that may be queued: a stored value past it is out of range
+/// (written, its timestamp would not read back).
+pub(crate) fn check_hold(hold: Duration) -> Result<()> {
+    if hold > crate::client::MAX_PACING {
+        return Err(crate::Error::OutOfRange(format!(
+            "a hold of {} (at most 365 days)",
+            humantime::format_duration(hold)
+        )));
+    }
+    Ok(())
+}
+
+/// A change of the worker's pause as a limit nears, and why.
+#[derive(Debug, Clone)]
+pub struct MigrationThrottleParams {
+    /// The migration.
+    pub migration_id: i64,
+    /// Extra pause between jobs (0: none).
+    pub pause_ms: i64,
+    /// Why, while it slows down (shown in `status`).
+    pub reason: Option<String>,
+    /// The log row's reason (what changed).
+    pub log: String,
     /// Who.
     pub actor: String,
 }

@@ -13,10 +13,10 @@ use std::sync::Arc;
 
 use super::rows;
 use super::{
-    add_months, duration_ms, month_start, Backend, JobCreateParams, JobCreated, JobRange,
-    JobSplitParams, JobTransitionParams, MigrationResizeParams, MigrationTransitionParams,
-    PartitionReport, PerformedSubBatch, Store, SubBatchCommit, SubBatchCommitted, SubBatchSpec,
-    Target, PROBE_TIMEOUT, SCHEMA_VERSION,
+    add_months, check_hold, duration_ms, month_start, Backend, JobCreateParams, JobCreated,
+    JobRange, JobSplitParams, JobTransitionParams, MigrationResizeParams, MigrationThrottleParams,
+    MigrationTransitionParams, PartitionReport, PerformedSubBatch, Store, SubBatchCommit,
+    SubBatchCommitted, SubBatchSpec, Target, PROBE_TIMEOUT, SCHEMA_VERSION,
 };
 use crate::error::{Error, Result};
 use crate::failure::Failure;
@@ -30,6 +30,7 @@ use crate::status::JobStatus;
 const SCHEMA_MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("schema/postgres_v1.sql")),
     (2, include_str!("schema/postgres_v2.sql")),
+    (3, include_str!("schema/postgres_v3.sql")),
 ];
 
 const SETUP_LOCK: &str = "SELECT pg_advisory_xact_lock(hashtext('sluicegate.setup:' || $1))";
@@ -60,19 +61,39 @@ const MIGRATION_TRANSITION: &str = "
 WITH m AS (
     UPDATE {s}.migrations SET
         status = $3,
-        on_hold_until = CASE
-            WHEN $4 = 'hold' THEN now() + $9 * interval '1 millisecond'
-            WHEN $4 IN ('resume', 'retry') THEN NULL
-            ELSE on_hold_until END,
+        on_hold_until = CASE WHEN $4 = 'hold' THEN now() + $9 * interval '1 millisecond' END,
+        held_since = CASE WHEN $4 = 'hold' THEN now() END,
+        throttle_pause_ms = CASE WHEN $4 IN ('hold', 'release') THEN throttle_pause_ms ELSE 0 END,
+        throttle_reason = CASE WHEN $4 IN ('hold', 'release') THEN throttle_reason END,
         started_at = CASE WHEN $3 = 'active' THEN coalesce(started_at, now()) ELSE started_at END,
         finished_at = CASE WHEN $3 IN ('finished', 'failed', 'cancelled') THEN now() END,
         updated_at = now()
+    -- A hold starts only where none is in progress, a release ends only one that is: two
+    -- workers seeing the same stop write one hold row.
     WHERE id = $1 AND status = $2
+      AND ($4 <> 'hold' OR held_since IS NULL) AND ($4 <> 'release' OR held_since IS NOT NULL)
     RETURNING *
 ), log AS (
     INSERT INTO {s}.migration_transition_logs (migration_id, previous_status, next_status, event,
         reason, actor, exception_class, exception_message)
     SELECT id, $2, $3, $4, $5, $6, $7, $8 FROM m
+)
+SELECT * FROM m";
+/// A re-check that still says stop: the hold goes on, with no log row.
+const MIGRATION_HOLD_EXTEND: &str = "
+UPDATE {s}.migrations SET on_hold_until = now() + $2 * interval '1 millisecond', updated_at = now()
+WHERE id = $1 AND status = 'active' AND held_since IS NOT NULL
+RETURNING *";
+/// The worker's pause between jobs as a limit nears, with a `throttle` log row.
+const MIGRATION_THROTTLE: &str = "
+WITH m AS (
+    UPDATE {s}.migrations SET throttle_pause_ms = $2, throttle_reason = $3, updated_at = now()
+    WHERE id = $1 AND status = 'active'
+    RETURNING *
+), log AS (
+    INSERT INTO {s}.migration_transition_logs (migration_id, previous_status, next_status, event,
+        reason, actor)
+    SELECT id, status, status, 'throttle', $4, $5 FROM m
 )
 SELECT * FROM m";
 const MIGRATION_RETRY_JOBS: &str = "
@@ -146,6 +167,7 @@ m AS (
         updated_at = now()
     FROM r
     WHERE mg.id = $1 AND mg.next_min_value = $2 AND mg.status IN ('active', 'finalizing')
+      AND (mg.status = 'finalizing' OR mg.on_hold_until IS NULL OR mg.on_hold_until <= now())
       AND (mg.status = 'finalizing' OR mg.interval_ms = 0 OR mg.last_job_started_at IS NULL
            OR extract(epoch FROM now() - mg.last_job_started_at) * 1000 >= mg.interval_ms)
       AND EXISTS (SELECT 1 FROM {s}.table_leases l
@@ -190,6 +212,10 @@ WITH j AS (
         sub_batch_size = coalesce($9, sub_batch_size),
         updated_at = now()
     WHERE id = $1 AND status = $2 AND attempts = $4 AND (NOT $10 OR lease_expires_at < now())
+      -- No job of a held migration starts (finalizing ignores holds).
+      AND ($3 <> 'running' OR NOT EXISTS (
+          SELECT 1 FROM {s}.migrations mg
+          WHERE mg.id = jobs.migration_id AND mg.status = 'active' AND mg.on_hold_until > now()))
     RETURNING *
 ), log AS (
     INSERT INTO {s}.job_transition_logs (job_id, migration_id, previous_status, next_status,
@@ -252,6 +278,7 @@ const JOB_FINISH_AND_CREATE: &str = concat!(
         sub_batch_size = least($12, mg.batch_size),
         updated_at = clock_timestamp()
     WHERE mg.id = $8 AND mg.next_min_value = $11 AND mg.status = 'active' AND mg.interval_ms = 0
+      AND (mg.on_hold_until IS NULL OR mg.on_hold_until <= clock_timestamp())
       AND EXISTS (SELECT 1 FROM j)
       AND EXISTS (SELECT 1 FROM {s}.table_leases l
                   WHERE l.table_name = mg.table_name AND l.migration_id = mg.id AND l.expires_at > now())
@@ -722,6 +749,33 @@ impl Store for PgStore {
             .await
             .map_err(Error::db(format!(
                 "resizing the batches of migration {}",
+                p.migration_id
+            )))?;
+        row.as_ref().map(rows::migration).transpose()
+    }
+
+    async fn migration_hold_extend(&self, id: i64, hold: Duration) -> Result<Option<Migration>> {
+        check_hold(hold)?;
+        let row = sqlx::query(&self.q(MIGRATION_HOLD_EXTEND))
+            .bind(id)
+            .bind(duration_ms(hold))
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(Error::db(format!("extending the hold of migration {id}")))?;
+        row.as_ref().map(rows::migration).transpose()
+    }
+
+    async fn migration_throttle(&self, p: &MigrationThrottleParams) -> Result<Option<Migration>> {
+        let row = sqlx::query(&self.q(MIGRATION_THROTTLE))
+            .bind(p.migration_id)
+            .bind(p.pause_ms)
+            .bind(p.reason.as_deref())
+            .bind(&p.log)
+            .bind(&p.actor)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(Error::db(format!(
+                "throttling migration {}",
                 p.migration_id
             )))?;
         row.as_ref().map(rows::migration).transpose()

@@ -15,9 +15,10 @@ use sqlx::{Row, SqliteConnection};
 
 use super::rows;
 use super::{
-    Backend, JobCreateParams, JobCreated, JobRange, JobSplitParams, JobTransitionParams,
-    MigrationResizeParams, MigrationTransitionParams, PartitionReport, PerformedSubBatch, Store,
-    SubBatchCommit, SubBatchCommitted, SubBatchSpec, Target, PROBE_TIMEOUT, SCHEMA_VERSION,
+    check_hold, Backend, JobCreateParams, JobCreated, JobRange, JobSplitParams,
+    JobTransitionParams, MigrationResizeParams, MigrationThrottleParams, MigrationTransitionParams,
+    PartitionReport, PerformedSubBatch, Store, SubBatchCommit, SubBatchCommitted, SubBatchSpec,
+    Target, PROBE_TIMEOUT, SCHEMA_VERSION,
 };
 use crate::error::{Error, Result};
 use crate::failure::Failure;
@@ -30,6 +31,7 @@ use crate::status::{JobStatus, MigrationEvent, MigrationStatus};
 const SCHEMA_MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("schema/sqlite_v1.sql")),
     (2, include_str!("schema/sqlite_v2.sql")),
+    (3, include_str!("schema/sqlite_v3.sql")),
 ];
 
 const SCHEMA_VERSIONS_CREATE: &str = "CREATE TABLE IF NOT EXISTS sluicegate_schema_versions (
@@ -55,14 +57,25 @@ const MIGRATION_GET_BY_NAME: &str = "SELECT * FROM sluicegate_migrations WHERE n
 const MIGRATION_LIST: &str = "SELECT * FROM sluicegate_migrations ORDER BY id";
 const MIGRATION_TRANSITION: &str = "UPDATE sluicegate_migrations SET
         status = $3,
-        on_hold_until = CASE
-            WHEN $4 = 'hold' THEN $5
-            WHEN $4 IN ('resume', 'retry') THEN NULL
-            ELSE on_hold_until END,
+        on_hold_until = CASE WHEN $4 = 'hold' THEN $5 END,
+        held_since = CASE WHEN $4 = 'hold' THEN $6 END,
+        throttle_pause_ms = CASE WHEN $4 IN ('hold', 'release') THEN throttle_pause_ms ELSE 0 END,
+        throttle_reason = CASE WHEN $4 IN ('hold', 'release') THEN throttle_reason END,
         started_at = CASE WHEN $3 = 'active' THEN coalesce(started_at, $6) ELSE started_at END,
         finished_at = CASE WHEN $3 IN ('finished', 'failed', 'cancelled') THEN $6 END,
         updated_at = $6
     WHERE id = $1 AND status = $2
+      AND ($4 <> 'hold' OR held_since IS NULL) AND ($4 <> 'release' OR held_since IS NOT NULL)
+    RETURNING *";
+/// A re-check that still says stop: the hold goes on, with no log row.
+const MIGRATION_HOLD_EXTEND: &str = "UPDATE sluicegate_migrations
+    SET on_hold_until = $2, updated_at = $3
+    WHERE id = $1 AND status = 'active' AND held_since IS NOT NULL
+    RETURNING *";
+/// The worker's pause between jobs as a limit nears (its `throttle` log row follows).
+const MIGRATION_THROTTLE: &str = "UPDATE sluicegate_migrations
+    SET throttle_pause_ms = $2, throttle_reason = $3, updated_at = $4
+    WHERE id = $1 AND status = 'active'
     RETURNING *";
 const MIGRATION_RETRY_JOBS: &str = "UPDATE sluicegate_jobs
     SET status = 'pending', attempts = 0, finished_at = NULL, updated_at = $2
@@ -129,6 +142,11 @@ const JOB_TRANSITION: &str = "UPDATE sluicegate_jobs SET
         sub_batch_size = coalesce($9, sub_batch_size),
         updated_at = $11
     WHERE id = $1 AND status = $2 AND attempts = $4 AND (NOT $10 OR lease_expires_at < $11)
+      -- No job of a held migration starts (finalizing ignores holds).
+      AND ($3 <> 'running' OR NOT EXISTS (
+          SELECT 1 FROM sluicegate_migrations mg
+          WHERE mg.id = sluicegate_jobs.migration_id AND mg.status = 'active'
+            AND mg.on_hold_until > $11))
     RETURNING *";
 const JOB_SPLIT_FIRST: &str = "UPDATE sluicegate_jobs SET status = 'pending', attempts = 0,
         finished_at = NULL, max_value = $3, batch_size = $4, sub_batch_size = $5, updated_at = $6
@@ -615,6 +633,50 @@ impl Store for SqliteStore {
         Ok(Some(m))
     }
 
+    async fn migration_hold_extend(&self, id: i64, hold: Duration) -> Result<Option<Migration>> {
+        check_hold(hold)?;
+        let row = sqlx::query(MIGRATION_HOLD_EXTEND)
+            .bind(id)
+            .bind(later(hold)?)
+            .bind(ts(now()))
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(Error::db(format!("extending the hold of migration {id}")))?;
+        row.as_ref().map(rows::migration).transpose()
+    }
+
+    async fn migration_throttle(&self, p: &MigrationThrottleParams) -> Result<Option<Migration>> {
+        let context = format!("throttling migration {}", p.migration_id);
+        let at = ts(now());
+        let mut tx = self.begin_immediate(&context).await?;
+        let row = sqlx::query(MIGRATION_THROTTLE)
+            .bind(p.migration_id)
+            .bind(p.pause_ms)
+            .bind(p.reason.as_deref())
+            .bind(&at)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(Error::db(&context))?;
+        let Some(m) = row.as_ref().map(rows::migration).transpose()? else {
+            return Ok(None);
+        };
+        sqlx::query(MIGRATION_LOG_INSERT)
+            .bind(m.id)
+            .bind(m.status.as_str())
+            .bind(m.status.as_str())
+            .bind(MigrationEvent::Throttle.as_str())
+            .bind(&p.log)
+            .bind(&p.actor)
+            .bind(None::<&str>)
+            .bind(None::<&str>)
+            .bind(&at)
+            .execute(&mut *tx)
+            .await
+            .map_err(Error::db(&context))?;
+        tx.commit().await.map_err(Error::db(&context))?;
+        Ok(Some(m))
+    }
+
     async fn job_create(&self, p: &JobCreateParams) -> Result<JobCreated> {
         let context = format!("creating a job of migration {}", p.migration_id);
         let at = now();
@@ -627,7 +689,8 @@ impl Store for SqliteStore {
         let Some(m) = row.as_ref().map(rows::migration).transpose()? else {
             return Ok(JobCreated::NotNow);
         };
-        let due = m.status == MigrationStatus::Finalizing || interval_elapsed(&m, at);
+        let held = m.status == MigrationStatus::Active && m.on_hold_until.is_some_and(|t| t > at);
+        let due = m.status == MigrationStatus::Finalizing || (!held && interval_elapsed(&m, at));
         let runnable = matches!(
             m.status,
             MigrationStatus::Active | MigrationStatus::Finalizing
