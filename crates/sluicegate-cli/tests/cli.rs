@@ -314,6 +314,9 @@ store_test!(json_output_has_the_documented_fields, |db| {
         "eta_seconds",
         "jobs",
         "on_hold_until",
+        "held_since",
+        "throttle_pause_ms",
+        "throttle_reason",
         "hold_reason",
         "health_settings",
         "target_sub_batch_ms",
@@ -322,7 +325,9 @@ store_test!(json_output_has_the_documented_fields, |db| {
     ] {
         assert!(m.get(field).is_some(), "status --json has {field}: {m}");
     }
-    assert_eq!(m["health_settings"]["hold_ms"], 600_000);
+    assert_eq!(m["health_settings"]["hold_ms"], 5_000);
+    assert_eq!(m["health_settings"]["autovacuum"], "wraparound");
+    assert_eq!(m["health_settings"]["off"], serde_json::json!([]));
     assert_eq!(m["target_sub_batch_ms"], 100);
     let out = sg(&url, &["health", "m", "--json"]);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -639,3 +644,80 @@ store_test!(run_once_with_concurrency_runs_one_step_per_loop, |db| {
     );
     assert_eq!(db.scalar("SELECT count(*) FROM items WHERE n > 1").await, 0);
 });
+
+/// An application role with no `pg_monitor` or `pg_read_all_stats`, owning its table, given
+/// CREATE on the database: setup, queue, run, health and status all work; what it may not
+/// read is `unknown`, names the grant, and never holds the migration.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_application_role_without_pg_monitor_runs_migrations() {
+    sluicegate::skip_without_postgres!("SLUICEGATE_TEST_PG_URL");
+    let db = TestDb::postgres().await;
+    let role = format!("sg_app_{}", std::process::id());
+    db.exec(&format!("CREATE ROLE {role} LOGIN")).await;
+    let dbname = db.url.rsplit('/').next().unwrap().to_owned();
+    db.exec(&format!("GRANT CREATE ON DATABASE \"{dbname}\" TO {role}"))
+        .await;
+    db.exec(&format!("GRANT CREATE ON SCHEMA public TO {role}"))
+        .await;
+    db.create_items("items", &[(1, 5_000)]).await;
+    db.exec(&format!("ALTER TABLE items OWNER TO {role}")).await;
+    let url = db
+        .url
+        .replacen("postgres://postgres@", &format!("postgres://{role}@"), 1);
+    let run = |args: &[&str]| {
+        let out = sg(&url, args);
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+        out
+    };
+    run(&["setup"]);
+    run(&[
+        "queue",
+        "app",
+        "--table",
+        "items",
+        "--kind",
+        "update",
+        "--set",
+        "n = n + 1",
+        "--batch-size",
+        "1000",
+        "--interval",
+        "0s",
+        "--pause-ms",
+        "0",
+    ]);
+    let health = run(&["health", "app", "--json"]);
+    let health: serde_json::Value = serde_json::from_slice(&health.stdout).unwrap();
+    assert_eq!(health["stop"], false, "{health}");
+    let by = |name: &str| {
+        health["indicators"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["indicator"] == name)
+            .unwrap()
+            .clone()
+    };
+    for name in ["autovacuum", "long_transactions"] {
+        let i = by(name);
+        assert_eq!(i["signal"], "unknown", "{i}");
+        let reading = i["reading"].as_str().unwrap();
+        assert!(
+            reading.contains(&format!(
+                "GRANT pg_read_all_stats (or pg_monitor) TO {role}"
+            )),
+            "{reading}"
+        );
+    }
+    run(&["run", "--until-idle", "--json"]);
+    let status = run(&["status", "--json"]);
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(status[0]["status"], "finished", "{status}");
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM items WHERE n = 1").await,
+        5_000
+    );
+    // Leave nothing behind: the role owns the tracking schema and the table.
+    db.exec(&format!("DROP OWNED BY {role}")).await;
+    db.exec(&format!("DROP ROLE {role}")).await;
+}

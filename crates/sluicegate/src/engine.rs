@@ -138,6 +138,8 @@ pub struct Worker {
     events: Option<EventSink>,
     /// When this worker's loops last checked the job log's partitions (one check for all).
     last_partition_check: Arc<std::sync::Mutex<Option<Instant>>>,
+    /// Unreadable-indicator warnings already given (once per worker each).
+    warned: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
 }
 
 impl std::fmt::Debug for Worker {
@@ -162,6 +164,10 @@ pub struct WorkerLoop {
     job_time: HashMap<i64, Duration>,
     /// The throttle pause this loop last knew of, per migration (logged only on change).
     throttle_ms: HashMap<i64, i64>,
+    /// The smallest sub-batch the tuner keeps, per migration (a fixed cost found).
+    tuner_floor: HashMap<i64, i64>,
+    /// The sub-batch size last written to each migration's log, for the tuner's rows.
+    logged_sub_batch: HashMap<i64, i64>,
     /// Set when the loop is asked to stop (or runs a single step): a job's end then starts no
     /// next job, which nobody would run.
     stopping: Arc<AtomicBool>,
@@ -291,6 +297,8 @@ struct JobRun {
     outcome: JobOutcome,
     /// The next job, started by this job's end, and the migration's next key after it.
     started_next: Option<(Job, Option<i64>)>,
+    /// What the sub-batch tuner learned in this job (a fixed cost), for the log.
+    tuner_found: Option<String>,
 }
 
 /// Stops a heartbeat task when the job is done.
@@ -322,6 +330,7 @@ impl Worker {
             opts,
             events: None,
             last_partition_check: Arc::new(std::sync::Mutex::new(None)),
+            warned: Arc::default(),
         }
     }
 
@@ -350,6 +359,8 @@ impl Worker {
             latency: HashMap::new(),
             job_time: HashMap::new(),
             throttle_ms: HashMap::new(),
+            tuner_floor: HashMap::new(),
+            logged_sub_batch: HashMap::new(),
             stopping,
         }
     }
@@ -837,7 +848,10 @@ impl WorkerLoop {
             JobOutcome::Failed { failure } => {
                 self.after_failure(&m, &table, &run.job, failure).await?
             }
-            JobOutcome::Succeeded if mode == Mode::Normal => self.optimize(&m).await?,
+            JobOutcome::Succeeded if mode == Mode::Normal => {
+                self.optimize(&m).await?;
+                self.log_tuner(&m, &run).await?;
+            }
             _ => {}
         }
         let outcome = StepOutcome::Ran {
@@ -1106,6 +1120,7 @@ impl WorkerLoop {
                 job,
                 outcome: JobOutcome::Lost,
                 started_next: None,
+                tuner_found: None,
             })
         };
         let heartbeat = self.start_heartbeat(&job);
@@ -1115,6 +1130,8 @@ impl WorkerLoop {
             None => Some(job.min_value),
         };
         let mut sub_batch_size = job.sub_batch_size;
+        let floor = self.tuner_floor.get(&m.id).copied().unwrap_or(1);
+        let mut tuner = optimizer::SubBatchTuner::with_floor(floor);
         let mut tally = Tally::default();
         let target_time = Duration::from_millis(m.target_sub_batch_ms.max(0) as u64);
         let cursor = JobCursor {
@@ -1170,12 +1187,7 @@ impl WorkerLoop {
                 let took = t0.elapsed();
                 let mut tally = tally.clone();
                 tally.record(first, end, rows, took);
-                let next_size = optimizer::next_sub_batch_size(
-                    sub_batch_size,
-                    took,
-                    target_time,
-                    job.batch_size,
-                );
+                let next_size = tuner.next(sub_batch_size, took, target_time, job.batch_size);
                 let then_create = match prefetch.as_deref_mut() {
                     Some(p) if self.may_start_ahead() => self.start_ahead(m, p, next_size),
                     _ => None,
@@ -1193,10 +1205,12 @@ impl WorkerLoop {
                     Ok(SubBatchCommitted::Finished { job: done, next }) => {
                         drop(heartbeat);
                         self.observe_latency(m.id, t0.elapsed(), sub_batch_size);
+                        self.tuner_floor.insert(m.id, tuner.floor());
                         return Ok(JobRun {
                             job: *done,
                             outcome: JobOutcome::Succeeded,
                             started_next: next.map(|(job, next_min)| (*job, next_min)),
+                            tuner_found: tuner.take_found(),
                         });
                     }
                     Ok(SubBatchCommitted::Fenced) => return lost(job),
@@ -1217,8 +1231,7 @@ impl WorkerLoop {
             }
             let took = t0.elapsed();
             self.observe_latency(m.id, took, sub_batch_size);
-            sub_batch_size =
-                optimizer::next_sub_batch_size(sub_batch_size, took, target_time, job.batch_size);
+            sub_batch_size = tuner.next(sub_batch_size, took, target_time, job.batch_size);
             tally.record(first, end, rows, took);
             start = end.checked_add(1);
             if job.pause_ms > 0 && start.is_some_and(|s| s <= job.max_value) {
@@ -1245,10 +1258,12 @@ impl WorkerLoop {
             Some(failure) => JobOutcome::Failed { failure },
             None => JobOutcome::Succeeded,
         };
+        self.tuner_floor.insert(m.id, tuner.floor());
         Ok(JobRun {
             job,
             outcome,
             started_next: None,
+            tuner_found: tuner.take_found(),
         })
     }
 
@@ -1478,6 +1493,50 @@ impl WorkerLoop {
         Ok(())
     }
 
+    /// The sub-batch tuner's decisions in the migration's log: a fixed cost it found, and any
+    /// size it reached a factor of two or more away from the last one logged.
+    async fn log_tuner(&mut self, m: &Migration, run: &JobRun) -> Result<()> {
+        if m.target_sub_batch_ms <= 0 {
+            return Ok(());
+        }
+        let tuned = run.job.sub_batch_size;
+        let logged = *self
+            .logged_sub_batch
+            .entry(m.id)
+            .or_insert(m.sub_batch_size);
+        let reason = match &run.tuner_found {
+            Some(found) => format!("tuner: sub-batch size {logged} -> {tuned}: {found}"),
+            None if tuned >= 2 * logged || 2 * tuned <= logged => {
+                let slowest = run
+                    .job
+                    .metrics
+                    .get("slowest_sub_batch_ms")
+                    .and_then(serde_json::Value::as_i64)
+                    .unwrap_or(0);
+                format!(
+                    "tuner: sub-batch size {logged} -> {tuned}: sub-batches aimed at {} ms (slowest of job {} took {slowest} ms)",
+                    m.target_sub_batch_ms, run.job.id
+                )
+            }
+            None => return Ok(()),
+        };
+        // The batch size as it is now: the optimizer may have just changed it.
+        let Some(current) = self.sg().store.migration_get(m.id).await? else {
+            return Ok(());
+        };
+        let params = MigrationResizeParams {
+            migration_id: m.id,
+            batch_size: current.batch_size,
+            sub_batch_size: tuned.min(current.batch_size),
+            reason,
+            actor: self.name.clone(),
+        };
+        tracing::info!(migration = m.id, reason = %params.reason, "sub-batch size logged");
+        self.sg().store.migration_resize(&params).await?;
+        self.logged_sub_batch.insert(m.id, tuned);
+        Ok(())
+    }
+
     /// A lock or statement timeout shrinks the migration's batch and sub-batch at once
     /// (×0.75), not after twenty jobs, and logs why.
     async fn shrink_after_timeout(
@@ -1537,7 +1596,20 @@ impl WorkerLoop {
     ) -> Result<Option<StepOutcome>> {
         let (readings, pressure) = self.judge(m, &sample);
         for r in readings.iter().filter(|r| r.signal == Signal::Unknown) {
-            tracing::debug!(migration = m.id, indicator = %r.indicator, reading = %r.reading, "health indicator unknown");
+            // What the role may not read is said once per worker, loudly, with the grant.
+            let unreadable = r.reading.starts_with("not readable by role");
+            let first = unreadable
+                && self
+                    .worker
+                    .warned
+                    .lock()
+                    .expect("not poisoned")
+                    .insert(r.reading.clone());
+            if first {
+                tracing::warn!(indicator = %r.indicator, reading = %r.reading, "health indicator unreadable: it reads unknown and never holds");
+            } else {
+                tracing::debug!(migration = m.id, indicator = %r.indicator, reading = %r.reading, "health indicator unknown");
+            }
         }
         if let Some(stop) = health::first_stop(&readings) {
             let reason = stop.reason();

@@ -728,3 +728,61 @@ async fn sub_batches_drifting_far_above_their_median_hold() {
     db.exec("UPDATE knob SET delay = 0").await;
     finishes(sg, "drift").await;
 }
+
+/// A sub-batch statement with a fixed 200 ms cost (a sleep that does not depend on the keys):
+/// the tuner, aiming at 100 ms, tries one smaller sub-batch, sees it save nothing, and keeps
+/// the size from then on, saying so in the log. Counted in sub-batches, the time each costs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fixed_cost_never_starves_the_tuner() {
+    sluicegate::skip_without_postgres!("SLUICEGATE_TEST_PG_URL");
+    let db = TestDb::postgres().await;
+    db.create_items("tuned", &[(1, 5_000)]).await;
+    db.create_items("fixed", &[(1, 5_000)]).await;
+    let sg = db.sluicegate().await;
+    let sql = |table: &str| {
+        format!(
+            "UPDATE {table} SET n = n + 1 FROM (SELECT pg_sleep(0.2)) AS z WHERE id BETWEEN $1 AND $2"
+        )
+    };
+    let mut tuned = fast("tuned", "sql", "tuned", 1_000, 500);
+    tuned.arguments = json!({ "sql": sql("tuned") });
+    tuned.target_sub_batch_time = Duration::from_millis(100);
+    let mut fixed = fast("fixed", "sql", "fixed", 1_000, 500);
+    fixed.arguments = json!({ "sql": sql("fixed") });
+    let tuned = sg.queue(&tuned).await.unwrap();
+    let fixed = sg.queue(&fixed).await.unwrap();
+    run_to_end(&sg).await;
+    let sub_batches = |m: Migration| {
+        let sg = &sg;
+        async move {
+            let jobs = sg.jobs(&m, None).await.unwrap();
+            let count: i64 = jobs
+                .iter()
+                .map(|j| j.metrics["sub_batches"].as_i64().unwrap())
+                .sum();
+            let smallest = jobs.iter().map(|j| j.sub_batch_size).min().unwrap();
+            (count, smallest)
+        }
+    };
+    let (tuned_count, tuned_smallest) = sub_batches(tuned.clone()).await;
+    let (fixed_count, _) = sub_batches(fixed).await;
+    assert_eq!(fixed_count, 10);
+    // One probe of a smaller size, then never below it: the tuned run is within one
+    // sub-batch (200 ms) of the fixed one, where an unbounded tuner ran dozens more.
+    assert!(tuned_count <= fixed_count + 1, "{tuned_count} sub-batches");
+    assert!(
+        tuned_smallest >= 250,
+        "sub-batches shrank to {tuned_smallest}"
+    );
+    let log = sg.migration_history(&tuned).await.unwrap();
+    let found = log
+        .iter()
+        .filter(|r| r.event == MigrationEvent::Resize)
+        .filter_map(|r| r.reason.as_deref())
+        .find(|r| r.contains("a fixed cost dominates"));
+    assert!(found.is_some_and(|r| r.starts_with("tuner: ")), "{log:?}");
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM tuned WHERE n = 1").await,
+        5_000
+    );
+}
