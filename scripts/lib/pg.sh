@@ -69,11 +69,15 @@ pg_throwaway_start() {
   echo "throwaway PostgreSQL cluster on 127.0.0.1:$PG_PORT ($("$PG_BIN/postgres" --version))"
 }
 
-# Autovacuum is off here: a vacuum of a test's table would put its migration on hold (the
-# autovacuum indicator) at a random moment. The health cluster below tests that on purpose.
+# For tests, autovacuum is off and durability traded for speed: a vacuum of a test's table
+# would start at a random moment (the health cluster below tests autovacuum on purpose).
+# PG_DEFAULTS=1 (the benchmark) keeps PostgreSQL's own defaults instead: autovacuum on,
+# fsync on, default shared_buffers, as users run it.
 pg_throwaway_launch() {
+  local tuning="-c fsync=off -c synchronous_commit=off -c full_page_writes=off -c shared_buffers=256MB -c autovacuum=off"
+  [ "${PG_DEFAULTS:-0}" = 1 ] && tuning=""
   pg_as_postgres "$PG_BIN/pg_ctl" -D "$PG_DIR/data" -l "$PG_DIR/server.log" -w -t 60 -m fast "$1" \
-    -o "-p $PG_PORT -k $PG_DIR -c listen_addresses=${PG_LISTEN:-127.0.0.1} -c max_connections=400 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c shared_buffers=256MB -c shared_preload_libraries=pg_stat_statements -c autovacuum=off" >/dev/null
+    -o "-p $PG_PORT -k $PG_DIR -c listen_addresses=${PG_LISTEN:-127.0.0.1} -c max_connections=400 -c shared_preload_libraries=pg_stat_statements $tuning" >/dev/null
 }
 
 pg_health_clusters_start() {
