@@ -16,7 +16,7 @@ use super::{
     add_months, check_hold, duration_ms, month_start, Backend, JobCreateParams, JobCreated,
     JobRange, JobSplitParams, JobTransitionParams, MigrationResizeParams, MigrationThrottleParams,
     MigrationTransitionParams, PartitionReport, PerformedSubBatch, Store, SubBatchCommit,
-    SubBatchCommitted, SubBatchSpec, Target, PROBE_TIMEOUT, SCHEMA_VERSION,
+    SubBatchCommitted, SubBatchSpec, Target, PROBE_TIMEOUT,
 };
 use crate::error::{Error, Result};
 use crate::failure::Failure;
@@ -438,6 +438,56 @@ fn keyset_sql(table: &TableName, column: &str, start: &str, max: &str, size: &st
     )
 }
 
+const SCHEMA_CONTEXT: &str = "installing the tracking schema";
+
+/// The PostgreSQL steps of [`super::schema_install`], in one transaction.
+struct PgSchemaSteps {
+    tx: sqlx::Transaction<'static, sqlx::Postgres>,
+    store: PgStore,
+}
+
+#[async_trait]
+impl super::SchemaSteps for PgSchemaSteps {
+    async fn prepare(&mut self) -> Result<()> {
+        sqlx::query(SETUP_LOCK)
+            .bind(&self.store.schema)
+            .execute(&mut *self.tx)
+            .await
+            .map_err(Error::db(SCHEMA_CONTEXT))?;
+        let create = format!("CREATE SCHEMA IF NOT EXISTS {}", self.store.quoted_schema);
+        exec_raw(&mut self.tx, &create)
+            .await
+            .map_err(Error::db(SCHEMA_CONTEXT))?;
+        exec_raw(&mut self.tx, &self.store.q(SCHEMA_VERSIONS_CREATE))
+            .await
+            .map_err(Error::db(SCHEMA_CONTEXT))
+    }
+
+    async fn current(&mut self) -> Result<i64> {
+        let current: Option<i64> = sqlx::query_scalar(&self.store.q(SCHEMA_VERSION_GET))
+            .fetch_one(&mut *self.tx)
+            .await
+            .map_err(Error::db(SCHEMA_CONTEXT))?;
+        Ok(current.unwrap_or(0))
+    }
+
+    async fn apply(&mut self, version: i64, script: &str) -> Result<()> {
+        exec_raw(&mut self.tx, &self.store.q(script))
+            .await
+            .map_err(Error::db(format!("applying schema version {version}")))?;
+        sqlx::query(&self.store.q(SCHEMA_VERSION_INSERT))
+            .bind(version)
+            .execute(&mut *self.tx)
+            .await
+            .map_err(Error::db(SCHEMA_CONTEXT))?;
+        Ok(())
+    }
+
+    async fn commit(self: Box<Self>) -> Result<()> {
+        self.tx.commit().await.map_err(Error::db(SCHEMA_CONTEXT))
+    }
+}
+
 /// The tracking store on PostgreSQL.
 #[derive(Debug, Clone)]
 pub struct PgStore {
@@ -548,52 +598,12 @@ impl Store for PgStore {
     }
 
     async fn schema_install(&self) -> Result<Vec<i64>> {
-        let context = "installing the tracking schema";
-        let mut tx = self.pool.begin().await.map_err(Error::db(context))?;
-        sqlx::query(SETUP_LOCK)
-            .bind(&self.schema)
-            .execute(&mut *tx)
-            .await
-            .map_err(Error::db(context))?;
-        exec_raw(
-            &mut tx,
-            &format!("CREATE SCHEMA IF NOT EXISTS {}", self.quoted_schema),
-        )
-        .await
-        .map_err(Error::db(context))?;
-        exec_raw(&mut tx, &self.q(SCHEMA_VERSIONS_CREATE))
-            .await
-            .map_err(Error::db(context))?;
-        let current: Option<i64> = sqlx::query_scalar(&self.q(SCHEMA_VERSION_GET))
-            .fetch_one(&mut *tx as &mut _)
-            .await
-            .map_err(Error::db(context))?;
-        let current = current.unwrap_or(0);
-        if current > SCHEMA_VERSION {
-            return Err(Error::SchemaTooNew {
-                found: current,
-                supported: SCHEMA_VERSION,
-            });
-        }
-        let mut applied = Vec::new();
-        let pending: Vec<(i64, &'static str)> = SCHEMA_MIGRATIONS
-            .iter()
-            .copied()
-            .filter(|(v, _)| *v > current)
-            .collect();
-        for (version, sql) in pending {
-            exec_raw(&mut tx, &self.q(sql))
-                .await
-                .map_err(Error::db(format!("applying schema version {version}")))?;
-            sqlx::query(&self.q(SCHEMA_VERSION_INSERT))
-                .bind(version)
-                .execute(&mut *tx)
-                .await
-                .map_err(Error::db(context))?;
-            applied.push(version);
-        }
-        tx.commit().await.map_err(Error::db(context))?;
-        Ok(applied)
+        let tx = self.pool.begin().await.map_err(Error::db(SCHEMA_CONTEXT))?;
+        let steps = PgSchemaSteps {
+            tx,
+            store: self.clone(),
+        };
+        super::schema_install(Box::new(steps), SCHEMA_MIGRATIONS).await
     }
 
     async fn schema_version(&self) -> Result<Option<i64>> {

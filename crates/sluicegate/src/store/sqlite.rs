@@ -18,7 +18,7 @@ use super::{
     check_hold, Backend, JobCreateParams, JobCreated, JobRange, JobSplitParams,
     JobTransitionParams, MigrationResizeParams, MigrationThrottleParams, MigrationTransitionParams,
     PartitionReport, PerformedSubBatch, Store, SubBatchCommit, SubBatchCommitted, SubBatchSpec,
-    Target, PROBE_TIMEOUT, SCHEMA_VERSION,
+    Target, PROBE_TIMEOUT,
 };
 use crate::error::{Error, Result};
 use crate::failure::Failure;
@@ -26,7 +26,7 @@ use crate::health::HealthSample;
 use crate::ident::{self, TableName};
 use crate::kind::{SubBatch, SubBatchConnection};
 use crate::model::{Job, JobCounts, JobTransition, Migration, MigrationTransition, NewMigration};
-use crate::status::{JobStatus, MigrationEvent, MigrationStatus};
+use crate::status::{JobStatus, MigrationEvent};
 
 const SCHEMA_MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("schema/sqlite_v1.sql")),
@@ -81,13 +81,33 @@ const MIGRATION_RETRY_JOBS: &str = "UPDATE sluicegate_jobs
     SET status = 'pending', attempts = 0, finished_at = NULL, updated_at = $2
     WHERE migration_id = $1 AND status = 'failed'
     RETURNING id";
-const MIGRATION_CLAIM_CANDIDATES: &str = "SELECT * FROM sluicegate_migrations
-    WHERE ($1 IS NULL AND status = 'active' AND (on_hold_until IS NULL OR on_hold_until <= $2))
-       OR ($1 IS NULL AND status = 'finalizing')
-       OR (id = $1 AND status IN ('active', 'finalizing'))
-    ORDER BY last_job_started_at IS NOT NULL, last_job_started_at, id";
-const TABLE_LEASE_GET: &str =
-    "SELECT migration_id, expires_at FROM sluicegate_table_leases WHERE table_name = $1";
+/// Due migrations (as PostgreSQL's claim decides them): active, not on hold, their interval
+/// elapsed (computed as a float: a stored interval too long never elapses, never overflows),
+/// or a finalizing one whose finalizer's lease ran out, or `$1` in any runnable status; and no
+/// other migration holds a live lease on the table.
+const MIGRATION_CLAIM_CANDIDATES: &str = "SELECT m.* FROM sluicegate_migrations m
+    WHERE (($1 IS NULL AND m.status = 'active'
+            AND (m.on_hold_until IS NULL OR m.on_hold_until <= $2)
+            AND (m.interval_ms = 0 OR m.last_job_started_at IS NULL
+                 OR (julianday($2) - julianday(m.last_job_started_at)) * 86400000.0 >= m.interval_ms))
+           OR ($1 IS NULL AND m.status = 'finalizing')
+           OR (m.id = $1 AND m.status IN ('active', 'finalizing')))
+      AND NOT EXISTS (SELECT 1 FROM sluicegate_table_leases l
+                      WHERE l.table_name = m.table_name AND l.expires_at > $2
+                        AND (l.migration_id <> m.id OR ($1 IS NULL AND m.status = 'finalizing')))
+    ORDER BY m.last_job_started_at IS NOT NULL, m.last_job_started_at, m.id
+    LIMIT 1";
+/// The migration, if its next job may be created now (as PostgreSQL's job creation decides
+/// it): runnable, its next key still `$3`, not on hold and due (finalizing ignores both), and
+/// its table leased to it.
+const MIGRATION_CREATABLE: &str = "SELECT m.* FROM sluicegate_migrations m
+    WHERE m.id = $1 AND m.next_min_value = $3 AND m.status IN ('active', 'finalizing')
+      AND (m.status = 'finalizing' OR m.on_hold_until IS NULL OR m.on_hold_until <= $2)
+      AND (m.status = 'finalizing' OR m.interval_ms = 0 OR m.last_job_started_at IS NULL
+           OR (julianday($2) - julianday(m.last_job_started_at)) * 86400000.0 >= m.interval_ms)
+      AND EXISTS (SELECT 1 FROM sluicegate_table_leases l
+                  WHERE l.table_name = m.table_name AND l.migration_id = m.id
+                    AND l.expires_at > $2)";
 const TABLE_LEASE_PUT: &str =
     "INSERT INTO sluicegate_table_leases (table_name, migration_id, worker, expires_at)
     VALUES ($1, $2, $3, $4)
@@ -234,6 +254,48 @@ fn is_missing_table(err: &sqlx::Error) -> bool {
     matches!(err, sqlx::Error::Database(db) if db.message().contains("no such table"))
 }
 
+const SCHEMA_CONTEXT: &str = "installing the tracking schema";
+
+/// The SQLite steps of [`super::schema_install`], in one `BEGIN IMMEDIATE` transaction (which
+/// already keeps concurrent setups apart).
+struct SqliteSchemaSteps {
+    tx: sqlx::Transaction<'static, sqlx::Sqlite>,
+}
+
+#[async_trait]
+impl super::SchemaSteps for SqliteSchemaSteps {
+    async fn prepare(&mut self) -> Result<()> {
+        exec_raw(&mut self.tx, SCHEMA_VERSIONS_CREATE)
+            .await
+            .map_err(Error::db(SCHEMA_CONTEXT))
+    }
+
+    async fn current(&mut self) -> Result<i64> {
+        let current: Option<i64> = sqlx::query_scalar(SCHEMA_VERSION_GET)
+            .fetch_one(&mut *self.tx)
+            .await
+            .map_err(Error::db(SCHEMA_CONTEXT))?;
+        Ok(current.unwrap_or(0))
+    }
+
+    async fn apply(&mut self, version: i64, script: &str) -> Result<()> {
+        exec_raw(&mut self.tx, script)
+            .await
+            .map_err(Error::db(format!("applying schema version {version}")))?;
+        sqlx::query(SCHEMA_VERSION_INSERT)
+            .bind(version)
+            .bind(ts(now()))
+            .execute(&mut *self.tx)
+            .await
+            .map_err(Error::db(SCHEMA_CONTEXT))?;
+        Ok(())
+    }
+
+    async fn commit(self: Box<Self>) -> Result<()> {
+        self.tx.commit().await.map_err(Error::db(SCHEMA_CONTEXT))
+    }
+}
+
 /// The tracking store on SQLite.
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
@@ -356,42 +418,8 @@ impl Store for SqliteStore {
     }
 
     async fn schema_install(&self) -> Result<Vec<i64>> {
-        let context = "installing the tracking schema";
-        let mut tx = self.begin_immediate(context).await?;
-        exec_raw(&mut tx, SCHEMA_VERSIONS_CREATE)
-            .await
-            .map_err(Error::db(context))?;
-        let current: Option<i64> = sqlx::query_scalar(SCHEMA_VERSION_GET)
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(Error::db(context))?;
-        let current = current.unwrap_or(0);
-        if current > SCHEMA_VERSION {
-            return Err(Error::SchemaTooNew {
-                found: current,
-                supported: SCHEMA_VERSION,
-            });
-        }
-        let mut applied = Vec::new();
-        let pending: Vec<(i64, &'static str)> = SCHEMA_MIGRATIONS
-            .iter()
-            .copied()
-            .filter(|(v, _)| *v > current)
-            .collect();
-        for (version, sql) in pending {
-            exec_raw(&mut tx, sql)
-                .await
-                .map_err(Error::db(format!("applying schema version {version}")))?;
-            sqlx::query(SCHEMA_VERSION_INSERT)
-                .bind(version)
-                .bind(ts(now()))
-                .execute(&mut *tx)
-                .await
-                .map_err(Error::db(context))?;
-            applied.push(version);
-        }
-        tx.commit().await.map_err(Error::db(context))?;
-        Ok(applied)
+        let tx = self.begin_immediate(SCHEMA_CONTEXT).await?;
+        super::schema_install(Box::new(SqliteSchemaSteps { tx }), SCHEMA_MIGRATIONS).await
     }
 
     async fn schema_version(&self) -> Result<Option<i64>> {
@@ -541,43 +569,26 @@ impl Store for SqliteStore {
         let context = "claiming a migration";
         let at = now();
         let mut tx = self.begin_immediate(context).await?;
-        let rows = sqlx::query(MIGRATION_CLAIM_CANDIDATES)
+        let row = sqlx::query(MIGRATION_CLAIM_CANDIDATES)
             .bind(only)
             .bind(ts(at))
-            .fetch_all(&mut *tx)
+            .fetch_optional(&mut *tx)
             .await
             .map_err(Error::db(context))?;
-        for row in &rows {
-            let m = rows::migration(row)?;
-            if only.is_none() && !interval_elapsed(&m, at) {
-                continue;
-            }
-            let holder: Option<(i64, String)> = sqlx::query_as(TABLE_LEASE_GET)
-                .bind(&m.table_name)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(Error::db(context))?;
-            // A finalizing migration is its finalizer's while that one renews the lease;
-            // a worker takes it over only once the lease has run out (the finalizer died).
-            let takeover = only.is_none() && m.status == MigrationStatus::Finalizing;
-            let busy =
-                holder.is_some_and(|(id, expires)| (id != m.id || takeover) && expires > ts(at));
-            if busy {
-                continue;
-            }
-            sqlx::query(TABLE_LEASE_PUT)
-                .bind(&m.table_name)
-                .bind(m.id)
-                .bind(worker)
-                .bind(later(lease)?)
-                .execute(&mut *tx)
-                .await
-                .map_err(Error::db(context))?;
+        let Some(m) = row.as_ref().map(rows::migration).transpose()? else {
             tx.commit().await.map_err(Error::db(context))?;
-            return Ok(Some(m));
-        }
+            return Ok(None);
+        };
+        sqlx::query(TABLE_LEASE_PUT)
+            .bind(&m.table_name)
+            .bind(m.id)
+            .bind(worker)
+            .bind(later(lease)?)
+            .execute(&mut *tx)
+            .await
+            .map_err(Error::db(context))?;
         tx.commit().await.map_err(Error::db(context))?;
-        Ok(None)
+        Ok(Some(m))
     }
 
     async fn table_lease_release(&self, migration_id: i64) -> Result<()> {
@@ -681,29 +692,16 @@ impl Store for SqliteStore {
         let context = format!("creating a job of migration {}", p.migration_id);
         let at = now();
         let mut tx = self.begin_immediate(&context).await?;
-        let row = sqlx::query(MIGRATION_GET)
+        let row = sqlx::query(MIGRATION_CREATABLE)
             .bind(p.migration_id)
+            .bind(ts(at))
+            .bind(p.expected_next_min)
             .fetch_optional(&mut *tx)
             .await
             .map_err(Error::db(&context))?;
         let Some(m) = row.as_ref().map(rows::migration).transpose()? else {
             return Ok(JobCreated::NotNow);
         };
-        let held = m.status == MigrationStatus::Active && m.on_hold_until.is_some_and(|t| t > at);
-        let due = m.status == MigrationStatus::Finalizing || (!held && interval_elapsed(&m, at));
-        let runnable = matches!(
-            m.status,
-            MigrationStatus::Active | MigrationStatus::Finalizing
-        );
-        let holder: Option<(i64, String)> = sqlx::query_as(TABLE_LEASE_GET)
-            .bind(&m.table_name)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(Error::db(&context))?;
-        let leased = holder.is_some_and(|(id, expires)| id == m.id && expires > ts(at));
-        if !due || !runnable || !leased || m.next_min_value != Some(p.expected_next_min) {
-            return Ok(JobCreated::NotNow);
-        }
         let range = match &p.range {
             JobRange::Given { min, max } => Some((*min, *max)),
             JobRange::Keyset {
@@ -1012,18 +1010,6 @@ impl Store for SqliteStore {
     async fn log_partitions_list(&self) -> Result<Vec<String>> {
         Ok(Vec::new())
     }
-}
-
-/// Whether `m`'s interval has passed since its last job started (pacing).
-fn interval_elapsed(m: &Migration, at: DateTime<Utc>) -> bool {
-    // Checked: a stored interval too long to add is one that never elapses.
-    let due = |last: DateTime<Utc>| {
-        chrono::Duration::from_std(m.interval)
-            .ok()
-            .and_then(|interval| last.checked_add_signed(interval))
-            .is_some_and(|next| next <= at)
-    };
-    m.interval.is_zero() || m.last_job_started_at.is_none_or(due)
 }
 
 /// The table being migrated, on SQLite.
