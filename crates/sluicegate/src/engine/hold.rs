@@ -1,0 +1,185 @@
+//! Health before a job: the verdict, holds (started, re-checked, released), and slowing down
+//! as a limit nears.
+
+use super::*;
+
+impl WorkerLoop {
+    /// Every indicator's verdict on `sample` for `m` (with the release hysteresis while it is
+    /// on hold), with this loop's WAL rate (the sample fed to it) and its own sub-batch
+    /// timings of `m`; and how near a limit it is ([`health::pressure`]).
+    pub(super) fn judge(
+        &mut self,
+        m: &Migration,
+        sample: &HealthSample,
+    ) -> (Vec<health::Reading>, Option<(f64, String)>) {
+        let rate = self.wal_rate.observe(sample.wal_lsn);
+        let latency = self.latency.get(&m.id);
+        let holding = m.held_since.is_some();
+        let readings = health::evaluate_while(sample, &m.health, rate, latency, holding);
+        let pressure = health::pressure(sample, &m.health, rate, latency);
+        (readings, pressure)
+    }
+
+    /// Samples the target's health before a job. A stop starts a hold (one `hold` row with the
+    /// indicator, reading and threshold; `on_hold_until` = the next re-check, `--hold` away),
+    /// or, when a hold is on, moves its re-check on with no row. Every indicator normal on a
+    /// held migration ends the hold (a `release` row: how long, what cleared). Near a limit
+    /// the worker waits before the job, in proportion ([`health::slow_down`]), and logs a
+    /// `throttle` row when that changes. `unknown` readings are logged at debug level.
+    pub(super) async fn check_health(
+        &mut self,
+        m: &Migration,
+        sample: HealthSample,
+    ) -> Result<Option<StepOutcome>> {
+        let (readings, pressure) = self.judge(m, &sample);
+        for r in readings.iter().filter(|r| r.signal == Signal::Unknown) {
+            // What the role may not read is said once per worker, loudly, with the grant.
+            let unreadable = r.reading.starts_with("not readable by role");
+            let first = unreadable
+                && self
+                    .worker
+                    .warned
+                    .lock()
+                    .expect("not poisoned")
+                    .insert(r.reading.clone());
+            if first {
+                tracing::warn!(indicator = %r.indicator, reading = %r.reading, "health indicator unreadable: it reads unknown and never holds");
+            } else {
+                tracing::debug!(migration = m.id, indicator = %r.indicator, reading = %r.reading, "health indicator unknown");
+            }
+        }
+        if let Some(stop) = health::first_stop(&readings) {
+            let reason = stop.reason();
+            return self.hold(m, reason).await.map(Some);
+        }
+        if let Some(since) = m.held_since {
+            self.release(m, since, &readings).await?;
+        }
+        self.throttle(m, pressure).await?;
+        Ok(None)
+    }
+
+    /// Starts a hold, or moves the one in progress on to its next re-check.
+    pub(super) async fn hold(&mut self, m: &Migration, reason: String) -> Result<StepOutcome> {
+        let store = &self.sg().store;
+        let started = match m.held_since {
+            Some(_) => None,
+            None => {
+                let params = MigrationTransitionParams::new(m, MigrationEvent::Hold, &self.name)?
+                    .with_reason(Some(reason.clone()))
+                    .holding_for(m.health.hold());
+                match store.migration_transition(&params).await {
+                    Ok(held) => Some(held),
+                    // Another worker started it (or it was paused): go on with theirs.
+                    Err(Error::Conflict { .. }) => None,
+                    Err(e) => return Err(e),
+                }
+            }
+        };
+        let held = match started {
+            Some(held) => {
+                tracing::warn!(migration = m.id, name = %m.name, %reason, "migration on hold");
+                held
+            }
+            None => match store.migration_hold_extend(m.id, m.health.hold()).await? {
+                Some(held) => held,
+                None => return Ok(StepOutcome::Waiting { migration_id: m.id }),
+            },
+        };
+        // The table lease is kept: jobs of this migration other loops are running renew it,
+        // and no other migration of the table may start beside them. Unrenewed, it expires.
+        Ok(StepOutcome::Held {
+            migration: Box::new(held),
+            reason,
+        })
+    }
+
+    /// Ends the hold in progress: every indicator is normal at this re-check.
+    pub(super) async fn release(
+        &mut self,
+        m: &Migration,
+        since: chrono::DateTime<Utc>,
+        readings: &[health::Reading],
+    ) -> Result<()> {
+        let store = &self.sg().store;
+        // What held it: the indicator named by the hold's log row, and its reading now.
+        let log = store.migration_transition_list(m.id).await?;
+        let cause = log
+            .iter()
+            .rev()
+            .find(|r| r.event == MigrationEvent::Hold)
+            .and_then(|r| r.reason.as_deref())
+            .and_then(|r| r.split_once(':'))
+            .map(|(indicator, _)| indicator.to_owned());
+        let cleared = cause
+            .as_deref()
+            .and_then(|c| readings.iter().find(|r| r.indicator.as_str() == c))
+            .map(|r| format!("; {}: {}", r.indicator, r.reading))
+            .unwrap_or_default();
+        let held_for = (Utc::now() - since).to_std().unwrap_or_default();
+        let reason = format!(
+            "held {}; every indicator normal again{cleared}",
+            humantime::format_duration(Duration::from_millis(held_for.as_millis() as u64))
+        );
+        let params = MigrationTransitionParams::new(m, MigrationEvent::Release, &self.name)?
+            .with_reason(Some(reason.clone()));
+        match store.migration_transition(&params).await {
+            Ok(_) => {
+                tracing::info!(migration = m.id, name = %m.name, %reason, "hold ended");
+                Ok(())
+            }
+            // Another worker ended it, or the migration moved on.
+            Err(Error::Conflict { .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Near a limit, waits before the next job in proportion; logs a `throttle` row when the
+    /// pause starts, ends, or changes by a factor of two or more.
+    pub(super) async fn throttle(
+        &mut self,
+        m: &Migration,
+        pressure: Option<(f64, String)>,
+    ) -> Result<()> {
+        let job = self
+            .job_time
+            .get(&m.id)
+            .copied()
+            .unwrap_or(Duration::from_millis(100));
+        let (pause, why) = match &pressure {
+            Some((share, why)) => (health::slow_down(*share, job), Some(why.clone())),
+            None => (Duration::ZERO, None),
+        };
+        let pause_ms = pause.as_millis() as i64;
+        let known = *self.throttle_ms.entry(m.id).or_insert(m.throttle_pause_ms);
+        let changed = match (known, pause_ms) {
+            (0, 0) => false,
+            (0, _) | (_, 0) => true,
+            (a, b) => b >= 2 * a || 2 * b <= a,
+        };
+        if changed {
+            let log = match &why {
+                Some(why) if pause_ms > 0 => format!(
+                    "slowing down: {} ms between jobs ({why}; {:.0}% of the limit)",
+                    pause_ms,
+                    pressure.as_ref().map_or(0.0, |p| p.0 * 100.0)
+                ),
+                _ => "full speed again: every measured indicator under half its limit".into(),
+            };
+            let params = MigrationThrottleParams {
+                migration_id: m.id,
+                pause_ms,
+                reason: why.filter(|_| pause_ms > 0),
+                log,
+                actor: self.name.clone(),
+            };
+            self.sg().store.migration_throttle(&params).await?;
+            self.throttle_ms.insert(m.id, pause_ms);
+            tracing::info!(migration = m.id, pause_ms, "throttle changed");
+        }
+        if !pause.is_zero() {
+            tokio::time::sleep(pause).await;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,435 @@
+//! Running one job: sub-batch by sub-batch under a heartbeat, committing each with the job's
+//! cursor or its end, recording how it ended, and what follows a failure (split, auto-fail)
+//! or the last job (finish or fail the migration).
+
+use super::*;
+
+/// How a job's run ended, for what follows it.
+pub(super) struct JobRun {
+    pub(super) job: Job,
+    pub(super) outcome: JobOutcome,
+    /// The next job, started by this job's end, and the migration's next key after it.
+    pub(super) started_next: Option<(Job, Option<i64>)>,
+    /// What the sub-batch tuner learned in this job (a fixed cost), for the log.
+    pub(super) tuner_found: Option<String>,
+}
+
+/// Stops a heartbeat task when the job is done.
+pub(super) struct Heartbeat {
+    pub(super) task: JoinHandle<()>,
+    pub(super) lost: Arc<AtomicBool>,
+}
+
+impl Drop for Heartbeat {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl WorkerLoop {
+    pub(super) fn start_heartbeat(&self, job: &Job) -> Heartbeat {
+        let lost = Arc::new(AtomicBool::new(false));
+        let (store, lease, id, attempts) =
+            (self.sg().store.clone(), self.lease(), job.id, job.attempts);
+        let flag = lost.clone();
+        let task = tokio::spawn(async move {
+            let every = (lease / 3).max(Duration::from_millis(50));
+            loop {
+                tokio::time::sleep(every).await;
+                match store.job_heartbeat(id, attempts, lease).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        flag.store(true, Ordering::Relaxed);
+                        return;
+                    }
+                    Err(e) => tracing::warn!(job = id, error = %e, "lease renewal failed"),
+                }
+            }
+        });
+        Heartbeat { task, lost }
+    }
+
+    /// Runs a job sub-batch by sub-batch, from its cursor on, and records how it ended. When
+    /// tracking and target are one database each sub-batch commits the job's cursor, and the
+    /// last one the job's end (and, given `prefetch` with a go, the next job's start).
+    pub(super) async fn execute(
+        &mut self,
+        m: &Migration,
+        kind: &dyn JobKind,
+        table: &TableName,
+        job: Job,
+        mut prefetch: Option<&mut Prefetch>,
+    ) -> Result<JobRun> {
+        let lost = |job| {
+            Ok(JobRun {
+                job,
+                outcome: JobOutcome::Lost,
+                started_next: None,
+                tuner_found: None,
+            })
+        };
+        let heartbeat = self.start_heartbeat(&job);
+        let started = Instant::now();
+        let mut start = match job.cursor {
+            Some(cursor) => cursor.checked_add(1),
+            None => Some(job.min_value),
+        };
+        let mut sub_batch_size = job.sub_batch_size;
+        let floor = self.tuner_floor.get(&m.id).copied().unwrap_or(1);
+        let mut tuner = optimizer::SubBatchTuner::with_floor(floor);
+        let mut tally = Tally::default();
+        let target_time = Duration::from_millis(m.target_sub_batch_ms.max(0) as u64);
+        let cursor = JobCursor {
+            job_id: job.id,
+            attempts: job.attempts,
+            lease: self.lease(),
+        };
+        self.latency.entry(m.id).or_default().job_started();
+        let failure = loop {
+            let Some(from) = start.filter(|s| *s <= job.max_value) else {
+                break None;
+            };
+            if heartbeat.lost.load(Ordering::Relaxed) {
+                return lost(job);
+            }
+            let t0 = Instant::now();
+            let spec = SubBatchSpec {
+                kind,
+                table,
+                column: &m.column_name,
+                arguments: &m.job_arguments,
+                start: from,
+                max: job.max_value,
+                size: sub_batch_size,
+                whole_rest: sub_batch_size >= job.batch_size,
+                timeouts: Timeouts {
+                    statement_ms: m.statement_timeout_ms,
+                    lock_ms: m.lock_timeout_ms,
+                },
+            };
+            let performed = match self.sg().target.sub_batch_perform(spec).await {
+                Ok(Some(performed)) => performed,
+                Ok(None) => break None,
+                Err(failure) => break Some(failure),
+            };
+            let (first, end) = performed.keys();
+            let rows = performed.rows();
+            if !self.sg().same_database {
+                // Another database: commit there, then record the cursor here (at-least-once).
+                if let Err(failure) = performed.commit(SubBatchCommit::Alone).await {
+                    break Some(failure);
+                }
+                let recorded = self
+                    .sg()
+                    .store
+                    .job_checkpoint(job.id, job.attempts, end, rows as i64, self.lease())
+                    .await?;
+                if !recorded {
+                    return lost(job);
+                }
+            } else if end >= job.max_value {
+                // The job's last sub-batch: its end commits with it.
+                let took = t0.elapsed();
+                let mut tally = tally.clone();
+                tally.record(first, end, rows, took);
+                let next_size = tuner.next(sub_batch_size, took, target_time, job.batch_size);
+                let then_create = match prefetch.as_deref_mut() {
+                    Some(p) if self.may_start_ahead() => self.start_ahead(m, p, next_size),
+                    _ => None,
+                };
+                let finish = JobFinish {
+                    metrics: tally.metrics(started.elapsed(), next_size),
+                    sub_batch_size: (next_size != job.sub_batch_size).then_some(next_size),
+                    worker: self.name.clone(),
+                    then_create,
+                };
+                match performed
+                    .commit(SubBatchCommit::Finish(cursor, &finish))
+                    .await
+                {
+                    Ok(SubBatchCommitted::Finished { job: done, next }) => {
+                        drop(heartbeat);
+                        self.observe_latency(m.id, t0.elapsed(), sub_batch_size);
+                        self.tuner_floor.insert(m.id, tuner.floor());
+                        return Ok(JobRun {
+                            job: *done,
+                            outcome: JobOutcome::Succeeded,
+                            started_next: next.map(|(job, next_min)| (*job, next_min)),
+                            tuner_found: tuner.take_found(),
+                        });
+                    }
+                    Ok(SubBatchCommitted::Fenced) => return lost(job),
+                    Ok(SubBatchCommitted::Committed) => {
+                        return Err(Error::Corrupt(format!(
+                            "job {}'s last sub-batch committed without its end",
+                            job.id
+                        )))
+                    }
+                    Err(failure) => break Some(failure),
+                }
+            } else {
+                match performed.commit(SubBatchCommit::Cursor(cursor)).await {
+                    Ok(SubBatchCommitted::Fenced) => return lost(job),
+                    Ok(_) => {}
+                    Err(failure) => break Some(failure),
+                }
+            }
+            let took = t0.elapsed();
+            self.observe_latency(m.id, took, sub_batch_size);
+            sub_batch_size = tuner.next(sub_batch_size, took, target_time, job.batch_size);
+            tally.record(first, end, rows, took);
+            start = end.checked_add(1);
+            if job.pause_ms > 0 && start.is_some_and(|s| s <= job.max_value) {
+                tokio::time::sleep(Duration::from_millis(job.pause_ms as u64)).await;
+            }
+        };
+        drop(heartbeat);
+        if failure.as_ref().is_some_and(Failure::is_timeout) {
+            sub_batch_size = ((sub_batch_size as f64) * 0.75).max(1.0) as i64;
+        }
+        let to = if failure.is_some() {
+            JobStatus::Failed
+        } else {
+            JobStatus::Succeeded
+        };
+        let params = JobTransitionParams::new(&job, to, &self.name)?
+            .with_metrics(tally.metrics(started.elapsed(), sub_batch_size))
+            .with_failure(failure.clone())
+            .with_sub_batch_size((sub_batch_size != job.sub_batch_size).then_some(sub_batch_size));
+        let Some(job) = self.record_with_retry(&params).await? else {
+            return lost(job);
+        };
+        let outcome = match failure {
+            Some(failure) => JobOutcome::Failed { failure },
+            None => JobOutcome::Succeeded,
+        };
+        self.tuner_floor.insert(m.id, tuner.floor());
+        Ok(JobRun {
+            job,
+            outcome,
+            started_next: None,
+            tuner_found: tuner.take_found(),
+        })
+    }
+
+    pub(super) fn observe_latency(&mut self, migration_id: i64, took: Duration, keys: i64) {
+        if let Some(tracker) = self.latency.get_mut(&migration_id) {
+            tracker.observe(took.as_secs_f64() * 1000.0, keys);
+        }
+    }
+
+    /// Records the end of a job, retrying with backoff while the database is unreachable (a
+    /// restart takes seconds). Safe past the lease: if another worker has taken the job over
+    /// meanwhile, the attempt no longer matches and nothing is written. `None` when the job is
+    /// no longer ours.
+    pub(super) async fn record_with_retry(
+        &self,
+        params: &JobTransitionParams,
+    ) -> Result<Option<Job>> {
+        let deadline = Instant::now() + (self.lease() * 3).max(RECORD_RETRY_FOR);
+        let mut backoff = Backoff::default();
+        loop {
+            match self.sg().store.job_transition(params).await {
+                Ok(job) => return Ok(Some(job)),
+                Err(Error::Conflict { .. }) => return Ok(None),
+                Err(Error::Database { source, context })
+                    if Failure::from_sqlx(&source).is_connection_lost()
+                        && Instant::now() < deadline =>
+                {
+                    let wait = backoff.next();
+                    tracing::warn!(job = params.job_id(), error = %source, %context, retry_in_ms = wait.as_millis() as u64, "cannot record the job's end yet; retrying");
+                    tokio::time::sleep(wait).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    pub(super) async fn reset_exhausted(&self, m: &Migration) -> Result<()> {
+        for job in self
+            .sg()
+            .store
+            .job_list(m.id, Some(JobStatus::Failed))
+            .await?
+        {
+            let params = JobTransitionParams::new(&job, JobStatus::Pending, &self.name)?;
+            match self.sg().store.job_transition(&params).await {
+                Ok(_) | Err(Error::Conflict { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// After a failed job: split it when timeouts exhausted its attempts, and fail the
+    /// migration when too many of its jobs failed.
+    pub(super) async fn after_failure(
+        &self,
+        m: &Migration,
+        table: &TableName,
+        job: &Job,
+        failure: &Failure,
+    ) -> Result<()> {
+        if failure.is_timeout() {
+            self.shrink_after_timeout(m, job, failure).await?;
+            if job.attempts >= MAX_ATTEMPTS {
+                self.split(m, table, job).await?;
+            }
+        }
+        let counts = self.sg().store.job_counts(m.id, MAX_ATTEMPTS).await?;
+        if counts.total() >= AUTO_FAIL_MIN_JOBS && counts.failed * 2 > counts.total() {
+            let current = self.sg().store.migration_get(m.id).await?;
+            if let Some(current) = current.filter(|c| c.status == MigrationStatus::Active) {
+                let reason = format!(
+                    "{} of {} jobs failed (more than half, with at least {AUTO_FAIL_MIN_JOBS} jobs)",
+                    counts.failed,
+                    counts.total()
+                );
+                let failure = Failure::new(FailureClass::TooManyFailedJobs, reason.clone());
+                match self.fail_migration(&current, failure, reason).await {
+                    Ok(_) | Err(Error::Conflict { .. }) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) async fn split(&self, m: &Migration, table: &TableName, job: &Job) -> Result<()> {
+        let half = job.batch_size / 2;
+        if half < 1 || job.batch_size <= job.sub_batch_size {
+            return Ok(());
+        }
+        let from = match job.cursor {
+            Some(c) => match c.checked_add(1) {
+                Some(from) => from,
+                None => return Ok(()),
+            },
+            None => job.min_value,
+        };
+        let range = self
+            .sg()
+            .target
+            .range_next(table, &m.column_name, from, job.max_value, half)
+            .await?;
+        let Some((_, mid)) = range.filter(|(_, mid)| *mid < job.max_value) else {
+            return Ok(());
+        };
+        let params = JobSplitParams {
+            transition: JobTransitionParams::new(job, JobStatus::Pending, &self.name)?,
+            first_max: mid,
+            batch_size: half,
+            sub_batch_size: job.sub_batch_size.min(half),
+            second_min: mid + 1,
+            second_max: job.max_value,
+        };
+        match self.sg().store.job_split(&params).await {
+            Ok((first, second)) => {
+                tracing::info!(
+                    job = first.id,
+                    new_job = second.id,
+                    "split a job that kept timing out"
+                );
+                Ok(())
+            }
+            Err(Error::Conflict { .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub(super) async fn fail_migration(
+        &self,
+        m: &Migration,
+        failure: Failure,
+        reason: String,
+    ) -> Result<Migration> {
+        let params = MigrationTransitionParams::new(m, MigrationEvent::Fail, &self.name)?
+            .with_reason(Some(reason))
+            .with_failure(failure);
+        let m = self.sg().store.migration_transition(&params).await?;
+        self.sg().store.table_lease_release(m.id).await?;
+        Ok(m)
+    }
+
+    /// No job left to start: finish (or fail) the migration when nothing is pending or
+    /// running any more.
+    pub(super) async fn complete_if_done(&self, m: &Migration) -> Result<StepOutcome> {
+        let Some(m) = self.sg().store.migration_get(m.id).await? else {
+            return Ok(StepOutcome::Idle);
+        };
+        let runnable = matches!(
+            m.status,
+            MigrationStatus::Active | MigrationStatus::Finalizing
+        );
+        let counts = self.sg().store.job_counts(m.id, MAX_ATTEMPTS).await?;
+        if !runnable || m.next_min_value.is_some() || counts.pending > 0 || counts.running > 0 {
+            return Ok(StepOutcome::Waiting { migration_id: m.id });
+        }
+        let result = if counts.failed == 0 {
+            let params = MigrationTransitionParams::new(&m, MigrationEvent::Finish, &self.name)?
+                .with_reason(Some(format!(
+                    "all {} jobs succeeded, {} rows affected",
+                    counts.succeeded, counts.rows_affected
+                )));
+            let done = self.sg().store.migration_transition(&params).await;
+            if done.is_ok() {
+                self.sg().store.table_lease_release(m.id).await?;
+            }
+            done
+        } else {
+            let reason = format!(
+                "{} job{} failed after {MAX_ATTEMPTS} attempts",
+                counts.failed,
+                if counts.failed == 1 { "" } else { "s" }
+            );
+            self.fail_migration(
+                &m,
+                Failure::new(FailureClass::JobsFailed, reason.clone()),
+                reason,
+            )
+            .await
+        };
+        match result {
+            Ok(m) => Ok(StepOutcome::Completed {
+                migration: Box::new(m),
+            }),
+            Err(Error::Conflict { .. }) => Ok(StepOutcome::Waiting { migration_id: m.id }),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// What a job's sub-batches did, for its metrics.
+#[derive(Debug, Default, Clone)]
+pub(super) struct Tally {
+    sub_batches: u64,
+    rows: u64,
+    slowest_ms: u64,
+    /// The newest [`METRICS_KEPT`] sub-batches.
+    recent: Vec<serde_json::Value>,
+}
+
+impl Tally {
+    pub(super) fn record(&mut self, start: i64, end: i64, rows: u64, took: Duration) {
+        let ms = took.as_millis() as u64;
+        self.sub_batches += 1;
+        self.rows += rows;
+        self.slowest_ms = self.slowest_ms.max(ms);
+        if self.recent.len() == METRICS_KEPT {
+            self.recent.remove(0);
+        }
+        self.recent
+            .push(json!({"start": start, "end": end, "rows": rows, "ms": ms}));
+    }
+
+    pub(super) fn metrics(&self, duration: Duration, sub_batch_size: i64) -> serde_json::Value {
+        json!({
+            "duration_ms": duration.as_millis() as u64,
+            "sub_batches": self.sub_batches,
+            "rows": self.rows,
+            "slowest_sub_batch_ms": self.slowest_ms,
+            "sub_batch_size": sub_batch_size,
+            "recent": self.recent,
+        })
+    }
+}

@@ -1,0 +1,492 @@
+//! The runner: workers that claim due migrations and run their jobs, sub-batch by
+//! sub-batch, recording every status change (DESIGN §5).
+//!
+//! A [`Worker`] runs one or more [`WorkerLoop`]s. Each loop owns its state and moves it by
+//! value from one [`WorkerLoop::step`] to the next (`step::Carry`): nothing carried (claim a due
+//! migration), continue the migration it just ran (with the next job's health sample and key
+//! range, read while the last job ran), or run the job the last job's end already started.
+//! `WorkerLoop::after_job` is the one place that decides which. The store never calls back
+//! into the engine: a sub-batch is performed in its open transaction and handed back
+//! ([`PerformedSubBatch`](crate::store::PerformedSubBatch)); the engine then commits it alone, with the job's cursor, or with the
+//! job's end and the next job's start, without waiting on anything in between.
+//!
+//! This module holds the worker, its options and outcomes; `step` the loop and its one
+//! "what runs next" decision, `job` running and recording a job, `hold` health before a
+//! job (holds and slowing down), `tuning` batch and sub-batch sizes.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use futures::FutureExt;
+use serde::Serialize;
+use serde_json::json;
+use tokio::task::JoinHandle;
+
+use crate::client::{Sluicegate, LOG_RETENTION_MONTHS, MAX_ATTEMPTS};
+use crate::error::{Error, Result};
+use crate::failure::{Failure, FailureClass};
+use crate::health::{self, HealthSample, LatencyTracker, Signal, WalRate};
+use crate::ident::TableName;
+use crate::kind::JobKind;
+use crate::model::{Job, Migration};
+use crate::optimizer;
+use crate::status::{JobStatus, MigrationEvent, MigrationStatus};
+use crate::store::{
+    Backend, JobCreateParams, JobCreated, JobCursor, JobFinish, JobRange, JobSplitParams,
+    JobTransitionParams, MigrationResizeParams, MigrationThrottleParams, MigrationTransitionParams,
+    SubBatchCommit, SubBatchCommitted, SubBatchSpec, Timeouts,
+};
+
+/// Jobs that must have run before the failure ratio can fail a migration (GitLab: 50).
+pub const AUTO_FAIL_MIN_JOBS: i64 = 50;
+/// How many sub-batch entries a job's metrics keep (the newest); totals cover all.
+const METRICS_KEPT: usize = 50;
+/// How long a worker keeps trying to record a job's end while the database is away.
+const RECORD_RETRY_FOR: Duration = Duration::from_secs(60);
+/// How often a worker re-checks the job log's partitions.
+const PARTITION_CHECK_EVERY: Duration = Duration::from_secs(3600);
+
+/// How a worker behaves.
+#[derive(Debug, Clone)]
+pub struct WorkerOptions {
+    /// Its name in leases and logs (default: host name and process id).
+    pub name: String,
+    /// How long a claim or a job stays ours without renewal; renewed every third of it.
+    pub lease: Duration,
+    /// How long to wait when there is nothing to do.
+    pub poll_interval: Duration,
+    /// How many jobs it runs at once.
+    pub concurrency: usize,
+}
+
+impl Default for WorkerOptions {
+    fn default() -> Self {
+        Self {
+            name: default_worker_name(),
+            lease: Duration::from_secs(30),
+            poll_interval: Duration::from_millis(500),
+            concurrency: 1,
+        }
+    }
+}
+
+/// `host:pid`.
+pub fn default_worker_name() -> String {
+    format!(
+        "{}:{}",
+        gethostname::gethostname().to_string_lossy(),
+        std::process::id()
+    )
+}
+
+/// How a job ended for the worker that ran it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum JobOutcome {
+    /// It succeeded.
+    Succeeded,
+    /// It failed and the failure is recorded.
+    Failed {
+        /// Why.
+        failure: Failure,
+    },
+    /// Another worker took it over (our lease ran out); we wrote nothing more.
+    Lost,
+}
+
+/// What one step did.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "step", rename_all = "snake_case")]
+pub enum StepOutcome {
+    /// No migration was due.
+    Idle,
+    /// A job ran.
+    Ran {
+        /// Its migration.
+        migration_id: i64,
+        /// The job after its run.
+        job: Box<Job>,
+        /// How it ended.
+        outcome: JobOutcome,
+    },
+    /// The migration had no job left to start; others may still be running.
+    Waiting {
+        /// The migration.
+        migration_id: i64,
+    },
+    /// The migration reached a final status in this step.
+    Completed {
+        /// The migration, final.
+        migration: Box<Migration>,
+    },
+    /// A health indicator said stop: the migration is on hold, no job ran.
+    Held {
+        /// The migration, on hold.
+        migration: Box<Migration>,
+        /// The indicator and its reading, as logged.
+        reason: String,
+    },
+}
+
+/// Something a worker did, for progress displays.
+pub type EventSink = Arc<dyn Fn(&StepOutcome) + Send + Sync>;
+
+/// A worker: runs the jobs of due migrations in [`WorkerLoop`]s. Cheap to clone.
+#[derive(Clone)]
+pub struct Worker {
+    sg: Sluicegate,
+    opts: WorkerOptions,
+    events: Option<EventSink>,
+    /// When this worker's loops last checked the job log's partitions (one check for all).
+    last_partition_check: Arc<std::sync::Mutex<Option<Instant>>>,
+    /// Unreadable-indicator warnings already given (once per worker each).
+    warned: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+}
+
+impl std::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker").field("opts", &self.opts).finish()
+    }
+}
+
+/// One step loop of a worker. It owns everything that carries from one step to the next;
+/// nothing of it is shared with other loops.
+pub struct WorkerLoop {
+    worker: Worker,
+    /// This loop's name in leases and logs.
+    name: String,
+    /// What the next step starts from.
+    carry: Carry,
+    /// WAL rate between this loop's health samples.
+    wal_rate: WalRate,
+    /// Sub-batch latencies this loop measured, per migration.
+    latency: HashMap<i64, LatencyTracker>,
+    /// How long this loop's last job of each migration took (the unit of a throttle pause).
+    job_time: HashMap<i64, Duration>,
+    /// The throttle pause this loop last knew of, per migration (logged only on change).
+    throttle_ms: HashMap<i64, i64>,
+    /// The smallest sub-batch the tuner keeps, per migration (a fixed cost found).
+    tuner_floor: HashMap<i64, i64>,
+    /// The sub-batch size last written to each migration's log, for the tuner's rows.
+    logged_sub_batch: HashMap<i64, i64>,
+    /// Set when the loop is asked to stop (or runs a single step): a job's end then starts no
+    /// next job, which nobody would run.
+    stopping: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for WorkerLoop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerLoop")
+            .field("name", &self.name)
+            .field("carry", &self.carry)
+            .finish()
+    }
+}
+
+mod hold;
+mod job;
+mod step;
+mod tuning;
+
+use job::JobRun;
+use step::{Carry, Prefetch};
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(super) enum Mode {
+    /// A worker's ordinary step.
+    Normal,
+    /// `finalize` (or a worker taking over a finalizing migration whose finalizer died):
+    /// ignore interval and holds.
+    Finalize,
+}
+
+impl Worker {
+    /// A worker on `sg`.
+    pub fn new(sg: Sluicegate, opts: WorkerOptions) -> Self {
+        Self {
+            sg,
+            opts,
+            events: None,
+            last_partition_check: Arc::new(std::sync::Mutex::new(None)),
+            warned: Arc::default(),
+        }
+    }
+
+    /// Calls `sink` after every step that did something.
+    pub fn with_events(mut self, sink: EventSink) -> Self {
+        self.events = Some(sink);
+        self
+    }
+
+    /// Its options.
+    pub fn options(&self) -> &WorkerOptions {
+        &self.opts
+    }
+
+    /// A step loop named after the worker: what [`Worker::run`] runs, for stepping by hand.
+    pub fn new_loop(&self) -> WorkerLoop {
+        self.loop_named(self.opts.name.clone(), Arc::default())
+    }
+
+    fn loop_named(&self, name: String, stopping: Arc<AtomicBool>) -> WorkerLoop {
+        WorkerLoop {
+            worker: self.clone(),
+            name,
+            carry: Carry::Nothing,
+            wal_rate: WalRate::default(),
+            latency: HashMap::new(),
+            job_time: HashMap::new(),
+            throttle_ms: HashMap::new(),
+            tuner_floor: HashMap::new(),
+            logged_sub_batch: HashMap::new(),
+            stopping,
+        }
+    }
+
+    /// `concurrency` loops sharing `stop`, each with its own name when there are several.
+    fn loops(&self, stop: &Arc<AtomicBool>) -> Vec<WorkerLoop> {
+        let n = self.opts.concurrency.max(1);
+        (0..n)
+            .map(|i| {
+                let name = if n > 1 {
+                    format!("{}#{i}", self.opts.name)
+                } else {
+                    self.opts.name.clone()
+                };
+                self.loop_named(name, stop.clone())
+            })
+            .collect()
+    }
+
+    /// One step of each of `concurrency` loops, at once (`run --once`); no job is started
+    /// ahead, as no loop goes on to run it.
+    pub async fn run_once(&self) -> Result<Vec<StepOutcome>> {
+        let stop = Arc::new(AtomicBool::new(true));
+        let steps = self.loops(&stop).into_iter().map(|mut l| async move {
+            let outcome = l.step().await;
+            l.finish().await?;
+            outcome
+        });
+        futures::future::try_join_all(steps).await
+    }
+
+    /// Runs steps until no active migration is left to work on (all finished, failed,
+    /// paused or cancelled), waiting for intervals, holds and other workers' jobs.
+    pub async fn run_until_idle(&self) -> Result<()> {
+        self.run(true, futures::future::pending()).await
+    }
+
+    /// Runs `concurrency` step loops until `shutdown` resolves (then lets running jobs end)
+    /// or, with `until_idle`, until no active migration is left.
+    pub async fn run(
+        &self,
+        until_idle: bool,
+        shutdown: impl std::future::Future<Output = ()> + Send,
+    ) -> Result<()> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let loops = self
+            .loops(&stop)
+            .into_iter()
+            .map(|mut l| tokio::spawn(async move { l.run(until_idle).await }));
+        let all = futures::future::try_join_all(loops);
+        tokio::pin!(all);
+        tokio::pin!(shutdown);
+        let results = tokio::select! {
+            results = &mut all => results,
+            _ = &mut shutdown => {
+                stop.store(true, Ordering::Relaxed);
+                all.await
+            }
+        };
+        let results = results.map_err(|e| Error::Corrupt(format!("worker task died: {e}")))?;
+        results.into_iter().collect()
+    }
+
+    /// Finalize: runs the migration's remaining jobs inline, back to back, resetting
+    /// exhausted attempts, until it is finished or failed. The finalizer keeps the table's
+    /// lease while it works; if it dies, a worker takes the migration over once that lease
+    /// has run out.
+    pub async fn finalize(&self, migration: &Migration, actor: &str) -> Result<Migration> {
+        let mut m = migration.clone();
+        match m.status {
+            MigrationStatus::Finished => return Ok(m),
+            MigrationStatus::Finalizing => {}
+            _ => {
+                m = self
+                    .sg
+                    .transition(&m, MigrationEvent::Finalize, None, actor)
+                    .await?
+            }
+        }
+        let mut l = self.loop_named(self.opts.name.clone(), Arc::new(AtomicBool::new(true)));
+        l.reset_exhausted(&m).await?;
+        let mut backoff = Backoff::default();
+        loop {
+            let current = self
+                .sg
+                .store
+                .migration_get(m.id)
+                .await?
+                .ok_or_else(|| Error::MigrationNotFound(m.id.to_string()))?;
+            if current.status != MigrationStatus::Finalizing {
+                return Ok(current);
+            }
+            let claimed = self
+                .sg
+                .store
+                .migration_claim(&l.name, self.opts.lease, Some(m.id))
+                .await?;
+            let Some(claimed) = claimed else {
+                // Another migration of the same table holds it: wait for it.
+                tokio::time::sleep(backoff.next()).await;
+                continue;
+            };
+            match l.step_migration(claimed).await {
+                Ok(StepOutcome::Completed { migration }) => {
+                    self.emit(&StepOutcome::Completed {
+                        migration: migration.clone(),
+                    });
+                    return Ok(*migration);
+                }
+                Ok(StepOutcome::Waiting { .. }) => tokio::time::sleep(backoff.next()).await,
+                Ok(other) => {
+                    backoff.reset();
+                    self.emit(&other);
+                }
+                Err(e) => self.on_error(e, &mut backoff).await?,
+            }
+        }
+    }
+
+    fn emit(&self, outcome: &StepOutcome) {
+        if let Some(sink) = &self.events {
+            if *outcome != StepOutcome::Idle {
+                sink(outcome);
+            }
+        }
+    }
+
+    /// Creates next month's job-log partition ahead of time and drops expired ones, at most
+    /// once an hour per worker.
+    async fn maintain_partitions(&self) -> Result<()> {
+        {
+            let mut last = self.last_partition_check.lock().expect("not poisoned");
+            if last.is_some_and(|t| t.elapsed() < PARTITION_CHECK_EVERY) {
+                return Ok(());
+            }
+            *last = Some(Instant::now());
+        }
+        let report = self
+            .sg
+            .store
+            .log_partitions_maintain(Utc::now(), LOG_RETENTION_MONTHS)
+            .await?;
+        if !report.created.is_empty() || !report.dropped.is_empty() {
+            tracing::info!(created = ?report.created, dropped = ?report.dropped, "job log partitions maintained");
+        }
+        Ok(())
+    }
+
+    /// A database error in the loop: back off and go on when it is the connection;
+    /// anything else (a missing schema, corrupt data) stops the worker.
+    async fn on_error(&self, e: Error, backoff: &mut Backoff) -> Result<()> {
+        let transient = match &e {
+            Error::Database { source, .. } => Failure::from_sqlx(source).is_transient(),
+            Error::Conflict { .. } => true,
+            _ => false,
+        };
+        if !transient {
+            return Err(e);
+        }
+        let wait = backoff.next();
+        tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, worker = %self.opts.name, "database unavailable; backing off");
+        tokio::time::sleep(wait).await;
+        Ok(())
+    }
+
+    /// Whether an active or finalizing migration is left: one on hold counts, its work is
+    /// not done and the worker waits the hold out.
+    async fn has_runnable_migrations(&self) -> Result<bool> {
+        Ok(self.sg.store.migration_list().await?.iter().any(|m| {
+            matches!(
+                m.status,
+                MigrationStatus::Active | MigrationStatus::Finalizing
+            )
+        }))
+    }
+}
+
+/// The failure an error is, when it belongs to the migration being worked on (its SQL, its
+/// data, a stored value out of range) rather than to the worker or the database as a whole:
+/// it is then recorded on that migration and the worker goes on with others.
+fn migration_failure(e: &Error) -> Option<Failure> {
+    match e {
+        Error::OutOfRange(what) => Some(Failure::new(
+            FailureClass::OutOfRange,
+            format!("value out of range: {what}"),
+        )),
+        Error::InvalidIdentifier { .. } | Error::InvalidSettings(_) => {
+            Some(Failure::new(FailureClass::InvalidSettings, e.to_string()))
+        }
+        Error::Database { source, .. } => {
+            let failure = Failure::from_sqlx(source);
+            let code = match source {
+                sqlx::Error::Database(db) => db.code().map(|c| c.into_owned()),
+                _ => None,
+            };
+            // Data exceptions (22: a value out of range, a bad cast) and a table or column
+            // that is gone (42P01, 42703) are the migration's own; privileges, resources and
+            // the connection are not.
+            let own = code
+                .as_deref()
+                .is_some_and(|c| c.starts_with("22") || c == "42P01" || c == "42703");
+            own.then(|| Failure::new(failure.class, format!("{e}")))
+        }
+        _ => None,
+    }
+}
+
+/// Exponential backoff from 100 ms to 30 s.
+#[derive(Debug, Default)]
+pub(super) struct Backoff {
+    failures: u32,
+}
+
+impl Backoff {
+    pub(super) fn next(&mut self) -> Duration {
+        let ms = 100u64.saturating_mul(1 << self.failures.min(9));
+        self.failures += 1;
+        Duration::from_millis(ms.min(30_000))
+    }
+
+    pub(super) fn reset(&mut self) {
+        self.failures = 0;
+    }
+}
+
+impl Sluicegate {
+    /// A worker on this handle.
+    pub fn worker(&self, opts: WorkerOptions) -> Worker {
+        Worker::new(self.clone(), opts)
+    }
+
+    /// Finalizes a migration inline (see [`Worker::finalize`]) with a worker named `actor`.
+    pub async fn finalize(&self, id_or_name: &str, actor: &str) -> Result<Migration> {
+        let m = self.migration(id_or_name).await?;
+        let worker = self.worker(WorkerOptions {
+            name: format!("{actor}:{}", std::process::id()),
+            ..WorkerOptions::default()
+        });
+        let m = worker.finalize(&m, actor).await?;
+        if m.status != MigrationStatus::Finished {
+            return Err(Error::FinalizeFailed {
+                migration: m.name.clone(),
+                reason: format!("it ended {}; see `sluicegate history {}`", m.status, m.name),
+            });
+        }
+        Ok(m)
+    }
+}

@@ -1,0 +1,650 @@
+//! The step loop: what a loop carries from one step to the next ([`Carry`]), the one
+//! decision of what runs next ([`WorkerLoop::after_job`]), claiming, continuing a migration
+//! with what was read while its last job ran, and finding the next job.
+
+use super::*;
+
+/// What a loop's next step starts from: the state it passes from step to step.
+#[derive(Debug, Default)]
+pub(super) enum Carry {
+    /// Nothing: claim a due migration.
+    #[default]
+    Nothing,
+    /// Continue the migration whose job this loop just ran, without claiming it again (its
+    /// table lease is renewed by the statement that creates the next job).
+    Continue {
+        /// The migration, with its next key and the tuned sub-batch size.
+        migration: Box<Migration>,
+        /// The next job's health sample and key range, read while the last job ran.
+        prefetch: Option<Box<Prefetch>>,
+    },
+    /// The last job's end created and started this job: run it.
+    Started {
+        /// Its migration, with its next key after this job.
+        migration: Box<Migration>,
+        /// The job, `running`.
+        job: Box<Job>,
+    },
+}
+
+/// Where a job to run came from, which says what may follow it without a new claim.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Origin {
+    /// Created from the migration's key range; the migration's next key after it (`None`:
+    /// the range is handed out).
+    Range { next_min: Option<i64> },
+    /// A pending, failed or abandoned job taken up again.
+    Retry,
+}
+
+/// What the next job of a migration needs (its health sample and key range), read on other
+/// connections while the current job runs, so that neither costs time between jobs.
+pub(super) struct Prefetch {
+    pub(super) migration_id: i64,
+    /// The key the range was read from.
+    pub(super) start: i64,
+    pub(super) task: Option<JoinHandle<PrefetchResult>>,
+    pub(super) result: Option<PrefetchResult>,
+}
+
+/// The health sample, and the next job's key range (`None`: no key left from the start).
+pub(super) type PrefetchResult = (Result<HealthSample>, Result<Option<(i64, i64)>>);
+
+impl std::fmt::Debug for Prefetch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Prefetch")
+            .field("migration_id", &self.migration_id)
+            .field("start", &self.start)
+            .field("ready", &self.result.is_some())
+            .finish()
+    }
+}
+
+impl Prefetch {
+    /// Starts reading `m`'s health sample and its key range from `start`.
+    pub(super) fn start(sg: &Sluicegate, m: &Migration, table: &TableName, start: i64) -> Self {
+        let target = sg.target.clone();
+        let (table, column, probe) = (table.clone(), m.column_name.clone(), m.health.probe.clone());
+        let (max, size) = (m.max_value, m.batch_size);
+        let task = tokio::spawn(async move {
+            let sample = target.health_sample(&table, probe.as_deref());
+            let range = target.range_next(&table, &column, start, max, size);
+            futures::join!(sample, range)
+        });
+        Self {
+            migration_id: m.id,
+            start,
+            task: Some(task),
+            result: None,
+        }
+    }
+
+    /// Its result if it is there now; never waits.
+    pub(super) fn ready(&mut self) -> Option<&mut PrefetchResult> {
+        if self.result.is_none() {
+            let task = self.task.as_mut()?;
+            if !task.is_finished() {
+                return None;
+            }
+            let joined = task.now_or_never()?;
+            self.task = None;
+            self.result = Some(joined.unwrap_or_else(|e| {
+                let lost = || Error::Corrupt(format!("prefetch task died: {e}"));
+                (Err(lost()), Err(lost()))
+            }));
+        }
+        self.result.as_mut()
+    }
+
+    /// Its result, waiting for it (outside any transaction).
+    pub(super) async fn wait(mut self) -> Option<PrefetchResult> {
+        if let Some(task) = self.task.take() {
+            self.result = task.await.ok();
+        }
+        self.result.take()
+    }
+}
+
+impl Drop for Prefetch {
+    fn drop(&mut self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+    }
+}
+
+impl WorkerLoop {
+    /// This loop's name in leases and logs.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub(super) fn sg(&self) -> &Sluicegate {
+        &self.worker.sg
+    }
+
+    pub(super) fn lease(&self) -> Duration {
+        self.worker.opts.lease
+    }
+
+    /// Whether a job's end may start the next job in the same statement (PostgreSQL, one
+    /// database, and a loop that goes on to run it).
+    pub(super) fn may_start_ahead(&self) -> bool {
+        self.sg().same_database
+            && self.sg().store.backend() == Backend::Postgres
+            && !self.stopping.load(Ordering::Relaxed)
+    }
+
+    /// One step: from what the last step carried, run one job (or hold, wait, finish), or
+    /// claim a due migration and do so.
+    pub async fn step(&mut self) -> Result<StepOutcome> {
+        self.worker.maintain_partitions().await?;
+        let outcome = match std::mem::take(&mut self.carry) {
+            Carry::Started { migration, job } => {
+                let next_min = migration.next_min_value;
+                self.run_job(*migration, *job, Origin::Range { next_min }, Mode::Normal)
+                    .await?
+            }
+            Carry::Continue {
+                migration,
+                prefetch,
+            } => match self.continue_with(*migration, prefetch).await? {
+                Some(outcome) => outcome,
+                None => self.claim_and_step().await?,
+            },
+            Carry::Nothing => self.claim_and_step().await?,
+        };
+        self.worker.emit(&outcome);
+        Ok(outcome)
+    }
+
+    /// Runs the job the last step started ahead, if any, and starts no other: call it before
+    /// dropping a loop stepped by hand, so that no job is left running with no one to run it
+    /// (its lease would run out and another worker would log it `WorkerLost`).
+    pub async fn finish(&mut self) -> Result<()> {
+        self.stopping = Arc::new(AtomicBool::new(true));
+        while matches!(self.carry, Carry::Started { .. }) {
+            self.step().await?;
+        }
+        self.carry = Carry::Nothing;
+        Ok(())
+    }
+
+    /// The loop of [`Worker::run`]: until `stopping` is set between steps, or with
+    /// `until_idle` also until no active migration is left.
+    pub(super) async fn run(&mut self, until_idle: bool) -> Result<()> {
+        let mut backoff = Backoff::default();
+        while !self.stopping.load(Ordering::Relaxed) {
+            match self.step().await {
+                Ok(StepOutcome::Idle) => {
+                    if until_idle {
+                        match self.worker.has_runnable_migrations().await {
+                            Ok(false) => return Ok(()),
+                            Ok(true) => {}
+                            Err(e) => {
+                                self.worker.on_error(e, &mut backoff).await?;
+                                continue;
+                            }
+                        }
+                    }
+                    backoff.reset();
+                    tokio::time::sleep(self.worker.opts.poll_interval).await;
+                }
+                Ok(_) => backoff.reset(),
+                Err(e) => self.worker.on_error(e, &mut backoff).await?,
+            }
+        }
+        // A job started ahead is running already: it runs before the loop stops.
+        self.finish().await
+    }
+
+    pub(super) async fn claim_and_step(&mut self) -> Result<StepOutcome> {
+        let started = Instant::now();
+        let claimed = self
+            .sg()
+            .store
+            .migration_claim(&self.name, self.lease(), None)
+            .await?;
+        // The soak script reads these lines to check that claiming stays flat under load.
+        tracing::debug!(
+            target: "sluicegate::claim",
+            claim_ms = started.elapsed().as_secs_f64() * 1000.0,
+            claimed = claimed.is_some(),
+            worker = %self.name,
+        );
+        match claimed {
+            Some(migration) => self.step_migration(migration).await,
+            None => Ok(StepOutcome::Idle),
+        }
+    }
+
+    /// One step of a claimed migration; an error that belongs to it fails it (see
+    /// [`migration_failure`]) instead of stopping the worker.
+    pub(super) async fn step_migration(&mut self, m: Migration) -> Result<StepOutcome> {
+        let mode = match m.status {
+            MigrationStatus::Finalizing => Mode::Finalize,
+            _ => Mode::Normal,
+        };
+        match self.step_migration_in(&m, mode).await {
+            Err(e) => match migration_failure(&e) {
+                Some(failure) => self.fail_for_error(&m, failure).await,
+                None => Err(e),
+            },
+            ok => ok,
+        }
+    }
+
+    pub(super) async fn step_migration_in(
+        &mut self,
+        m: &Migration,
+        mode: Mode,
+    ) -> Result<StepOutcome> {
+        if self.sg().registry.get(&m.job_kind).is_none() {
+            let failure = Failure::new(
+                FailureClass::UnknownJobKind,
+                format!(
+                    "job kind {:?} is not registered in worker {}",
+                    m.job_kind, self.name
+                ),
+            );
+            let m = self
+                .fail_migration(m, failure, "its job kind is not registered".into())
+                .await?;
+            return Ok(StepOutcome::Completed {
+                migration: Box::new(m),
+            });
+        }
+        let table = TableName::parse(&m.table_name)?;
+        // Health protects the start of jobs; with none left to start, the migration ends
+        // without waiting on it (an autovacuum its own last job set off, say).
+        if m.next_min_value.is_none()
+            && self
+                .sg()
+                .store
+                .job_find_retriable(m.id, MAX_ATTEMPTS)
+                .await?
+                .is_none()
+        {
+            return self.complete_if_done(m).await;
+        }
+        if mode == Mode::Normal {
+            let sample = self.health_sample(m, &table).await?;
+            if let Some(held) = self.check_health(m, sample).await? {
+                return Ok(held);
+            }
+        }
+        match self.next_job(m, &table).await? {
+            Some((job, origin)) => self.run_job(m.clone(), job, origin, mode).await,
+            None => self.complete_if_done(m).await,
+        }
+    }
+
+    /// Records an error of the migration's own on it (`fail`, with its class and message).
+    pub(super) async fn fail_for_error(
+        &mut self,
+        m: &Migration,
+        failure: Failure,
+    ) -> Result<StepOutcome> {
+        tracing::warn!(migration = m.id, name = %m.name, class = %failure.class, message = %failure.message, "the migration failed on an error of its own");
+        let current = self.sg().store.migration_get(m.id).await?;
+        let Some(current) = current.filter(|c| c.status.after(MigrationEvent::Fail).is_some())
+        else {
+            return Ok(StepOutcome::Waiting { migration_id: m.id });
+        };
+        let reason = format!("{}: {}", failure.class, failure.message);
+        match self.fail_migration(&current, failure, reason).await {
+            Ok(m) => Ok(StepOutcome::Completed {
+                migration: Box::new(m),
+            }),
+            Err(Error::Conflict { .. }) => Ok(StepOutcome::Waiting { migration_id: m.id }),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The next job of the migration this loop just ran a job of, from what was prefetched
+    /// while that job ran: a health check, then create+start in one statement. `None` when it
+    /// is not to be had (paused, another worker moved the range on, the table lease gone):
+    /// then the step claims as usual.
+    pub(super) async fn continue_with(
+        &mut self,
+        m: Migration,
+        prefetch: Option<Box<Prefetch>>,
+    ) -> Result<Option<StepOutcome>> {
+        let Some(start) = m.next_min_value else {
+            return Ok(None);
+        };
+        let table = TableName::parse(&m.table_name)?;
+        let prefetched = match prefetch.filter(|p| p.migration_id == m.id && p.start == start) {
+            Some(p) => p.wait().await,
+            None => None,
+        };
+        let (sample, range) = match prefetched {
+            Some((sample, range)) => (sample?, range.ok().flatten()),
+            None => (self.health_sample(&m, &table).await?, None),
+        };
+        if let Some(held) = self.check_health(&m, sample).await? {
+            return Ok(Some(held));
+        }
+        let created = match range {
+            Some((min, max)) => {
+                self.create_job_in(&m, start, JobRange::Given { min, max })
+                    .await
+            }
+            None => self.create_job(&m, &table, start).await,
+        };
+        let created = match created {
+            Ok(created) => created,
+            Err(e) => match migration_failure(&e) {
+                Some(failure) => return self.fail_for_error(&m, failure).await.map(Some),
+                None => return Err(e),
+            },
+        };
+        match created {
+            JobCreated::Created(job, next_min) => {
+                let outcome = self
+                    .run_job(m, *job, Origin::Range { next_min }, Mode::Normal)
+                    .await?;
+                Ok(Some(outcome))
+            }
+            JobCreated::Exhausted | JobCreated::NotNow => {
+                self.release_if_stopped(&m).await?;
+                Ok(None)
+            }
+        }
+    }
+
+    /// Gives the table lease back when the migration no longer runs (paused, cancelled,
+    /// failed): the store keeps it while any of its jobs still runs.
+    pub(super) async fn release_if_stopped(&self, m: &Migration) -> Result<()> {
+        let current = self.sg().store.migration_get(m.id).await?;
+        if current.is_some_and(|c| {
+            !matches!(
+                c.status,
+                MigrationStatus::Active | MigrationStatus::Finalizing
+            )
+        }) {
+            self.sg().store.table_lease_release(m.id).await?;
+        }
+        Ok(())
+    }
+
+    /// Runs a job and what follows it: split or auto-fail after a failure, the optimizer after
+    /// a success; then [`Self::after_job`] decides what the next step starts from.
+    pub(super) async fn run_job(
+        &mut self,
+        m: Migration,
+        job: Job,
+        origin: Origin,
+        mode: Mode,
+    ) -> Result<StepOutcome> {
+        let table = TableName::parse(&m.table_name)?;
+        let kind = self
+            .sg()
+            .registry
+            .get(&m.job_kind)
+            .ok_or_else(|| Error::UnknownJobKind(m.job_kind.clone()))?;
+        // At full speed, what the next job needs is read while this one runs.
+        let mut prefetch = match origin {
+            Origin::Range {
+                next_min: Some(start),
+            } if mode == Mode::Normal && m.interval.is_zero() => {
+                Some(Prefetch::start(self.sg(), &m, &table, start))
+            }
+            _ => None,
+        };
+        let started = Instant::now();
+        let run = self
+            .execute(&m, kind.as_ref(), &table, job, prefetch.as_mut())
+            .await?;
+        self.job_time.insert(m.id, started.elapsed());
+        match &run.outcome {
+            JobOutcome::Failed { failure } => {
+                self.after_failure(&m, &table, &run.job, failure).await?
+            }
+            JobOutcome::Succeeded if mode == Mode::Normal => {
+                self.optimize(&m).await?;
+                self.log_tuner(&m, &run).await?;
+            }
+            _ => {}
+        }
+        let outcome = StepOutcome::Ran {
+            migration_id: m.id,
+            job: Box::new(run.job.clone()),
+            outcome: run.outcome.clone(),
+        };
+        self.carry = Self::after_job(m, run, origin, mode, prefetch);
+        Ok(outcome)
+    }
+
+    /// What runs next after a job of `m`: the one place that decides it. After a success at
+    /// full speed with keys left, the same migration again — the job its end started, or a
+    /// new one from the prefetched range; anything else goes back to claiming.
+    pub(super) fn after_job(
+        m: Migration,
+        run: JobRun,
+        origin: Origin,
+        mode: Mode,
+        prefetch: Option<Prefetch>,
+    ) -> Carry {
+        let Origin::Range {
+            next_min: Some(start),
+        } = origin
+        else {
+            return Carry::Nothing;
+        };
+        if mode != Mode::Normal || !m.interval.is_zero() || run.outcome != JobOutcome::Succeeded {
+            return Carry::Nothing;
+        }
+        let mut again = m;
+        again.sub_batch_size = run.job.sub_batch_size.min(again.batch_size);
+        match run.started_next {
+            Some((job, next_min)) => {
+                again.next_min_value = next_min;
+                Carry::Started {
+                    migration: Box::new(again),
+                    job: Box::new(job),
+                }
+            }
+            None => {
+                again.next_min_value = Some(start);
+                Carry::Continue {
+                    migration: Box::new(again),
+                    prefetch: prefetch.map(Box::new),
+                }
+            }
+        }
+    }
+
+    /// The next job to start with the end of the current one, if the prefetched health sample
+    /// (read while this job ran) is there now and says go, and the next range is known. Never
+    /// waits: called while the last sub-batch's transaction is open.
+    pub(super) fn start_ahead(
+        &mut self,
+        m: &Migration,
+        prefetch: &mut Prefetch,
+        sub_batch_size: i64,
+    ) -> Option<JobCreateParams> {
+        let start = prefetch.start;
+        let (sample, range) = prefetch.ready()?;
+        let (Ok(sample), Ok(Some((min, max)))) = (&*sample, &*range) else {
+            return None;
+        };
+        let (min, max) = (*min, *max);
+        // A stop, or a limit near enough to slow down: the next step decides, outside this
+        // transaction.
+        let (readings, pressure) = self.judge(m, sample);
+        if health::first_stop(&readings).is_some() || pressure.is_some() {
+            return None;
+        }
+        // The range is spent on this job; the sample stays for the next step's own check.
+        prefetch.result.as_mut()?.1 = Ok(None);
+        Some(JobCreateParams {
+            migration_id: m.id,
+            expected_next_min: start,
+            range: JobRange::Given { min, max },
+            batch_size: m.batch_size,
+            sub_batch_size: sub_batch_size.min(m.batch_size),
+            pause_ms: m.pause_ms,
+            worker: self.name.clone(),
+            lease: self.lease(),
+        })
+    }
+
+    pub(super) async fn health_sample(
+        &self,
+        m: &Migration,
+        table: &TableName,
+    ) -> Result<HealthSample> {
+        self.sg()
+            .target
+            .health_sample(table, m.health.probe.as_deref())
+            .await
+    }
+
+    /// Creates the migration's next job from `start`: in one statement with the keyset walk
+    /// when the table is in the tracking database, else after finding the range on the target.
+    pub(super) async fn create_job(
+        &self,
+        m: &Migration,
+        table: &TableName,
+        start: i64,
+    ) -> Result<JobCreated> {
+        let range = if self.sg().same_database {
+            JobRange::Keyset {
+                table: table.clone(),
+                column: m.column_name.clone(),
+                size: m.batch_size,
+            }
+        } else {
+            let found = self
+                .sg()
+                .target
+                .range_next(table, &m.column_name, start, m.max_value, m.batch_size)
+                .await?;
+            match found {
+                Some((min, max)) => JobRange::Given { min, max },
+                None if self.sg().store.migration_range_exhaust(m.id, start).await? => {
+                    return Ok(JobCreated::Exhausted)
+                }
+                None => return Ok(JobCreated::NotNow),
+            }
+        };
+        self.create_job_in(m, start, range).await
+    }
+
+    /// Creates the job over `range` if the migration's next key is still `start`.
+    pub(super) async fn create_job_in(
+        &self,
+        m: &Migration,
+        start: i64,
+        range: JobRange,
+    ) -> Result<JobCreated> {
+        self.sg()
+            .store
+            .job_create(&JobCreateParams {
+                migration_id: m.id,
+                expected_next_min: start,
+                range,
+                batch_size: m.batch_size,
+                sub_batch_size: m.sub_batch_size.min(m.batch_size),
+                pause_ms: m.pause_ms,
+                worker: self.name.clone(),
+                lease: self.lease(),
+            })
+            .await
+    }
+
+    /// The job to run now: a new range after the last one, or a pending, retriable or
+    /// abandoned job. Concurrent workers race through compare-and-set; the loser looks again.
+    pub(super) async fn next_job(
+        &self,
+        m: &Migration,
+        table: &TableName,
+    ) -> Result<Option<(Job, Origin)>> {
+        let store = &self.sg().store;
+        let mut m = m.clone();
+        for attempt in 0.. {
+            if attempt > 0 {
+                m = match store.migration_get(m.id).await? {
+                    Some(m) => m,
+                    None => return Ok(None),
+                };
+            }
+            if attempt > 100 {
+                return Err(Error::Conflict {
+                    what: format!("migration {} (too much contention for its next job)", m.id),
+                });
+            }
+            if !matches!(
+                m.status,
+                MigrationStatus::Active | MigrationStatus::Finalizing
+            ) {
+                return Ok(None);
+            }
+            if let Some(start) = m.next_min_value {
+                match self.create_job(&m, table, start).await? {
+                    JobCreated::Created(job, next_min) => {
+                        return Ok(Some((*job, Origin::Range { next_min })))
+                    }
+                    JobCreated::Exhausted => continue,
+                    JobCreated::NotNow => {
+                        // Another worker moved the range on: look again. Anything else (the
+                        // interval, a pause, the table lease): not now.
+                        let moved = store
+                            .migration_get(m.id)
+                            .await?
+                            .is_some_and(|now| now.next_min_value != m.next_min_value);
+                        if moved {
+                            continue;
+                        }
+                        return Ok(None);
+                    }
+                }
+            }
+            let Some(mut job) = store.job_find_retriable(m.id, MAX_ATTEMPTS).await? else {
+                return Ok(None);
+            };
+            if job.status == JobStatus::Running {
+                // Its worker stopped renewing the lease: record the gap, then retry it.
+                let params = JobTransitionParams::new(&job, JobStatus::Failed, &self.name)?
+                    .if_lease_expired()
+                    .with_failure(Some(Failure::new(
+                        FailureClass::WorkerLost,
+                        format!(
+                            "worker {} stopped renewing its lease, which expired at {}",
+                            job.worker.as_deref().unwrap_or("?"),
+                            job.lease_expires_at
+                                .map(|t| t.to_rfc3339())
+                                .unwrap_or_else(|| "?".into())
+                        ),
+                    )));
+                job = match store.job_transition(&params).await {
+                    Ok(job) => job,
+                    Err(Error::Conflict { .. }) => continue,
+                    Err(e) => return Err(e),
+                };
+                if job.attempts >= MAX_ATTEMPTS {
+                    continue;
+                }
+            }
+            let params = JobTransitionParams::new(&job, JobStatus::Running, &self.name)?
+                .with_lease(self.lease());
+            match store.job_transition(&params).await {
+                Ok(job) => return Ok(Some((job, Origin::Retry))),
+                Err(Error::Conflict { .. }) => {
+                    // Held meanwhile (by another worker): no job of it starts now.
+                    let held = store.migration_get(m.id).await?.is_some_and(|now| {
+                        now.status == MigrationStatus::Active
+                            && now.on_hold_until.is_some_and(|t| t > Utc::now())
+                    });
+                    if held {
+                        return Ok(None);
+                    }
+                    continue;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        unreachable!("the loop returns")
+    }
+}
