@@ -11,7 +11,7 @@ use http_body_util::BodyExt;
 use serde_json::Value;
 use sluicegate::store::Backend;
 use sluicegate::testing::TestDb;
-use sluicegate::{store_test, QueueRequest, Sluicegate, WorkerOptions};
+use sluicegate::{store_test, MigrationEvent, QueueRequest, Sluicegate, WorkerOptions};
 use sluicegate_cli::serve::{router, AppState};
 use tower::ServiceExt;
 
@@ -139,6 +139,43 @@ store_test!(dashboard_pages_render_and_refresh, |db| {
     assert_eq!(json(&body)["error"], "no migration \"999\"");
     let (status, _, _) = call(&st, "GET", "/nowhere", None, None).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
+});
+
+store_test!(the_dashboard_shows_holds_and_slow_downs, |db| {
+    let (sg, _) = running_migration(&db).await;
+    let m = sg.migration("backfill_items").await.unwrap();
+    sg.store()
+        .migration_throttle(&sluicegate::store::MigrationThrottleParams {
+            migration_id: m.id,
+            pause_ms: 150,
+            reason: Some("wal_rate: 75.0 MiB/s of 100.0 MiB/s".into()),
+            log: "slowing down: 150 ms between jobs".into(),
+            actor: "w1".into(),
+        })
+        .await
+        .unwrap();
+    let st = AppState::new(sg.clone(), None);
+    let (_, body, _) = call(&st, "GET", "/", None, None).await;
+    assert!(
+        body.contains("slowed down: 150 ms between jobs (wal_rate: 75.0 MiB/s of 100.0 MiB/s)"),
+        "{body}"
+    );
+    let hold = sluicegate::store::MigrationTransitionParams::new(
+        &sg.migration("backfill_items").await.unwrap(),
+        MigrationEvent::Hold,
+        "w1",
+    )
+    .unwrap()
+    .with_reason(Some(
+        "probe: the probe returned false (returns true)".into(),
+    ))
+    .holding_for(std::time::Duration::from_secs(5));
+    sg.store().migration_transition(&hold).await.unwrap();
+    let (_, page, _) = call(&st, "GET", "/migrations/1", None, None).await;
+    assert!(
+        page.contains("on hold since ") && page.contains("probe: the probe returned false"),
+        "{page}"
+    );
 });
 
 store_test!(api_read_endpoints, |db| {

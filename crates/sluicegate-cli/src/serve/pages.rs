@@ -114,7 +114,16 @@ fn progress_bar(percent: f64) -> Markup {
     }
 }
 
+/// What the workers decided by themselves about `m`, and why: a hold in progress, or a
+/// slow-down as a limit nears.
 async fn hold_reason(st: &AppState, m: &Migration) -> Result<Option<String>, ApiError> {
+    if m.held_since.is_none() && m.throttle_pause_ms > 0 {
+        return Ok(Some(format!(
+            "slowed down: {} ms between jobs ({})",
+            m.throttle_pause_ms,
+            m.throttle_reason.as_deref().unwrap_or("a limit nears")
+        )));
+    }
     match m.held_since {
         Some(since) => {
             let log = st.sg.migration_history(m).await?;
