@@ -378,6 +378,14 @@ impl LatencyTracker {
         self.recent_ms.clear();
     }
 
+    /// Forgets the latest jobs' drift (the running median stays): after a hold on it, the
+    /// next jobs must show it again before it stops the migration again.
+    pub fn forget_recent(&mut self) {
+        self.recent_per_key.clear();
+        self.recent_ms.clear();
+        self.past.clear();
+    }
+
     /// The latest job's (ratio to the running median per key, median ms), once there are
     /// enough samples to say.
     fn latest(&self) -> Option<(f64, f64)> {
@@ -1219,6 +1227,11 @@ mod tests {
         let r = t.reading(5.0);
         assert_eq!(r.signal, Signal::Stop, "{r:?}");
         assert!(r.reading.contains("drifting for 3 jobs in a row"), "{r:?}");
+        // After a hold the evidence starts afresh: no stop until new jobs drift again.
+        let mut held = t.clone();
+        held.forget_recent();
+        assert_ne!(held.reading(5.0).signal, Signal::Stop);
+        assert_eq!(held.drifting_jobs(5.0), 0);
         // One fast job in between starts the count again.
         t.job_started();
         t.observe(10.0, 1_000);

@@ -49,6 +49,13 @@ impl WorkerLoop {
             }
         }
         if let Some(stop) = health::first_stop(&readings) {
+            if stop.indicator == health::Indicator::SubBatchLatency {
+                // The drift is this loop's own evidence, and no job runs while the hold lasts
+                // to renew it: start it afresh, or the hold would never end.
+                if let Some(tracker) = self.latency.get_mut(&m.id) {
+                    tracker.forget_recent();
+                }
+            }
             let reason = stop.reason();
             return self.hold(m, reason).await.map(Some);
         }
