@@ -24,7 +24,7 @@ impl WorkerLoop {
     /// indicator, reading and threshold; `on_hold_until` = the next re-check, `--hold` away),
     /// or, when a hold is on, moves its re-check on with no row. Every indicator normal on a
     /// held migration ends the hold (a `release` row: how long, what cleared). Near a limit
-    /// the worker waits before the job, in proportion ([`health::slow_down`]), and logs a
+    /// the worker waits before the job ([`health::SlowDown`]), and logs a
     /// `throttle` row when that changes. `unknown` readings are logged at debug level.
     pub(super) async fn check_health(
         &mut self,
@@ -49,6 +49,14 @@ impl WorkerLoop {
             }
         }
         if let Some(stop) = health::first_stop(&readings) {
+            if stop.indicator.is_paced() {
+                // After the hold, go on more slowly than the pace that tripped it.
+                let job = self.job_time(m.id);
+                self.slow_down
+                    .entry(m.id)
+                    .or_default()
+                    .after_stop(job, Instant::now());
+            }
             if stop.indicator == health::Indicator::SubBatchLatency {
                 // The drift is this loop's own evidence, and no job runs while the hold lasts
                 // to renew it: start it afresh, or the hold would never end.
@@ -64,6 +72,14 @@ impl WorkerLoop {
         }
         self.throttle(m, pressure).await?;
         Ok(None)
+    }
+
+    /// How long this loop's last job of migration `id` took (100 ms before any).
+    fn job_time(&self, id: i64) -> Duration {
+        self.job_time
+            .get(&id)
+            .copied()
+            .unwrap_or(Duration::from_millis(100))
     }
 
     /// Starts a hold, or moves the one in progress on to its next re-check.
@@ -141,21 +157,25 @@ impl WorkerLoop {
         }
     }
 
-    /// Near a limit, waits before the next job in proportion; logs a `throttle` row when the
-    /// pause starts, ends, or changes by a factor of two or more.
+    /// Near a limit, waits before the next job ([`health::SlowDown`]); logs a `throttle` row
+    /// when the pause starts, ends, or changes by a factor of two or more.
     pub(super) async fn throttle(
         &mut self,
         m: &Migration,
         pressure: Option<(f64, String)>,
     ) -> Result<()> {
-        let job = self
-            .job_time
-            .get(&m.id)
-            .copied()
-            .unwrap_or(Duration::from_millis(100));
-        let (pause, why) = match &pressure {
-            Some((share, why)) => (health::slow_down(*share, job), Some(why.clone())),
-            None => (Duration::ZERO, None),
+        let job = self.job_time(m.id);
+        let pause = self.slow_down.entry(m.id).or_default().observe(
+            pressure.as_ref().map(|p| p.0),
+            job,
+            Instant::now(),
+        );
+        let why = match &pressure {
+            Some((_, why)) => Some(why.clone()),
+            // Easing back in after a hold, or fading out under half of every limit.
+            None => {
+                Some("easing back in: every measured indicator under half its limit".to_owned())
+            }
         };
         let pause_ms = pause.as_millis() as i64;
         let known = *self.throttle_ms.entry(m.id).or_insert(m.throttle_pause_ms);
@@ -165,12 +185,14 @@ impl WorkerLoop {
             (a, b) => b >= 2 * a || 2 * b <= a,
         };
         if changed {
-            let log = match &why {
-                Some(why) if pause_ms > 0 => format!(
-                    "slowing down: {} ms between jobs ({why}; {:.0}% of the limit)",
-                    pause_ms,
-                    pressure.as_ref().map_or(0.0, |p| p.0 * 100.0)
+            let log = match (&pressure, &why) {
+                (Some((share, why)), _) if pause_ms > 0 => format!(
+                    "slowing down: {pause_ms} ms between jobs ({why}; {:.0}% of the limit)",
+                    share * 100.0
                 ),
+                (None, Some(why)) if pause_ms > 0 => {
+                    format!("slowing down: {pause_ms} ms between jobs ({why})")
+                }
                 _ => "full speed again: every measured indicator under half its limit".into(),
             };
             let params = MigrationThrottleParams {

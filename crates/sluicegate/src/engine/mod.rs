@@ -168,6 +168,8 @@ pub struct WorkerLoop {
     job_time: HashMap<i64, Duration>,
     /// The throttle pause this loop last knew of, per migration (logged only on change).
     throttle_ms: HashMap<i64, i64>,
+    /// The pause this loop keeps between jobs of each migration as a limit nears.
+    slow_down: HashMap<i64, health::SlowDown>,
     /// The smallest sub-batch the tuner keeps, per migration (a fixed cost found).
     tuner_floor: HashMap<i64, i64>,
     /// The sub-batch size last written to each migration's log, for the tuner's rows.
@@ -240,6 +242,7 @@ impl Worker {
             latency: HashMap::new(),
             job_time: HashMap::new(),
             throttle_ms: HashMap::new(),
+            slow_down: HashMap::new(),
             tuner_floor: HashMap::new(),
             logged_sub_batch: HashMap::new(),
             stopping,

@@ -473,7 +473,11 @@ impl WorkerLoop {
         // A stop, or a limit near enough to slow down: the next step decides, outside this
         // transaction.
         let (readings, pressure) = self.judge(m, sample);
-        if health::first_stop(&readings).is_some() || pressure.is_some() {
+        let slowed = self
+            .slow_down
+            .get(&m.id)
+            .is_some_and(|d| !d.pause().is_zero());
+        if health::first_stop(&readings).is_some() || pressure.is_some() || slowed {
             return None;
         }
         // The range is spent on this job; the sample stays for the next step's own check.
