@@ -49,8 +49,9 @@ impl WorkerLoop {
             }
         }
         if let Some(stop) = health::first_stop(&readings) {
-            if stop.indicator.is_paced() {
-                // After the hold, go on more slowly than the pace that tripped it.
+            if stop.indicator.is_paced() && m.held_since.is_none() {
+                // After the hold, go on more slowly than the pace that tripped it (once per
+                // hold: its re-checks do not slow it further).
                 let job = self.job_time(m.id);
                 self.slow_down
                     .entry(m.id)
