@@ -63,36 +63,29 @@ impl JobTransitionParams {
     /// resets the attempts.
     pub fn new(job: &Job, to: JobStatus, worker: impl Into<String>) -> Result<Self> {
         job.status.check(to, job.id)?;
-        Ok(Self {
-            job_id: job.id,
-            from: job.status,
-            to,
-            expected_attempts: job.attempts,
-            attempts: match to {
-                JobStatus::Running => job.attempts + 1,
-                JobStatus::Pending => 0,
-                _ => job.attempts,
-            },
-            worker: worker.into(),
-            lease: (to == JobStatus::Running).then_some(Duration::from_secs(30)),
-            failure: None,
-            require_expired_lease: false,
-            metrics: None,
-            sub_batch_size: None,
-        })
+        let attempts = match to {
+            JobStatus::Running => job.attempts + 1,
+            JobStatus::Pending => 0,
+            _ => job.attempts,
+        };
+        Ok(Self::build(job, to, worker.into(), attempts))
     }
 
     /// The same change with no check at all, to test that the stores refuse what the state
     /// machine does not allow.
     #[cfg(feature = "testing")]
     pub fn unchecked(job: &Job, to: JobStatus, worker: impl Into<String>) -> Self {
+        Self::build(job, to, worker.into(), job.attempts)
+    }
+
+    fn build(job: &Job, to: JobStatus, worker: String, attempts: i32) -> Self {
         Self {
             job_id: job.id,
             from: job.status,
             to,
             expected_attempts: job.attempts,
-            attempts: job.attempts,
-            worker: worker.into(),
+            attempts,
+            worker,
             lease: (to == JobStatus::Running).then_some(Duration::from_secs(30)),
             failure: None,
             require_expired_lease: false,

@@ -323,6 +323,31 @@ impl SqliteStore {
             .map_err(Error::db(context))
     }
 
+    /// The log row of an event that keeps the migration's status (`resize`, `throttle`), in
+    /// the open transaction that made the change.
+    async fn log_same_status(
+        conn: &mut SqliteConnection,
+        m: &Migration,
+        event: MigrationEvent,
+        reason: &str,
+        actor: &str,
+        at: &str,
+    ) -> std::result::Result<(), sqlx::Error> {
+        sqlx::query(MIGRATION_LOG_INSERT)
+            .bind(m.id)
+            .bind(m.status.as_str())
+            .bind(m.status.as_str())
+            .bind(event.as_str())
+            .bind(reason)
+            .bind(actor)
+            .bind(None::<&str>)
+            .bind(None::<&str>)
+            .bind(at)
+            .execute(conn)
+            .await
+            .map(|_| ())
+    }
+
     async fn job_transition_in(
         conn: &mut SqliteConnection,
         p: &JobTransitionParams,
@@ -627,19 +652,16 @@ impl Store for SqliteStore {
         let Some(m) = row.as_ref().map(rows::migration).transpose()? else {
             return Ok(None);
         };
-        sqlx::query(MIGRATION_LOG_INSERT)
-            .bind(m.id)
-            .bind(m.status.as_str())
-            .bind(m.status.as_str())
-            .bind(MigrationEvent::Resize.as_str())
-            .bind(&p.reason)
-            .bind(&p.actor)
-            .bind(None::<&str>)
-            .bind(None::<&str>)
-            .bind(&at)
-            .execute(&mut *tx)
-            .await
-            .map_err(Error::db(&context))?;
+        Self::log_same_status(
+            &mut tx,
+            &m,
+            MigrationEvent::Resize,
+            &p.reason,
+            &p.actor,
+            &at,
+        )
+        .await
+        .map_err(Error::db(&context))?;
         tx.commit().await.map_err(Error::db(&context))?;
         Ok(Some(m))
     }
@@ -671,17 +693,7 @@ impl Store for SqliteStore {
         let Some(m) = row.as_ref().map(rows::migration).transpose()? else {
             return Ok(None);
         };
-        sqlx::query(MIGRATION_LOG_INSERT)
-            .bind(m.id)
-            .bind(m.status.as_str())
-            .bind(m.status.as_str())
-            .bind(MigrationEvent::Throttle.as_str())
-            .bind(&p.log)
-            .bind(&p.actor)
-            .bind(None::<&str>)
-            .bind(None::<&str>)
-            .bind(&at)
-            .execute(&mut *tx)
+        Self::log_same_status(&mut tx, &m, MigrationEvent::Throttle, &p.log, &p.actor, &at)
             .await
             .map_err(Error::db(&context))?;
         tx.commit().await.map_err(Error::db(&context))?;
