@@ -361,3 +361,50 @@ store_test!(a_hold_by_one_worker_stops_every_other, |db| {
         .unwrap();
     assert_eq!(created, sluicegate::store::JobCreated::NotNow);
 });
+
+store_test!(
+    an_error_of_its_own_met_mid_run_fails_only_the_migration,
+    |db| {
+        // The same kind of error met by a loop that continues a migration (no new claim, or a job
+        // its last job's end started) fails that migration too, and the loop goes on: here its
+        // table is dropped under it.
+        db.create_items("items", &[(1, 2_000)]).await;
+        db.create_items("others", &[(1, 500)]).await;
+        let sg = db.sluicegate().await;
+        sg.queue(&fast("midrun", "update", "items", 100, 100).argument("set", "n = n + 1"))
+            .await
+            .unwrap();
+        let mut l = worker(&sg, "w").new_loop();
+        assert!(matches!(l.step().await.unwrap(), StepOutcome::Ran { .. }));
+        db.exec("DROP TABLE items").await;
+        sg.queue(&fast("other", "update", "others", 100, 100).argument("set", "n = n + 1"))
+            .await
+            .unwrap();
+        let mut failed = None;
+        let mut seen = Vec::new();
+        for _ in 0..20 {
+            match l.step().await.unwrap() {
+                StepOutcome::Completed { migration } if migration.name == "midrun" => {
+                    failed = Some(migration);
+                    break;
+                }
+                other => seen.push(other),
+            }
+        }
+        let m = failed.unwrap_or_else(|| panic!("midrun did not fail: {seen:?}"));
+        assert_eq!(m.status, MigrationStatus::Failed);
+        let fail = sg.migration_history(&m).await.unwrap().pop().unwrap();
+        assert_eq!(
+            fail.exception_class.as_deref(),
+            Some("UndefinedTable"),
+            "{fail:?}"
+        );
+        // The loop goes on with the other migration.
+        l.finish().await.unwrap();
+        run_to_end(&sg).await;
+        assert_eq!(
+            sg.migration("other").await.unwrap().status,
+            MigrationStatus::Finished
+        );
+    }
+);

@@ -434,19 +434,27 @@ fn migration_failure(e: &Error) -> Option<Failure> {
         Error::InvalidIdentifier { .. } | Error::InvalidSettings(_) => {
             Some(Failure::new(FailureClass::InvalidSettings, e.to_string()))
         }
-        Error::Database { source, .. } => {
-            let failure = Failure::from_sqlx(source);
-            let code = match source {
-                sqlx::Error::Database(db) => db.code().map(|c| c.into_owned()),
-                _ => None,
-            };
+        Error::Database {
+            source: sqlx::Error::Database(db),
+            ..
+        } => {
             // Data exceptions (22: a value out of range, a bad cast) and a table or column
-            // that is gone (42P01, 42703) are the migration's own; privileges, resources and
-            // the connection are not.
+            // that is gone (PostgreSQL 42P01, 42703; SQLite says it in words) are the
+            // migration's own; privileges, resources and the connection are not.
+            let code = db.code();
             let own = code
                 .as_deref()
-                .is_some_and(|c| c.starts_with("22") || c == "42P01" || c == "42703");
-            own.then(|| Failure::new(failure.class, format!("{e}")))
+                .is_some_and(|c| c.starts_with("22") || c == "42P01" || c == "42703")
+                || db.message().starts_with("no such table")
+                || db.message().starts_with("no such column");
+            let class = match code.as_deref() {
+                Some("42P01") => "UndefinedTable",
+                Some("42703") => "UndefinedColumn",
+                _ if db.message().starts_with("no such table") => "UndefinedTable",
+                _ if db.message().starts_with("no such column") => "UndefinedColumn",
+                _ => "DataException",
+            };
+            own.then(|| Failure::new(class, format!("{e}")))
         }
         _ => None,
     }

@@ -142,16 +142,30 @@ impl WorkerLoop {
         let outcome = match std::mem::take(&mut self.carry) {
             Carry::Started { migration, job } => {
                 let next_min = migration.next_min_value;
-                self.run_job(*migration, *job, Origin::Range { next_min }, Mode::Normal)
-                    .await?
+                let run = self
+                    .run_job(
+                        (*migration).clone(),
+                        *job,
+                        Origin::Range { next_min },
+                        Mode::Normal,
+                    )
+                    .await;
+                self.own_errors(&migration, run).await?
             }
             Carry::Continue {
                 migration,
                 prefetch,
-            } => match self.continue_with(*migration, prefetch).await? {
-                Some(outcome) => outcome,
-                None => self.claim_and_step().await?,
-            },
+            } => {
+                let next = self.continue_with((*migration).clone(), prefetch).await;
+                let next = match next {
+                    Ok(next) => next,
+                    Err(e) => Some(self.own_errors(&migration, Err(e)).await?),
+                };
+                match next {
+                    Some(outcome) => outcome,
+                    None => self.claim_and_step().await?,
+                }
+            }
             Carry::Nothing => self.claim_and_step().await?,
         };
         self.worker.emit(&outcome);
@@ -225,9 +239,20 @@ impl WorkerLoop {
             MigrationStatus::Finalizing => Mode::Finalize,
             _ => Mode::Normal,
         };
-        match self.step_migration_in(&m, mode).await {
+        let outcome = self.step_migration_in(&m, mode).await;
+        self.own_errors(&m, outcome).await
+    }
+
+    /// An error that belongs to migration `m` (see [`migration_failure`]) fails `m` instead
+    /// of stopping the worker; anything else passes through.
+    pub(super) async fn own_errors(
+        &mut self,
+        m: &Migration,
+        outcome: Result<StepOutcome>,
+    ) -> Result<StepOutcome> {
+        match outcome {
             Err(e) => match migration_failure(&e) {
-                Some(failure) => self.fail_for_error(&m, failure).await,
+                Some(failure) => self.fail_for_error(m, failure).await,
                 None => Err(e),
             },
             ok => ok,
@@ -332,14 +357,7 @@ impl WorkerLoop {
             }
             None => self.create_job(&m, &table, start).await,
         };
-        let created = match created {
-            Ok(created) => created,
-            Err(e) => match migration_failure(&e) {
-                Some(failure) => return self.fail_for_error(&m, failure).await.map(Some),
-                None => return Err(e),
-            },
-        };
-        match created {
+        match created? {
             JobCreated::Created(job, next_min) => {
                 let outcome = self
                     .run_job(m, *job, Origin::Range { next_min }, Mode::Normal)
