@@ -380,18 +380,26 @@ store_test!(
         sg.queue(&fast("other", "update", "others", 100, 100).argument("set", "n = n + 1"))
             .await
             .unwrap();
-        let mut failed = None;
+        // The drop's lock may hold the migration for a re-check first (lock_waits): wait
+        // for the event, not for a number of steps.
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
         let mut seen = Vec::new();
-        for _ in 0..20 {
+        let m = loop {
             match l.step().await.unwrap() {
                 StepOutcome::Completed { migration } if migration.name == "midrun" => {
-                    failed = Some(migration);
-                    break;
+                    break migration
+                }
+                other @ (StepOutcome::Idle | StepOutcome::Held { .. }) => {
+                    seen.push(other);
+                    tokio::time::sleep(Duration::from_millis(50)).await;
                 }
                 other => seen.push(other),
             }
-        }
-        let m = failed.unwrap_or_else(|| panic!("midrun did not fail: {seen:?}"));
+            assert!(
+                std::time::Instant::now() < deadline,
+                "midrun did not fail: {seen:?}"
+            );
+        };
         assert_eq!(m.status, MigrationStatus::Failed);
         let fail = sg.migration_history(&m).await.unwrap().pop().unwrap();
         assert_eq!(
