@@ -675,7 +675,7 @@ fn stored_table_name(canonical: &TableName, given: &str) -> String {
     }
 }
 
-/// The longest interval, hold or health age a migration may be queued with.
+/// The longest interval or hold (wait between health re-checks) a migration may be queued with.
 pub const MAX_PACING: Duration = Duration::from_secs(365 * 24 * 3600);
 /// The longest statement or lock timeout, and pause between sub-batches.
 pub const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
