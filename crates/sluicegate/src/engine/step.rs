@@ -141,25 +141,20 @@ impl WorkerLoop {
         self.worker.maintain_partitions().await?;
         let outcome = match std::mem::take(&mut self.carry) {
             Carry::Started { migration, job } => {
-                let next_min = migration.next_min_value;
+                let (id, next_min) = (migration.id, migration.next_min_value);
                 let run = self
-                    .run_job(
-                        (*migration).clone(),
-                        *job,
-                        Origin::Range { next_min },
-                        Mode::Normal,
-                    )
+                    .run_job(*migration, *job, Origin::Range { next_min }, Mode::Normal)
                     .await;
-                self.own_errors(&migration, run).await?
+                self.own_errors(id, run).await?
             }
             Carry::Continue {
                 migration,
                 prefetch,
             } => {
-                let next = self.continue_with((*migration).clone(), prefetch).await;
-                let next = match next {
+                let id = migration.id;
+                let next = match self.continue_with(*migration, prefetch).await {
                     Ok(next) => next,
-                    Err(e) => Some(self.own_errors(&migration, Err(e)).await?),
+                    Err(e) => Some(self.own_errors(id, Err(e)).await?),
                 };
                 match next {
                     Some(outcome) => outcome,
@@ -240,19 +235,19 @@ impl WorkerLoop {
             _ => Mode::Normal,
         };
         let outcome = self.step_migration_in(&m, mode).await;
-        self.own_errors(&m, outcome).await
+        self.own_errors(m.id, outcome).await
     }
 
     /// An error that belongs to migration `m` (see [`migration_failure`]) fails `m` instead
     /// of stopping the worker; anything else passes through.
     pub(super) async fn own_errors(
         &mut self,
-        m: &Migration,
+        migration_id: i64,
         outcome: Result<StepOutcome>,
     ) -> Result<StepOutcome> {
         match outcome {
             Err(e) => match migration_failure(&e) {
-                Some(failure) => self.fail_for_error(m, failure).await,
+                Some(failure) => self.fail_for_error(migration_id, failure).await,
                 None => Err(e),
             },
             ok => ok,
@@ -307,21 +302,21 @@ impl WorkerLoop {
     /// Records an error of the migration's own on it (`fail`, with its class and message).
     pub(super) async fn fail_for_error(
         &mut self,
-        m: &Migration,
+        migration_id: i64,
         failure: Failure,
     ) -> Result<StepOutcome> {
-        tracing::warn!(migration = m.id, name = %m.name, class = %failure.class, message = %failure.message, "the migration failed on an error of its own");
-        let current = self.sg().store.migration_get(m.id).await?;
+        tracing::warn!(migration = migration_id, class = %failure.class, message = %failure.message, "the migration failed on an error of its own");
+        let current = self.sg().store.migration_get(migration_id).await?;
         let Some(current) = current.filter(|c| c.status.after(MigrationEvent::Fail).is_some())
         else {
-            return Ok(StepOutcome::Waiting { migration_id: m.id });
+            return Ok(StepOutcome::Waiting { migration_id });
         };
         let reason = format!("{}: {}", failure.class, failure.message);
         match self.fail_migration(&current, failure, reason).await {
             Ok(m) => Ok(StepOutcome::Completed {
                 migration: Box::new(m),
             }),
-            Err(Error::Conflict { .. }) => Ok(StepOutcome::Waiting { migration_id: m.id }),
+            Err(Error::Conflict { .. }) => Ok(StepOutcome::Waiting { migration_id }),
             Err(e) => Err(e),
         }
     }
