@@ -114,9 +114,19 @@ pub struct QueueArgs {
     /// Table to migrate (table or schema.table).
     #[arg(long)]
     pub table: String,
-    /// Integer key column the batches walk over.
-    #[arg(long, default_value = "id")]
-    pub column: String,
+    /// The key the batches walk, its columns in order, comma-separated (`--key id` or
+    /// `--key tenant_id,id`) [default: the table's primary key]. It must be unique and NOT
+    /// NULL; integer, uuid, text/varchar, numeric, date and timestamp columns (SQLite: INTEGER
+    /// and TEXT).
+    #[arg(long, value_delimiter = ',', conflicts_with = "column")]
+    pub key: Option<Vec<String>>,
+    /// A one-column key (the same as `--key COLUMN`, for a name that contains a comma).
+    #[arg(long)]
+    pub column: Option<String>,
+    /// Walk a key no primary key or unique index covers (GitLab's loose index scan): every row
+    /// of one key value falls in one sub-batch, which cannot be split.
+    #[arg(long)]
+    pub non_unique_key: bool,
     /// What each sub-batch does.
     #[arg(long, value_enum)]
     pub kind: Kind,
@@ -150,12 +160,13 @@ pub struct QueueArgs {
     /// Minimum time between job starts (0s: full speed).
     #[arg(long, default_value = "2m", value_parser = parse_duration)]
     pub interval: Duration,
-    /// First key (default: the column's minimum now).
-    #[arg(long, allow_negative_numbers = true)]
-    pub min_value: Option<i64>,
-    /// Last key (default: the column's maximum now).
-    #[arg(long, allow_negative_numbers = true)]
-    pub max_value: Option<i64>,
+    /// First key (default: the key's minimum now): a value (`42`, a uuid, `2024-01-01`), or a
+    /// JSON array with one value per column for a composite key (`'[5, 0]'`).
+    #[arg(long, alias = "min", allow_hyphen_values = true)]
+    pub min_value: Option<String>,
+    /// Last key (default: the key's maximum now), written as `--min-value`.
+    #[arg(long, alias = "max", allow_hyphen_values = true)]
+    pub max_value: Option<String>,
     /// statement_timeout of each sub-batch (PostgreSQL).
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub statement_timeout: Duration,

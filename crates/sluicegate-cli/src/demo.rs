@@ -36,7 +36,10 @@ impl JobKind for UpdateWithDemoFault {
     }
 
     async fn perform(&self, batch: &mut SubBatch<'_>) -> Result<u64, Failure> {
-        if (batch.start()..=batch.end()).contains(&self.fault_key)
+        let (start, end) = (batch.start().as_i64(), batch.end().as_i64());
+        if start
+            .zip(end)
+            .is_some_and(|(s, e)| (s..=e).contains(&self.fault_key))
             && !self.fired.swap(true, Ordering::SeqCst)
         {
             return Err(Failure::new(

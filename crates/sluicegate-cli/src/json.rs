@@ -4,7 +4,17 @@
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sluicegate::health::HealthSettings;
-use sluicegate::{Job, JobStatus, Migration, Progress};
+use sluicegate::{Job, JobStatus, Key, KeySpec, Migration, Progress};
+
+/// A key as `min_value`/`max_value` show it: the value itself for a one-column key (a number
+/// for an integer key, as before keys were typed), the array for a composite one. The typed
+/// array is always there too, as `min_cursor`/`max_cursor`.
+pub fn key_value(key: &Key) -> serde_json::Value {
+    match key.values() {
+        [v] => v.clone(),
+        values => serde_json::Value::Array(values.to_vec()),
+    }
+}
 
 /// A migration as `--json` prints it.
 #[derive(Debug, Serialize)]
@@ -15,9 +25,13 @@ pub struct MigrationJson {
     pub job_kind: String,
     pub table: String,
     pub column: String,
+    pub key: &'static str,
+    pub key_columns: KeySpec,
     pub job_arguments: serde_json::Value,
-    pub min_value: i64,
-    pub max_value: i64,
+    pub min_value: serde_json::Value,
+    pub max_value: serde_json::Value,
+    pub min_cursor: Key,
+    pub max_cursor: Key,
     pub batch_size: i64,
     pub sub_batch_size: i64,
     pub max_batch_size: Option<i64>,
@@ -42,10 +56,18 @@ impl MigrationJson {
             status: m.status.to_string(),
             job_kind: m.job_kind.clone(),
             table: m.table_name.clone(),
-            column: m.column_name.clone(),
+            column: m.key.display_names(),
+            key: if m.key.len() == 1 {
+                "single"
+            } else {
+                "composite"
+            },
+            key_columns: m.key.clone(),
             job_arguments: m.job_arguments.clone(),
-            min_value: m.min_value,
-            max_value: m.max_value,
+            min_value: key_value(&m.min_value),
+            max_value: key_value(&m.max_value),
+            min_cursor: m.min_value.clone(),
+            max_cursor: m.max_value.clone(),
             batch_size: m.batch_size,
             sub_batch_size: m.sub_batch_size,
             max_batch_size: m.max_batch_size,
@@ -115,13 +137,15 @@ pub struct JobJson<'a> {
     pub id: i64,
     pub migration_id: i64,
     pub status: JobStatus,
-    pub min_value: i64,
-    pub max_value: i64,
+    pub min_value: serde_json::Value,
+    pub max_value: serde_json::Value,
+    pub min_cursor: &'a Key,
+    pub max_cursor: &'a Key,
     pub batch_size: i64,
     pub sub_batch_size: i64,
     pub attempts: i32,
     pub rows_affected: i64,
-    pub cursor: Option<i64>,
+    pub cursor: Option<&'a Key>,
     pub worker: Option<&'a str>,
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
@@ -141,13 +165,15 @@ impl<'a> JobJson<'a> {
             id: j.id,
             migration_id: j.migration_id,
             status: j.status,
-            min_value: j.min_value,
-            max_value: j.max_value,
+            min_value: key_value(&j.min_value),
+            max_value: key_value(&j.max_value),
+            min_cursor: &j.min_value,
+            max_cursor: &j.max_value,
             batch_size: j.batch_size,
             sub_batch_size: j.sub_batch_size,
             attempts: j.attempts,
             rows_affected: j.rows_affected,
-            cursor: j.cursor,
+            cursor: j.cursor.as_ref(),
             worker: j.worker.as_deref(),
             started_at: j.started_at,
             finished_at: j.finished_at,

@@ -10,8 +10,8 @@ use comfy_table::{presets::UTF8_FULL_CONDENSED, Cell, ContentArrangement, Table}
 use serde::Serialize;
 use sluicegate::health::Signal;
 use sluicegate::{Job, JobStatus, Progress, Sluicegate};
-pub use sluicegate_cli::json::MigrationJson;
 use sluicegate_cli::json::{job_duration_ms, JobJson, StatusJson};
+pub use sluicegate_cli::json::{key_value, MigrationJson};
 
 /// Colors only on a terminal and when `NO_COLOR` is unset.
 pub fn color_enabled() -> bool {
@@ -111,7 +111,7 @@ pub async fn status(sg: &Sluicegate, json: bool) -> Result<()> {
             Cell::new(m.id),
             Cell::new(&m.name),
             Cell::new(m.status),
-            Cell::new(format!("{}.{}", m.table_name, m.column_name)),
+            Cell::new(format!("{}.{}", m.table_name, m.key.display_names())),
             Cell::new(format!("{:.1}%", p.percent)),
             Cell::new(format!("{} / {}", p.rows_done, opt(p.rows_total))),
             Cell::new(opt(p.rows_per_second.map(|r| r.round() as i64))),
@@ -211,7 +211,10 @@ pub async fn show(sg: &Sluicegate, migration: &str, json: bool) -> Result<()> {
         ("status", format!("{} {}", m.status, hold_text(&p))),
         ("kind", m.job_kind.clone()),
         ("arguments", m.job_arguments.to_string()),
-        ("table", format!("{}.{}", m.table_name, m.column_name)),
+        (
+            "table",
+            format!("{}.{}", m.table_name, m.key.display_names()),
+        ),
         ("keys", format!("{} ..= {}", m.min_value, m.max_value)),
         (
             "batch / sub-batch",

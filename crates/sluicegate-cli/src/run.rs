@@ -14,14 +14,19 @@ use crate::progress::{bars_wanted, Reporter};
 /// Turns `queue` flags into a request, refusing flags that do not belong to the kind.
 fn request(args: &QueueArgs) -> Result<QueueRequest> {
     let mut req = QueueRequest::new(&args.name, args.kind.name(), &args.table);
-    req.column = args.column.clone();
+    req.key = match (&args.key, &args.column) {
+        (Some(key), _) => Some(key.iter().map(|c| c.trim().to_owned()).collect()),
+        (None, Some(column)) => Some(vec![column.clone()]),
+        (None, None) => None,
+    };
+    req.non_unique_key = args.non_unique_key;
     req.batch_size = args.batch_size;
     req.sub_batch_size = args.sub_batch_size;
     req.max_batch_size = args.max_batch_size;
     req.pause_ms = args.pause_ms;
     req.interval = args.interval;
-    req.min_value = args.min_value;
-    req.max_value = args.max_value;
+    req.min_value = args.min_value.clone();
+    req.max_value = args.max_value.clone();
     req.paused = args.paused;
     req.statement_timeout = args.statement_timeout;
     req.lock_timeout = args.lock_timeout;
@@ -84,6 +89,19 @@ fn request(args: &QueueArgs) -> Result<QueueRequest> {
     Ok(req)
 }
 
+/// The key's columns with their types: `id bigint`, `(tenant_id bigint, id uuid)`.
+fn key_description(key: &sluicegate::KeySpec) -> String {
+    let cols: Vec<String> = key
+        .columns()
+        .iter()
+        .map(|c| format!("{} {}", c.name, c.key_type.sql_name()))
+        .collect();
+    match cols.as_slice() {
+        [one] => one.clone(),
+        _ => format!("({})", cols.join(", ")),
+    }
+}
+
 pub async fn queue(sg: &Sluicegate, args: &QueueArgs) -> Result<()> {
     let req = request(args)?;
     if args.dry_run {
@@ -93,10 +111,13 @@ pub async fn queue(sg: &Sluicegate, args: &QueueArgs) -> Result<()> {
             "name": m.name,
             "job_kind": m.job_kind,
             "table": m.table_name,
-            "column": m.column_name,
+            "column": m.key.display_names(),
+            "key_columns": m.key,
             "job_arguments": m.job_arguments,
-            "min_value": m.min_value,
-            "max_value": m.max_value,
+            "min_value": output::key_value(&m.min_value),
+            "max_value": output::key_value(&m.max_value),
+            "min_cursor": m.min_value,
+            "max_cursor": m.max_value,
             "estimated_rows": m.total_tuple_count,
             "estimated_jobs": plan.estimated_jobs(),
             "batch_size": m.batch_size,
@@ -117,8 +138,9 @@ pub async fn queue(sg: &Sluicegate, args: &QueueArgs) -> Result<()> {
                 m.name,
                 m.job_kind,
                 m.table_name,
-                m.column_name
+                m.key.display_names()
             );
+            outln!("  key            {}", key_description(&m.key));
             outln!("  range          {} ..= {}", m.min_value, m.max_value);
             outln!("  rows (est.)    {}", output::opt(m.total_tuple_count));
             outln!(
@@ -156,7 +178,7 @@ pub async fn queue(sg: &Sluicegate, args: &QueueArgs) -> Result<()> {
             m.name,
             m.job_kind,
             m.table_name,
-            m.column_name,
+            m.key.display_names(),
             m.min_value,
             m.max_value,
             m.status

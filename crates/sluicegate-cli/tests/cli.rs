@@ -511,7 +511,11 @@ store_test!(exactly_once_across_workers_killed_with_sigkill, |db| {
         killed_mid_job.len(),
         "each job left running by a killed worker shows WorkerLost"
     );
-    let mut ranges: Vec<_> = jobs.iter().map(|j| (j.min_value, j.max_value)).collect();
+    let int = |k: &sluicegate::Key| k.as_i64().expect("an integer key");
+    let mut ranges: Vec<_> = jobs
+        .iter()
+        .map(|j| (int(&j.min_value), int(&j.max_value)))
+        .collect();
     ranges.sort();
     assert_eq!(ranges.first().unwrap().0, 1);
     assert_eq!(ranges.last().unwrap().1, 20_000);

@@ -25,7 +25,8 @@ impl JobKind for NormalizePhones {
 
     async fn perform(&self, batch: &mut SubBatch<'_>) -> Result<u64, Failure> {
         let table = batch.quoted_table();
-        let key = batch.quoted_column();
+        // "this sub-batch's keys", for any key (one column or several), its values bound.
+        let in_range = batch.range_predicate().to_owned();
         // Each backend has its own way; the connection says which one this is.
         let expression = match batch.connection() {
             SubBatchConnection::Postgres(_) => "regexp_replace(phone, '[^0-9]', '', 'g')",
@@ -35,7 +36,7 @@ impl JobKind for NormalizePhones {
         };
         batch
             .execute(&format!(
-                "UPDATE {table} SET phone = {expression} WHERE {key} BETWEEN $1 AND $2"
+                "UPDATE {table} SET phone = {expression} WHERE {in_range}"
             ))
             .await
     }

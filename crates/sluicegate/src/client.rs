@@ -15,6 +15,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use crate::error::{Error, Result};
 use crate::health::HealthSettings;
 use crate::ident::{self, TableName};
+use crate::key::Lower;
 use crate::kind::Registry;
 use crate::model::{Job, JobCounts, JobTransition, Migration, MigrationTransition, NewMigration};
 use crate::status::{JobStatus, MigrationEvent, MigrationStatus};
@@ -72,8 +73,11 @@ pub struct QueueRequest {
     pub job_kind: String,
     /// Target table (`table` or `schema.table`).
     pub table: String,
-    /// Integer key column (default `id`).
-    pub column: String,
+    /// The key to walk, its columns in order (default: the table's primary key).
+    pub key: Option<Vec<String>>,
+    /// Walk `key` even though no primary key or unique index covers it (rows of one key
+    /// value then always fall in one sub-batch).
+    pub non_unique_key: bool,
     /// Arguments of the job kind (`{"set": ...}` for `update`, ...).
     pub arguments: Value,
     /// Keys per job (GitLab: 1,000).
@@ -86,10 +90,11 @@ pub struct QueueRequest {
     pub pause_ms: i64,
     /// Minimum time between job starts (GitLab: 2 minutes).
     pub interval: Duration,
-    /// Range start (default: the column's current minimum).
-    pub min_value: Option<i64>,
-    /// Range end (default: the column's current maximum).
-    pub max_value: Option<i64>,
+    /// Range start (default: the key's current minimum): a value for a one-column key, a JSON
+    /// array for a composite one ([`KeySpec::parse_bound`]).
+    pub min_value: Option<String>,
+    /// Range end (default: the key's current maximum).
+    pub max_value: Option<String>,
     /// Queue as `paused`.
     pub paused: bool,
     /// Sub-batch statement timeout (PostgreSQL).
@@ -116,7 +121,8 @@ impl QueueRequest {
             name: name.into(),
             job_kind: job_kind.into(),
             table: table.into(),
-            column: "id".to_owned(),
+            key: None,
+            non_unique_key: false,
             arguments: Value::Object(Default::default()),
             batch_size: 1_000,
             sub_batch_size: 100,
@@ -399,25 +405,39 @@ impl Sluicegate {
                 kind: req.job_kind.clone(),
                 reason,
             })?;
-        ident::validate(&req.column)?;
         let table = TableName::parse(&req.table)?;
-        let table = self.target.table_check(&table, &req.column).await?;
-        let bounds = self.target.key_bounds(&table, &req.column).await?;
-        let (min_value, max_value) = match (req.min_value, req.max_value, bounds) {
+        let (table, key) = self
+            .target
+            .key_resolve(&table, req.key.as_deref(), req.non_unique_key)
+            .await?;
+        let bound = |flag: &str, text: &Option<String>| {
+            text.as_deref()
+                .map(|t| key.parse_bound(flag, t))
+                .transpose()
+        };
+        let (min, max) = (
+            bound("--min-value", &req.min_value)?,
+            bound("--max-value", &req.max_value)?,
+        );
+        let bounds = self.target.key_bounds(&table, &key).await?;
+        let empty = bounds.is_none();
+        let (min_value, max_value) = match (min, max, bounds) {
             (Some(min), Some(max), _) => (min, max),
             (min, max, Some((lo, hi))) => (min.unwrap_or(lo), max.unwrap_or(hi)),
             // An empty table and no explicit range: nothing to do, finishes at once.
             (min, max, None) => {
-                let v = min.or(max).unwrap_or(0);
-                (v, v)
+                let v = min.or(max).unwrap_or_else(|| key.placeholder());
+                (v.clone(), v)
             }
         };
-        if min_value > max_value {
-            return Err(Error::InvalidSettings(format!(
-                "--min-value {min_value} is greater than --max-value {max_value}"
-            )));
+        if let (Some(lo), Some(hi)) = (min_value.as_i64(), max_value.as_i64()) {
+            if lo > hi {
+                return Err(Error::InvalidSettings(format!(
+                    "--min-value {lo} is greater than --max-value {hi}"
+                )));
+            }
         }
-        let next_min_value = bounds.map(|_| min_value);
+        let next_start = (!empty).then(|| Lower::From(min_value.clone()));
         if let Some(probe) = &req.health.probe {
             let sample = self.target.health_sample(&table, Some(probe)).await?;
             if let Some(Err(reason)) = sample.probe {
@@ -427,23 +447,29 @@ impl Sluicegate {
             }
         }
         let trial_started = std::time::Instant::now();
-        let trial = self
-            .target
-            .sub_batch_try(SubBatchSpec {
-                kind: kind.as_ref(),
-                table: &table,
-                column: &req.column,
-                arguments: &req.arguments,
-                start: min_value,
-                max: max_value,
-                size: req.sub_batch_size,
-                whole_rest: false,
-                timeouts: Timeouts {
-                    statement_ms: millis(req.statement_timeout),
-                    lock_ms: millis(req.lock_timeout),
-                },
-            })
-            .await;
+        let trial_lower = Lower::From(min_value.clone());
+        // An empty table has no key to start from (its bounds are placeholders): nothing to try.
+        let trial = match &next_start {
+            None => Ok(0),
+            Some(_) => {
+                self.target
+                    .sub_batch_try(SubBatchSpec {
+                        kind: kind.as_ref(),
+                        table: &table,
+                        key: &key,
+                        arguments: &req.arguments,
+                        lower: &trial_lower,
+                        max: &max_value,
+                        size: req.sub_batch_size,
+                        whole_rest: false,
+                        timeouts: Timeouts {
+                            statement_ms: millis(req.statement_timeout),
+                            lock_ms: millis(req.lock_timeout),
+                        },
+                    })
+                    .await
+            }
+        };
         let trial_time = trial_started.elapsed();
         let trial_rows = trial.map_err(|failure| Error::InvalidJob {
             kind: req.job_kind.clone(),
@@ -453,11 +479,11 @@ impl Sluicegate {
             name: req.name.clone(),
             job_kind: req.job_kind.clone(),
             table_name: stored_table_name(&table, &req.table),
-            column_name: req.column.clone(),
+            key,
             job_arguments: req.arguments.clone(),
             min_value,
             max_value,
-            next_min_value,
+            next_start,
             batch_size: req.batch_size,
             sub_batch_size: req.sub_batch_size,
             max_batch_size: req.max_batch_size,
@@ -748,26 +774,44 @@ fn check_settings(req: &QueueRequest) -> Result<()> {
     Ok(())
 }
 
+/// The share of the migration's keys its finished jobs walked. A one-column integer key is
+/// counted by subtraction (keys handed out over the range, times the share of jobs done); any
+/// other key by the keys its succeeded jobs walked over the table's estimated rows, never
+/// above 99% before the end (the estimate is an estimate).
+fn key_share_done(migration: &Migration, jobs: &JobCounts) -> f64 {
+    if let (Some(min), Some(max)) = (migration.min_value.as_i64(), migration.max_value.as_i64()) {
+        let span = (max as i128 - min as i128 + 1).max(1) as f64;
+        let handed_out = match &migration.next_start {
+            None => span,
+            Some(next) => match next
+                .inclusive_start(&migration.key)
+                .and_then(|k| k.as_i64())
+            {
+                Some(next) => (next as i128 - min as i128) as f64,
+                None => span,
+            },
+        };
+        let open = (jobs.pending + jobs.running + jobs.failed) as f64;
+        let total_jobs = jobs.total() as f64;
+        let done_share = if total_jobs > 0.0 {
+            (total_jobs - open) / total_jobs
+        } else {
+            0.0
+        };
+        return (handed_out / span * done_share).clamp(0.0, 1.0);
+    }
+    match migration.total_tuple_count.filter(|n| *n > 0) {
+        Some(total) => (jobs.keys_done as f64 / total as f64).clamp(0.0, 0.99),
+        None => 0.0,
+    }
+}
+
 /// Progress arithmetic, apart from I/O so it can be tested.
 pub fn compute_progress(migration: Migration, jobs: JobCounts, now: DateTime<Utc>) -> Progress {
     let rows_done = jobs.rows_affected;
-    let span = (migration.max_value as i128 - migration.min_value as i128 + 1).max(1) as f64;
     let percent = match migration.status {
         MigrationStatus::Finished => 100.0,
-        _ => {
-            let handed_out = match migration.next_min_value {
-                None => span,
-                Some(next) => (next as i128 - migration.min_value as i128) as f64,
-            };
-            let open = (jobs.pending + jobs.running + jobs.failed) as f64;
-            let total_jobs = jobs.total() as f64;
-            let done_share = if total_jobs > 0.0 {
-                (total_jobs - open) / total_jobs
-            } else {
-                0.0
-            };
-            (handed_out / span * done_share * 100.0).clamp(0.0, 100.0)
-        }
+        _ => key_share_done(&migration, &jobs) * 100.0,
     };
     let elapsed = jobs.first_started_at.map(|start| {
         let end = if migration.status.is_finished() {

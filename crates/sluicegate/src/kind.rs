@@ -11,6 +11,7 @@ use sqlx::{PgConnection, SqliteConnection};
 
 use crate::failure::Failure;
 use crate::ident::{self, TableName};
+use crate::key::{Key, KeySpec};
 
 /// The connection a sub-batch runs on, inside its own transaction.
 pub enum SubBatchConnection<'c> {
@@ -20,27 +21,34 @@ pub enum SubBatchConnection<'c> {
     Sqlite(&'c mut SqliteConnection),
 }
 
-/// One sub-batch: a key range `[start, end]` of a migration's table, and the open transaction
-/// to change it in. The transaction commits after [`JobKind::perform`] returns `Ok` (together
-/// with the job's cursor when tracking and target are one database) and rolls back otherwise.
+/// One sub-batch: a key range `[start, end]` of a migration's table (both existing keys), and
+/// the open transaction to change it in. The transaction commits after [`JobKind::perform`]
+/// returns `Ok` (together with the job's cursor when tracking and target are one database) and
+/// rolls back otherwise.
 pub struct SubBatch<'c> {
     pub(crate) connection: SubBatchConnection<'c>,
     pub(crate) table: &'c TableName,
-    pub(crate) column: &'c str,
+    pub(crate) key: &'c KeySpec,
+    pub(crate) predicate: &'c str,
     pub(crate) arguments: &'c Value,
-    pub(crate) start: i64,
-    pub(crate) end: i64,
+    pub(crate) start: &'c Key,
+    pub(crate) end: &'c Key,
 }
 
 impl<'c> SubBatch<'c> {
-    /// First key of the sub-batch (inclusive).
-    pub fn start(&self) -> i64 {
+    /// First key of the sub-batch (inclusive), one value per key column.
+    pub fn start(&self) -> &Key {
         self.start
     }
 
     /// Last key of the sub-batch (inclusive).
-    pub fn end(&self) -> i64 {
+    pub fn end(&self) -> &Key {
         self.end
+    }
+
+    /// The key's columns and types.
+    pub fn key(&self) -> &KeySpec {
+        self.key
     }
 
     /// The migration's job arguments.
@@ -53,9 +61,12 @@ impl<'c> SubBatch<'c> {
         self.table.quoted()
     }
 
-    /// The key column, quoted for SQL.
-    pub fn quoted_column(&self) -> String {
-        ident::quote(self.column)
+    /// The condition "the row's key is in this sub-batch", ready for a `WHERE`, its values
+    /// bound by [`Self::execute`]: `"id" BETWEEN $1 AND $2` for a one-column key, a row-value
+    /// comparison (`("a", "b") >= ($1, $2) AND ("a", "b") <= ($3, $4)`) for a composite one.
+    /// On PostgreSQL each non-integer value is cast to its column's type.
+    pub fn range_predicate(&self) -> &str {
+        self.predicate
     }
 
     /// The open transaction's connection, for kinds that need more than [`Self::execute`].
@@ -63,23 +74,33 @@ impl<'c> SubBatch<'c> {
         &mut self.connection
     }
 
-    /// Runs `sql` with `$1` bound to [`Self::start`] and `$2` to [`Self::end`] (on both
-    /// backends), returning the rows it affected.
+    /// Runs `sql` with the sub-batch's bounds bound as [`Self::range_predicate`] numbers them:
+    /// the first key's values as `$1..$n`, the last key's as `$n+1..$2n` (`n` key columns;
+    /// integers bound as `bigint`, other values as text), on both backends. Returns the rows
+    /// it affected.
     pub async fn execute(&mut self, sql: &str) -> Result<u64, Failure> {
-        let (start, end) = (self.start, self.end);
+        let values = self.start.values().iter().chain(self.end.values());
         let rows = match &mut self.connection {
-            SubBatchConnection::Postgres(conn) => sqlx::query(sql)
-                .bind(start)
-                .bind(end)
-                .execute(&mut **conn)
-                .await?
-                .rows_affected(),
-            SubBatchConnection::Sqlite(conn) => sqlx::query(sql)
-                .bind(start)
-                .bind(end)
-                .execute(&mut **conn)
-                .await?
-                .rows_affected(),
+            SubBatchConnection::Postgres(conn) => {
+                let mut query = sqlx::query(sql);
+                for v in values {
+                    query = match v.as_i64() {
+                        Some(n) => query.bind(n),
+                        None => query.bind(v.as_str().unwrap_or_default().to_owned()),
+                    };
+                }
+                query.execute(&mut **conn).await?.rows_affected()
+            }
+            SubBatchConnection::Sqlite(conn) => {
+                let mut query = sqlx::query(sql);
+                for v in values {
+                    query = match v.as_i64() {
+                        Some(n) => query.bind(n),
+                        None => query.bind(v.as_str().unwrap_or_default().to_owned()),
+                    };
+                }
+                query.execute(&mut **conn).await?.rows_affected()
+            }
         };
         Ok(rows)
     }
@@ -176,7 +197,7 @@ fn optional_string(args: &Value, key: &str) -> Result<(), String> {
 
 /// The sub-batch's range condition plus an optional user condition.
 fn range_condition(batch: &SubBatch<'_>) -> String {
-    let mut cond = format!("{} BETWEEN $1 AND $2", batch.quoted_column());
+    let mut cond = batch.range_predicate().to_owned();
     if let Some(filter) = string_arg(batch.arguments, "where").filter(|w| !w.trim().is_empty()) {
         cond.push_str(&format!(" AND ({filter})"));
     }
@@ -268,9 +289,15 @@ impl JobKind for CopyColumnKind {
     }
 }
 
-/// `sql`: the operator's own statement, with `$1` and `$2` bound to the sub-batch's range.
+/// `sql`: the operator's own statement. `{range}` in it stands for the sub-batch's key range
+/// (any key: [`SubBatch::range_predicate`], values bound); for a one-column key `$1` and `$2`
+/// are its first and last key (on PostgreSQL a non-integer key's are text: cast them, e.g.
+/// `$1::uuid`).
 #[derive(Debug, Clone, Copy)]
 pub struct SqlKind;
+
+/// What stands for the sub-batch's range in a `sql` statement.
+pub const RANGE_PLACEHOLDER: &str = "{range}";
 
 #[async_trait]
 impl JobKind for SqlKind {
@@ -281,10 +308,11 @@ impl JobKind for SqlKind {
     fn validate_arguments(&self, args: &Value) -> Result<(), String> {
         require_string(args, "sql")?;
         let sql = string_arg(args, "sql").unwrap_or_default();
-        if !sql.contains("$1") || !sql.contains("$2") {
-            return Err(
-                "the statement must use $1 and $2 (the sub-batch's first and last key)".into(),
-            );
+        let bounded = sql.contains("$1") && sql.contains("$2");
+        if !(sql.contains(RANGE_PLACEHOLDER) || bounded) {
+            return Err(format!(
+                "the statement must restrict itself to the sub-batch: use {RANGE_PLACEHOLDER} (its key range, any key) or $1 and $2 (its first and last key, one-column keys)"
+            ));
         }
         Ok(())
     }
@@ -292,7 +320,7 @@ impl JobKind for SqlKind {
     async fn perform(&self, batch: &mut SubBatch<'_>) -> Result<u64, Failure> {
         let sql = string_arg(batch.arguments, "sql")
             .unwrap_or_default()
-            .to_owned();
+            .replace(RANGE_PLACEHOLDER, &format!("({})", batch.range_predicate()));
         batch.execute(&sql).await
     }
 }

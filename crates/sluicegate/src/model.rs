@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::health::HealthSettings;
+use crate::key::{Key, KeySpec, Lower};
 use crate::status::{JobStatus, MigrationEvent, MigrationStatus};
 
 /// One queued data migration over one table.
@@ -20,16 +21,16 @@ pub struct Migration {
     pub job_kind: String,
     /// Target table, as given (`table` or `schema.table`).
     pub table_name: String,
-    /// Integer key column the batches walk over.
-    pub column_name: String,
+    /// The key the batches walk over (the primary key by default).
+    pub key: KeySpec,
     /// The job kind's arguments.
     pub job_arguments: Value,
     /// First key of the range (inclusive).
-    pub min_value: i64,
+    pub min_value: Key,
     /// Last key of the range (inclusive).
-    pub max_value: i64,
-    /// Where the next new job starts; `None` once the range has been handed out.
-    pub next_min_value: Option<i64>,
+    pub max_value: Key,
+    /// Where the next new job's walk starts; `None` once the range has been handed out.
+    pub next_start: Option<Lower>,
     /// Keys per job.
     pub batch_size: i64,
     /// Keys per sub-batch (one transaction).
@@ -82,9 +83,9 @@ pub struct Job {
     /// The migration it belongs to.
     pub migration_id: i64,
     /// First key (inclusive).
-    pub min_value: i64,
+    pub min_value: Key,
     /// Last key (inclusive).
-    pub max_value: i64,
+    pub max_value: Key,
     /// Batch size when it was created.
     pub batch_size: i64,
     /// Sub-batch size (shrunk ×0.75 after a sub-batch timeout).
@@ -102,7 +103,7 @@ pub struct Job {
     /// Rows written by its committed sub-batches.
     pub rows_affected: i64,
     /// Last key whose sub-batch committed: a retaken job resumes after it.
-    pub cursor: Option<i64>,
+    pub cursor: Option<Key>,
     /// Per-sub-batch timings of its latest attempt.
     pub metrics: Value,
     /// Worker of its latest attempt.
@@ -172,16 +173,16 @@ pub struct NewMigration {
     pub job_kind: String,
     /// Target table as given.
     pub table_name: String,
-    /// Key column.
-    pub column_name: String,
+    /// The key walked.
+    pub key: KeySpec,
     /// Kind arguments.
     pub job_arguments: Value,
     /// Range start.
-    pub min_value: i64,
+    pub min_value: Key,
     /// Range end.
-    pub max_value: i64,
+    pub max_value: Key,
     /// Where the first job starts (`None`: nothing to do).
-    pub next_min_value: Option<i64>,
+    pub next_start: Option<Lower>,
     /// Keys per job.
     pub batch_size: i64,
     /// Keys per sub-batch.
@@ -223,6 +224,9 @@ pub struct JobCounts {
     pub exhausted: i64,
     /// Rows written by all committed sub-batches.
     pub rows_affected: i64,
+    /// Keys walked by succeeded jobs (the sum of their batch sizes: exact but for each
+    /// migration's last, shorter job).
+    pub keys_done: i64,
     /// Start of the first job.
     pub first_started_at: Option<DateTime<Utc>>,
     /// End of the last finished job.

@@ -109,7 +109,7 @@ store_test!(bad_settings_are_clear_errors_and_write_nothing, |db| {
         (
             {
                 let mut r = base();
-                r.column = "nope".into();
+                r.key = Some(vec!["nope".into()]);
                 r
             },
             "unknown column \"nope\" in table",
@@ -117,16 +117,16 @@ store_test!(bad_settings_are_clear_errors_and_write_nothing, |db| {
         (
             {
                 let mut r = base();
-                r.column = "email".into();
+                r.key = Some(vec!["email".into()]);
                 r
             },
-            "must be an integer",
+            "may be NULL: rows where it is NULL would never be visited",
         ),
         (
             {
                 let mut r = base();
-                r.min_value = Some(9);
-                r.max_value = Some(3);
+                r.min_value = Some("9".into());
+                r.max_value = Some("3".into());
                 r
             },
             "greater than --max-value",
@@ -159,7 +159,7 @@ store_test!(bad_settings_are_clear_errors_and_write_nothing, |db| {
         ),
         (
             fast("m", "sql", "items", 10, 5).argument("sql", "UPDATE items SET n = 1"),
-            "must use $1 and $2",
+            "use {range} (its key range, any key) or $1 and $2",
         ),
         (
             {

@@ -341,15 +341,16 @@ store_test!(a_hold_by_one_worker_stops_every_other, |db| {
         .count();
     assert_eq!(started_after, 0, "no job starts while the hold lasts");
     let m = sg.migration("global").await.unwrap();
-    let start = m.next_min_value.expect("keys left");
+    let next = m.next_start.clone().expect("keys left");
+    let start = crate::common::int(&next.inclusive_start(&m.key).expect("an integer key"));
     let created = sg
         .store()
         .job_create(&sluicegate::store::JobCreateParams {
             migration_id: m.id,
-            expected_next_min: start,
+            expected_next: next,
             range: sluicegate::store::JobRange::Given {
-                min: start,
-                max: start + 10,
+                min: sluicegate::Key::int(start),
+                max: sluicegate::Key::int(start + 10),
             },
             batch_size: 200,
             sub_batch_size: 100,

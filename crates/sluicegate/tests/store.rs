@@ -11,8 +11,8 @@ use sluicegate::store::{
     SubBatchCommitted, SubBatchSpec, Timeouts,
 };
 use sluicegate::{
-    ident::TableName, store_test, Error, JobStatus, Migration, MigrationEvent, MigrationStatus,
-    Sluicegate,
+    ident::TableName, store_test, Error, JobStatus, Key, Lower, Migration, MigrationEvent,
+    MigrationStatus, Sluicegate,
 };
 
 use crate::common::{fast, take_job};
@@ -25,10 +25,14 @@ async fn queued(sg: &Sluicegate, name: &str, table: &str, batch: i64) -> Migrati
         .unwrap()
 }
 
-fn create(m: &Migration, start: i64, range: JobRange, worker: &str) -> JobCreateParams {
+fn k(v: i64) -> Key {
+    Key::int(v)
+}
+
+fn create(m: &Migration, start: Lower, range: JobRange, worker: &str) -> JobCreateParams {
     JobCreateParams {
         migration_id: m.id,
-        expected_next_min: start,
+        expected_next: start,
         range,
         batch_size: m.batch_size,
         sub_batch_size: m.sub_batch_size,
@@ -80,7 +84,15 @@ store_test!(a_claim_takes_only_due_migrations_and_one_per_table, |db| {
     assert_eq!(claimed.map(|m| m.id), Some(a.id));
     // Its first job starts the interval: no longer due.
     let created = store
-        .job_create(&create(&a, 1, JobRange::Given { min: 1, max: 50 }, "w1"))
+        .job_create(&create(
+            &a,
+            Lower::From(k(1)),
+            JobRange::Given {
+                min: k(1),
+                max: k(50),
+            },
+            "w1",
+        ))
         .await
         .unwrap();
     assert!(matches!(created, JobCreated::Created(..)), "{created:?}");
@@ -166,34 +178,37 @@ store_test!(
             .unwrap();
         let keyset = |size| JobRange::Keyset {
             table: TableName::parse("items").unwrap(),
-            column: "id".into(),
+            key: m.key.clone(),
             size,
         };
         let created = store
-            .job_create(&create(&m, 1, keyset(8), "w1"))
+            .job_create(&create(&m, Lower::From(k(1)), keyset(8), "w1"))
             .await
             .unwrap();
         let JobCreated::Created(job, next) = created else {
             panic!("{created:?}")
         };
-        assert_eq!((job.min_value, job.max_value, next), (1, 8, Some(9)));
+        assert_eq!(
+            (job.min_value, job.max_value, next),
+            (k(1), k(8), Some(Lower::After(k(8))))
+        );
         assert_eq!(job.status, JobStatus::Running);
         assert_eq!(job.attempts, 1);
         // The same start again: the migration moved on, nothing written.
         let again = store
-            .job_create(&create(&m, 1, keyset(8), "w1"))
+            .job_create(&create(&m, Lower::From(k(1)), keyset(8), "w1"))
             .await
             .unwrap();
         assert_eq!(again, JobCreated::NotNow);
         // Over the gap: 9, 10, 1000..1004 are the next 7 keys.
         let created = store
-            .job_create(&create(&m, 9, keyset(8), "w1"))
+            .job_create(&create(&m, Lower::After(k(8)), keyset(8), "w1"))
             .await
             .unwrap();
         let JobCreated::Created(job, next) = created else {
             panic!("{created:?}")
         };
-        assert_eq!((job.min_value, job.max_value, next), (9, 1_004, None));
+        assert_eq!((job.min_value, job.max_value, next), (k(9), k(1_004), None));
         assert_eq!(store.job_list(m.id, None).await.unwrap().len(), 2);
         let log = store.job_transition_list(job.id).await.unwrap();
         assert_eq!(log.len(), 1);
@@ -209,15 +224,15 @@ store_test!(the_range_is_exhausted_by_compare_and_set, |db| {
     let sg = db.sluicegate().await;
     let store = sg.store();
     let m = queued(&sg, "ex", "items", 5).await;
-    assert!(!store.migration_range_exhaust(m.id, 7).await.unwrap());
-    assert!(store.migration_range_exhaust(m.id, 1).await.unwrap());
+    let from = |v| Lower::From(k(v));
+    assert!(!store.migration_range_exhaust(m.id, &from(7)).await.unwrap());
+    assert!(!store
+        .migration_range_exhaust(m.id, &Lower::After(k(1)))
+        .await
+        .unwrap());
+    assert!(store.migration_range_exhaust(m.id, &from(1)).await.unwrap());
     assert_eq!(
-        store
-            .migration_get(m.id)
-            .await
-            .unwrap()
-            .unwrap()
-            .next_min_value,
+        store.migration_get(m.id).await.unwrap().unwrap().next_start,
         None
     );
 });
@@ -253,11 +268,11 @@ store_test!(retriable_jobs_splits_checkpoints_and_heartbeats, |db| {
     let (job, _) = take_job(&sg, &m, "w1", (1, 200), Duration::from_millis(300)).await;
     // Checkpoint and heartbeat are fenced by the attempt.
     assert!(store
-        .job_checkpoint(job.id, 1, 50, 50, LEASE)
+        .job_checkpoint(job.id, 1, &k(50), 50, LEASE)
         .await
         .unwrap());
     assert!(!store
-        .job_checkpoint(job.id, 2, 60, 10, LEASE)
+        .job_checkpoint(job.id, 2, &k(60), 10, LEASE)
         .await
         .unwrap());
     assert!(store
@@ -266,7 +281,7 @@ store_test!(retriable_jobs_splits_checkpoints_and_heartbeats, |db| {
         .unwrap());
     assert!(!store.job_heartbeat(job.id, 2, LEASE).await.unwrap());
     let job = store.job_get(job.id).await.unwrap().unwrap();
-    assert_eq!((job.cursor, job.rows_affected), (Some(50), 50));
+    assert_eq!((job.cursor, job.rows_affected), (Some(k(50)), 50));
     // Not retriable while its lease lives; retriable once it has run out.
     assert!(store.job_find_retriable(m.id, 3).await.unwrap().is_none());
     let expired = loop {
@@ -285,11 +300,11 @@ store_test!(retriable_jobs_splits_checkpoints_and_heartbeats, |db| {
     let (first, second) = store
         .job_split(&JobSplitParams {
             transition: JobTransitionParams::new(&failed, JobStatus::Pending, "w2").unwrap(),
-            first_max: 100,
+            first_max: k(100),
             batch_size: 100,
             sub_batch_size: 50,
-            second_min: 101,
-            second_max: 200,
+            second_min: k(101),
+            second_max: k(200),
         })
         .await
         .unwrap();
@@ -300,11 +315,11 @@ store_test!(retriable_jobs_splits_checkpoints_and_heartbeats, |db| {
             first.max_value,
             first.attempts
         ),
-        (JobStatus::Pending, 1, 100, 0)
+        (JobStatus::Pending, k(1), k(100), 0)
     );
     assert_eq!(
         (second.status, second.min_value, second.max_value),
-        (JobStatus::Pending, 101, 200)
+        (JobStatus::Pending, k(101), k(200))
     );
     let counts = store.job_counts(m.id, 3).await.unwrap();
     assert_eq!((counts.pending, counts.running, counts.total()), (2, 0, 2));
@@ -324,13 +339,21 @@ store_test!(a_performed_sub_batch_commits_as_the_engine_says, |db| {
     let (job, _) = take_job(&sg, &m, "w1", (1, 300), LEASE).await;
     let kind = sg.registry().get("update").unwrap();
     let table = TableName::parse("items").unwrap();
-    let spec = |start, size| SubBatchSpec {
+    let (max, lowers) = (
+        k(300),
+        [
+            Lower::From(k(1)),
+            Lower::After(k(100)),
+            Lower::After(k(300)),
+        ],
+    );
+    let spec = |start: usize, size| SubBatchSpec {
         kind: kind.as_ref(),
         table: &table,
-        column: "id",
+        key: &m.key,
         arguments: &m.job_arguments,
-        start,
-        max: 300,
+        lower: &lowers[start],
+        max: &max,
         size,
         whole_rest: false,
         timeouts: Timeouts {
@@ -346,17 +369,17 @@ store_test!(a_performed_sub_batch_commits_as_the_engine_says, |db| {
     // With the cursor.
     let performed = sg
         .target()
-        .sub_batch_perform(spec(1, 100))
+        .sub_batch_perform(spec(0, 100))
         .await
         .unwrap()
         .unwrap();
-    assert_eq!((performed.keys(), performed.rows()), ((1, 100), 100));
+    assert_eq!((performed.keys(), performed.rows()), (&(k(1), k(100)), 100));
     let committed = performed
         .commit(SubBatchCommit::Cursor(cursor))
         .await
         .unwrap();
     assert_eq!(committed, SubBatchCommitted::Committed);
-    assert_eq!(sg.job(job.id).await.unwrap().cursor, Some(100));
+    assert_eq!(sg.job(job.id).await.unwrap().cursor, Some(k(100)));
     // Fenced: a wrong attempt rolls the sub-batch back.
     let stale = JobCursor {
         attempts: job.attempts + 1,
@@ -364,7 +387,7 @@ store_test!(a_performed_sub_batch_commits_as_the_engine_says, |db| {
     };
     let performed = sg
         .target()
-        .sub_batch_perform(spec(101, 100))
+        .sub_batch_perform(spec(1, 100))
         .await
         .unwrap()
         .unwrap();
@@ -380,7 +403,7 @@ store_test!(a_performed_sub_batch_commits_as_the_engine_says, |db| {
     // Dropped uncommitted: rolled back.
     drop(
         sg.target()
-            .sub_batch_perform(spec(101, 100))
+            .sub_batch_perform(spec(1, 100))
             .await
             .unwrap()
             .unwrap(),
@@ -398,11 +421,11 @@ store_test!(a_performed_sub_batch_commits_as_the_engine_says, |db| {
     };
     let performed = sg
         .target()
-        .sub_batch_perform(spec(101, 200))
+        .sub_batch_perform(spec(1, 200))
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(performed.keys(), (101, 300));
+    assert_eq!(performed.keys(), &(k(101), k(300)));
     let committed = performed
         .commit(SubBatchCommit::Finish(cursor, &finish))
         .await
@@ -412,7 +435,7 @@ store_test!(a_performed_sub_batch_commits_as_the_engine_says, |db| {
     };
     assert!(next.is_none());
     assert_eq!(done.status, JobStatus::Succeeded);
-    assert_eq!((done.cursor, done.rows_affected), (Some(300), 300));
+    assert_eq!((done.cursor, done.rows_affected), (Some(k(300)), 300));
     assert_eq!(
         db.scalar("SELECT count(*) FROM items WHERE n = 1").await,
         300
@@ -422,7 +445,7 @@ store_test!(a_performed_sub_batch_commits_as_the_engine_says, |db| {
     // Nothing left in range: no transaction kept open.
     assert!(sg
         .target()
-        .sub_batch_perform(spec(301, 100))
+        .sub_batch_perform(spec(2, 100))
         .await
         .unwrap()
         .is_none());

@@ -15,7 +15,13 @@ use crate::common::fast;
 /// A new job of `m` in `status`, reached through legal transitions only.
 async fn job_in(sg: &Sluicegate, m: &Migration, status: JobStatus) -> Job {
     let current = sg.migration(&m.id.to_string()).await.unwrap();
-    let start = current.next_min_value.expect("range left");
+    let start = crate::common::int(
+        &current
+            .next_start
+            .expect("range left")
+            .inclusive_start(&current.key)
+            .expect("an integer key"),
+    );
     let (job, _) =
         crate::common::take_job(sg, m, "test", (start, start), Duration::from_secs(60)).await;
     let fail = || Some(Failure::new("TestFailure", "made to fail"));

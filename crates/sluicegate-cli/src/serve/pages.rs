@@ -174,7 +174,7 @@ pub async fn overview(
                         td { (m.id) }
                         td { a href=(format!("/migrations/{}", m.id)) { (m.name) } }
                         td class=(format!("status-{}", m.status)) { (m.status) }
-                        td { code { (m.table_name) "." (m.column_name) } }
+                        td { code { (m.table_name) "." (m.key.display_names()) } }
                         td { (progress_bar(p.percent)) }
                         td { (p.rows_done) " / " (p.rows_total.map(|t| t.to_string()).unwrap_or_else(|| "?".into())) }
                         td { (p.rows_per_second.map(|r| format!("{r:.0}")).unwrap_or_else(|| "-".into())) }
@@ -286,7 +286,7 @@ pub async fn migration(
             tr { th { "progress" } td { (progress_bar(p.percent)) " — " (p.rows_done) " of " (p.rows_total.map(|t| t.to_string()).unwrap_or_else(|| "?".into())) " rows" } }
             tr { th { "rate / ETA" } td { (p.rows_per_second.map(|r| format!("{r:.0} rows/s")).unwrap_or_else(|| "-".into())) " / " (eta(&p)) } }
             tr { th { "kind" } td { (m.job_kind) " " code { (m.job_arguments.to_string()) } } }
-            tr { th { "table" } td { code { (m.table_name) "." (m.column_name) } " keys " (m.min_value) " ..= " (m.max_value) } }
+            tr { th { "table" } td { code { (m.table_name) "." (m.key.display_names()) } " keys " (m.min_value) " ..= " (m.max_value) } }
             tr { th { "batch / sub-batch / max" } td { (m.batch_size) " / " (m.sub_batch_size) " / " (m.max_batch_size.map(|v| v.to_string()).unwrap_or_else(|| "-".into())) } }
             tr { th { "interval / pause" } td { (m.interval.as_millis()) " ms / " (m.pause_ms) " ms" } }
             tr { th { "timeouts" } td { "statement " (m.statement_timeout_ms) " ms, lock " (m.lock_timeout_ms) " ms" } }
@@ -345,7 +345,7 @@ pub async fn job(
         h1 { "Job " (j.id) " of " a href=(format!("/migrations/{}", m.id)) { (m.name) } }
         table {
             tr { th { "status" } td class=(format!("status-{}", j.status)) { (j.status) } }
-            tr { th { "keys" } td { (j.min_value) " ..= " (j.max_value) " (cursor " (j.cursor.map(|c| c.to_string()).unwrap_or_else(|| "-".into())) ")" } }
+            tr { th { "keys" } td { (j.min_value) " ..= " (j.max_value) " (cursor " (j.cursor.as_ref().map(|c| c.to_string()).unwrap_or_else(|| "-".into())) ")" } }
             tr { th { "attempts" } td { (j.attempts) } }
             tr { th { "rows" } td { (j.rows_affected) } }
             tr { th { "batch / sub-batch" } td { (j.batch_size) " / " (j.sub_batch_size) } }

@@ -9,7 +9,7 @@ pub(super) struct JobRun {
     pub(super) job: Job,
     pub(super) outcome: JobOutcome,
     /// The next job, started by this job's end, and the migration's next key after it.
-    pub(super) started_next: Option<(Job, Option<i64>)>,
+    pub(super) started_next: Option<(Job, Option<Lower>)>,
     /// What the sub-batch tuner learned in this job (a fixed cost), for the log.
     pub(super) tuner_found: Option<String>,
 }
@@ -70,10 +70,11 @@ impl WorkerLoop {
         };
         let heartbeat = self.start_heartbeat(&job);
         let started = Instant::now();
-        let mut start = match job.cursor {
-            Some(cursor) => cursor.checked_add(1),
-            None => Some(job.min_value),
-        };
+        let mut lower = Some(match &job.cursor {
+            Some(cursor) => Lower::After(cursor.clone()),
+            None => Lower::From(job.min_value.clone()),
+        })
+        .filter(|l| l.is_inclusive() || l.key() != &job.max_value);
         let mut sub_batch_size = job.sub_batch_size;
         let floor = self.tuner_floor.get(&m.id).copied().unwrap_or(1);
         let mut tuner = optimizer::SubBatchTuner::with_floor(floor);
@@ -86,7 +87,7 @@ impl WorkerLoop {
         };
         self.latency.entry(m.id).or_default().job_started();
         let failure = loop {
-            let Some(from) = start.filter(|s| *s <= job.max_value) else {
+            let Some(from) = lower.take() else {
                 break None;
             };
             if heartbeat.lost.load(Ordering::Relaxed) {
@@ -96,10 +97,10 @@ impl WorkerLoop {
             let spec = SubBatchSpec {
                 kind,
                 table,
-                column: &m.column_name,
+                key: &m.key,
                 arguments: &m.job_arguments,
-                start: from,
-                max: job.max_value,
+                lower: &from,
+                max: &job.max_value,
                 size: sub_batch_size,
                 whole_rest: sub_batch_size >= job.batch_size,
                 timeouts: Timeouts {
@@ -112,7 +113,7 @@ impl WorkerLoop {
                 Ok(None) => break None,
                 Err(failure) => break Some(failure),
             };
-            let (first, end) = performed.keys();
+            let (first, end) = performed.keys().clone();
             let rows = performed.rows();
             if !self.sg().same_database {
                 // Another database: commit there, then record the cursor here (at-least-once).
@@ -122,16 +123,16 @@ impl WorkerLoop {
                 let recorded = self
                     .sg()
                     .store
-                    .job_checkpoint(job.id, job.attempts, end, rows as i64, self.lease())
+                    .job_checkpoint(job.id, job.attempts, &end, rows as i64, self.lease())
                     .await?;
                 if !recorded {
                     return lost(job);
                 }
-            } else if end >= job.max_value {
+            } else if end == job.max_value {
                 // The job's last sub-batch: its end commits with it.
                 let took = t0.elapsed();
                 let mut tally = tally.clone();
-                tally.record(first, end, rows, took);
+                tally.record(&first, &end, rows, took);
                 let next_size = tuner.next(sub_batch_size, took, target_time, job.batch_size);
                 let then_create = match prefetch.as_deref_mut() {
                     Some(p) if self.may_start_ahead() => self.start_ahead(m, p, next_size),
@@ -154,7 +155,7 @@ impl WorkerLoop {
                         return Ok(JobRun {
                             job: *done,
                             outcome: JobOutcome::Succeeded,
-                            started_next: next.map(|(job, next_min)| (*job, next_min)),
+                            started_next: next.map(|(job, next_start)| (*job, next_start)),
                             tuner_found: tuner.take_found(),
                         });
                     }
@@ -177,9 +178,10 @@ impl WorkerLoop {
             let took = t0.elapsed();
             self.observe_latency(m.id, took, sub_batch_size);
             sub_batch_size = tuner.next(sub_batch_size, took, target_time, job.batch_size);
-            tally.record(first, end, rows, took);
-            start = end.checked_add(1);
-            if job.pause_ms > 0 && start.is_some_and(|s| s <= job.max_value) {
+            tally.record(&first, &end, rows, took);
+            // The walk is bounded by the job's last key: reaching it ends the job.
+            lower = (end != job.max_value).then_some(Lower::After(end));
+            if job.pause_ms > 0 && lower.is_some() {
                 tokio::time::sleep(Duration::from_millis(job.pause_ms as u64)).await;
             }
         };
@@ -300,19 +302,24 @@ impl WorkerLoop {
         if half < 1 || job.batch_size <= job.sub_batch_size {
             return Ok(());
         }
-        let from = match job.cursor {
-            Some(c) => match c.checked_add(1) {
-                Some(from) => from,
-                None => return Ok(()),
-            },
-            None => job.min_value,
+        let from = match &job.cursor {
+            Some(c) => Lower::After(c.clone()),
+            None => Lower::From(job.min_value.clone()),
         };
-        let range = self
-            .sg()
-            .target
-            .range_next(table, &m.column_name, from, job.max_value, half)
+        let target = &self.sg().target;
+        let range = target
+            .range_next(table, &m.key, &from, &job.max_value, half)
             .await?;
-        let Some((_, mid)) = range.filter(|(_, mid)| *mid < job.max_value) else {
+        // The middle key the walk found, and the first key after it: the second half starts
+        // at an existing key, as every job does.
+        let Some((_, mid)) = range.filter(|(_, mid)| *mid != job.max_value) else {
+            return Ok(());
+        };
+        let after = Lower::After(mid.clone());
+        let Some((second_min, _)) = target
+            .range_next(table, &m.key, &after, &job.max_value, 1)
+            .await?
+        else {
             return Ok(());
         };
         let params = JobSplitParams {
@@ -320,8 +327,8 @@ impl WorkerLoop {
             first_max: mid,
             batch_size: half,
             sub_batch_size: job.sub_batch_size.min(half),
-            second_min: mid + 1,
-            second_max: job.max_value,
+            second_min,
+            second_max: job.max_value.clone(),
         };
         match self.sg().store.job_split(&params).await {
             Ok((first, second)) => {
@@ -362,7 +369,7 @@ impl WorkerLoop {
             MigrationStatus::Active | MigrationStatus::Finalizing
         );
         let counts = self.sg().store.job_counts(m.id, MAX_ATTEMPTS).await?;
-        if !runnable || m.next_min_value.is_some() || counts.pending > 0 || counts.running > 0 {
+        if !runnable || m.next_start.is_some() || counts.pending > 0 || counts.running > 0 {
             return Ok(StepOutcome::Waiting { migration_id: m.id });
         }
         let result = if counts.failed == 0 {
@@ -409,8 +416,17 @@ pub(super) struct Tally {
     recent: Vec<serde_json::Value>,
 }
 
+/// A key in a job's metrics: the value itself for a one-column key (as before keys were
+/// typed), the array for a composite one.
+fn metric_key(key: &Key) -> serde_json::Value {
+    match key.values() {
+        [v] => v.clone(),
+        values => serde_json::Value::Array(values.to_vec()),
+    }
+}
+
 impl Tally {
-    pub(super) fn record(&mut self, start: i64, end: i64, rows: u64, took: Duration) {
+    pub(super) fn record(&mut self, start: &Key, end: &Key, rows: u64, took: Duration) {
         let ms = took.as_millis() as u64;
         self.sub_batches += 1;
         self.rows += rows;
@@ -418,8 +434,9 @@ impl Tally {
         if self.recent.len() == METRICS_KEPT {
             self.recent.remove(0);
         }
-        self.recent
-            .push(json!({"start": start, "end": end, "rows": rows, "ms": ms}));
+        self.recent.push(
+            json!({"start": metric_key(start), "end": metric_key(end), "rows": rows, "ms": ms}),
+        );
     }
 
     pub(super) fn metrics(&self, duration: Duration, sub_batch_size: i64) -> serde_json::Value {

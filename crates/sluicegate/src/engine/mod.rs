@@ -30,6 +30,7 @@ use crate::error::{Error, Result};
 use crate::failure::{Failure, FailureClass};
 use crate::health::{self, HealthSample, LatencyTracker, Signal, WalRate};
 use crate::ident::TableName;
+use crate::key::{Key, Lower};
 use crate::kind::JobKind;
 use crate::model::{Job, Migration};
 use crate::optimizer;

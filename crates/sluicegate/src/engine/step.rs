@@ -28,11 +28,11 @@ pub(super) enum Carry {
 }
 
 /// Where a job to run came from, which says what may follow it without a new claim.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum Origin {
-    /// Created from the migration's key range; the migration's next key after it (`None`:
-    /// the range is handed out).
-    Range { next_min: Option<i64> },
+    /// Created from the migration's key range; where the migration's next job starts after
+    /// it (`None`: the range is handed out).
+    Range { next_start: Option<Lower> },
     /// A pending, failed or abandoned job taken up again.
     Retry,
 }
@@ -41,14 +41,14 @@ pub(super) enum Origin {
 /// connections while the current job runs, so that neither costs time between jobs.
 pub(super) struct Prefetch {
     pub(super) migration_id: i64,
-    /// The key the range was read from.
-    pub(super) start: i64,
+    /// Where the range was read from.
+    pub(super) start: Lower,
     pub(super) task: Option<JoinHandle<PrefetchResult>>,
     pub(super) result: Option<PrefetchResult>,
 }
 
 /// The health sample, and the next job's key range (`None`: no key left from the start).
-pub(super) type PrefetchResult = (Result<HealthSample>, Result<Option<(i64, i64)>>);
+pub(super) type PrefetchResult = (Result<HealthSample>, Result<Option<(Key, Key)>>);
 
 impl std::fmt::Debug for Prefetch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -62,13 +62,14 @@ impl std::fmt::Debug for Prefetch {
 
 impl Prefetch {
     /// Starts reading `m`'s health sample and its key range from `start`.
-    pub(super) fn start(sg: &Sluicegate, m: &Migration, table: &TableName, start: i64) -> Self {
+    pub(super) fn start(sg: &Sluicegate, m: &Migration, table: &TableName, start: Lower) -> Self {
         let target = sg.target.clone();
-        let (table, column, probe) = (table.clone(), m.column_name.clone(), m.health.probe.clone());
-        let (max, size) = (m.max_value, m.batch_size);
+        let (table, key, probe) = (table.clone(), m.key.clone(), m.health.probe.clone());
+        let (max, size) = (m.max_value.clone(), m.batch_size);
+        let from = start.clone();
         let task = tokio::spawn(async move {
             let sample = target.health_sample(&table, probe.as_deref());
-            let range = target.range_next(&table, &column, start, max, size);
+            let range = target.range_next(&table, &key, &from, &max, size);
             futures::join!(sample, range)
         });
         Self {
@@ -141,9 +142,9 @@ impl WorkerLoop {
         self.worker.maintain_partitions().await?;
         let outcome = match std::mem::take(&mut self.carry) {
             Carry::Started { migration, job } => {
-                let (id, next_min) = (migration.id, migration.next_min_value);
+                let (id, next_start) = (migration.id, migration.next_start.clone());
                 let run = self
-                    .run_job(*migration, *job, Origin::Range { next_min }, Mode::Normal)
+                    .run_job(*migration, *job, Origin::Range { next_start }, Mode::Normal)
                     .await;
                 self.own_errors(id, run).await?
             }
@@ -277,7 +278,7 @@ impl WorkerLoop {
         let table = TableName::parse(&m.table_name)?;
         // Health protects the start of jobs; with none left to start, the migration ends
         // without waiting on it (an autovacuum its own last job set off, say).
-        if m.next_min_value.is_none()
+        if m.next_start.is_none()
             && self
                 .sg()
                 .store
@@ -330,7 +331,7 @@ impl WorkerLoop {
         m: Migration,
         prefetch: Option<Box<Prefetch>>,
     ) -> Result<Option<StepOutcome>> {
-        let Some(start) = m.next_min_value else {
+        let Some(start) = m.next_start.clone() else {
             return Ok(None);
         };
         let table = TableName::parse(&m.table_name)?;
@@ -353,9 +354,9 @@ impl WorkerLoop {
             None => self.create_job(&m, &table, start).await,
         };
         match created? {
-            JobCreated::Created(job, next_min) => {
+            JobCreated::Created(job, next_start) => {
                 let outcome = self
-                    .run_job(m, *job, Origin::Range { next_min }, Mode::Normal)
+                    .run_job(m, *job, Origin::Range { next_start }, Mode::Normal)
                     .await?;
                 Ok(Some(outcome))
             }
@@ -397,11 +398,11 @@ impl WorkerLoop {
             .get(&m.job_kind)
             .ok_or_else(|| Error::UnknownJobKind(m.job_kind.clone()))?;
         // At full speed, what the next job needs is read while this one runs.
-        let mut prefetch = match origin {
+        let mut prefetch = match &origin {
             Origin::Range {
-                next_min: Some(start),
+                next_start: Some(start),
             } if mode == Mode::Normal && m.interval.is_zero() => {
-                Some(Prefetch::start(self.sg(), &m, &table, start))
+                Some(Prefetch::start(self.sg(), &m, &table, start.clone()))
             }
             _ => None,
         };
@@ -440,7 +441,7 @@ impl WorkerLoop {
         prefetch: Option<Prefetch>,
     ) -> Carry {
         let Origin::Range {
-            next_min: Some(start),
+            next_start: Some(start),
         } = origin
         else {
             return Carry::Nothing;
@@ -451,15 +452,15 @@ impl WorkerLoop {
         let mut again = m;
         again.sub_batch_size = run.job.sub_batch_size.min(again.batch_size);
         match run.started_next {
-            Some((job, next_min)) => {
-                again.next_min_value = next_min;
+            Some((job, next_start)) => {
+                again.next_start = next_start;
                 Carry::Started {
                     migration: Box::new(again),
                     job: Box::new(job),
                 }
             }
             None => {
-                again.next_min_value = Some(start);
+                again.next_start = Some(start);
                 Carry::Continue {
                     migration: Box::new(again),
                     prefetch: prefetch.map(Box::new),
@@ -477,12 +478,12 @@ impl WorkerLoop {
         prefetch: &mut Prefetch,
         sub_batch_size: i64,
     ) -> Option<JobCreateParams> {
-        let start = prefetch.start;
+        let start = prefetch.start.clone();
         let (sample, range) = prefetch.ready()?;
         let (Ok(sample), Ok(Some((min, max)))) = (&*sample, &*range) else {
             return None;
         };
-        let (min, max) = (*min, *max);
+        let (min, max) = (min.clone(), max.clone());
         // A stop, or a limit near enough to slow down: the next step decides, outside this
         // transaction.
         let (readings, pressure) = self.judge(m, sample);
@@ -497,7 +498,7 @@ impl WorkerLoop {
         prefetch.result.as_mut()?.1 = Ok(None);
         Some(JobCreateParams {
             migration_id: m.id,
-            expected_next_min: start,
+            expected_next: start,
             range: JobRange::Given { min, max },
             batch_size: m.batch_size,
             sub_batch_size: sub_batch_size.min(m.batch_size),
@@ -524,23 +525,28 @@ impl WorkerLoop {
         &self,
         m: &Migration,
         table: &TableName,
-        start: i64,
+        start: Lower,
     ) -> Result<JobCreated> {
         let range = if self.sg().same_database {
             JobRange::Keyset {
                 table: table.clone(),
-                column: m.column_name.clone(),
+                key: m.key.clone(),
                 size: m.batch_size,
             }
         } else {
             let found = self
                 .sg()
                 .target
-                .range_next(table, &m.column_name, start, m.max_value, m.batch_size)
+                .range_next(table, &m.key, &start, &m.max_value, m.batch_size)
                 .await?;
             match found {
                 Some((min, max)) => JobRange::Given { min, max },
-                None if self.sg().store.migration_range_exhaust(m.id, start).await? => {
+                None if self
+                    .sg()
+                    .store
+                    .migration_range_exhaust(m.id, &start)
+                    .await? =>
+                {
                     return Ok(JobCreated::Exhausted)
                 }
                 None => return Ok(JobCreated::NotNow),
@@ -553,14 +559,14 @@ impl WorkerLoop {
     pub(super) async fn create_job_in(
         &self,
         m: &Migration,
-        start: i64,
+        start: Lower,
         range: JobRange,
     ) -> Result<JobCreated> {
         self.sg()
             .store
             .job_create(&JobCreateParams {
                 migration_id: m.id,
-                expected_next_min: start,
+                expected_next: start,
                 range,
                 batch_size: m.batch_size,
                 sub_batch_size: m.sub_batch_size.min(m.batch_size),
@@ -598,10 +604,10 @@ impl WorkerLoop {
             ) {
                 return Ok(None);
             }
-            if let Some(start) = m.next_min_value {
+            if let Some(start) = m.next_start.clone() {
                 match self.create_job(&m, table, start).await? {
-                    JobCreated::Created(job, next_min) => {
-                        return Ok(Some((*job, Origin::Range { next_min })))
+                    JobCreated::Created(job, next_start) => {
+                        return Ok(Some((*job, Origin::Range { next_start })))
                     }
                     JobCreated::Exhausted => continue,
                     JobCreated::NotNow => {
@@ -610,7 +616,7 @@ impl WorkerLoop {
                         let moved = store
                             .migration_get(m.id)
                             .await?
-                            .is_some_and(|now| now.next_min_value != m.next_min_value);
+                            .is_some_and(|now| now.next_start != m.next_start);
                         if moved {
                             continue;
                         }

@@ -11,6 +11,7 @@ use crate::error::Result;
 use crate::failure::Failure;
 use crate::health::HealthSample;
 use crate::ident::TableName;
+use crate::key::{Key, KeySpec, Lower};
 use crate::kind::JobKind;
 use crate::model::{Job, JobCounts, JobTransition, Migration, MigrationTransition, NewMigration};
 use crate::status::{JobStatus, MigrationEvent, MigrationStatus};
@@ -20,7 +21,7 @@ mod rows;
 pub mod sqlite;
 
 /// Newest tracking-schema version this binary knows.
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 
 /// Which database engine a store or target talks to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -255,31 +256,31 @@ pub enum JobRange {
     /// Already found on the target (a separate database): `[min, max]`.
     Given {
         /// First key.
-        min: i64,
+        min: Key,
         /// Last key.
-        max: i64,
+        max: Key,
     },
     /// Found by the keyset walk inside the creating statement (tracking and target are one
-    /// database): the next `size` existing keys from the migration's `next_min_value`.
+    /// database): the next `size` existing keys from the migration's `next_start`.
     Keyset {
         /// Target table.
         table: TableName,
-        /// Key column.
-        column: String,
+        /// The key walked.
+        key: KeySpec,
         /// How many existing keys.
         size: i64,
     },
 }
 
 /// A new job, created directly in `running` (its log's first row is `pending -> running`),
-/// if and only if the migration is still runnable and due, its `next_min_value` is still
-/// `expected_next_min`, and its table lease is still its own (which this renews).
+/// if and only if the migration is still runnable and due, its `next_start` is still
+/// `expected_next`, and its table lease is still its own (which this renews).
 #[derive(Debug, Clone)]
 pub struct JobCreateParams {
     /// The migration.
     pub migration_id: i64,
-    /// Compare-and-set guard on the migration's `next_min_value`.
-    pub expected_next_min: i64,
+    /// Compare-and-set guard on the migration's `next_start`; the walk starts there.
+    pub expected_next: Lower,
     /// The job's keys.
     pub range: JobRange,
     /// Batch size.
@@ -297,9 +298,9 @@ pub struct JobCreateParams {
 /// What [`Store::job_create`] did.
 #[derive(Debug, Clone, PartialEq)]
 pub enum JobCreated {
-    /// The job, and the migration's `next_min_value` after it.
-    Created(Box<Job>, Option<i64>),
-    /// No key is left in the range: `next_min_value` is now `None`.
+    /// The job, and the migration's `next_start` after it.
+    Created(Box<Job>, Option<Lower>),
+    /// No key is left in the range: `next_start` is now `None`.
     Exhausted,
     /// Nothing written: the migration moved on (another worker, a pause, the interval, its
     /// table lease).
@@ -312,15 +313,15 @@ pub struct JobSplitParams {
     /// The failed job going back to `pending` with its first half.
     pub transition: JobTransitionParams,
     /// The first half's last key.
-    pub first_max: i64,
+    pub first_max: Key,
     /// The halves' batch size.
     pub batch_size: i64,
     /// The halves' sub-batch size.
     pub sub_batch_size: i64,
-    /// The second half's range.
-    pub second_min: i64,
+    /// The second half's first key.
+    pub second_min: Key,
     /// The second half's last key.
-    pub second_max: i64,
+    pub second_max: Key,
 }
 
 /// What partition maintenance did.
@@ -373,11 +374,11 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Option<Migration>>;
     /// Gives up the table lease of a migration.
     async fn table_lease_release(&self, migration_id: i64) -> Result<()>;
-    /// Marks the migration's range as handed out (compare-and-set on `next_min_value`).
+    /// Marks the migration's range as handed out (compare-and-set on `next_start`).
     async fn migration_range_exhaust(
         &self,
         migration_id: i64,
-        expected_next_min: i64,
+        expected_next: &Lower,
     ) -> Result<bool>;
     /// Changes the batch and sub-batch sizes (sub-batch clamped to the batch) with a `resize`
     /// log row, in one transaction. `None` when the migration is final (nothing written).
@@ -417,7 +418,7 @@ pub trait Store: Send + Sync + 'static {
         &self,
         job_id: i64,
         attempts: i32,
-        cursor: i64,
+        cursor: &Key,
         rows: i64,
         lease: Duration,
     ) -> Result<bool>;
@@ -461,24 +462,25 @@ pub struct Timeouts {
     pub lock_ms: i64,
 }
 
-/// One sub-batch to run: the next `size` existing keys from `start`, at most `max`.
+/// One sub-batch to run: the next `size` existing keys from `lower`, at most `max`.
 #[derive(Clone, Copy)]
 pub struct SubBatchSpec<'a> {
     /// The job kind.
     pub kind: &'a dyn JobKind,
     /// Target table.
     pub table: &'a TableName,
-    /// Key column.
-    pub column: &'a str,
+    /// The key walked.
+    pub key: &'a KeySpec,
     /// The kind's arguments.
     pub arguments: &'a serde_json::Value,
-    /// Smallest key to consider.
-    pub start: i64,
+    /// Where the walk starts.
+    pub lower: &'a Lower,
     /// Largest key to consider.
-    pub max: i64,
+    pub max: &'a Key,
     /// How many existing keys.
     pub size: i64,
-    /// Take `[start, max]` as it is, with no keyset walk: the rest of the job fits in one
+    /// Take the rest of the range as it is, with no keyset walk, when its first key can be
+    /// named without reading ([`Lower::inclusive_start`]): the rest of the job fits in one
     /// sub-batch (saves a query per job when sub-batch and batch sizes are equal).
     pub whole_rest: bool,
     /// Timeouts.
@@ -535,9 +537,9 @@ pub enum SubBatchCommitted {
     Finished {
         /// The job, `succeeded`.
         job: Box<Job>,
-        /// The next job created with it, running, and the migration's `next_min_value` after
+        /// The next job created with it, running, and the migration's `next_start` after
         /// it; `None` when none was asked for or the migration had moved on.
-        next: Option<(Box<Job>, Option<i64>)>,
+        next: Option<(Box<Job>, Option<Lower>)>,
     },
 }
 
@@ -551,7 +553,7 @@ pub enum SubBatchCommitted {
 #[async_trait]
 pub trait PerformedSubBatch: Send {
     /// The first and last key it covered.
-    fn keys(&self) -> (i64, i64);
+    fn keys(&self) -> &(Key, Key);
     /// Rows the kind affected.
     fn rows(&self) -> u64;
     /// Commits, with what `how` says, in the same transaction.
@@ -566,23 +568,31 @@ pub trait PerformedSubBatch: Send {
 pub trait Target: Send + Sync + 'static {
     /// The engine behind this target.
     fn backend(&self) -> Backend;
-    /// Checks that the table exists and `column` is one of its integer columns; returns the
-    /// table's canonical name (schema resolved on PostgreSQL, stored spelling on SQLite).
-    async fn table_check(&self, table: &TableName, column: &str) -> Result<TableName>;
+    /// Checks that the table exists and resolves the key to walk: `columns` in that order, or
+    /// by default the table's primary key. The key must be of supported types, NOT NULL, and
+    /// unique (a primary key, or a unique non-partial index on exactly those columns) unless
+    /// `non_unique` asks otherwise. Returns the table's canonical name (schema resolved on
+    /// PostgreSQL, stored spelling on SQLite) and the key.
+    async fn key_resolve(
+        &self,
+        table: &TableName,
+        columns: Option<&[String]>,
+        non_unique: bool,
+    ) -> Result<(TableName, KeySpec)>;
     /// Smallest and largest key, `None` for an empty table.
-    async fn key_bounds(&self, table: &TableName, column: &str) -> Result<Option<(i64, i64)>>;
+    async fn key_bounds(&self, table: &TableName, key: &KeySpec) -> Result<Option<(Key, Key)>>;
     /// Estimated rows in the table.
     async fn row_estimate(&self, table: &TableName) -> Result<Option<i64>>;
-    /// The first existing key `>= start` and the `size`-th one (or the last `<= max`):
+    /// The first existing key from `lower` and the `size`-th one (or the last `<= max`):
     /// a keyset walk over existing keys, so gaps cost nothing.
     async fn range_next(
         &self,
         table: &TableName,
-        column: &str,
-        start: i64,
-        max: i64,
+        key: &KeySpec,
+        lower: &Lower,
+        max: &Key,
         size: i64,
-    ) -> Result<Option<(i64, i64)>>;
+    ) -> Result<Option<(Key, Key)>>;
     /// Opens a sub-batch's transaction (with its timeouts), finds its keys and performs the
     /// kind on them; `None` (rolled back) when no key is left in range. A panic in the kind
     /// becomes a `Panic` failure.
@@ -634,7 +644,7 @@ pub(crate) trait SchemaSteps: Send {
 /// Installs or upgrades the tracking schema to [`SCHEMA_VERSION`] in one transaction: refuses
 /// a schema newer than this binary, applies the missing versions in order, returns them.
 pub(crate) async fn schema_install(
-    mut steps: Box<dyn SchemaSteps>,
+    mut steps: Box<dyn SchemaSteps + '_>,
     versions: &[(i64, &'static str)],
 ) -> Result<Vec<i64>> {
     steps.prepare().await?;

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Datelike, NaiveDate, Utc};
+use serde_json::Value;
 use sqlx::postgres::PgPool;
 use sqlx::types::Json;
 use sqlx::{PgConnection, Row};
@@ -22,6 +23,7 @@ use crate::error::{Error, Result};
 use crate::failure::Failure;
 use crate::health::HealthSample;
 use crate::ident::{self, TableName};
+use crate::key::{Key, KeySpec, KeyType, Lower, TableColumn, UniqueIndex};
 use crate::kind::{SubBatch, SubBatchConnection};
 use crate::model::{Job, JobCounts, JobTransition, Migration, MigrationTransition, NewMigration};
 use crate::status::JobStatus;
@@ -31,6 +33,7 @@ const SCHEMA_MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("schema/postgres_v1.sql")),
     (2, include_str!("schema/postgres_v2.sql")),
     (3, include_str!("schema/postgres_v3.sql")),
+    (4, include_str!("schema/postgres_v4.sql")),
 ];
 
 const SETUP_LOCK: &str = "SELECT pg_advisory_xact_lock(hashtext('sluicegate.setup:' || $1))";
@@ -43,11 +46,12 @@ const SCHEMA_VERSION_INSERT: &str = "INSERT INTO {s}.schema_versions (version) V
 const MIGRATION_INSERT: &str = "
 WITH m AS (
     INSERT INTO {s}.migrations (name, job_kind, table_name, column_name, job_arguments,
-        min_value, max_value, next_min_value, batch_size, sub_batch_size, max_batch_size,
+        min_cursor, max_cursor, next_cursor, batch_size, sub_batch_size, max_batch_size,
         pause_ms, interval_ms, statement_timeout_ms, lock_timeout_ms, status,
-        total_tuple_count, health_settings, target_sub_batch_ms, started_at)
+        total_tuple_count, health_settings, target_sub_batch_ms, started_at, key_columns,
+        next_inclusive)
     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19,
-        CASE WHEN $16 = 'active' THEN now() END)
+        CASE WHEN $16 = 'active' THEN now() END, $21, $22)
     RETURNING *
 ), log AS (
     INSERT INTO {s}.migration_transition_logs (migration_id, previous_status, next_status, event, actor)
@@ -140,8 +144,8 @@ const TABLE_LEASE_RELEASE: &str = "DELETE FROM {s}.table_leases WHERE migration_
     AND NOT EXISTS (SELECT 1 FROM {s}.jobs WHERE migration_id = $1 AND status = 'running'
                     AND lease_expires_at > now())";
 const MIGRATION_RANGE_EXHAUST: &str =
-    "UPDATE {s}.migrations SET next_min_value = NULL, updated_at = now()
-    WHERE id = $1 AND next_min_value = $2";
+    "UPDATE {s}.migrations SET next_cursor = NULL, updated_at = now()
+    WHERE id = $1 AND next_cursor = $2 AND next_inclusive = $3";
 const MIGRATION_RESIZE: &str = "
 WITH m AS (
     UPDATE {s}.migrations SET batch_size = $2, sub_batch_size = least($3, $2), updated_at = now()
@@ -154,30 +158,33 @@ WITH m AS (
 )
 SELECT * FROM m";
 
-/// `{range}` is a query returning one row `(first, last)`: either the given keys or the
-/// keyset walk over the target table (same database). `MATERIALIZED`: inlined, the walk would
+/// `{range}` is a query returning one row `(first, last)` of keys as jsonb: either the given
+/// keys or the keyset walk over the target table (same database). The range is handed out when
+/// its last key is the migration's last (or when it is empty). `MATERIALIZED`: inlined, the walk would
 /// run once per reference to `r.first`/`r.last` (three times a job, seen with auto_explain).
 const JOB_CREATE: &str = "
 WITH r AS MATERIALIZED ({range}),
 m AS (
     UPDATE {s}.migrations AS mg SET
-        next_min_value = CASE WHEN r.first IS NOT NULL AND r.last < mg.max_value THEN r.last + 1 END,
+        next_cursor = CASE WHEN r.first IS NOT NULL AND r.last <> mg.max_cursor THEN r.last END,
+        next_inclusive = false,
         last_job_started_at = CASE WHEN r.first IS NULL THEN mg.last_job_started_at ELSE now() END,
         sub_batch_size = least($6, mg.batch_size),
         updated_at = now()
     FROM r
-    WHERE mg.id = $1 AND mg.next_min_value = $2 AND mg.status IN ('active', 'finalizing')
+    WHERE mg.id = $1 AND mg.next_cursor = $2 AND mg.next_inclusive = $11
+      AND mg.status IN ('active', 'finalizing')
       AND (mg.status = 'finalizing' OR mg.on_hold_until IS NULL OR mg.on_hold_until <= now())
       AND (mg.status = 'finalizing' OR mg.interval_ms = 0 OR mg.last_job_started_at IS NULL
            OR extract(epoch FROM now() - mg.last_job_started_at) * 1000 >= mg.interval_ms)
       AND EXISTS (SELECT 1 FROM {s}.table_leases l
                   WHERE l.table_name = mg.table_name AND l.migration_id = mg.id AND l.expires_at > now())
-    RETURNING mg.id, mg.next_min_value, r.first, r.last
+    RETURNING mg.id, mg.next_cursor, mg.next_inclusive, r.first, r.last
 ), lease AS (
     UPDATE {s}.table_leases SET expires_at = greatest(expires_at, now() + $9 * interval '1 millisecond')
     WHERE migration_id IN (SELECT id FROM m)
 ), j AS (
-    INSERT INTO {s}.jobs (migration_id, min_value, max_value, batch_size, sub_batch_size, pause_ms,
+    INSERT INTO {s}.jobs (migration_id, min_cursor, max_cursor, batch_size, sub_batch_size, pause_ms,
         status, attempts, started_at, worker, lease_expires_at)
     SELECT id, first, last, $5, $6, $7, 'running', 1, now(), $8, now() + $9 * interval '1 millisecond'
     FROM m WHERE first IS NOT NULL
@@ -186,9 +193,10 @@ m AS (
     INSERT INTO {s}.job_transition_logs (job_id, migration_id, previous_status, next_status, worker)
     SELECT id, migration_id, 'pending', 'running', worker FROM j
 )
-SELECT (SELECT count(*) FROM m) AS matched, (SELECT next_min_value FROM m) AS next_min, j.*
+SELECT (SELECT count(*) FROM m) AS matched, (SELECT next_cursor FROM m) AS next_cursor,
+    (SELECT next_inclusive FROM m) AS next_inclusive, j.*
 FROM (SELECT 1) AS one LEFT JOIN j ON true";
-const JOB_CREATE_GIVEN_RANGE: &str = "SELECT $3::bigint AS first, $4::bigint AS last";
+const JOB_CREATE_GIVEN_RANGE: &str = "SELECT $3::jsonb AS first, $4::jsonb AS last";
 const JOB_GET: &str = "SELECT * FROM {s}.jobs WHERE id = $1";
 const JOB_LIST: &str =
     "SELECT * FROM {s}.jobs WHERE migration_id = $1 AND ($2::text IS NULL OR status = $2)
@@ -225,7 +233,7 @@ WITH j AS (
 SELECT * FROM j";
 const JOB_SPLIT_FIRST: &str = "
 WITH j AS (
-    UPDATE {s}.jobs SET status = 'pending', attempts = 0, finished_at = NULL, max_value = $3,
+    UPDATE {s}.jobs SET status = 'pending', attempts = 0, finished_at = NULL, max_cursor = $3,
         batch_size = $4, sub_batch_size = $5, updated_at = now()
     WHERE id = $1 AND status = 'failed' AND attempts = $2
     RETURNING *
@@ -236,11 +244,11 @@ WITH j AS (
 )
 SELECT * FROM j";
 const JOB_SPLIT_SECOND: &str = "
-INSERT INTO {s}.jobs (migration_id, min_value, max_value, batch_size, sub_batch_size, pause_ms, status)
+INSERT INTO {s}.jobs (migration_id, min_cursor, max_cursor, batch_size, sub_batch_size, pause_ms, status)
 SELECT migration_id, $2, $3, $4, $5, pause_ms, 'pending' FROM {s}.jobs WHERE id = $1
 RETURNING *";
 const JOB_CHECKPOINT: &str =
-    "UPDATE {s}.jobs SET cursor_value = $3, rows_affected = rows_affected + $4,
+    "UPDATE {s}.jobs SET cursor = $3, rows_affected = rows_affected + $4,
     lease_expires_at = clock_timestamp() + $5 * interval '1 millisecond', updated_at = clock_timestamp()
     WHERE id = $1 AND attempts = $2 AND status = 'running'";
 /// The two CTEs that end a job at its last sub-batch: `j` (cursor, rows, `running ->
@@ -252,7 +260,7 @@ macro_rules! job_finish_ctes {
         "
 WITH j AS (
     UPDATE {s}.jobs SET status = 'succeeded', finished_at = clock_timestamp(),
-        lease_expires_at = NULL, cursor_value = $3, rows_affected = rows_affected + $4,
+        lease_expires_at = NULL, cursor = $3, rows_affected = rows_affected + $4,
         metrics = $5, sub_batch_size = coalesce($6, sub_batch_size), updated_at = clock_timestamp()
     WHERE id = $1 AND attempts = $2 AND status = 'running'
     RETURNING *
@@ -273,22 +281,24 @@ const JOB_FINISH_AND_CREATE: &str = concat!(
     job_finish_ctes!(),
     ", m AS (
     UPDATE {s}.migrations AS mg SET
-        next_min_value = CASE WHEN $10 < mg.max_value THEN $10 + 1 END,
+        next_cursor = CASE WHEN $10 <> mg.max_cursor THEN $10 END,
+        next_inclusive = false,
         last_job_started_at = clock_timestamp(),
         sub_batch_size = least($12, mg.batch_size),
         updated_at = clock_timestamp()
-    WHERE mg.id = $8 AND mg.next_min_value = $11 AND mg.status = 'active' AND mg.interval_ms = 0
+    WHERE mg.id = $8 AND mg.next_cursor = $11 AND mg.next_inclusive = $16 AND mg.status = 'active'
+      AND mg.interval_ms = 0
       AND (mg.on_hold_until IS NULL OR mg.on_hold_until <= clock_timestamp())
       AND EXISTS (SELECT 1 FROM j)
       AND EXISTS (SELECT 1 FROM {s}.table_leases l
                   WHERE l.table_name = mg.table_name AND l.migration_id = mg.id AND l.expires_at > now())
-    RETURNING mg.id, mg.next_min_value
+    RETURNING mg.id, mg.next_cursor, mg.next_inclusive
 ), lease AS (
     UPDATE {s}.table_leases
     SET expires_at = greatest(expires_at, clock_timestamp() + $15 * interval '1 millisecond')
     WHERE migration_id IN (SELECT id FROM m)
 ), j2 AS (
-    INSERT INTO {s}.jobs (migration_id, min_value, max_value, batch_size, sub_batch_size, pause_ms,
+    INSERT INTO {s}.jobs (migration_id, min_cursor, max_cursor, batch_size, sub_batch_size, pause_ms,
         status, attempts, started_at, worker, lease_expires_at, created_at, updated_at)
     SELECT id, $9, $10, $13, $12, $14, 'running', 1, clock_timestamp(), $7,
         clock_timestamp() + $15 * interval '1 millisecond', clock_timestamp(), clock_timestamp()
@@ -299,9 +309,9 @@ const JOB_FINISH_AND_CREATE: &str = concat!(
         created_at)
     SELECT id, migration_id, 'pending', 'running', worker, started_at FROM j2
 )
-SELECT 0 AS ord, NULL::bigint AS next_min, j.* FROM j
+SELECT 0 AS ord, NULL::jsonb AS next_cursor, NULL::boolean AS next_inclusive, j.* FROM j
 UNION ALL
-SELECT 1, (SELECT next_min_value FROM m), j2.* FROM j2
+SELECT 1, (SELECT next_cursor FROM m), (SELECT next_inclusive FROM m), j2.* FROM j2
 ORDER BY ord"
 );
 const JOB_HEARTBEAT: &str = "
@@ -322,6 +332,7 @@ const JOB_COUNTS: &str = "SELECT
     count(*) FILTER (WHERE status = 'succeeded'),
     count(*) FILTER (WHERE status = 'failed' AND attempts >= $2),
     coalesce(sum(rows_affected), 0)::bigint,
+    coalesce(sum(batch_size) FILTER (WHERE status = 'succeeded'), 0)::bigint,
     min(started_at),
     max(finished_at)
   FROM {s}.jobs WHERE migration_id = $1";
@@ -352,11 +363,21 @@ const TARGET_TABLE_FIND: &str = "SELECT n.nspname::text, c.relname::text
                ELSE n.nspname = $2 END
     ORDER BY array_position(current_schemas(false), n.nspname)
     LIMIT 1";
-const TARGET_COLUMN_TYPE: &str = "SELECT format_type(a.atttypid, a.atttypmod)
+/// The table's columns, with the type a key would be cast to (`format_type` without modifiers).
+const TARGET_COLUMNS: &str = "SELECT a.attname::text, format_type(a.atttypid, NULL), a.attnotnull
     FROM pg_catalog.pg_attribute a
-    JOIN pg_catalog.pg_class c ON c.oid = a.attrelid
-    JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-    WHERE n.nspname = $1 AND c.relname = $2 AND a.attname = $3 AND a.attnum > 0 AND NOT a.attisdropped";
+    WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped
+    ORDER BY a.attnum";
+/// The table's valid unique indexes (the primary key first), their key columns in order.
+const TARGET_UNIQUE_INDEXES: &str = "SELECT c.relname::text, i.indisprimary,
+        (i.indpred IS NOT NULL OR i.indexprs IS NOT NULL),
+        array(SELECT a.attname::text
+              FROM unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, ord)
+              JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+              WHERE k.ord <= i.indnkeyatts ORDER BY k.ord)
+    FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class c ON c.oid = i.indexrelid
+    WHERE i.indrelid = to_regclass($1) AND i.indisunique AND i.indisvalid
+    ORDER BY NOT i.indisprimary, c.relname";
 const TARGET_ROW_ESTIMATE: &str =
     "SELECT reltuples::bigint FROM pg_catalog.pg_class WHERE oid = to_regclass($1)";
 
@@ -425,16 +446,117 @@ const ARCHIVE_READY: &str =
 const ARCHIVE_READABLE: &str =
     "SELECT has_function_privilege('pg_catalog.pg_ls_archive_statusdir()', 'EXECUTE')";
 
-/// The keyset walk as one row `(first, last)`: the first existing key in `[start, max]` and
-/// the `size`-th one, or the last one in range when fewer remain. The arguments are SQL
-/// expressions of ours (parameters, a subquery), never user text.
-fn keyset_sql(table: &TableName, column: &str, start: &str, max: &str, size: &str) -> String {
-    let (t, c) = (table.quoted(), ident::quote(column));
-    let in_range = format!("FROM {t} WHERE {c} >= {start} AND {c} <= {max}");
+/// The key's columns as a row: `("a", "b")`.
+fn key_row(key: &KeySpec) -> String {
+    let cols: Vec<String> = key
+        .columns()
+        .iter()
+        .map(|c| ident::quote(&c.name))
+        .collect();
+    format!("({})", cols.join(", "))
+}
+
+/// The key's columns in `direction`, for `ORDER BY`.
+fn key_order(key: &KeySpec, direction: &str) -> String {
+    let cols: Vec<String> = key
+        .columns()
+        .iter()
+        .map(|c| format!("{} {direction}", ident::quote(&c.name)))
+        .collect();
+    cols.join(", ")
+}
+
+/// The current row's key as jsonb: integers as numbers, anything else as its text.
+fn key_json(key: &KeySpec) -> String {
+    let cols: Vec<String> = key
+        .columns()
+        .iter()
+        .map(|c| {
+            let q = ident::quote(&c.name);
+            if c.key_type.is_integer() {
+                format!("{q}::bigint")
+            } else {
+                format!("{q}::text")
+            }
+        })
+        .collect();
+    format!("jsonb_build_array({})", cols.join(", "))
+}
+
+/// A key held in the jsonb expression `e` as a row of values of the key's types, to compare
+/// with [`key_row`]: `(CAST((e)->>0 AS bigint), CAST((e)->>1 AS uuid))`. The type names come
+/// from [`KeyType`](crate::key::KeyType)'s fixed list, never from the database or the user.
+fn key_from_json(key: &KeySpec, e: &str) -> String {
+    let parts: Vec<String> = key
+        .columns()
+        .iter()
+        .enumerate()
+        .map(|(i, c)| format!("CAST(({e})->>{i} AS {})", c.key_type.sql_name()))
+        .collect();
+    format!("({})", parts.join(", "))
+}
+
+/// A key bound as parameters `$first..`, one per column (integers as `bigint`, the others as
+/// text cast to the column's type).
+fn key_params(key: &KeySpec, first: usize) -> String {
+    let parts: Vec<String> = key
+        .columns()
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let n = first + i;
+            if c.key_type.is_integer() {
+                format!("${n}")
+            } else {
+                format!("CAST(${n} AS {})", c.key_type.sql_name())
+            }
+        })
+        .collect();
+    format!("({})", parts.join(", "))
+}
+
+/// The range predicate of a sub-batch `[$1.., $n+1..]` with its values bound per column
+/// ([`bind_key`]): `"id" BETWEEN $1 AND $2` for one column (as the `sql` kind's `$1`/`$2`).
+pub(crate) fn range_predicate(key: &KeySpec) -> String {
+    let n = key.len();
+    if n == 1 {
+        let c = ident::quote(&key.columns()[0].name);
+        let (lo, hi) = (key_params(key, 1), key_params(key, 2));
+        return format!("{c} BETWEEN {lo} AND {hi}");
+    }
+    let row = key_row(key);
     format!(
-        "SELECT (SELECT {c}::bigint {in_range} ORDER BY {c} LIMIT 1) AS first,
-                coalesce((SELECT {c}::bigint {in_range} ORDER BY {c} OFFSET {size} - 1 LIMIT 1),
-                         (SELECT {c}::bigint {in_range} ORDER BY {c} DESC LIMIT 1)) AS last"
+        "({row} >= {} AND {row} <= {})",
+        key_params(key, 1),
+        key_params(key, n + 1)
+    )
+}
+
+/// The keyset walk as one row `(first, last)` of jsonb keys: the first existing key from
+/// `lower` (inclusive or not) up to `max`, and the `size`-th one, or the last one in range when
+/// fewer remain. `lower` and `max` are jsonb SQL expressions of ours (parameters, a subquery),
+/// never user text; the comparisons are row values over the key's columns, which its index
+/// serves, under the columns' own collations.
+fn keyset_sql(
+    table: &TableName,
+    key: &KeySpec,
+    lower: &str,
+    inclusive: bool,
+    max: &str,
+    size: &str,
+) -> String {
+    let (t, row, json) = (table.quoted(), key_row(key), key_json(key));
+    let op = if inclusive { ">=" } else { ">" };
+    let in_range = format!(
+        "FROM {t} WHERE {row} {op} {} AND {row} <= {}",
+        key_from_json(key, lower),
+        key_from_json(key, max)
+    );
+    let (asc, desc) = (key_order(key, "ASC"), key_order(key, "DESC"));
+    format!(
+        "SELECT (SELECT {json} {in_range} ORDER BY {asc} LIMIT 1) AS first,
+                coalesce((SELECT {json} {in_range} ORDER BY {asc} OFFSET {size} - 1 LIMIT 1),
+                         (SELECT {json} {in_range} ORDER BY {desc} LIMIT 1)) AS last"
     )
 }
 
@@ -627,11 +749,11 @@ impl Store for PgStore {
             .bind(&m.name)
             .bind(&m.job_kind)
             .bind(&m.table_name)
-            .bind(&m.column_name)
+            .bind(m.key.display_names())
             .bind(Json(&m.job_arguments))
-            .bind(m.min_value)
-            .bind(m.max_value)
-            .bind(m.next_min_value)
+            .bind(Json(&m.min_value))
+            .bind(Json(&m.max_value))
+            .bind(m.next_start.as_ref().map(|l| Json(l.key())))
             .bind(m.batch_size)
             .bind(m.sub_batch_size)
             .bind(m.max_batch_size)
@@ -644,6 +766,8 @@ impl Store for PgStore {
             .bind(Json(&m.health))
             .bind(m.target_sub_batch_ms)
             .bind(&m.actor)
+            .bind(Json(&m.key))
+            .bind(m.next_start.as_ref().is_none_or(Lower::is_inclusive))
             .fetch_one(&self.pool)
             .await
             .map_err(|e| {
@@ -738,10 +862,11 @@ impl Store for PgStore {
         Ok(())
     }
 
-    async fn migration_range_exhaust(&self, migration_id: i64, expected: i64) -> Result<bool> {
+    async fn migration_range_exhaust(&self, migration_id: i64, expected: &Lower) -> Result<bool> {
         let done = sqlx::query(&self.q(MIGRATION_RANGE_EXHAUST))
             .bind(migration_id)
-            .bind(expected)
+            .bind(Json(expected.key()))
+            .bind(expected.is_inclusive())
             .execute(&self.pool)
             .await
             .map_err(Error::db("closing a migration's range"))?;
@@ -792,19 +917,16 @@ impl Store for PgStore {
     }
 
     async fn job_create(&self, p: &JobCreateParams) -> Result<JobCreated> {
-        // The range: given keys ($3, $4), or the keyset walk from the expected next key ($2)
-        // to the migration's last key, over $10 keys.
+        // The range: given keys ($3, $4), or the keyset walk from the expected next key ($2,
+        // inclusive when $11) to the migration's last key, over $10 keys.
         let (range_sql, given, keyset_size) = match &p.range {
             JobRange::Given { min, max } => {
-                (JOB_CREATE_GIVEN_RANGE.to_owned(), Some((*min, *max)), None)
+                (JOB_CREATE_GIVEN_RANGE.to_owned(), Some((min, max)), None)
             }
-            JobRange::Keyset {
-                table,
-                column,
-                size,
-            } => {
-                let max = self.q("(SELECT max_value FROM {s}.migrations WHERE id = $1)");
-                let sql = keyset_sql(table, column, "$2", &max, "$10");
+            JobRange::Keyset { table, key, size } => {
+                let max = self.q("(SELECT max_cursor FROM {s}.migrations WHERE id = $1)");
+                let inclusive = p.expected_next.is_inclusive();
+                let sql = keyset_sql(table, key, "$2::jsonb", inclusive, &max, "$10");
                 (sql, None, Some((*size).max(1)))
             }
         };
@@ -813,15 +935,16 @@ impl Store for PgStore {
         let sql = self.q(JOB_CREATE).replacen("{range}", &range_sql, 1);
         let row = sqlx::query(&sql)
             .bind(p.migration_id)
-            .bind(p.expected_next_min)
-            .bind(given.map(|(min, _)| min))
-            .bind(given.map(|(_, max)| max))
+            .bind(Json(p.expected_next.key()))
+            .bind(given.map(|(min, _)| Json(min)))
+            .bind(given.map(|(_, max)| Json(max)))
             .bind(p.batch_size)
             .bind(p.sub_batch_size)
             .bind(p.pause_ms)
             .bind(&p.worker)
             .bind(duration_ms(p.lease))
             .bind(keyset_size)
+            .bind(p.expected_next.is_inclusive())
             .fetch_one(&self.pool)
             .await
             .map_err(Error::db(format!(
@@ -836,8 +959,10 @@ impl Store for PgStore {
         if id.is_none() {
             return Ok(JobCreated::Exhausted);
         }
-        let next_min: Option<i64> = row.try_get("next_min").map_err(rows::decode)?;
-        Ok(JobCreated::Created(Box::new(rows::job(&row)?), next_min))
+        Ok(JobCreated::Created(
+            Box::new(rows::job(&row)?),
+            rows::next_start(&row)?,
+        ))
     }
 
     async fn job_get(&self, id: i64) -> Result<Option<Job>> {
@@ -890,8 +1015,8 @@ impl Store for PgStore {
         let mut tx = self.pool.begin().await.map_err(Error::db(&context))?;
         let second = sqlx::query(&self.q(JOB_SPLIT_SECOND))
             .bind(t.job_id)
-            .bind(p.second_min)
-            .bind(p.second_max)
+            .bind(Json(&p.second_min))
+            .bind(Json(&p.second_max))
             .bind(p.batch_size)
             .bind(p.sub_batch_size)
             .fetch_one(&mut *tx)
@@ -905,7 +1030,7 @@ impl Store for PgStore {
         let first = sqlx::query(&self.q(JOB_SPLIT_FIRST))
             .bind(t.job_id)
             .bind(t.expected_attempts)
-            .bind(p.first_max)
+            .bind(Json(&p.first_max))
             .bind(p.batch_size)
             .bind(p.sub_batch_size)
             .bind(message)
@@ -929,14 +1054,14 @@ impl Store for PgStore {
         &self,
         job_id: i64,
         attempts: i32,
-        cursor: i64,
+        cursor: &Key,
         rows: i64,
         lease: Duration,
     ) -> Result<bool> {
         let done = sqlx::query(&self.q(JOB_CHECKPOINT))
             .bind(job_id)
             .bind(attempts)
-            .bind(cursor)
+            .bind(Json(cursor))
             .bind(rows)
             .bind(duration_ms(lease))
             .execute(&self.pool)
@@ -972,8 +1097,9 @@ impl Store for PgStore {
             succeeded: row.try_get(3).map_err(rows::decode)?,
             exhausted: row.try_get(4).map_err(rows::decode)?,
             rows_affected: row.try_get(5).map_err(rows::decode)?,
-            first_started_at: row.try_get(6).map_err(rows::decode)?,
-            last_finished_at: row.try_get(7).map_err(rows::decode)?,
+            keys_done: row.try_get(6).map_err(rows::decode)?,
+            first_started_at: row.try_get(7).map_err(rows::decode)?,
+            last_finished_at: row.try_get(8).map_err(rows::decode)?,
         })
     }
 
@@ -1183,51 +1309,69 @@ impl PgTarget {
     async fn perform_in(
         conn: &mut PgConnection,
         spec: &SubBatchSpec<'_>,
-    ) -> std::result::Result<Option<(i64, i64, u64)>, Failure> {
-        let range = if spec.whole_rest {
-            Some((spec.start, spec.max))
-        } else {
-            Self::range_next_in(
-                conn,
-                spec.table,
-                spec.column,
-                spec.start,
-                spec.max,
-                spec.size,
-            )
-            .await?
+    ) -> std::result::Result<Option<((Key, Key), u64)>, Failure> {
+        let whole = spec
+            .whole_rest
+            .then(|| spec.lower.inclusive_start(spec.key))
+            .flatten();
+        let range = match whole {
+            Some(start) => Some((start, spec.max.clone())),
+            None => {
+                Self::range_next_in(conn, spec.table, spec.key, spec.lower, spec.max, spec.size)
+                    .await?
+            }
         };
         let Some((start, end)) = range else {
             return Ok(None);
         };
+        let predicate = range_predicate(spec.key);
         let mut batch = SubBatch {
             connection: SubBatchConnection::Postgres(conn),
             table: spec.table,
-            column: spec.column,
+            key: spec.key,
+            predicate: &predicate,
             arguments: spec.arguments,
-            start,
-            end,
+            start: &start,
+            end: &end,
         };
         let rows = super::perform_catching_panics(spec.kind, &mut batch).await?;
-        Ok(Some((start, end, rows)))
+        Ok(Some(((start, end), rows)))
     }
 
     async fn range_next_in(
         conn: &mut PgConnection,
         table: &TableName,
-        column: &str,
-        start: i64,
-        max: i64,
+        key: &KeySpec,
+        lower: &Lower,
+        max: &Key,
         size: i64,
-    ) -> std::result::Result<Option<(i64, i64)>, sqlx::Error> {
-        let (first, last): (Option<i64>, Option<i64>) =
-            sqlx::query_as(&keyset_sql(table, column, "$1", "$2", "$3"))
-                .bind(start)
-                .bind(max)
-                .bind(size.max(1))
-                .fetch_one(&mut *conn)
-                .await?;
-        Ok(first.map(|first| (first, last.unwrap_or(first))))
+    ) -> std::result::Result<Option<(Key, Key)>, sqlx::Error> {
+        let sql = keyset_sql(
+            table,
+            key,
+            "$1::jsonb",
+            lower.is_inclusive(),
+            "$2::jsonb",
+            "$3",
+        );
+        let (first, last): (Option<Json<Value>>, Option<Json<Value>>) = sqlx::query_as(&sql)
+            .bind(Json(lower.key()))
+            .bind(Json(max))
+            .bind(size.max(1))
+            .fetch_one(&mut *conn)
+            .await?;
+        let decode = |v: Json<Value>| {
+            Key::from_json(v.0, "a key read by the walk")
+                .map_err(|e| sqlx::Error::Decode(e.to_string().into()))
+        };
+        let Some(first) = first.map(decode).transpose()? else {
+            return Ok(None);
+        };
+        let last = last
+            .map(decode)
+            .transpose()?
+            .unwrap_or_else(|| first.clone());
+        Ok(Some((first, last)))
     }
 
     async fn begin(
@@ -1251,7 +1395,12 @@ impl Target for PgTarget {
         Backend::Postgres
     }
 
-    async fn table_check(&self, table: &TableName, column: &str) -> Result<TableName> {
+    async fn key_resolve(
+        &self,
+        table: &TableName,
+        requested: Option<&[String]>,
+        non_unique: bool,
+    ) -> Result<(TableName, KeySpec)> {
         let context = format!("looking up table {}", table.quoted());
         let found: Option<(String, String)> = sqlx::query_as(TARGET_TABLE_FIND)
             .bind(&table.table)
@@ -1262,43 +1411,69 @@ impl Target for PgTarget {
         let Some((schema, name)) = found else {
             return Err(Error::UnknownTable(display_table(table)));
         };
-        let ty: Option<String> = sqlx::query_scalar(TARGET_COLUMN_TYPE)
-            .bind(&schema)
-            .bind(&name)
-            .bind(column)
-            .fetch_optional(&self.pool)
+        let resolved = TableName {
+            schema: Some(schema),
+            table: name,
+        };
+        let columns: Vec<(String, String, bool)> = sqlx::query_as(TARGET_COLUMNS)
+            .bind(resolved.quoted())
+            .fetch_all(&self.pool)
             .await
             .map_err(Error::db(&context))?;
-        match ty.as_deref() {
-            None => Err(Error::UnknownColumn {
-                table: display_table(table),
-                column: column.to_owned(),
-            }),
-            Some("smallint" | "integer" | "bigint") => Ok(TableName {
-                schema: Some(schema),
-                table: name,
-            }),
-            Some(other) => Err(Error::InvalidSettings(format!(
-                "column {column:?} of table {:?} is of type {other}; the batch column must be an integer (smallint, integer or bigint)",
-                display_table(table)
-            ))),
-        }
+        let columns: Vec<TableColumn> = columns
+            .into_iter()
+            .map(|(name, type_name, not_null)| TableColumn {
+                key_type: KeyType::from_sql_name(&type_name),
+                name,
+                type_name,
+                not_null,
+            })
+            .collect();
+        let indexes: Vec<(String, bool, bool, Vec<String>)> = sqlx::query_as(TARGET_UNIQUE_INDEXES)
+            .bind(resolved.quoted())
+            .fetch_all(&self.pool)
+            .await
+            .map_err(Error::db(&context))?;
+        let indexes: Vec<UniqueIndex> = indexes
+            .into_iter()
+            .map(|(name, primary, partial, columns)| UniqueIndex {
+                name,
+                primary,
+                partial,
+                columns,
+            })
+            .collect();
+        let key = crate::key::choose(
+            &display_table(table),
+            &columns,
+            &indexes,
+            requested,
+            non_unique,
+            KeyType::SUPPORTED_POSTGRES,
+        )?;
+        Ok((resolved, key))
     }
 
-    async fn key_bounds(&self, table: &TableName, column: &str) -> Result<Option<(i64, i64)>> {
-        let c = ident::quote(column);
+    async fn key_bounds(&self, table: &TableName, key: &KeySpec) -> Result<Option<(Key, Key)>> {
+        let (t, json) = (table.quoted(), key_json(key));
         let sql = format!(
-            "SELECT min({c})::bigint, max({c})::bigint FROM {}",
-            table.quoted()
+            "SELECT (SELECT {json} FROM {t} ORDER BY {} LIMIT 1),
+                    (SELECT {json} FROM {t} ORDER BY {} LIMIT 1)",
+            key_order(key, "ASC"),
+            key_order(key, "DESC")
         );
-        let (min, max): (Option<i64>, Option<i64>) = sqlx::query_as(&sql)
+        let context = format!("reading the key range of {t}");
+        let (min, max): (Option<Json<Value>>, Option<Json<Value>>) = sqlx::query_as(&sql)
             .fetch_one(&self.pool)
             .await
-            .map_err(Error::db(format!(
-                "reading the key range of {}",
-                table.quoted()
-            )))?;
-        Ok(min.zip(max))
+            .map_err(Error::db(&context))?;
+        match (min, max) {
+            (Some(min), Some(max)) => Ok(Some((
+                Key::from_json(min.0, &context)?,
+                Key::from_json(max.0, &context)?,
+            ))),
+            _ => Ok(None),
+        }
     }
 
     async fn row_estimate(&self, table: &TableName) -> Result<Option<i64>> {
@@ -1323,17 +1498,17 @@ impl Target for PgTarget {
     async fn range_next(
         &self,
         table: &TableName,
-        column: &str,
-        start: i64,
-        max: i64,
+        key: &KeySpec,
+        lower: &Lower,
+        max: &Key,
         size: i64,
-    ) -> Result<Option<(i64, i64)>> {
+    ) -> Result<Option<(Key, Key)>> {
         let mut conn = self
             .pool
             .acquire()
             .await
             .map_err(Error::db("finding the next key range"))?;
-        Self::range_next_in(&mut conn, table, column, start, max, size)
+        Self::range_next_in(&mut conn, table, key, lower, max, size)
             .await
             .map_err(Error::db(format!(
                 "finding the next key range of {}",
@@ -1346,13 +1521,13 @@ impl Target for PgTarget {
         spec: SubBatchSpec<'_>,
     ) -> std::result::Result<Option<Box<dyn PerformedSubBatch>>, Failure> {
         let mut tx = self.begin(&spec).await?;
-        let Some((start, end, rows)) = Self::perform_in(&mut tx, &spec).await? else {
+        let Some((keys, rows)) = Self::perform_in(&mut tx, &spec).await? else {
             tx.rollback().await?;
             return Ok(None);
         };
         Ok(Some(Box::new(PgPerformed {
             tx,
-            keys: (start, end),
+            keys,
             rows,
             tracking: self.tracking.clone(),
         })))
@@ -1362,7 +1537,7 @@ impl Target for PgTarget {
         let mut tx = self.begin(&spec).await?;
         let performed = Self::perform_in(&mut tx, &spec).await;
         tx.rollback().await?;
-        Ok(performed?.map_or(0, |(_, _, rows)| rows))
+        Ok(performed?.map_or(0, |(_, rows)| rows))
     }
 
     async fn health_sample(&self, table: &TableName, probe: Option<&str>) -> Result<HealthSample> {
@@ -1433,15 +1608,15 @@ impl Target for PgTarget {
 /// A sub-batch performed in its open PostgreSQL transaction.
 struct PgPerformed {
     tx: sqlx::Transaction<'static, sqlx::Postgres>,
-    keys: (i64, i64),
+    keys: (Key, Key),
     rows: u64,
     tracking: Option<Arc<TrackingSql>>,
 }
 
 #[async_trait]
 impl PerformedSubBatch for PgPerformed {
-    fn keys(&self) -> (i64, i64) {
-        self.keys
+    fn keys(&self) -> &(Key, Key) {
+        &self.keys
     }
 
     fn rows(&self) -> u64 {
@@ -1458,6 +1633,7 @@ impl PerformedSubBatch for PgPerformed {
             rows,
             tracking,
         } = *self;
+        let end = &end;
         let (cursor, finish) = match how {
             SubBatchCommit::Alone => {
                 tx.commit().await?;
@@ -1476,7 +1652,7 @@ impl PerformedSubBatch for PgPerformed {
             let done = sqlx::query(&sql.checkpoint)
                 .bind(cursor.job_id)
                 .bind(cursor.attempts)
-                .bind(end)
+                .bind(Json(end))
                 .bind(rows as i64)
                 .bind(duration_ms(cursor.lease))
                 .execute(&mut *tx)
@@ -1488,7 +1664,7 @@ impl PerformedSubBatch for PgPerformed {
             tx.commit().await?;
             return Ok(SubBatchCommitted::Committed);
         };
-        let create = f.then_create.as_ref().and_then(|c| match c.range {
+        let create = f.then_create.as_ref().and_then(|c| match &c.range {
             JobRange::Given { min, max } => Some((c, min, max)),
             JobRange::Keyset { .. } => None,
         });
@@ -1499,7 +1675,7 @@ impl PerformedSubBatch for PgPerformed {
         })
         .bind(cursor.job_id)
         .bind(cursor.attempts)
-        .bind(end)
+        .bind(Json(end))
         .bind(rows as i64)
         .bind(Json(&f.metrics))
         .bind(f.sub_batch_size)
@@ -1507,13 +1683,14 @@ impl PerformedSubBatch for PgPerformed {
         let query = match create {
             Some((c, min, max)) => query
                 .bind(c.migration_id)
-                .bind(min)
-                .bind(max)
-                .bind(c.expected_next_min)
+                .bind(Json(min))
+                .bind(Json(max))
+                .bind(Json(c.expected_next.key()))
                 .bind(c.sub_batch_size)
                 .bind(c.batch_size)
                 .bind(c.pause_ms)
-                .bind(duration_ms(c.lease)),
+                .bind(duration_ms(c.lease))
+                .bind(c.expected_next.is_inclusive()),
             None => query,
         };
         let rows_back = query.fetch_all(&mut *tx).await?;
@@ -1524,12 +1701,10 @@ impl PerformedSubBatch for PgPerformed {
         };
         let job = rows::job(row).map_err(corrupt)?;
         let next = match rows_back.get(1) {
-            Some(row) => {
-                let next_min: Option<i64> = row
-                    .try_get("next_min")
-                    .map_err(|e| corrupt(rows::decode(e)))?;
-                Some((Box::new(rows::job(row).map_err(corrupt)?), next_min))
-            }
+            Some(row) => Some((
+                Box::new(rows::job(row).map_err(corrupt)?),
+                rows::next_start(row).map_err(corrupt)?,
+            )),
             None => None,
         };
         tx.commit().await?;

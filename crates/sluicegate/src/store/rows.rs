@@ -10,6 +10,7 @@ use sqlx::types::Json;
 use sqlx::Row;
 
 use crate::error::{Error, Result};
+use crate::key::{Key, KeySpec, Lower};
 use crate::model::{Job, JobTransition, Migration, MigrationTransition};
 use crate::status::MigrationStatus;
 
@@ -26,6 +27,8 @@ pub(crate) trait ModelRow {
     fn opt_int(&self, col: &str) -> Result<Option<i64>>;
     /// An `integer` column.
     fn int32(&self, col: &str) -> Result<i32>;
+    /// A `boolean` column (an integer on SQLite).
+    fn flag(&self, col: &str) -> Result<bool>;
     /// A `text` column.
     fn text(&self, col: &str) -> Result<String>;
     /// A nullable `text` column.
@@ -34,6 +37,19 @@ pub(crate) trait ModelRow {
     fn time(&self, col: &str) -> Result<Option<DateTime<Utc>>>;
     /// A JSON column.
     fn json(&self, col: &str) -> Result<Value>;
+    /// A nullable JSON column.
+    fn opt_json(&self, col: &str) -> Result<Option<Value>>;
+
+    /// A key column (`min_cursor`, ...).
+    fn key(&self, col: &str) -> Result<Key> {
+        Key::from_json(self.json(col)?, col)
+    }
+    /// A nullable key column.
+    fn opt_key(&self, col: &str) -> Result<Option<Key>> {
+        self.opt_json(col)?
+            .map(|v| Key::from_json(v, col))
+            .transpose()
+    }
 }
 
 /// The columns both engines decode the same way.
@@ -46,6 +62,9 @@ macro_rules! plain_columns {
             self.try_get(col).map_err(decode)
         }
         fn int32(&self, col: &str) -> Result<i32> {
+            self.try_get(col).map_err(decode)
+        }
+        fn flag(&self, col: &str) -> Result<bool> {
             self.try_get(col).map_err(decode)
         }
         fn text(&self, col: &str) -> Result<String> {
@@ -68,6 +87,11 @@ impl ModelRow for PgRow {
         let Json(value) = self.try_get(col).map_err(decode)?;
         Ok(value)
     }
+
+    fn opt_json(&self, col: &str) -> Result<Option<Value>> {
+        let value: Option<Json<Value>> = self.try_get(col).map_err(decode)?;
+        Ok(value.map(|Json(v)| v))
+    }
 }
 
 impl ModelRow for SqliteRow {
@@ -87,6 +111,14 @@ impl ModelRow for SqliteRow {
         let text: String = self.try_get(col).map_err(decode)?;
         serde_json::from_str(&text).map_err(|e| Error::Corrupt(format!("bad {col}: {e}")))
     }
+
+    fn opt_json(&self, col: &str) -> Result<Option<Value>> {
+        let text: Option<String> = self.try_get(col).map_err(decode)?;
+        text.map(|t| {
+            serde_json::from_str(&t).map_err(|e| Error::Corrupt(format!("bad {col}: {e}")))
+        })
+        .transpose()
+    }
 }
 
 /// A `migrations` row.
@@ -97,11 +129,12 @@ pub(crate) fn migration(row: &impl ModelRow) -> Result<Migration> {
         name: row.text("name")?,
         job_kind: row.text("job_kind")?,
         table_name: row.text("table_name")?,
-        column_name: row.text("column_name")?,
+        key: serde_json::from_value::<KeySpec>(row.json("key_columns")?)
+            .map_err(|e| Error::Corrupt(format!("bad key_columns: {e}")))?,
         job_arguments: row.json("job_arguments")?,
-        min_value: row.int("min_value")?,
-        max_value: row.int("max_value")?,
-        next_min_value: row.opt_int("next_min_value")?,
+        min_value: row.key("min_cursor")?,
+        max_value: row.key("max_cursor")?,
+        next_start: next_start(row)?,
         batch_size: row.int("batch_size")?,
         sub_batch_size: row.int("sub_batch_size")?,
         max_batch_size: row.opt_int("max_batch_size")?,
@@ -126,13 +159,23 @@ pub(crate) fn migration(row: &impl ModelRow) -> Result<Migration> {
     })
 }
 
+/// The migration's `next_start` returned beside a job created with it (columns
+/// `next_cursor`, `next_inclusive`).
+pub(crate) fn next_start(row: &impl ModelRow) -> Result<Option<Lower>> {
+    Ok(match row.opt_key("next_cursor")? {
+        None => None,
+        Some(k) if row.flag("next_inclusive")? => Some(Lower::From(k)),
+        Some(k) => Some(Lower::After(k)),
+    })
+}
+
 /// A `jobs` row.
 pub(crate) fn job(row: &impl ModelRow) -> Result<Job> {
     Ok(Job {
         id: row.int("id")?,
         migration_id: row.int("migration_id")?,
-        min_value: row.int("min_value")?,
-        max_value: row.int("max_value")?,
+        min_value: row.key("min_cursor")?,
+        max_value: row.key("max_cursor")?,
         batch_size: row.int("batch_size")?,
         sub_batch_size: row.int("sub_batch_size")?,
         pause_ms: row.int("pause_ms")?,
@@ -141,7 +184,7 @@ pub(crate) fn job(row: &impl ModelRow) -> Result<Job> {
         started_at: row.time("started_at")?,
         finished_at: row.time("finished_at")?,
         rows_affected: row.int("rows_affected")?,
-        cursor: row.opt_int("cursor_value")?,
+        cursor: row.opt_key("cursor")?,
         metrics: row.json("metrics")?,
         worker: row.opt_text("worker")?,
         lease_expires_at: row.time("lease_expires_at")?,

@@ -24,6 +24,7 @@ use crate::error::{Error, Result};
 use crate::failure::Failure;
 use crate::health::HealthSample;
 use crate::ident::{self, TableName};
+use crate::key::{Key, KeySpec, KeyType, Lower, TableColumn, UniqueIndex};
 use crate::kind::{SubBatch, SubBatchConnection};
 use crate::model::{Job, JobCounts, JobTransition, Migration, MigrationTransition, NewMigration};
 use crate::status::{JobStatus, MigrationEvent};
@@ -32,6 +33,7 @@ const SCHEMA_MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("schema/sqlite_v1.sql")),
     (2, include_str!("schema/sqlite_v2.sql")),
     (3, include_str!("schema/sqlite_v3.sql")),
+    (4, include_str!("schema/sqlite_v4.sql")),
 ];
 
 const SCHEMA_VERSIONS_CREATE: &str = "CREATE TABLE IF NOT EXISTS sluicegate_schema_versions (
@@ -43,11 +45,12 @@ const SCHEMA_VERSION_INSERT: &str =
     "INSERT INTO sluicegate_schema_versions (version, applied_at) VALUES ($1, $2)";
 
 const MIGRATION_INSERT: &str = "INSERT INTO sluicegate_migrations (name, job_kind, table_name,
-    column_name, job_arguments, min_value, max_value, next_min_value, batch_size, sub_batch_size,
+    column_name, job_arguments, min_cursor, max_cursor, next_cursor, batch_size, sub_batch_size,
     max_batch_size, pause_ms, interval_ms, statement_timeout_ms, lock_timeout_ms, status,
-    total_tuple_count, health_settings, target_sub_batch_ms, started_at, created_at, updated_at)
+    total_tuple_count, health_settings, target_sub_batch_ms, started_at, created_at, updated_at,
+    key_columns, next_inclusive)
     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19,
-        CASE WHEN $16 = 'active' THEN $20 END, $20, $20)
+        CASE WHEN $16 = 'active' THEN $20 END, $20, $20, $21, $22)
     RETURNING *";
 const MIGRATION_LOG_INSERT: &str = "INSERT INTO sluicegate_migration_transition_logs (migration_id,
     previous_status, next_status, event, reason, actor, exception_class, exception_message, created_at)
@@ -101,7 +104,8 @@ const MIGRATION_CLAIM_CANDIDATES: &str = "SELECT m.* FROM sluicegate_migrations 
 /// it): runnable, its next key still `$3`, not on hold and due (finalizing ignores both), and
 /// its table leased to it.
 const MIGRATION_CREATABLE: &str = "SELECT m.* FROM sluicegate_migrations m
-    WHERE m.id = $1 AND m.next_min_value = $3 AND m.status IN ('active', 'finalizing')
+    WHERE m.id = $1 AND m.next_cursor = $3 AND m.next_inclusive = $4
+      AND m.status IN ('active', 'finalizing')
       AND (m.status = 'finalizing' OR m.on_hold_until IS NULL OR m.on_hold_until <= $2)
       AND (m.status = 'finalizing' OR m.interval_ms = 0 OR m.last_job_started_at IS NULL
            OR (julianday($2) - julianday(m.last_job_started_at)) * 86400000.0 >= m.interval_ms)
@@ -122,18 +126,19 @@ const TABLE_LEASE_RENEW: &str =
     "UPDATE sluicegate_table_leases SET expires_at = max(expires_at, $2)
     WHERE migration_id = $1";
 const MIGRATION_RANGE_EXHAUST: &str =
-    "UPDATE sluicegate_migrations SET next_min_value = NULL, updated_at = $3
-    WHERE id = $1 AND next_min_value = $2";
+    "UPDATE sluicegate_migrations SET next_cursor = NULL, updated_at = $3
+    WHERE id = $1 AND next_cursor = $2 AND next_inclusive = $4";
 const MIGRATION_RESIZE: &str = "UPDATE sluicegate_migrations
     SET batch_size = $2, sub_batch_size = min($3, $2), updated_at = $4
     WHERE id = $1 AND status IN ('active', 'paused', 'finalizing')
     RETURNING *";
 const MIGRATION_JOB_STARTED: &str = "UPDATE sluicegate_migrations
-    SET next_min_value = $2, last_job_started_at = $3, updated_at = coalesce($3, updated_at),
+    SET next_cursor = $2, next_inclusive = 0, last_job_started_at = $3, updated_at = coalesce($3, updated_at),
         sub_batch_size = min($4, batch_size)
     WHERE id = $1";
 
-const JOB_INSERT_RUNNING: &str = "INSERT INTO sluicegate_jobs (migration_id, min_value, max_value,
+const JOB_INSERT_RUNNING: &str =
+    "INSERT INTO sluicegate_jobs (migration_id, min_cursor, max_cursor,
     batch_size, sub_batch_size, pause_ms, status, attempts, started_at, worker, lease_expires_at,
     created_at, updated_at)
     VALUES ($1, $2, $3, $4, $5, $6, 'running', 1, $7, $8, $9, $7, $7)
@@ -169,20 +174,20 @@ const JOB_TRANSITION: &str = "UPDATE sluicegate_jobs SET
             AND mg.on_hold_until > $11))
     RETURNING *";
 const JOB_SPLIT_FIRST: &str = "UPDATE sluicegate_jobs SET status = 'pending', attempts = 0,
-        finished_at = NULL, max_value = $3, batch_size = $4, sub_batch_size = $5, updated_at = $6
+        finished_at = NULL, max_cursor = $3, batch_size = $4, sub_batch_size = $5, updated_at = $6
     WHERE id = $1 AND status = 'failed' AND attempts = $2
     RETURNING *";
-const JOB_SPLIT_SECOND: &str = "INSERT INTO sluicegate_jobs (migration_id, min_value, max_value,
+const JOB_SPLIT_SECOND: &str = "INSERT INTO sluicegate_jobs (migration_id, min_cursor, max_cursor,
     batch_size, sub_batch_size, pause_ms, status, created_at, updated_at)
     VALUES ($1, $2, $3, $4, $5, $6, 'pending', $7, $7)
     RETURNING *";
-const JOB_CHECKPOINT: &str = "UPDATE sluicegate_jobs SET cursor_value = $3,
+const JOB_CHECKPOINT: &str = "UPDATE sluicegate_jobs SET cursor = $3,
     rows_affected = rows_affected + $4, lease_expires_at = $5, updated_at = $6
     WHERE id = $1 AND attempts = $2 AND status = 'running'";
 /// A job's last sub-batch: cursor, rows and `running -> succeeded`, fenced by attempt like the
 /// checkpoint it replaces (its log row follows in the same transaction).
 const JOB_FINISH_AT_CURSOR: &str = "UPDATE sluicegate_jobs SET status = 'succeeded',
-    finished_at = $8, lease_expires_at = NULL, cursor_value = $3,
+    finished_at = $8, lease_expires_at = NULL, cursor = $3,
     rows_affected = rows_affected + $4, metrics = $5, sub_batch_size = coalesce($6, sub_batch_size),
     updated_at = $8
     WHERE id = $1 AND attempts = $2 AND status = 'running'
@@ -197,6 +202,7 @@ const JOB_COUNTS: &str = "SELECT
     coalesce(sum(status = 'succeeded'), 0),
     coalesce(sum(status = 'failed' AND attempts >= $2), 0),
     coalesce(sum(rows_affected), 0),
+    coalesce(sum(CASE WHEN status = 'succeeded' THEN batch_size END), 0),
     min(started_at),
     max(finished_at)
   FROM sluicegate_jobs WHERE migration_id = $1";
@@ -258,12 +264,12 @@ const SCHEMA_CONTEXT: &str = "installing the tracking schema";
 
 /// The SQLite steps of [`super::schema_install`], in one `BEGIN IMMEDIATE` transaction (which
 /// already keeps concurrent setups apart).
-struct SqliteSchemaSteps {
-    tx: sqlx::Transaction<'static, sqlx::Sqlite>,
+struct SqliteSchemaSteps<'c> {
+    tx: sqlx::Transaction<'c, sqlx::Sqlite>,
 }
 
 #[async_trait]
-impl super::SchemaSteps for SqliteSchemaSteps {
+impl super::SchemaSteps for SqliteSchemaSteps<'_> {
     async fn prepare(&mut self) -> Result<()> {
         exec_raw(&mut self.tx, SCHEMA_VERSIONS_CREATE)
             .await
@@ -443,8 +449,46 @@ impl Store for SqliteStore {
     }
 
     async fn schema_install(&self) -> Result<Vec<i64>> {
-        let tx = self.begin_immediate(SCHEMA_CONTEXT).await?;
-        super::schema_install(Box::new(SqliteSchemaSteps { tx }), SCHEMA_MIGRATIONS).await
+        // Version 4 rebuilds tables that others reference: with foreign keys on, dropping the
+        // old one would cascade to its children. The pragma is a no-op inside a transaction,
+        // so it is set on the connection before, and checked and restored after.
+        let mut conn = self
+            .pool
+            .acquire()
+            .await
+            .map_err(Error::db(SCHEMA_CONTEXT))?;
+        exec_raw(&mut conn, "PRAGMA foreign_keys = OFF")
+            .await
+            .map_err(Error::db(SCHEMA_CONTEXT))?;
+        let installed = async {
+            let tx = sqlx::Transaction::begin(&mut *conn, Some("BEGIN IMMEDIATE".into()))
+                .await
+                .map_err(Error::db(SCHEMA_CONTEXT))?;
+            super::schema_install(Box::new(SqliteSchemaSteps { tx }), SCHEMA_MIGRATIONS).await
+        }
+        .await;
+        let restored = async {
+            let broken: Vec<sqlx::sqlite::SqliteRow> = sqlx::query("PRAGMA foreign_key_check")
+                .fetch_all(&mut *conn)
+                .await?;
+            exec_raw(&mut conn, "PRAGMA foreign_keys = ON").await?;
+            Ok::<_, sqlx::Error>(broken.len())
+        }
+        .await;
+        match restored {
+            Ok(0) => installed,
+            Ok(n) => {
+                conn.detach();
+                Err(Error::Corrupt(format!(
+                    "{n} tracking row(s) reference a missing row after the schema upgrade"
+                )))
+            }
+            Err(e) => {
+                // Never hand a connection with foreign keys off back to the pool.
+                conn.detach();
+                installed.and(Err(Error::db(SCHEMA_CONTEXT)(e)))
+            }
+        }
     }
 
     async fn schema_version(&self) -> Result<Option<i64>> {
@@ -470,11 +514,11 @@ impl Store for SqliteStore {
             .bind(&m.name)
             .bind(&m.job_kind)
             .bind(&m.table_name)
-            .bind(&m.column_name)
+            .bind(m.key.display_names())
             .bind(m.job_arguments.to_string())
-            .bind(m.min_value)
-            .bind(m.max_value)
-            .bind(m.next_min_value)
+            .bind(m.min_value.to_json())
+            .bind(m.max_value.to_json())
+            .bind(m.next_start.as_ref().map(|l| l.key().to_json()))
             .bind(m.batch_size)
             .bind(m.sub_batch_size)
             .bind(m.max_batch_size)
@@ -487,6 +531,8 @@ impl Store for SqliteStore {
             .bind(serde_json::to_string(&m.health).expect("settings serialize"))
             .bind(m.target_sub_batch_ms)
             .bind(&at)
+            .bind(serde_json::to_string(&m.key).expect("a key serializes"))
+            .bind(m.next_start.as_ref().is_none_or(Lower::is_inclusive))
             .fetch_one(&mut *tx)
             .await
             .map_err(|e| {
@@ -626,11 +672,12 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn migration_range_exhaust(&self, migration_id: i64, expected: i64) -> Result<bool> {
+    async fn migration_range_exhaust(&self, migration_id: i64, expected: &Lower) -> Result<bool> {
         let done = sqlx::query(MIGRATION_RANGE_EXHAUST)
             .bind(migration_id)
-            .bind(expected)
+            .bind(expected.key().to_json())
             .bind(ts(now()))
+            .bind(expected.is_inclusive())
             .execute(&self.pool)
             .await
             .map_err(Error::db("closing a migration's range"))?;
@@ -707,7 +754,8 @@ impl Store for SqliteStore {
         let row = sqlx::query(MIGRATION_CREATABLE)
             .bind(p.migration_id)
             .bind(ts(at))
-            .bind(p.expected_next_min)
+            .bind(p.expected_next.key().to_json())
+            .bind(p.expected_next.is_inclusive())
             .fetch_optional(&mut *tx)
             .await
             .map_err(Error::db(&context))?;
@@ -715,28 +763,26 @@ impl Store for SqliteStore {
             return Ok(JobCreated::NotNow);
         };
         let range = match &p.range {
-            JobRange::Given { min, max } => Some((*min, *max)),
-            JobRange::Keyset {
-                table,
-                column,
-                size,
-            } => SqliteTarget::range_next_in(
+            JobRange::Given { min, max } => Some((min.clone(), max.clone())),
+            JobRange::Keyset { table, key, size } => SqliteTarget::range_next_in(
                 &mut tx,
                 table,
-                column,
-                p.expected_next_min,
-                m.max_value,
+                key,
+                &p.expected_next,
+                &m.max_value,
                 *size,
             )
             .await
             .map_err(Error::db(&context))?,
         };
-        let next_min = range
-            .and_then(|(_, last)| last.checked_add(1))
-            .filter(|n| *n <= m.max_value);
+        // Handed out when the range reached the migration's last key.
+        let next = range
+            .as_ref()
+            .filter(|(_, last)| *last != m.max_value)
+            .map(|(_, last)| Lower::After(last.clone()));
         sqlx::query(MIGRATION_JOB_STARTED)
             .bind(p.migration_id)
-            .bind(next_min)
+            .bind(next.as_ref().map(|l| l.key().to_json()))
             .bind(if range.is_some() {
                 Some(ts(at))
             } else {
@@ -752,8 +798,8 @@ impl Store for SqliteStore {
         };
         let row = sqlx::query(JOB_INSERT_RUNNING)
             .bind(p.migration_id)
-            .bind(first)
-            .bind(last)
+            .bind(first.to_json())
+            .bind(last.to_json())
             .bind(p.batch_size)
             .bind(p.sub_batch_size)
             .bind(p.pause_ms)
@@ -783,7 +829,7 @@ impl Store for SqliteStore {
             .await
             .map_err(Error::db(&context))?;
         tx.commit().await.map_err(Error::db(&context))?;
-        Ok(JobCreated::Created(Box::new(job), next_min))
+        Ok(JobCreated::Created(Box::new(job), next))
     }
 
     async fn job_get(&self, id: i64) -> Result<Option<Job>> {
@@ -838,7 +884,7 @@ impl Store for SqliteStore {
         let first = sqlx::query(JOB_SPLIT_FIRST)
             .bind(t.job_id)
             .bind(t.expected_attempts)
-            .bind(p.first_max)
+            .bind(p.first_max.to_json())
             .bind(p.batch_size)
             .bind(p.sub_batch_size)
             .bind(&at)
@@ -856,8 +902,8 @@ impl Store for SqliteStore {
         let first = rows::job(&first)?;
         let second = sqlx::query(JOB_SPLIT_SECOND)
             .bind(first.migration_id)
-            .bind(p.second_min)
-            .bind(p.second_max)
+            .bind(p.second_min.to_json())
+            .bind(p.second_max.to_json())
             .bind(p.batch_size)
             .bind(p.sub_batch_size)
             .bind(first.pause_ms)
@@ -890,14 +936,14 @@ impl Store for SqliteStore {
         &self,
         job_id: i64,
         attempts: i32,
-        cursor: i64,
+        cursor: &Key,
         rows: i64,
         lease: Duration,
     ) -> Result<bool> {
         let done = sqlx::query(JOB_CHECKPOINT)
             .bind(job_id)
             .bind(attempts)
-            .bind(cursor)
+            .bind(cursor.to_json())
             .bind(rows)
             .bind(later(lease)?)
             .bind(ts(now()))
@@ -946,8 +992,9 @@ impl Store for SqliteStore {
             succeeded: row.try_get(3).map_err(rows::decode)?,
             exhausted: row.try_get(4).map_err(rows::decode)?,
             rows_affected: row.try_get(5).map_err(rows::decode)?,
-            first_started_at: parse_ts(row.try_get(6).map_err(rows::decode)?)?,
-            last_finished_at: parse_ts(row.try_get(7).map_err(rows::decode)?)?,
+            keys_done: row.try_get(6).map_err(rows::decode)?,
+            first_started_at: parse_ts(row.try_get(7).map_err(rows::decode)?)?,
+            last_finished_at: parse_ts(row.try_get(8).map_err(rows::decode)?)?,
         })
     }
 
@@ -1041,13 +1088,58 @@ impl SqliteTarget {
         }
     }
 
-    fn range_next_sql(table: &TableName, column: &str) -> String {
-        let (t, c) = (table.quoted(), ident::quote(column));
+    /// The keyset walk as one row `(first, nth, last)` of JSON keys: the first key from the
+    /// lower bound `$1..$n` (inclusive or not) up to `$n+1..$2n`, the `$2n+1`-th one, and the
+    /// last one in range. Row-value comparisons over the key's columns (their own collations),
+    /// which the key's index serves.
+    fn range_next_sql(table: &TableName, key: &KeySpec, inclusive: bool) -> String {
+        let n = key.len();
+        let t = table.quoted();
+        let cols: Vec<String> = key
+            .columns()
+            .iter()
+            .map(|c| ident::quote(&c.name))
+            .collect();
+        let row = format!("({})", cols.join(", "));
+        let params = |first: usize| {
+            let p: Vec<String> = (first..first + n).map(|i| format!("${i}")).collect();
+            format!("({})", p.join(", "))
+        };
+        let json = format!("json_array({})", cols.join(", "));
+        let op = if inclusive { ">=" } else { ">" };
+        let in_range = format!(
+            "FROM {t} WHERE {row} {op} {} AND {row} <= {}",
+            params(1),
+            params(n + 1)
+        );
+        let asc: Vec<String> = cols.iter().map(|c| format!("{c} ASC")).collect();
+        let desc: Vec<String> = cols.iter().map(|c| format!("{c} DESC")).collect();
+        let (asc, desc) = (asc.join(", "), desc.join(", "));
         format!(
-            "SELECT (SELECT {c} FROM {t} WHERE {c} >= $1 AND {c} <= $2 ORDER BY {c} LIMIT 1),
-                    (SELECT {c} FROM {t} WHERE {c} >= $1 AND {c} <= $2 ORDER BY {c} LIMIT 1 OFFSET $3 - 1),
-                    (SELECT {c} FROM {t} WHERE {c} >= $1 AND {c} <= $2 ORDER BY {c} DESC LIMIT 1)"
+            "SELECT (SELECT {json} {in_range} ORDER BY {asc} LIMIT 1),
+                    (SELECT {json} {in_range} ORDER BY {asc} LIMIT 1 OFFSET ${} - 1),
+                    (SELECT {json} {in_range} ORDER BY {desc} LIMIT 1)",
+            2 * n + 1
         )
+    }
+
+    /// The range predicate of a sub-batch, numbered as [`SubBatch::execute`] binds it.
+    fn range_predicate(key: &KeySpec) -> String {
+        let n = key.len();
+        let cols: Vec<String> = key
+            .columns()
+            .iter()
+            .map(|c| ident::quote(&c.name))
+            .collect();
+        if n == 1 {
+            return format!("{} BETWEEN $1 AND $2", cols[0]);
+        }
+        let row = format!("({})", cols.join(", "));
+        let params = |first: usize| {
+            let p: Vec<String> = (first..first + n).map(|i| format!("${i}")).collect();
+            format!("({})", p.join(", "))
+        };
+        format!("({row} >= {} AND {row} <= {})", params(1), params(n + 1))
     }
 
     /// Inside the open transaction: finds the sub-batch's keys and performs the kind on them.
@@ -1055,51 +1147,68 @@ impl SqliteTarget {
     async fn perform_in(
         conn: &mut SqliteConnection,
         spec: &SubBatchSpec<'_>,
-    ) -> std::result::Result<Option<(i64, i64, u64)>, Failure> {
-        let range = if spec.whole_rest {
-            Some((spec.start, spec.max))
-        } else {
-            Self::range_next_in(
-                conn,
-                spec.table,
-                spec.column,
-                spec.start,
-                spec.max,
-                spec.size,
-            )
-            .await?
+    ) -> std::result::Result<Option<((Key, Key), u64)>, Failure> {
+        let whole = spec
+            .whole_rest
+            .then(|| spec.lower.inclusive_start(spec.key))
+            .flatten();
+        let range = match whole {
+            Some(start) => Some((start, spec.max.clone())),
+            None => {
+                Self::range_next_in(conn, spec.table, spec.key, spec.lower, spec.max, spec.size)
+                    .await?
+            }
         };
         let Some((start, end)) = range else {
             return Ok(None);
         };
+        let predicate = Self::range_predicate(spec.key);
         let mut batch = SubBatch {
             connection: SubBatchConnection::Sqlite(conn),
             table: spec.table,
-            column: spec.column,
+            key: spec.key,
+            predicate: &predicate,
             arguments: spec.arguments,
-            start,
-            end,
+            start: &start,
+            end: &end,
         };
         let rows = super::perform_catching_panics(spec.kind, &mut batch).await?;
-        Ok(Some((start, end, rows)))
+        Ok(Some(((start, end), rows)))
     }
 
     async fn range_next_in(
         conn: &mut SqliteConnection,
         table: &TableName,
-        column: &str,
-        start: i64,
-        max: i64,
+        key: &KeySpec,
+        lower: &Lower,
+        max: &Key,
         size: i64,
-    ) -> std::result::Result<Option<(i64, i64)>, sqlx::Error> {
-        let (first, nth, last): (Option<i64>, Option<i64>, Option<i64>) =
-            sqlx::query_as(&Self::range_next_sql(table, column))
-                .bind(start)
-                .bind(max)
-                .bind(size.max(1))
-                .fetch_one(&mut *conn)
-                .await?;
-        Ok(first.map(|first| (first, nth.or(last).unwrap_or(first))))
+    ) -> std::result::Result<Option<(Key, Key)>, sqlx::Error> {
+        let sql = Self::range_next_sql(table, key, lower.is_inclusive());
+        let mut query = sqlx::query_as(&sql);
+        for v in lower.key().values().iter().chain(max.values()) {
+            query = match v.as_i64() {
+                Some(n) => query.bind(n),
+                None => query.bind(v.as_str().unwrap_or_default().to_owned()),
+            };
+        }
+        let (first, nth, last): (Option<String>, Option<String>, Option<String>) =
+            query.bind(size.max(1)).fetch_one(&mut *conn).await?;
+        let decode = |text: String| {
+            serde_json::from_str(&text)
+                .map_err(|e| crate::Error::Corrupt(e.to_string()))
+                .and_then(|v| Key::from_json(v, "a key read by the walk"))
+                .map_err(|e| sqlx::Error::Decode(e.to_string().into()))
+        };
+        let Some(first) = first.map(decode).transpose()? else {
+            return Ok(None);
+        };
+        let last = nth
+            .or(last)
+            .map(decode)
+            .transpose()?
+            .unwrap_or_else(|| first.clone());
+        Ok(Some((first, last)))
     }
 }
 
@@ -1109,7 +1218,12 @@ impl Target for SqliteTarget {
         Backend::Sqlite
     }
 
-    async fn table_check(&self, table: &TableName, column: &str) -> Result<TableName> {
+    async fn key_resolve(
+        &self,
+        table: &TableName,
+        requested: Option<&[String]>,
+        non_unique: bool,
+    ) -> Result<(TableName, KeySpec)> {
         let context = format!("looking up table {}", table.quoted());
         let schema = table.schema.clone().unwrap_or_else(|| "main".to_owned());
         let master = format!("{}.sqlite_master", ident::quote(&schema));
@@ -1128,41 +1242,177 @@ impl Target for SqliteTarget {
         let Some(name) = found else {
             return Err(Error::UnknownTable(table.table.clone()));
         };
-        let ty: Option<String> = sqlx::query_scalar(
-            "SELECT type FROM pragma_table_info($1, $2) WHERE name = $3 COLLATE NOCASE",
+        let name_of_table = name.clone();
+        let without_rowid: bool = sqlx::query_scalar(
+            "SELECT coalesce((SELECT wr FROM pragma_table_list($1) WHERE schema = $2), 0)",
         )
         .bind(&name)
         .bind(&schema)
-        .bind(column)
-        .fetch_optional(&self.pool)
+        .fetch_one(&self.pool)
         .await
         .map_err(Error::db(&context))?;
-        match ty {
-            None => Err(Error::UnknownColumn {
-                table: name,
-                column: column.to_owned(),
-            }),
-            Some(ty) if ty.to_ascii_uppercase().contains("INT") => Ok(TableName {
+        let info: Vec<(String, String, bool, i64)> = sqlx::query_as(
+            "SELECT name, type, \"notnull\", pk FROM pragma_table_info($1, $2) ORDER BY cid",
+        )
+        .bind(&name)
+        .bind(&schema)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(Error::db(&context))?;
+        let mut pk: Vec<(i64, String)> = info
+            .iter()
+            .filter(|(_, _, _, pk)| *pk > 0)
+            .map(|(name, _, _, pk)| (*pk, name.clone()))
+            .collect();
+        pk.sort();
+        // A rowid table's single INTEGER PRIMARY KEY is the rowid itself, never NULL; a
+        // WITHOUT ROWID table enforces NOT NULL on its key. Other primary keys of rowid tables
+        // may hold NULL (an old SQLite quirk) unless declared NOT NULL.
+        let rowid_alias = pk.len() == 1
+            && !without_rowid
+            && info
+                .iter()
+                .any(|(n, ty, _, p)| *p > 0 && n == &pk[0].1 && ty.eq_ignore_ascii_case("INTEGER"));
+        // Such a key column that holds no NULL today is taken as NOT NULL (`id bigint PRIMARY
+        // KEY` is common and never NULL in practice); one that holds a NULL is refused.
+        let mut pk_without_nulls = Vec::new();
+        for (name, _, not_null, pk) in &info {
+            if *pk > 0 && !*not_null && !without_rowid && !rowid_alias {
+                let sql = format!(
+                    "SELECT NOT EXISTS (SELECT 1 FROM {} WHERE {} IS NULL)",
+                    TableName {
+                        schema: table.schema.clone(),
+                        table: name_of_table.clone(),
+                    }
+                    .quoted(),
+                    ident::quote(name)
+                );
+                let none: bool = sqlx::query_scalar(&sql)
+                    .fetch_one(&self.pool)
+                    .await
+                    .map_err(Error::db(&context))?;
+                if none {
+                    pk_without_nulls.push(name.clone());
+                }
+            }
+        }
+        let columns: Vec<TableColumn> = info
+            .iter()
+            .map(|(name, ty, not_null, pk)| {
+                let upper = ty.to_ascii_uppercase();
+                let key_type = if upper.contains("INT") {
+                    Some(KeyType::Bigint)
+                } else if ["CHAR", "CLOB", "TEXT"].iter().any(|t| upper.contains(t)) {
+                    Some(KeyType::Text)
+                } else {
+                    None
+                };
+                TableColumn {
+                    name: name.clone(),
+                    key_type,
+                    type_name: if ty.is_empty() {
+                        "(none)".into()
+                    } else {
+                        ty.clone()
+                    },
+                    not_null: *not_null
+                        || (*pk > 0 && (without_rowid || rowid_alias))
+                        || pk_without_nulls.contains(name),
+                }
+            })
+            .collect();
+        let mut indexes = Vec::new();
+        if !pk.is_empty() {
+            indexes.push(UniqueIndex {
+                name: "PRIMARY KEY".into(),
+                primary: true,
+                partial: false,
+                columns: pk.into_iter().map(|(_, name)| name).collect(),
+            });
+        }
+        let list: Vec<(String, bool)> = sqlx::query_as(
+            "SELECT name, partial FROM pragma_index_list($1, $2) WHERE \"unique\" AND origin <> 'pk'",
+        )
+        .bind(&name)
+        .bind(&schema)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(Error::db(&context))?;
+        for (index, partial) in list {
+            let cols: Vec<Option<String>> =
+                sqlx::query_scalar("SELECT name FROM pragma_index_info($1, $2) ORDER BY seqno")
+                    .bind(&index)
+                    .bind(&schema)
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(Error::db(&context))?;
+            let on_expressions = cols.iter().any(Option::is_none);
+            indexes.push(UniqueIndex {
+                name: index,
+                primary: false,
+                partial: partial || on_expressions,
+                columns: cols.into_iter().flatten().collect(),
+            });
+        }
+        // SQLite reads column names without regard to case: take them as it stores them.
+        let requested: Option<Vec<String>> = requested.map(|names| {
+            names
+                .iter()
+                .map(|n| {
+                    columns
+                        .iter()
+                        .find(|c| c.name.eq_ignore_ascii_case(n))
+                        .map_or_else(|| n.clone(), |c| c.name.clone())
+                })
+                .collect()
+        });
+        let key = crate::key::choose(
+            &name,
+            &columns,
+            &indexes,
+            requested.as_deref(),
+            non_unique,
+            "INTEGER or TEXT",
+        )?;
+        Ok((
+            TableName {
                 schema: table.schema.clone(),
                 table: name,
-            }),
-            Some(ty) => Err(Error::InvalidSettings(format!(
-                "column {column:?} of table {name:?} is of type {ty:?}; the batch column must be an integer (INTEGER) column"
-            ))),
-        }
+            },
+            key,
+        ))
     }
 
-    async fn key_bounds(&self, table: &TableName, column: &str) -> Result<Option<(i64, i64)>> {
-        let c = ident::quote(column);
-        let sql = format!("SELECT min({c}), max({c}) FROM {}", table.quoted());
-        let (min, max): (Option<i64>, Option<i64>) = sqlx::query_as(&sql)
+    async fn key_bounds(&self, table: &TableName, key: &KeySpec) -> Result<Option<(Key, Key)>> {
+        let cols: Vec<String> = key
+            .columns()
+            .iter()
+            .map(|c| ident::quote(&c.name))
+            .collect();
+        let t = table.quoted();
+        let json = format!("json_array({})", cols.join(", "));
+        let asc: Vec<String> = cols.iter().map(|c| format!("{c} ASC")).collect();
+        let desc: Vec<String> = cols.iter().map(|c| format!("{c} DESC")).collect();
+        let sql = format!(
+            "SELECT (SELECT {json} FROM {t} ORDER BY {} LIMIT 1),
+                    (SELECT {json} FROM {t} ORDER BY {} LIMIT 1)",
+            asc.join(", "),
+            desc.join(", ")
+        );
+        let context = format!("reading the key range of {t}");
+        let (min, max): (Option<String>, Option<String>) = sqlx::query_as(&sql)
             .fetch_one(&self.pool)
             .await
-            .map_err(Error::db(format!(
-                "reading the key range of {}",
-                table.quoted()
-            )))?;
-        Ok(min.zip(max))
+            .map_err(Error::db(&context))?;
+        let decode = |text: String| {
+            serde_json::from_str(&text)
+                .map_err(|e| Error::Corrupt(e.to_string()))
+                .and_then(|v| Key::from_json(v, &context))
+        };
+        match (min, max) {
+            (Some(min), Some(max)) => Ok(Some((decode(min)?, decode(max)?))),
+            _ => Ok(None),
+        }
     }
 
     async fn row_estimate(&self, table: &TableName) -> Result<Option<i64>> {
@@ -1177,17 +1427,17 @@ impl Target for SqliteTarget {
     async fn range_next(
         &self,
         table: &TableName,
-        column: &str,
-        start: i64,
-        max: i64,
+        key: &KeySpec,
+        lower: &Lower,
+        max: &Key,
         size: i64,
-    ) -> Result<Option<(i64, i64)>> {
+    ) -> Result<Option<(Key, Key)>> {
         let mut conn = self
             .pool
             .acquire()
             .await
             .map_err(Error::db("finding the next key range"))?;
-        Self::range_next_in(&mut conn, table, column, start, max, size)
+        Self::range_next_in(&mut conn, table, key, lower, max, size)
             .await
             .map_err(Error::db(format!(
                 "finding the next key range of {}",
@@ -1200,13 +1450,13 @@ impl Target for SqliteTarget {
         spec: SubBatchSpec<'_>,
     ) -> std::result::Result<Option<Box<dyn PerformedSubBatch>>, Failure> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let Some((start, end, rows)) = Self::perform_in(&mut tx, &spec).await? else {
+        let Some((keys, rows)) = Self::perform_in(&mut tx, &spec).await? else {
             tx.rollback().await?;
             return Ok(None);
         };
         Ok(Some(Box::new(SqlitePerformed {
             tx,
-            keys: (start, end),
+            keys,
             rows,
             same_database_store: self.same_database_store,
         })))
@@ -1216,7 +1466,7 @@ impl Target for SqliteTarget {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let performed = Self::perform_in(&mut tx, &spec).await;
         tx.rollback().await?;
-        Ok(performed?.map_or(0, |(_, _, rows)| rows))
+        Ok(performed?.map_or(0, |(_, rows)| rows))
     }
 
     /// SQLite has no vacuum workers, archiver, replicas or lock table to ask: only the probe
@@ -1253,15 +1503,15 @@ impl Target for SqliteTarget {
 /// A sub-batch performed in its open SQLite transaction (which holds the write lock).
 struct SqlitePerformed {
     tx: sqlx::Transaction<'static, sqlx::Sqlite>,
-    keys: (i64, i64),
+    keys: (Key, Key),
     rows: u64,
     same_database_store: bool,
 }
 
 #[async_trait]
 impl PerformedSubBatch for SqlitePerformed {
-    fn keys(&self) -> (i64, i64) {
-        self.keys
+    fn keys(&self) -> &(Key, Key) {
+        &self.keys
     }
 
     fn rows(&self) -> u64 {
@@ -1293,7 +1543,7 @@ impl PerformedSubBatch for SqlitePerformed {
                 let done = sqlx::query(JOB_CHECKPOINT)
                     .bind(cursor.job_id)
                     .bind(cursor.attempts)
-                    .bind(end)
+                    .bind(end.to_json())
                     .bind(rows as i64)
                     .bind(lease)
                     .bind(ts(now()))
@@ -1314,7 +1564,7 @@ impl PerformedSubBatch for SqlitePerformed {
                 let row = sqlx::query(JOB_FINISH_AT_CURSOR)
                     .bind(cursor.job_id)
                     .bind(cursor.attempts)
-                    .bind(end)
+                    .bind(end.to_json())
                     .bind(rows as i64)
                     .bind(f.metrics.to_string())
                     .bind(f.sub_batch_size)

@@ -9,7 +9,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use sluicegate::store::{JobCreateParams, JobCreated, JobRange};
 use sluicegate::{
-    Failure, Job, JobKind, JobStatus, Migration, QueueRequest, Registry, Sluicegate, SubBatch,
+    Failure, Job, JobKind, JobStatus, Key, Migration, QueueRequest, Registry, Sluicegate, SubBatch,
     Worker, WorkerOptions,
 };
 
@@ -39,7 +39,7 @@ impl JobKind for FailAt {
     }
 
     async fn perform(&self, batch: &mut SubBatch<'_>) -> Result<u64, Failure> {
-        if (batch.start()..=batch.end()).contains(&self.key) {
+        if keys(batch).contains(&self.key) {
             let left = self.remaining.fetch_sub(1, Ordering::SeqCst);
             if left != 0 {
                 return Err(Failure::new(
@@ -64,7 +64,7 @@ impl JobKind for FailFrom {
     }
 
     async fn perform(&self, batch: &mut SubBatch<'_>) -> Result<u64, Failure> {
-        if batch.end() >= self.0 {
+        if *keys(batch).end() >= self.0 {
             return Err(Failure::new(
                 "TestFailure",
                 format!("keys from {} always fail", self.0),
@@ -85,19 +85,29 @@ impl JobKind for PanicAt {
     }
 
     async fn perform(&self, batch: &mut SubBatch<'_>) -> Result<u64, Failure> {
-        if (batch.start()..=batch.end()).contains(&self.0) {
+        if keys(batch).contains(&self.0) {
             panic!("job kind panicked at key {}", self.0);
         }
         increment(batch).await
     }
 }
 
+/// A one-column integer key's value (every test table here is keyed by `id`).
+pub fn int(key: &Key) -> i64 {
+    key.as_i64().expect("a one-column integer key")
+}
+
+/// A sub-batch's keys on an integer-keyed table.
+pub fn keys(batch: &SubBatch<'_>) -> std::ops::RangeInclusive<i64> {
+    int(batch.start())..=int(batch.end())
+}
+
 /// `n = n + 1`: not idempotent, so a sub-batch applied twice shows.
 pub async fn increment(batch: &mut SubBatch<'_>) -> Result<u64, Failure> {
     let sql = format!(
-        "UPDATE {} SET n = n + 1 WHERE {} BETWEEN $1 AND $2",
+        "UPDATE {} SET n = n + 1 WHERE {}",
         batch.quoted_table(),
-        batch.quoted_column()
+        batch.range_predicate()
     );
     batch.execute(&sql).await
 }
@@ -174,7 +184,10 @@ pub async fn assert_chains(sg: &Sluicegate, m: &Migration) -> Vec<Job> {
 
 /// Job ranges are disjoint and in order.
 pub fn assert_disjoint(jobs: &[Job]) {
-    let mut ranges: Vec<(i64, i64)> = jobs.iter().map(|j| (j.min_value, j.max_value)).collect();
+    let mut ranges: Vec<(i64, i64)> = jobs
+        .iter()
+        .map(|j| (int(&j.min_value), int(&j.max_value)))
+        .collect();
     ranges.sort();
     for pair in ranges.windows(2) {
         assert!(
@@ -196,17 +209,27 @@ pub async fn take_job(
     (min, max): (i64, i64),
     lease: Duration,
 ) -> (Job, Option<i64>) {
-    sg.store()
+    let claimed = sg
+        .store()
         .migration_claim(worker, lease, Some(m.id))
         .await
         .unwrap()
         .expect("claimed");
+    let expected = claimed.next_start.clone().expect("keys left");
+    assert_eq!(
+        expected.inclusive_start(&claimed.key),
+        Some(Key::int(min)),
+        "the job starts where the migration's next job does"
+    );
     let created = sg
         .store()
         .job_create(&JobCreateParams {
             migration_id: m.id,
-            expected_next_min: min,
-            range: JobRange::Given { min, max },
+            expected_next: expected,
+            range: JobRange::Given {
+                min: Key::int(min),
+                max: Key::int(max),
+            },
             batch_size: max - min + 1,
             sub_batch_size: (max - min + 1).min(50),
             pause_ms: 0,
@@ -215,8 +238,9 @@ pub async fn take_job(
         })
         .await
         .unwrap();
-    let JobCreated::Created(job, next_min) = created else {
+    let JobCreated::Created(job, next) = created else {
         panic!("job created: {created:?}");
     };
-    (*job, next_min)
+    let next = next.map(|n| int(&n.inclusive_start(&claimed.key).expect("an integer key")));
+    (*job, next)
 }
