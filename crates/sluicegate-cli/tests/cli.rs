@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use sluicegate::store::Backend;
 use sluicegate::testing::TestDb;
-use sluicegate::{store_test, JobStatus, MigrationStatus};
+use sluicegate::{store_test, Job, JobStatus, MigrationStatus};
 
 fn bin() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluicegate"));
@@ -385,36 +385,36 @@ store_test!(json_output_has_the_documented_fields, |db| {
     assert_eq!(log[1]["next_status"], "succeeded");
 });
 
-// Workers are separate processes killed with SIGKILL mid-job; `n = n + 1` is not
-// idempotent, so any sub-batch applied twice (or skipped) shows in the table.
-store_test!(exactly_once_across_workers_killed_with_sigkill, |db| {
-    db.create_items("items", &[(1, 20_000)]).await;
+/// Queues `n = n + 1` over `table` as migration `inc` (fixed sizes keep the run slow enough
+/// to be killed mid-job), runs three workers killed with SIGKILL as soon as each holds a job
+/// (a little later into the job each round), then one that finishes; checks every row was
+/// incremented exactly once, every job's log is a chain, and each job a killed worker left
+/// running shows `WorkerLost`. Returns the jobs.
+async fn kill_three_workers_then_finish(db: &TestDb, table: &str, extra: &[&str]) -> Vec<Job> {
     let url = db.url.clone();
     assert!(sg(&url, &["setup"]).status.success());
-    let out = sg(
-        &url,
-        &[
-            "queue",
-            "inc",
-            "--table",
-            "items",
-            "--kind",
-            "update",
-            "--set",
-            "n = n + 1",
-            "--batch-size",
-            "1000",
-            "--sub-batch-size",
-            "100",
-            "--pause-ms",
-            "10",
-            "--interval",
-            "0s",
-            // Fixed sizes keep the run slow enough to be killed mid-job.
-            "--target-sub-batch-time",
-            "0s",
-        ],
-    );
+    let mut args = vec![
+        "queue",
+        "inc",
+        "--table",
+        table,
+        "--kind",
+        "update",
+        "--set",
+        "n = n + 1",
+        "--batch-size",
+        "1000",
+        "--sub-batch-size",
+        "100",
+        "--pause-ms",
+        "10",
+        "--interval",
+        "0s",
+        "--target-sub-batch-time",
+        "0s",
+    ];
+    args.extend_from_slice(extra);
+    let out = sg(&url, &args);
     assert!(out.status.success(), "{}", stderr(&out));
     let handle = sluicegate::Sluicegate::connect(&url).await.unwrap();
     // (job, attempt) pairs a killed worker left running.
@@ -436,8 +436,6 @@ store_test!(exactly_once_across_workers_killed_with_sigkill, |db| {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        // Killed as soon as it holds a job (an event, not a fixed time), a little later
-        // into the job each round.
         let victim = format!("victim-{round}");
         let m = handle.migration("inc").await.unwrap();
         let deadline = std::time::Instant::now() + Duration::from_secs(60);
@@ -484,12 +482,20 @@ store_test!(exactly_once_across_workers_killed_with_sigkill, |db| {
     assert!(finish.status.success(), "{}", stderr(&finish));
     let m = handle.migration("inc").await.unwrap();
     assert_eq!(m.status, MigrationStatus::Finished);
+    let q = sluicegate::ident::quote(table);
     assert_eq!(
-        db.scalar("SELECT count(*) FROM items WHERE n <> 1").await,
+        db.scalar(&format!("SELECT count(*) FROM {q} WHERE n <> 1"))
+            .await,
         0,
         "every row incremented exactly once"
     );
     let jobs = handle.jobs(&m, None).await.unwrap();
+    let rows: i64 = jobs.iter().map(|j| j.rows_affected).sum();
+    assert_eq!(
+        rows,
+        db.scalar(&format!("SELECT count(*) FROM {q}")).await,
+        "the jobs' committed rows add up to the table"
+    );
     let mut lost = 0;
     for job in &jobs {
         let log = handle.job_history(job.id).await.unwrap();
@@ -511,6 +517,14 @@ store_test!(exactly_once_across_workers_killed_with_sigkill, |db| {
         killed_mid_job.len(),
         "each job left running by a killed worker shows WorkerLost"
     );
+    jobs
+}
+
+// Workers are separate processes killed with SIGKILL mid-job; `n = n + 1` is not
+// idempotent, so any sub-batch applied twice (or skipped) shows in the table.
+store_test!(exactly_once_across_workers_killed_with_sigkill, |db| {
+    db.create_items("items", &[(1, 20_000)]).await;
+    let jobs = kill_three_workers_then_finish(&db, "items", &[]).await;
     let int = |k: &sluicegate::Key| k.as_i64().expect("an integer key");
     let mut ranges: Vec<_> = jobs
         .iter()
@@ -523,6 +537,35 @@ store_test!(exactly_once_across_workers_killed_with_sigkill, |db| {
         assert_eq!(pair[0].1 + 1, pair[1].0, "no overlap, no hole: {pair:?}");
     }
 });
+
+// The same with UUIDv4 keys in random order: the walk, the exactly-once cursor and the resume
+// of a killed worker's job all hold on a key that is not an integer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exactly_once_on_uuid_keys_across_workers_killed_with_sigkill() {
+    sluicegate::skip_without_postgres!("SLUICEGATE_TEST_PG_URL");
+    let db = TestDb::postgres().await;
+    db.exec(
+        "CREATE TABLE tokens (id uuid PRIMARY KEY DEFAULT gen_random_uuid(), n integer NOT NULL DEFAULT 0);
+         INSERT INTO tokens (n) SELECT 0 FROM generate_series(1, 20000);
+         ANALYZE tokens",
+    )
+    .await;
+    let jobs = kill_three_workers_then_finish(&db, "tokens", &[]).await;
+    // Every job is a range of existing keys, its bounds as text JSON.
+    assert!(jobs.iter().all(|j| j.min_value.values()[0].is_string()));
+    let out = sg(&db.url, &["jobs", "inc", "--json"]);
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let first = &listed[0];
+    assert_eq!(
+        first["min_cursor"].as_array().map(Vec::len),
+        Some(1),
+        "{first}"
+    );
+    assert!(
+        first["min_value"].as_str().is_some_and(|v| v.len() == 36),
+        "{first}"
+    );
+}
 
 store_test!(a_closed_pipe_ends_read_commands_quietly, |db| {
     // Defect: `sluicegate history NAME | head -1` panicked now and then (exit 101). Here the

@@ -55,12 +55,14 @@ pub enum Error {
     UnknownTable(String),
 
     /// The column does not exist on the target table.
-    #[error("unknown column {column:?} in table {table:?}")]
+    #[error("unknown column {column:?} in table {table:?}{hint}")]
     UnknownColumn {
         /// The table.
         table: String,
         /// The missing column.
         column: String,
+        /// What was probably meant (` (did you mean "Id"? ...)`), or empty.
+        hint: String,
     },
 
     /// A migration's settings are invalid (batch size 0, sub-batch larger than batch, ...).

@@ -414,8 +414,9 @@ pub(crate) fn choose(
                 .map(|c| format!(" (did you mean {:?}? names are case-sensitive)", c.name))
                 .unwrap_or_default();
             return Err(Error::UnknownColumn {
-                table: format!("{table}{hint}"),
+                table: table.to_owned(),
                 column: name.clone(),
+                hint,
             });
         };
         let Some(key_type) = column.key_type else {

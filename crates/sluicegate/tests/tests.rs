@@ -5,6 +5,7 @@ mod common;
 mod bad_input;
 mod guarantees;
 mod health;
+mod keys;
 mod partitions;
 mod runner;
 mod schema;

@@ -1,0 +1,440 @@
+//! Keys other than one integer column: UUIDs in random order, text under a non-C collation,
+//! composite keys with gaps, a partitioned table's `(id, partition_id)`, quoted mixed-case
+//! names, SQLite's WITHOUT ROWID tables; and the keys that are refused.
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use sluicegate::store::Backend;
+use sluicegate::testing::TestDb;
+use sluicegate::{
+    store_test, Error, Failure, JobKind, JobStatus, Key, Migration, MigrationStatus, Sluicegate,
+    SubBatch,
+};
+
+use crate::common::*;
+
+/// Queues `n = n + 1` over `table` walking `key` (default: the primary key) and runs it to the
+/// end; every job's log is a chain. Returns the finished migration.
+async fn increment_all(
+    sg: &Sluicegate,
+    table: &str,
+    key: Option<&[&str]>,
+    batch: i64,
+    sub: i64,
+) -> Migration {
+    let mut req = fast("inc", "update", table, batch, sub).argument("set", "n = n + 1");
+    req.key = key.map(|k| k.iter().map(|c| c.to_string()).collect());
+    sg.queue(&req).await.unwrap();
+    run_to_end(sg).await;
+    let m = sg.migration("inc").await.unwrap();
+    assert_eq!(m.status, MigrationStatus::Finished, "{m:?}");
+    assert_chains(sg, &m).await;
+    m
+}
+
+/// Every row of `table` was incremented exactly once, and the jobs' rows add up to it.
+async fn assert_each_row_once(db: &TestDb, sg: &Sluicegate, m: &Migration, table: &str) {
+    let q = sluicegate::ident::quote(table);
+    let rows = db.scalar(&format!("SELECT count(*) FROM {q}")).await;
+    assert!(rows > 0);
+    assert_eq!(
+        db.scalar(&format!("SELECT count(*) FROM {q} WHERE n <> 1"))
+            .await,
+        0,
+        "every row exactly once"
+    );
+    let jobs = sg.jobs(m, None).await.unwrap();
+    assert_eq!(jobs.iter().map(|j| j.rows_affected).sum::<i64>(), rows);
+}
+
+/// `INSERT INTO table (cols) VALUES ...` of `rows`, one statement.
+fn insert_sql(table: &str, cols: &str, rows: &[String]) -> String {
+    format!(
+        "INSERT INTO {} ({cols}) VALUES {}",
+        sluicegate::ident::quote(table),
+        rows.join(", ")
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uuid_keys_in_random_order_are_each_visited_once() {
+    sluicegate::skip_without_postgres!("SLUICEGATE_TEST_PG_URL");
+    let db = TestDb::postgres().await;
+    db.exec(
+        "CREATE TABLE tokens (id uuid PRIMARY KEY DEFAULT gen_random_uuid(), n integer NOT NULL DEFAULT 0);
+         INSERT INTO tokens (n) SELECT 0 FROM generate_series(1, 5000);
+         ANALYZE tokens",
+    )
+    .await;
+    let sg = db.sluicegate().await;
+    let m = increment_all(&sg, "tokens", None, 500, 100).await;
+    assert_eq!(m.key.display_names(), "id");
+    assert_eq!(m.key.columns()[0].key_type, sluicegate::KeyType::Uuid);
+    assert_each_row_once(&db, &sg, &m, "tokens").await;
+    let jobs = sg.jobs(&m, None).await.unwrap();
+    assert_eq!(jobs.len(), 10, "5,000 keys in jobs of 500");
+    // Each job spans exactly its 500 keys, in the key's order, one after the other.
+    let mut previous: Option<Key> = None;
+    for job in &jobs {
+        let (lo, hi) = (&job.min_value.values()[0], &job.max_value.values()[0]);
+        let sql = format!(
+            "SELECT count(*) FROM tokens WHERE id BETWEEN '{}' AND '{}'",
+            lo.as_str().unwrap(),
+            hi.as_str().unwrap()
+        );
+        assert_eq!(db.scalar(&sql).await, 500, "job {}", job.id);
+        if let Some(prev) = previous {
+            let sql = format!(
+                "SELECT ('{}'::uuid < '{}'::uuid)::int::bigint",
+                prev.values()[0].as_str().unwrap(),
+                lo.as_str().unwrap()
+            );
+            assert_eq!(db.scalar(&sql).await, 1, "jobs follow each other");
+        }
+        previous = Some(job.max_value.clone());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_keys_follow_their_columns_icu_collation() {
+    sluicegate::skip_without_postgres!("SLUICEGATE_TEST_PG_URL");
+    let db = TestDb::postgres().await;
+    db.exec(
+        r#"CREATE TABLE codes (code text COLLATE "und-x-icu" PRIMARY KEY, n integer NOT NULL DEFAULT 0)"#,
+    )
+    .await;
+    let mut words: Vec<String> = [
+        "apple", "Apple", "APPLE", "äpple", "apfel", "Zebra", "zebra", "éclair", "eclair",
+        "Eclair", "ZZ", "a", "B", "b", "ß", "ss", "Ω", "z",
+    ]
+    .iter()
+    .map(|w| format!("('{w}')"))
+    .collect();
+    words.extend((0..600).map(|i| format!("('k{i:04}')")));
+    db.exec(&insert_sql("codes", "code", &words)).await;
+    db.exec("ANALYZE codes").await;
+    let sg = db.sluicegate().await;
+    let m = increment_all(&sg, "codes", None, 50, 7).await;
+    assert_each_row_once(&db, &sg, &m, "codes").await;
+    // The jobs' bounds follow one another under the column's collation (in C order, 'Zebra'
+    // would come before 'apple' and the ranges would overlap).
+    let jobs = sg.jobs(&m, None).await.unwrap();
+    for pair in jobs.windows(2) {
+        let (prev, next) = (&pair[0].max_value, &pair[1].min_value);
+        let sql = format!(
+            r#"SELECT ('{}' < '{}' COLLATE "und-x-icu")::int::bigint"#,
+            prev.values()[0].as_str().unwrap(),
+            next.values()[0].as_str().unwrap()
+        );
+        assert_eq!(db.scalar(&sql).await, 1, "{prev} then {next}");
+    }
+    let first = &jobs[0].min_value.values()[0];
+    assert_eq!(
+        first, "a",
+        "ICU order starts at 'a', not at 'APPLE' (C order)"
+    );
+}
+
+store_test!(composite_keys_with_gaps_are_walked_in_order, |db| {
+    db.exec(
+        "CREATE TABLE pairs (a bigint NOT NULL, b integer NOT NULL, n integer NOT NULL DEFAULT 0,
+                             PRIMARY KEY (a, b))",
+    )
+    .await;
+    // A different number of rows under each first column, and gaps in both.
+    let mut rows = Vec::new();
+    for (a, count) in [
+        (1, 3),
+        (2, 40),
+        (5, 1),
+        (100, 17),
+        (1_000_000, 55),
+        (1_000_001, 2),
+    ] {
+        for b in 0..count {
+            rows.push(format!("({a}, {})", b * 3 + 1));
+        }
+    }
+    db.exec(&insert_sql("pairs", "a, b", &rows)).await;
+    let sg = db.sluicegate().await;
+    let m = increment_all(&sg, "pairs", None, 20, 7).await;
+    assert_eq!(m.key.display_names(), "(a, b)");
+    assert_eq!(m.min_value, Key(vec![1.into(), 1.into()]));
+    assert_eq!(m.max_value, Key(vec![1_000_001.into(), 4.into()]));
+    assert_each_row_once(&db, &sg, &m, "pairs").await;
+    let jobs = sg.jobs(&m, None).await.unwrap();
+    assert_eq!(jobs.len(), 118_usize.div_ceil(20), "118 keys in jobs of 20");
+    let pair = |k: &Key| {
+        (
+            k.values()[0].as_i64().unwrap(),
+            k.values()[1].as_i64().unwrap(),
+        )
+    };
+    for w in jobs.windows(2) {
+        assert!(pair(&w[0].max_value) < pair(&w[1].min_value), "{w:?}");
+    }
+    // A job's sub-batches each start from their own bound (no rescan from the job's start):
+    // seven keys each, in order.
+    let recent = jobs[0].metrics["recent"].as_array().unwrap();
+    assert_eq!(recent.len(), 3, "20 keys in sub-batches of 7");
+    assert_eq!(recent[0]["start"], serde_json::json!([1, 1]));
+    assert_eq!(recent[0]["end"], serde_json::json!([2, 10]));
+    assert_eq!(recent[1]["start"], serde_json::json!([2, 13]));
+});
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_list_partitioned_table_is_walked_by_id_and_partition() {
+    sluicegate::skip_without_postgres!("SLUICEGATE_TEST_PG_URL");
+    let db = TestDb::postgres().await;
+    db.exec(
+        "CREATE TABLE builds (id bigint NOT NULL, partition_id integer NOT NULL,
+                              n integer NOT NULL DEFAULT 0, PRIMARY KEY (id, partition_id))
+             PARTITION BY LIST (partition_id);
+         CREATE TABLE builds_100 PARTITION OF builds FOR VALUES IN (100);
+         CREATE TABLE builds_101 PARTITION OF builds FOR VALUES IN (101);
+         CREATE TABLE builds_102 PARTITION OF builds FOR VALUES IN (102);
+         INSERT INTO builds (id, partition_id) SELECT g, 100 + g % 3 FROM generate_series(1, 3000) g;
+         INSERT INTO builds (id, partition_id) SELECT g, 100 + (g + 1) % 3 FROM generate_series(1, 500) g;
+         ANALYZE builds",
+    )
+    .await;
+    let sg = db.sluicegate().await;
+    let m = increment_all(&sg, "builds", None, 400, 100).await;
+    assert_eq!(m.key.display_names(), "(id, partition_id)");
+    assert_each_row_once(&db, &sg, &m, "builds").await;
+    assert_eq!(
+        sg.jobs(&m, None).await.unwrap().len(),
+        9,
+        "3,500 keys in jobs of 400"
+    );
+}
+
+store_test!(quoted_mixed_case_key_columns_are_walked, |db| {
+    db.exec(
+        r#"CREATE TABLE "Tenant Rows" ("TenantId" bigint NOT NULL, "Row Id" text NOT NULL,
+                                        n integer NOT NULL DEFAULT 0, PRIMARY KEY ("TenantId", "Row Id"))"#,
+    )
+    .await;
+    let rows: Vec<String> = (0..300)
+        .map(|i| format!("({}, 'r-{:03}')", i % 4, i))
+        .collect();
+    db.exec(&insert_sql("Tenant Rows", r#""TenantId", "Row Id""#, &rows))
+        .await;
+    let sg = db.sluicegate().await;
+    if db.backend == Backend::Postgres {
+        // PostgreSQL reads names as written: a case mismatch is refused, with a hint.
+        let mut req = fast("wrong", "update", "Tenant Rows", 50, 10).argument("set", "n = n + 1");
+        req.key = Some(vec!["tenantid".into(), "Row Id".into()]);
+        let err = sg.queue(&req).await.unwrap_err().to_string();
+        assert!(err.contains("did you mean \"TenantId\""), "{err}");
+    }
+    let m = increment_all(&sg, "Tenant Rows", Some(&["TenantId", "Row Id"]), 50, 10).await;
+    assert_each_row_once(&db, &sg, &m, "Tenant Rows").await;
+    assert_eq!(m.key.display_names(), "(TenantId, Row Id)");
+});
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sqlite_without_rowid_table_with_a_nocase_text_key() {
+    let db = TestDb::sqlite().await;
+    db.exec(
+        "CREATE TABLE words (w TEXT COLLATE NOCASE PRIMARY KEY, n INTEGER NOT NULL DEFAULT 0) WITHOUT ROWID",
+    )
+    .await;
+    let mut rows: Vec<String> = (0..400).map(|i| format!("('w{i:03}')")).collect();
+    rows.extend(["('Apple')", "('banana')", "('Cherry')", "('date')"].map(String::from));
+    db.exec(&insert_sql("words", "w", &rows)).await;
+    let sg = db.sluicegate().await;
+    let m = increment_all(&sg, "words", None, 64, 16).await;
+    assert_eq!(m.key.columns()[0].key_type, sluicegate::KeyType::Text);
+    assert_each_row_once(&db, &sg, &m, "words").await;
+    // NOCASE order: Apple, banana, Cherry, date, w000...
+    assert_eq!(m.min_value, Key(vec!["Apple".into()]));
+}
+
+store_test!(
+    nullable_and_non_unique_keys_are_refused_unless_asked_for,
+    |db| {
+        db.exec(
+            "CREATE TABLE orders (id bigint PRIMARY KEY, code text UNIQUE, grp bigint NOT NULL,
+                              n integer NOT NULL DEFAULT 0, note json)",
+        )
+        .await;
+        let rows: Vec<String> = (1..=200)
+            .map(|i| format!("({i}, 'c{i}', {})", i % 7))
+            .collect();
+        db.exec(&insert_sql("orders", "id, code, grp", &rows)).await;
+        let sg = db.sluicegate().await;
+        let req = |name: &str, key: &str| {
+            let mut r = fast(name, "update", "orders", 20, 5).argument("set", "n = n + 1");
+            r.key = Some(vec![key.into()]);
+            r
+        };
+        let err = sg.queue(&req("a", "code")).await.unwrap_err().to_string();
+        assert!(
+            err.contains("column \"code\" of table \"orders\" may be NULL"),
+            "{err}"
+        );
+        let err = sg.queue(&req("b", "grp")).await.unwrap_err().to_string();
+        assert!(err.contains("is not unique"), "{err}");
+        assert!(err.contains("--non-unique-key"), "{err}");
+        assert!(
+            err.contains("(id)"),
+            "names the unique key that would do: {err}"
+        );
+        let err = sg.queue(&req("c", "nope")).await.unwrap_err();
+        assert!(matches!(err, Error::UnknownColumn { .. }), "{err}");
+        if db.backend == Backend::Postgres {
+            let err = sg.queue(&req("d", "note")).await.unwrap_err().to_string();
+            assert!(err.contains("is of type json"), "{err}");
+        }
+        assert!(sg.migrations().await.unwrap().is_empty(), "nothing written");
+        // Asked for explicitly: every row of one key value falls in one sub-batch.
+        let mut explicit = req("inc", "grp");
+        explicit.non_unique_key = true;
+        sg.queue(&explicit).await.unwrap();
+        run_to_end(&sg).await;
+        let m = sg.migration("inc").await.unwrap();
+        assert_eq!(m.status, MigrationStatus::Finished);
+        assert_each_row_once(&db, &sg, &m, "orders").await;
+    }
+);
+
+/// Times out every sub-batch that holds key `(a, b)` of a two-column key.
+#[derive(Clone)]
+struct TimeoutAt(i64, i64);
+
+#[async_trait]
+impl JobKind for TimeoutAt {
+    fn name(&self) -> &str {
+        "timeout-at"
+    }
+
+    async fn perform(&self, batch: &mut SubBatch<'_>) -> Result<u64, Failure> {
+        let pair = |k: &Key| {
+            (
+                k.values()[0].as_i64().unwrap(),
+                k.values()[1].as_i64().unwrap(),
+            )
+        };
+        if (pair(batch.start())..=pair(batch.end())).contains(&(self.0, self.1)) {
+            return Err(Failure::new(
+                "StatementTimeout",
+                "simulated statement timeout",
+            ));
+        }
+        increment(batch).await
+    }
+}
+
+store_test!(a_job_on_a_composite_key_is_split_at_a_middle_key, |db| {
+    db.exec(
+        "CREATE TABLE pairs (a bigint NOT NULL, b integer NOT NULL, n integer NOT NULL DEFAULT 0,
+                             PRIMARY KEY (a, b))",
+    )
+    .await;
+    let rows: Vec<String> = (0..400)
+        .map(|i| format!("({}, {})", i / 10, i % 10))
+        .collect();
+    db.exec(&insert_sql("pairs", "a, b", &rows)).await;
+    let sg = db.sluicegate_with(registry_with(TimeoutAt(12, 5))).await;
+    sg.queue(&fast("split", "timeout-at", "pairs", 100, 100))
+        .await
+        .unwrap();
+    run_to_end(&sg).await;
+    let m = sg.migration("split").await.unwrap();
+    let jobs = assert_chains(&sg, &m).await;
+    let splits: Vec<String> = {
+        let mut found = Vec::new();
+        for job in &jobs {
+            for row in sg.job_history(job.id).await.unwrap() {
+                if let Some(msg) = row.exception_message.filter(|m| m.starts_with("split:")) {
+                    found.push(msg);
+                }
+            }
+        }
+        found
+    };
+    assert!(!splits.is_empty(), "the job holding (12, 5) was split");
+    assert!(
+        splits[0].contains("keys up to ("),
+        "composite keys named: {splits:?}"
+    );
+    // The halves are ranges of existing keys that meet without a gap or an overlap, and only
+    // the smallest one holding (12, 5) fails for good.
+    let holding: Vec<_> = jobs
+        .iter()
+        .filter(|j| {
+            let pair = |k: &Key| {
+                (
+                    k.values()[0].as_i64().unwrap(),
+                    k.values()[1].as_i64().unwrap(),
+                )
+            };
+            (pair(&j.min_value)..=pair(&j.max_value)).contains(&(12, 5))
+        })
+        .collect();
+    assert_eq!(holding.len(), 1, "{jobs:?}");
+    assert_eq!(holding[0].status, JobStatus::Failed);
+    assert!(holding[0].batch_size < 100);
+    // Only the failed job's rows are left undone; none was done twice.
+    assert_eq!(db.scalar("SELECT count(*) FROM pairs WHERE n > 1").await, 0);
+    let undone = db.scalar("SELECT count(*) FROM pairs WHERE n = 0").await;
+    assert!(undone >= 1 && undone <= holding[0].batch_size, "{undone}");
+    assert_eq!(
+        db.scalar("SELECT CAST(n AS bigint) FROM pairs WHERE a = 12 AND b = 5")
+            .await,
+        0
+    );
+});
+
+/// Fails the `nth` sub-batch it sees (once), after the ones before it committed.
+#[derive(Clone)]
+struct FailNth(Arc<AtomicI64>);
+
+#[async_trait]
+impl JobKind for FailNth {
+    fn name(&self) -> &str {
+        "fail-nth"
+    }
+
+    async fn perform(&self, batch: &mut SubBatch<'_>) -> Result<u64, Failure> {
+        if self.0.fetch_sub(1, Ordering::SeqCst) == 1 {
+            return Err(Failure::new(
+                "TestFailure",
+                "the third sub-batch fails once",
+            ));
+        }
+        increment(batch).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_on_a_uuid_key_resumes_after_its_cursor() {
+    sluicegate::skip_without_postgres!("SLUICEGATE_TEST_PG_URL");
+    let db = TestDb::postgres().await;
+    db.exec(
+        "CREATE TABLE tokens (id uuid PRIMARY KEY DEFAULT gen_random_uuid(), n integer NOT NULL DEFAULT 0);
+         INSERT INTO tokens (n) SELECT 0 FROM generate_series(1, 1000)",
+    )
+    .await;
+    let sg = db
+        // The fourth call: queue's trial sub-batch, then the job's first three.
+        .sluicegate_with(registry_with(FailNth(Arc::new(AtomicI64::new(4)))))
+        .await;
+    sg.queue(&fast("resume", "fail-nth", "tokens", 1_000, 100))
+        .await
+        .unwrap();
+    run_to_end(&sg).await;
+    let m = sg.migration("resume").await.unwrap();
+    assert_eq!(m.status, MigrationStatus::Finished);
+    let jobs = assert_chains(&sg, &m).await;
+    assert_eq!(jobs.len(), 1);
+    let job = &jobs[0];
+    assert_eq!(job.attempts, 2, "failed once, then retried");
+    // The retry started after the two committed sub-batches: 8 of 10, not 10.
+    assert_eq!(job.metrics["sub_batches"], 8, "{}", job.metrics);
+    assert_eq!(job.cursor.as_ref(), Some(&job.max_value));
+    assert_each_row_once(&db, &sg, &m, "tokens").await;
+}
