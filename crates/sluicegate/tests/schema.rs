@@ -1,7 +1,7 @@
 //! Installing the tracking schema: idempotent, versioned, guarded by CHECK constraints.
 
 use sluicegate::store::{Backend, SCHEMA_VERSION};
-use sluicegate::{store_test, Error};
+use sluicegate::{store_test, Error, Key, Lower, MigrationStatus};
 
 fn versions_table(backend: Backend) -> &'static str {
     match backend {
@@ -126,3 +126,144 @@ store_test!(check_constraints_guard_statuses_and_finished_at, |db| {
         "finished needs finished_at"
     );
 });
+
+/// The scripts of versions 1 to 3, as a binary of that time installed them.
+fn scripts_before_any_key(backend: Backend) -> Vec<(i64, String)> {
+    let raw: [&str; 3] = match backend {
+        Backend::Postgres => [
+            include_str!("../src/store/schema/postgres_v1.sql"),
+            include_str!("../src/store/schema/postgres_v2.sql"),
+            include_str!("../src/store/schema/postgres_v3.sql"),
+        ],
+        Backend::Sqlite => [
+            include_str!("../src/store/schema/sqlite_v1.sql"),
+            include_str!("../src/store/schema/sqlite_v2.sql"),
+            include_str!("../src/store/schema/sqlite_v3.sql"),
+        ],
+    };
+    raw.iter()
+        .enumerate()
+        .map(|(i, s)| (i as i64 + 1, s.replace("{s}", "sluicegate")))
+        .collect()
+}
+
+// A tracking schema of version 3 (integer keys only) with a migration in flight: one job
+// done, one failed after a committed sub-batch, keys left. `setup` upgrades it in place; the
+// migration keeps its history and runs on, each row still migrated exactly once.
+store_test!(
+    an_integer_migration_queued_before_the_upgrade_runs_on,
+    |db| {
+        db.create_items("items", &[(1, 3_000)]).await;
+        let (t, now) = match db.backend {
+            Backend::Postgres => {
+                db.exec("CREATE SCHEMA sluicegate").await;
+                ("sluicegate.", "now()")
+            }
+            Backend::Sqlite => ("sluicegate_", "'2026-11-25T12:00:00.000000Z'"),
+        };
+        // The versions table as the binaries make it.
+        let applied_type = match db.backend {
+            Backend::Postgres => "timestamptz NOT NULL DEFAULT now()",
+            Backend::Sqlite => "TEXT NOT NULL",
+        };
+        db.exec(&format!(
+            "CREATE TABLE {t}schema_versions (version bigint PRIMARY KEY, applied_at {applied_type})"
+        ))
+        .await;
+        for (version, script) in scripts_before_any_key(db.backend) {
+            db.exec(&script).await;
+            db.exec(&format!(
+                "INSERT INTO {t}schema_versions VALUES ({version}, '2026-01-01T00:00:00Z')"
+            ))
+            .await;
+        }
+        db.exec(&format!(
+            "INSERT INTO {t}migrations (name, job_kind, table_name, column_name, job_arguments,
+             min_value, max_value, next_min_value, batch_size, sub_batch_size, pause_ms,
+             interval_ms, statement_timeout_ms, lock_timeout_ms, status, target_sub_batch_ms,
+             started_at, created_at, updated_at)
+         VALUES ('old', 'update', 'items', 'id', '{{\"set\": \"n = n + 1\"}}', 1, 3000, 2001,
+             1000, 100, 0, 0, 30000, 5000, 'active', 0, {now}, {now}, {now})"
+        ))
+        .await;
+        db.exec(&format!(
+            "INSERT INTO {t}migration_transition_logs (migration_id, previous_status, next_status,
+             event, actor, created_at)
+         VALUES (1, NULL, 'active', 'queue', 'cli', {now})"
+        ))
+        .await;
+        db.exec(&format!(
+        "INSERT INTO {t}jobs (migration_id, min_value, max_value, batch_size, sub_batch_size,
+             status, attempts, started_at, finished_at, rows_affected, cursor_value, worker,
+             created_at, updated_at)
+         VALUES (1, 1, 1000, 1000, 100, 'succeeded', 1, {now}, {now}, 1000, 1000, 'w-old', {now}, {now}),
+                (1, 1001, 2000, 1000, 100, 'failed', 1, {now}, {now}, 500, 1500, 'w-old', {now}, {now})"
+    ))
+    .await;
+        if db.backend == Backend::Postgres {
+            // The job log's partition for this month, as the old binary's setup made it.
+            db.exec(
+            "DO $$ BEGIN EXECUTE format(
+                'CREATE TABLE sluicegate.job_transition_logs_p%s PARTITION OF sluicegate.job_transition_logs
+                 FOR VALUES FROM (%L) TO (%L)', to_char(now(), 'YYYYMM'), date_trunc('month', now()),
+                 date_trunc('month', now()) + interval '1 month'); END $$",
+        )
+        .await;
+        }
+        db.exec(&format!(
+        "INSERT INTO {t}job_transition_logs (job_id, migration_id, previous_status, next_status,
+             exception_class, exception_message, worker, created_at)
+         VALUES (1, 1, 'pending', 'running', NULL, NULL, 'w-old', {now}),
+                (1, 1, 'running', 'succeeded', NULL, NULL, 'w-old', {now}),
+                (2, 1, 'pending', 'running', NULL, NULL, 'w-old', {now}),
+                (2, 1, 'running', 'failed', 'StatementTimeout', 'canceling statement', 'w-old', {now})"
+    ))
+    .await;
+        // What the old binary had done before it stopped.
+        db.exec("UPDATE items SET n = 1 WHERE id <= 1500").await;
+
+        let sg = db.sluicegate().await; // runs setup
+        assert_eq!(
+            sg.store().schema_version().await.unwrap(),
+            Some(SCHEMA_VERSION)
+        );
+        let m = sg.migration("old").await.unwrap();
+        assert_eq!(m.key.display_names(), "id");
+        assert_eq!(
+            (m.min_value.clone(), m.max_value.clone()),
+            (Key::int(1), Key::int(3000))
+        );
+        assert_eq!(m.next_start, Some(Lower::From(Key::int(2001))));
+        let jobs = sg.jobs(&m, None).await.unwrap();
+        assert_eq!(jobs[1].cursor, Some(Key::int(1500)));
+        let history = sg.job_history(jobs[1].id).await.unwrap();
+        assert_eq!(history.len(), 2, "the history is kept");
+        assert_eq!(
+            history[1].exception_class.as_deref(),
+            Some("StatementTimeout")
+        );
+
+        tokio::time::timeout(
+            std::time::Duration::from_secs(60),
+            sg.worker(sluicegate::WorkerOptions::default())
+                .run_until_idle(),
+        )
+        .await
+        .expect("runs within a minute")
+        .unwrap();
+        let m = sg.migration("old").await.unwrap();
+        assert_eq!(m.status, MigrationStatus::Finished);
+        assert_eq!(
+            db.scalar("SELECT count(*) FROM items WHERE n <> 1").await,
+            0,
+            "every row exactly once, across the upgrade"
+        );
+        let jobs = sg.jobs(&m, None).await.unwrap();
+        assert_eq!(jobs.len(), 3);
+        assert_eq!(
+            jobs[1].attempts, 2,
+            "the failed job resumed after its cursor"
+        );
+        assert_eq!(jobs[1].rows_affected, 1000);
+    }
+);
