@@ -133,9 +133,15 @@ pub struct QueueArgs {
     /// SET clause (update).
     #[arg(long = "set")]
     pub set_clause: Option<String>,
-    /// Extra condition (update, delete).
+    /// Extra condition (update, delete), in the statement only: the batches still span
+    /// every key. For a sparse cleanup use --scope.
     #[arg(long = "where")]
     pub where_clause: Option<String>,
+    /// The rows this migration is about (a condition on the table, any kind): the walk counts
+    /// only rows that match, so each job spans --batch-size matching keys (GitLab's scope_to),
+    /// and every sub-batch touches only them.
+    #[arg(long)]
+    pub scope: Option<String>,
     /// Source column (copy-column).
     #[arg(long)]
     pub from: Option<String>,

@@ -27,6 +27,7 @@ pub struct MigrationJson {
     pub column: String,
     pub key: &'static str,
     pub key_columns: KeySpec,
+    pub scope: Option<String>,
     pub job_arguments: serde_json::Value,
     pub min_value: serde_json::Value,
     pub max_value: serde_json::Value,
@@ -63,6 +64,7 @@ impl MigrationJson {
                 "composite"
             },
             key_columns: m.key.clone(),
+            scope: m.scope.clone(),
             job_arguments: m.job_arguments.clone(),
             min_value: key_value(&m.min_value),
             max_value: key_value(&m.max_value),

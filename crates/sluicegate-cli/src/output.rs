@@ -215,7 +215,22 @@ pub async fn show(sg: &Sluicegate, migration: &str, json: bool) -> Result<()> {
             "table",
             format!("{}.{}", m.table_name, m.key.display_names()),
         ),
+        (
+            "key",
+            m.key
+                .columns()
+                .iter()
+                .map(|c| format!("{} {}", c.name, c.key_type.sql_name()))
+                .collect::<Vec<_>>()
+                .join(", "),
+        ),
         ("keys", format!("{} ..= {}", m.min_value, m.max_value)),
+        (
+            "scope",
+            m.scope
+                .clone()
+                .unwrap_or_else(|| "every row (no --scope)".into()),
+        ),
         (
             "batch / sub-batch",
             format!(

@@ -20,6 +20,7 @@ fn request(args: &QueueArgs) -> Result<QueueRequest> {
         (None, None) => None,
     };
     req.non_unique_key = args.non_unique_key;
+    req.scope = args.scope.clone();
     req.batch_size = args.batch_size;
     req.sub_batch_size = args.sub_batch_size;
     req.max_batch_size = args.max_batch_size;
@@ -113,6 +114,7 @@ pub async fn queue(sg: &Sluicegate, args: &QueueArgs) -> Result<()> {
             "table": m.table_name,
             "column": m.key.display_names(),
             "key_columns": m.key,
+            "scope": m.scope,
             "job_arguments": m.job_arguments,
             "min_value": output::key_value(&m.min_value),
             "max_value": output::key_value(&m.max_value),
@@ -141,6 +143,9 @@ pub async fn queue(sg: &Sluicegate, args: &QueueArgs) -> Result<()> {
                 m.key.display_names()
             );
             outln!("  key            {}", key_description(&m.key));
+            if let Some(scope) = &m.scope {
+                outln!("  scope          {scope} (jobs span matching keys only)");
+            }
             outln!("  range          {} ..= {}", m.min_value, m.max_value);
             outln!("  rows (est.)    {}", output::opt(m.total_tuple_count));
             outln!(

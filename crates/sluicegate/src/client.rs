@@ -75,6 +75,9 @@ pub struct QueueRequest {
     pub table: String,
     /// The key to walk, its columns in order (default: the table's primary key).
     pub key: Option<Vec<String>>,
+    /// Only the rows matching this condition are walked and touched (GitLab's `scope_to`):
+    /// each job spans `batch_size` keys *that match*, so a sparse cleanup makes few jobs.
+    pub scope: Option<String>,
     /// Walk `key` even though no primary key or unique index covers it (rows of one key
     /// value then always fall in one sub-batch).
     pub non_unique_key: bool,
@@ -122,6 +125,7 @@ impl QueueRequest {
             job_kind: job_kind.into(),
             table: table.into(),
             key: None,
+            scope: None,
             non_unique_key: false,
             arguments: Value::Object(Default::default()),
             batch_size: 1_000,
@@ -419,7 +423,23 @@ impl Sluicegate {
             bound("--min-value", &req.min_value)?,
             bound("--max-value", &req.max_value)?,
         );
-        let bounds = self.target.key_bounds(&table, &key).await?;
+        let scope = req
+            .scope
+            .as_deref()
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned);
+        let bounds = self
+            .target
+            .key_bounds(&table, &key, scope.as_deref())
+            .await
+            .map_err(|e| match (&scope, e) {
+                (Some(scope), Error::Database { source, .. }) => Error::InvalidSettings(format!(
+                    "--scope {scope:?} does not run on table {:?}: {source}",
+                    table.table
+                )),
+                (_, e) => e,
+            })?;
         let empty = bounds.is_none();
         let (min_value, max_value) = match (min, max, bounds) {
             (Some(min), Some(max), _) => (min, max),
@@ -457,6 +477,7 @@ impl Sluicegate {
                         kind: kind.as_ref(),
                         table: &table,
                         key: &key,
+                        scope: scope.as_deref(),
                         arguments: &req.arguments,
                         lower: &trial_lower,
                         max: &max_value,
@@ -480,6 +501,7 @@ impl Sluicegate {
             job_kind: req.job_kind.clone(),
             table_name: stored_table_name(&table, &req.table),
             key,
+            scope: scope.clone(),
             job_arguments: req.arguments.clone(),
             min_value,
             max_value,
@@ -496,7 +518,10 @@ impl Sluicegate {
             } else {
                 MigrationStatus::Active
             },
-            total_tuple_count: self.target.row_estimate(&table).await?,
+            total_tuple_count: match &scope {
+                Some(scope) => self.target.scope_estimate(&table, scope).await?,
+                None => self.target.row_estimate(&table).await?,
+            },
             health: req.health.clone(),
             target_sub_batch_ms: millis(req.target_sub_batch_time),
             actor: req.actor.clone(),

@@ -23,6 +23,9 @@ pub struct Migration {
     pub table_name: String,
     /// The key the batches walk over (the primary key by default).
     pub key: KeySpec,
+    /// Only rows matching this condition are walked (and touched): jobs span `batch_size`
+    /// keys that match.
+    pub scope: Option<String>,
     /// The job kind's arguments.
     pub job_arguments: Value,
     /// First key of the range (inclusive).
@@ -175,6 +178,8 @@ pub struct NewMigration {
     pub table_name: String,
     /// The key walked.
     pub key: KeySpec,
+    /// The rows walked (a condition), all when `None`.
+    pub scope: Option<String>,
     /// Kind arguments.
     pub job_arguments: Value,
     /// Range start.

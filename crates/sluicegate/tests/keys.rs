@@ -438,3 +438,67 @@ async fn a_job_on_a_uuid_key_resumes_after_its_cursor() {
     assert_eq!(job.cursor.as_ref(), Some(&job.max_value));
     assert_each_row_once(&db, &sg, &m, "tokens").await;
 }
+
+// GitLab's scope_to: a cleanup of 300 orphans among 30,000 rows makes jobs of 50 *matching*
+// keys (6 jobs), not of 50 keys (600 jobs); the dry run says so; only matching rows are touched.
+store_test!(a_scoped_cleanup_makes_jobs_of_matching_keys, |db| {
+    db.exec(
+        "CREATE TABLE events (id bigint PRIMARY KEY, state text NOT NULL, n integer NOT NULL DEFAULT 0)",
+    )
+    .await;
+    let insert = match db.backend {
+        Backend::Postgres => {
+            "INSERT INTO events (id, state)
+             SELECT g, CASE WHEN g % 100 = 0 THEN 'orphan' ELSE 'ok' END
+             FROM generate_series(1, 30000) g"
+        }
+        Backend::Sqlite => {
+            "WITH RECURSIVE s(g) AS (SELECT 1 UNION ALL SELECT g + 1 FROM s WHERE g < 30000)
+             INSERT INTO events (id, state)
+             SELECT g, CASE WHEN g % 100 = 0 THEN 'orphan' ELSE 'ok' END FROM s"
+        }
+    };
+    db.exec(insert).await;
+    if db.backend == Backend::Postgres {
+        db.exec("ANALYZE events").await;
+    }
+    let sg = db.sluicegate().await;
+    let mut req = fast("cleanup", "delete", "events", 50, 50);
+    req.scope = Some("state = 'orphan'".into());
+    let plan = sg.plan(&req).await.unwrap();
+    let rows = plan.migration.total_tuple_count.unwrap();
+    assert!(
+        (225..=375).contains(&rows),
+        "the dry run's rows: {rows} (300 match)"
+    );
+    let jobs = plan.estimated_jobs().unwrap();
+    assert!(
+        (5..=8).contains(&jobs),
+        "the dry run's jobs: {jobs} (6 needed)"
+    );
+    assert_eq!(plan.trial_rows, 50, "the trial sub-batch held 50 orphans");
+    sg.queue(&req).await.unwrap();
+    run_to_end(&sg).await;
+    let m = sg.migration("cleanup").await.unwrap();
+    assert_eq!(m.status, MigrationStatus::Finished);
+    assert_eq!(
+        m.min_value,
+        Key::int(100),
+        "the range starts at the first match"
+    );
+    assert_eq!(sg.jobs(&m, None).await.unwrap().len(), 6);
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM events WHERE state = 'orphan'")
+            .await,
+        0
+    );
+    assert_eq!(db.scalar("SELECT count(*) FROM events").await, 29_700);
+    // A scope that does not run is refused at queue time, naming it.
+    let mut bad = fast("bad", "delete", "events", 50, 50);
+    bad.scope = Some("stat = 'orphan'".into());
+    let err = sg.queue(&bad).await.unwrap_err().to_string();
+    assert!(
+        err.contains("--scope \"stat = 'orphan'\" does not run"),
+        "{err}"
+    );
+});

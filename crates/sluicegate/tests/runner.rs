@@ -347,10 +347,14 @@ store_test!(
             assert_eq!(starts, 1, "job {} ran once", job.id);
         }
         let runners: HashSet<_> = jobs.iter().filter_map(|j| j.worker.clone()).collect();
-        assert!(
-            runners.len() > 1,
-            "more than one worker ran jobs: {runners:?}"
-        );
+        // SQLite has one writer at a time: on a busy machine one worker may win every claim
+        // (seen once in a full-suite run). PostgreSQL's workers do run side by side.
+        if db.backend == sluicegate::store::Backend::Postgres {
+            assert!(
+                runners.len() > 1,
+                "more than one worker ran jobs: {runners:?}"
+            );
+        }
         assert_eq!(
             db.scalar("SELECT count(*) FROM items WHERE n <> 1").await,
             0

@@ -179,6 +179,7 @@ store_test!(
         let keyset = |size| JobRange::Keyset {
             table: TableName::parse("items").unwrap(),
             key: m.key.clone(),
+            scope: None,
             size,
         };
         let created = store
@@ -351,6 +352,7 @@ store_test!(a_performed_sub_batch_commits_as_the_engine_says, |db| {
         kind: kind.as_ref(),
         table: &table,
         key: &m.key,
+        scope: None,
         arguments: &m.job_arguments,
         lower: &lowers[start],
         max: &max,

@@ -98,6 +98,7 @@ impl WorkerLoop {
                 kind,
                 table,
                 key: &m.key,
+                scope: m.scope.as_deref(),
                 arguments: &m.job_arguments,
                 lower: &from,
                 max: &job.max_value,
@@ -308,7 +309,14 @@ impl WorkerLoop {
         };
         let target = &self.sg().target;
         let range = target
-            .range_next(table, &m.key, &from, &job.max_value, half)
+            .range_next(
+                table,
+                &m.key,
+                m.scope.as_deref(),
+                &from,
+                &job.max_value,
+                half,
+            )
             .await?;
         // The middle key the walk found, and the first key after it: the second half starts
         // at an existing key, as every job does.
@@ -317,7 +325,7 @@ impl WorkerLoop {
         };
         let after = Lower::After(mid.clone());
         let Some((second_min, _)) = target
-            .range_next(table, &m.key, &after, &job.max_value, 1)
+            .range_next(table, &m.key, m.scope.as_deref(), &after, &job.max_value, 1)
             .await?
         else {
             return Ok(());

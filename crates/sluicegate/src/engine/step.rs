@@ -65,11 +65,12 @@ impl Prefetch {
     pub(super) fn start(sg: &Sluicegate, m: &Migration, table: &TableName, start: Lower) -> Self {
         let target = sg.target.clone();
         let (table, key, probe) = (table.clone(), m.key.clone(), m.health.probe.clone());
+        let scope = m.scope.clone();
         let (max, size) = (m.max_value.clone(), m.batch_size);
         let from = start.clone();
         let task = tokio::spawn(async move {
             let sample = target.health_sample(&table, probe.as_deref());
-            let range = target.range_next(&table, &key, &from, &max, size);
+            let range = target.range_next(&table, &key, scope.as_deref(), &from, &max, size);
             futures::join!(sample, range)
         });
         Self {
@@ -531,13 +532,21 @@ impl WorkerLoop {
             JobRange::Keyset {
                 table: table.clone(),
                 key: m.key.clone(),
+                scope: m.scope.clone(),
                 size: m.batch_size,
             }
         } else {
             let found = self
                 .sg()
                 .target
-                .range_next(table, &m.key, &start, &m.max_value, m.batch_size)
+                .range_next(
+                    table,
+                    &m.key,
+                    m.scope.as_deref(),
+                    &start,
+                    &m.max_value,
+                    m.batch_size,
+                )
                 .await?;
             match found {
                 Some((min, max)) => JobRange::Given { min, max },

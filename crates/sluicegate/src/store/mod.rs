@@ -267,6 +267,8 @@ pub enum JobRange {
         table: TableName,
         /// The key walked.
         key: KeySpec,
+        /// Only rows matching it count.
+        scope: Option<String>,
         /// How many existing keys.
         size: i64,
     },
@@ -471,6 +473,8 @@ pub struct SubBatchSpec<'a> {
     pub table: &'a TableName,
     /// The key walked.
     pub key: &'a KeySpec,
+    /// Only rows matching this condition are walked and handed to the kind.
+    pub scope: Option<&'a str>,
     /// The kind's arguments.
     pub arguments: &'a serde_json::Value,
     /// Where the walk starts.
@@ -579,16 +583,25 @@ pub trait Target: Send + Sync + 'static {
         columns: Option<&[String]>,
         non_unique: bool,
     ) -> Result<(TableName, KeySpec)>;
-    /// Smallest and largest key, `None` for an empty table.
-    async fn key_bounds(&self, table: &TableName, key: &KeySpec) -> Result<Option<(Key, Key)>>;
+    /// Smallest and largest key (of the rows matching `scope`), `None` when there is none.
+    async fn key_bounds(
+        &self,
+        table: &TableName,
+        key: &KeySpec,
+        scope: Option<&str>,
+    ) -> Result<Option<(Key, Key)>>;
+    /// How many rows match `scope` (the planner's estimate on PostgreSQL, a count on SQLite).
+    async fn scope_estimate(&self, table: &TableName, scope: &str) -> Result<Option<i64>>;
     /// Estimated rows in the table.
     async fn row_estimate(&self, table: &TableName) -> Result<Option<i64>>;
     /// The first existing key from `lower` and the `size`-th one (or the last `<= max`):
     /// a keyset walk over existing keys, so gaps cost nothing.
+    #[allow(clippy::too_many_arguments)]
     async fn range_next(
         &self,
         table: &TableName,
         key: &KeySpec,
+        scope: Option<&str>,
         lower: &Lower,
         max: &Key,
         size: i64,

@@ -49,9 +49,9 @@ WITH m AS (
         min_cursor, max_cursor, next_cursor, batch_size, sub_batch_size, max_batch_size,
         pause_ms, interval_ms, statement_timeout_ms, lock_timeout_ms, status,
         total_tuple_count, health_settings, target_sub_batch_ms, started_at, key_columns,
-        next_inclusive)
+        next_inclusive, scope)
     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19,
-        CASE WHEN $16 = 'active' THEN now() END, $21, $22)
+        CASE WHEN $16 = 'active' THEN now() END, $21, $22, $23)
     RETURNING *
 ), log AS (
     INSERT INTO {s}.migration_transition_logs (migration_id, previous_status, next_status, event, actor)
@@ -515,42 +515,54 @@ fn key_params(key: &KeySpec, first: usize) -> String {
     format!("({})", parts.join(", "))
 }
 
-/// The range predicate of a sub-batch `[$1.., $n+1..]` with its values bound per column
-/// ([`bind_key`]): `"id" BETWEEN $1 AND $2` for one column (as the `sql` kind's `$1`/`$2`).
-pub(crate) fn range_predicate(key: &KeySpec) -> String {
-    let n = key.len();
-    if n == 1 {
-        let c = ident::quote(&key.columns()[0].name);
-        let (lo, hi) = (key_params(key, 1), key_params(key, 2));
-        return format!("{c} BETWEEN {lo} AND {hi}");
-    }
-    let row = key_row(key);
-    format!(
-        "({row} >= {} AND {row} <= {})",
-        key_params(key, 1),
-        key_params(key, n + 1)
-    )
+/// ` AND (scope)`, or nothing.
+fn scope_condition(scope: Option<&str>) -> String {
+    scope
+        .filter(|s| !s.trim().is_empty())
+        .map(|s| format!(" AND ({s})"))
+        .unwrap_or_default()
 }
 
-/// The keyset walk as one row `(first, last)` of jsonb keys: the first existing key from
-/// `lower` (inclusive or not) up to `max`, and the `size`-th one, or the last one in range when
-/// fewer remain. `lower` and `max` are jsonb SQL expressions of ours (parameters, a subquery),
-/// never user text; the comparisons are row values over the key's columns, which its index
-/// serves, under the columns' own collations.
+/// The range predicate of a sub-batch `[$1.., $n+1..]` with its values bound per column
+/// ([`bind_key`]): `"id" BETWEEN $1 AND $2` for one column (as the `sql` kind's `$1`/`$2`).
+/// With a scope, only the rows matching it: ` AND (scope)`.
+pub(crate) fn range_predicate(key: &KeySpec, scope: Option<&str>) -> String {
+    let n = key.len();
+    let range = if n == 1 {
+        let c = ident::quote(&key.columns()[0].name);
+        let (lo, hi) = (key_params(key, 1), key_params(key, 2));
+        format!("{c} BETWEEN {lo} AND {hi}")
+    } else {
+        let row = key_row(key);
+        format!(
+            "({row} >= {} AND {row} <= {})",
+            key_params(key, 1),
+            key_params(key, n + 1)
+        )
+    };
+    format!("{range}{}", scope_condition(scope))
+}
+
+/// The keyset walk as one row `(first, last)` of jsonb keys: the first existing key (of a
+/// row matching `scope`) from `lower` (inclusive or not) up to `max`, and the `size`-th one, or
+/// the last one in range when fewer remain. `lower` and `max` are jsonb SQL expressions of ours
+/// (parameters, a subquery), never user text; `scope` is the operator's condition, trusted like
+/// `psql` input and checked at queue time. The comparisons are row values over the key's
+/// columns, which its index serves, under the columns' own collations.
 fn keyset_sql(
     table: &TableName,
     key: &KeySpec,
-    lower: &str,
-    inclusive: bool,
-    max: &str,
+    scope: Option<&str>,
+    (lower, inclusive, max): (&str, bool, &str),
     size: &str,
 ) -> String {
     let (t, row, json) = (table.quoted(), key_row(key), key_json(key));
     let op = if inclusive { ">=" } else { ">" };
     let in_range = format!(
-        "FROM {t} WHERE {row} {op} {} AND {row} <= {}",
+        "FROM {t} WHERE {row} {op} {} AND {row} <= {}{}",
         key_from_json(key, lower),
-        key_from_json(key, max)
+        key_from_json(key, max),
+        scope_condition(scope)
     );
     let (asc, desc) = (key_order(key, "ASC"), key_order(key, "DESC"));
     format!(
@@ -768,6 +780,7 @@ impl Store for PgStore {
             .bind(&m.actor)
             .bind(Json(&m.key))
             .bind(m.next_start.as_ref().is_none_or(Lower::is_inclusive))
+            .bind(m.scope.as_deref())
             .fetch_one(&self.pool)
             .await
             .map_err(|e| {
@@ -923,10 +936,16 @@ impl Store for PgStore {
             JobRange::Given { min, max } => {
                 (JOB_CREATE_GIVEN_RANGE.to_owned(), Some((min, max)), None)
             }
-            JobRange::Keyset { table, key, size } => {
+            JobRange::Keyset {
+                table,
+                key,
+                scope,
+                size,
+            } => {
                 let max = self.q("(SELECT max_cursor FROM {s}.migrations WHERE id = $1)");
                 let inclusive = p.expected_next.is_inclusive();
-                let sql = keyset_sql(table, key, "$2::jsonb", inclusive, &max, "$10");
+                let bounds = ("$2::jsonb", inclusive, max.as_str());
+                let sql = keyset_sql(table, key, scope.as_deref(), bounds, "$10");
                 (sql, None, Some((*size).max(1)))
             }
         };
@@ -1317,14 +1336,14 @@ impl PgTarget {
         let range = match whole {
             Some(start) => Some((start, spec.max.clone())),
             None => {
-                Self::range_next_in(conn, spec.table, spec.key, spec.lower, spec.max, spec.size)
-                    .await?
+                let walk = (spec.table, spec.key, spec.scope);
+                Self::range_next_in(conn, walk, spec.lower, spec.max, spec.size).await?
             }
         };
         let Some((start, end)) = range else {
             return Ok(None);
         };
-        let predicate = range_predicate(spec.key);
+        let predicate = range_predicate(spec.key, spec.scope);
         let mut batch = SubBatch {
             connection: SubBatchConnection::Postgres(conn),
             table: spec.table,
@@ -1340,20 +1359,13 @@ impl PgTarget {
 
     async fn range_next_in(
         conn: &mut PgConnection,
-        table: &TableName,
-        key: &KeySpec,
+        (table, key, scope): (&TableName, &KeySpec, Option<&str>),
         lower: &Lower,
         max: &Key,
         size: i64,
     ) -> std::result::Result<Option<(Key, Key)>, sqlx::Error> {
-        let sql = keyset_sql(
-            table,
-            key,
-            "$1::jsonb",
-            lower.is_inclusive(),
-            "$2::jsonb",
-            "$3",
-        );
+        let bounds = ("$1::jsonb", lower.is_inclusive(), "$2::jsonb");
+        let sql = keyset_sql(table, key, scope, bounds, "$3");
         let (first, last): (Option<Json<Value>>, Option<Json<Value>>) = sqlx::query_as(&sql)
             .bind(Json(lower.key()))
             .bind(Json(max))
@@ -1454,11 +1466,20 @@ impl Target for PgTarget {
         Ok((resolved, key))
     }
 
-    async fn key_bounds(&self, table: &TableName, key: &KeySpec) -> Result<Option<(Key, Key)>> {
+    async fn key_bounds(
+        &self,
+        table: &TableName,
+        key: &KeySpec,
+        scope: Option<&str>,
+    ) -> Result<Option<(Key, Key)>> {
         let (t, json) = (table.quoted(), key_json(key));
+        let filter = scope
+            .filter(|s| !s.trim().is_empty())
+            .map(|s| format!("WHERE ({s})"))
+            .unwrap_or_default();
         let sql = format!(
-            "SELECT (SELECT {json} FROM {t} ORDER BY {} LIMIT 1),
-                    (SELECT {json} FROM {t} ORDER BY {} LIMIT 1)",
+            "SELECT (SELECT {json} FROM {t} {filter} ORDER BY {} LIMIT 1),
+                    (SELECT {json} FROM {t} {filter} ORDER BY {} LIMIT 1)",
             key_order(key, "ASC"),
             key_order(key, "DESC")
         );
@@ -1495,10 +1516,26 @@ impl Target for PgTarget {
         Ok(Some(n))
     }
 
+    async fn scope_estimate(&self, table: &TableName, scope: &str) -> Result<Option<i64>> {
+        // The planner's row estimate for the scope, as EXPLAIN gives it: no scan.
+        let sql = format!(
+            "EXPLAIN (FORMAT JSON) SELECT 1 FROM {} WHERE ({scope})",
+            table.quoted()
+        );
+        let Json(plan): Json<Value> = sqlx::query_scalar(&sql)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(Error::db("estimating the rows of the scope"))?;
+        Ok(plan[0]["Plan"]["Plan Rows"]
+            .as_f64()
+            .map(|n| n.round() as i64))
+    }
+
     async fn range_next(
         &self,
         table: &TableName,
         key: &KeySpec,
+        scope: Option<&str>,
         lower: &Lower,
         max: &Key,
         size: i64,
@@ -1508,7 +1545,7 @@ impl Target for PgTarget {
             .acquire()
             .await
             .map_err(Error::db("finding the next key range"))?;
-        Self::range_next_in(&mut conn, table, key, lower, max, size)
+        Self::range_next_in(&mut conn, (table, key, scope), lower, max, size)
             .await
             .map_err(Error::db(format!(
                 "finding the next key range of {}",

@@ -48,9 +48,9 @@ const MIGRATION_INSERT: &str = "INSERT INTO sluicegate_migrations (name, job_kin
     column_name, job_arguments, min_cursor, max_cursor, next_cursor, batch_size, sub_batch_size,
     max_batch_size, pause_ms, interval_ms, statement_timeout_ms, lock_timeout_ms, status,
     total_tuple_count, health_settings, target_sub_batch_ms, started_at, created_at, updated_at,
-    key_columns, next_inclusive)
+    key_columns, next_inclusive, scope)
     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19,
-        CASE WHEN $16 = 'active' THEN $20 END, $20, $20, $21, $22)
+        CASE WHEN $16 = 'active' THEN $20 END, $20, $20, $21, $22, $23)
     RETURNING *";
 const MIGRATION_LOG_INSERT: &str = "INSERT INTO sluicegate_migration_transition_logs (migration_id,
     previous_status, next_status, event, reason, actor, exception_class, exception_message, created_at)
@@ -261,6 +261,14 @@ fn is_missing_table(err: &sqlx::Error) -> bool {
 }
 
 const SCHEMA_CONTEXT: &str = "installing the tracking schema";
+
+/// ` AND (scope)`, or nothing.
+fn scope_condition(scope: Option<&str>) -> String {
+    scope
+        .filter(|s| !s.trim().is_empty())
+        .map(|s| format!(" AND ({s})"))
+        .unwrap_or_default()
+}
 
 /// The SQLite steps of [`super::schema_install`], in one `BEGIN IMMEDIATE` transaction (which
 /// already keeps concurrent setups apart).
@@ -533,6 +541,7 @@ impl Store for SqliteStore {
             .bind(&at)
             .bind(serde_json::to_string(&m.key).expect("a key serializes"))
             .bind(m.next_start.as_ref().is_none_or(Lower::is_inclusive))
+            .bind(m.scope.as_deref())
             .fetch_one(&mut *tx)
             .await
             .map_err(|e| {
@@ -764,10 +773,14 @@ impl Store for SqliteStore {
         };
         let range = match &p.range {
             JobRange::Given { min, max } => Some((min.clone(), max.clone())),
-            JobRange::Keyset { table, key, size } => SqliteTarget::range_next_in(
-                &mut tx,
+            JobRange::Keyset {
                 table,
                 key,
+                scope,
+                size,
+            } => SqliteTarget::range_next_in(
+                &mut tx,
+                (table, key, scope.as_deref()),
                 &p.expected_next,
                 &m.max_value,
                 *size,
@@ -1092,7 +1105,10 @@ impl SqliteTarget {
     /// lower bound `$1..$n` (inclusive or not) up to `$n+1..$2n`, the `$2n+1`-th one, and the
     /// last one in range. Row-value comparisons over the key's columns (their own collations),
     /// which the key's index serves.
-    fn range_next_sql(table: &TableName, key: &KeySpec, inclusive: bool) -> String {
+    fn range_next_sql(
+        (table, key, scope): (&TableName, &KeySpec, Option<&str>),
+        inclusive: bool,
+    ) -> String {
         let n = key.len();
         let t = table.quoted();
         let cols: Vec<String> = key
@@ -1108,9 +1124,10 @@ impl SqliteTarget {
         let json = format!("json_array({})", cols.join(", "));
         let op = if inclusive { ">=" } else { ">" };
         let in_range = format!(
-            "FROM {t} WHERE {row} {op} {} AND {row} <= {}",
+            "FROM {t} WHERE {row} {op} {} AND {row} <= {}{}",
             params(1),
-            params(n + 1)
+            params(n + 1),
+            scope_condition(scope)
         );
         let asc: Vec<String> = cols.iter().map(|c| format!("{c} ASC")).collect();
         let desc: Vec<String> = cols.iter().map(|c| format!("{c} DESC")).collect();
@@ -1123,23 +1140,26 @@ impl SqliteTarget {
         )
     }
 
-    /// The range predicate of a sub-batch, numbered as [`SubBatch::execute`] binds it.
-    fn range_predicate(key: &KeySpec) -> String {
+    /// The range predicate of a sub-batch, numbered as [`SubBatch::execute`] binds it; with
+    /// a scope, only the rows matching it.
+    fn range_predicate(key: &KeySpec, scope: Option<&str>) -> String {
         let n = key.len();
         let cols: Vec<String> = key
             .columns()
             .iter()
             .map(|c| ident::quote(&c.name))
             .collect();
-        if n == 1 {
-            return format!("{} BETWEEN $1 AND $2", cols[0]);
-        }
-        let row = format!("({})", cols.join(", "));
-        let params = |first: usize| {
-            let p: Vec<String> = (first..first + n).map(|i| format!("${i}")).collect();
-            format!("({})", p.join(", "))
+        let range = if n == 1 {
+            format!("{} BETWEEN $1 AND $2", cols[0])
+        } else {
+            let row = format!("({})", cols.join(", "));
+            let params = |first: usize| {
+                let p: Vec<String> = (first..first + n).map(|i| format!("${i}")).collect();
+                format!("({})", p.join(", "))
+            };
+            format!("({row} >= {} AND {row} <= {})", params(1), params(n + 1))
         };
-        format!("({row} >= {} AND {row} <= {})", params(1), params(n + 1))
+        format!("{range}{}", scope_condition(scope))
     }
 
     /// Inside the open transaction: finds the sub-batch's keys and performs the kind on them.
@@ -1155,14 +1175,14 @@ impl SqliteTarget {
         let range = match whole {
             Some(start) => Some((start, spec.max.clone())),
             None => {
-                Self::range_next_in(conn, spec.table, spec.key, spec.lower, spec.max, spec.size)
-                    .await?
+                let walk = (spec.table, spec.key, spec.scope);
+                Self::range_next_in(conn, walk, spec.lower, spec.max, spec.size).await?
             }
         };
         let Some((start, end)) = range else {
             return Ok(None);
         };
-        let predicate = Self::range_predicate(spec.key);
+        let predicate = Self::range_predicate(spec.key, spec.scope);
         let mut batch = SubBatch {
             connection: SubBatchConnection::Sqlite(conn),
             table: spec.table,
@@ -1178,13 +1198,12 @@ impl SqliteTarget {
 
     async fn range_next_in(
         conn: &mut SqliteConnection,
-        table: &TableName,
-        key: &KeySpec,
+        walk: (&TableName, &KeySpec, Option<&str>),
         lower: &Lower,
         max: &Key,
         size: i64,
     ) -> std::result::Result<Option<(Key, Key)>, sqlx::Error> {
-        let sql = Self::range_next_sql(table, key, lower.is_inclusive());
+        let sql = Self::range_next_sql(walk, lower.is_inclusive());
         let mut query = sqlx::query_as(&sql);
         for v in lower.key().values().iter().chain(max.values()) {
             query = match v.as_i64() {
@@ -1383,19 +1402,28 @@ impl Target for SqliteTarget {
         ))
     }
 
-    async fn key_bounds(&self, table: &TableName, key: &KeySpec) -> Result<Option<(Key, Key)>> {
+    async fn key_bounds(
+        &self,
+        table: &TableName,
+        key: &KeySpec,
+        scope: Option<&str>,
+    ) -> Result<Option<(Key, Key)>> {
         let cols: Vec<String> = key
             .columns()
             .iter()
             .map(|c| ident::quote(&c.name))
             .collect();
         let t = table.quoted();
+        let filter = scope
+            .filter(|s| !s.trim().is_empty())
+            .map(|s| format!("WHERE ({s})"))
+            .unwrap_or_default();
         let json = format!("json_array({})", cols.join(", "));
         let asc: Vec<String> = cols.iter().map(|c| format!("{c} ASC")).collect();
         let desc: Vec<String> = cols.iter().map(|c| format!("{c} DESC")).collect();
         let sql = format!(
-            "SELECT (SELECT {json} FROM {t} ORDER BY {} LIMIT 1),
-                    (SELECT {json} FROM {t} ORDER BY {} LIMIT 1)",
+            "SELECT (SELECT {json} FROM {t} {filter} ORDER BY {} LIMIT 1),
+                    (SELECT {json} FROM {t} {filter} ORDER BY {} LIMIT 1)",
             asc.join(", "),
             desc.join(", ")
         );
@@ -1424,10 +1452,21 @@ impl Target for SqliteTarget {
         Ok(Some(n))
     }
 
+    async fn scope_estimate(&self, table: &TableName, scope: &str) -> Result<Option<i64>> {
+        // SQLite keeps no estimate worth the name: count.
+        let sql = format!("SELECT count(*) FROM {} WHERE ({scope})", table.quoted());
+        let n: i64 = sqlx::query_scalar(&sql)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(Error::db("counting the rows of the scope"))?;
+        Ok(Some(n))
+    }
+
     async fn range_next(
         &self,
         table: &TableName,
         key: &KeySpec,
+        scope: Option<&str>,
         lower: &Lower,
         max: &Key,
         size: i64,
@@ -1437,7 +1476,7 @@ impl Target for SqliteTarget {
             .acquire()
             .await
             .map_err(Error::db("finding the next key range"))?;
-        Self::range_next_in(&mut conn, table, key, lower, max, size)
+        Self::range_next_in(&mut conn, (table, key, scope), lower, max, size)
             .await
             .map_err(Error::db(format!(
                 "finding the next key range of {}",

@@ -6,13 +6,15 @@
 -- whose sub-batch committed. Integer migrations queued before keep running: their bigint
 -- columns become one-element arrays. The bigint CHECKs (min <= max) cannot be written over
 -- JSON in the key's own order; the walk keeps them true (every bound is a key it read).
+-- `scope` (a condition) makes the walk count only the rows that match it (GitLab's scope_to).
 
 ALTER TABLE {s}.migrations
     ADD COLUMN key_columns jsonb,
     ADD COLUMN min_cursor jsonb,
     ADD COLUMN max_cursor jsonb,
     ADD COLUMN next_cursor jsonb,
-    ADD COLUMN next_inclusive boolean NOT NULL DEFAULT true;
+    ADD COLUMN next_inclusive boolean NOT NULL DEFAULT true,
+    ADD COLUMN scope text;
 UPDATE {s}.migrations SET
     key_columns = jsonb_build_array(jsonb_build_object('name', column_name, 'type', 'bigint')),
     min_cursor = jsonb_build_array(min_value),
@@ -36,7 +38,7 @@ ALTER TABLE {s}.migrations
              AND jsonb_array_length(next_cursor) = jsonb_array_length(key_columns))));
 -- column_name stays, for display and for psql: the key's columns joined by ", ".
 CREATE UNIQUE INDEX migrations_configuration_key ON {s}.migrations
-    (job_kind, table_name, key_columns, job_arguments);
+    (job_kind, table_name, key_columns, job_arguments, coalesce(scope, ''));
 
 ALTER TABLE {s}.jobs
     ADD COLUMN min_cursor jsonb,

@@ -6,7 +6,8 @@
 -- committed. Integer migrations queued before keep running: their integer columns become
 -- one-element arrays. SQLite cannot drop columns named in a CHECK, so `migrations` and `jobs`
 -- are rebuilt; setup runs this with foreign keys off (a parent's DROP TABLE would otherwise
--- cascade to its children) and checks them after.
+-- cascade to its children) and checks them after. `scope` (a condition) makes the walk count
+-- only the rows that match it (GitLab's scope_to).
 
 CREATE TABLE sluicegate_migrations_v4 (
     id                   INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -40,8 +41,8 @@ CREATE TABLE sluicegate_migrations_v4 (
     held_since           TEXT,
     throttle_pause_ms    INTEGER NOT NULL DEFAULT 0 CHECK (throttle_pause_ms >= 0),
     throttle_reason      TEXT,
+    scope                TEXT,
     CONSTRAINT migrations_name_key UNIQUE (name),
-    CONSTRAINT migrations_configuration_key UNIQUE (job_kind, table_name, key_columns, job_arguments),
     CONSTRAINT migrations_status_check
         CHECK (status IN ('paused', 'active', 'finalizing', 'finished', 'failed', 'cancelled')),
     CONSTRAINT migrations_key_check CHECK (
@@ -77,6 +78,8 @@ SELECT id, name, job_kind, table_name, column_name,
 FROM sluicegate_migrations;
 DROP TABLE sluicegate_migrations;
 ALTER TABLE sluicegate_migrations_v4 RENAME TO sluicegate_migrations;
+CREATE UNIQUE INDEX sluicegate_migrations_configuration_key ON sluicegate_migrations
+    (job_kind, table_name, key_columns, job_arguments, coalesce(scope, ''));
 
 CREATE TABLE sluicegate_jobs_v4 (
     id               INTEGER PRIMARY KEY AUTOINCREMENT,
