@@ -142,13 +142,19 @@ pub struct QueueArgs {
     /// and every sub-batch touches only them.
     #[arg(long)]
     pub scope: Option<String>,
-    /// Source column (copy-column).
+    /// Source column(s), comma-separated (copy-column); or the table to join (update, with
+    /// --join): `UPDATE t SET ... FROM <table> WHERE <join> AND <the sub-batch's keys>`.
     #[arg(long)]
     pub from: Option<String>,
-    /// Destination column (copy-column).
+    /// Destination column(s), comma-separated, as many as --from (copy-column).
     #[arg(long)]
     pub to: Option<String>,
-    /// Statement with $1 and $2 (sql).
+    /// The join condition with the --from table (update).
+    #[arg(long)]
+    pub join: Option<String>,
+    /// Statement(s), separated by `;`, run in order in each sub-batch's transaction (sql):
+    /// `{range}` stands for the sub-batch's keys (any key), or use $1 and $2 (its first and
+    /// last key, one-column keys). The rows counted are the last statement's.
     #[arg(long)]
     pub sql: Option<String>,
     /// Keys per job.

@@ -68,10 +68,11 @@ fn request(args: &QueueArgs) -> Result<QueueRequest> {
         ("--where", args.where_clause.as_ref()),
         ("--from", args.from.as_ref()),
         ("--to", args.to.as_ref()),
+        ("--join", args.join.as_ref()),
         ("--sql", args.sql.as_ref()),
     ];
     let allowed: &[&str] = match args.kind {
-        Kind::Update => &["--set", "--where"],
+        Kind::Update => &["--set", "--where", "--from", "--join"],
         Kind::Delete => &["--where"],
         Kind::CopyColumn => &["--from", "--to"],
         Kind::Sql => &["--sql"],

@@ -30,6 +30,7 @@ pub struct SubBatch<'c> {
     pub(crate) table: &'c TableName,
     pub(crate) key: &'c KeySpec,
     pub(crate) predicate: &'c str,
+    pub(crate) qualified_predicate: &'c str,
     pub(crate) arguments: &'c Value,
     pub(crate) start: &'c Key,
     pub(crate) end: &'c Key,
@@ -69,6 +70,12 @@ impl<'c> SubBatch<'c> {
         self.predicate
     }
 
+    /// [`Self::range_predicate`] with the key's columns qualified by the table's name, for a
+    /// statement that joins another table (`UPDATE t SET ... FROM other WHERE ...`).
+    pub fn qualified_range_predicate(&self) -> &str {
+        self.qualified_predicate
+    }
+
     /// The open transaction's connection, for kinds that need more than [`Self::execute`].
     pub fn connection(&mut self) -> &mut SubBatchConnection<'c> {
         &mut self.connection
@@ -76,10 +83,16 @@ impl<'c> SubBatch<'c> {
 
     /// Runs `sql` with the sub-batch's bounds bound as [`Self::range_predicate`] numbers them:
     /// the first key's values as `$1..$n`, the last key's as `$n+1..$2n` (`n` key columns;
-    /// integers bound as `bigint`, other values as text), on both backends. Returns the rows
-    /// it affected.
+    /// integers bound as `bigint`, other values as text), on both backends; as many of them as
+    /// the statement names (up to its highest `$k`). Returns the rows it affected.
     pub async fn execute(&mut self, sql: &str) -> Result<u64, Failure> {
-        let values = self.start.values().iter().chain(self.end.values());
+        let wanted = highest_placeholder(sql);
+        let values = self
+            .start
+            .values()
+            .iter()
+            .chain(self.end.values())
+            .take(wanted);
         let rows = match &mut self.connection {
             SubBatchConnection::Postgres(conn) => {
                 let mut query = sqlx::query(sql);
@@ -195,18 +208,124 @@ fn optional_string(args: &Value, key: &str) -> Result<(), String> {
     }
 }
 
+/// The operator's `where`, when given.
+fn user_filter<'a>(batch: &SubBatch<'a>) -> Option<&'a str> {
+    string_arg(batch.arguments, "where").filter(|w| !w.trim().is_empty())
+}
+
 /// The sub-batch's range condition plus an optional user condition.
 fn range_condition(batch: &SubBatch<'_>) -> String {
     let mut cond = batch.range_predicate().to_owned();
-    if let Some(filter) = string_arg(batch.arguments, "where").filter(|w| !w.trim().is_empty()) {
+    if let Some(filter) = user_filter(batch) {
         cond.push_str(&format!(" AND ({filter})"));
     }
     cond
 }
 
-/// `update`: `UPDATE t SET <set> WHERE key BETWEEN start AND end [AND (<where>)]`.
-/// Arguments: `set` (required), `where` (optional). Both are SQL written by the operator and
-/// trusted like `psql` input; the table and key column are quoted.
+/// The highest `$k` placeholder in `sql` (0: none), outside quotes and comments.
+fn highest_placeholder(sql: &str) -> usize {
+    let mut highest = 0;
+    for_each_code_char(sql, |bytes, i| {
+        if bytes[i] == b'$' && (i == 0 || !is_word(bytes[i - 1])) {
+            let digits: String = bytes[i + 1..]
+                .iter()
+                .take_while(|b| b.is_ascii_digit())
+                .map(|b| *b as char)
+                .collect();
+            if let Ok(k) = digits.parse::<usize>() {
+                highest = highest.max(k);
+            }
+        }
+        false
+    });
+    highest
+}
+
+fn is_word(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'_'
+}
+
+/// Calls `f(bytes, i)` on every byte of `sql` that is code: not inside a string (`'...'`), a
+/// quoted name (`"..."`), a dollar-quoted body (`$tag$...$tag$`) or a comment (`--`, `/* */`).
+/// `f` returning true stops the scan.
+fn for_each_code_char(sql: &str, mut f: impl FnMut(&[u8], usize) -> bool) {
+    let bytes = sql.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        let rest = &bytes[i..];
+        if rest.starts_with(b"--") {
+            i += rest.iter().position(|b| *b == b'\n').unwrap_or(rest.len());
+        } else if rest.starts_with(b"/*") {
+            i += 2 + find(&rest[2..], b"*/").map_or(rest.len(), |p| p + 2);
+        } else if bytes[i] == b'\'' || bytes[i] == b'"' {
+            let quote = bytes[i];
+            i += 1;
+            while i < bytes.len() {
+                if bytes[i] == quote {
+                    // A doubled quote is one quote character inside.
+                    if bytes.get(i + 1) == Some(&quote) {
+                        i += 2;
+                        continue;
+                    }
+                    break;
+                }
+                i += 1;
+            }
+            i += 1;
+        } else if let Some(tag) = dollar_tag(rest) {
+            i += tag.len();
+            i += find(&bytes[i..], tag).map_or(bytes.len() - i, |p| p + tag.len());
+        } else {
+            if f(bytes, i) {
+                return;
+            }
+            i += 1;
+        }
+    }
+}
+
+/// `$tag$` or `$$` at the start of `rest` (a dollar quote opening), not a `$1` placeholder.
+fn dollar_tag(rest: &[u8]) -> Option<&[u8]> {
+    if rest.first() != Some(&b'$') {
+        return None;
+    }
+    let end = rest[1..].iter().position(|b| !is_word(*b))? + 1;
+    let tag = &rest[1..end];
+    let opens = rest.get(end) == Some(&b'$') && !tag.first().is_some_and(|b| b.is_ascii_digit());
+    opens.then_some(&rest[..=end])
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Splits a script into its statements at top-level `;` (not inside strings, quoted names,
+/// dollar quotes or comments); empty statements are dropped.
+pub fn split_statements(sql: &str) -> Vec<String> {
+    let mut cuts = Vec::new();
+    for_each_code_char(sql, |bytes, i| {
+        if bytes[i] == b';' {
+            cuts.push(i);
+        }
+        false
+    });
+    let mut statements = Vec::new();
+    let mut start = 0;
+    for cut in cuts.into_iter().chain(std::iter::once(sql.len())) {
+        let statement = sql[start..cut].trim();
+        if !statement.is_empty() {
+            statements.push(statement.to_owned());
+        }
+        start = cut + 1;
+    }
+    statements
+}
+
+/// `update`: `UPDATE t SET <set> WHERE <the sub-batch's keys> [AND (<where>)]`.
+/// Arguments: `set` (required), `where` (optional); `from` and `join` (together, optional) join
+/// another table: `UPDATE t SET <set> FROM <from> WHERE (<join>) AND <keys> [AND (<where>)]`,
+/// with the key's columns qualified by `t`. `set`, `where` and `join` are SQL written by the
+/// operator and trusted like `psql` input; table names and key columns are quoted.
 #[derive(Debug, Clone, Copy)]
 pub struct UpdateKind;
 
@@ -218,16 +337,42 @@ impl JobKind for UpdateKind {
 
     fn validate_arguments(&self, args: &Value) -> Result<(), String> {
         require_string(args, "set")?;
-        optional_string(args, "where")
+        optional_string(args, "where")?;
+        optional_string(args, "from")?;
+        optional_string(args, "join")?;
+        match (string_arg(args, "from"), string_arg(args, "join")) {
+            (Some(from), Some(_)) => TableName::parse(from)
+                .map(|_| ())
+                .map_err(|e| format!("argument \"from\": {e}")),
+            (None, None) => Ok(()),
+            (Some(_), None) => Err("argument \"from\" needs \"join\" (the join condition)".into()),
+            (None, Some(_)) => Err("argument \"join\" needs \"from\" (the table to join)".into()),
+        }
     }
 
     async fn perform(&self, batch: &mut SubBatch<'_>) -> Result<u64, Failure> {
         let set = string_arg(batch.arguments, "set").unwrap_or_default();
-        let sql = format!(
-            "UPDATE {} SET {set} WHERE {}",
-            batch.quoted_table(),
-            range_condition(batch)
-        );
+        let joined = string_arg(batch.arguments, "from").zip(string_arg(batch.arguments, "join"));
+        let sql = match joined {
+            Some((from, join)) => {
+                let from = TableName::parse(from)
+                    .map_err(|e| Failure::new("InvalidArguments", e.to_string()))?;
+                let mut cond = format!("({join}) AND {}", batch.qualified_range_predicate());
+                if let Some(filter) = user_filter(batch) {
+                    cond.push_str(&format!(" AND ({filter})"));
+                }
+                format!(
+                    "UPDATE {} SET {set} FROM {} WHERE {cond}",
+                    batch.quoted_table(),
+                    from.quoted()
+                )
+            }
+            None => format!(
+                "UPDATE {} SET {set} WHERE {}",
+                batch.quoted_table(),
+                range_condition(batch)
+            ),
+        };
         batch.execute(&sql).await
     }
 }
@@ -256,10 +401,31 @@ impl JobKind for DeleteKind {
     }
 }
 
-/// `copy-column`: `UPDATE t SET "to" = "from"` over the range. Arguments: `from`, `to`
-/// (column names, quoted).
+/// `copy-column`: `UPDATE t SET "to" = "from"` over the range; several at once with lists
+/// (`from: "a,b"`, `to: "c,d"`, or JSON arrays): `SET "c" = "a", "d" = "b"`. Names are quoted.
 #[derive(Debug, Clone, Copy)]
 pub struct CopyColumnKind;
+
+/// A column list argument: a JSON array of names, or one string of comma-separated names.
+fn column_list(args: &Value, key: &str) -> Result<Vec<String>, String> {
+    let names: Vec<String> = match args.get(key) {
+        Some(Value::String(s)) => s.split(',').map(|n| n.trim().to_owned()).collect(),
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|v| {
+                v.as_str()
+                    .map(str::to_owned)
+                    .ok_or_else(|| format!("argument {key:?} must list column names"))
+            })
+            .collect::<Result<_, _>>()?,
+        Some(_) => return Err(format!("argument {key:?} must be a string or a list")),
+        None => return Err(format!("argument {key:?} is required")),
+    };
+    for name in &names {
+        ident::validate(name).map_err(|e| format!("argument {key:?}: {e}"))?;
+    }
+    Ok(names)
+}
 
 #[async_trait]
 impl JobKind for CopyColumnKind {
@@ -268,31 +434,42 @@ impl JobKind for CopyColumnKind {
     }
 
     fn validate_arguments(&self, args: &Value) -> Result<(), String> {
-        require_string(args, "from")?;
-        require_string(args, "to")?;
-        for key in ["from", "to"] {
-            ident::validate(string_arg(args, key).unwrap_or_default())
-                .map_err(|e| format!("argument {key:?}: {e}"))?;
+        let (from, to) = (column_list(args, "from")?, column_list(args, "to")?);
+        if from.len() != to.len() {
+            return Err(format!(
+                "arguments \"from\" and \"to\" must name as many columns ({} and {})",
+                from.len(),
+                to.len()
+            ));
         }
         Ok(())
     }
 
     async fn perform(&self, batch: &mut SubBatch<'_>) -> Result<u64, Failure> {
-        let from = ident::quote(string_arg(batch.arguments, "from").unwrap_or_default());
-        let to = ident::quote(string_arg(batch.arguments, "to").unwrap_or_default());
+        let invalid = |e: String| Failure::new("InvalidArguments", e);
+        let from = column_list(batch.arguments, "from").map_err(invalid)?;
+        let to = column_list(batch.arguments, "to").map_err(invalid)?;
+        let assignments: Vec<String> = to
+            .iter()
+            .zip(&from)
+            .map(|(t, f)| format!("{} = {}", ident::quote(t), ident::quote(f)))
+            .collect();
         let sql = format!(
-            "UPDATE {} SET {to} = {from} WHERE {}",
+            "UPDATE {} SET {} WHERE {}",
             batch.quoted_table(),
+            assignments.join(", "),
             range_condition(batch)
         );
         batch.execute(&sql).await
     }
 }
 
-/// `sql`: the operator's own statement. `{range}` in it stands for the sub-batch's key range
-/// (any key: [`SubBatch::range_predicate`], values bound); for a one-column key `$1` and `$2`
-/// are its first and last key (on PostgreSQL a non-integer key's are text: cast them, e.g.
-/// `$1::uuid`).
+/// `sql`: the operator's own statements, run in order in the sub-batch's transaction.
+/// `{range}` in a statement stands for the sub-batch's key range (any key:
+/// [`SubBatch::range_predicate`], values bound); for a one-column key `$1` and `$2` are its
+/// first and last key (on PostgreSQL a non-integer key's are text: cast them, e.g.
+/// `$1::uuid`). Several statements are separated by `;` (GitLab's cleanups delete children,
+/// then parents); each must name the range. The rows counted are the last statement's.
 #[derive(Debug, Clone, Copy)]
 pub struct SqlKind;
 
@@ -307,20 +484,56 @@ impl JobKind for SqlKind {
 
     fn validate_arguments(&self, args: &Value) -> Result<(), String> {
         require_string(args, "sql")?;
-        let sql = string_arg(args, "sql").unwrap_or_default();
-        let bounded = sql.contains("$1") && sql.contains("$2");
-        if !(sql.contains(RANGE_PLACEHOLDER) || bounded) {
-            return Err(format!(
-                "the statement must restrict itself to the sub-batch: use {RANGE_PLACEHOLDER} (its key range, any key) or $1 and $2 (its first and last key, one-column keys)"
-            ));
+        let statements = split_statements(string_arg(args, "sql").unwrap_or_default());
+        if statements.is_empty() {
+            return Err("argument \"sql\" holds no statement".into());
+        }
+        for (i, sql) in statements.iter().enumerate() {
+            let bounded = sql.contains("$1") && sql.contains("$2");
+            if !(sql.contains(RANGE_PLACEHOLDER) || bounded) {
+                return Err(format!(
+                    "statement {} of {} must restrict itself to the sub-batch: use {RANGE_PLACEHOLDER} (its key range, any key) or $1 and $2 (its first and last key, one-column keys): {sql}",
+                    i + 1,
+                    statements.len()
+                ));
+            }
         }
         Ok(())
     }
 
     async fn perform(&self, batch: &mut SubBatch<'_>) -> Result<u64, Failure> {
-        let sql = string_arg(batch.arguments, "sql")
-            .unwrap_or_default()
-            .replace(RANGE_PLACEHOLDER, &format!("({})", batch.range_predicate()));
-        batch.execute(&sql).await
+        let script = string_arg(batch.arguments, "sql").unwrap_or_default();
+        let range = format!("({})", batch.range_predicate());
+        let mut rows = 0;
+        for statement in split_statements(script) {
+            rows = batch
+                .execute(&statement.replace(RANGE_PLACEHOLDER, &range))
+                .await?;
+        }
+        Ok(rows)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statements_split_at_top_level_semicolons_only() {
+        let script = "DELETE FROM c WHERE p IN (SELECT id FROM p WHERE {range}); \
+                      -- a comment; with a semicolon\n\
+                      DELETE FROM p WHERE {range} AND note <> 'a;b' AND \"we;ird\" = $$x;y$$;;";
+        let parts = split_statements(script);
+        assert_eq!(parts.len(), 2, "{parts:?}");
+        assert!(parts[1].ends_with("$$x;y$$"), "{parts:?}");
+        assert!(parts[1].contains("'a;b'"));
+    }
+
+    #[test]
+    fn placeholders_are_counted_outside_quotes() {
+        assert_eq!(highest_placeholder("x BETWEEN $1 AND $2"), 2);
+        assert_eq!(highest_placeholder("($1, $2) >= x AND x <= ($3, $4)"), 4);
+        assert_eq!(highest_placeholder("note = '$9' AND a = $tag$ $7 $tag$"), 0);
+        assert_eq!(highest_placeholder("SELECT 1 -- $5"), 0);
     }
 }

@@ -502,3 +502,121 @@ store_test!(a_scoped_cleanup_makes_jobs_of_matching_keys, |db| {
         "{err}"
     );
 });
+
+// The job bodies GitLab's migrations need: two statements (children, then parents), an
+// `UPDATE ... FROM` join (the sharding-key backfills), lists of columns to copy, and `{range}`
+// on a composite key.
+store_test!(
+    job_bodies_of_several_statements_joins_and_column_lists,
+    |db| {
+        db.exec(
+        "CREATE TABLE parents (id bigint PRIMARY KEY, project_id bigint, doomed integer NOT NULL DEFAULT 0,
+                               a text, b text, a2 text, b2 text, n integer NOT NULL DEFAULT 0)",
+    )
+    .await;
+        db.exec("CREATE TABLE children (id bigint PRIMARY KEY, parent_id bigint NOT NULL)")
+            .await;
+        db.exec("CREATE TABLE projects (parent_id bigint PRIMARY KEY, project_id bigint NOT NULL)")
+            .await;
+        let parents: Vec<String> = (1..=300)
+            .map(|i| format!("({i}, {}, 'a{i}', 'b{i}')", (i % 3 == 0) as i32))
+            .collect();
+        db.exec(&insert_sql("parents", "id, doomed, a, b", &parents))
+            .await;
+        let children: Vec<String> = (1..=600)
+            .map(|i| format!("({i}, {})", (i + 1) / 2))
+            .collect();
+        db.exec(&insert_sql("children", "id, parent_id", &children))
+            .await;
+        let projects: Vec<String> = (1..=300).map(|i| format!("({i}, {})", 1000 + i)).collect();
+        db.exec(&insert_sql("projects", "parent_id, project_id", &projects))
+            .await;
+        let sg = db.sluicegate().await;
+
+        // Join: the sharding key comes from another table.
+        let backfill = fast("shard", "update", "parents", 64, 16)
+            .argument("set", "project_id = projects.project_id")
+            .argument("from", "projects")
+            .argument("join", "projects.parent_id = parents.id");
+        sg.queue(&backfill).await.unwrap();
+        // Lists of columns.
+        let copy = fast("copy", "copy-column", "parents", 64, 16)
+            .argument("from", "a,b")
+            .argument("to", "a2,b2");
+        sg.queue(&copy).await.unwrap();
+        run_to_end(&sg).await;
+        assert_eq!(
+            db.scalar("SELECT count(*) FROM parents WHERE project_id = 1000 + id")
+                .await,
+            300
+        );
+        assert_eq!(
+            db.scalar("SELECT count(*) FROM parents WHERE a2 = a AND b2 = b")
+                .await,
+            300
+        );
+        let mismatched = fast("bad", "copy-column", "parents", 64, 16)
+            .argument("from", "a,b")
+            .argument("to", "a2");
+        let err = sg.queue(&mismatched).await.unwrap_err().to_string();
+        assert!(err.contains("as many columns (2 and 1)"), "{err}");
+
+        // Two statements: the doomed parents' children, then the parents; rows counted are the
+        // last statement's.
+        let cleanup = fast("cleanup", "sql", "parents", 64, 16).argument(
+        "sql",
+        "DELETE FROM children WHERE parent_id IN (SELECT id FROM parents WHERE {range} AND doomed = 1);
+         DELETE FROM parents WHERE {range} AND doomed = 1",
+    );
+        sg.queue(&cleanup).await.unwrap();
+        run_to_end(&sg).await;
+        let m = sg.migration("cleanup").await.unwrap();
+        assert_eq!(m.status, MigrationStatus::Finished);
+        assert_eq!(db.scalar("SELECT count(*) FROM parents").await, 200);
+        assert_eq!(db.scalar("SELECT count(*) FROM children").await, 400);
+        let rows: i64 = sg
+            .jobs(&m, None)
+            .await
+            .unwrap()
+            .iter()
+            .map(|j| j.rows_affected)
+            .sum();
+        assert_eq!(rows, 100, "the parents deleted, not the children");
+        // A statement that is not restricted to the sub-batch is refused at queue time.
+        let unbounded = fast("unbounded", "sql", "parents", 64, 16).argument(
+            "sql",
+            "DELETE FROM children WHERE parent_id = 0; DELETE FROM parents WHERE {range}",
+        );
+        let err = sg.queue(&unbounded).await.unwrap_err().to_string();
+        assert!(
+            err.contains("statement 1 of 2 must restrict itself"),
+            "{err}"
+        );
+    }
+);
+
+store_test!(
+    the_sql_kind_range_placeholder_works_on_a_composite_key,
+    |db| {
+        db.exec(
+            "CREATE TABLE pairs (a bigint NOT NULL, b text NOT NULL, n integer NOT NULL DEFAULT 0,
+                             PRIMARY KEY (a, b))",
+        )
+        .await;
+        let rows: Vec<String> = (0..250)
+            .map(|i| format!("({}, 'k{:03}')", i % 5, i))
+            .collect();
+        db.exec(&insert_sql("pairs", "a, b", &rows)).await;
+        let sg = db.sluicegate().await;
+        sg.queue(
+            &fast("inc", "sql", "pairs", 40, 9)
+                .argument("sql", "UPDATE pairs SET n = n + 1 WHERE {range}"),
+        )
+        .await
+        .unwrap();
+        run_to_end(&sg).await;
+        let m = sg.migration("inc").await.unwrap();
+        assert_eq!(m.status, MigrationStatus::Finished);
+        assert_each_row_once(&db, &sg, &m, "pairs").await;
+    }
+);

@@ -448,10 +448,18 @@ const ARCHIVE_READABLE: &str =
 
 /// The key's columns as a row: `("a", "b")`.
 fn key_row(key: &KeySpec) -> String {
+    key_row_of(key, None)
+}
+
+/// The key's columns as a row, each qualified by `table` when given: `("t"."a", "t"."b")`.
+fn key_row_of(key: &KeySpec, table: Option<&TableName>) -> String {
+    let prefix = table
+        .map(|t| format!("{}.", t.quoted()))
+        .unwrap_or_default();
     let cols: Vec<String> = key
         .columns()
         .iter()
-        .map(|c| ident::quote(&c.name))
+        .map(|c| format!("{prefix}{}", ident::quote(&c.name)))
         .collect();
     format!("({})", cols.join(", "))
 }
@@ -526,14 +534,19 @@ fn scope_condition(scope: Option<&str>) -> String {
 /// The range predicate of a sub-batch `[$1.., $n+1..]` with its values bound per column
 /// ([`bind_key`]): `"id" BETWEEN $1 AND $2` for one column (as the `sql` kind's `$1`/`$2`).
 /// With a scope, only the rows matching it: ` AND (scope)`.
-pub(crate) fn range_predicate(key: &KeySpec, scope: Option<&str>) -> String {
+/// With `table`, the key's columns qualified by it.
+pub(crate) fn range_predicate(
+    key: &KeySpec,
+    scope: Option<&str>,
+    table: Option<&TableName>,
+) -> String {
     let n = key.len();
+    let row = key_row_of(key, table);
     let range = if n == 1 {
-        let c = ident::quote(&key.columns()[0].name);
+        let c = &row[1..row.len() - 1];
         let (lo, hi) = (key_params(key, 1), key_params(key, 2));
         format!("{c} BETWEEN {lo} AND {hi}")
     } else {
-        let row = key_row(key);
         format!(
             "({row} >= {} AND {row} <= {})",
             key_params(key, 1),
@@ -1343,12 +1356,14 @@ impl PgTarget {
         let Some((start, end)) = range else {
             return Ok(None);
         };
-        let predicate = range_predicate(spec.key, spec.scope);
+        let predicate = range_predicate(spec.key, spec.scope, None);
+        let qualified = range_predicate(spec.key, spec.scope, Some(spec.table));
         let mut batch = SubBatch {
             connection: SubBatchConnection::Postgres(conn),
             table: spec.table,
             key: spec.key,
             predicate: &predicate,
+            qualified_predicate: &qualified,
             arguments: spec.arguments,
             start: &start,
             end: &end,

@@ -1142,12 +1142,15 @@ impl SqliteTarget {
 
     /// The range predicate of a sub-batch, numbered as [`SubBatch::execute`] binds it; with
     /// a scope, only the rows matching it.
-    fn range_predicate(key: &KeySpec, scope: Option<&str>) -> String {
+    fn range_predicate(key: &KeySpec, scope: Option<&str>, table: Option<&TableName>) -> String {
         let n = key.len();
+        let prefix = table
+            .map(|t| format!("{}.", t.quoted()))
+            .unwrap_or_default();
         let cols: Vec<String> = key
             .columns()
             .iter()
-            .map(|c| ident::quote(&c.name))
+            .map(|c| format!("{prefix}{}", ident::quote(&c.name)))
             .collect();
         let range = if n == 1 {
             format!("{} BETWEEN $1 AND $2", cols[0])
@@ -1182,12 +1185,14 @@ impl SqliteTarget {
         let Some((start, end)) = range else {
             return Ok(None);
         };
-        let predicate = Self::range_predicate(spec.key, spec.scope);
+        let predicate = Self::range_predicate(spec.key, spec.scope, None);
+        let qualified = Self::range_predicate(spec.key, spec.scope, Some(spec.table));
         let mut batch = SubBatch {
             connection: SubBatchConnection::Sqlite(conn),
             table: spec.table,
             key: spec.key,
             predicate: &predicate,
+            qualified_predicate: &qualified,
             arguments: spec.arguments,
             start: &start,
             end: &end,
