@@ -9,6 +9,7 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::json;
 use sluicegate::engine::EventSink;
 use sluicegate::{JobOutcome, Migration, Sluicegate, StepOutcome};
+use sluicegate_cli::json::key_value;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -119,8 +120,8 @@ impl Reporter {
                                 "job_id": job.id,
                                 "outcome": outcome,
                                 "status": job.status,
-                                "min_value": job.min_value,
-                                "max_value": job.max_value,
+                                "min_value": key_value(&job.min_value),
+                                "max_value": key_value(&job.max_value),
                                 "attempts": job.attempts,
                                 "rows_affected": job.rows_affected,
                                 "duration_ms": job.metrics.get("duration_ms"),

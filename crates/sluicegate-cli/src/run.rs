@@ -172,6 +172,13 @@ pub async fn queue(sg: &Sluicegate, args: &QueueArgs) -> Result<()> {
         return Ok(());
     }
     let m = sg.queue(&req).await?;
+    if args.non_unique_key {
+        eprintln!(
+            "warning: {} walks the non-unique key {}: all rows of one key value fall in one sub-batch, which cannot be split",
+            m.name,
+            m.key.display_names()
+        );
+    }
     if args.json {
         outln!(
             "{}",

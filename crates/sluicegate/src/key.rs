@@ -14,6 +14,23 @@ use serde_json::Value;
 
 use crate::error::{Error, Result};
 
+/// Binds key values to a query, in order: integers as `bigint`, everything else as text (cast
+/// to the column's type by the statement on PostgreSQL). A macro, for sqlx's `Query` and
+/// `QueryAs` of either engine alike.
+macro_rules! bind_key_values {
+    ($query:expr, $values:expr) => {{
+        let mut query = $query;
+        for value in $values {
+            query = match value.as_i64() {
+                Some(n) => query.bind(n),
+                None => query.bind(value.as_str().unwrap_or_default().to_owned()),
+            };
+        }
+        query
+    }};
+}
+pub(crate) use bind_key_values;
+
 /// The SQL type of a key column, from a fixed list: what the walk casts a bound value to, so
 /// no type name read from the database ever reaches SQL text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -240,6 +257,16 @@ impl Key {
     /// Its values, one per key column.
     pub fn values(&self) -> &[Value] {
         &self.0
+    }
+
+    /// The value of column `i` when it is an integer.
+    pub fn int_at(&self, i: usize) -> Option<i64> {
+        self.0.get(i).and_then(Value::as_i64)
+    }
+
+    /// The value of column `i` when it is text (uuid, text, numeric, dates: their text).
+    pub fn text_at(&self, i: usize) -> Option<&str> {
+        self.0.get(i).and_then(Value::as_str)
     }
 
     /// The value of a one-column integer key.

@@ -11,7 +11,7 @@ use sqlx::{PgConnection, SqliteConnection};
 
 use crate::failure::Failure;
 use crate::ident::{self, TableName};
-use crate::key::{Key, KeySpec};
+use crate::key::{bind_key_values, Key, KeySpec};
 
 /// The connection a sub-batch runs on, inside its own transaction.
 pub enum SubBatchConnection<'c> {
@@ -94,26 +94,14 @@ impl<'c> SubBatch<'c> {
             .chain(self.end.values())
             .take(wanted);
         let rows = match &mut self.connection {
-            SubBatchConnection::Postgres(conn) => {
-                let mut query = sqlx::query(sql);
-                for v in values {
-                    query = match v.as_i64() {
-                        Some(n) => query.bind(n),
-                        None => query.bind(v.as_str().unwrap_or_default().to_owned()),
-                    };
-                }
-                query.execute(&mut **conn).await?.rows_affected()
-            }
-            SubBatchConnection::Sqlite(conn) => {
-                let mut query = sqlx::query(sql);
-                for v in values {
-                    query = match v.as_i64() {
-                        Some(n) => query.bind(n),
-                        None => query.bind(v.as_str().unwrap_or_default().to_owned()),
-                    };
-                }
-                query.execute(&mut **conn).await?.rows_affected()
-            }
+            SubBatchConnection::Postgres(conn) => bind_key_values!(sqlx::query(sql), values)
+                .execute(&mut **conn)
+                .await?
+                .rows_affected(),
+            SubBatchConnection::Sqlite(conn) => bind_key_values!(sqlx::query(sql), values)
+                .execute(&mut **conn)
+                .await?
+                .rows_affected(),
         };
         Ok(rows)
     }

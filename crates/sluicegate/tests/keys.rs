@@ -620,3 +620,66 @@ store_test!(
         assert_each_row_once(&db, &sg, &m, "pairs").await;
     }
 );
+
+// A composite key on a separate target database (the range found on the target, the cursor
+// recorded apart), explicit composite bounds, and three workers side by side.
+store_test!(
+    a_composite_key_on_a_separate_target_with_bounds_and_three_workers,
+    |db| {
+        let target = match db.backend {
+            Backend::Postgres => TestDb::postgres().await,
+            Backend::Sqlite => TestDb::sqlite().await,
+        };
+        target
+        .exec(
+            "CREATE TABLE pairs (a bigint NOT NULL, b integer NOT NULL, n integer NOT NULL DEFAULT 0,
+                                 PRIMARY KEY (a, b))",
+        )
+        .await;
+        let rows: Vec<String> = (0..1000)
+            .map(|i| format!("({}, {})", i / 10, i % 10))
+            .collect();
+        target.exec(&insert_sql("pairs", "a, b", &rows)).await;
+        let mut opts = sluicegate::ConnectOptions::new(&db.url);
+        opts.target_url = Some(target.url.clone());
+        let sg = Sluicegate::connect_with(opts).await.unwrap();
+        sg.setup().await.unwrap();
+        let mut req = fast("remote", "update", "pairs", 40, 10).argument("set", "n = n + 1");
+        req.min_value = Some("[10, 5]".into());
+        req.max_value = Some("[89, 4]".into());
+        let m = sg.queue(&req).await.unwrap();
+        assert_eq!(m.min_value.to_string(), "(10, 5)");
+        let workers: Vec<_> = (0..3).map(|i| worker(&sg, &format!("w{i}"))).collect();
+        tokio::time::timeout(
+            std::time::Duration::from_secs(120),
+            futures::future::try_join_all(workers.iter().map(|w| w.run_until_idle())),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        let m = sg.migration("remote").await.unwrap();
+        assert_eq!(m.status, MigrationStatus::Finished);
+        let jobs = assert_chains(&sg, &m).await;
+        // (10, 5) ..= (89, 4): 790 keys, each once; none outside.
+        assert_eq!(
+            target
+                .scalar("SELECT count(*) FROM pairs WHERE n = 1 AND a * 10 + b BETWEEN 105 AND 894")
+                .await,
+            790
+        );
+        assert_eq!(
+            target
+                .scalar("SELECT count(*) FROM pairs WHERE n <> 0 AND n <> 1")
+                .await,
+            0
+        );
+        assert_eq!(
+        target
+            .scalar("SELECT count(*) FROM pairs WHERE n = 1 AND (a * 10 + b < 105 OR a * 10 + b > 894)")
+            .await,
+        0
+    );
+        assert_eq!(jobs.len(), 20, "790 keys in jobs of 40");
+        assert!(jobs.iter().all(|j| j.cursor.as_ref() == Some(&j.max_value)));
+    }
+);

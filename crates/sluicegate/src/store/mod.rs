@@ -491,6 +491,17 @@ pub struct SubBatchSpec<'a> {
     pub timeouts: Timeouts,
 }
 
+impl SubBatchSpec<'_> {
+    /// The whole rest of the range, when [`Self::whole_rest`] asks for it and its first key
+    /// can be named without reading the table.
+    pub(crate) fn whole_range(&self) -> Option<(Key, Key)> {
+        let start = self
+            .whole_rest
+            .then(|| self.lower.inclusive_start(self.key))??;
+        Some((start, self.max.clone()))
+    }
+}
+
 /// The job a sub-batch belongs to, for committing its cursor or its end with the sub-batch
 /// when tracking and target are one database.
 #[derive(Debug, Clone, Copy)]

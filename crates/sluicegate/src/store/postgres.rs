@@ -1342,12 +1342,8 @@ impl PgTarget {
         conn: &mut PgConnection,
         spec: &SubBatchSpec<'_>,
     ) -> std::result::Result<Option<((Key, Key), u64)>, Failure> {
-        let whole = spec
-            .whole_rest
-            .then(|| spec.lower.inclusive_start(spec.key))
-            .flatten();
-        let range = match whole {
-            Some(start) => Some((start, spec.max.clone())),
+        let range = match spec.whole_range() {
+            Some(whole) => Some(whole),
             None => {
                 let walk = (spec.table, spec.key, spec.scope);
                 Self::range_next_in(conn, walk, spec.lower, spec.max, spec.size).await?

@@ -24,7 +24,7 @@ use crate::error::{Error, Result};
 use crate::failure::Failure;
 use crate::health::HealthSample;
 use crate::ident::{self, TableName};
-use crate::key::{Key, KeySpec, KeyType, Lower, TableColumn, UniqueIndex};
+use crate::key::{bind_key_values, Key, KeySpec, KeyType, Lower, TableColumn, UniqueIndex};
 use crate::kind::{SubBatch, SubBatchConnection};
 use crate::model::{Job, JobCounts, JobTransition, Migration, MigrationTransition, NewMigration};
 use crate::status::{JobStatus, MigrationEvent};
@@ -1171,12 +1171,8 @@ impl SqliteTarget {
         conn: &mut SqliteConnection,
         spec: &SubBatchSpec<'_>,
     ) -> std::result::Result<Option<((Key, Key), u64)>, Failure> {
-        let whole = spec
-            .whole_rest
-            .then(|| spec.lower.inclusive_start(spec.key))
-            .flatten();
-        let range = match whole {
-            Some(start) => Some((start, spec.max.clone())),
+        let range = match spec.whole_range() {
+            Some(whole) => Some(whole),
             None => {
                 let walk = (spec.table, spec.key, spec.scope);
                 Self::range_next_in(conn, walk, spec.lower, spec.max, spec.size).await?
@@ -1209,13 +1205,8 @@ impl SqliteTarget {
         size: i64,
     ) -> std::result::Result<Option<(Key, Key)>, sqlx::Error> {
         let sql = Self::range_next_sql(walk, lower.is_inclusive());
-        let mut query = sqlx::query_as(&sql);
-        for v in lower.key().values().iter().chain(max.values()) {
-            query = match v.as_i64() {
-                Some(n) => query.bind(n),
-                None => query.bind(v.as_str().unwrap_or_default().to_owned()),
-            };
-        }
+        let values = lower.key().values().iter().chain(max.values());
+        let query = bind_key_values!(sqlx::query_as(&sql), values);
         let (first, nth, last): (Option<String>, Option<String>, Option<String>) =
             query.bind(size.max(1)).fetch_one(&mut *conn).await?;
         let decode = |text: String| {
