@@ -512,3 +512,59 @@ async fn headless_chromium_renders_the_live_dashboard() {
     );
     server.abort();
 }
+
+// A composite key mid-run: the dashboard, the API and the progress (counted in keys walked
+// over the estimated rows, as for any key that is not one integer column) all show it.
+store_test!(a_composite_key_migration_is_shown_everywhere, |db| {
+    db.exec(
+        "CREATE TABLE pairs (a bigint NOT NULL, b integer NOT NULL, n integer NOT NULL DEFAULT 0,
+                             PRIMARY KEY (a, b))",
+    )
+    .await;
+    let rows: Vec<String> = (0..400)
+        .map(|i| format!("({}, {})", i / 10, i % 10))
+        .collect();
+    db.exec(&format!(
+        "INSERT INTO pairs (a, b) VALUES {}",
+        rows.join(", ")
+    ))
+    .await;
+    if db.backend == Backend::Postgres {
+        db.exec("ANALYZE pairs").await;
+    }
+    let sg = db.sluicegate().await;
+    let mut req = QueueRequest::new("pairs_inc", "update", "pairs").argument("set", "n = n + 1");
+    req.batch_size = 100;
+    req.sub_batch_size = 100;
+    req.pause_ms = 0;
+    req.interval = Duration::ZERO;
+    let m = sg.queue(&req).await.unwrap();
+    let worker = sg.worker(WorkerOptions {
+        name: "w1".into(),
+        ..WorkerOptions::default()
+    });
+    worker.run_once().await.unwrap();
+    let progress = sg.progress(&m).await.unwrap();
+    assert_eq!(progress.rows_total, Some(400));
+    assert!(
+        (progress.percent - 25.0).abs() < 0.01,
+        "one job of 100 keys out of 400: {}",
+        progress.percent
+    );
+    let st = AppState::new(sg, None);
+    let (status, page, _) = call(&st, "GET", "/migrations/1", None, None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(page.contains("pairs.(a, b)"), "the key's columns: {page}");
+    assert!(page.contains("(0, 0) ..= (39, 9)"), "the key range: {page}");
+    let (status, page, _) = call(&st, "GET", "/jobs/1", None, None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        page.contains("(0, 0) ..= (9, 9) (cursor (9, 9))"),
+        "the job's keys and cursor: {page}"
+    );
+    let (status, body, _) = call(&st, "GET", "/api/migrations/1/jobs", None, None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let jobs = json(&body);
+    assert_eq!(jobs[0]["min_cursor"], serde_json::json!([0, 0]), "{jobs}");
+    assert_eq!(jobs[0]["max_value"], serde_json::json!([9, 9]), "{jobs}");
+});
