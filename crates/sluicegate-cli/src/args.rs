@@ -41,6 +41,7 @@ impl Cli {
             Command::Jobs(a) => a.json,
             Command::History(a) => a.json,
             Command::Demo(a) => a.json,
+            Command::Set(a) => a.json,
             _ => false,
         }
     }
@@ -72,6 +73,9 @@ pub enum Command {
     Retry(ReasonArgs),
     /// Cancel a migration for good.
     Cancel(ReasonArgs),
+    /// Change an active or paused migration's settings; workers take them up at their next
+    /// job, and the change (old -> new) is a row in its log.
+    Set(Box<SetArgs>),
     /// Run a migration's remaining jobs now, inline, until it is finished.
     Finalize(MigrationArgs),
     /// Live dashboard, JSON API and Prometheus /metrics over HTTP.
@@ -160,9 +164,10 @@ pub struct QueueArgs {
     /// Keys per job.
     #[arg(long, default_value_t = 1_000, allow_negative_numbers = true)]
     pub batch_size: i64,
-    /// Keys per sub-batch (one transaction).
-    #[arg(long, default_value_t = 100, allow_negative_numbers = true)]
-    pub sub_batch_size: i64,
+    /// Keys per sub-batch (one transaction) to start from [default: 100, tuned from there];
+    /// given, it is also a ceiling the tuner never exceeds.
+    #[arg(long, allow_negative_numbers = true)]
+    pub sub_batch_size: Option<i64>,
     /// Ceiling for the batch-size optimizer.
     #[arg(long, allow_negative_numbers = true)]
     pub max_batch_size: Option<i64>,
@@ -170,7 +175,7 @@ pub struct QueueArgs {
     #[arg(long, default_value_t = 100, allow_negative_numbers = true)]
     pub pause_ms: i64,
     /// Minimum time between job starts (0s: full speed).
-    #[arg(long, default_value = "2m", value_parser = parse_duration)]
+    #[arg(long, default_value = "0s", value_parser = parse_duration)]
     pub interval: Duration,
     /// First key (default: the key's minimum now): a value (`42`, a uuid, `2024-01-01`), or a
     /// JSON array with one value per column for a composite key (`'[5, 0]'`).
@@ -185,6 +190,25 @@ pub struct QueueArgs {
     /// lock_timeout of each sub-batch (PostgreSQL).
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub lock_timeout: Duration,
+    #[command(flatten)]
+    pub health: HealthArgs,
+    /// Tune sub-batch sizes so each transaction takes about this long; 0s keeps them fixed.
+    #[arg(long, default_value = "100ms", value_parser = parse_duration)]
+    pub target_sub_batch_time: Duration,
+    /// Queue it paused.
+    #[arg(long)]
+    pub paused: bool,
+    /// Validate and print the plan; write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The health flags, shared by `queue` and `set`.
+#[derive(Debug, Args)]
+pub struct HealthArgs {
     /// Hold when any replica is more than this many bytes of WAL behind in replay [default: 1 GiB].
     #[arg(long, allow_negative_numbers = true)]
     pub max_replica_lag_bytes: Option<i64>,
@@ -219,15 +243,33 @@ pub struct QueueArgs {
     /// long_transactions, lock_waits, probe, sub_batch_latency.
     #[arg(long, value_delimiter = ',', value_parser = parse_indicator)]
     pub health_off: Vec<sluicegate::health::Indicator>,
-    /// Tune sub-batch sizes so each transaction takes about this long; 0s keeps them fixed.
-    #[arg(long, default_value = "100ms", value_parser = parse_duration)]
-    pub target_sub_batch_time: Duration,
-    /// Queue it paused.
+}
+
+/// `set`: what to change; a flag not given keeps its value.
+#[derive(Debug, Args)]
+pub struct SetArgs {
+    /// Migration id or name.
+    pub migration: String,
+    /// Keys per job.
+    #[arg(long, allow_negative_numbers = true)]
+    pub batch_size: Option<i64>,
+    /// Keys per sub-batch; also the ceiling the tuner never exceeds from then on.
+    #[arg(long, allow_negative_numbers = true)]
+    pub sub_batch_size: Option<i64>,
+    /// Ceiling for the batch-size optimizer.
+    #[arg(long, allow_negative_numbers = true)]
+    pub max_batch_size: Option<i64>,
+    /// Pause between sub-batches, in milliseconds.
+    #[arg(long, allow_negative_numbers = true)]
+    pub pause_ms: Option<i64>,
+    /// Minimum time between job starts (0s: full speed).
+    #[arg(long, value_parser = parse_duration)]
+    pub interval: Option<Duration>,
+    #[command(flatten)]
+    pub health: HealthArgs,
+    /// Why: written to the migration's transition log with the change.
     #[arg(long)]
-    pub paused: bool,
-    /// Validate and print the plan; write nothing.
-    #[arg(long)]
-    pub dry_run: bool,
+    pub reason: Option<String>,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,

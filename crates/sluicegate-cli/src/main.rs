@@ -196,6 +196,10 @@ async fn dispatch(cli: Cli) -> Result<()> {
             outln!("migration {} ({}) is {}", m.id, m.name, m.status);
             Ok(())
         }
+        Command::Set(args) => {
+            let sg = connect_ready(&cli).await?;
+            run::set(&sg, args).await
+        }
         Command::Finalize(args) => {
             let sg = connect_ready(&cli).await?;
             run::finalize(&sg, &args.migration, args.json).await

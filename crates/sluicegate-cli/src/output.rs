@@ -269,10 +269,13 @@ pub async fn show(sg: &Sluicegate, migration: &str, json: bool) -> Result<()> {
         }),
         (
             "sub-batch tuner",
-            if m.target_sub_batch_ms > 0 {
-                format!("aims at {} ms per sub-batch", m.target_sub_batch_ms)
-            } else {
-                "off (fixed sizes)".into()
+            match (m.target_sub_batch_ms > 0, m.sub_batch_ceiling) {
+                (true, Some(ceiling)) => format!(
+                    "aims at {} ms per sub-batch, never above {ceiling} keys (the explicit sub-batch size)",
+                    m.target_sub_batch_ms
+                ),
+                (true, None) => format!("aims at {} ms per sub-batch", m.target_sub_batch_ms),
+                (false, _) => "off (fixed sizes)".into(),
             },
         ),
         (

@@ -5,9 +5,9 @@ use std::time::Duration;
 use anyhow::{bail, Result};
 use serde_json::{json, Value};
 use sluicegate::engine::default_worker_name;
-use sluicegate::{QueueRequest, Sluicegate, StepOutcome, WorkerOptions};
+use sluicegate::{Plan, QueueRequest, SettingsChange, Sluicegate, StepOutcome, WorkerOptions};
 
-use crate::args::{Kind, QueueArgs, RunArgs};
+use crate::args::{HealthArgs, Kind, QueueArgs, RunArgs, SetArgs};
 use crate::output::{self, format_duration};
 use crate::progress::{bars_wanted, Reporter};
 
@@ -22,7 +22,10 @@ fn request(args: &QueueArgs) -> Result<QueueRequest> {
     req.non_unique_key = args.non_unique_key;
     req.scope = args.scope.clone();
     req.batch_size = args.batch_size;
-    req.sub_batch_size = args.sub_batch_size;
+    if let Some(sub) = args.sub_batch_size {
+        req.sub_batch_size = sub;
+        req.sub_batch_ceiling = Some(sub);
+    }
     req.max_batch_size = args.max_batch_size;
     req.pause_ms = args.pause_ms;
     req.interval = args.interval;
@@ -33,36 +36,7 @@ fn request(args: &QueueArgs) -> Result<QueueRequest> {
     req.lock_timeout = args.lock_timeout;
     req.actor = "cli".into();
     req.target_sub_batch_time = args.target_sub_batch_time;
-    let health = &mut req.health;
-    let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
-    if let Some(v) = args.max_replica_lag_bytes {
-        health.max_replica_lag_bytes = v;
-    }
-    if let Some(v) = args.max_replica_lag {
-        health.max_replica_lag_ms = ms(v);
-    }
-    if let Some(v) = args.max_wal_archive_backlog {
-        health.max_wal_archive_backlog = v;
-    }
-    if let Some(v) = args.max_wal_rate {
-        health.max_wal_rate_bytes = Some(v);
-    }
-    if let Some(v) = args.max_transaction_age {
-        health.max_transaction_age_ms = ms(v);
-    }
-    if let Some(v) = &args.health_probe {
-        health.probe = Some(v.clone());
-    }
-    if let Some(v) = args.hold {
-        health.hold_ms = ms(v);
-    }
-    if let Some(v) = args.max_latency_drift {
-        health.latency_drift_factor = v;
-    }
-    if let Some(v) = args.autovacuum {
-        health.autovacuum = v;
-    }
-    health.off = args.health_off.clone();
+    args.health.apply(&mut req.health);
     let given = [
         ("--set", args.set_clause.as_ref()),
         ("--where", args.where_clause.as_ref()),
@@ -91,6 +65,83 @@ fn request(args: &QueueArgs) -> Result<QueueRequest> {
     Ok(req)
 }
 
+impl HealthArgs {
+    /// Applies the flags given to `health`.
+    pub fn apply(&self, health: &mut sluicegate::health::HealthSettings) {
+        let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+        if let Some(v) = self.max_replica_lag_bytes {
+            health.max_replica_lag_bytes = v;
+        }
+        if let Some(v) = self.max_replica_lag {
+            health.max_replica_lag_ms = ms(v);
+        }
+        if let Some(v) = self.max_wal_archive_backlog {
+            health.max_wal_archive_backlog = v;
+        }
+        if let Some(v) = self.max_wal_rate {
+            health.max_wal_rate_bytes = Some(v);
+        }
+        if let Some(v) = self.max_transaction_age {
+            health.max_transaction_age_ms = ms(v);
+        }
+        if let Some(v) = &self.health_probe {
+            health.probe = Some(v.clone());
+        }
+        if let Some(v) = self.hold {
+            health.hold_ms = ms(v);
+        }
+        if let Some(v) = self.max_latency_drift {
+            health.latency_drift_factor = v;
+        }
+        if let Some(v) = self.autovacuum {
+            health.autovacuum = v;
+        }
+        if !self.health_off.is_empty() {
+            health.off = self.health_off.clone();
+        }
+    }
+}
+
+/// `set`: changes an active or paused migration's settings and prints what changed.
+pub async fn set(sg: &Sluicegate, args: &SetArgs) -> Result<()> {
+    let m = sg.migration(&args.migration).await?;
+    let mut health = m.health.clone();
+    args.health.apply(&mut health);
+    let change = SettingsChange {
+        batch_size: args.batch_size,
+        sub_batch_size: args.sub_batch_size,
+        max_batch_size: args.max_batch_size,
+        pause_ms: args.pause_ms,
+        interval: args.interval,
+        health: (health != m.health).then_some(health),
+    };
+    let updated = sg.set(&m, &change, args.reason.clone(), "cli").await?;
+    let row = sg
+        .migration_history(&updated)
+        .await?
+        .into_iter()
+        .rev()
+        .find(|r| r.event == sluicegate::MigrationEvent::Set);
+    if args.json {
+        outln!(
+            "{}",
+            serde_json::to_string(&json!({
+                "migration": output::MigrationJson::from_migration(&updated),
+                "log": row,
+            }))?
+        );
+    } else {
+        outln!(
+            "migration {} ({}): {}",
+            updated.id,
+            updated.name,
+            row.and_then(|r| r.reason).unwrap_or_default()
+        );
+        outln!("workers take it up at their next job");
+    }
+    Ok(())
+}
+
 /// The key's columns with their types: `id bigint`, `(tenant_id bigint, id uuid)`.
 fn key_description(key: &sluicegate::KeySpec) -> String {
     let cols: Vec<String> = key
@@ -104,10 +155,32 @@ fn key_description(key: &sluicegate::KeySpec) -> String {
     }
 }
 
+/// Warns on stderr when the plan's estimate exceeds a day: the settings are likely GitLab's
+/// pacing for an always-on Sidekiq, not a command an operator waits on.
+fn warn_if_slow(plan: &Plan) {
+    let Some(estimate) = plan.estimated_duration() else {
+        return;
+    };
+    if estimate > Duration::from_secs(24 * 3600) {
+        let m = &plan.migration;
+        eprintln!(
+            "warning: at these settings {} would take about {} (interval {}, batch {}, pause {} ms); \
+             full speed is --interval 0s, and `sluicegate set` changes a queued migration",
+            m.name,
+            format_duration(estimate),
+            format_duration(m.interval),
+            m.batch_size,
+            m.pause_ms
+        );
+    }
+}
+
 pub async fn queue(sg: &Sluicegate, args: &QueueArgs) -> Result<()> {
     let req = request(args)?;
+    // The same checks for a dry run as for the real thing (duplicates included).
+    let plan = sg.plan(&req).await?;
+    warn_if_slow(&plan);
     if args.dry_run {
-        let plan = sg.plan(&req).await?;
         let m = &plan.migration;
         let value = json!({
             "name": m.name,
@@ -171,7 +244,7 @@ pub async fn queue(sg: &Sluicegate, args: &QueueArgs) -> Result<()> {
         }
         return Ok(());
     }
-    let m = sg.queue(&req).await?;
+    let m = sg.queue_plan(&plan).await?;
     if args.non_unique_key {
         eprintln!(
             "warning: {} walks the non-unique key {}: all rows of one key value fall in one sub-batch, which cannot be split",

@@ -142,7 +142,7 @@ store_test!(
                         "queue", "first", "--table", "items", "--kind", "update", "--set", "n = 3",
                     ],
                 ),
-                "migration \"first\" is already queued",
+                "a migration named \"first\" is already queued: migration 1 (\"first\", ",
             ),
             (
                 sg(
@@ -781,3 +781,87 @@ async fn an_application_role_without_pg_monitor_runs_migrations() {
     db.exec(&format!("DROP OWNED BY {role}")).await;
     db.exec(&format!("DROP ROLE {role}")).await;
 }
+
+// The operator's experience: full speed by default, a warning when the settings would take
+// more than a day, `set` on a queued migration (its log row), and a cancelled migration's name
+// queued again.
+store_test!(defaults_set_and_queue_again_from_the_command_line, |db| {
+    db.create_items("items", &[(1, 5_000)]).await;
+    let url = db.url.clone();
+    assert!(sg(&url, &["setup"]).status.success());
+    let queue = |name: &str, extra: &[&str]| {
+        let mut args = vec![
+            "queue",
+            name,
+            "--table",
+            "items",
+            "--kind",
+            "update",
+            "--set",
+            "n = n + 1",
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        sg(&url, &args)
+    };
+    let out = queue(
+        "slow",
+        &[
+            "--interval",
+            "10m",
+            "--batch-size",
+            "10",
+            "--sub-batch-size",
+            "10",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("warning: at these settings slow would take about"),
+        "{}",
+        stderr(&out)
+    );
+    let queued: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        queued["sub_batch_ceiling"], 10,
+        "an explicit sub-batch size is a ceiling"
+    );
+    let out = sg(
+        &url,
+        &[
+            "set",
+            "slow",
+            "--interval",
+            "0s",
+            "--batch-size",
+            "500",
+            "--reason",
+            "catch up",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("batch_size 10 -> 500; interval 10m -> 0s (catch up)"),
+        "{}",
+        stdout(&out)
+    );
+    let out = sg(&url, &["history", "slow", "--json"]);
+    let log: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let last = &log.as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["event"], "set");
+    assert_eq!(last["actor"], "cli");
+    // A bad value is refused with a non-zero exit, nothing written.
+    assert_fails_with(
+        &sg(&url, &["set", "slow", "--sub-batch-size", "900"]),
+        "sub-batch size 900 is larger than batch size 500",
+    );
+    // Cancelled, the name may be queued again; by default at full speed.
+    assert!(sg(&url, &["cancel", "slow"]).status.success());
+    let out = queue("slow", &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let again: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(again["id"], 2);
+    assert_eq!(again["interval_ms"], 0);
+    assert!(again["sub_batch_ceiling"].is_null());
+    assert!(!stderr(&out).contains("warning"), "{}", stderr(&out));
+});

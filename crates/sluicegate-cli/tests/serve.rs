@@ -309,6 +309,35 @@ store_test!(mutations_need_the_bearer_token, |db| {
     assert_eq!(status, StatusCode::OK);
     let last = last_log_row(&sg).await;
     assert_eq!(last.reason.as_deref(), Some("via http"));
+    // `set` through the API: the change and its log row; without the token, refused.
+    let set_body = r#"{"batch_size": 80, "pause_ms": 5, "reason": "catch up"}"#;
+    let (status, _, _) = call(&on, "POST", "/api/migrations/1/set", None, Some(set_body)).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, body, _) = call(
+        &on,
+        "POST",
+        "/api/migrations/1/set",
+        Some("s3cret-token"),
+        Some(set_body),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(json(&body)["migration"]["batch_size"], 80);
+    let last = last_log_row(&sg).await;
+    assert_eq!(last.event, MigrationEvent::Set);
+    assert_eq!(
+        last.reason.as_deref(),
+        Some("batch_size 50 -> 80; pause_ms 0 -> 5 (catch up (via http))")
+    );
+    let (status, body, _) = call(
+        &on,
+        "POST",
+        "/api/migrations/1/set",
+        Some("s3cret-token"),
+        Some(r#"{"sub_batch_size": 500}"#),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     let (status, _, _) = call(
         &on,
         "POST",

@@ -22,8 +22,8 @@ use crate::status::{JobStatus, MigrationEvent, MigrationStatus};
 use crate::store::postgres::{PgStore, PgTarget};
 use crate::store::sqlite::{SqliteStore, SqliteTarget};
 use crate::store::{
-    Backend, JobTransitionParams, MigrationTransitionParams, PartitionReport, Store, SubBatchSpec,
-    Target, Timeouts, SCHEMA_VERSION,
+    Backend, JobTransitionParams, MigrationSetParams, MigrationTransitionParams, PartitionReport,
+    Store, SubBatchSpec, Target, Timeouts, SCHEMA_VERSION,
 };
 
 /// Default tracking schema on PostgreSQL.
@@ -64,6 +64,23 @@ impl ConnectOptions {
     }
 }
 
+/// What `sluicegate set` changes; `None` keeps a value.
+#[derive(Debug, Clone, Default)]
+pub struct SettingsChange {
+    /// Keys per job.
+    pub batch_size: Option<i64>,
+    /// Keys per sub-batch, also the tuner's ceiling from then on.
+    pub sub_batch_size: Option<i64>,
+    /// The optimizer's ceiling.
+    pub max_batch_size: Option<i64>,
+    /// Pause between sub-batches, in milliseconds.
+    pub pause_ms: Option<i64>,
+    /// Minimum time between job starts.
+    pub interval: Option<Duration>,
+    /// Every health setting (start from the migration's own to change a few).
+    pub health: Option<HealthSettings>,
+}
+
 /// A migration to queue. [`QueueRequest::new`] fills in GitLab's defaults.
 #[derive(Debug, Clone)]
 pub struct QueueRequest {
@@ -87,11 +104,15 @@ pub struct QueueRequest {
     pub batch_size: i64,
     /// Keys per sub-batch (GitLab: 100).
     pub sub_batch_size: i64,
+    /// A ceiling the sub-batch tuner never exceeds (the CLI sets it to an explicit
+    /// `--sub-batch-size`): one bad row then rolls back at most this many keys.
+    pub sub_batch_ceiling: Option<i64>,
     /// Optimizer ceiling.
     pub max_batch_size: Option<i64>,
     /// Pause between sub-batches in milliseconds (GitLab: 100).
     pub pause_ms: i64,
-    /// Minimum time between job starts (GitLab: 2 minutes).
+    /// Minimum time between job starts (default 0: full speed, held back by the health checks
+    /// and the sub-batch tuner; GitLab's always-on Sidekiq paces at 2 minutes).
     pub interval: Duration,
     /// Range start (default: the key's current minimum): a value for a one-column key, a JSON
     /// array for a composite one ([`KeySpec::parse_bound`]).
@@ -130,9 +151,10 @@ impl QueueRequest {
             arguments: Value::Object(Default::default()),
             batch_size: 1_000,
             sub_batch_size: 100,
+            sub_batch_ceiling: None,
             max_batch_size: None,
             pause_ms: 100,
-            interval: Duration::from_secs(120),
+            interval: Duration::ZERO,
             min_value: None,
             max_value: None,
             paused: false,
@@ -509,6 +531,7 @@ impl Sluicegate {
             batch_size: req.batch_size,
             sub_batch_size: req.sub_batch_size,
             max_batch_size: req.max_batch_size,
+            sub_batch_ceiling: req.sub_batch_ceiling,
             pause_ms: req.pause_ms,
             interval: req.interval,
             statement_timeout_ms: millis(req.statement_timeout),
@@ -526,6 +549,7 @@ impl Sluicegate {
             target_sub_batch_ms: millis(req.target_sub_batch_time),
             actor: req.actor.clone(),
         };
+        self.refuse_duplicate(&migration).await?;
         Ok(Plan {
             migration,
             trial_rows,
@@ -533,21 +557,170 @@ impl Sluicegate {
         })
     }
 
+    /// Refuses a migration whose name, or whose definition (kind, table, key, arguments,
+    /// scope), a live one already has, naming that one. A finished or cancelled migration's
+    /// name and definition may be queued again.
+    async fn refuse_duplicate(&self, new: &NewMigration) -> Result<()> {
+        let live: Vec<Migration> = self
+            .store
+            .migration_list()
+            .await?
+            .into_iter()
+            .filter(|m| {
+                !matches!(
+                    m.status,
+                    MigrationStatus::Finished | MigrationStatus::Cancelled
+                )
+            })
+            .collect();
+        let describe = |m: &Migration| format!("migration {} ({:?}, {})", m.id, m.name, m.status);
+        if let Some(m) = live.iter().find(|m| m.name == new.name) {
+            return Err(Error::DuplicateMigration(format!(
+                "a migration named {:?} is already queued: {}; a finished or cancelled one's name may be used again",
+                new.name,
+                describe(m)
+            )));
+        }
+        let same = |m: &&Migration| {
+            m.job_kind == new.job_kind
+                && m.table_name == new.table_name
+                && m.key == new.key
+                && m.job_arguments == new.job_arguments
+                && m.scope == new.scope
+        };
+        if let Some(m) = live.iter().find(same) {
+            return Err(Error::DuplicateMigration(format!(
+                "{:?} would do what {} already does (same kind, table, key, arguments and scope); cancel it first, or change it with `sluicegate set`",
+                new.name,
+                describe(m)
+            )));
+        }
+        Ok(())
+    }
+
     /// Validates and queues a migration. Nothing is written when anything is wrong.
     pub async fn queue(&self, req: &QueueRequest) -> Result<Migration> {
-        if self.store.migration_get_by_name(&req.name).await?.is_some() {
-            return Err(Error::DuplicateMigration(req.name.clone()));
-        }
         let plan = self.plan(req).await?;
+        self.queue_plan(&plan).await
+    }
+
+    /// Queues what [`Self::plan`] validated (checking again that no live migration has its
+    /// name or definition: another may have been queued since).
+    pub async fn queue_plan(&self, plan: &Plan) -> Result<Migration> {
+        self.refuse_duplicate(&plan.migration).await?;
         match self.store.migration_insert(&plan.migration).await {
-            Err(Error::DuplicateMigration(name))
-                if self.store.migration_get_by_name(&name).await?.is_none() =>
-            {
+            // Queued by someone else between the check and the insert: name it.
+            Err(Error::DuplicateMigration(_)) => {
+                self.refuse_duplicate(&plan.migration).await?;
                 Err(Error::DuplicateMigration(format!(
-                    "{name}: a migration with the same kind, table, column and arguments"
+                    "{:?} was queued concurrently by someone else",
+                    plan.migration.name
                 )))
             }
             other => other,
+        }
+    }
+
+    /// Changes the settings of an active or paused migration (`sluicegate set`): workers take
+    /// them up at their next job. The change is a `set` row in the migration's log: who, and
+    /// each value old -> new, with the operator's reason. An explicit sub-batch size also
+    /// becomes the tuner's ceiling. Nothing is written when a value is invalid or nothing
+    /// changes.
+    pub async fn set(
+        &self,
+        m: &Migration,
+        change: &SettingsChange,
+        reason: Option<String>,
+        actor: &str,
+    ) -> Result<Migration> {
+        // The migration's settings with the change applied, checked as a queue request is.
+        let mut merged = QueueRequest::new(&m.name, &m.job_kind, &m.table_name);
+        merged.batch_size = change.batch_size.unwrap_or(m.batch_size);
+        merged.sub_batch_size = change
+            .sub_batch_size
+            .unwrap_or(m.sub_batch_size.min(merged.batch_size));
+        merged.max_batch_size = change.max_batch_size.or(m.max_batch_size);
+        merged.pause_ms = change.pause_ms.unwrap_or(m.pause_ms);
+        merged.interval = change.interval.unwrap_or(m.interval);
+        merged.statement_timeout = Duration::from_millis(m.statement_timeout_ms.max(1) as u64);
+        merged.lock_timeout = Duration::from_millis(m.lock_timeout_ms.max(1) as u64);
+        merged.health = change.health.clone().unwrap_or_else(|| m.health.clone());
+        check_settings(&merged)?;
+        let mut diff = Vec::new();
+        let mut note = |what: &str, old: String, new: String| {
+            if old != new {
+                diff.push(format!("{what} {old} -> {new}"));
+            }
+        };
+        note(
+            "batch_size",
+            m.batch_size.to_string(),
+            merged.batch_size.to_string(),
+        );
+        if let Some(sub) = change.sub_batch_size {
+            note(
+                "sub_batch_size",
+                m.sub_batch_size.to_string(),
+                sub.to_string(),
+            );
+            note(
+                "sub_batch_ceiling",
+                m.sub_batch_ceiling.map_or("none".into(), |c| c.to_string()),
+                sub.to_string(),
+            );
+        }
+        let opt = |v: Option<i64>| v.map_or("none".into(), |v| v.to_string());
+        note(
+            "max_batch_size",
+            opt(m.max_batch_size),
+            opt(merged.max_batch_size),
+        );
+        note(
+            "pause_ms",
+            m.pause_ms.to_string(),
+            merged.pause_ms.to_string(),
+        );
+        note(
+            "interval",
+            humantime::format_duration(m.interval).to_string(),
+            humantime::format_duration(merged.interval).to_string(),
+        );
+        if let Some(health) = &change.health {
+            for (what, old, new) in m.health.differences(health) {
+                note(&what, old, new);
+            }
+        }
+        if diff.is_empty() {
+            return Err(Error::InvalidSettings(format!(
+                "nothing to change: migration {} already has these settings",
+                m.name
+            )));
+        }
+        let mut text = diff.join("; ");
+        if let Some(reason) = reason.filter(|r| !r.trim().is_empty()) {
+            text.push_str(&format!(" ({reason})"));
+        }
+        let params = MigrationSetParams {
+            migration_id: m.id,
+            batch_size: change.batch_size,
+            sub_batch_size: change.sub_batch_size,
+            max_batch_size: change.max_batch_size,
+            pause_ms: change.pause_ms,
+            interval_ms: change.interval.map(millis),
+            health: change.health.clone(),
+            reason: text,
+            actor: actor.to_owned(),
+        };
+        match self.store.migration_set(&params).await? {
+            Some(updated) => Ok(updated),
+            None => {
+                let now = self.store.migration_get(m.id).await?.unwrap_or(m.clone());
+                Err(Error::IllegalMigrationTransition {
+                    migration: m.name.clone(),
+                    event: MigrationEvent::Set.as_str().to_owned(),
+                    from: now.status,
+                })
+            }
         }
     }
 
@@ -743,6 +916,11 @@ fn check_settings(req: &QueueRequest) -> Result<()> {
         return bad(format!(
             "sub-batch size must be at least 1 (got {})",
             req.sub_batch_size
+        ));
+    }
+    if let Some(ceiling) = req.sub_batch_ceiling.filter(|c| *c <= 0) {
+        return bad(format!(
+            "the sub-batch ceiling must be at least 1 (got {ceiling})"
         ));
     }
     if req.sub_batch_size > req.batch_size {

@@ -83,7 +83,7 @@ pub enum Error {
     },
 
     /// A migration with this name (or this exact configuration) exists already.
-    #[error("migration {0:?} is already queued")]
+    #[error("{0}")]
     DuplicateMigration(String),
 
     /// No migration has this id or name.

@@ -106,6 +106,21 @@ impl HealthSettings {
         Duration::from_millis(self.hold_ms.max(0) as u64)
     }
 
+    /// The settings that differ from `other`'s: (name, this value, other's value), as JSON
+    /// text, for the log row of a change.
+    pub fn differences(&self, other: &HealthSettings) -> Vec<(String, String, String)> {
+        let (a, b) = (serde_json::json!(self), serde_json::json!(other));
+        let (Some(a), Some(b)) = (a.as_object(), b.as_object()) else {
+            return Vec::new();
+        };
+        a.iter()
+            .filter_map(|(name, old)| {
+                let new = b.get(name).cloned().unwrap_or_default();
+                (old != &new).then(|| (name.clone(), old.to_string(), new.to_string()))
+            })
+            .collect()
+    }
+
     /// The first setting that makes no sense, described.
     pub fn invalid(&self) -> Option<String> {
         let positive = [

@@ -23,7 +23,7 @@ pub mod store;
 #[cfg(feature = "testing")]
 pub mod testing;
 
-pub use client::{ConnectOptions, Plan, Progress, QueueRequest, Sluicegate};
+pub use client::{ConnectOptions, Plan, Progress, QueueRequest, SettingsChange, Sluicegate};
 pub use engine::{JobOutcome, StepOutcome, Worker, WorkerLoop, WorkerOptions};
 pub use error::{Error, Result};
 pub use failure::{Failure, FailureClass};

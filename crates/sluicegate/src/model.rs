@@ -40,6 +40,8 @@ pub struct Migration {
     pub sub_batch_size: i64,
     /// Ceiling for the optimizer.
     pub max_batch_size: Option<i64>,
+    /// An explicit sub-batch size: the tuner never goes above it.
+    pub sub_batch_ceiling: Option<i64>,
     /// Pause between sub-batches, in milliseconds.
     pub pause_ms: i64,
     /// Minimum time between the starts of two jobs.
@@ -194,6 +196,8 @@ pub struct NewMigration {
     pub sub_batch_size: i64,
     /// Optimizer ceiling.
     pub max_batch_size: Option<i64>,
+    /// Tuner ceiling (an explicit sub-batch size).
+    pub sub_batch_ceiling: Option<i64>,
     /// Pause between sub-batches.
     pub pause_ms: i64,
     /// Minimum time between job starts.

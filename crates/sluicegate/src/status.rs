@@ -130,6 +130,7 @@ impl MigrationStatus {
             (Paused, E::Resume) => Some(Active),
             (Active, E::Hold | E::Release | E::Throttle) => Some(Active),
             (Active | Paused | Finalizing, E::Resize) => Some(self),
+            (Active | Paused, E::Set) => Some(self),
             (Active | Paused, E::Finalize) => Some(Finalizing),
             (Active | Finalizing, E::Finish) => Some(Finished),
             (Active | Finalizing, E::Fail) => Some(Failed),
@@ -175,11 +176,14 @@ pub enum MigrationEvent {
     Release,
     /// The worker lengthened (or restored) its pause as a limit neared: the status stays.
     Throttle,
+    /// An operator changed its settings (`sluicegate set`): the status stays; the reason says
+    /// what changed, old -> new.
+    Set,
 }
 
 impl MigrationEvent {
     /// All events.
-    pub const ALL: [MigrationEvent; 12] = [
+    pub const ALL: [MigrationEvent; 13] = [
         Self::Queue,
         Self::Pause,
         Self::Resume,
@@ -192,6 +196,7 @@ impl MigrationEvent {
         Self::Resize,
         Self::Release,
         Self::Throttle,
+        Self::Set,
     ];
 
     /// The lowercase name stored in the database.
@@ -209,6 +214,7 @@ impl MigrationEvent {
             Self::Resize => "resize",
             Self::Release => "release",
             Self::Throttle => "throttle",
+            Self::Set => "set",
         }
     }
 
@@ -217,7 +223,7 @@ impl MigrationEvent {
     fn is_change(self) -> bool {
         !matches!(
             self,
-            Self::Queue | Self::Hold | Self::Release | Self::Throttle | Self::Resize
+            Self::Queue | Self::Hold | Self::Release | Self::Throttle | Self::Resize | Self::Set
         )
     }
 }

@@ -193,20 +193,40 @@ store_test!(a_migration_queued_twice_is_refused, |db| {
     let sg = db.sluicegate().await;
     db.create_items("items", &[(1, 10)]).await;
     let req = fast("twice", "update", "items", 10, 5).argument("set", "n = 1");
-    sg.queue(&req).await.unwrap();
+    let first = sg.queue(&req).await.unwrap();
     let err = sg.queue(&req).await.unwrap_err();
-    assert_eq!(err.to_string(), "migration \"twice\" is already queued");
-    // Same configuration under another name: refused too (GitLab's unique key).
+    assert_eq!(
+        err.to_string(),
+        "a migration named \"twice\" is already queued: migration 1 (\"twice\", active); a finished or cancelled one's name may be used again"
+    );
+    // The dry run makes the same check.
+    assert!(matches!(
+        sg.plan(&req).await,
+        Err(Error::DuplicateMigration(_))
+    ));
+    // Same configuration under another name: refused too (GitLab's unique key), naming it.
     let mut renamed = req.clone();
     renamed.name = "again".into();
     let err = sg.queue(&renamed).await.unwrap_err();
     assert!(matches!(err, Error::DuplicateMigration(_)), "{err}");
     assert!(
-        err.to_string()
-            .contains("same kind, table, column and arguments"),
+        err.to_string().contains(
+            "\"again\" would do what migration 1 (\"twice\", active) already does (same kind, table, key, arguments and scope)"
+        ),
         "{err}"
     );
     assert_eq!(migrations_count(&db).await, 1);
+    // Cancelled, its name and definition may be queued again: a new id; the old one stays
+    // readable by id, the name finds the newest.
+    sg.apply("twice", sluicegate::MigrationEvent::Cancel, None, "cli")
+        .await
+        .unwrap();
+    let second = sg.queue(&req).await.unwrap();
+    assert_ne!(second.id, first.id);
+    assert_eq!(sg.migration("twice").await.unwrap().id, second.id);
+    let old = sg.migration(&first.id.to_string()).await.unwrap();
+    assert_eq!(old.status, sluicegate::MigrationStatus::Cancelled);
+    assert_eq!(migrations_count(&db).await, 2);
 });
 
 store_test!(an_unknown_migration_is_a_clear_error, |db| {

@@ -637,3 +637,114 @@ async fn bookkeeping_is_one_statement_per_job_on_postgres() {
         "{bookkeeping} bookkeeping statements for {jobs} jobs"
     );
 }
+
+// `sluicegate set`: an operator's change of a running migration is a `set` row (who, old ->
+// new, why); a loop that keeps running the migration reads its row again at most once a
+// second and takes the change up there; an invalid change writes nothing.
+store_test!(settings_change_on_a_running_migration, |db| {
+    let sg = db.sluicegate().await;
+    db.create_items("items", &[(1, 6_000)]).await;
+    // Slow jobs (5 sub-batches 40 ms apart): the run outlasts the loop's one-second re-read.
+    let mut req = fast("tune", "update", "items", 500, 100).argument("set", "n = n + 1");
+    req.pause_ms = 40;
+    let m = sg.queue(&req).await.unwrap();
+    let mut lp = worker(&sg, "w1").new_loop();
+    lp.step().await.unwrap();
+    let change = sluicegate::SettingsChange {
+        batch_size: Some(2_000),
+        sub_batch_size: Some(250),
+        pause_ms: Some(5),
+        ..Default::default()
+    };
+    let updated = sg
+        .set(
+            &m,
+            &change,
+            Some("faster: the replica keeps up".into()),
+            "cli",
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            updated.batch_size,
+            updated.sub_batch_size,
+            updated.sub_batch_ceiling
+        ),
+        (2_000, 250, Some(250))
+    );
+    let row = sg.migration_history(&m).await.unwrap().pop().unwrap();
+    assert_eq!(row.event, MigrationEvent::Set);
+    assert_eq!(row.actor.as_deref(), Some("cli"));
+    assert_eq!(
+        row.reason.as_deref(),
+        Some("batch_size 500 -> 2000; sub_batch_size 100 -> 250; sub_batch_ceiling none -> 250; pause_ms 40 -> 5 (faster: the replica keeps up)")
+    );
+    // Refused, nothing written: a sub-batch larger than the batch, or no change at all.
+    let bad = sluicegate::SettingsChange {
+        sub_batch_size: Some(5_000),
+        ..Default::default()
+    };
+    let err = sg
+        .set(&updated, &bad, None, "cli")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("sub-batch size 5000 is larger than batch size 2000"),
+        "{err}"
+    );
+    let same = sluicegate::SettingsChange {
+        batch_size: Some(2_000),
+        ..Default::default()
+    };
+    assert!(sg.set(&updated, &same, None, "cli").await.is_err());
+    // The loop that kept the migration takes the change up: its last jobs span 2,000 keys,
+    // in sub-batches of 250 at most.
+    while !sg.migration("tune").await.unwrap().status.is_finished() {
+        lp.step().await.unwrap();
+    }
+    lp.finish().await.unwrap();
+    let jobs = sg.jobs(&m, None).await.unwrap();
+    let sizes: Vec<i64> = jobs.iter().map(|j| j.batch_size).collect();
+    assert_eq!(sizes[0], 500);
+    assert_eq!(*sizes.last().unwrap(), 2_000, "{sizes:?}");
+    assert!(jobs.last().unwrap().sub_batch_size <= 250);
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM items WHERE n <> 1").await,
+        0
+    );
+    let finished = sg.migration("tune").await.unwrap();
+    let err = sg.set(&finished, &change, None, "cli").await.unwrap_err();
+    assert!(
+        matches!(err, sluicegate::Error::IllegalMigrationTransition { .. }),
+        "{err}"
+    );
+});
+
+// An explicit sub-batch size is a ceiling: the tuner (aiming at 100 ms, far above what these
+// sub-batches take) grows sub-batches up to it and never past it.
+store_test!(an_explicit_sub_batch_size_is_the_tuners_ceiling, |db| {
+    let sg = db.sluicegate().await;
+    db.create_items("items", &[(1, 20_000)]).await;
+    let mut req = fast("capped", "update", "items", 5_000, 50).argument("set", "n = n + 1");
+    req.target_sub_batch_time = Duration::from_millis(100);
+    req.sub_batch_ceiling = Some(200);
+    let m = sg.queue(&req).await.unwrap();
+    run_to_end(&sg).await;
+    let jobs = sg.jobs(&m, None).await.unwrap();
+    let sizes: Vec<i64> = jobs
+        .iter()
+        .flat_map(|j| j.metrics["recent"].as_array().cloned().unwrap_or_default())
+        .map(|s| s["end"].as_i64().unwrap() - s["start"].as_i64().unwrap() + 1)
+        .collect();
+    assert!(sizes.iter().all(|s| *s <= 200), "{sizes:?}");
+    assert!(
+        sizes.contains(&200),
+        "the tuner grew them to the ceiling: {sizes:?}"
+    );
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM items WHERE n <> 1").await,
+        0
+    );
+});

@@ -53,10 +53,15 @@ pub async fn job_history(State(st): State<AppState>, Path(id): Path<String>) -> 
     to_value(st.sg.job_history(id).await?)
 }
 
-/// Body of a mutation.
+/// Body of a mutation: the reason, and for `set` the settings to change.
 #[derive(Debug, Default, Deserialize)]
 pub struct ActBody {
     reason: Option<String>,
+    batch_size: Option<i64>,
+    sub_batch_size: Option<i64>,
+    max_batch_size: Option<i64>,
+    pause_ms: Option<i64>,
+    interval_ms: Option<u64>,
 }
 
 /// Checks `Authorization: Bearer <token>` in constant time.
@@ -93,20 +98,35 @@ pub async fn act(
         "resume" => MigrationEvent::Resume,
         "retry" => MigrationEvent::Retry,
         "cancel" => MigrationEvent::Cancel,
+        "set" => MigrationEvent::Set,
         other => {
             return Err(ApiError::new(
                 StatusCode::NOT_FOUND,
-                format!("unknown action {other:?} (pause, resume, retry or cancel)"),
+                format!("unknown action {other:?} (pause, resume, retry, cancel or set)"),
             ))
         }
     };
     authorize(&st, &headers)?;
-    let reason = body.and_then(|Json(b)| b.reason).unwrap_or_default();
+    let body = body.map(|Json(b)| b).unwrap_or_default();
+    let reason = body.reason.clone().unwrap_or_default();
     let reason = if reason.trim().is_empty() {
         "via http".to_owned()
     } else {
         format!("{reason} (via http)")
     };
-    let m = st.sg.apply(&id, event, Some(reason), "http").await?;
+    let m = if event == MigrationEvent::Set {
+        let m = st.sg.migration(&id).await?;
+        let change = sluicegate::SettingsChange {
+            batch_size: body.batch_size,
+            sub_batch_size: body.sub_batch_size,
+            max_batch_size: body.max_batch_size,
+            pause_ms: body.pause_ms,
+            interval: body.interval_ms.map(std::time::Duration::from_millis),
+            health: None,
+        };
+        st.sg.set(&m, &change, Some(reason), "http").await?
+    } else {
+        st.sg.apply(&id, event, Some(reason), "http").await?
+    };
     to_value(json!({ "migration": MigrationJson::from_migration(&m) }))
 }

@@ -117,6 +117,7 @@ impl From<sluicegate::Error> for ApiError {
             | E::IllegalJobTransition { .. }
             | E::Conflict { .. } => StatusCode::CONFLICT,
             E::SchemaMissing | E::SchemaTooNew { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            E::InvalidSettings(_) | E::OutOfRange(_) => StatusCode::BAD_REQUEST,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         if status == StatusCode::INTERNAL_SERVER_ERROR {

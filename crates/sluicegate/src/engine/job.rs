@@ -78,6 +78,8 @@ impl WorkerLoop {
         let mut sub_batch_size = job.sub_batch_size;
         let floor = self.tuner_floor.get(&m.id).copied().unwrap_or(1);
         let mut tuner = optimizer::SubBatchTuner::with_floor(floor);
+        // An explicit sub-batch size is a ceiling the tuner never goes above.
+        let most = job.batch_size.min(m.sub_batch_ceiling.unwrap_or(i64::MAX));
         let mut tally = Tally::default();
         let target_time = Duration::from_millis(m.target_sub_batch_ms.max(0) as u64);
         let cursor = JobCursor {
@@ -134,7 +136,7 @@ impl WorkerLoop {
                 let took = t0.elapsed();
                 let mut tally = tally.clone();
                 tally.record(&first, &end, rows, took);
-                let next_size = tuner.next(sub_batch_size, took, target_time, job.batch_size);
+                let next_size = tuner.next(sub_batch_size, took, target_time, most);
                 let then_create = match prefetch.as_deref_mut() {
                     Some(p) if self.may_start_ahead() => self.start_ahead(m, p, next_size),
                     _ => None,
@@ -178,7 +180,7 @@ impl WorkerLoop {
             }
             let took = t0.elapsed();
             self.observe_latency(m.id, took, sub_batch_size);
-            sub_batch_size = tuner.next(sub_batch_size, took, target_time, job.batch_size);
+            sub_batch_size = tuner.next(sub_batch_size, took, target_time, most);
             tally.record(&first, &end, rows, took);
             // The walk is bounded by the job's last key: reaching it ends the job.
             lower = (end != job.max_value).then_some(Lower::After(end));

@@ -175,6 +175,9 @@ pub struct WorkerLoop {
     tuner_floor: HashMap<i64, i64>,
     /// The sub-batch size last written to each migration's log, for the tuner's rows.
     logged_sub_batch: HashMap<i64, i64>,
+    /// When this loop last read each migration's row: a migration it keeps running without a
+    /// new claim is read again at most once a second, so an operator's `set` reaches it.
+    settings_read: HashMap<i64, Instant>,
     /// Set when the loop is asked to stop (or runs a single step): a job's end then starts no
     /// next job, which nobody would run.
     stopping: Arc<AtomicBool>,
@@ -246,6 +249,7 @@ impl Worker {
             slow_down: HashMap::new(),
             tuner_floor: HashMap::new(),
             logged_sub_batch: HashMap::new(),
+            settings_read: HashMap::new(),
             stopping,
         }
     }

@@ -143,6 +143,7 @@ impl WorkerLoop {
         self.worker.maintain_partitions().await?;
         let outcome = match std::mem::take(&mut self.carry) {
             Carry::Started { migration, job } => {
+                let migration = Box::new(self.with_current_settings(*migration).await);
                 let (id, next_start) = (migration.id, migration.next_start.clone());
                 let run = self
                     .run_job(*migration, *job, Origin::Range { next_start }, Mode::Normal)
@@ -154,7 +155,8 @@ impl WorkerLoop {
                 prefetch,
             } => {
                 let id = migration.id;
-                let next = match self.continue_with(*migration, prefetch).await {
+                let migration = self.with_current_settings(*migration).await;
+                let next = match self.continue_with(migration, prefetch).await {
                     Ok(next) => next,
                     Err(e) => Some(self.own_errors(id, Err(e)).await?),
                 };
@@ -167,6 +169,24 @@ impl WorkerLoop {
         };
         self.worker.emit(&outcome);
         Ok(outcome)
+    }
+
+    /// `m` as stored now when this loop last read it more than a second ago (an operator may
+    /// have changed its settings with `sluicegate set`), else as carried. A failed read keeps
+    /// the carried row: the next statement meets the same trouble and reports it.
+    async fn with_current_settings(&mut self, m: Migration) -> Migration {
+        let now = Instant::now();
+        let read = *self.settings_read.entry(m.id).or_insert(now);
+        if now.duration_since(read) < Duration::from_secs(1) {
+            return m;
+        }
+        match self.sg().store.migration_get(m.id).await {
+            Ok(Some(current)) => {
+                self.settings_read.insert(m.id, now);
+                current
+            }
+            _ => m,
+        }
     }
 
     /// Runs the job the last step started ahead, if any, and starts no other: call it before

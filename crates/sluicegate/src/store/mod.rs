@@ -382,9 +382,13 @@ pub trait Store: Send + Sync + 'static {
         migration_id: i64,
         expected_next: &Lower,
     ) -> Result<bool>;
-    /// Changes the batch and sub-batch sizes (sub-batch clamped to the batch) with a `resize`
-    /// log row, in one transaction. `None` when the migration is final (nothing written).
+    /// Changes the batch and sub-batch sizes (sub-batch clamped to the batch and to its
+    /// ceiling) with a `resize` log row, in one transaction. `None` when the migration is final
+    /// (nothing written).
     async fn migration_resize(&self, params: &MigrationResizeParams) -> Result<Option<Migration>>;
+    /// An operator's change of settings with its `set` log row, in one transaction; `None`
+    /// when the migration is neither active nor paused (nothing written).
+    async fn migration_set(&self, params: &MigrationSetParams) -> Result<Option<Migration>>;
 
     /// A re-check that still says stop: moves the hold in progress on to `now + hold`, with
     /// no log row. `None` when no hold is in progress (released, paused, ended).
@@ -698,6 +702,29 @@ pub(crate) fn check_hold(hold: Duration) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+/// An operator's change of a migration's settings (`sluicegate set`); `None` keeps a value.
+#[derive(Debug, Clone, Default)]
+pub struct MigrationSetParams {
+    /// The migration.
+    pub migration_id: i64,
+    /// Keys per job.
+    pub batch_size: Option<i64>,
+    /// Keys per sub-batch, which also becomes the tuner's ceiling.
+    pub sub_batch_size: Option<i64>,
+    /// The optimizer's ceiling.
+    pub max_batch_size: Option<i64>,
+    /// Pause between sub-batches.
+    pub pause_ms: Option<i64>,
+    /// Minimum time between job starts, in milliseconds.
+    pub interval_ms: Option<i64>,
+    /// Health thresholds and hold duration (all of them).
+    pub health: Option<crate::health::HealthSettings>,
+    /// The log row's reason: what changed, old -> new, and the operator's why.
+    pub reason: String,
+    /// Who.
+    pub actor: String,
 }
 
 /// A change of the worker's pause as a limit nears, and why.

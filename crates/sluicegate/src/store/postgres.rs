@@ -15,9 +15,9 @@ use std::sync::Arc;
 use super::rows;
 use super::{
     add_months, check_hold, duration_ms, month_start, Backend, JobCreateParams, JobCreated,
-    JobRange, JobSplitParams, JobTransitionParams, MigrationResizeParams, MigrationThrottleParams,
-    MigrationTransitionParams, PartitionReport, PerformedSubBatch, Store, SubBatchCommit,
-    SubBatchCommitted, SubBatchSpec, Target, PROBE_TIMEOUT,
+    JobRange, JobSplitParams, JobTransitionParams, MigrationResizeParams, MigrationSetParams,
+    MigrationThrottleParams, MigrationTransitionParams, PartitionReport, PerformedSubBatch, Store,
+    SubBatchCommit, SubBatchCommitted, SubBatchSpec, Target, PROBE_TIMEOUT,
 };
 use crate::error::{Error, Result};
 use crate::failure::Failure;
@@ -49,9 +49,9 @@ WITH m AS (
         min_cursor, max_cursor, next_cursor, batch_size, sub_batch_size, max_batch_size,
         pause_ms, interval_ms, statement_timeout_ms, lock_timeout_ms, status,
         total_tuple_count, health_settings, target_sub_batch_ms, started_at, key_columns,
-        next_inclusive, scope)
+        next_inclusive, scope, sub_batch_ceiling)
     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19,
-        CASE WHEN $16 = 'active' THEN now() END, $21, $22, $23)
+        CASE WHEN $16 = 'active' THEN now() END, $21, $22, $23, $24)
     RETURNING *
 ), log AS (
     INSERT INTO {s}.migration_transition_logs (migration_id, previous_status, next_status, event, actor)
@@ -59,7 +59,8 @@ WITH m AS (
 )
 SELECT * FROM m";
 const MIGRATION_GET: &str = "SELECT * FROM {s}.migrations WHERE id = $1";
-const MIGRATION_GET_BY_NAME: &str = "SELECT * FROM {s}.migrations WHERE name = $1";
+const MIGRATION_GET_BY_NAME: &str = "SELECT * FROM {s}.migrations WHERE name = $1
+    ORDER BY id DESC LIMIT 1";
 const MIGRATION_LIST: &str = "SELECT * FROM {s}.migrations ORDER BY id";
 const MIGRATION_TRANSITION: &str = "
 WITH m AS (
@@ -148,13 +149,36 @@ const MIGRATION_RANGE_EXHAUST: &str =
     WHERE id = $1 AND next_cursor = $2 AND next_inclusive = $3";
 const MIGRATION_RESIZE: &str = "
 WITH m AS (
-    UPDATE {s}.migrations SET batch_size = $2, sub_batch_size = least($3, $2), updated_at = now()
+    UPDATE {s}.migrations
+    SET batch_size = $2, sub_batch_size = least($3, $2, coalesce(sub_batch_ceiling, $3)),
+        updated_at = now()
     WHERE id = $1 AND status IN ('active', 'paused', 'finalizing')
     RETURNING *
 ), log AS (
     INSERT INTO {s}.migration_transition_logs (migration_id, previous_status, next_status, event,
         reason, actor)
     SELECT id, status, status, 'resize', $4, $5 FROM m
+)
+SELECT * FROM m";
+/// An operator's change (`sluicegate set`): each given value, an explicit sub-batch size also
+/// as the tuner's ceiling, with its `set` log row.
+const MIGRATION_SET: &str = "
+WITH m AS (
+    UPDATE {s}.migrations SET
+        batch_size = coalesce($2, batch_size),
+        sub_batch_size = coalesce($3, least(sub_batch_size, coalesce($2, batch_size))),
+        sub_batch_ceiling = coalesce($3, sub_batch_ceiling),
+        max_batch_size = coalesce($4, max_batch_size),
+        pause_ms = coalesce($5, pause_ms),
+        interval_ms = coalesce($6, interval_ms),
+        health_settings = coalesce($7, health_settings),
+        updated_at = now()
+    WHERE id = $1 AND status IN ('active', 'paused')
+    RETURNING *
+), log AS (
+    INSERT INTO {s}.migration_transition_logs (migration_id, previous_status, next_status, event,
+        reason, actor)
+    SELECT id, status, status, 'set', $8, $9 FROM m
 )
 SELECT * FROM m";
 
@@ -794,6 +818,7 @@ impl Store for PgStore {
             .bind(Json(&m.key))
             .bind(m.next_start.as_ref().is_none_or(Lower::is_inclusive))
             .bind(m.scope.as_deref())
+            .bind(m.sub_batch_ceiling)
             .fetch_one(&self.pool)
             .await
             .map_err(|e| {
@@ -897,6 +922,26 @@ impl Store for PgStore {
             .await
             .map_err(Error::db("closing a migration's range"))?;
         Ok(done.rows_affected() == 1)
+    }
+
+    async fn migration_set(&self, p: &MigrationSetParams) -> Result<Option<Migration>> {
+        let row = sqlx::query(&self.q(MIGRATION_SET))
+            .bind(p.migration_id)
+            .bind(p.batch_size)
+            .bind(p.sub_batch_size)
+            .bind(p.max_batch_size)
+            .bind(p.pause_ms)
+            .bind(p.interval_ms)
+            .bind(p.health.as_ref().map(Json))
+            .bind(&p.reason)
+            .bind(&p.actor)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(Error::db(format!(
+                "changing the settings of migration {}",
+                p.migration_id
+            )))?;
+        row.as_ref().map(rows::migration).transpose()
     }
 
     async fn migration_resize(&self, p: &MigrationResizeParams) -> Result<Option<Migration>> {

@@ -139,6 +139,7 @@ pub(crate) fn migration(row: &impl ModelRow) -> Result<Migration> {
         batch_size: row.int("batch_size")?,
         sub_batch_size: row.int("sub_batch_size")?,
         max_batch_size: row.opt_int("max_batch_size")?,
+        sub_batch_ceiling: row.opt_int("sub_batch_ceiling")?,
         pause_ms: row.int("pause_ms")?,
         interval: std::time::Duration::from_millis(interval_ms.max(0) as u64),
         statement_timeout_ms: row.int("statement_timeout_ms")?,

@@ -16,9 +16,9 @@ use sqlx::{Row, SqliteConnection};
 use super::rows;
 use super::{
     check_hold, Backend, JobCreateParams, JobCreated, JobRange, JobSplitParams,
-    JobTransitionParams, MigrationResizeParams, MigrationThrottleParams, MigrationTransitionParams,
-    PartitionReport, PerformedSubBatch, Store, SubBatchCommit, SubBatchCommitted, SubBatchSpec,
-    Target, PROBE_TIMEOUT,
+    JobTransitionParams, MigrationResizeParams, MigrationSetParams, MigrationThrottleParams,
+    MigrationTransitionParams, PartitionReport, PerformedSubBatch, Store, SubBatchCommit,
+    SubBatchCommitted, SubBatchSpec, Target, PROBE_TIMEOUT,
 };
 use crate::error::{Error, Result};
 use crate::failure::Failure;
@@ -48,15 +48,16 @@ const MIGRATION_INSERT: &str = "INSERT INTO sluicegate_migrations (name, job_kin
     column_name, job_arguments, min_cursor, max_cursor, next_cursor, batch_size, sub_batch_size,
     max_batch_size, pause_ms, interval_ms, statement_timeout_ms, lock_timeout_ms, status,
     total_tuple_count, health_settings, target_sub_batch_ms, started_at, created_at, updated_at,
-    key_columns, next_inclusive, scope)
+    key_columns, next_inclusive, scope, sub_batch_ceiling)
     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19,
-        CASE WHEN $16 = 'active' THEN $20 END, $20, $20, $21, $22, $23)
+        CASE WHEN $16 = 'active' THEN $20 END, $20, $20, $21, $22, $23, $24)
     RETURNING *";
 const MIGRATION_LOG_INSERT: &str = "INSERT INTO sluicegate_migration_transition_logs (migration_id,
     previous_status, next_status, event, reason, actor, exception_class, exception_message, created_at)
     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
 const MIGRATION_GET: &str = "SELECT * FROM sluicegate_migrations WHERE id = $1";
-const MIGRATION_GET_BY_NAME: &str = "SELECT * FROM sluicegate_migrations WHERE name = $1";
+const MIGRATION_GET_BY_NAME: &str = "SELECT * FROM sluicegate_migrations WHERE name = $1
+    ORDER BY id DESC LIMIT 1";
 const MIGRATION_LIST: &str = "SELECT * FROM sluicegate_migrations ORDER BY id";
 const MIGRATION_TRANSITION: &str = "UPDATE sluicegate_migrations SET
         status = $3,
@@ -129,8 +130,22 @@ const MIGRATION_RANGE_EXHAUST: &str =
     "UPDATE sluicegate_migrations SET next_cursor = NULL, updated_at = $3
     WHERE id = $1 AND next_cursor = $2 AND next_inclusive = $4";
 const MIGRATION_RESIZE: &str = "UPDATE sluicegate_migrations
-    SET batch_size = $2, sub_batch_size = min($3, $2), updated_at = $4
+    SET batch_size = $2, sub_batch_size = min($3, $2, coalesce(sub_batch_ceiling, $3)),
+        updated_at = $4
     WHERE id = $1 AND status IN ('active', 'paused', 'finalizing')
+    RETURNING *";
+/// An operator's change (`sluicegate set`): each given value, an explicit sub-batch size also
+/// as the tuner's ceiling (its `set` log row follows).
+const MIGRATION_SET: &str = "UPDATE sluicegate_migrations SET
+        batch_size = coalesce($2, batch_size),
+        sub_batch_size = coalesce($3, min(sub_batch_size, coalesce($2, batch_size))),
+        sub_batch_ceiling = coalesce($3, sub_batch_ceiling),
+        max_batch_size = coalesce($4, max_batch_size),
+        pause_ms = coalesce($5, pause_ms),
+        interval_ms = coalesce($6, interval_ms),
+        health_settings = coalesce($7, health_settings),
+        updated_at = $8
+    WHERE id = $1 AND status IN ('active', 'paused')
     RETURNING *";
 const MIGRATION_JOB_STARTED: &str = "UPDATE sluicegate_migrations
     SET next_cursor = $2, next_inclusive = 0, last_job_started_at = $3, updated_at = coalesce($3, updated_at),
@@ -542,6 +557,7 @@ impl Store for SqliteStore {
             .bind(serde_json::to_string(&m.key).expect("a key serializes"))
             .bind(m.next_start.as_ref().is_none_or(Lower::is_inclusive))
             .bind(m.scope.as_deref())
+            .bind(m.sub_batch_ceiling)
             .fetch_one(&mut *tx)
             .await
             .map_err(|e| {
@@ -691,6 +707,36 @@ impl Store for SqliteStore {
             .await
             .map_err(Error::db("closing a migration's range"))?;
         Ok(done.rows_affected() == 1)
+    }
+
+    async fn migration_set(&self, p: &MigrationSetParams) -> Result<Option<Migration>> {
+        let context = format!("changing the settings of migration {}", p.migration_id);
+        let at = ts(now());
+        let mut tx = self.begin_immediate(&context).await?;
+        let row = sqlx::query(MIGRATION_SET)
+            .bind(p.migration_id)
+            .bind(p.batch_size)
+            .bind(p.sub_batch_size)
+            .bind(p.max_batch_size)
+            .bind(p.pause_ms)
+            .bind(p.interval_ms)
+            .bind(
+                p.health
+                    .as_ref()
+                    .map(|h| serde_json::to_string(h).expect("settings serialize")),
+            )
+            .bind(&at)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(Error::db(&context))?;
+        let Some(m) = row.as_ref().map(rows::migration).transpose()? else {
+            return Ok(None);
+        };
+        Self::log_same_status(&mut tx, &m, MigrationEvent::Set, &p.reason, &p.actor, &at)
+            .await
+            .map_err(Error::db(&context))?;
+        tx.commit().await.map_err(Error::db(&context))?;
+        Ok(Some(m))
     }
 
     async fn migration_resize(&self, p: &MigrationResizeParams) -> Result<Option<Migration>> {

@@ -7,6 +7,9 @@
 -- columns become one-element arrays. The bigint CHECKs (min <= max) cannot be written over
 -- JSON in the key's own order; the walk keeps them true (every bound is a key it read).
 -- `scope` (a condition) makes the walk count only the rows that match it (GitLab's scope_to).
+-- Names and definitions are unique among live migrations only: a finished or cancelled one's
+-- may be queued again (a new id; the old one stays readable by id). `sub_batch_ceiling`: an
+-- explicit sub-batch size the tuner never exceeds. `set`: an operator's change of settings.
 
 ALTER TABLE {s}.migrations
     ADD COLUMN key_columns jsonb,
@@ -14,7 +17,8 @@ ALTER TABLE {s}.migrations
     ADD COLUMN max_cursor jsonb,
     ADD COLUMN next_cursor jsonb,
     ADD COLUMN next_inclusive boolean NOT NULL DEFAULT true,
-    ADD COLUMN scope text;
+    ADD COLUMN scope text,
+    ADD COLUMN sub_batch_ceiling bigint CHECK (sub_batch_ceiling IS NULL OR sub_batch_ceiling > 0);
 UPDATE {s}.migrations SET
     key_columns = jsonb_build_array(jsonb_build_object('name', column_name, 'type', 'bigint')),
     min_cursor = jsonb_build_array(min_value),
@@ -22,6 +26,7 @@ UPDATE {s}.migrations SET
     next_cursor = CASE WHEN next_min_value IS NOT NULL THEN jsonb_build_array(next_min_value) END;
 ALTER TABLE {s}.migrations
     DROP CONSTRAINT migrations_configuration_key,
+    DROP CONSTRAINT migrations_name_key,
     DROP COLUMN min_value,
     DROP COLUMN max_value,
     DROP COLUMN next_min_value,
@@ -38,7 +43,17 @@ ALTER TABLE {s}.migrations
              AND jsonb_array_length(next_cursor) = jsonb_array_length(key_columns))));
 -- column_name stays, for display and for psql: the key's columns joined by ", ".
 CREATE UNIQUE INDEX migrations_configuration_key ON {s}.migrations
-    (job_kind, table_name, key_columns, job_arguments, coalesce(scope, ''));
+    (job_kind, table_name, key_columns, job_arguments, coalesce(scope, ''))
+    WHERE status NOT IN ('finished', 'cancelled');
+CREATE UNIQUE INDEX migrations_name_key ON {s}.migrations (name)
+    WHERE status NOT IN ('finished', 'cancelled');
+CREATE INDEX migrations_name_idx ON {s}.migrations (name, id);
+
+ALTER TABLE {s}.migration_transition_logs
+    DROP CONSTRAINT migration_transition_logs_event_check,
+    ADD CONSTRAINT migration_transition_logs_event_check
+        CHECK (event IN ('queue', 'pause', 'resume', 'hold', 'retry', 'finalize', 'fail', 'cancel',
+                         'finish', 'resize', 'release', 'throttle', 'set'));
 
 ALTER TABLE {s}.jobs
     ADD COLUMN min_cursor jsonb,

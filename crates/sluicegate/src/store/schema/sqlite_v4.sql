@@ -7,7 +7,10 @@
 -- one-element arrays. SQLite cannot drop columns named in a CHECK, so `migrations` and `jobs`
 -- are rebuilt; setup runs this with foreign keys off (a parent's DROP TABLE would otherwise
 -- cascade to its children) and checks them after. `scope` (a condition) makes the walk count
--- only the rows that match it (GitLab's scope_to).
+-- only the rows that match it (GitLab's scope_to). Names and definitions are unique among live
+-- migrations only: a finished or cancelled one's may be queued again (a new id; the old one
+-- stays readable by id). `sub_batch_ceiling`: an explicit sub-batch size the tuner never
+-- exceeds. The migration log is rebuilt once more for its new event, `set`.
 
 CREATE TABLE sluicegate_migrations_v4 (
     id                   INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -42,7 +45,7 @@ CREATE TABLE sluicegate_migrations_v4 (
     throttle_pause_ms    INTEGER NOT NULL DEFAULT 0 CHECK (throttle_pause_ms >= 0),
     throttle_reason      TEXT,
     scope                TEXT,
-    CONSTRAINT migrations_name_key UNIQUE (name),
+    sub_batch_ceiling    INTEGER CHECK (sub_batch_ceiling IS NULL OR sub_batch_ceiling > 0),
     CONSTRAINT migrations_status_check
         CHECK (status IN ('paused', 'active', 'finalizing', 'finished', 'failed', 'cancelled')),
     CONSTRAINT migrations_key_check CHECK (
@@ -79,7 +82,11 @@ FROM sluicegate_migrations;
 DROP TABLE sluicegate_migrations;
 ALTER TABLE sluicegate_migrations_v4 RENAME TO sluicegate_migrations;
 CREATE UNIQUE INDEX sluicegate_migrations_configuration_key ON sluicegate_migrations
-    (job_kind, table_name, key_columns, job_arguments, coalesce(scope, ''));
+    (job_kind, table_name, key_columns, job_arguments, coalesce(scope, ''))
+    WHERE status NOT IN ('finished', 'cancelled');
+CREATE UNIQUE INDEX sluicegate_migrations_name_key ON sluicegate_migrations (name)
+    WHERE status NOT IN ('finished', 'cancelled');
+CREATE INDEX sluicegate_migrations_name_idx ON sluicegate_migrations (name, id);
 
 CREATE TABLE sluicegate_jobs_v4 (
     id               INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -124,3 +131,29 @@ DROP TABLE sluicegate_jobs;
 ALTER TABLE sluicegate_jobs_v4 RENAME TO sluicegate_jobs;
 CREATE INDEX sluicegate_jobs_migration_id_idx ON sluicegate_jobs (migration_id, id);
 CREATE INDEX sluicegate_jobs_migration_status_idx ON sluicegate_jobs (migration_id, status, id);
+
+CREATE TABLE sluicegate_migration_transition_logs_v4 (
+    id                INTEGER PRIMARY KEY AUTOINCREMENT,
+    migration_id      INTEGER NOT NULL REFERENCES sluicegate_migrations (id) ON DELETE CASCADE,
+    previous_status   TEXT,
+    next_status       TEXT    NOT NULL,
+    event             TEXT    NOT NULL,
+    reason            TEXT,
+    actor             TEXT,
+    exception_class   TEXT CHECK (length(exception_class) <= 100),
+    exception_message TEXT CHECK (length(exception_message) <= 1000),
+    created_at        TEXT    NOT NULL,
+    CONSTRAINT migration_transition_logs_status_check
+        CHECK ((previous_status IS NULL OR previous_status IN ('paused', 'active', 'finalizing', 'finished', 'failed', 'cancelled'))
+           AND next_status IN ('paused', 'active', 'finalizing', 'finished', 'failed', 'cancelled')),
+    CONSTRAINT migration_transition_logs_event_check
+        CHECK (event IN ('queue', 'pause', 'resume', 'hold', 'retry', 'finalize', 'fail', 'cancel',
+                         'finish', 'resize', 'release', 'throttle', 'set')),
+    CONSTRAINT migration_transition_logs_queue_check
+        CHECK ((event = 'queue') = (previous_status IS NULL))
+);
+INSERT INTO sluicegate_migration_transition_logs_v4 SELECT * FROM sluicegate_migration_transition_logs;
+DROP TABLE sluicegate_migration_transition_logs;
+ALTER TABLE sluicegate_migration_transition_logs_v4 RENAME TO sluicegate_migration_transition_logs;
+CREATE INDEX sluicegate_migration_transition_logs_migration_idx
+    ON sluicegate_migration_transition_logs (migration_id, created_at);
