@@ -66,10 +66,27 @@ fn main() -> ExitCode {
                 return ExitCode::SUCCESS;
             }
             let _ = std::io::stdout().flush();
-            eprintln!("error: {err:#}");
+            eprintln!("error: {}", said_once(&err));
             ExitCode::from(1)
         }
     }
+}
+
+/// The error and its causes, each said once: a cause whose text the message already holds
+/// (a database error quoting its driver's, which quotes the server's) adds nothing.
+fn said_once(err: &anyhow::Error) -> String {
+    let mut message = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if message.contains(&text) {
+            continue;
+        }
+        if !message.is_empty() {
+            message.push_str(": ");
+        }
+        message.push_str(&text);
+    }
+    message
 }
 
 fn init_tracing(cli: &Cli) {
@@ -87,11 +104,16 @@ fn init_tracing(cli: &Cli) {
     }
 }
 
-/// Connects to the tracking database (and target) named on the command line.
+/// Connects to the tracking database (and target) named on the command line. Only the
+/// commands that write create a SQLite file that is not there.
 async fn connect(cli: &Cli) -> Result<Sluicegate> {
     let mut opts = ConnectOptions::new(&cli.database_url);
     opts.target_url = cli.target_url.clone();
     opts.schema = cli.schema.clone();
+    opts.create_if_missing = matches!(
+        cli.command,
+        Command::Setup | Command::Queue(_) | Command::Run(_) | Command::Demo(_)
+    );
     Sluicegate::connect_with(opts)
         .await
         .map_err(anyhow::Error::from)

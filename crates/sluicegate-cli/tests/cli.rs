@@ -203,10 +203,23 @@ store_test!(
 
 #[test]
 fn unreachable_and_malformed_urls_are_one_line_errors() {
+    let started = std::time::Instant::now();
     let out = sg("postgres://nobody:hunter2@127.0.0.1:1/nothing", &["status"]);
+    // Said plainly and once, at once (not a pool timeout after 10 s).
     assert_fails_with(
         &out,
-        "connecting to postgres://nobody:***@127.0.0.1:1/nothing",
+        "database error while connecting to postgres://nobody:***@127.0.0.1:1/nothing: error communicating with database: Connection refused",
+    );
+    assert_eq!(
+        stderr(&out).matches("Connection refused").count(),
+        1,
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
     );
     assert!(
         !stderr(&out).contains("hunter2"),
@@ -235,8 +248,19 @@ fn usage_errors_exit_2() {
 fn commands_before_setup_say_to_run_setup() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}/fresh.db", dir.path().display());
-    let out = sg(&url, &["status"]);
-    assert_fails_with(&out, "run `sluicegate setup` first");
+    for read in [
+        &["status"][..],
+        &["show", "x"],
+        &["jobs", "x"],
+        &["history", "x"],
+    ] {
+        let out = sg(&url, read);
+        assert_fails_with(&out, "run `sluicegate setup` first");
+    }
+    assert!(
+        !dir.path().join("fresh.db").exists(),
+        "a read command creates no database file"
+    );
 }
 
 #[test]

@@ -48,6 +48,9 @@ pub struct ConnectOptions {
     pub acquire_timeout: Duration,
     /// Job kinds.
     pub registry: Registry,
+    /// Create a SQLite file that does not exist yet (`setup`, `queue`, workers); off, a
+    /// missing file is an error and nothing is created (read commands).
+    pub create_if_missing: bool,
 }
 
 impl ConnectOptions {
@@ -60,6 +63,7 @@ impl ConnectOptions {
             max_connections: 10,
             acquire_timeout: Duration::from_secs(10),
             registry: Registry::default(),
+            create_if_missing: true,
         }
     }
 }
@@ -261,6 +265,9 @@ enum Pool {
     Sqlite(sqlx::SqlitePool),
 }
 
+/// How long the first connection to a PostgreSQL server may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
 async fn open_pool(url: &str, opts: &ConnectOptions) -> Result<Pool> {
     let invalid = |e: sqlx::Error| Error::InvalidUrl {
         url: mask_password(url),
@@ -275,6 +282,26 @@ async fn open_pool(url: &str, opts: &ConnectOptions) -> Result<Pool> {
             let options = PgConnectOptions::from_str(url)
                 .map_err(invalid)?
                 .application_name("sluicegate");
+            // One connection first, within a few seconds: a server that is down or refuses
+            // the role is said plainly ("connection refused", "password authentication
+            // failed"), where the pool would wait its acquire timeout and report only that.
+            let first = tokio::time::timeout(
+                CONNECT_TIMEOUT,
+                <sqlx::PgConnection as sqlx::Connection>::connect_with(&options),
+            )
+            .await;
+            match first {
+                Ok(Ok(conn)) => {
+                    let _ = sqlx::Connection::close(conn).await;
+                }
+                Ok(Err(e)) => return Err(unreachable(e)),
+                Err(_) => {
+                    return Err(unreachable(sqlx::Error::Io(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("no answer within {}s", CONNECT_TIMEOUT.as_secs()),
+                    ))))
+                }
+            }
             let pool = PgPoolOptions::new()
                 .max_connections(opts.max_connections)
                 .acquire_timeout(opts.acquire_timeout)
@@ -290,11 +317,17 @@ async fn open_pool(url: &str, opts: &ConnectOptions) -> Result<Pool> {
         Backend::Sqlite => {
             let options = SqliteConnectOptions::from_str(url)
                 .map_err(invalid)?
-                .create_if_missing(true)
+                .create_if_missing(opts.create_if_missing)
                 .journal_mode(SqliteJournalMode::Wal)
                 .synchronous(SqliteSynchronous::Normal)
                 .foreign_keys(true)
                 .busy_timeout(Duration::from_secs(30));
+            // A command that only reads never creates the file: no file, no schema.
+            let file = options.get_filename();
+            if !opts.create_if_missing && file != std::path::Path::new(":memory:") && !file.exists()
+            {
+                return Err(Error::SchemaMissing);
+            }
             let pool = SqlitePoolOptions::new()
                 .max_connections(opts.max_connections)
                 .acquire_timeout(opts.acquire_timeout)
@@ -431,7 +464,7 @@ impl Sluicegate {
                 kind: req.job_kind.clone(),
                 reason,
             })?;
-        let table = TableName::parse(&req.table)?;
+        let table = TableName::parse_input(&req.table)?;
         let (table, key) = self
             .target
             .key_resolve(&table, req.key.as_deref(), req.non_unique_key)

@@ -51,8 +51,13 @@ pub enum Error {
     },
 
     /// The target table does not exist.
-    #[error("unknown table {0:?}")]
-    UnknownTable(String),
+    #[error("unknown table {table:?}{hint}")]
+    UnknownTable {
+        /// The table as read.
+        table: String,
+        /// What was probably meant, or empty.
+        hint: String,
+    },
 
     /// The column does not exist on the target table.
     #[error("unknown column {column:?} in table {table:?}{hint}")]

@@ -65,6 +65,52 @@ impl TableName {
         Ok(Self { schema, table })
     }
 
+    /// Reads a table name as the operator typed it, as PostgreSQL reads one: a part in double
+    /// quotes is taken exactly (`"Billing"."InvoiceLines"`, `""` inside for a quote); an
+    /// unquoted simple name (letters, digits, `_`, `$`) is folded to lower case (`Users` is
+    /// `users`); anything else is taken as typed, as [`Self::parse`] does.
+    pub fn parse_input(name: &str) -> Result<Self> {
+        let parts = if name.contains('"') {
+            match split_quoted(name) {
+                Some(parts) => parts,
+                None => return Self::parse(name),
+            }
+        } else {
+            // No quotes: split as stored names are (one dot at most), then fold.
+            let plain = Self::parse(name)?;
+            let mut parts: Vec<(String, bool)> =
+                plain.schema.into_iter().map(|s| (s, false)).collect();
+            parts.push((plain.table, false));
+            parts
+        };
+        let fold = |(part, quoted): (String, bool)| {
+            let simple = !part.is_empty()
+                && part
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '$')
+                && !part.starts_with(|c: char| c.is_ascii_digit() || c == '$');
+            if quoted || !simple {
+                part
+            } else {
+                part.to_ascii_lowercase()
+            }
+        };
+        let mut parts: Vec<String> = parts.into_iter().map(fold).collect();
+        let table = parts.pop().unwrap_or_default();
+        let schema = parts.pop();
+        if !parts.is_empty() {
+            return Err(Error::InvalidIdentifier {
+                ident: name.to_owned(),
+                reason: "a table name has at most two parts: schema.table".into(),
+            });
+        }
+        if let Some(schema) = &schema {
+            validate(schema)?;
+        }
+        validate(&table)?;
+        Ok(Self { schema, table })
+    }
+
     /// The quoted, possibly schema-qualified name, ready for SQL.
     pub fn quoted(&self) -> String {
         match &self.schema {
@@ -74,9 +120,74 @@ impl TableName {
     }
 }
 
+/// `name` split at dots outside double quotes, each part with whether it was quoted; `None`
+/// when a quote is unbalanced or stands inside an unquoted part (then the name is taken as
+/// typed: `x"; DROP TABLE t; --` is a name, not SQL).
+fn split_quoted(name: &str) -> Option<Vec<(String, bool)>> {
+    let mut parts = Vec::new();
+    let mut chars = name.chars().peekable();
+    loop {
+        let mut part = String::new();
+        let quoted = chars.peek() == Some(&'"');
+        if quoted {
+            chars.next();
+            loop {
+                match chars.next()? {
+                    '"' if chars.peek() == Some(&'"') => {
+                        chars.next();
+                        part.push('"');
+                    }
+                    '"' => break,
+                    c => part.push(c),
+                }
+            }
+        } else {
+            while let Some(&c) = chars.peek() {
+                if c == '.' {
+                    break;
+                }
+                if c == '"' {
+                    return None;
+                }
+                part.push(c);
+                chars.next();
+            }
+        }
+        parts.push((part, quoted));
+        match chars.next() {
+            None => return Some(parts),
+            Some('.') => continue,
+            Some(_) => return None,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn input_names_read_as_postgresql_reads_them() {
+        let t = TableName::parse_input(r#""Billing"."InvoiceLines""#).unwrap();
+        assert_eq!(
+            (t.schema.as_deref(), t.table.as_str()),
+            (Some("Billing"), "InvoiceLines")
+        );
+        let t = TableName::parse_input("Users").unwrap();
+        assert_eq!((t.schema, t.table.as_str()), (None, "users"));
+        let t = TableName::parse_input(r#"public."Odd""Name""#).unwrap();
+        assert_eq!(
+            (t.schema.as_deref(), t.table.as_str()),
+            (Some("public"), "Odd\"Name")
+        );
+        // Not simple, not quoted: as typed.
+        let t = TableName::parse_input("Tenant Rows").unwrap();
+        assert_eq!(t.table, "Tenant Rows");
+        let hostile = "x\"; DROP TABLE t; --";
+        assert_eq!(TableName::parse_input(hostile).unwrap().table, hostile);
+        assert_eq!(TableName::parse_input("a.b.c").unwrap().table, "a.b.c");
+        assert!(TableName::parse_input(r#""a"."b"."c""#).is_err());
+    }
 
     #[test]
     fn quotes_embedded_quotes() {

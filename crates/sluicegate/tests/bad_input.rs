@@ -4,7 +4,7 @@ use sluicegate::store::Backend;
 use sluicegate::testing::TestDb;
 use sluicegate::{store_test, Error};
 
-use crate::common::fast;
+use crate::common::{fast, run_to_end};
 
 async fn migrations_count(db: &TestDb) -> i64 {
     let table = match db.backend {
@@ -24,7 +24,7 @@ store_test!(a_hostile_table_name_is_refused_and_nothing_changes, |db| {
         .await
         .unwrap_err();
     assert!(
-        matches!(&err, Error::UnknownTable(t) if t == HOSTILE),
+        matches!(&err, Error::UnknownTable { table, .. } if table == HOSTILE),
         "{err}"
     );
     assert_eq!(
@@ -255,5 +255,46 @@ async fn bad_urls_are_clear_errors() {
     assert!(
         !text.contains("secret"),
         "the password is never shown: {text}"
+    );
+}
+
+// Table names are read as PostgreSQL reads them: quoted parts exactly, unquoted ones in lower
+// case, with a "did you mean" for a case mismatch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quoted_and_mixed_case_table_names() {
+    sluicegate::skip_without_postgres!("SLUICEGATE_TEST_PG_URL");
+    let db = sluicegate::testing::TestDb::postgres().await;
+    db.exec(
+        r#"CREATE TABLE "Users" (id bigint PRIMARY KEY, n integer NOT NULL DEFAULT 0);
+           INSERT INTO "Users" (id) SELECT generate_series(1, 10);
+           CREATE SCHEMA "Billing";
+           CREATE TABLE "Billing"."InvoiceLines" (id bigint PRIMARY KEY, n integer NOT NULL DEFAULT 0);
+           INSERT INTO "Billing"."InvoiceLines" (id) SELECT generate_series(1, 10)"#,
+    )
+    .await;
+    let sg = db.sluicegate().await;
+    let req = |name: &str, table: &str| fast(name, "update", table, 10, 5).argument("set", "n = 1");
+    let err = sg.queue(&req("a", "Users")).await.unwrap_err().to_string();
+    assert_eq!(
+        err,
+        r#"unknown table "users" (did you mean "public"."Users"? unquoted names are read in lower case: --table '"public"."Users"')"#
+    );
+    let m = sg.queue(&req("b", r#""Users""#)).await.unwrap();
+    assert_eq!(m.table_name, "public.Users");
+    let m = sg
+        .queue(&req("c", r#""Billing"."InvoiceLines""#))
+        .await
+        .unwrap();
+    assert_eq!(m.table_name, "Billing.InvoiceLines");
+    run_to_end(&sg).await;
+    assert_eq!(
+        db.scalar(r#"SELECT count(*) FROM "Users" WHERE n = 1"#)
+            .await,
+        10
+    );
+    assert_eq!(
+        db.scalar(r#"SELECT count(*) FROM "Billing"."InvoiceLines" WHERE n = 1"#)
+            .await,
+        10
     );
 }

@@ -387,6 +387,14 @@ const TARGET_TABLE_FIND: &str = "SELECT n.nspname::text, c.relname::text
                ELSE n.nspname = $2 END
     ORDER BY array_position(current_schemas(false), n.nspname)
     LIMIT 1";
+/// A table whose name matches `$1` but for case, for a "did you mean".
+const TARGET_TABLE_FIND_ANY_CASE: &str = "SELECT n.nspname::text, c.relname::text
+    FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+    WHERE lower(c.relname) = lower($1) AND c.relkind IN ('r', 'p')
+      AND CASE WHEN $2::text IS NULL THEN n.nspname = ANY (current_schemas(false))
+               ELSE lower(n.nspname) = lower($2) END
+    ORDER BY array_position(current_schemas(false), n.nspname)
+    LIMIT 1";
 /// The table's columns, with the type a key would be cast to (`format_type` without modifiers).
 const TARGET_COLUMNS: &str = "SELECT a.attname::text, format_type(a.atttypid, NULL), a.attnotnull
     FROM pg_catalog.pg_attribute a
@@ -1477,7 +1485,31 @@ impl Target for PgTarget {
             .await
             .map_err(Error::db(&context))?;
         let Some((schema, name)) = found else {
-            return Err(Error::UnknownTable(display_table(table)));
+            // PostgreSQL reads an unquoted name in lower case: a table whose name differs
+            // only in case is probably the one meant.
+            let near: Option<(String, String)> = sqlx::query_as(TARGET_TABLE_FIND_ANY_CASE)
+                .bind(&table.table)
+                .bind(table.schema.as_deref())
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(Error::db(&context))?;
+            let hint = near
+                .map(|(schema, name)| {
+                    let exact = TableName {
+                        schema: Some(schema),
+                        table: name,
+                    };
+                    format!(
+                        " (did you mean {}? unquoted names are read in lower case: --table '{}')",
+                        exact.quoted(),
+                        exact.quoted()
+                    )
+                })
+                .unwrap_or_default();
+            return Err(Error::UnknownTable {
+                table: display_table(table),
+                hint,
+            });
         };
         let resolved = TableName {
             schema: Some(schema),

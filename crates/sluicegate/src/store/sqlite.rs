@@ -1301,7 +1301,10 @@ impl Target for SqliteTarget {
         })
         .map_err(Error::db(&context))?;
         let Some(name) = found else {
-            return Err(Error::UnknownTable(table.table.clone()));
+            return Err(Error::UnknownTable {
+                table: table.table.clone(),
+                hint: String::new(),
+            });
         };
         let name_of_table = name.clone();
         let without_rowid: bool = sqlx::query_scalar(
