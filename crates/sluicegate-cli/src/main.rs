@@ -163,7 +163,11 @@ async fn dispatch(cli: Cli) -> Result<()> {
             if applied.is_empty() {
                 outln!("tracking schema is up to date");
             } else {
-                outln!("installed tracking schema version(s) {applied:?}");
+                let versions: Vec<String> = applied.iter().map(|v| v.to_string()).collect();
+                outln!(
+                    "installed tracking schema version(s) {}",
+                    versions.join(", ")
+                );
             }
             if !partitions.created.is_empty() {
                 outln!(

@@ -22,6 +22,48 @@ pub fn opt<T: ToString>(v: Option<T>) -> String {
     v.map(|v| v.to_string()).unwrap_or_else(|| "-".into())
 }
 
+/// An integer with thousands separators: `1,894,629`.
+pub fn thousands(n: i64) -> String {
+    let digits = n.unsigned_abs().to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    if n < 0 {
+        out.insert(0, '-');
+    }
+    out
+}
+
+/// A size in bytes in binary units: `512 B`, `16 MiB`, `1 GiB`, `1.5 GiB`.
+pub fn bytes(n: i64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value.abs() >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if value.fract() == 0.0 {
+        format!("{value:.0} {}", UNITS[unit])
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+/// Milliseconds as a person says them: `100 ms`, `30s`, `10m`, `1h30m`.
+pub fn millis(ms: i64) -> String {
+    if ms < 1000 {
+        return format!("{ms} ms");
+    }
+    humantime::format_duration(Duration::from_millis(ms.max(0) as u64))
+        .to_string()
+        .replace(' ', "")
+}
+
 pub fn format_duration(d: Duration) -> String {
     let secs = d.as_secs();
     if secs >= 3600 {
@@ -113,10 +155,18 @@ pub async fn status(sg: &Sluicegate, json: bool) -> Result<()> {
             Cell::new(m.status),
             Cell::new(format!("{}.{}", m.table_name, m.key.display_names())),
             Cell::new(format!("{:.1}%", p.percent)),
-            Cell::new(format!("{} / {}", p.rows_done, opt(p.rows_total))),
-            Cell::new(opt(p.rows_per_second.map(|r| r.round() as i64))),
+            Cell::new(format!(
+                "{} / {}",
+                thousands(p.rows_done),
+                opt(p.rows_total.map(thousands))
+            )),
+            Cell::new(opt(p.rows_per_second.map(|r| thousands(r.round() as i64)))),
             Cell::new(eta_text(p)),
-            Cell::new(format!("{} / {}", m.batch_size, m.sub_batch_size)),
+            Cell::new(format!(
+                "{} / {}",
+                thousands(m.batch_size),
+                thousands(m.sub_batch_size)
+            )),
             Cell::new(format!(
                 "{}/{}/{}",
                 p.jobs.succeeded,
@@ -140,10 +190,10 @@ fn jobs_table(jobs: &[Job]) -> Table {
             Cell::new(j.id),
             Cell::new(j.status),
             Cell::new(format!("{} ..= {}", j.min_value, j.max_value)),
-            Cell::new(j.rows_affected),
+            Cell::new(thousands(j.rows_affected)),
             Cell::new(j.attempts),
-            Cell::new(j.batch_size),
-            Cell::new(j.sub_batch_size),
+            Cell::new(thousands(j.batch_size)),
+            Cell::new(thousands(j.sub_batch_size)),
             Cell::new(opt(job_duration_ms(j).map(|ms| {
                 format_duration(Duration::from_millis(ms.max(0) as u64))
             }))),
@@ -242,21 +292,25 @@ pub async fn show(sg: &Sluicegate, migration: &str, json: bool) -> Result<()> {
         ),
         (
             "interval / pause",
-            format!("{} / {} ms", format_duration(m.interval), m.pause_ms),
+            format!(
+                "{} / {}",
+                millis(m.interval.as_millis() as i64),
+                millis(m.pause_ms)
+            ),
         ),
         ("health", {
             let h = &m.health;
             format!(
-                    "hold {}; replica lag max {} bytes or {} ms; WAL archive backlog max {}; WAL rate max {}; \
-                     transaction age max {} ms; latency drift max {}x; probe {}; autovacuum {}; off: {}",
-                    format_duration(h.hold()),
-                    h.max_replica_lag_bytes,
-                    h.max_replica_lag_ms,
+                    "re-check every {}; replica lag max {} or {}; WAL archive backlog max {} segments; WAL rate max {}; \
+                     transaction age max {}; latency drift max {}x; probe {}; autovacuum {}; off: {}",
+                    millis(h.hold_ms),
+                    bytes(h.max_replica_lag_bytes),
+                    millis(h.max_replica_lag_ms),
                     h.max_wal_archive_backlog,
                     h.max_wal_rate_bytes
-                        .map(|b| format!("{b} bytes/s"))
+                        .map(|b| format!("{}/s", bytes(b)))
                         .unwrap_or_else(|| "none".into()),
-                    h.max_transaction_age_ms,
+                    millis(h.max_transaction_age_ms),
                     h.latency_drift_factor,
                     h.probe.as_deref().unwrap_or("none"),
                     h.autovacuum.as_str(),
@@ -281,24 +335,25 @@ pub async fn show(sg: &Sluicegate, migration: &str, json: bool) -> Result<()> {
         (
             "timeouts",
             format!(
-                "statement {} ms, lock {} ms",
-                m.statement_timeout_ms, m.lock_timeout_ms
+                "statement {}, lock {}",
+                millis(m.statement_timeout_ms),
+                millis(m.lock_timeout_ms)
             ),
         ),
         (
             "progress",
             format!(
-                "{:.1}%, {} of {} rows",
+                "{:.1}%, {} rows changed, {} rows in the table (estimated)",
                 p.percent,
-                p.rows_done,
-                opt(p.rows_total)
+                thousands(p.rows_done),
+                opt(p.rows_total.map(thousands))
             ),
         ),
         (
             "rate / ETA",
             format!(
                 "{} rows/s, ETA {}",
-                opt(p.rows_per_second.map(|r| r.round() as i64)),
+                opt(p.rows_per_second.map(|r| thousands(r.round() as i64))),
                 eta_text(&p)
             ),
         ),
@@ -465,4 +520,24 @@ pub async fn health(sg: &Sluicegate, migration: &str, json: bool) -> Result<()> 
         outln!("{}: {note}", m.name);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn human_units() {
+        assert_eq!(thousands(1_894_629), "1,894,629");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(-1_000), "-1,000");
+        assert_eq!(bytes(1 << 30), "1 GiB");
+        assert_eq!(bytes(16 * 1024 * 1024), "16 MiB");
+        assert_eq!(bytes(1536), "1.5 KiB");
+        assert_eq!(bytes(512), "512 B");
+        assert_eq!(millis(100), "100 ms");
+        assert_eq!(millis(600_000), "10m");
+        assert_eq!(millis(30_000), "30s");
+        assert_eq!(millis(5_400_000), "1h30m");
+    }
 }

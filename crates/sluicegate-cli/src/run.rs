@@ -280,6 +280,34 @@ pub async fn run(sg: &Sluicegate, args: &RunArgs) -> Result<()> {
     if args.lease < Duration::from_millis(300) {
         bail!("--lease must be at least 300ms (it is renewed every third of it)");
     }
+    if args.until_idle {
+        let all = sg.migrations().await?;
+        let runnable = |m: &&sluicegate::Migration| {
+            matches!(
+                m.status,
+                sluicegate::MigrationStatus::Active | sluicegate::MigrationStatus::Finalizing
+            )
+        };
+        if !all.iter().any(|m| runnable(&m)) {
+            let mut by_status = std::collections::BTreeMap::new();
+            for m in &all {
+                *by_status.entry(m.status.as_str()).or_insert(0) += 1;
+            }
+            let counts: Vec<String> = by_status
+                .iter()
+                .map(|(status, n)| format!("{n} {status}"))
+                .collect();
+            eprintln!(
+                "nothing to do: no migration is active{}",
+                if counts.is_empty() {
+                    " (none queued: `sluicegate queue` one)".to_owned()
+                } else {
+                    format!(" ({})", counts.join(", "))
+                }
+            );
+            return Ok(());
+        }
+    }
     let reporter = Reporter::start(sg.clone(), bars_wanted(args.json));
     let worker = sg
         .worker(WorkerOptions {

@@ -850,6 +850,21 @@ store_test!(defaults_set_and_queue_again_from_the_command_line, |db| {
         queued["sub_batch_ceiling"], 10,
         "an explicit sub-batch size is a ceiling"
     );
+    // Human units, no raw bytes or milliseconds.
+    let out = sg(&url, &["show", "slow"]);
+    for needle in [
+        "replica lag max 1 GiB or 30s",
+        "transaction age max 10m",
+        "statement 30s, lock 5s",
+        "10m / 100 ms",
+        "never above 10 keys (the explicit sub-batch size)",
+    ] {
+        assert!(
+            stdout(&out).contains(needle),
+            "{needle:?} in {}",
+            stdout(&out)
+        );
+    }
     let out = sg(
         &url,
         &[

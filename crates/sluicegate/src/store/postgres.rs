@@ -1359,18 +1359,29 @@ impl PgTarget {
         sqlx::Executor::execute(&mut *tx, setup.as_str())
             .await
             .map_err(Error::db(context))?;
-        let answer = sqlx::query_scalar::<_, Option<bool>>(probe)
-            .fetch_one(&mut *tx)
-            .await;
+        let answer = sqlx::query(probe).fetch_one(&mut *tx).await;
         let _ = tx.rollback().await;
-        Ok(match answer {
-            Ok(value) => Ok(value),
-            Err(sqlx::Error::RowNotFound) => Err("it returned no row".into()),
-            Err(e @ sqlx::Error::ColumnDecode { .. }) => {
-                Err(format!("it must return one boolean column: {e}"))
-            }
-            Err(e) => Err(Failure::from_sqlx(&e).message),
-        })
+        let row = match answer {
+            Ok(row) => row,
+            Err(sqlx::Error::RowNotFound) => return Ok(Err("it returned no row".into())),
+            Err(e) => return Ok(Err(Failure::from_sqlx(&e).message)),
+        };
+        // Said in SQL's terms, not the driver's (which names Rust types).
+        use sqlx::{Column, TypeInfo};
+        let Some(column) = row.columns().first() else {
+            return Ok(Err(
+                "it must return one boolean column; it returned none".into()
+            ));
+        };
+        let ty = column.type_info().name().to_ascii_lowercase();
+        if ty != "bool" {
+            return Ok(Err(format!(
+                "it must return one boolean column; its first column is of type {ty}"
+            )));
+        }
+        Ok(row
+            .try_get::<Option<bool>, _>(0)
+            .map_err(|_| "it must return one boolean column".to_owned()))
     }
 
     /// A target on `pool`; `same_database_store` makes each sub-batch commit the job cursor

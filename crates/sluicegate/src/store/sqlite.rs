@@ -1576,6 +1576,11 @@ impl Target for SqliteTarget {
                 .map_err(Error::db(context))?;
             sample.probe = Some(match answer {
                 Ok(Ok(value)) => Ok(value),
+                Ok(Err(sqlx::Error::RowNotFound)) => Err("it returned no row".into()),
+                // Said in SQL's terms, not the driver's (which names Rust types).
+                Ok(Err(sqlx::Error::ColumnDecode { .. })) => {
+                    Err("it must return one boolean column (true or false, 1 or 0)".into())
+                }
                 Ok(Err(e)) => Err(Failure::from_sqlx(&e).message),
                 Err(_) => Err(format!("no answer within {}s", PROBE_TIMEOUT.as_secs())),
             });
