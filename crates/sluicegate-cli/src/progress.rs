@@ -20,6 +20,53 @@ pub struct Reporter {
     task: JoinHandle<()>,
 }
 
+/// What a bar says of a migration's progress: the share of keys done, rows changed, the rate
+/// and the time left from the recent rate (`-` while it does not run).
+fn progress_text(p: &sluicegate::Progress) -> String {
+    use crate::output::{format_duration, thousands};
+    let eta = p
+        .eta_seconds
+        .map(|s| format_duration(std::time::Duration::from_secs_f64(s)))
+        .unwrap_or_else(|| "-".into());
+    let rate = p
+        .rows_per_second
+        .map(|r| format!("{} rows/s", thousands(r.round() as i64)))
+        .unwrap_or_else(|| "- rows/s".into());
+    format!(
+        "{:.1}% of keys  {} rows changed  {rate}  ETA {eta}",
+        p.percent,
+        thousands(p.rows_done)
+    )
+}
+
+/// Ends a bar as the migration stands: full only when finished; a failed or cancelled one
+/// stays where it stopped, and a paused or held one says so.
+async fn end_bar(sg: &Sluicegate, m: &Migration, bar: &ProgressBar) {
+    use sluicegate::MigrationStatus as S;
+    let Ok(p) = sg.progress(m).await else {
+        bar.abandon_with_message(m.status.to_string());
+        return;
+    };
+    bar.set_position((p.percent * 10.0).round() as u64);
+    match m.status {
+        S::Finished => {
+            bar.set_position(1000);
+            bar.finish_with_message(format!("finished  {} rows changed", p.rows_done));
+        }
+        S::Failed | S::Cancelled => bar.abandon_with_message(format!(
+            "{} at {:.1}% of keys  {} rows changed",
+            m.status.as_str().to_uppercase(),
+            p.percent,
+            p.rows_done
+        )),
+        S::Paused => bar.abandon_with_message(format!("PAUSED  {}", progress_text(&p))),
+        S::Active | S::Finalizing if m.held_since.is_some() => {
+            bar.abandon_with_message(format!("ON HOLD  {}", progress_text(&p)))
+        }
+        _ => bar.abandon_with_message(format!("{}  {}", m.status, progress_text(&p))),
+    }
+}
+
 /// Whether progress bars fit: a terminal on stderr and no `--json`.
 pub fn bars_wanted(json: bool) -> bool {
     !json && std::io::stderr().is_terminal()
@@ -53,13 +100,13 @@ impl Reporter {
                 };
                 let entry = shown.entry(m.id).or_insert_with(|| {
                     let bar = bars.then(|| {
-                        let bar = multi.add(ProgressBar::new(m.total_tuple_count.unwrap_or(0).max(1) as u64));
+                        // Measured in the share of keys done (per mille), as `status` is: rows
+                        // changed and keys walked are different units.
+                        let bar = multi.add(ProgressBar::new(1000));
                         bar.set_style(
-                            ProgressStyle::with_template(
-                                "{prefix:<20} [{bar:30}] {human_pos}/{human_len} rows  ETA {eta:<5} {msg}",
-                            )
-                            .expect("valid template")
-                            .progress_chars("=> "),
+                            ProgressStyle::with_template("{prefix:<20} [{bar:30}] {msg}")
+                                .expect("valid template")
+                                .progress_chars("=> "),
                         );
                         bar.set_prefix(m.name.clone());
                         bar
@@ -69,22 +116,20 @@ impl Reporter {
                 entry.0 = m.clone();
                 match (&event, &entry.1) {
                     (StepOutcome::Ran { job, outcome, .. }, Some(bar)) => {
-                        let mut rate = String::new();
-                        if let Ok(p) = sg.progress(&m).await {
-                            bar.set_position(p.rows_done.max(0) as u64);
-                            if let Some(r) = p.rows_per_second {
-                                rate = format!("{} rows/s  ", r.round() as i64);
-                            }
-                        }
                         let what = match outcome {
                             JobOutcome::Succeeded => "ok".to_owned(),
                             JobOutcome::Failed { failure } => format!("FAILED {}", failure.class),
                             JobOutcome::Lost => "lost".to_owned(),
                         };
-                        bar.set_message(format!(
-                            "{rate}batch {}  job {} {what}",
-                            m.batch_size, job.id
-                        ));
+                        if let Ok(p) = sg.progress(&m).await {
+                            bar.set_position((p.percent * 10.0).round() as u64);
+                            bar.set_message(format!(
+                                "{}  batch {}  job {} {what}",
+                                progress_text(&p),
+                                m.batch_size,
+                                job.id
+                            ));
+                        }
                         if let JobOutcome::Failed { failure } = outcome {
                             bar.println(format!(
                                 "{}: job {} failed (attempt {}): {}: {}",
@@ -93,11 +138,7 @@ impl Reporter {
                         }
                     }
                     (StepOutcome::Completed { migration }, Some(bar)) => {
-                        if let Ok(p) = sg.progress(migration).await {
-                            bar.set_length(p.rows_done.max(1) as u64);
-                            bar.set_position(p.rows_done.max(0) as u64);
-                        }
-                        bar.finish_with_message(migration.status.to_string());
+                        end_bar(&sg, migration, bar).await;
                     }
                     (StepOutcome::Ran { job, outcome, .. }, None) => {
                         let (class, message) = match outcome {
@@ -134,7 +175,7 @@ impl Reporter {
                     }
                     (StepOutcome::Held { migration, reason }, Some(bar)) => {
                         let until = crate::output::time(migration.on_hold_until);
-                        bar.set_message(format!("on hold until {until}"));
+                        bar.set_message(format!("ON HOLD until {until} (ETA -): {reason}"));
                         bar.println(format!(
                             "{}: on hold until {until}: {reason}",
                             migration.name
@@ -164,6 +205,15 @@ impl Reporter {
                         );
                     }
                     _ => {}
+                }
+            }
+            // Bars of migrations that ended (or were paused) elsewhere say so, rather than
+            // freezing at their last job.
+            for (m, bar) in shown.values() {
+                if let Some(bar) = bar.as_ref().filter(|b| !b.is_finished()) {
+                    if let Ok(now) = sg.migration(&m.id.to_string()).await {
+                        end_bar(&sg, &now, bar).await;
+                    }
                 }
             }
         });

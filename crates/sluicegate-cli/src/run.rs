@@ -194,7 +194,8 @@ pub async fn queue(sg: &Sluicegate, args: &QueueArgs) -> Result<()> {
             "max_value": output::key_value(&m.max_value),
             "min_cursor": m.min_value,
             "max_cursor": m.max_value,
-            "estimated_rows": m.total_tuple_count,
+            "estimated_rows": plan.rows_to_change,
+            "estimated_keys": m.total_tuple_count,
             "estimated_jobs": plan.estimated_jobs(),
             "batch_size": m.batch_size,
             "sub_batch_size": m.sub_batch_size,
@@ -221,12 +222,21 @@ pub async fn queue(sg: &Sluicegate, args: &QueueArgs) -> Result<()> {
                 outln!("  scope          {scope} (jobs span matching keys only)");
             }
             outln!("  range          {} ..= {}", m.min_value, m.max_value);
-            outln!("  rows (est.)    {}", output::opt(m.total_tuple_count));
             outln!(
-                "  jobs (est.)    {} of {} keys, sub-batches of {}",
-                output::opt(plan.estimated_jobs()),
-                m.batch_size,
-                m.sub_batch_size
+                "  rows (est.)    {} to change, of {} keys walked",
+                output::opt(plan.rows_to_change.map(output::thousands)),
+                output::opt(m.total_tuple_count.map(output::thousands))
+            );
+            outln!(
+                "  jobs (est.)    {} of {} keys, sub-batches of {}{}",
+                output::opt(plan.estimated_jobs().map(output::thousands)),
+                output::thousands(m.batch_size),
+                output::thousands(m.sub_batch_size),
+                if m.target_sub_batch_ms > 0 {
+                    " (tuned from there)"
+                } else {
+                    ""
+                }
             );
             outln!(
                 "  trial          one sub-batch touched {} rows in {:.1} ms, rolled back",

@@ -210,6 +210,12 @@ pub struct Plan {
     pub trial_rows: u64,
     /// How long the trial sub-batch took.
     pub trial_time: Duration,
+    /// A sub-batch's fixed cost and its cost per key, from a second, larger trial (rolled
+    /// back too); `None` when there was none (batch no larger than the sub-batch).
+    pub trial_costs: Option<(Duration, Duration)>,
+    /// Rows the migration will change: the rows its keys cover that its kind's `where`
+    /// (and scope) match, estimated (a sampled count on PostgreSQL, a count on SQLite).
+    pub rows_to_change: Option<i64>,
 }
 
 impl Plan {
@@ -219,18 +225,47 @@ impl Plan {
         Some((rows + self.migration.batch_size - 1) / self.migration.batch_size)
     }
 
-    /// Estimated duration at these settings: each job takes its sub-batches at the trial's
-    /// pace plus the pauses, and jobs start no more often than the interval.
+    /// Estimated duration at these settings, as the worker will run them: the trial
+    /// sub-batch gives the cost of a key; the tuner (when on) grows sub-batches toward its
+    /// target time, up to the batch size and the ceiling; each sub-batch is followed by the
+    /// pause; each job costs a few milliseconds of bookkeeping; and jobs start no more often
+    /// than the interval.
     pub fn estimated_duration(&self) -> Option<Duration> {
         let jobs = self.estimated_jobs()? as f64;
         let m = &self.migration;
-        let sub_batches = (m.batch_size as f64 / m.sub_batch_size as f64).ceil();
-        let job = sub_batches * (self.trial_time.as_secs_f64() + m.pause_ms as f64 / 1000.0);
+        let keys = m.total_tuple_count?.max(1) as f64;
+        let (fixed, per_key) = match self.trial_costs {
+            Some((fixed, per_key)) => (fixed.as_secs_f64(), per_key.as_secs_f64()),
+            None => {
+                let trial_keys = (m.sub_batch_size as f64).min(keys).max(1.0);
+                (0.0, self.trial_time.as_secs_f64() / trial_keys)
+            }
+        };
+        let most = m.batch_size.min(m.sub_batch_ceiling.unwrap_or(i64::MAX)) as f64;
+        let target = m.target_sub_batch_ms as f64 / 1000.0;
+        let sub = if target > 0.0 && per_key > 0.0 {
+            ((target - fixed).max(0.0) / per_key).clamp(1.0, most)
+        } else {
+            m.sub_batch_size as f64
+        };
+        let keys_per_job = (m.batch_size as f64).min(keys);
+        let sub_batches = (keys_per_job / sub).ceil();
+        // The pause comes between a job's sub-batches, not after its last one.
+        let job = sub_batches * fixed
+            + keys_per_job * per_key
+            + (sub_batches - 1.0) * m.pause_ms as f64 / 1000.0
+            + JOB_BOOKKEEPING.as_secs_f64();
         Some(Duration::from_secs_f64(
             jobs * job.max(m.interval.as_secs_f64()),
         ))
     }
 }
+
+/// How many recent jobs the running rate comes from.
+const RECENT_JOBS: i64 = 20;
+
+/// What a job costs beyond its sub-batches (its start and end), for estimates.
+const JOB_BOOKKEEPING: Duration = Duration::from_millis(2);
 
 /// Resolves the [`Backend`] of a URL.
 fn backend_of(url: &str) -> Result<Backend> {
@@ -521,28 +556,29 @@ impl Sluicegate {
                 )));
             }
         }
-        let trial_started = std::time::Instant::now();
         let trial_lower = Lower::From(min_value.clone());
+        let trial_spec = |size: i64| SubBatchSpec {
+            kind: kind.as_ref(),
+            table: &table,
+            key: &key,
+            scope: scope.as_deref(),
+            arguments: &req.arguments,
+            lower: &trial_lower,
+            max: &max_value,
+            size,
+            whole_rest: false,
+            timeouts: Timeouts {
+                statement_ms: millis(req.statement_timeout),
+                lock_ms: millis(req.lock_timeout),
+            },
+        };
+        let trial_started = std::time::Instant::now();
         // An empty table has no key to start from (its bounds are placeholders): nothing to try.
         let trial = match &next_start {
             None => Ok(0),
             Some(_) => {
                 self.target
-                    .sub_batch_try(SubBatchSpec {
-                        kind: kind.as_ref(),
-                        table: &table,
-                        key: &key,
-                        scope: scope.as_deref(),
-                        arguments: &req.arguments,
-                        lower: &trial_lower,
-                        max: &max_value,
-                        size: req.sub_batch_size,
-                        whole_rest: false,
-                        timeouts: Timeouts {
-                            statement_ms: millis(req.statement_timeout),
-                            lock_ms: millis(req.lock_timeout),
-                        },
-                    })
+                    .sub_batch_try(trial_spec(req.sub_batch_size))
                     .await
             }
         };
@@ -551,6 +587,30 @@ impl Sluicegate {
             kind: req.job_kind.clone(),
             reason: format!("its statement failed on a trial sub-batch (rolled back): {failure}"),
         })?;
+        // A second, larger trial (also rolled back) parts a sub-batch's fixed cost from its
+        // cost per key, for the estimate: one small sub-batch is mostly fixed cost, and the
+        // tuner will run far larger ones. Built-in kinds only: they are SQL alone, while a
+        // custom kind may count or call out, and is run at queue time once, not twice.
+        let large = req.batch_size.min(req.sub_batch_size.saturating_mul(10));
+        let built_in = matches!(
+            req.job_kind.as_str(),
+            "update" | "delete" | "copy-column" | "sql"
+        );
+        let mut trial_costs = None;
+        if built_in && next_start.is_some() && large > req.sub_batch_size {
+            let started = std::time::Instant::now();
+            if self.target.sub_batch_try(trial_spec(large)).await.is_ok() {
+                let large_time = started.elapsed().as_secs_f64();
+                let small_time = trial_time.as_secs_f64();
+                let per_key = ((large_time - small_time) / (large - req.sub_batch_size) as f64)
+                    .max(large_time / large as f64 / 10.0);
+                let fixed = (small_time - per_key * req.sub_batch_size as f64).max(0.0);
+                trial_costs = Some((
+                    Duration::from_secs_f64(fixed),
+                    Duration::from_secs_f64(per_key),
+                ));
+            }
+        }
         let migration = NewMigration {
             name: req.name.clone(),
             job_kind: req.job_kind.clone(),
@@ -583,10 +643,26 @@ impl Sluicegate {
             actor: req.actor.clone(),
         };
         self.refuse_duplicate(&migration).await?;
+        // The rows it will change: those its kind's `where` matches among the keys it walks.
+        let filter = req
+            .arguments
+            .get("where")
+            .and_then(Value::as_str)
+            .filter(|w| !w.trim().is_empty());
+        let rows_to_change = match (filter, &migration.scope) {
+            (None, _) => migration.total_tuple_count,
+            (Some(w), None) => self.target.scope_estimate(&table, w).await?,
+            (Some(w), Some(s)) => {
+                let both = format!("({s}) AND ({w})");
+                self.target.scope_estimate(&table, &both).await?
+            }
+        };
         Ok(Plan {
             migration,
             trial_rows,
             trial_time,
+            trial_costs,
+            rows_to_change,
         })
     }
 
@@ -889,6 +965,33 @@ impl Sluicegate {
         let jobs = self.store.job_counts(migration.id, MAX_ATTEMPTS).await?;
         let now = Utc::now();
         let mut progress = compute_progress(migration.clone(), jobs, now);
+        // Running, the time left comes from the recent rate: the keys the last 20 succeeded
+        // jobs walked over the time they spanned (a pause or a hold before them does not
+        // count), applied to the keys left.
+        let running = matches!(
+            migration.status,
+            MigrationStatus::Active | MigrationStatus::Finalizing
+        ) && migration.held_since.is_none();
+        if running {
+            let recent = self
+                .store
+                .job_recent_succeeded(migration.id, RECENT_JOBS)
+                .await?;
+            let started = recent.iter().filter_map(|j| j.started_at).min();
+            let finished = recent.iter().filter_map(|j| j.finished_at).max();
+            if let (Some(total), Some(started), Some(finished)) =
+                (migration.total_tuple_count, started, finished)
+            {
+                let window = (finished - started).num_milliseconds() as f64 / 1000.0;
+                let keys: i64 = recent.iter().map(|j| j.batch_size).sum();
+                if recent.len() >= 2 && window > 0.0 && keys > 0 {
+                    let left = total as f64 * (1.0 - progress.percent / 100.0);
+                    progress.eta_seconds = Some(left.max(0.0) / (keys as f64 / window));
+                }
+            }
+        } else if !migration.status.is_finished() {
+            progress.eta_seconds = None;
+        }
         // A hold lasts from its `hold` row to its `release` row, re-checks between included.
         if migration.held_since.is_some() {
             progress.hold_reason = self
@@ -1058,9 +1161,14 @@ pub fn compute_progress(migration: Migration, jobs: JobCounts, now: DateTime<Utc
         (end - start).num_milliseconds().max(1) as f64 / 1000.0
     });
     let rows_per_second = elapsed.map(|s| rows_done as f64 / s);
-    let eta_seconds = match (rows_per_second, migration.total_tuple_count) {
-        _ if migration.status.is_finished() => Some(0.0),
-        (Some(rate), Some(total)) if rate > 0.0 => Some(((total - rows_done).max(0)) as f64 / rate),
+    // In keys, as the share done is: rows changed would mix units (a `where` changes fewer
+    // rows than the keys walked). Nothing is promised while it does not run.
+    let share = percent / 100.0;
+    let eta_seconds = match (migration.status, elapsed) {
+        (MigrationStatus::Finished, _) => Some(0.0),
+        (MigrationStatus::Active | MigrationStatus::Finalizing, Some(s)) if share > 0.0 => {
+            Some(s * (1.0 - share) / share)
+        }
         _ => None,
     };
     Progress {

@@ -748,3 +748,45 @@ store_test!(an_explicit_sub_batch_size_is_the_tuners_ceiling, |db| {
         0
     );
 });
+
+// One estimator: the dry run's rows follow the kind's `where` (a sampled count on PostgreSQL,
+// a count on SQLite), not the table's size; while a migration does not run, no time left is
+// promised.
+store_test!(
+    estimates_follow_the_where_and_eta_only_while_running,
+    |db| {
+        let sg = db.sluicegate().await;
+        db.create_items("items", &[(1, 120_000)]).await;
+        let req = fast("est", "update", "items", 1_000, 100)
+            .argument("set", "n = n + 1")
+            .argument("where", "id % 4 <> 0");
+        let plan = sg.plan(&req).await.unwrap();
+        let rows = plan.rows_to_change.unwrap();
+        assert!(
+            (67_500..=112_500).contains(&rows),
+            "90,000 of 120,000 rows match; estimated {rows}"
+        );
+        assert_eq!(plan.estimated_jobs(), Some(120));
+        assert!(
+            plan.trial_costs.is_some(),
+            "a second trial parts fixed and per-key costs"
+        );
+        let m = sg.queue(&req).await.unwrap();
+        let mut lp = worker(&sg, "w1").new_loop();
+        lp.step().await.unwrap();
+        lp.step().await.unwrap();
+        lp.finish().await.unwrap();
+        let now = sg.migration(&m.id.to_string()).await.unwrap();
+    let running = sg.progress(&now).await.unwrap();
+        assert!(running.percent > 0.0);
+        assert!(running.eta_seconds.is_some(), "running: a time left");
+        sg.apply("est", MigrationEvent::Pause, None, "cli")
+            .await
+            .unwrap();
+        let paused = sg
+            .progress(&sg.migration("est").await.unwrap())
+            .await
+            .unwrap();
+        assert_eq!(paused.eta_seconds, None, "paused: no time left promised");
+    }
+);

@@ -1616,18 +1616,34 @@ impl Target for PgTarget {
     }
 
     async fn scope_estimate(&self, table: &TableName, scope: &str) -> Result<Option<i64>> {
-        // The planner's row estimate for the scope, as EXPLAIN gives it: no scan.
+        // A sampled count: the share of matching rows in about 30,000 rows read from whole
+        // pages (TABLESAMPLE SYSTEM), times the table's estimate. The planner's own estimate
+        // of an arbitrary condition is often a default selectivity (0.5% for `a % 4 = 0`), far
+        // off; a small table is counted outright.
+        let context = "estimating the rows of a condition";
+        let Some(total) = self.row_estimate(table).await? else {
+            return Ok(None);
+        };
+        let t = table.quoted();
+        let percent = if total <= 100_000 {
+            100.0
+        } else {
+            (30_000.0 / total as f64 * 100.0).clamp(0.01, 100.0)
+        };
         let sql = format!(
-            "EXPLAIN (FORMAT JSON) SELECT 1 FROM {} WHERE ({scope})",
-            table.quoted()
+            "SELECT count(*) FILTER (WHERE ({scope})), count(*) FROM {t} TABLESAMPLE SYSTEM ($1)"
         );
-        let Json(plan): Json<Value> = sqlx::query_scalar(&sql)
+        let (matched, seen): (i64, i64) = sqlx::query_as(&sql)
+            .bind(percent)
             .fetch_one(&self.pool)
             .await
-            .map_err(Error::db("estimating the rows of the scope"))?;
-        Ok(plan[0]["Plan"]["Plan Rows"]
-            .as_f64()
-            .map(|n| n.round() as i64))
+            .map_err(Error::db(context))?;
+        if seen == 0 {
+            return Ok(Some(0));
+        }
+        Ok(Some(
+            (total as f64 * matched as f64 / seen as f64).round() as i64
+        ))
     }
 
     async fn range_next(
