@@ -121,7 +121,9 @@ impl Reporter {
                             JobOutcome::Failed { failure } => format!("FAILED {}", failure.class),
                             JobOutcome::Lost => "lost".to_owned(),
                         };
-                        if let Ok(p) = sg.progress(&m).await {
+                        // The migration as it stands now: its next key moved with this job.
+                        let now = sg.migration(&m.id.to_string()).await.unwrap_or(m.clone());
+                        if let Ok(p) = sg.progress(&now).await {
                             bar.set_position((p.percent * 10.0).round() as u64);
                             bar.set_message(format!(
                                 "{}  batch {}  job {} {what}",

@@ -777,7 +777,7 @@ store_test!(
         lp.step().await.unwrap();
         lp.finish().await.unwrap();
         let now = sg.migration(&m.id.to_string()).await.unwrap();
-    let running = sg.progress(&now).await.unwrap();
+        let running = sg.progress(&now).await.unwrap();
         assert!(running.percent > 0.0);
         assert!(running.eta_seconds.is_some(), "running: a time left");
         sg.apply("est", MigrationEvent::Pause, None, "cli")
