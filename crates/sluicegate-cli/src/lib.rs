@@ -3,6 +3,7 @@
 
 pub mod json;
 pub mod serve;
+pub mod units;
 
 /// Resolves on Ctrl-C or SIGTERM: the signal to finish the work in flight and stop.
 pub async fn shutdown_signal() {

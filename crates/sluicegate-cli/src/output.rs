@@ -12,6 +12,7 @@ use sluicegate::health::Signal;
 use sluicegate::{Job, JobStatus, Progress, Sluicegate};
 use sluicegate_cli::json::{job_duration_ms, JobJson, StatusJson};
 pub use sluicegate_cli::json::{key_value, MigrationJson};
+pub use sluicegate_cli::units::{bytes, millis, thousands};
 
 /// Colors only on a terminal and when `NO_COLOR` is unset.
 pub fn color_enabled() -> bool {
@@ -20,48 +21,6 @@ pub fn color_enabled() -> bool {
 
 pub fn opt<T: ToString>(v: Option<T>) -> String {
     v.map(|v| v.to_string()).unwrap_or_else(|| "-".into())
-}
-
-/// An integer with thousands separators: `1,894,629`.
-pub fn thousands(n: i64) -> String {
-    let digits = n.unsigned_abs().to_string();
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    if n < 0 {
-        out.insert(0, '-');
-    }
-    out
-}
-
-/// A size in bytes in binary units: `512 B`, `16 MiB`, `1 GiB`, `1.5 GiB`.
-pub fn bytes(n: i64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = n as f64;
-    let mut unit = 0;
-    while value.abs() >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if value.fract() == 0.0 {
-        format!("{value:.0} {}", UNITS[unit])
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
-    }
-}
-
-/// Milliseconds as a person says them: `100 ms`, `30s`, `10m`, `1h30m`.
-pub fn millis(ms: i64) -> String {
-    if ms < 1000 {
-        return format!("{ms} ms");
-    }
-    humantime::format_duration(Duration::from_millis(ms.max(0) as u64))
-        .to_string()
-        .replace(' ', "")
 }
 
 pub fn format_duration(d: Duration) -> String {
@@ -520,24 +479,4 @@ pub async fn health(sg: &Sluicegate, migration: &str, json: bool) -> Result<()> 
         outln!("{}: {note}", m.name);
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn human_units() {
-        assert_eq!(thousands(1_894_629), "1,894,629");
-        assert_eq!(thousands(999), "999");
-        assert_eq!(thousands(-1_000), "-1,000");
-        assert_eq!(bytes(1 << 30), "1 GiB");
-        assert_eq!(bytes(16 * 1024 * 1024), "16 MiB");
-        assert_eq!(bytes(1536), "1.5 KiB");
-        assert_eq!(bytes(512), "512 B");
-        assert_eq!(millis(100), "100 ms");
-        assert_eq!(millis(600_000), "10m");
-        assert_eq!(millis(30_000), "30s");
-        assert_eq!(millis(5_400_000), "1h30m");
-    }
 }

@@ -51,13 +51,16 @@ async fn end_bar(sg: &Sluicegate, m: &Migration, bar: &ProgressBar) {
     match m.status {
         S::Finished => {
             bar.set_position(1000);
-            bar.finish_with_message(format!("finished  {} rows changed", p.rows_done));
+            bar.finish_with_message(format!(
+                "finished  {} rows changed",
+                crate::output::thousands(p.rows_done)
+            ));
         }
         S::Failed | S::Cancelled => bar.abandon_with_message(format!(
             "{} at {:.1}% of keys  {} rows changed",
             m.status.as_str().to_uppercase(),
             p.percent,
-            p.rows_done
+            crate::output::thousands(p.rows_done)
         )),
         S::Paused => bar.abandon_with_message(format!("PAUSED  {}", progress_text(&p))),
         S::Active | S::Finalizing if m.held_since.is_some() => {

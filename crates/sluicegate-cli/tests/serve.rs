@@ -121,7 +121,9 @@ store_test!(dashboard_pages_render_and_refresh, |db| {
         "throughput",
         "batch size",
         "NotNullViolation",
-        &format!("Job {failed_job}"),
+        &format!("/jobs/{failed_job}"),
+        "Failures, grouped",
+        "id=\"actions\"",
     ] {
         assert!(page.contains(needle), "migration page shows {needle:?}");
     }
@@ -464,6 +466,7 @@ async fn headless_chromium_renders_the_live_dashboard() {
     };
     let db = TestDb::sqlite().await;
     let (sg, failed_job) = running_migration(&db).await;
+    let handle = sg.clone();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
     let server = tokio::spawn(async move {
@@ -508,7 +511,9 @@ async fn headless_chromium_renders_the_live_dashboard() {
         "%",
         "Transition log",
         "NotNullViolation",
-        &format!("Job {failed_job}"),
+        &format!("/jobs/{failed_job}"),
+        "Failures, grouped",
+        "id=\"actions\"",
         "running → ",
     ] {
         assert!(
@@ -539,6 +544,103 @@ async fn headless_chromium_renders_the_live_dashboard() {
         "dashboard screenshot: {}",
         shot.canonicalize().unwrap().display()
     );
+    // The overview, a held migration and a failed one, rendered and shot the same way.
+    let shoot = |path: &str, file: &str| {
+        let shot = artefact_dir().join(file);
+        let _ = std::fs::remove_file(&shot);
+        let mut cmd = Command::new(&chromium);
+        cmd.args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--window-size=1280,1400",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg(format!("--screenshot={}", shot.display()))
+        .arg(format!("http://{address}{path}"));
+        (cmd, shot)
+    };
+    let dump = |path: &str| {
+        let mut cmd = Command::new(&chromium);
+        cmd.args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--dump-dom",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg(format!("http://{address}{path}"));
+        cmd
+    };
+    let hold = sluicegate::store::MigrationTransitionParams::new(
+        &handle.migration("1").await.unwrap(),
+        MigrationEvent::Hold,
+        "test",
+    )
+    .unwrap()
+    .with_reason(Some(
+        "replica_lag: replica r1 is 40.9 MiB behind in replay (max 16.0 MiB or 30s)".into(),
+    ))
+    .holding_for(Duration::from_secs(300));
+    handle.store().migration_transition(&hold).await.unwrap();
+    let mut shots = Vec::new();
+    for (path, file) in [
+        ("/", "dashboard-overview.png"),
+        ("/migrations/1", "dashboard-held.png"),
+    ] {
+        let (mut cmd, shot) = shoot(path, file);
+        let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+            .await
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        shots.push(shot);
+    }
+    let mut cmd = dump("/migrations/1");
+    let held = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    let held = String::from_utf8_lossy(&held.stdout).into_owned();
+    assert!(held.contains("HELD — on hold since"), "{held}");
+    assert!(held.contains("40.9 MiB behind"), "{held}");
+    let fail = sluicegate::store::MigrationTransitionParams::new(
+        &handle.migration("1").await.unwrap(),
+        MigrationEvent::Fail,
+        "test",
+    )
+    .unwrap()
+    .with_failure(sluicegate::Failure::new(
+        "NotNullViolation",
+        "more than half of its jobs failed",
+    ));
+    handle.store().migration_transition(&fail).await.unwrap();
+    let (mut cmd, shot) = shoot("/migrations/1", "dashboard-failed.png");
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    shots.push(shot);
+    for shot in &shots {
+        let size = std::fs::metadata(shot).map(|m| m.len()).unwrap_or(0);
+        assert!(
+            size > 10_000,
+            "a real screenshot at {}: {size} bytes",
+            shot.display()
+        );
+        eprintln!(
+            "dashboard screenshot: {}",
+            shot.canonicalize().unwrap().display()
+        );
+    }
     server.abort();
 }
 

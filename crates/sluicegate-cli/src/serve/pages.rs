@@ -13,12 +13,55 @@ use serde::Deserialize;
 use sluicegate::{Job, JobStatus, JobTransition, Migration, MigrationEvent, Progress};
 
 use super::{ApiError, AppState};
+use crate::units::{millis, thousands};
 
 const SCRIPT: &str = r#"(function () {
+  // Actions: the token is kept for this browser session only and sent as the bearer header;
+  // the answer (a refusal included) is shown next to the buttons.
+  var panel = document.getElementById("actions");
+  if (panel) {
+    var token = document.getElementById("token");
+    var said = document.getElementById("said");
+    token.value = sessionStorage.getItem("sluicegate-token") || "";
+    token.addEventListener("input", function () {
+      sessionStorage.setItem("sluicegate-token", token.value);
+    });
+    var act = function (action, body) {
+      fetch("/api/migrations/" + panel.dataset.migration + "/" + action, {
+        method: "POST",
+        headers: { "Authorization": "Bearer " + token.value, "Content-Type": "application/json" },
+        body: JSON.stringify(body)
+      })
+        .then(function (r) { return r.json().then(function (j) { return [r.status, j]; }); })
+        .then(function (answer) {
+          var ok = answer[0] === 200;
+          said.className = ok ? "said ok" : "said refused";
+          said.textContent = ok
+            ? action + ": done, now " + answer[1].migration.status
+            : action + " refused (" + answer[0] + "): " + answer[1].error;
+        })
+        .catch(function (e) { said.className = "said refused"; said.textContent = String(e); });
+    };
+    panel.querySelectorAll("button[data-action]").forEach(function (b) {
+      b.addEventListener("click", function () {
+        act(b.dataset.action, { reason: document.getElementById("reason").value || null });
+      });
+    });
+    document.getElementById("set").addEventListener("submit", function (e) {
+      e.preventDefault();
+      var body = { reason: document.getElementById("reason").value || null };
+      ["batch_size", "sub_batch_size", "max_batch_size", "pause_ms", "interval_ms"].forEach(function (k) {
+        var v = document.getElementById("set-" + k).value;
+        if (v !== "") body[k] = Number(v);
+      });
+      act("set", body);
+    });
+  }
   var main = document.getElementById("live");
   if (!main) return;
   setInterval(function () {
-    fetch(location.pathname + "?partial=1", { cache: "no-store" })
+    var query = location.search ? location.search + "&partial=1" : "?partial=1";
+    fetch(location.pathname + query, { cache: "no-store" })
       .then(function (r) { return r.ok ? r.text() : null; })
       .then(function (html) {
         if (html === null) return;
@@ -44,6 +87,13 @@ th { background: #eef0f4; font-weight: 600; }
 .status-finished, .status-succeeded { color: #2f7d4f; }
 .status-active, .status-running, .status-finalizing { color: #1f5fbf; }
 .hold { color: #9a6700; }
+.held { background: #fff4d6; border: 2px solid #d4a72c; padding: 8px 12px; font-weight: 600; }
+.status-held { color: #9a6700; font-weight: 700; }
+#actions { background: #fff; border: 1px solid #e3e6eb; margin: 12px 24px 0; padding: 10px 12px; }
+#actions input { width: 90px; }
+#actions #token, #actions #reason { width: 180px; }
+.said.ok { color: #2f7d4f; } .said.refused { color: #b3261e; font-weight: 600; }
+nav.filter a { margin-right: 10px; }
 .charts { display: flex; gap: 16px; flex-wrap: wrap; }
 .chart { background: #fff; border: 1px solid #e3e6eb; }
 code { font-size: 12px; }
@@ -52,6 +102,8 @@ code { font-size: 12px; }
 #[derive(Debug, Default, Deserialize)]
 pub struct PageQuery {
     partial: Option<u8>,
+    /// Overview filter: a status, or `held`.
+    status: Option<String>,
 }
 
 pub async fn script() -> Response {
@@ -64,6 +116,17 @@ pub async fn stylesheet() -> Response {
 
 /// The whole page, or only its live part when the script asks.
 fn page(title: &str, query: &PageQuery, content: Markup) -> Html<String> {
+    page_with(title, query, None, content)
+}
+
+/// [`page`] with a panel above the live part that the refresh leaves alone (the actions:
+/// a token being typed must not be swapped away).
+fn page_with(
+    title: &str,
+    query: &PageQuery,
+    controls: Option<Markup>,
+    content: Markup,
+) -> Html<String> {
     if query.partial == Some(1) {
         return Html(content.into_string());
     }
@@ -81,6 +144,7 @@ fn page(title: &str, query: &PageQuery, content: Markup) -> Html<String> {
                         a href="/" { "sluicegate" }
                         span { "live · updated " span #updated { (Utc::now().format("%H:%M:%S")) } }
                     }
+                    @if let Some(controls) = controls { (controls) }
                     main #live { (content) }
                     script src="/static/app.js" {}
                 }
@@ -91,8 +155,30 @@ fn page(title: &str, query: &PageQuery, content: Markup) -> Html<String> {
 }
 
 fn time(t: Option<DateTime<Utc>>) -> String {
-    t.map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+    t.map(|t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string())
         .unwrap_or_else(|| "-".into())
+}
+
+/// A status as the dashboard shows it: `held` (prominent) while a hold lasts.
+fn shown_status(m: &Migration) -> String {
+    if m.held_since.is_some() && m.status == sluicegate::MigrationStatus::Active {
+        "held".into()
+    } else {
+        m.status.to_string()
+    }
+}
+
+/// Overview order: running work first (active, finalizing, held), then paused, failed, and
+/// the ended ones; newest first within.
+fn rank(m: &Migration) -> (u8, std::cmp::Reverse<i64>) {
+    use sluicegate::MigrationStatus as S;
+    let r = match m.status {
+        S::Active | S::Finalizing => 0,
+        S::Paused => 1,
+        S::Failed => 2,
+        S::Finished | S::Cancelled => 3,
+    };
+    (r, std::cmp::Reverse(m.id))
 }
 
 fn human_duration(seconds: f64) -> String {
@@ -156,15 +242,31 @@ pub async fn overview(
     State(st): State<AppState>,
     Query(q): Query<PageQuery>,
 ) -> Result<Html<String>, ApiError> {
+    let mut all = st.sg.migrations().await?;
+    all.sort_by_key(rank);
+    let filter = q.status.clone().filter(|s| !s.is_empty());
     let mut rows = Vec::new();
-    for m in st.sg.migrations().await? {
+    for m in all {
+        if filter
+            .as_deref()
+            .is_some_and(|f| f != shown_status(&m) && f != m.status.as_str())
+        {
+            continue;
+        }
         let hold = hold_reason(&st, &m).await?;
         rows.push((st.sg.progress(&m).await?, hold));
     }
     let content = html! {
         h1 { "Migrations" }
+        nav .filter {
+            "show: "
+            a href="/" { "all" }
+            @for s in ["active", "held", "paused", "failed", "finished", "cancelled"] {
+                a href=(format!("/?status={s}")) { (s) }
+            }
+        }
         @if rows.is_empty() {
-            p { "No migration is queued." }
+            p { "No migration " (filter.as_deref().map(|f| format!("is {f}")).unwrap_or_else(|| "is queued".into())) "." }
         } @else {
             table {
                 tr { th { "id" } th { "name" } th { "status" } th { "table" } th { "progress" } th { "rows" } th { "rows/s" } th { "ETA" } th { "batch" } th { "jobs ok / failed / all" } th { "note" } }
@@ -173,11 +275,11 @@ pub async fn overview(
                     tr {
                         td { (m.id) }
                         td { a href=(format!("/migrations/{}", m.id)) { (m.name) } }
-                        td class=(format!("status-{}", m.status)) { (m.status) }
+                        td class=(format!("status-{}", shown_status(m))) { (shown_status(m)) }
                         td { code { (m.table_name) "." (m.key.display_names()) } }
                         td { (progress_bar(p.percent)) }
-                        td { (p.rows_done) " / " (p.rows_total.map(|t| t.to_string()).unwrap_or_else(|| "?".into())) }
-                        td { (p.rows_per_second.map(|r| format!("{r:.0}")).unwrap_or_else(|| "-".into())) }
+                        td { (thousands(p.rows_done)) " / " (p.rows_total.map(thousands).unwrap_or_else(|| "?".into())) }
+                        td { (p.rows_per_second.map(|r| thousands(r.round() as i64)).unwrap_or_else(|| "-".into())) }
                         td { (eta(p)) }
                         td { (m.batch_size) " / " (m.sub_batch_size) }
                         td { (p.jobs.succeeded) " / " (p.jobs.failed) " / " (p.jobs.total()) }
@@ -190,8 +292,9 @@ pub async fn overview(
     Ok(page("Migrations", &q, content))
 }
 
-/// A small SVG line chart of `points` (x, y), y from 0.
-fn line_chart(title: &str, points: &[(f64, f64)]) -> Markup {
+/// A small SVG line chart of `points` (x, y), y from 0; with `time_axis`, x is seconds
+/// (labelled at both ends) and gaps in time break the line.
+fn line_chart(title: &str, points: &[(f64, f64)], time_axis: bool) -> Markup {
     const W: f64 = 520.0;
     const H: f64 = 170.0;
     const PAD: f64 = 36.0;
@@ -206,10 +309,20 @@ fn line_chart(title: &str, points: &[(f64, f64)]) -> Markup {
     let y1 = points.iter().fold(0.0f64, |hi, (_, y)| hi.max(*y)).max(1.0);
     let sx = |x: f64| PAD + (x - x0) / (x1 - x0).max(1e-9) * (W - 2.0 * PAD);
     let sy = |y: f64| H - PAD + 10.0 - y / y1 * (H - 2.0 * PAD);
-    let line: Vec<String> = points
-        .iter()
-        .map(|(x, y)| format!("{:.1},{:.1}", sx(*x), sy(*y)))
-        .collect();
+    // A gap (a pause, a hold, a stop) breaks the line rather than being drawn across: a step
+    // more than three times the usual one, and at least a second, starts a new segment.
+    let mut steps: Vec<f64> = points.windows(2).map(|w| w[1].0 - w[0].0).collect();
+    steps.sort_by(|a, b| a.total_cmp(b));
+    let usual = steps.get(steps.len() / 2).copied().unwrap_or(0.0);
+    let mut segments: Vec<Vec<String>> = vec![Vec::new()];
+    for (i, (x, y)) in points.iter().enumerate() {
+        if i > 0 && time_axis && x - points[i - 1].0 > (3.0 * usual).max(1.0) {
+            segments.push(Vec::new());
+        }
+        if let Some(segment) = segments.last_mut() {
+            segment.push(format!("{:.1},{:.1}", sx(*x), sy(*y)));
+        }
+    }
     html! {
         svg .chart width=(W) height=(H) viewBox=(format!("0 0 {W} {H}")) xmlns="http://www.w3.org/2000/svg" role="img" aria-label=(title) {
             text x="8" y="16" font-size="12" font-weight="600" { (title) }
@@ -217,7 +330,13 @@ fn line_chart(title: &str, points: &[(f64, f64)]) -> Markup {
             text x="4" y=(format!("{:.0}", sy(0.0))) font-size="10" { "0" }
             line x1=(PAD) y1=(sy(0.0)) x2=(W - PAD) y2=(sy(0.0)) stroke="#aab" {}
             line x1=(PAD) y1=(sy(y1)) x2=(PAD) y2=(sy(0.0)) stroke="#aab" {}
-            polyline points=(line.join(" ")) fill="none" stroke="#1f5fbf" stroke-width="2" {}
+            @if time_axis {
+                text x=(PAD) y=(format!("{:.0}", H - 4.0)) font-size="10" { (format!("{x0:.0}s")) }
+                text x=(format!("{:.0}", W - PAD - 30.0)) y=(format!("{:.0}", H - 4.0)) font-size="10" { (format!("{x1:.0}s")) }
+            }
+            @for segment in &segments {
+                polyline points=(segment.join(" ")) fill="none" stroke="#1f5fbf" stroke-width="2" {}
+            }
             @for (x, y) in points.iter().take(400) {
                 circle cx=(format!("{:.1}", sx(*x))) cy=(format!("{:.1}", sy(*y))) r="2" fill="#1f5fbf" {}
             }
@@ -266,36 +385,107 @@ pub async fn migration(
             Some((at, j.rows_affected as f64 / secs))
         })
         .collect();
+    let mut throughput = throughput;
+    throughput.sort_by(|a, b| a.0.total_cmp(&b.0));
     let sizes: Vec<(f64, f64)> = jobs
         .iter()
         .enumerate()
         .map(|(i, j)| (i as f64, j.batch_size as f64))
         .collect();
-    let mut failed = Vec::new();
+    // Failures grouped by class and message: how many, first and last, one history.
+    struct Group<'a> {
+        class: String,
+        message: String,
+        jobs: Vec<&'a Job>,
+        first: DateTime<Utc>,
+        last: DateTime<Utc>,
+        history: Vec<JobTransition>,
+    }
+    let mut groups: Vec<Group> = Vec::new();
     for j in jobs
         .iter()
         .filter(|j| j.status == JobStatus::Failed || j.attempts > 1)
     {
-        failed.push((j, st.sg.job_history(j.id).await?));
+        let history = st.sg.job_history(j.id).await?;
+        for row in history.iter().filter(|r| r.exception_class.is_some()) {
+            let class = row.exception_class.clone().unwrap_or_default();
+            let message = row.exception_message.clone().unwrap_or_default();
+            match groups
+                .iter_mut()
+                .find(|g| g.class == class && g.message == message)
+            {
+                Some(g) => {
+                    if !g.jobs.iter().any(|x| x.id == j.id) {
+                        g.jobs.push(j);
+                    }
+                    g.first = g.first.min(row.created_at);
+                    g.last = g.last.max(row.created_at);
+                }
+                None => groups.push(Group {
+                    class,
+                    message,
+                    jobs: vec![j],
+                    first: row.created_at,
+                    last: row.created_at,
+                    history: history.clone(),
+                }),
+            }
+        }
     }
+    let running: Vec<&Job> = jobs
+        .iter()
+        .filter(|j| j.status == JobStatus::Running)
+        .collect();
+    let now = Utc::now();
+    let held = m.held_since.is_some() && m.status == sluicegate::MigrationStatus::Active;
+    let controls = html! {
+        div #actions data-migration=(m.id) {
+            strong { "Act on this migration " }
+            input #token type="password" placeholder="token (kept for this session)";
+            " "
+            input #reason type="text" placeholder="reason (optional)";
+            " "
+            @for action in ["pause", "resume", "retry", "cancel"] {
+                button data-action=(action) type="button" { (action) } " "
+            }
+            form #set style="margin-top: 8px" {
+                "set: "
+                @for (field, now) in [
+                    ("batch_size", m.batch_size.to_string()),
+                    ("sub_batch_size", m.sub_batch_size.to_string()),
+                    ("max_batch_size", m.max_batch_size.map(|v| v.to_string()).unwrap_or_default()),
+                    ("pause_ms", m.pause_ms.to_string()),
+                    ("interval_ms", m.interval.as_millis().to_string()),
+                ] {
+                    label { (field) " " input id=(format!("set-{field}")) type="number" min="0" placeholder=(now); } " "
+                }
+                button type="submit" { "set" }
+            }
+            div #said .said {}
+        }
+    };
     let content = html! {
         h1 { "Migration " (m.id) ": " (m.name) }
-        @if let Some(hold) = &hold { p .hold { (hold) } }
+        @if held {
+            p .held {
+                "HELD — " (hold.clone().unwrap_or_default()) "; next re-check at " (time(m.on_hold_until))
+            }
+        } @else if let Some(hold) = &hold { p .hold { (hold) } }
         table {
-            tr { th { "status" } td class=(format!("status-{}", m.status)) { (m.status) } }
-            tr { th { "progress" } td { (progress_bar(p.percent)) " — " (p.rows_done) " of " (p.rows_total.map(|t| t.to_string()).unwrap_or_else(|| "?".into())) " rows" } }
-            tr { th { "rate / ETA" } td { (p.rows_per_second.map(|r| format!("{r:.0} rows/s")).unwrap_or_else(|| "-".into())) " / " (eta(&p)) } }
+            tr { th { "status" } td class=(format!("status-{}", shown_status(&m))) { (shown_status(&m)) } }
+            tr { th { "progress" } td { (progress_bar(p.percent)) " of keys — " (thousands(p.rows_done)) " rows changed; " (p.rows_total.map(thousands).unwrap_or_else(|| "?".into())) " rows in the table (estimated)" } }
+            tr { th { "rate / ETA" } td { (p.rows_per_second.map(|r| format!("{} rows/s", thousands(r.round() as i64))).unwrap_or_else(|| "-".into())) " / " (eta(&p)) } }
             tr { th { "kind" } td { (m.job_kind) " " code { (m.job_arguments.to_string()) } } }
             tr { th { "table" } td { code { (m.table_name) "." (m.key.display_names()) } " keys " (m.min_value) " ..= " (m.max_value) } }
-            tr { th { "batch / sub-batch / max" } td { (m.batch_size) " / " (m.sub_batch_size) " / " (m.max_batch_size.map(|v| v.to_string()).unwrap_or_else(|| "-".into())) } }
-            tr { th { "interval / pause" } td { (m.interval.as_millis()) " ms / " (m.pause_ms) " ms" } }
-            tr { th { "timeouts" } td { "statement " (m.statement_timeout_ms) " ms, lock " (m.lock_timeout_ms) " ms" } }
+            tr { th { "batch / sub-batch / max" } td { (thousands(m.batch_size)) " / " (thousands(m.sub_batch_size)) " / " (m.max_batch_size.map(thousands).unwrap_or_else(|| "-".into())) } }
+            tr { th { "interval / pause" } td { (millis(m.interval.as_millis() as i64)) " / " (millis(m.pause_ms)) } }
+            tr { th { "timeouts" } td { "statement " (millis(m.statement_timeout_ms)) ", lock " (millis(m.lock_timeout_ms)) } }
             tr { th { "jobs" } td { (p.jobs.succeeded) " succeeded, " (p.jobs.failed) " failed, " (p.jobs.running) " running, " (p.jobs.pending) " pending" } }
             tr { th { "created / finished" } td { (time(Some(m.created_at))) " / " (time(m.finished_at)) } }
         }
         div .charts {
-            (line_chart("throughput (rows/s per job, by seconds since start)", &throughput))
-            (line_chart("batch size (by job)", &sizes))
+            (line_chart("throughput (rows/s per job, by seconds since the first job)", &throughput, true))
+            (line_chart("batch size (by job)", &sizes, false))
         }
         h2 { "Transition log" }
         table {
@@ -311,14 +501,34 @@ pub async fn migration(
                 }
             }
         }
-        h2 { "Failed and retried jobs" }
-        @if failed.is_empty() { p { "None." } }
-        @for (j, history) in &failed {
-            h3 { a href=(format!("/jobs/{}", j.id)) { "Job " (j.id) } " — keys " (j.min_value) " ..= " (j.max_value) ", " span class=(format!("status-{}", j.status)) { (j.status) } ", attempt " (j.attempts) }
-            (history_table(history))
+        h2 { "Running jobs" }
+        @if running.is_empty() { p { "None." } } @else {
+            table {
+                tr { th { "job" } th { "keys" } th { "worker" } th { "running for" } th { "attempt" } th { "lease until" } }
+                @for j in &running {
+                    tr {
+                        td { a href=(format!("/jobs/{}", j.id)) { (j.id) } }
+                        td { (j.min_value) " ..= " (j.max_value) }
+                        td { (j.worker.clone().unwrap_or_default()) }
+                        td { (j.started_at.map(|s| human_duration((now - s).num_milliseconds() as f64 / 1000.0)).unwrap_or_else(|| "-".into())) }
+                        td { (j.attempts) }
+                        td { (time(j.lease_expires_at)) }
+                    }
+                }
+            }
+        }
+        h2 { "Failures, grouped" }
+        @if groups.is_empty() { p { "None." } }
+        @for g in &groups {
+            h3 { (g.class) ": " (g.message) }
+            p {
+                (g.jobs.len()) " job(s), first " (time(Some(g.first))) ", last " (time(Some(g.last))) "; jobs "
+                @for j in &g.jobs { a href=(format!("/jobs/{}", j.id)) { (j.id) } " (" span class=(format!("status-{}", j.status)) { (j.status) } ") " }
+            }
+            details { summary { "history of job " (g.jobs[0].id) } (history_table(&g.history)) }
         }
     };
-    Ok(page(&m.name, &q, content))
+    Ok(page_with(&m.name, &q, Some(controls), content))
 }
 
 pub async fn job(
@@ -352,7 +562,7 @@ pub async fn job(
             tr { th { "started / finished" } td { (time(j.started_at)) " / " (time(j.finished_at)) } }
             tr { th { "took" } td { (job_seconds(&j).map(human_duration).unwrap_or_else(|| "-".into())) } }
             tr { th { "worker / lease" } td { (j.worker.clone().unwrap_or_default()) " / " (time(j.lease_expires_at)) } }
-            tr { th { "sub-batches" } td { (j.metrics.get("sub_batches").map(|v| v.to_string()).unwrap_or_else(|| "-".into())) ", slowest " (j.metrics.get("slowest_sub_batch_ms").map(|v| v.to_string()).unwrap_or_else(|| "-".into())) " ms" } }
+            tr { th { "sub-batches (its latest attempt)" } td { (j.metrics.get("sub_batches").map(|v| v.to_string()).unwrap_or_else(|| "-".into())) ", slowest " (j.metrics.get("slowest_sub_batch_ms").map(|v| v.to_string()).unwrap_or_else(|| "-".into())) " ms" } }
         }
         h2 { "Transition history" }
         (history_table(&history))
