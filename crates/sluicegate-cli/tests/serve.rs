@@ -124,9 +124,14 @@ store_test!(dashboard_pages_render_and_refresh, |db| {
         &format!("/jobs/{failed_job}"),
         "Failures, grouped",
         "id=\"actions\"",
+        "Health, now",
+        "sub_batch_latency",
     ] {
         assert!(page.contains(needle), "migration page shows {needle:?}");
     }
+    let (status, body, _) = call(&st, "GET", "/api/migrations/1/health", None, None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(json(&body)["indicators"].as_array().map(Vec::len), Some(8));
     let (status, page, _) = call(&st, "GET", &format!("/jobs/{failed_job}"), None, None).await;
     assert_eq!(status, StatusCode::OK);
     assert!(

@@ -38,6 +38,17 @@ pub async fn jobs(State(st): State<AppState>, Path(id): Path<String>) -> ApiResu
     to_value(jobs.iter().map(JobJson::from_job).collect::<Vec<_>>())
 }
 
+/// Each health indicator's reading for a migration, now.
+pub async fn health(State(st): State<AppState>, Path(id): Path<String>) -> ApiResult {
+    let m = st.sg.migration(&id).await?;
+    let readings = st.sg.health(&m).await?;
+    to_value(json!({
+        "migration_id": m.id,
+        "stop": readings.iter().any(|r| r.signal == sluicegate::health::Signal::Stop),
+        "indicators": readings,
+    }))
+}
+
 pub async fn migration_history(State(st): State<AppState>, Path(id): Path<String>) -> ApiResult {
     let m = st.sg.migration(&id).await?;
     to_value(st.sg.migration_history(&m).await?)

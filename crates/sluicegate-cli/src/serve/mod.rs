@@ -53,6 +53,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/migrations/{id}", get(api::migration))
         .route("/api/migrations/{id}/jobs", get(api::jobs))
         .route("/api/migrations/{id}/history", get(api::migration_history))
+        .route("/api/migrations/{id}/health", get(api::health))
         .route("/api/jobs/{id}/history", get(api::job_history))
         .route("/api/migrations/{id}/{action}", post(api::act))
         .route("/metrics", get(metrics::metrics))

@@ -92,6 +92,7 @@ th { background: #eef0f4; font-weight: 600; }
 #actions { background: #fff; border: 1px solid #e3e6eb; margin: 12px 24px 0; padding: 10px 12px; }
 #actions input { width: 90px; }
 #actions #token, #actions #reason { width: 180px; }
+.signal-stop { color: #b3261e; font-weight: 700; } .signal-normal { color: #2f7d4f; } .signal-unknown { color: #6b7280; }
 .said.ok { color: #2f7d4f; } .said.refused { color: #b3261e; font-weight: 600; }
 nav.filter a { margin-right: 10px; }
 .charts { display: flex; gap: 16px; flex-wrap: wrap; }
@@ -436,6 +437,12 @@ pub async fn migration(
         .iter()
         .filter(|j| j.status == JobStatus::Running)
         .collect();
+    // Each indicator's live reading, while the migration may still run.
+    let health = if m.status.is_finished() {
+        None
+    } else {
+        Some(st.sg.health(&m).await.map_err(|e| e.to_string()))
+    };
     let now = Utc::now();
     let held = m.held_since.is_some() && m.status == sluicegate::MigrationStatus::Active;
     let controls = html! {
@@ -499,6 +506,25 @@ pub async fn migration(
                     td { (r.reason.clone().unwrap_or_default()) }
                     td { (r.exception_class.clone().unwrap_or_default()) " " (r.exception_message.clone().unwrap_or_default()) }
                 }
+            }
+        }
+        @if let Some(health) = &health {
+            h2 { "Health, now" }
+            @match health {
+                Ok(readings) => {
+                    table {
+                        tr { th { "indicator" } th { "signal" } th { "reading" } th { "threshold" } }
+                        @for r in readings {
+                            tr {
+                                td { (r.indicator) }
+                                td class=(format!("signal-{}", r.signal)) { (r.signal) }
+                                td { (r.reading) }
+                                td { (r.threshold) }
+                            }
+                        }
+                    }
+                }
+                Err(e) => { p .hold { "health could not be read: " (e) } }
             }
         }
         h2 { "Running jobs" }
