@@ -123,7 +123,8 @@ pub async fn demo(args: &DemoArgs) -> Result<()> {
     ));
     say(format!("a simulated fault (labelled SimulatedFault) will fail the job holding key {fault_key} once\n"));
 
-    let reporter = Reporter::start(sg.clone(), bars_wanted(args.json));
+    // A terminal gets bars; --json gets JSON lines; anything else gets the prose alone.
+    let reporter = Reporter::start_with(sg.clone(), bars_wanted(args.json), args.json);
     let worker = sg
         .worker(WorkerOptions {
             name: "demo-worker".into(),

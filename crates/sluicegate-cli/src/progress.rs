@@ -78,6 +78,12 @@ pub fn bars_wanted(json: bool) -> bool {
 impl Reporter {
     /// Starts showing; `bars` chooses bars over JSON lines.
     pub fn start(sg: Sluicegate, bars: bool) -> Self {
+        Self::start_with(sg, bars, true)
+    }
+
+    /// [`Self::start`], and without bars, JSON lines only when `lines` (the demo's prose is
+    /// not interleaved with them when its output is not a terminal).
+    pub fn start_with(sg: Sluicegate, bars: bool, lines: bool) -> Self {
         let (tx, mut rx) = mpsc::unbounded_channel::<Option<StepOutcome>>();
         let task = tokio::spawn(async move {
             let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
@@ -145,6 +151,7 @@ impl Reporter {
                     (StepOutcome::Completed { migration }, Some(bar)) => {
                         end_bar(&sg, migration, bar).await;
                     }
+                    (_, None) if !lines => {}
                     (StepOutcome::Ran { job, outcome, .. }, None) => {
                         let (class, message) = match outcome {
                             JobOutcome::Failed { failure } => {
