@@ -704,3 +704,202 @@ store_test!(a_composite_key_migration_is_shown_everywhere, |db| {
     assert_eq!(jobs[0]["min_cursor"], serde_json::json!([0, 0]), "{jobs}");
     assert_eq!(jobs[0]["max_value"], serde_json::json!([9, 9]), "{jobs}");
 });
+
+/// A page of headless Chromium driven over the DevTools protocol: JavaScript evaluated in it,
+/// as a person's clicks would be.
+struct DevToolsPage {
+    ws: tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+    session: String,
+    next_id: u64,
+    browser: std::process::Child,
+}
+
+impl DevToolsPage {
+    async fn open(chromium: &std::path::Path, profile: &std::path::Path, url: &str) -> Self {
+        use std::io::BufRead;
+        let mut browser = Command::new(chromium)
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--no-first-run",
+                "--remote-debugging-port=0",
+            ])
+            .arg(format!("--user-data-dir={}", profile.display()))
+            .arg("about:blank")
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = browser.stderr.take().unwrap();
+        let endpoint = tokio::task::spawn_blocking(move || {
+            std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+                .find_map(|line| {
+                    line.strip_prefix("DevTools listening on ")
+                        .map(str::to_owned)
+                })
+        })
+        .await
+        .unwrap()
+        .expect("chromium prints its DevTools endpoint");
+        let (ws, _) = tokio_tungstenite::connect_async(endpoint).await.unwrap();
+        let mut page = Self {
+            ws,
+            session: String::new(),
+            next_id: 0,
+            browser,
+        };
+        let target = page
+            .call(
+                None,
+                "Target.createTarget",
+                serde_json::json!({ "url": url }),
+            )
+            .await;
+        let attached = page
+            .call(
+                None,
+                "Target.attachToTarget",
+                serde_json::json!({ "targetId": target["targetId"], "flatten": true }),
+            )
+            .await;
+        page.session = attached["sessionId"].as_str().unwrap().to_owned();
+        page
+    }
+
+    async fn call(&mut self, session: Option<&str>, method: &str, params: Value) -> Value {
+        use futures::{SinkExt, StreamExt};
+        self.next_id += 1;
+        let id = self.next_id;
+        let mut message = serde_json::json!({ "id": id, "method": method, "params": params });
+        if let Some(session) = session {
+            message["sessionId"] = Value::from(session);
+        }
+        self.ws
+            .send(tokio_tungstenite::tungstenite::Message::text(
+                message.to_string(),
+            ))
+            .await
+            .unwrap();
+        loop {
+            let frame = self.ws.next().await.expect("an answer").unwrap();
+            let Ok(text) = frame.into_text() else {
+                continue;
+            };
+            let answer: Value = serde_json::from_str(&text).unwrap();
+            if answer["id"] == id {
+                assert!(answer["error"].is_null(), "{method}: {answer}");
+                return answer["result"].clone();
+            }
+        }
+    }
+
+    /// Evaluates `js` in the page and returns its value.
+    async fn eval(&mut self, js: &str) -> Value {
+        let session = self.session.clone();
+        let result = self
+            .call(
+                Some(&session),
+                "Runtime.evaluate",
+                serde_json::json!({ "expression": js, "returnByValue": true, "awaitPromise": true }),
+            )
+            .await;
+        result["result"]["value"].clone()
+    }
+
+    /// Evaluates `js` until it returns a non-empty string (within 20 s).
+    async fn wait_for_text(&mut self, js: &str) -> String {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(text) = self.eval(js).await.as_str().filter(|t| !t.is_empty()) {
+                return text.to_owned();
+            }
+            assert!(std::time::Instant::now() < deadline, "no text from {js}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for DevToolsPage {
+    fn drop(&mut self) {
+        let _ = self.browser.kill();
+        let _ = self.browser.wait();
+    }
+}
+
+// The dashboard's buttons in a real browser: without the token a click is refused and the
+// refusal shown; with it (typed once, kept for the session) the migration is paused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clicking_the_dashboards_buttons_in_chromium() {
+    let Ok(chromium) = which("chromium").or_else(|_| which("chromium-browser")) else {
+        eprintln!("browser test: SKIPPED, chromium not found (Debian package chromium; scripts/test installs it)");
+        assert!(
+            std::env::var_os("SLUICEGATE_REQUIRE_TOOLS").is_none(),
+            "chromium is required here"
+        );
+        return;
+    };
+    let db = TestDb::sqlite().await;
+    let (sg, _) = running_migration(&db).await;
+    let handle = sg.clone();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        axum::serve(
+            listener,
+            router(AppState::new(sg, Some("s3cret-token".into()))),
+        )
+        .await
+        .unwrap();
+    });
+    let profile = tempfile::tempdir().unwrap();
+    let url = format!("http://{address}/migrations/1");
+    let mut page = DevToolsPage::open(&chromium, profile.path(), &url).await;
+    page.wait_for_text("document.getElementById('actions') ? 'ready' : ''")
+        .await;
+    // No token: refused, said on the page, nothing changed.
+    page.eval("document.querySelector('button[data-action=pause]').click()")
+        .await;
+    let said = page
+        .wait_for_text("document.getElementById('said').textContent")
+        .await;
+    assert!(said.starts_with("pause refused (401)"), "{said}");
+    assert_eq!(
+        handle.migration("1").await.unwrap().status,
+        sluicegate::MigrationStatus::Active
+    );
+    // The token, typed once: the click pauses the migration, with its log row.
+    page.eval(
+        "var t = document.getElementById('token'); t.value = 's3cret-token';
+         t.dispatchEvent(new Event('input'));
+         document.getElementById('said').textContent = '';
+         document.getElementById('reason').value = 'from the dashboard';
+         document.querySelector('button[data-action=pause]').click()",
+    )
+    .await;
+    let said = page
+        .wait_for_text("document.getElementById('said').textContent")
+        .await;
+    assert_eq!(said, "pause: done, now paused");
+    assert_eq!(
+        handle.migration("1").await.unwrap().status,
+        sluicegate::MigrationStatus::Paused
+    );
+    assert_eq!(
+        page.eval("sessionStorage.getItem('sluicegate-token')")
+            .await,
+        "s3cret-token",
+        "kept for the browser session"
+    );
+    let last = last_log_row(&handle).await;
+    assert_eq!(last.actor.as_deref(), Some("http"));
+    assert_eq!(
+        last.reason.as_deref(),
+        Some("from the dashboard (via http)")
+    );
+    drop(page);
+    server.abort();
+}
