@@ -332,8 +332,9 @@ fn line_chart(title: &str, points: &[(f64, f64)], time_axis: bool) -> Markup {
             line x1=(PAD) y1=(sy(0.0)) x2=(W - PAD) y2=(sy(0.0)) stroke="#aab" {}
             line x1=(PAD) y1=(sy(y1)) x2=(PAD) y2=(sy(0.0)) stroke="#aab" {}
             @if time_axis {
-                text x=(PAD) y=(format!("{:.0}", H - 4.0)) font-size="10" { (format!("{x0:.0}s")) }
-                text x=(format!("{:.0}", W - PAD - 30.0)) y=(format!("{:.0}", H - 4.0)) font-size="10" { (format!("{x1:.0}s")) }
+                @let digits = if x1 - x0 < 10.0 { 1 } else { 0 };
+                text x=(PAD) y=(format!("{:.0}", H - 4.0)) font-size="10" { (format!("{x0:.digits$}s")) }
+                text x=(format!("{:.0}", W - PAD - 30.0)) y=(format!("{:.0}", H - 4.0)) font-size="10" { (format!("{x1:.digits$}s")) }
             }
             @for segment in &segments {
                 polyline points=(segment.join(" ")) fill="none" stroke="#1f5fbf" stroke-width="2" {}
