@@ -459,26 +459,44 @@ fn artefact_dir() -> PathBuf {
     dir
 }
 
+/// Chromium, or `None` (the test skipped, saying so) when it is missing and not required.
+fn chromium() -> Option<PathBuf> {
+    match which("chromium").or_else(|_| which("chromium-browser")) {
+        Ok(path) => Some(path),
+        Err(()) => {
+            eprintln!("browser test: SKIPPED, chromium not found (Debian package chromium; scripts/test installs it)");
+            assert!(
+                std::env::var_os("SLUICEGATE_REQUIRE_TOOLS").is_none(),
+                "chromium is required here"
+            );
+            None
+        }
+    }
+}
+
+/// The dashboard served on a free local port: its address and the server's task.
+async fn serve_locally(
+    sg: Sluicegate,
+    token: Option<&str>,
+) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let state = AppState::new(sg, token.map(str::to_owned));
+    let server = tokio::spawn(async move {
+        axum::serve(listener, router(state)).await.unwrap();
+    });
+    (address, server)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn headless_chromium_renders_the_live_dashboard() {
-    let Ok(chromium) = which("chromium").or_else(|_| which("chromium-browser")) else {
-        eprintln!("browser test: SKIPPED, chromium not found (Debian package chromium; scripts/test installs it)");
-        assert!(
-            std::env::var_os("SLUICEGATE_REQUIRE_TOOLS").is_none(),
-            "chromium is required here"
-        );
+    let Some(chromium) = chromium() else {
         return;
     };
     let db = TestDb::sqlite().await;
     let (sg, failed_job) = running_migration(&db).await;
     let handle = sg.clone();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    let server = tokio::spawn(async move {
-        axum::serve(listener, router(AppState::new(sg, None)))
-            .await
-            .unwrap();
-    });
+    let (address, server) = serve_locally(sg, None).await;
     let profile = tempfile::tempdir().unwrap();
     let url = format!("http://{address}/migrations/1");
     let browser = |extra: &[String]| {
@@ -785,7 +803,11 @@ impl DevToolsPage {
             .await
             .unwrap();
         loop {
-            let frame = self.ws.next().await.expect("an answer").unwrap();
+            let frame = tokio::time::timeout(Duration::from_secs(60), self.ws.next())
+                .await
+                .unwrap_or_else(|_| panic!("no answer to {method} within 60 s"))
+                .expect("an answer")
+                .unwrap();
             let Ok(text) = frame.into_text() else {
                 continue;
             };
@@ -810,9 +832,10 @@ impl DevToolsPage {
         result["result"]["value"].clone()
     }
 
-    /// Evaluates `js` until it returns a non-empty string (within 20 s).
+    /// Evaluates `js` until it returns a non-empty string (within 60 s: a busy machine starts
+    /// Chromium slowly).
     async fn wait_for_text(&mut self, js: &str) -> String {
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
         loop {
             if let Some(text) = self.eval(js).await.as_str().filter(|t| !t.is_empty()) {
                 return text.to_owned();
@@ -834,27 +857,13 @@ impl Drop for DevToolsPage {
 // refusal shown; with it (typed once, kept for the session) the migration is paused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clicking_the_dashboards_buttons_in_chromium() {
-    let Ok(chromium) = which("chromium").or_else(|_| which("chromium-browser")) else {
-        eprintln!("browser test: SKIPPED, chromium not found (Debian package chromium; scripts/test installs it)");
-        assert!(
-            std::env::var_os("SLUICEGATE_REQUIRE_TOOLS").is_none(),
-            "chromium is required here"
-        );
+    let Some(chromium) = chromium() else {
         return;
     };
     let db = TestDb::sqlite().await;
     let (sg, _) = running_migration(&db).await;
     let handle = sg.clone();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    let server = tokio::spawn(async move {
-        axum::serve(
-            listener,
-            router(AppState::new(sg, Some("s3cret-token".into()))),
-        )
-        .await
-        .unwrap();
-    });
+    let (address, server) = serve_locally(sg, Some("s3cret-token")).await;
     let profile = tempfile::tempdir().unwrap();
     let url = format!("http://{address}/migrations/1");
     let mut page = DevToolsPage::open(&chromium, profile.path(), &url).await;
