@@ -21,8 +21,9 @@ pub enum SubBatchConnection<'c> {
     Sqlite(&'c mut SqliteConnection),
 }
 
-/// One sub-batch: a key range `[start, end]` of a migration's table (both existing keys), and
-/// the open transaction to change it in. The transaction commits after [`JobKind::perform`]
+/// One sub-batch: a key range `[start, end]` of a migration's table (found by the keyset walk,
+/// so both are existing keys, except that a one-column integer key's rest of a job may start
+/// at the value after the last committed key), and the open transaction to change it in. The transaction commits after [`JobKind::perform`]
 /// returns `Ok` (together with the job's cursor when tracking and target are one database) and
 /// rolls back otherwise.
 pub struct SubBatch<'c> {
