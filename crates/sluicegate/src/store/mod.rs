@@ -16,6 +16,7 @@ use crate::kind::JobKind;
 use crate::model::{Job, JobCounts, JobTransition, Migration, MigrationTransition, NewMigration};
 use crate::status::{JobStatus, MigrationEvent, MigrationStatus};
 
+mod key_sql;
 pub mod postgres;
 mod rows;
 pub mod sqlite;

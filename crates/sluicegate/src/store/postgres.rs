@@ -12,6 +12,7 @@ use sqlx::{PgConnection, Row};
 
 use std::sync::Arc;
 
+use super::key_sql::{self, key_order, key_row, scope_condition, scope_filter};
 use super::rows;
 use super::{
     add_months, check_hold, duration_ms, month_start, Backend, JobCreateParams, JobCreated,
@@ -23,7 +24,7 @@ use crate::error::{Error, Result};
 use crate::failure::Failure;
 use crate::health::HealthSample;
 use crate::ident::{self, TableName};
-use crate::key::{Key, KeySpec, KeyType, Lower, TableColumn, UniqueIndex};
+use crate::key::{Key, KeyColumn, KeySpec, KeyType, Lower, TableColumn, UniqueIndex};
 use crate::kind::{SubBatch, SubBatchConnection};
 use crate::model::{Job, JobCounts, JobTransition, Migration, MigrationTransition, NewMigration};
 use crate::status::JobStatus;
@@ -478,34 +479,6 @@ const ARCHIVE_READY: &str =
 const ARCHIVE_READABLE: &str =
     "SELECT has_function_privilege('pg_catalog.pg_ls_archive_statusdir()', 'EXECUTE')";
 
-/// The key's columns as a row: `("a", "b")`.
-fn key_row(key: &KeySpec) -> String {
-    key_row_of(key, None)
-}
-
-/// The key's columns as a row, each qualified by `table` when given: `("t"."a", "t"."b")`.
-fn key_row_of(key: &KeySpec, table: Option<&TableName>) -> String {
-    let prefix = table
-        .map(|t| format!("{}.", t.quoted()))
-        .unwrap_or_default();
-    let cols: Vec<String> = key
-        .columns()
-        .iter()
-        .map(|c| format!("{prefix}{}", ident::quote(&c.name)))
-        .collect();
-    format!("({})", cols.join(", "))
-}
-
-/// The key's columns in `direction`, for `ORDER BY`.
-fn key_order(key: &KeySpec, direction: &str) -> String {
-    let cols: Vec<String> = key
-        .columns()
-        .iter()
-        .map(|c| format!("{} {direction}", ident::quote(&c.name)))
-        .collect();
-    cols.join(", ")
-}
-
 /// The current row's key as jsonb: integers as numbers, anything else as its text.
 fn key_json(key: &KeySpec) -> String {
     let cols: Vec<String> = key
@@ -524,7 +497,7 @@ fn key_json(key: &KeySpec) -> String {
 }
 
 /// A key held in the jsonb expression `e` as a row of values of the key's types, to compare
-/// with [`key_row`]: `(CAST((e)->>0 AS bigint), CAST((e)->>1 AS uuid))`. The type names come
+/// with [`key_row`](key_sql::key_row): `(CAST((e)->>0 AS bigint), CAST((e)->>1 AS uuid))`. The type names come
 /// from [`KeyType`](crate::key::KeyType)'s fixed list, never from the database or the user.
 fn key_from_json(key: &KeySpec, e: &str) -> String {
     let parts: Vec<String> = key
@@ -536,56 +509,24 @@ fn key_from_json(key: &KeySpec, e: &str) -> String {
     format!("({})", parts.join(", "))
 }
 
-/// A key bound as parameters `$first..`, one per column (integers as `bigint`, the others as
-/// text cast to the column's type).
-fn key_params(key: &KeySpec, first: usize) -> String {
-    let parts: Vec<String> = key
-        .columns()
-        .iter()
-        .enumerate()
-        .map(|(i, c)| {
-            let n = first + i;
-            if c.key_type.is_integer() {
-                format!("${n}")
-            } else {
-                format!("CAST(${n} AS {})", c.key_type.sql_name())
-            }
-        })
-        .collect();
-    format!("({})", parts.join(", "))
+/// How PostgreSQL writes a bound key value: integers as `bigint`, the others as text cast to
+/// the column's type (from [`KeyType`](crate::key::KeyType)'s fixed list).
+fn pg_param(column: &KeyColumn, n: usize) -> String {
+    if column.key_type.is_integer() {
+        format!("${n}")
+    } else {
+        format!("CAST(${n} AS {})", column.key_type.sql_name())
+    }
 }
 
-/// ` AND (scope)`, or nothing.
-fn scope_condition(scope: Option<&str>) -> String {
-    scope
-        .filter(|s| !s.trim().is_empty())
-        .map(|s| format!(" AND ({s})"))
-        .unwrap_or_default()
-}
-
-/// The range predicate of a sub-batch `[$1.., $n+1..]` with its values bound per column
-/// ([`bind_key`]): `"id" BETWEEN $1 AND $2` for one column (as the `sql` kind's `$1`/`$2`).
-/// With a scope, only the rows matching it: ` AND (scope)`.
-/// With `table`, the key's columns qualified by it.
+/// The range predicate of a sub-batch ([`key_sql::range_predicate`]), values cast as
+/// [`pg_param`] writes them.
 pub(crate) fn range_predicate(
     key: &KeySpec,
     scope: Option<&str>,
     table: Option<&TableName>,
 ) -> String {
-    let n = key.len();
-    let row = key_row_of(key, table);
-    let range = if n == 1 {
-        let c = &row[1..row.len() - 1];
-        let (lo, hi) = (key_params(key, 1), key_params(key, 2));
-        format!("{c} BETWEEN {lo} AND {hi}")
-    } else {
-        format!(
-            "({row} >= {} AND {row} <= {})",
-            key_params(key, 1),
-            key_params(key, n + 1)
-        )
-    };
-    format!("{range}{}", scope_condition(scope))
+    key_sql::range_predicate(key, scope, table, pg_param)
 }
 
 /// The keyset walk as one row `(first, last)` of jsonb keys: the first existing key (of a
@@ -601,7 +542,7 @@ fn keyset_sql(
     (lower, inclusive, max): (&str, bool, &str),
     size: &str,
 ) -> String {
-    let (t, row, json) = (table.quoted(), key_row(key), key_json(key));
+    let (t, row, json) = (table.quoted(), key_row(key, None), key_json(key));
     let op = if inclusive { ">=" } else { ">" };
     let in_range = format!(
         "FROM {t} WHERE {row} {op} {} AND {row} <= {}{}",
@@ -1572,10 +1513,7 @@ impl Target for PgTarget {
         scope: Option<&str>,
     ) -> Result<Option<(Key, Key)>> {
         let (t, json) = (table.quoted(), key_json(key));
-        let filter = scope
-            .filter(|s| !s.trim().is_empty())
-            .map(|s| format!("WHERE ({s})"))
-            .unwrap_or_default();
+        let filter = scope_filter(scope);
         let sql = format!(
             "SELECT (SELECT {json} FROM {t} {filter} ORDER BY {} LIMIT 1),
                     (SELECT {json} FROM {t} {filter} ORDER BY {} LIMIT 1)",

@@ -13,6 +13,9 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use sqlx::sqlite::SqlitePool;
 use sqlx::{Row, SqliteConnection};
 
+use super::key_sql::{
+    key_list, key_order, key_params, key_row, range_predicate, scope_condition, scope_filter,
+};
 use super::rows;
 use super::{
     check_hold, Backend, JobCreateParams, JobCreated, JobRange, JobSplitParams,
@@ -24,7 +27,9 @@ use crate::error::{Error, Result};
 use crate::failure::Failure;
 use crate::health::HealthSample;
 use crate::ident::{self, TableName};
-use crate::key::{bind_key_values, Key, KeySpec, KeyType, Lower, TableColumn, UniqueIndex};
+use crate::key::{
+    bind_key_values, Key, KeyColumn, KeySpec, KeyType, Lower, TableColumn, UniqueIndex,
+};
 use crate::kind::{SubBatch, SubBatchConnection};
 use crate::model::{Job, JobCounts, JobTransition, Migration, MigrationTransition, NewMigration};
 use crate::status::{JobStatus, MigrationEvent};
@@ -277,12 +282,9 @@ fn is_missing_table(err: &sqlx::Error) -> bool {
 
 const SCHEMA_CONTEXT: &str = "installing the tracking schema";
 
-/// ` AND (scope)`, or nothing.
-fn scope_condition(scope: Option<&str>) -> String {
-    scope
-        .filter(|s| !s.trim().is_empty())
-        .map(|s| format!(" AND ({s})"))
-        .unwrap_or_default()
+/// How SQLite writes a bound key value: as it is (comparisons take the column's affinity).
+fn plain_param(_: &KeyColumn, n: usize) -> String {
+    format!("${n}")
 }
 
 /// The SQLite steps of [`super::schema_install`], in one `BEGIN IMMEDIATE` transaction (which
@@ -1156,59 +1158,22 @@ impl SqliteTarget {
         inclusive: bool,
     ) -> String {
         let n = key.len();
-        let t = table.quoted();
-        let cols: Vec<String> = key
-            .columns()
-            .iter()
-            .map(|c| ident::quote(&c.name))
-            .collect();
-        let row = format!("({})", cols.join(", "));
-        let params = |first: usize| {
-            let p: Vec<String> = (first..first + n).map(|i| format!("${i}")).collect();
-            format!("({})", p.join(", "))
-        };
-        let json = format!("json_array({})", cols.join(", "));
+        let (t, row) = (table.quoted(), key_row(key, None));
+        let json = format!("json_array({})", key_list(key));
         let op = if inclusive { ">=" } else { ">" };
         let in_range = format!(
             "FROM {t} WHERE {row} {op} {} AND {row} <= {}{}",
-            params(1),
-            params(n + 1),
+            key_params(key, 1, plain_param),
+            key_params(key, n + 1, plain_param),
             scope_condition(scope)
         );
-        let asc: Vec<String> = cols.iter().map(|c| format!("{c} ASC")).collect();
-        let desc: Vec<String> = cols.iter().map(|c| format!("{c} DESC")).collect();
-        let (asc, desc) = (asc.join(", "), desc.join(", "));
+        let (asc, desc) = (key_order(key, "ASC"), key_order(key, "DESC"));
         format!(
             "SELECT (SELECT {json} {in_range} ORDER BY {asc} LIMIT 1),
                     (SELECT {json} {in_range} ORDER BY {asc} LIMIT 1 OFFSET ${} - 1),
                     (SELECT {json} {in_range} ORDER BY {desc} LIMIT 1)",
             2 * n + 1
         )
-    }
-
-    /// The range predicate of a sub-batch, numbered as [`SubBatch::execute`] binds it; with
-    /// a scope, only the rows matching it.
-    fn range_predicate(key: &KeySpec, scope: Option<&str>, table: Option<&TableName>) -> String {
-        let n = key.len();
-        let prefix = table
-            .map(|t| format!("{}.", t.quoted()))
-            .unwrap_or_default();
-        let cols: Vec<String> = key
-            .columns()
-            .iter()
-            .map(|c| format!("{prefix}{}", ident::quote(&c.name)))
-            .collect();
-        let range = if n == 1 {
-            format!("{} BETWEEN $1 AND $2", cols[0])
-        } else {
-            let row = format!("({})", cols.join(", "));
-            let params = |first: usize| {
-                let p: Vec<String> = (first..first + n).map(|i| format!("${i}")).collect();
-                format!("({})", p.join(", "))
-            };
-            format!("({row} >= {} AND {row} <= {})", params(1), params(n + 1))
-        };
-        format!("{range}{}", scope_condition(scope))
     }
 
     /// Inside the open transaction: finds the sub-batch's keys and performs the kind on them.
@@ -1227,8 +1192,8 @@ impl SqliteTarget {
         let Some((start, end)) = range else {
             return Ok(None);
         };
-        let predicate = Self::range_predicate(spec.key, spec.scope, None);
-        let qualified = Self::range_predicate(spec.key, spec.scope, Some(spec.table));
+        let predicate = range_predicate(spec.key, spec.scope, None, plain_param);
+        let qualified = range_predicate(spec.key, spec.scope, Some(spec.table), plain_param);
         let mut batch = SubBatch {
             connection: SubBatchConnection::Sqlite(conn),
             table: spec.table,
@@ -1453,24 +1418,13 @@ impl Target for SqliteTarget {
         key: &KeySpec,
         scope: Option<&str>,
     ) -> Result<Option<(Key, Key)>> {
-        let cols: Vec<String> = key
-            .columns()
-            .iter()
-            .map(|c| ident::quote(&c.name))
-            .collect();
-        let t = table.quoted();
-        let filter = scope
-            .filter(|s| !s.trim().is_empty())
-            .map(|s| format!("WHERE ({s})"))
-            .unwrap_or_default();
-        let json = format!("json_array({})", cols.join(", "));
-        let asc: Vec<String> = cols.iter().map(|c| format!("{c} ASC")).collect();
-        let desc: Vec<String> = cols.iter().map(|c| format!("{c} DESC")).collect();
+        let (t, filter) = (table.quoted(), scope_filter(scope));
+        let json = format!("json_array({})", key_list(key));
         let sql = format!(
             "SELECT (SELECT {json} FROM {t} {filter} ORDER BY {} LIMIT 1),
                     (SELECT {json} FROM {t} {filter} ORDER BY {} LIMIT 1)",
-            asc.join(", "),
-            desc.join(", ")
+            key_order(key, "ASC"),
+            key_order(key, "DESC")
         );
         let context = format!("reading the key range of {t}");
         let (min, max): (Option<String>, Option<String>) = sqlx::query_as(&sql)
