@@ -13,6 +13,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
 use crate::error::{Error, Result};
+use crate::fragment;
 use crate::health::HealthSettings;
 use crate::ident::{self, TableName};
 use crate::key::Lower;
@@ -504,6 +505,8 @@ impl Sluicegate {
             .target
             .key_resolve(&table, req.key.as_deref(), req.non_unique_key)
             .await?;
+        // Without --non-unique-key, key_resolve refused any key it could not prove unique.
+        let key_unique = !req.non_unique_key;
         let bound = |flag: &str, text: &Option<String>| {
             text.as_deref()
                 .map(|t| key.parse_bound(flag, t))
@@ -519,6 +522,27 @@ impl Sluicegate {
             .map(str::trim)
             .filter(|s| !s.is_empty())
             .map(str::to_owned);
+        // The operator's SQL is read before any of it runs (the bounds below run the scope).
+        let backend = self.target.backend();
+        if let Some(scope) = &scope {
+            fragment::check_condition(backend, "--scope", scope).map_err(Error::InvalidSettings)?;
+        }
+        crate::kind::check_fragments(
+            &req.job_kind,
+            &req.arguments,
+            backend,
+            &table,
+            &key,
+            scope.is_some(),
+        )
+        .map_err(|reason| Error::InvalidJob {
+            kind: req.job_kind.clone(),
+            reason,
+        })?;
+        if let Some(probe) = &req.health.probe {
+            fragment::check_probe(backend, "--health-probe", probe)
+                .map_err(Error::InvalidSettings)?;
+        }
         let bounds = self
             .target
             .key_bounds(&table, &key, scope.as_deref())
@@ -571,6 +595,7 @@ impl Sluicegate {
                 statement_ms: millis(req.statement_timeout),
                 lock_ms: millis(req.lock_timeout),
             },
+            key_unique,
         };
         let trial_started = std::time::Instant::now();
         // An empty table has no key to start from (its bounds are placeholders): nothing to try.
@@ -616,6 +641,7 @@ impl Sluicegate {
             job_kind: req.job_kind.clone(),
             table_name: stored_table_name(&table, &req.table),
             key,
+            key_unique,
             scope: scope.clone(),
             job_arguments: req.arguments.clone(),
             min_value,

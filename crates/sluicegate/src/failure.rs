@@ -44,6 +44,9 @@ pub enum FailureClass {
     Corrupt,
     /// Sluicegate misused its own storage layer (a bug).
     Internal,
+    /// A built-in kind's sub-batch on a unique key reported more rows than it has keys: its
+    /// statement reached rows outside the sub-batch. Rolled back; fails the migration.
+    RangeEscaped,
 }
 
 impl FailureClass {
@@ -64,6 +67,7 @@ impl FailureClass {
             Self::InvalidSettings => "InvalidSettings",
             Self::Corrupt => "Corrupt",
             Self::Internal => "Internal",
+            Self::RangeEscaped => "RangeEscaped",
         }
     }
 }

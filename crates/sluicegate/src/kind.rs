@@ -10,8 +10,13 @@ use serde_json::Value;
 use sqlx::{PgConnection, SqliteConnection};
 
 use crate::failure::Failure;
+use crate::fragment::{self, Script};
 use crate::ident::{self, TableName};
 use crate::key::{bind_key_values, Key, KeySpec};
+use crate::store::key_sql::{self, ParamSql};
+use crate::store::Backend;
+
+pub use crate::fragment::RANGE_PLACEHOLDER;
 
 /// The connection a sub-batch runs on, inside its own transaction.
 pub enum SubBatchConnection<'c> {
@@ -30,8 +35,9 @@ pub struct SubBatch<'c> {
     pub(crate) connection: SubBatchConnection<'c>,
     pub(crate) table: &'c TableName,
     pub(crate) key: &'c KeySpec,
+    pub(crate) scope: Option<&'c str>,
+    pub(crate) param: ParamSql,
     pub(crate) predicate: &'c str,
-    pub(crate) qualified_predicate: &'c str,
     pub(crate) arguments: &'c Value,
     pub(crate) start: &'c Key,
     pub(crate) end: &'c Key,
@@ -72,9 +78,31 @@ impl<'c> SubBatch<'c> {
     }
 
     /// [`Self::range_predicate`] with the key's columns qualified by the table's name, for a
-    /// statement that joins another table (`UPDATE t SET ... FROM other WHERE ...`).
-    pub fn qualified_range_predicate(&self) -> &str {
-        self.qualified_predicate
+    /// statement that joins another table (`UPDATE t SET ... FROM other WHERE ...`); the
+    /// migration's scope, if any, is read in a subquery on the table alone, so that its names
+    /// cannot be taken for the other table's.
+    pub fn qualified_range_predicate(&self) -> String {
+        self.range_predicate_as(&self.table.quoted())
+    }
+
+    /// [`Self::qualified_range_predicate`] with the key's columns qualified by `qualifier`
+    /// (the table's alias in the statement, already quoted).
+    pub fn range_predicate_as(&self, qualifier: &str) -> String {
+        key_sql::range_predicate(
+            self.key,
+            self.scope,
+            self.table,
+            Some(qualifier),
+            self.param,
+        )
+    }
+
+    /// The engine this sub-batch runs on.
+    pub fn backend(&self) -> Backend {
+        match self.connection {
+            SubBatchConnection::Postgres(_) => Backend::Postgres,
+            SubBatchConnection::Sqlite(_) => Backend::Sqlite,
+        }
     }
 
     /// The open transaction's connection, for kinds that need more than [`Self::execute`].
@@ -87,7 +115,7 @@ impl<'c> SubBatch<'c> {
     /// integers bound as `bigint`, other values as text), on both backends; as many of them as
     /// the statement names (up to its highest `$k`). Returns the rows it affected.
     pub async fn execute(&mut self, sql: &str) -> Result<u64, Failure> {
-        let wanted = highest_placeholder(sql);
+        let wanted = fragment::highest_placeholder(self.backend(), sql);
         let values = self
             .start
             .values()
@@ -123,6 +151,15 @@ pub trait JobKind: Send + Sync + 'static {
     /// Checks the job arguments before anything is written. The default accepts any.
     fn validate_arguments(&self, _arguments: &Value) -> Result<(), String> {
         Ok(())
+    }
+
+    /// Whether every row `perform` reports is a row of the migration's table inside the
+    /// sub-batch's range (true of the built-in kinds, but for a `sql` script whose last
+    /// statement changes another table). The engine then checks, on a unique key, that a
+    /// sub-batch reports no more rows than it has keys, and fails the migration with
+    /// `RangeEscaped` otherwise. The default (a custom kind) is not checked.
+    fn rows_are_keys(&self, _arguments: &Value, _backend: Backend, _table: &TableName) -> bool {
+        false
     }
 
     /// Performs one sub-batch and returns the rows it affected.
@@ -211,105 +248,6 @@ fn range_condition(batch: &SubBatch<'_>) -> String {
     cond
 }
 
-/// The highest `$k` placeholder in `sql` (0: none), outside quotes and comments.
-fn highest_placeholder(sql: &str) -> usize {
-    let mut highest = 0;
-    for_each_code_char(sql, |bytes, i| {
-        if bytes[i] == b'$' && (i == 0 || !is_word(bytes[i - 1])) {
-            let digits: String = bytes[i + 1..]
-                .iter()
-                .take_while(|b| b.is_ascii_digit())
-                .map(|b| *b as char)
-                .collect();
-            if let Ok(k) = digits.parse::<usize>() {
-                highest = highest.max(k);
-            }
-        }
-        false
-    });
-    highest
-}
-
-fn is_word(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b == b'_'
-}
-
-/// Calls `f(bytes, i)` on every byte of `sql` that is code: not inside a string (`'...'`), a
-/// quoted name (`"..."`), a dollar-quoted body (`$tag$...$tag$`) or a comment (`--`, `/* */`).
-/// `f` returning true stops the scan.
-fn for_each_code_char(sql: &str, mut f: impl FnMut(&[u8], usize) -> bool) {
-    let bytes = sql.as_bytes();
-    let mut i = 0;
-    while i < bytes.len() {
-        let rest = &bytes[i..];
-        if rest.starts_with(b"--") {
-            i += rest.iter().position(|b| *b == b'\n').unwrap_or(rest.len());
-        } else if rest.starts_with(b"/*") {
-            i += 2 + find(&rest[2..], b"*/").map_or(rest.len(), |p| p + 2);
-        } else if bytes[i] == b'\'' || bytes[i] == b'"' {
-            let quote = bytes[i];
-            i += 1;
-            while i < bytes.len() {
-                if bytes[i] == quote {
-                    // A doubled quote is one quote character inside.
-                    if bytes.get(i + 1) == Some(&quote) {
-                        i += 2;
-                        continue;
-                    }
-                    break;
-                }
-                i += 1;
-            }
-            i += 1;
-        } else if let Some(tag) = dollar_tag(rest) {
-            i += tag.len();
-            i += find(&bytes[i..], tag).map_or(bytes.len() - i, |p| p + tag.len());
-        } else {
-            if f(bytes, i) {
-                return;
-            }
-            i += 1;
-        }
-    }
-}
-
-/// `$tag$` or `$$` at the start of `rest` (a dollar quote opening), not a `$1` placeholder.
-fn dollar_tag(rest: &[u8]) -> Option<&[u8]> {
-    if rest.first() != Some(&b'$') {
-        return None;
-    }
-    let end = rest[1..].iter().position(|b| !is_word(*b))? + 1;
-    let tag = &rest[1..end];
-    let opens = rest.get(end) == Some(&b'$') && !tag.first().is_some_and(|b| b.is_ascii_digit());
-    opens.then_some(&rest[..=end])
-}
-
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
-}
-
-/// Splits a script into its statements at top-level `;` (not inside strings, quoted names,
-/// dollar quotes or comments); empty statements are dropped.
-pub fn split_statements(sql: &str) -> Vec<String> {
-    let mut cuts = Vec::new();
-    for_each_code_char(sql, |bytes, i| {
-        if bytes[i] == b';' {
-            cuts.push(i);
-        }
-        false
-    });
-    let mut statements = Vec::new();
-    let mut start = 0;
-    for cut in cuts.into_iter().chain(std::iter::once(sql.len())) {
-        let statement = sql[start..cut].trim();
-        if !statement.is_empty() {
-            statements.push(statement.to_owned());
-        }
-        start = cut + 1;
-    }
-    statements
-}
-
 /// `update`: `UPDATE t SET <set> WHERE <the sub-batch's keys> [AND (<where>)]`.
 /// Arguments: `set` (required), `where` (optional); `from` and `join` (together, optional) join
 /// another table: `UPDATE t SET <set> FROM <from> WHERE (<join>) AND <keys> [AND (<where>)]`,
@@ -337,6 +275,10 @@ impl JobKind for UpdateKind {
             (Some(_), None) => Err("argument \"from\" needs \"join\" (the join condition)".into()),
             (None, Some(_)) => Err("argument \"join\" needs \"from\" (the table to join)".into()),
         }
+    }
+
+    fn rows_are_keys(&self, _arguments: &Value, _backend: Backend, _table: &TableName) -> bool {
+        true
     }
 
     async fn perform(&self, batch: &mut SubBatch<'_>) -> Result<u64, Failure> {
@@ -378,6 +320,10 @@ impl JobKind for DeleteKind {
 
     fn validate_arguments(&self, args: &Value) -> Result<(), String> {
         optional_string(args, "where")
+    }
+
+    fn rows_are_keys(&self, _arguments: &Value, _backend: Backend, _table: &TableName) -> bool {
+        true
     }
 
     async fn perform(&self, batch: &mut SubBatch<'_>) -> Result<u64, Failure> {
@@ -434,6 +380,10 @@ impl JobKind for CopyColumnKind {
         Ok(())
     }
 
+    fn rows_are_keys(&self, _arguments: &Value, _backend: Backend, _table: &TableName) -> bool {
+        true
+    }
+
     async fn perform(&self, batch: &mut SubBatch<'_>) -> Result<u64, Failure> {
         let invalid = |e: String| Failure::new("InvalidArguments", e);
         let from = column_list(batch.arguments, "from").map_err(invalid)?;
@@ -454,16 +404,34 @@ impl JobKind for CopyColumnKind {
 }
 
 /// `sql`: the operator's own statements, run in order in the sub-batch's transaction.
-/// `{range}` in a statement stands for the sub-batch's key range (any key:
-/// [`SubBatch::range_predicate`], values bound); for a one-column key `$1` and `$2` are its
-/// first and last key (on PostgreSQL a non-integer key's are text: cast them, e.g.
-/// `$1::uuid`). Several statements are separated by `;` (GitLab's cleanups delete children,
-/// then parents); each must name the range. The rows counted are the last statement's.
+/// `{range}` in a statement stands for the sub-batch's key range (any key, with the
+/// migration's scope: [`SubBatch::range_predicate`], values bound), qualified by the table's
+/// alias when the statement joins other tables; for a one-column key without a scope `$1` and
+/// `$2` are its first and last key (on PostgreSQL a non-integer key's are text: cast them,
+/// e.g. `$1::uuid`). Several statements are separated by `;` (GitLab's cleanups delete
+/// children, then parents); each must name the range, and one that changes the migration's
+/// own table must restrict itself to it at the top of its `WHERE` (see [`crate::fragment`]).
+/// The rows counted are the last statement's.
 #[derive(Debug, Clone, Copy)]
 pub struct SqlKind;
 
-/// What stands for the sub-batch's range in a `sql` statement.
-pub const RANGE_PLACEHOLDER: &str = "{range}";
+impl SqlKind {
+    fn script(
+        args: &Value,
+        backend: Backend,
+        table: &TableName,
+        key: &KeySpec,
+        scoped: bool,
+    ) -> Result<Script, String> {
+        fragment::parse_script(
+            backend,
+            string_arg(args, "sql").unwrap_or_default(),
+            table,
+            key.len(),
+            scoped,
+        )
+    }
+}
 
 #[async_trait]
 impl JobKind for SqlKind {
@@ -472,57 +440,70 @@ impl JobKind for SqlKind {
     }
 
     fn validate_arguments(&self, args: &Value) -> Result<(), String> {
-        require_string(args, "sql")?;
-        let statements = split_statements(string_arg(args, "sql").unwrap_or_default());
-        if statements.is_empty() {
-            return Err("argument \"sql\" holds no statement".into());
-        }
-        for (i, sql) in statements.iter().enumerate() {
-            let bounded = sql.contains("$1") && sql.contains("$2");
-            if !(sql.contains(RANGE_PLACEHOLDER) || bounded) {
-                return Err(format!(
-                    "statement {} of {} must restrict itself to the sub-batch: use {RANGE_PLACEHOLDER} (its key range, any key) or $1 and $2 (its first and last key, one-column keys): {sql}",
-                    i + 1,
-                    statements.len()
-                ));
-            }
-        }
-        Ok(())
+        require_string(args, "sql")
+    }
+
+    fn rows_are_keys(&self, arguments: &Value, backend: Backend, table: &TableName) -> bool {
+        // Only the shape matters here (the statement that counts): key and scope do not
+        // change which table a statement changes.
+        let script = fragment::parse_script(
+            backend,
+            string_arg(arguments, "sql").unwrap_or_default(),
+            table,
+            1,
+            false,
+        );
+        script.is_ok_and(|s| s.statements.last().is_some_and(|st| st.changes_own_rows))
     }
 
     async fn perform(&self, batch: &mut SubBatch<'_>) -> Result<u64, Failure> {
-        let script = string_arg(batch.arguments, "sql").unwrap_or_default();
-        let range = format!("({})", batch.range_predicate());
+        let script = Self::script(
+            batch.arguments,
+            batch.backend(),
+            batch.table,
+            batch.key,
+            batch.scope.is_some(),
+        )
+        .map_err(|e| Failure::new("InvalidArguments", e))?;
         let mut rows = 0;
-        for statement in split_statements(script) {
+        for statement in &script.statements {
+            let range = match &statement.qualifier {
+                Some(alias) => batch.range_predicate_as(alias),
+                None => batch.range_predicate().to_owned(),
+            };
             rows = batch
-                .execute(&statement.replace(RANGE_PLACEHOLDER, &range))
+                .execute(&statement.render(&format!("({range})")))
                 .await?;
         }
         Ok(rows)
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn statements_split_at_top_level_semicolons_only() {
-        let script = "DELETE FROM c WHERE p IN (SELECT id FROM p WHERE {range}); \
-                      -- a comment; with a semicolon\n\
-                      DELETE FROM p WHERE {range} AND note <> 'a;b' AND \"we;ird\" = $$x;y$$;;";
-        let parts = split_statements(script);
-        assert_eq!(parts.len(), 2, "{parts:?}");
-        assert!(parts[1].ends_with("$$x;y$$"), "{parts:?}");
-        assert!(parts[1].contains("'a;b'"));
-    }
-
-    #[test]
-    fn placeholders_are_counted_outside_quotes() {
-        assert_eq!(highest_placeholder("x BETWEEN $1 AND $2"), 2);
-        assert_eq!(highest_placeholder("($1, $2) >= x AND x <= ($3, $4)"), 4);
-        assert_eq!(highest_placeholder("note = '$9' AND a = $tag$ $7 $tag$"), 0);
-        assert_eq!(highest_placeholder("SELECT 1 -- $5"), 0);
+/// Reads the SQL a built-in kind's arguments hold (`--set`, `--where`, `--join`, `--sql`) with
+/// the target's parser, before anything runs: each fragment must be exactly what its place
+/// expects (see [`crate::fragment`]). Custom kinds' arguments are theirs: `Ok`.
+pub(crate) fn check_fragments(
+    kind: &str,
+    args: &Value,
+    backend: Backend,
+    table: &TableName,
+    key: &KeySpec,
+    scoped: bool,
+) -> Result<(), String> {
+    let condition =
+        |key: &str, flag: &str| match string_arg(args, key).filter(|s| !s.trim().is_empty()) {
+            Some(text) => fragment::check_condition(backend, flag, text),
+            None => Ok(()),
+        };
+    match kind {
+        "update" => {
+            let set = string_arg(args, "set").unwrap_or_default();
+            fragment::check_assignments(backend, "--set", set)?;
+            condition("where", "--where")?;
+            condition("join", "--join")
+        }
+        "delete" | "copy-column" => condition("where", "--where"),
+        "sql" => SqlKind::script(args, backend, table, key, scoped).map(|_| ()),
+        _ => Ok(()),
     }
 }

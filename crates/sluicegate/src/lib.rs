@@ -12,6 +12,7 @@ pub mod client;
 pub mod engine;
 pub mod error;
 pub mod failure;
+pub mod fragment;
 pub mod health;
 pub mod ident;
 pub mod key;

@@ -23,6 +23,10 @@ pub struct Migration {
     pub table_name: String,
     /// The key the batches walk over (the primary key by default).
     pub key: KeySpec,
+    /// Whether the key was proven unique at queue: a built-in kind's sub-batch then touches at
+    /// most as many rows as it has keys, which the engine checks.
+    #[serde(default)]
+    pub key_unique: bool,
     /// Only rows matching this condition are walked (and touched): jobs span `batch_size`
     /// keys that match.
     pub scope: Option<String>,
@@ -180,6 +184,8 @@ pub struct NewMigration {
     pub table_name: String,
     /// The key walked.
     pub key: KeySpec,
+    /// Whether the key was proven unique (a primary key or a unique index on its columns).
+    pub key_unique: bool,
     /// The rows walked (a condition), all when `None`.
     pub scope: Option<String>,
     /// Kind arguments.

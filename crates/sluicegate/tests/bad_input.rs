@@ -145,7 +145,7 @@ store_test!(bad_settings_are_clear_errors_and_write_nothing, |db| {
         ),
         (
             fast("m", "update", "items", 10, 5).argument("set", "n = = 1"),
-            "failed on a trial sub-batch",
+            "--set is not a list of assignments",
         ),
         (
             fast("m", "update", "items", 10, 5).argument("set", "missing_column = 1"),

@@ -458,7 +458,11 @@ store_test!(bad_health_settings_are_refused_at_queue, |db| {
         ),
         (
             refused("INSERT INTO items (id) VALUES (1000) RETURNING true"),
-            "--health-probe failed on a trial run",
+            "--health-probe must be one query",
+        ),
+        (
+            refused("select; drop table items"),
+            "--health-probe must be one query",
         ),
         (refused("   "), "--health-probe is empty"),
         (

@@ -362,6 +362,7 @@ store_test!(a_performed_sub_batch_commits_as_the_engine_says, |db| {
             statement_ms: 30_000,
             lock_ms: 5_000,
         },
+        key_unique: m.key_unique,
     };
     let cursor = JobCursor {
         job_id: job.id,

@@ -7,6 +7,7 @@ mod guarantees;
 mod health;
 mod keys;
 mod partitions;
+mod reach;
 mod runner;
 mod schema;
 mod store;

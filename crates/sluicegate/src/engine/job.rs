@@ -110,6 +110,7 @@ impl WorkerLoop {
                     statement_ms: m.statement_timeout_ms,
                     lock_ms: m.lock_timeout_ms,
                 },
+                key_unique: m.key_unique,
             };
             let performed = match self.sg().target.sub_batch_perform(spec).await {
                 Ok(Some(performed)) => performed,
@@ -275,6 +276,20 @@ impl WorkerLoop {
         job: &Job,
         failure: &Failure,
     ) -> Result<()> {
+        if failure.is(FailureClass::RangeEscaped) {
+            // No retry can make a statement that reaches past its range safe: the migration
+            // stops here, its sub-batch rolled back, before a second one runs.
+            let current = self.sg().store.migration_get(m.id).await?;
+            let failing = current.filter(|c| c.status.after(MigrationEvent::Fail).is_some());
+            if let Some(current) = failing {
+                let reason = format!("job {}: {}", job.id, failure.message);
+                match self.fail_migration(&current, failure.clone(), reason).await {
+                    Ok(_) | Err(Error::Conflict { .. }) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            return Ok(());
+        }
         if failure.is_timeout() {
             self.shrink_after_timeout(m, job, failure).await?;
             if job.attempts >= MAX_ATTEMPTS {

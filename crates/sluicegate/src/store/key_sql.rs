@@ -70,25 +70,52 @@ pub(crate) fn scope_filter(scope: Option<&str>) -> String {
 /// [`SubBatch::execute`](crate::kind::SubBatch::execute) binds it: the first key as
 /// `$1..$n`, the last as `$n+1..$2n`; `"id" BETWEEN $1 AND $2` for one column (as the `sql`
 /// kind's `$1`/`$2`), a row-value comparison for several. With a scope, only the rows matching
-/// it; with `table`, the key's columns qualified by it (for joins).
+/// it. With a `qualifier` (the table's quoted name or its alias in a statement that joins
+/// others), the key's columns are qualified by it and the scope is read in a subquery on
+/// `table` alone, matched by key, so that its unqualified names can only mean `table`'s
+/// columns, whatever the statement joins.
 pub(crate) fn range_predicate(
     key: &KeySpec,
     scope: Option<&str>,
-    table: Option<&TableName>,
+    table: &TableName,
+    qualifier: Option<&str>,
     param: ParamSql,
 ) -> String {
     let n = key.len();
+    let prefixed = |prefix: Option<&str>| -> Vec<String> {
+        key.columns()
+            .iter()
+            .map(|c| match prefix {
+                Some(p) => format!("{p}.{}", ident::quote(&c.name)),
+                None => ident::quote(&c.name),
+            })
+            .collect()
+    };
+    let cols = prefixed(qualifier);
     let range = if n == 1 {
-        let c = &columns(key, table)[0];
         let (lo, hi) = (param(&key.columns()[0], 1), param(&key.columns()[0], 2));
-        format!("{c} BETWEEN {lo} AND {hi}")
+        format!("{} BETWEEN {lo} AND {hi}", cols[0])
     } else {
-        let row = key_row(key, table);
+        let row = format!("({})", cols.join(", "));
         format!(
             "({row} >= {} AND {row} <= {})",
             key_params(key, 1, param),
             key_params(key, n + 1, param)
         )
     };
-    format!("{range}{}", scope_condition(scope))
+    let scope = scope.filter(|s| !s.trim().is_empty());
+    match (scope, qualifier) {
+        (None, _) => range,
+        (Some(_), None) => format!("{range}{}", scope_condition(scope)),
+        (Some(scope), Some(_)) => {
+            const ALIAS: &str = "sluicegate_scope";
+            let inner = prefixed(Some(ALIAS));
+            format!(
+                "{range} AND EXISTS (SELECT 1 FROM {} AS {ALIAS} WHERE ({}) = ({}) AND ({scope}))",
+                table.quoted(),
+                inner.join(", "),
+                cols.join(", ")
+            )
+        }
+    }
 }

@@ -16,13 +16,13 @@ use crate::kind::JobKind;
 use crate::model::{Job, JobCounts, JobTransition, Migration, MigrationTransition, NewMigration};
 use crate::status::{JobStatus, MigrationEvent, MigrationStatus};
 
-mod key_sql;
+pub(crate) mod key_sql;
 pub mod postgres;
 mod rows;
 pub mod sqlite;
 
 /// Newest tracking-schema version this binary knows.
-pub const SCHEMA_VERSION: i64 = 4;
+pub const SCHEMA_VERSION: i64 = 5;
 
 /// Which database engine a store or target talks to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -494,6 +494,9 @@ pub struct SubBatchSpec<'a> {
     pub whole_rest: bool,
     /// Timeouts.
     pub timeouts: Timeouts,
+    /// Whether the key is unique: a sub-batch of a kind whose rows are its keys
+    /// ([`JobKind::rows_are_keys`]) is then refused when it reports more rows than `size`.
+    pub key_unique: bool,
 }
 
 impl SubBatchSpec<'_> {
@@ -741,6 +744,38 @@ pub struct MigrationThrottleParams {
     pub log: String,
     /// Who.
     pub actor: String,
+}
+
+/// The engine's own check of a sub-batch's reach: on a unique key, a kind whose rows are its
+/// keys cannot report more rows than the sub-batch has keys (at most `spec.size`: the walk
+/// counted them, and a whole rest of a job is no longer than one sub-batch). More means its
+/// statement reached rows outside the range: a `RangeEscaped` failure, and the caller rolls
+/// the sub-batch back.
+pub(crate) fn check_reach(
+    spec: &SubBatchSpec<'_>,
+    backend: Backend,
+    (start, end): (&Key, &Key),
+    rows: u64,
+) -> std::result::Result<(), Failure> {
+    let most = spec.size.max(1) as u64;
+    if spec.key_unique
+        && rows > most
+        && spec.kind.rows_are_keys(spec.arguments, backend, spec.table)
+    {
+        return Err(Failure::new(
+            crate::failure::FailureClass::RangeEscaped,
+            format!(
+                "the sub-batch of keys {start} ..= {end} (at most {most} keys of a unique key) reported {rows} rows changed by kind {}: its statement reached rows outside the sub-batch; rolled back",
+                spec.kind.name()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Whether a failure is the engine's refusal of a sub-batch that escaped its range.
+pub(crate) fn escaped(failure: &Failure) -> bool {
+    failure.is(crate::failure::FailureClass::RangeEscaped)
 }
 
 /// Runs `perform` on a sub-batch, turning a panic into a `Panic` failure.

@@ -35,6 +35,7 @@ const SCHEMA_MIGRATIONS: &[(i64, &str)] = &[
     (2, include_str!("schema/postgres_v2.sql")),
     (3, include_str!("schema/postgres_v3.sql")),
     (4, include_str!("schema/postgres_v4.sql")),
+    (5, include_str!("schema/postgres_v5.sql")),
 ];
 
 const SETUP_LOCK: &str = "SELECT pg_advisory_xact_lock(hashtext('sluicegate.setup:' || $1))";
@@ -50,9 +51,9 @@ WITH m AS (
         min_cursor, max_cursor, next_cursor, batch_size, sub_batch_size, max_batch_size,
         pause_ms, interval_ms, statement_timeout_ms, lock_timeout_ms, status,
         total_tuple_count, health_settings, target_sub_batch_ms, started_at, key_columns,
-        next_inclusive, scope, sub_batch_ceiling)
+        next_inclusive, scope, sub_batch_ceiling, key_unique)
     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19,
-        CASE WHEN $16 = 'active' THEN now() END, $21, $22, $23, $24)
+        CASE WHEN $16 = 'active' THEN now() END, $21, $22, $23, $24, $25)
     RETURNING *
 ), log AS (
     INSERT INTO {s}.migration_transition_logs (migration_id, previous_status, next_status, event, actor)
@@ -519,16 +520,6 @@ fn pg_param(column: &KeyColumn, n: usize) -> String {
     }
 }
 
-/// The range predicate of a sub-batch ([`key_sql::range_predicate`]), values cast as
-/// [`pg_param`] writes them.
-pub(crate) fn range_predicate(
-    key: &KeySpec,
-    scope: Option<&str>,
-    table: Option<&TableName>,
-) -> String {
-    key_sql::range_predicate(key, scope, table, pg_param)
-}
-
 /// The keyset walk as one row `(first, last)` of jsonb keys: the first existing key (of a
 /// row matching `scope`) from `lower` (inclusive or not) up to `max`, and the `size`-th one, or
 /// the last one in range when fewer remain. `lower` and `max` are jsonb SQL expressions of ours
@@ -768,6 +759,7 @@ impl Store for PgStore {
             .bind(m.next_start.as_ref().is_none_or(Lower::is_inclusive))
             .bind(m.scope.as_deref())
             .bind(m.sub_batch_ceiling)
+            .bind(m.key_unique)
             .fetch_one(&self.pool)
             .await
             .map_err(|e| {
@@ -1357,19 +1349,20 @@ impl PgTarget {
         let Some((start, end)) = range else {
             return Ok(None);
         };
-        let predicate = range_predicate(spec.key, spec.scope, None);
-        let qualified = range_predicate(spec.key, spec.scope, Some(spec.table));
+        let predicate = key_sql::range_predicate(spec.key, spec.scope, spec.table, None, pg_param);
         let mut batch = SubBatch {
             connection: SubBatchConnection::Postgres(conn),
             table: spec.table,
             key: spec.key,
+            scope: spec.scope,
+            param: pg_param,
             predicate: &predicate,
-            qualified_predicate: &qualified,
             arguments: spec.arguments,
             start: &start,
             end: &end,
         };
         let rows = super::perform_catching_panics(spec.kind, &mut batch).await?;
+        super::check_reach(spec, Backend::Postgres, (&start, &end), rows)?;
         Ok(Some(((start, end), rows)))
     }
 
@@ -1608,10 +1601,19 @@ impl Target for PgTarget {
 
     async fn sub_batch_perform(
         &self,
-        spec: SubBatchSpec<'_>,
+        mut spec: SubBatchSpec<'_>,
     ) -> std::result::Result<Option<Box<dyn PerformedSubBatch>>, Failure> {
         let mut tx = self.begin(&spec).await?;
-        let Some((keys, rows)) = Self::perform_in(&mut tx, &spec).await? else {
+        let mut performed = Self::perform_in(&mut tx, &spec).await;
+        if performed.as_ref().is_err_and(super::escaped) {
+            // Keys inserted into the range since it was walked are the one innocent cause:
+            // walked again, the sub-batch counts them; an escape repeats.
+            tx.rollback().await?;
+            spec.whole_rest = false;
+            tx = self.begin(&spec).await?;
+            performed = Self::perform_in(&mut tx, &spec).await;
+        }
+        let Some((keys, rows)) = performed? else {
             tx.rollback().await?;
             return Ok(None);
         };

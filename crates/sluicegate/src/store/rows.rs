@@ -131,6 +131,7 @@ pub(crate) fn migration(row: &impl ModelRow) -> Result<Migration> {
         table_name: row.text("table_name")?,
         key: serde_json::from_value::<KeySpec>(row.json("key_columns")?)
             .map_err(|e| Error::Corrupt(format!("bad key_columns: {e}")))?,
+        key_unique: row.flag("key_unique")?,
         scope: row.opt_text("scope")?,
         job_arguments: row.json("job_arguments")?,
         min_value: row.key("min_cursor")?,

@@ -39,6 +39,7 @@ const SCHEMA_MIGRATIONS: &[(i64, &str)] = &[
     (2, include_str!("schema/sqlite_v2.sql")),
     (3, include_str!("schema/sqlite_v3.sql")),
     (4, include_str!("schema/sqlite_v4.sql")),
+    (5, include_str!("schema/sqlite_v5.sql")),
 ];
 
 const SCHEMA_VERSIONS_CREATE: &str = "CREATE TABLE IF NOT EXISTS sluicegate_schema_versions (
@@ -53,9 +54,9 @@ const MIGRATION_INSERT: &str = "INSERT INTO sluicegate_migrations (name, job_kin
     column_name, job_arguments, min_cursor, max_cursor, next_cursor, batch_size, sub_batch_size,
     max_batch_size, pause_ms, interval_ms, statement_timeout_ms, lock_timeout_ms, status,
     total_tuple_count, health_settings, target_sub_batch_ms, started_at, created_at, updated_at,
-    key_columns, next_inclusive, scope, sub_batch_ceiling)
+    key_columns, next_inclusive, scope, sub_batch_ceiling, key_unique)
     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19,
-        CASE WHEN $16 = 'active' THEN $20 END, $20, $20, $21, $22, $23, $24)
+        CASE WHEN $16 = 'active' THEN $20 END, $20, $20, $21, $22, $23, $24, $25)
     RETURNING *";
 const MIGRATION_LOG_INSERT: &str = "INSERT INTO sluicegate_migration_transition_logs (migration_id,
     previous_status, next_status, event, reason, actor, exception_class, exception_message, created_at)
@@ -560,6 +561,7 @@ impl Store for SqliteStore {
             .bind(m.next_start.as_ref().is_none_or(Lower::is_inclusive))
             .bind(m.scope.as_deref())
             .bind(m.sub_batch_ceiling)
+            .bind(m.key_unique)
             .fetch_one(&mut *tx)
             .await
             .map_err(|e| {
@@ -1192,19 +1194,20 @@ impl SqliteTarget {
         let Some((start, end)) = range else {
             return Ok(None);
         };
-        let predicate = range_predicate(spec.key, spec.scope, None, plain_param);
-        let qualified = range_predicate(spec.key, spec.scope, Some(spec.table), plain_param);
+        let predicate = range_predicate(spec.key, spec.scope, spec.table, None, plain_param);
         let mut batch = SubBatch {
             connection: SubBatchConnection::Sqlite(conn),
             table: spec.table,
             key: spec.key,
+            scope: spec.scope,
+            param: plain_param,
             predicate: &predicate,
-            qualified_predicate: &qualified,
             arguments: spec.arguments,
             start: &start,
             end: &end,
         };
         let rows = super::perform_catching_panics(spec.kind, &mut batch).await?;
+        super::check_reach(spec, Backend::Sqlite, (&start, &end), rows)?;
         Ok(Some(((start, end), rows)))
     }
 
@@ -1485,10 +1488,18 @@ impl Target for SqliteTarget {
 
     async fn sub_batch_perform(
         &self,
-        spec: SubBatchSpec<'_>,
+        mut spec: SubBatchSpec<'_>,
     ) -> std::result::Result<Option<Box<dyn PerformedSubBatch>>, Failure> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let Some((keys, rows)) = Self::perform_in(&mut tx, &spec).await? else {
+        let mut performed = Self::perform_in(&mut tx, &spec).await;
+        if performed.as_ref().is_err_and(super::escaped) {
+            // As on PostgreSQL: walked again, keys inserted since count; an escape repeats.
+            tx.rollback().await?;
+            spec.whole_rest = false;
+            tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+            performed = Self::perform_in(&mut tx, &spec).await;
+        }
+        let Some((keys, rows)) = performed? else {
             tx.rollback().await?;
             return Ok(None);
         };

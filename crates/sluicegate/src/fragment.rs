@@ -1,0 +1,690 @@
+//! The operator's SQL, read by a SQL parser before anything runs.
+//!
+//! A migration's reach is the engine's, never the operator's text: `--set`, `--where`,
+//! `--scope` and `--join` must each be exactly what their place in a statement expects (one
+//! assignment list, one condition) with no comment and no placeholder, so that nothing written
+//! in them can end, widen or comment out the sub-batch's range around them. A `--sql` script is
+//! split into statements and each one parsed: it must change rows (`UPDATE`, `DELETE`,
+//! `INSERT`), name the range in its code (`{range}`, or `$1` and `$2` for a one-column key
+//! without a scope), and when it changes the migration's own table, restrict itself to the range
+//! by a condition `AND`ed at the top of its `WHERE`. `{range}` is placed where the parse found
+//! it (never by replacing text, so one written in a string or a comment is refused, not
+//! replaced), qualified by the statement's alias for its table when the statement joins others.
+//!
+//! The parser is `sqlparser` (PostgreSQL's and SQLite's dialects): pure Rust, one crate for both
+//! engines, with the token positions the placement needs. PostgreSQL's own parser (`pg_query`)
+//! would read PostgreSQL exactly but not SQLite, and builds a C library; what `sqlparser`
+//! accepts, the database then parses again at queue (the trial sub-batch), and what it misreads
+//! is caught at run time by the engine's row count ([`crate::kind::JobKind::rows_are_keys`]).
+
+use sqlparser::ast::{
+    BinaryOperator, Expr, FromTable, ObjectName, ObjectNamePart, SetExpr, Statement, TableFactor,
+    TableObject, TableWithJoins, UpdateTableFromKind,
+};
+use sqlparser::dialect::{Dialect, PostgreSqlDialect, SQLiteDialect};
+use sqlparser::parser::Parser;
+use sqlparser::tokenizer::{Location, Token, TokenWithSpan, Tokenizer, Whitespace};
+
+use crate::ident::{self, TableName};
+use crate::store::Backend;
+
+/// What stands for the sub-batch's range in a `sql` statement.
+pub const RANGE_PLACEHOLDER: &str = "{range}";
+
+/// The identifier `{range}` becomes for the parser, so that the statement parses as SQL.
+const RANGE_MARKER: &str = "sluicegate_range_marker";
+
+fn dialect(backend: Backend) -> Box<dyn Dialect> {
+    match backend {
+        Backend::Postgres => Box::new(PostgreSqlDialect {}),
+        Backend::Sqlite => Box::new(SQLiteDialect {}),
+    }
+}
+
+fn tokens(backend: Backend, what: &str, text: &str) -> Result<Vec<TokenWithSpan>, String> {
+    let dialect = dialect(backend);
+    Tokenizer::new(dialect.as_ref(), text)
+        .tokenize_with_location()
+        .map_err(|e| format!("{what} is not valid SQL: {e}"))
+}
+
+/// The byte offsets of the tokens' locations (1-based lines and columns, in characters).
+struct Offsets<'a> {
+    text: &'a str,
+    line_starts: Vec<usize>,
+}
+
+impl<'a> Offsets<'a> {
+    fn new(text: &'a str) -> Self {
+        let mut line_starts = vec![0];
+        line_starts.extend(text.match_indices('\n').map(|(i, _)| i + 1));
+        Self { text, line_starts }
+    }
+
+    fn at(&self, location: Location) -> usize {
+        let Some(&start) = self
+            .line_starts
+            .get(location.line.saturating_sub(1) as usize)
+        else {
+            return self.text.len();
+        };
+        let column = location.column.saturating_sub(1) as usize;
+        self.text[start..]
+            .char_indices()
+            .nth(column)
+            .map_or(self.text.len(), |(i, _)| start + i)
+    }
+}
+
+fn is_comment(token: &Token) -> bool {
+    matches!(
+        token,
+        Token::Whitespace(Whitespace::SingleLineComment { .. } | Whitespace::MultiLineComment(_))
+    )
+}
+
+fn shown(token: &Token) -> String {
+    let text = token.to_string();
+    let text = text.trim();
+    if text.chars().count() > 60 {
+        format!("{}…", text.chars().take(60).collect::<String>())
+    } else {
+        text.to_owned()
+    }
+}
+
+/// Refuses comments and placeholders in a fragment: a comment could end the statement's range
+/// after it, and a placeholder would be bound to a key of the engine's choosing.
+fn refuse_comments_and_placeholders(what: &str, tokens: &[TokenWithSpan]) -> Result<(), String> {
+    for t in tokens {
+        if is_comment(&t.token) {
+            return Err(format!(
+                "{what} holds a comment ({}): a fragment is one piece of SQL with no comment, since a comment would swallow what the engine writes after it; remove it",
+                shown(&t.token)
+            ));
+        }
+        if let Token::Placeholder(p) = &t.token {
+            return Err(format!(
+                "{what} holds the placeholder {p}: the engine binds the sub-batch's range itself; write the condition without it"
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn parser_for<'a>(dialect: &'a dyn Dialect, what: &str, text: &str) -> Result<Parser<'a>, String> {
+    Parser::new(dialect)
+        .try_with_sql(text)
+        .map_err(|e| format!("{what} is not valid SQL: {e}"))
+}
+
+/// Requires the parser to be at the end of the text: what follows is not part of the fragment.
+fn at_end(what: &str, expected: &str, parser: &mut Parser<'_>) -> Result<(), String> {
+    let next = parser.peek_token();
+    if next.token == Token::EOF {
+        return Ok(());
+    }
+    Err(format!(
+        "{what} is not {expected}: it goes on with {:?} at line {}, column {} (an unbalanced parenthesis, a `;` or a second clause?)",
+        shown(&next.token),
+        next.span.start.line,
+        next.span.start.column
+    ))
+}
+
+/// Checks that `text` is exactly one SQL condition (`--where`, `--scope`, `--join`): one
+/// expression, parentheses balanced, nothing after it, no comment, no placeholder.
+pub fn check_condition(backend: Backend, what: &str, text: &str) -> Result<(), String> {
+    let toks = tokens(backend, what, text)?;
+    refuse_comments_and_placeholders(what, &toks)?;
+    let dialect = dialect(backend);
+    let mut parser = parser_for(dialect.as_ref(), what, text)?;
+    parser
+        .parse_expr()
+        .map_err(|e| format!("{what} is not one SQL condition: {e}"))?;
+    at_end(what, "one SQL condition", &mut parser)
+}
+
+/// Checks that `text` is exactly an `UPDATE`'s assignment list (`--set`: `a = expr, b = expr`),
+/// with nothing after it, no comment and no placeholder.
+pub fn check_assignments(backend: Backend, what: &str, text: &str) -> Result<(), String> {
+    let toks = tokens(backend, what, text)?;
+    refuse_comments_and_placeholders(what, &toks)?;
+    let dialect = dialect(backend);
+    let mut parser = parser_for(dialect.as_ref(), what, text)?;
+    parser
+        .parse_comma_separated(Parser::parse_assignment)
+        .map_err(|e| format!("{what} is not a list of assignments (col = expr, ...): {e}"))?;
+    at_end(what, "a list of assignments (col = expr, ...)", &mut parser)
+}
+
+/// Checks that a health probe is exactly one query (`SELECT ...`), no second statement.
+pub fn check_probe(backend: Backend, what: &str, text: &str) -> Result<(), String> {
+    let dialect = dialect(backend);
+    let statements = Parser::parse_sql(dialect.as_ref(), text)
+        .map_err(|e| format!("{what} must be one query returning a boolean (SELECT ...): {e}"))?;
+    match statements.as_slice() {
+        [Statement::Query(query)] if matches!(*query.body, SetExpr::Select(_) | SetExpr::Values(_)) => {
+            Ok(())
+        }
+        [_] => Err(format!(
+            "{what} must be one query returning a boolean (SELECT ...), not another kind of statement"
+        )),
+        [] => Err(format!("{what} holds no statement")),
+        many => Err(format!(
+            "{what} must be one query; it holds {} statements",
+            many.len()
+        )),
+    }
+}
+
+/// A `sql` script read by the parser: its statements with `{range}` located.
+#[derive(Debug, Clone)]
+pub struct Script {
+    /// Its statements, in order.
+    pub statements: Vec<ScriptStatement>,
+}
+
+/// One statement of a `sql` script.
+#[derive(Debug, Clone)]
+pub struct ScriptStatement {
+    /// Its text, cut where `{range}` stood: the range goes between consecutive pieces.
+    pieces: Vec<String>,
+    /// What qualifies the range's columns in it (the alias or the quoted name of the
+    /// migration's table), when it joins other tables.
+    pub qualifier: Option<String>,
+    /// Whether it updates or deletes rows of the migration's own table: then each row it
+    /// reports is a row of the sub-batch.
+    pub changes_own_rows: bool,
+}
+
+impl ScriptStatement {
+    /// The statement with `range` (a parenthesised predicate) where `{range}` stood.
+    pub fn render(&self, range: &str) -> String {
+        self.pieces.join(range)
+    }
+
+    /// Whether `{range}` appears in it (otherwise it uses `$1`/`$2`).
+    pub fn names_range(&self) -> bool {
+        self.pieces.len() > 1
+    }
+}
+
+fn names_table(name: &ObjectName, table: &TableName, backend: Backend) -> bool {
+    let parts: Vec<&sqlparser::ast::Ident> = name
+        .0
+        .iter()
+        .filter_map(|p| match p {
+            ObjectNamePart::Identifier(i) => Some(i),
+            _ => None,
+        })
+        .collect();
+    let same = |ident: &sqlparser::ast::Ident, stored: &str| match (backend, ident.quote_style) {
+        (Backend::Postgres, None) => ident.value.to_lowercase() == stored,
+        (Backend::Postgres, Some(_)) => ident.value == stored,
+        (Backend::Sqlite, _) => ident.value.eq_ignore_ascii_case(stored),
+    };
+    match parts.as_slice() {
+        [t] => same(t, &table.table),
+        [s, t] => same(t, &table.table) && table.schema.as_deref().is_none_or(|ts| same(s, ts)),
+        _ => false,
+    }
+}
+
+/// The top-level `AND`ed conditions of a `WHERE`.
+fn conjuncts(expr: &Expr) -> Vec<&Expr> {
+    match expr {
+        Expr::BinaryOp {
+            left,
+            op: BinaryOperator::And,
+            right,
+        } => {
+            let mut all = conjuncts(left);
+            all.extend(conjuncts(right));
+            all
+        }
+        Expr::Nested(inner) => conjuncts(inner),
+        other => vec![other],
+    }
+}
+
+fn is_marker(expr: &Expr) -> bool {
+    match expr {
+        Expr::Identifier(i) => i.value.eq_ignore_ascii_case(RANGE_MARKER),
+        Expr::Nested(inner) => is_marker(inner),
+        _ => false,
+    }
+}
+
+fn is_placeholder(expr: &Expr, which: &str) -> bool {
+    match expr {
+        Expr::Value(v) => matches!(&v.value, sqlparser::ast::Value::Placeholder(p) if p == which),
+        Expr::Cast { expr, .. } | Expr::Nested(expr) => is_placeholder(expr, which),
+        _ => false,
+    }
+}
+
+fn is_column(expr: &Expr) -> bool {
+    matches!(expr, Expr::Identifier(_) | Expr::CompoundIdentifier(_))
+}
+
+/// Whether the top of `selection` restricts the statement to the sub-batch: `{range}`, or
+/// `col BETWEEN $1 AND $2`, or `col >= $1` and `col <= $2`, `AND`ed with the rest.
+fn restricted_to_range(selection: Option<&Expr>) -> bool {
+    let Some(selection) = selection else {
+        return false;
+    };
+    let all = conjuncts(selection);
+    if all.iter().any(|c| is_marker(c)) {
+        return true;
+    }
+    let between = all.iter().any(|c| {
+        matches!(c, Expr::Between { expr, negated: false, low, high }
+            if is_column(expr) && is_placeholder(low, "$1") && is_placeholder(high, "$2"))
+    });
+    let bound = |op: BinaryOperator, which: &str| {
+        all.iter().any(|c| {
+            matches!(c, Expr::BinaryOp { left, op: o, right }
+                if *o == op && is_column(left) && is_placeholder(right, which))
+        })
+    };
+    between || (bound(BinaryOperator::GtEq, "$1") && bound(BinaryOperator::LtEq, "$2"))
+}
+
+/// The alias of the table in `twj`, or its quoted name, when it is `table`.
+fn qualifier_of(twj: &TableWithJoins, table: &TableName, backend: Backend) -> Option<String> {
+    match &twj.relation {
+        TableFactor::Table { name, alias, .. } if names_table(name, table, backend) => Some(
+            alias
+                .as_ref()
+                .map(|a| ident::quote(&a.name.value))
+                .unwrap_or_else(|| table.quoted()),
+        ),
+        _ => None,
+    }
+}
+
+/// What a statement changes, as far as the range is concerned.
+struct Shape {
+    /// It updates or deletes rows of the migration's own table.
+    own: bool,
+    /// Its condition, for an own-table `UPDATE`/`DELETE`.
+    selection: Option<Expr>,
+    /// The qualifier for `{range}` when the statement joins other tables.
+    qualifier: Option<String>,
+}
+
+fn shape_of(statement: &Statement, table: &TableName, backend: Backend) -> Option<Shape> {
+    match statement {
+        Statement::Update(update) => {
+            let own = matches!(&update.table.relation, TableFactor::Table { name, .. } if names_table(name, table, backend));
+            let joins = !update.table.joins.is_empty()
+                || matches!(&update.from, Some(UpdateTableFromKind::AfterSet(f) | UpdateTableFromKind::BeforeSet(f)) if !f.is_empty());
+            Some(Shape {
+                own,
+                selection: update.selection.clone(),
+                qualifier: (own && joins)
+                    .then(|| qualifier_of(&update.table, table, backend))
+                    .flatten(),
+            })
+        }
+        Statement::Delete(delete) => {
+            let from = match &delete.from {
+                FromTable::WithFromKeyword(f) | FromTable::WithoutKeyword(f) => f,
+            };
+            let own = from.len() == 1
+                && delete.tables.is_empty()
+                && matches!(&from[0].relation, TableFactor::Table { name, .. } if names_table(name, table, backend));
+            let joins = delete.using.as_ref().is_some_and(|u| !u.is_empty())
+                || from.iter().any(|f| !f.joins.is_empty());
+            Some(Shape {
+                own,
+                selection: delete.selection.clone(),
+                qualifier: (own && joins)
+                    .then(|| qualifier_of(&from[0], table, backend))
+                    .flatten(),
+            })
+        }
+        Statement::Insert(insert) => {
+            // An insert adds rows: into another table (an archive) it is a copy of the range;
+            // its rows are not the sub-batch's.
+            let _ = matches!(&insert.table, TableObject::TableName(_));
+            Some(Shape {
+                own: false,
+                selection: None,
+                qualifier: None,
+            })
+        }
+        Statement::Query(query) => match &*query.body {
+            SetExpr::Update(inner) | SetExpr::Delete(inner) | SetExpr::Insert(inner) => {
+                shape_of(inner, table, backend)
+            }
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// Reads a `sql` script: splits it into statements (at `;` outside strings, quoted names,
+/// dollar quotes and comments), locates `{range}` in each by its tokens and checks each one's
+/// shape. `key_columns` is how many columns the migration's key has; `scoped` whether it has
+/// a `--scope` (which only `{range}` carries).
+pub fn parse_script(
+    backend: Backend,
+    text: &str,
+    table: &TableName,
+    key_columns: usize,
+    scoped: bool,
+) -> Result<Script, String> {
+    let toks = tokens(backend, "the sql script", text)?;
+    let offsets = Offsets::new(text);
+    let mut groups: Vec<Vec<&TokenWithSpan>> = vec![Vec::new()];
+    for t in &toks {
+        match t.token {
+            Token::SemiColon => groups.push(Vec::new()),
+            Token::EOF => {}
+            _ => groups.last_mut().expect("one group").push(t),
+        }
+    }
+    groups.retain(|g| g.iter().any(|t| !matches!(t.token, Token::Whitespace(_))));
+    if groups.is_empty() {
+        return Err("argument \"sql\" holds no statement".into());
+    }
+    let count = groups.len();
+    let mut statements = Vec::new();
+    for (n, group) in groups.iter().enumerate() {
+        let which = if count == 1 {
+            "the sql statement".to_owned()
+        } else {
+            format!("statement {} of {count}", n + 1)
+        };
+        statements.push(read_statement(
+            backend,
+            &which,
+            text,
+            &offsets,
+            group,
+            table,
+            key_columns,
+            scoped,
+        )?);
+    }
+    Ok(Script { statements })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn read_statement(
+    backend: Backend,
+    which: &str,
+    text: &str,
+    offsets: &Offsets<'_>,
+    group: &[&TokenWithSpan],
+    table: &TableName,
+    key_columns: usize,
+    scoped: bool,
+) -> Result<ScriptStatement, String> {
+    let blank = |t: &&&TokenWithSpan| {
+        matches!(
+            t.token,
+            Token::Whitespace(Whitespace::Space | Whitespace::Newline | Whitespace::Tab)
+        )
+    };
+    let first = group.iter().position(|t| !blank(&t)).unwrap_or(0);
+    let last = group
+        .iter()
+        .rposition(|t| !blank(&t))
+        .unwrap_or(group.len() - 1);
+    let group = &group[first..=last];
+    let start = offsets.at(group[0].span.start);
+    let end = offsets.at(group[group.len() - 1].span.end);
+    // The `{range}` placeholders: the tokens `{`, `range`, `}` in a row, in code.
+    let mut ranges = Vec::new();
+    let mut i = 0;
+    while i < group.len() {
+        let is_range = matches!(group[i].token, Token::LBrace)
+            && matches!(group.get(i + 1).map(|t| &t.token), Some(Token::Word(w)) if w.value == "range" && w.quote_style.is_none())
+            && matches!(group.get(i + 2).map(|t| &t.token), Some(Token::RBrace));
+        if is_range {
+            ranges.push((
+                offsets.at(group[i].span.start),
+                offsets.at(group[i + 2].span.end),
+            ));
+            i += 3;
+            continue;
+        }
+        let token = &group[i].token;
+        let written = token.to_string();
+        if written.contains(RANGE_PLACEHOLDER) {
+            let place = if is_comment(token) {
+                "a comment"
+            } else {
+                "a string or a quoted name"
+            };
+            return Err(format!(
+                "{which} writes {RANGE_PLACEHOLDER} inside {place} ({}): it would not be the sub-batch's range there; write {RANGE_PLACEHOLDER} as code, and no {RANGE_PLACEHOLDER} in text",
+                shown(token)
+            ));
+        }
+        if let Token::Word(w) = token {
+            if w.value.eq_ignore_ascii_case(RANGE_MARKER) {
+                return Err(format!(
+                    "{which} uses the name {RANGE_MARKER}, which sluicegate keeps for itself"
+                ));
+            }
+        }
+        i += 1;
+    }
+    let placeholders: Vec<&str> = group
+        .iter()
+        .filter_map(|t| match &t.token {
+            Token::Placeholder(p) => Some(p.as_str()),
+            _ => None,
+        })
+        .collect();
+    let has_bounds = placeholders.contains(&"$1") && placeholders.contains(&"$2");
+    if let Some(other) = placeholders.iter().find(|p| !matches!(**p, "$1" | "$2")) {
+        return Err(format!(
+            "{which} uses the placeholder {other}: only $1 and $2 (the sub-batch's first and last key) are bound; use {RANGE_PLACEHOLDER} for any key"
+        ));
+    }
+    if ranges.is_empty() && !has_bounds {
+        return Err(format!(
+            "{which} must restrict itself to the sub-batch: use {RANGE_PLACEHOLDER} (its key range, any key) or $1 and $2 (its first and last key, one-column keys) in its code: {}",
+            text[start..end].trim()
+        ));
+    }
+    if ranges.is_empty() && key_columns > 1 {
+        return Err(format!(
+            "{which} uses $1 and $2, which hold one column of the key; the key has {key_columns} columns: use {RANGE_PLACEHOLDER}"
+        ));
+    }
+    if ranges.is_empty() && scoped {
+        return Err(format!(
+            "{which} uses $1 and $2, which carry no scope: with --scope, write {RANGE_PLACEHOLDER} (the range and the scope) so that only rows in scope are touched"
+        ));
+    }
+    // The pieces between the placeholders, and the text the parser reads.
+    let mut pieces = Vec::new();
+    let mut parsed = String::new();
+    let mut at = start;
+    for (from, to) in &ranges {
+        pieces.push(text[at..*from].to_owned());
+        parsed.push_str(&text[at..*from]);
+        parsed.push_str(&format!(" {RANGE_MARKER} "));
+        at = *to;
+    }
+    pieces.push(text[at..end].to_owned());
+    parsed.push_str(&text[at..end]);
+    let dialect = dialect(backend);
+    let parsed_statements = Parser::parse_sql(dialect.as_ref(), &parsed)
+        .map_err(|e| format!("{which} is not valid SQL: {e}"))?;
+    let [statement] = parsed_statements.as_slice() else {
+        return Err(format!("{which} is not one statement"));
+    };
+    let Some(shape) = shape_of(statement, table, backend) else {
+        return Err(format!(
+            "{which} must change rows (UPDATE, DELETE or INSERT ... SELECT); other statements (transaction control, DDL, SET, a lone SELECT) cannot run inside a sub-batch"
+        ));
+    };
+    if shape.own && !restricted_to_range(shape.selection.as_ref()) {
+        return Err(format!(
+            "{which} changes {} itself but its WHERE does not restrict it to the sub-batch: write WHERE {RANGE_PLACEHOLDER} AND ... (the range ANDed at the top of the condition, not under an OR or a NOT)",
+            table.quoted()
+        ));
+    }
+    Ok(ScriptStatement {
+        pieces,
+        qualifier: shape.qualifier,
+        changes_own_rows: shape.own,
+    })
+}
+
+/// The highest `$k` placeholder a statement names in its code (0: none).
+pub fn highest_placeholder(backend: Backend, sql: &str) -> usize {
+    let Ok(toks) = tokens(backend, "the statement", sql) else {
+        return 0;
+    };
+    toks.iter()
+        .filter_map(|t| match &t.token {
+            Token::Placeholder(p) => p.strip_prefix('$')?.parse::<usize>().ok(),
+            _ => None,
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t() -> TableName {
+        TableName::parse("t").unwrap()
+    }
+
+    #[test]
+    fn conditions_must_be_one_expression_without_comments() {
+        for backend in [Backend::Postgres, Backend::Sqlite] {
+            assert!(check_condition(backend, "--scope", "flag AND n > 2").is_ok());
+            let e = check_condition(backend, "--scope", "flag) OR (true").unwrap_err();
+            assert!(e.contains("goes on"), "{e}");
+            let e = check_condition(backend, "--where", "n > 1 -- note").unwrap_err();
+            assert!(e.contains("comment"), "{e}");
+            let e = check_condition(backend, "--where", "n > 1 /* x */").unwrap_err();
+            assert!(e.contains("comment"), "{e}");
+            assert!(check_condition(backend, "--where", "n > $1").is_err());
+            assert!(check_condition(backend, "--where", "true; DROP TABLE t").is_err());
+            assert!(check_condition(backend, "--where", "note = '-- not a comment'").is_ok());
+        }
+        assert!(check_condition(
+            Backend::Postgres,
+            "--scope",
+            "created_at < now() - interval '1 year'"
+        )
+        .is_ok());
+    }
+
+    #[test]
+    fn assignments_must_be_a_list_of_assignments() {
+        let pg = Backend::Postgres;
+        assert!(check_assignments(pg, "--set", "email_lower = lower(email), n = n + 1").is_ok());
+        let e = check_assignments(pg, "--set", "n = n + 1 -- bump the counter").unwrap_err();
+        assert!(e.contains("comment"), "{e}");
+        assert!(check_assignments(pg, "--set", "n = 1 WHERE true").is_err());
+        assert!(check_assignments(pg, "--set", "n = (1").is_err());
+        assert!(check_assignments(pg, "--set", "body = body - 'tmp'").is_ok());
+    }
+
+    #[test]
+    fn range_is_placed_by_tokens_not_text() {
+        let pg = Backend::Postgres;
+        let s = parse_script(
+            pg,
+            "UPDATE t SET n = n + 1 /* only rows in {range} */",
+            &t(),
+            1,
+            false,
+        );
+        assert!(s.unwrap_err().contains("comment"));
+        let s = parse_script(
+            pg,
+            "UPDATE t SET note = 'see {range} docs' WHERE {range}",
+            &t(),
+            1,
+            false,
+        );
+        assert!(s.unwrap_err().contains("string"));
+        let s = parse_script(pg, "UPDATE t SET n = '$1 $2'", &t(), 1, false);
+        assert!(s.unwrap_err().contains("must restrict"));
+        let s = parse_script(
+            pg,
+            "UPDATE t SET n = n + 1 WHERE {range} OR true",
+            &t(),
+            1,
+            false,
+        );
+        assert!(s.unwrap_err().contains("does not restrict"));
+        let s = parse_script(
+            pg,
+            "UPDATE t SET n = n + 1 WHERE id BETWEEN $1 AND $2",
+            &t(),
+            1,
+            true,
+        );
+        assert!(s.unwrap_err().contains("scope"));
+        let s = parse_script(
+            pg,
+            "COMMIT; UPDATE t SET n = 1 WHERE {range}",
+            &t(),
+            1,
+            false,
+        );
+        assert!(s.unwrap_err().contains("statement 1 of 2 must restrict"));
+        let s = parse_script(pg, "SELECT count(*) FROM t WHERE {range}", &t(), 1, false);
+        assert!(s.unwrap_err().contains("must change rows"));
+        let s = parse_script(pg, "DELETE FROM c WHERE p IN (SELECT id FROM t WHERE {range}); DELETE FROM t WHERE {range} AND note <> 'a;b'", &t(), 1, true).unwrap();
+        assert_eq!(s.statements.len(), 2);
+        assert!(!s.statements[0].changes_own_rows);
+        assert!(s.statements[1].changes_own_rows);
+        assert_eq!(
+            s.statements[1].render("(X)"),
+            "DELETE FROM t WHERE (X) AND note <> 'a;b'"
+        );
+        let s = parse_script(
+            pg,
+            "UPDATE t AS a SET n = o.n FROM o WHERE o.id = a.id AND {range}",
+            &t(),
+            1,
+            false,
+        )
+        .unwrap();
+        assert_eq!(s.statements[0].qualifier.as_deref(), Some("\"a\""));
+        let s = parse_script(
+            pg,
+            "UPDATE t SET n = n + 1 WHERE id BETWEEN $1 AND $2",
+            &t(),
+            1,
+            false,
+        )
+        .unwrap();
+        assert!(!s.statements[0].names_range());
+    }
+
+    #[test]
+    fn placeholders_are_counted_in_code_only() {
+        let pg = Backend::Postgres;
+        assert_eq!(highest_placeholder(pg, "x BETWEEN $1 AND $2"), 2);
+        assert_eq!(
+            highest_placeholder(pg, "(x, y) >= ($1, $2) AND (x, y) <= ($3, $4)"),
+            4
+        );
+        assert_eq!(
+            highest_placeholder(pg, "note = '$9' AND a = $tag$ $7 $tag$"),
+            0
+        );
+        assert_eq!(highest_placeholder(pg, "SELECT 1 -- $5"), 0);
+        assert_eq!(
+            highest_placeholder(Backend::Sqlite, "x BETWEEN $1 AND $2"),
+            2
+        );
+    }
+}
