@@ -484,6 +484,31 @@ impl Sluicegate {
         }
     }
 
+    /// Reads a stored migration's SQL again (its scope and its kind's fragments, as `queue`
+    /// does): a definition stored before fragments were parsed, or written by hand, is refused
+    /// before any of it runs. Workers call it when they claim a migration.
+    pub fn check_definition(&self, m: &Migration) -> Result<()> {
+        let backend = self.target.backend();
+        let table = TableName::parse(&m.table_name)?;
+        if let Some(scope) = m.scope.as_deref().filter(|s| !s.trim().is_empty()) {
+            fragment::check_condition(backend, "--scope", scope).map_err(Error::InvalidSettings)?;
+        }
+        crate::kind::check_fragments(
+            &m.job_kind,
+            &m.job_arguments,
+            backend,
+            &table,
+            &m.key,
+            m.scope.is_some(),
+        )
+        .map_err(|reason| {
+            Error::InvalidSettings(format!(
+                "the stored definition of kind {}: {reason}",
+                m.job_kind
+            ))
+        })
+    }
+
     /// Validates a migration against the target database and returns what would be inserted,
     /// writing nothing: its first sub-batch runs inside a transaction that is rolled back.
     pub async fn plan(&self, req: &QueueRequest) -> Result<Plan> {

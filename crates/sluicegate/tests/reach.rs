@@ -3,6 +3,9 @@
 //! is placed by the parse and carries the scope, and a sub-batch that still reports more rows
 //! than it has keys is rolled back and fails its migration (`RangeEscaped`).
 
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use sluicegate::store::Backend;
 use sluicegate::testing::TestDb;
@@ -278,9 +281,13 @@ store_test!(
     }
 );
 
-/// A kind whose statement ignores its range (it touches every row of `t`), as a fragment
-/// that escaped the parser would; it says its rows are its keys, as the built-in kinds do.
-struct Greedy;
+/// A kind whose statement ignores its range (it touches every row of `t`) while `escapes`
+/// is not 0 (counting down; -1: forever), as a fragment that fooled the parser would; it says
+/// its rows are its keys, as the built-in kinds do.
+#[derive(Clone, Default)]
+struct Greedy {
+    escapes: Arc<AtomicI64>,
+}
 
 #[async_trait]
 impl JobKind for Greedy {
@@ -298,7 +305,19 @@ impl JobKind for Greedy {
     }
 
     async fn perform(&self, batch: &mut SubBatch<'_>) -> Result<u64, Failure> {
-        let sql = format!("UPDATE {} SET n = n + 1", batch.quoted_table());
+        let escape = self.escapes.load(Ordering::SeqCst) != 0;
+        if escape {
+            self.escapes.fetch_sub(1, Ordering::SeqCst);
+        }
+        let sql = if escape {
+            format!("UPDATE {} SET n = n + 1", batch.quoted_table())
+        } else {
+            format!(
+                "UPDATE {} SET n = n + 1 WHERE {}",
+                batch.quoted_table(),
+                batch.range_predicate()
+            )
+        };
         batch.execute(&sql).await
     }
 }
@@ -306,7 +325,9 @@ impl JobKind for Greedy {
 store_test!(
     a_sub_batch_reporting_more_rows_than_keys_is_refused_at_the_trial,
     |db| {
-        let sg = db.sluicegate_with(registry_with(Greedy)).await;
+        let greedy = Greedy::default();
+        greedy.escapes.store(-1, Ordering::SeqCst);
+        let sg = db.sluicegate_with(registry_with(greedy)).await;
         table_t(&db).await;
         let err = sg
             .queue(&fast("greedy", "greedy", "t", 100, 50))
@@ -323,34 +344,16 @@ store_test!(
 store_test!(
     a_sub_batch_that_escapes_at_run_time_is_rolled_back_and_fails_its_migration,
     |db| {
-        let sg = db.sluicegate().await;
+        let greedy = Greedy::default();
+        let sg = db.sluicegate_with(registry_with(greedy.clone())).await;
         table_t(&db).await;
         let m = sg
-            .queue(&with(
-                fast("escapes", "update", "t", 100, 50),
-                &[("set", "n = n + 1"), ("where", "flag")],
-            ))
+            .queue(&fast("escapes", "greedy", "t", 100, 50))
             .await
             .unwrap();
-        // A definition stored before fragments were parsed (or written by hand): its `where`
-        // breaks out of the range's parentheses.
-        let (table, json) = match db.backend {
-            Backend::Postgres => (
-                "sluicegate.migrations",
-                "'{\"set\": \"n = n + 1\", \"where\": \"flag) OR (true\"}'::jsonb",
-            ),
-            Backend::Sqlite => (
-                "sluicegate_migrations",
-                "'{\"set\": \"n = n + 1\", \"where\": \"flag) OR (true\"}'",
-            ),
-        };
-        db.exec(&format!(
-            "UPDATE {table} SET job_arguments = {json} WHERE id = {}",
-            m.id
-        ))
-        .await;
+        greedy.escapes.store(-1, Ordering::SeqCst);
         run_to_end(&sg).await;
-        let m = sg.migration("escapes").await.unwrap();
+        let m = sg.migration(&m.name).await.unwrap();
         assert_eq!(m.status, MigrationStatus::Failed);
         assert_eq!(
             db.scalar("SELECT count(*) FROM t WHERE n <> 0").await,
@@ -371,5 +374,90 @@ store_test!(
         assert!(message.contains("reported 1000 rows"), "{message}");
         let jobs = sg.jobs(&m, None).await.unwrap();
         assert_eq!(jobs.len(), 1, "no job after the one that escaped");
+    }
+);
+
+store_test!(
+    a_stored_definition_that_would_escape_fails_before_it_runs,
+    |db| {
+        let sg = db.sluicegate().await;
+        table_t(&db).await;
+        db.create_items("other", &[(1, 100)]).await;
+        let bad = sg
+            .queue(&with(
+                fast("stored_bad", "update", "t", 100, 50),
+                &[("set", "n = n + 1"), ("where", "flag")],
+            ))
+            .await
+            .unwrap();
+        let good = sg
+            .queue(&with(
+                fast("good", "update", "other", 100, 50),
+                &[("set", "n = n + 1")],
+            ))
+            .await
+            .unwrap();
+        // A definition stored before fragments were parsed (or written by hand): its `where`
+        // and its scope break out of the range's parentheses.
+        let (table, json) = match db.backend {
+            Backend::Postgres => (
+                "sluicegate.migrations",
+                "'{\"set\": \"n = n + 1\", \"where\": \"flag) OR (true\"}'::jsonb",
+            ),
+            Backend::Sqlite => (
+                "sluicegate_migrations",
+                "'{\"set\": \"n = n + 1\", \"where\": \"flag) OR (true\"}'",
+            ),
+        };
+        db.exec(&format!(
+            "UPDATE {table} SET job_arguments = {json}, scope = 'flag) OR (true' WHERE id = {}",
+            bad.id
+        ))
+        .await;
+        run_to_end(&sg).await;
+        let bad = sg.migration(&bad.name).await.unwrap();
+        assert_eq!(bad.status, MigrationStatus::Failed);
+        let log = sg.migration_history(&bad).await.unwrap();
+        let fail = log.last().expect("a fail row");
+        assert_eq!(fail.exception_class.as_deref(), Some("InvalidSettings"));
+        let message = fail.exception_message.clone().unwrap_or_default();
+        assert!(
+            message.contains("--scope is not one SQL condition"),
+            "{message}"
+        );
+        assert_eq!(
+            db.scalar("SELECT count(*) FROM t WHERE n <> 0").await,
+            0,
+            "t untouched"
+        );
+        assert_eq!(
+            sg.migration(&good.name).await.unwrap().status,
+            MigrationStatus::Finished
+        );
+        assert_eq!(
+            db.scalar("SELECT count(*) FROM other WHERE n = 1").await,
+            100
+        );
+    }
+);
+
+store_test!(
+    a_sub_batch_that_over_counts_once_is_walked_again_and_goes_on,
+    |db| {
+        // Keys inserted into a range after it was walked make one sub-batch count more rows than
+        // it walked: walked again, it counts them. Only a repeat is an escape.
+        let greedy = Greedy::default();
+        let sg = db.sluicegate_with(registry_with(greedy.clone())).await;
+        table_t(&db).await;
+        let m = sg
+            .queue(&fast("once", "greedy", "t", 100, 50))
+            .await
+            .unwrap();
+        greedy.escapes.store(1, Ordering::SeqCst);
+        run_to_end(&sg).await;
+        let m = sg.migration(&m.name).await.unwrap();
+        assert_eq!(m.status, MigrationStatus::Finished);
+        // The over-counting sub-batch was rolled back; every row then changed once.
+        assert_eq!(db.scalar("SELECT count(*) FROM t WHERE n = 1").await, 1000);
     }
 );

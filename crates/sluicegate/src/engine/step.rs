@@ -256,7 +256,12 @@ impl WorkerLoop {
             MigrationStatus::Finalizing => Mode::Finalize,
             _ => Mode::Normal,
         };
-        let outcome = self.step_migration_in(&m, mode).await;
+        // What it runs is read again before any of it runs: a definition stored before
+        // fragments were parsed, or edited by hand, fails its migration here.
+        let outcome = match self.sg().check_definition(&m) {
+            Ok(()) => self.step_migration_in(&m, mode).await,
+            Err(e) => Err(e),
+        };
         self.own_errors(m.id, outcome).await
     }
 
