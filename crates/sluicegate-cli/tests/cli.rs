@@ -110,7 +110,63 @@ store_test!(
                         "n = = 2",
                     ],
                 ),
-                "failed on a trial sub-batch",
+                "--set is not a list of assignments",
+            ),
+            // The issue's own reproductions: each would have reached past its range.
+            (
+                sg(
+                    &url,
+                    &[
+                        "queue",
+                        "cmt",
+                        "--table",
+                        "items",
+                        "--kind",
+                        "update",
+                        "--set",
+                        "n = n + 1 -- bump the counter",
+                        "--dry-run",
+                    ],
+                ),
+                "--set holds a comment (-- bump the counter",
+            ),
+            (
+                queue(&["--table", "items", "--scope", "n >= 0) OR (true"]),
+                "--scope is not one SQL condition: it goes on with \")\"",
+            ),
+            (
+                sg(
+                    &url,
+                    &[
+                        "queue",
+                        "third",
+                        "--table",
+                        "items",
+                        "--kind",
+                        "sql",
+                        "--sql",
+                        "UPDATE items SET email = 'see {range} docs' WHERE {range}",
+                    ],
+                ),
+                "writes {range} inside a string or a quoted name",
+            ),
+            (
+                sg(
+                    &url,
+                    &[
+                        "queue",
+                        "third",
+                        "--table",
+                        "items",
+                        "--kind",
+                        "sql",
+                        "--sql",
+                        "DELETE FROM items WHERE id BETWEEN $1 AND $2",
+                        "--scope",
+                        "n > 5",
+                    ],
+                ),
+                "uses $1 and $2, which carry no scope",
             ),
             (
                 queue(&["--table", hostile]),
