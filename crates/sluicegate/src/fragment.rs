@@ -688,3 +688,99 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod dialect_coverage {
+    use super::*;
+
+    /// Conditions operators write on PostgreSQL: each must read as one condition.
+    const PG_CONDITIONS: &[&str] = &[
+        "email_lower IS NULL",
+        "created_at < now() - interval '1 year'",
+        "created_at < now() - '1 year'::interval",
+        "payload->>'kind' = 'orphan'",
+        "data @> '{\"a\": 1}'",
+        "data ? 'a'",
+        "tags && ARRAY['x', 'y']",
+        "email ~* '^admin'",
+        "email !~ 'x'",
+        "a IS DISTINCT FROM b",
+        "status IN ('a', 'b') AND NOT deleted",
+        "NOT EXISTS (SELECT 1 FROM pipelines p WHERE p.id = stages.pipeline_id)",
+        "id % 2 = 0",
+        "(data->'a')::int > 3",
+        "coalesce(a, b) <> ''",
+        "CASE WHEN a THEN b ELSE c END",
+        "name COLLATE \"C\" > 'm'",
+        "email ILIKE '%@example.com'",
+        "x = ANY (ARRAY[1, 2, 3])",
+        "date_trunc('day', ts) = '2024-01-01'",
+        "extract(epoch FROM ts) > 0",
+        "length(trim(both ' ' FROM name)) > 0",
+        "arr[1] = 3",
+        "jsonb_typeof(data) = 'object'",
+        "tsv @@ to_tsquery('a')",
+        "E'\\n' = sep",
+        "note = $$it's$$",
+        "uuid_col = '0b7e6c1e-1b8c-4c3f-9a5e-2d4b1f0a9c11'::uuid",
+        "(a, b) = (1, 2)",
+        "pipeline_id IS NOT NULL AND stage_idx >= 0",
+    ];
+
+    const PG_SETS: &[&str] = &[
+        "email_lower = lower(email)",
+        "body = body - 'tmp'",
+        "body = body #- '{a,b}'",
+        "data = jsonb_set(data, '{a}', '1')",
+        "n = n + 1, note = NULL",
+        "user_id_big = user_id",
+        "slug = regexp_replace(lower(name), '[^a-z0-9]+', '-', 'g')",
+        "amount = round(amount::numeric, 2)",
+        "token = md5(random()::text)",
+        "state = CASE WHEN done THEN 'x' ELSE 'y' END",
+    ];
+
+    const SQLITE_CONDITIONS: &[&str] = &[
+        "json_extract(body, '$.a') = 1",
+        "body ->> '$.a' = 1",
+        "name GLOB 'a*'",
+        "ifnull(a, b) <> ''",
+        "strftime('%Y', ts) = '2024'",
+        "ts < datetime('now', '-1 year')",
+        "a IS NOT b",
+        "iif(a, b, c)",
+        "CAST(x AS INTEGER) > 2",
+    ];
+
+    #[test]
+    fn what_operators_write_is_read() {
+        for c in PG_CONDITIONS {
+            check_condition(Backend::Postgres, "--where", c).unwrap_or_else(|e| panic!("{c}: {e}"));
+        }
+        for c in PG_SETS {
+            check_assignments(Backend::Postgres, "--set", c).unwrap_or_else(|e| panic!("{c}: {e}"));
+        }
+        for c in SQLITE_CONDITIONS {
+            check_condition(Backend::Sqlite, "--where", c).unwrap_or_else(|e| panic!("{c}: {e}"));
+        }
+    }
+
+    #[test]
+    fn scripts_operators_write_are_read() {
+        let t = TableName::parse("docs").unwrap();
+        for (sql, own) in [
+            ("UPDATE docs SET body = body - 'tmp' WHERE {range}", true),
+            ("DELETE FROM notes WHERE doc_id IN (SELECT id FROM docs WHERE {range}); DELETE FROM docs WHERE {range}", true),
+            ("INSERT INTO docs_archive SELECT * FROM docs WHERE {range}", false),
+            ("UPDATE docs d SET body = s.body FROM (SELECT id, body FROM src) s WHERE s.id = d.id AND {range}", true),
+            ("WITH old AS (SELECT id FROM docs WHERE {range} AND archived) DELETE FROM docs WHERE {range} AND id IN (SELECT id FROM old)", true),
+            ("UPDATE docs SET n = n + 1 WHERE id BETWEEN $1 AND $2", true),
+            ("UPDATE docs SET n = n + 1 WHERE id >= $1 AND id <= $2 AND n < 5", true),
+            ("DELETE FROM public.docs WHERE {range} AND NOT EXISTS (SELECT 1 FROM notes WHERE notes.doc_id = docs.id)", true),
+        ] {
+            let script = parse_script(Backend::Postgres, sql, &t, 1, false)
+                .unwrap_or_else(|e| panic!("{sql}: {e}"));
+            assert_eq!(script.statements.last().unwrap().changes_own_rows, own, "{sql}");
+        }
+    }
+}
