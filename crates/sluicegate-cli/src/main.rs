@@ -54,9 +54,10 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(dispatch(cli)) {
+    match runtime.block_on(dispatch(&cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
+            let err = naming_the_database(err, &cli);
             // A closed pipe (`sluicegate status | head`) is not an error.
             if err
                 .chain()
@@ -104,16 +105,14 @@ fn init_tracing(cli: &Cli) {
     }
 }
 
-/// Connects to the tracking database (and target) named on the command line. Only the
-/// commands that write create a SQLite file that is not there.
+/// Connects to the tracking database (and target) named on the command line. Only `setup`
+/// creates a SQLite file that is not there: every other command needs the tracking schema
+/// it would not hold (and read commands and `queue --dry-run` write nothing).
 async fn connect(cli: &Cli) -> Result<Sluicegate> {
     let mut opts = ConnectOptions::new(&cli.database_url);
     opts.target_url = cli.target_url.clone();
     opts.schema = cli.schema.clone();
-    opts.create_if_missing = matches!(
-        cli.command,
-        Command::Setup | Command::Queue(_) | Command::Run(_) | Command::Demo(_)
-    );
+    opts.create_if_missing = matches!(cli.command, Command::Setup);
     Sluicegate::connect_with(opts)
         .await
         .map_err(anyhow::Error::from)
@@ -123,6 +122,30 @@ async fn connect_ready(cli: &Cli) -> Result<Sluicegate> {
     let sg = connect(cli).await?;
     sg.ensure_schema().await?;
     Ok(sg)
+}
+
+/// The error a command ends with, where a missing tracking schema names the database looked
+/// at (its password masked): `the tracking schema is not installed in sqlite://sluicegate.db
+/// (run `sluicegate setup` first)`.
+fn naming_the_database(err: anyhow::Error, cli: &Cli) -> anyhow::Error {
+    let missing = err.chain().any(|e| {
+        matches!(
+            e.downcast_ref::<sluicegate::Error>(),
+            Some(sluicegate::Error::SchemaMissing)
+        )
+    });
+    if !missing || matches!(cli.command, Command::Demo(_)) {
+        return err;
+    }
+    let url = sluicegate::client::mask_password(&cli.database_url);
+    let place = if url.starts_with("sqlite:") {
+        url
+    } else {
+        format!("schema {:?} of {url}", cli.schema)
+    };
+    anyhow::anyhow!(
+        "the tracking schema is not installed in {place} (run `sluicegate setup` first)"
+    )
 }
 
 /// How long `run` waits for a database that is restarting or not up yet.
@@ -155,10 +178,10 @@ fn is_connection_lost(e: &anyhow::Error) -> bool {
     )
 }
 
-async fn dispatch(cli: Cli) -> Result<()> {
+async fn dispatch(cli: &Cli) -> Result<()> {
     match &cli.command {
         Command::Setup => {
-            let sg = connect(&cli).await?;
+            let sg = connect(cli).await?;
             let (applied, partitions) = sg.setup().await?;
             if applied.is_empty() {
                 outln!("tracking schema is up to date");
@@ -178,38 +201,38 @@ async fn dispatch(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Queue(args) => {
-            let sg = connect_ready(&cli).await?;
+            let sg = connect_ready(cli).await?;
             run::queue(&sg, args).await
         }
         Command::Run(args) => {
-            let sg = connect_ready_waiting(&cli).await?;
+            let sg = connect_ready_waiting(cli).await?;
             run::run(&sg, args).await
         }
         Command::Status(args) => {
-            let sg = connect_ready(&cli).await?;
+            let sg = connect_ready(cli).await?;
             output::status(&sg, args.json).await
         }
         Command::Show(args) => {
-            let sg = connect_ready(&cli).await?;
+            let sg = connect_ready(cli).await?;
             output::show(&sg, &args.migration, args.json).await
         }
         Command::Health(args) => {
-            let sg = connect_ready(&cli).await?;
+            let sg = connect_ready(cli).await?;
             output::health(&sg, &args.migration, args.json).await
         }
         Command::Jobs(args) => {
-            let sg = connect_ready(&cli).await?;
+            let sg = connect_ready(cli).await?;
             output::jobs(&sg, &args.migration, args.status.as_deref(), args.json).await
         }
         Command::History(args) => {
-            let sg = connect_ready(&cli).await?;
+            let sg = connect_ready(cli).await?;
             output::history(&sg, &args.migration, args.job, args.json).await
         }
         Command::Pause(args)
         | Command::Resume(args)
         | Command::Retry(args)
         | Command::Cancel(args) => {
-            let sg = connect_ready(&cli).await?;
+            let sg = connect_ready(cli).await?;
             let event = match &cli.command {
                 Command::Pause(_) => MigrationEvent::Pause,
                 Command::Resume(_) => MigrationEvent::Resume,
@@ -223,22 +246,24 @@ async fn dispatch(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Set(args) => {
-            let sg = connect_ready(&cli).await?;
+            let sg = connect_ready(cli).await?;
             run::set(&sg, args).await
         }
         Command::Finalize(args) => {
-            let sg = connect_ready(&cli).await?;
+            let sg = connect_ready(cli).await?;
             run::finalize(&sg, &args.migration, args.json).await
         }
         Command::Serve(args) => {
-            let sg = connect_ready(&cli).await?;
-            let token = args
-                .token_file
-                .as_deref()
-                .map(sluicegate_cli::serve::read_token)
-                .transpose()?;
-            let state = sluicegate_cli::serve::AppState::new(sg, token);
-            sluicegate_cli::serve::serve(state, &args.listen).await
+            // The token and the address first: a refusal needs no database.
+            let prepared = sluicegate_cli::serve::prepare(&sluicegate_cli::serve::ServeOptions {
+                listen: args.listen.clone(),
+                token_file: args.token_file.clone(),
+                public_reads: args.public_reads,
+                allowed_hosts: args.allowed_host.clone(),
+            })
+            .await?;
+            let sg = connect_ready(cli).await?;
+            sluicegate_cli::serve::serve(prepared, sg).await
         }
         Command::Demo(args) => demo::demo(args).await.context("the demo failed"),
     }
