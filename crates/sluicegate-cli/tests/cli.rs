@@ -1050,4 +1050,21 @@ store_test!(no_command_but_setup_creates_a_database, |db| {
     // `setup` creates it.
     assert!(in_dir(&["setup"]).status.success());
     assert!(dir.path().join("sluicegate.db").exists());
+    // A target file that is not there is said as such, and not created either.
+    let out = in_dir(&[
+        "--target-url",
+        "sqlite://elsewhere.db",
+        "queue",
+        "x",
+        "--table",
+        "t",
+        "--kind",
+        "delete",
+        "--dry-run",
+    ]);
+    assert_fails_with(
+        &out,
+        "invalid database URL \"sqlite://elsewhere.db\": no such SQLite file",
+    );
+    assert!(!dir.path().join("elsewhere.db").exists());
 });

@@ -401,6 +401,13 @@ async fn open_pool(url: &str, opts: &ConnectOptions) -> Result<Pool> {
             let file = options.get_filename();
             if !opts.create_if_missing && file != std::path::Path::new(":memory:") && !file.exists()
             {
+                // The target holds the table: its missing file is not a missing schema.
+                if url != opts.database_url {
+                    return Err(Error::InvalidUrl {
+                        url: mask_password(url),
+                        reason: "no such SQLite file".to_owned(),
+                    });
+                }
                 return Err(Error::SchemaMissing);
             }
             let pool = SqlitePoolOptions::new()
