@@ -146,7 +146,7 @@ pub fn read_token(path: &Path) -> Result<String> {
     if chars < MIN_TOKEN_CHARS {
         bail!(
             "the token in {} is {chars} characters long; at least {MIN_TOKEN_CHARS} are needed \
-             (e.g. `openssl rand -hex 32 > {}`)",
+             (e.g. `(umask 077 && openssl rand -hex 32 > {})`)",
             path.display(),
             path.display()
         );
