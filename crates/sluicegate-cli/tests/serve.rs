@@ -1461,3 +1461,81 @@ async fn half_sent_requests_are_closed_within_seconds() {
     );
     server.abort();
 }
+
+/// The binary on `0.0.0.0` with `--public-reads`: it starts, warns first, and its banner says
+/// that reads are open; with a token instead, that reads need it.
+#[test]
+fn serve_says_who_may_read_when_it_starts() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/t.db", dir.path().display());
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "0123456789abcdef0123456789abcdef").unwrap();
+    std::fs::set_permissions(
+        &token_file,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    let bin = || {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluicegate"));
+        cmd.env_remove("DATABASE_URL")
+            .env("NO_COLOR", "1")
+            .args(["--database-url", &url]);
+        cmd
+    };
+    assert!(bin().arg("setup").output().unwrap().status.success());
+    let token_arg = format!("--token-file={}", token_file.display());
+    for (extra, expected) in [
+        (
+            "--public-reads",
+            "(reads open; mutations off: no --token-file)",
+        ),
+        (
+            token_arg.as_str(),
+            "(reads need the token; mutations need the bearer token)",
+        ),
+    ] {
+        let mut child = bin()
+            .args(["serve", "--listen", "0.0.0.0:0", extra])
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                let done = line.starts_with("serving the dashboard");
+                let _ = tx.send(line);
+                if done {
+                    break;
+                }
+            }
+        });
+        let mut lines = Vec::new();
+        while let Ok(line) = rx.recv_timeout(Duration::from_secs(30)) {
+            let done = line.starts_with("serving the dashboard");
+            lines.push(line);
+            if done {
+                break;
+            }
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let banner = lines.last().cloned().unwrap_or_default();
+        assert!(
+            banner.starts_with("serving the dashboard on http://0.0.0.0:"),
+            "{lines:?}"
+        );
+        assert!(banner.ends_with(expected), "{lines:?}");
+        if extra == "--public-reads" {
+            assert_eq!(lines.len(), 2, "{lines:?}");
+            assert!(
+                lines[0].starts_with("warning: --public-reads: anyone who reaches 0.0.0.0:"),
+                "{lines:?}"
+            );
+        } else {
+            assert_eq!(lines.len(), 1, "no warning: {lines:?}");
+        }
+    }
+}
