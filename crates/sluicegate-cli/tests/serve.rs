@@ -1267,6 +1267,24 @@ store_test!(reasons_are_limited_wherever_they_come_from, |db| {
             "{err}"
         );
     }
+    // And the CLI, through the library.
+    let long = "x".repeat(max + 1);
+    for args in [
+        &["pause", "1", "--reason", &long][..],
+        &["set", "1", "--batch-size", "60", "--reason", &long],
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_sluicegate"))
+            .args(["--database-url", &db.url])
+            .args(args)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{}: {stderr}", args[0]);
+        assert_eq!(
+            stderr.trim_end(),
+            "error: the reason is 1001 characters long; at most 1000 are accepted"
+        );
+    }
     assert_eq!(logs().await, before, "nothing was written");
     let m = sg.migration("1").await.unwrap();
     assert_eq!(m.status, sluicegate::MigrationStatus::Active);
