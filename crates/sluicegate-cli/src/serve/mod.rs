@@ -81,7 +81,7 @@ impl AppState {
     }
 }
 
-/// Every route of the server, behind its edge (see [`edge::guard`]): `Host` check, read
+/// Every route of the server, behind its edge (`edge::guard`): `Host` check, read
 /// access, body size and body read time.
 pub fn router(state: AppState) -> Router {
     Router::new()
