@@ -54,10 +54,11 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(dispatch(&cli)) {
+    let tracking = tracking_database(&cli);
+    match runtime.block_on(dispatch(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            let err = naming_the_database(err, &cli);
+            let err = naming_the_database(err, tracking.as_deref());
             // A closed pipe (`sluicegate status | head`) is not an error.
             if err
                 .chain()
@@ -124,28 +125,37 @@ async fn connect_ready(cli: &Cli) -> Result<Sluicegate> {
     Ok(sg)
 }
 
+/// The tracking database a command uses, as an error may name it (its password masked):
+/// `sqlite://sluicegate.db`, `schema "sluicegate" of postgres://app:***@db/app`. `None` for
+/// the demo, which makes its own.
+fn tracking_database(cli: &Cli) -> Option<String> {
+    if matches!(cli.command, Command::Demo(_)) {
+        return None;
+    }
+    let url = sluicegate::client::mask_password(&cli.database_url);
+    Some(if url.starts_with("sqlite:") {
+        url
+    } else {
+        format!("schema {:?} of {url}", cli.schema)
+    })
+}
+
 /// The error a command ends with, where a missing tracking schema names the database looked
-/// at (its password masked): `the tracking schema is not installed in sqlite://sluicegate.db
-/// (run `sluicegate setup` first)`.
-fn naming_the_database(err: anyhow::Error, cli: &Cli) -> anyhow::Error {
+/// at: `the tracking schema is not installed in sqlite://sluicegate.db (run `sluicegate setup`
+/// first)`.
+fn naming_the_database(err: anyhow::Error, tracking: Option<&str>) -> anyhow::Error {
     let missing = err.chain().any(|e| {
         matches!(
             e.downcast_ref::<sluicegate::Error>(),
             Some(sluicegate::Error::SchemaMissing)
         )
     });
-    if !missing || matches!(cli.command, Command::Demo(_)) {
-        return err;
+    match tracking {
+        Some(place) if missing => anyhow::anyhow!(
+            "the tracking schema is not installed in {place} (run `sluicegate setup` first)"
+        ),
+        _ => err,
     }
-    let url = sluicegate::client::mask_password(&cli.database_url);
-    let place = if url.starts_with("sqlite:") {
-        url
-    } else {
-        format!("schema {:?} of {url}", cli.schema)
-    };
-    anyhow::anyhow!(
-        "the tracking schema is not installed in {place} (run `sluicegate setup` first)"
-    )
 }
 
 /// How long `run` waits for a database that is restarting or not up yet.
@@ -178,10 +188,10 @@ fn is_connection_lost(e: &anyhow::Error) -> bool {
     )
 }
 
-async fn dispatch(cli: &Cli) -> Result<()> {
+async fn dispatch(cli: Cli) -> Result<()> {
     match &cli.command {
         Command::Setup => {
-            let sg = connect(cli).await?;
+            let sg = connect(&cli).await?;
             let (applied, partitions) = sg.setup().await?;
             if applied.is_empty() {
                 outln!("tracking schema is up to date");
@@ -201,38 +211,38 @@ async fn dispatch(cli: &Cli) -> Result<()> {
             Ok(())
         }
         Command::Queue(args) => {
-            let sg = connect_ready(cli).await?;
+            let sg = connect_ready(&cli).await?;
             run::queue(&sg, args).await
         }
         Command::Run(args) => {
-            let sg = connect_ready_waiting(cli).await?;
+            let sg = connect_ready_waiting(&cli).await?;
             run::run(&sg, args).await
         }
         Command::Status(args) => {
-            let sg = connect_ready(cli).await?;
+            let sg = connect_ready(&cli).await?;
             output::status(&sg, args.json).await
         }
         Command::Show(args) => {
-            let sg = connect_ready(cli).await?;
+            let sg = connect_ready(&cli).await?;
             output::show(&sg, &args.migration, args.json).await
         }
         Command::Health(args) => {
-            let sg = connect_ready(cli).await?;
+            let sg = connect_ready(&cli).await?;
             output::health(&sg, &args.migration, args.json).await
         }
         Command::Jobs(args) => {
-            let sg = connect_ready(cli).await?;
+            let sg = connect_ready(&cli).await?;
             output::jobs(&sg, &args.migration, args.status.as_deref(), args.json).await
         }
         Command::History(args) => {
-            let sg = connect_ready(cli).await?;
+            let sg = connect_ready(&cli).await?;
             output::history(&sg, &args.migration, args.job, args.json).await
         }
         Command::Pause(args)
         | Command::Resume(args)
         | Command::Retry(args)
         | Command::Cancel(args) => {
-            let sg = connect_ready(cli).await?;
+            let sg = connect_ready(&cli).await?;
             let event = match &cli.command {
                 Command::Pause(_) => MigrationEvent::Pause,
                 Command::Resume(_) => MigrationEvent::Resume,
@@ -246,11 +256,11 @@ async fn dispatch(cli: &Cli) -> Result<()> {
             Ok(())
         }
         Command::Set(args) => {
-            let sg = connect_ready(cli).await?;
+            let sg = connect_ready(&cli).await?;
             run::set(&sg, args).await
         }
         Command::Finalize(args) => {
-            let sg = connect_ready(cli).await?;
+            let sg = connect_ready(&cli).await?;
             run::finalize(&sg, &args.migration, args.json).await
         }
         Command::Serve(args) => {
@@ -262,7 +272,7 @@ async fn dispatch(cli: &Cli) -> Result<()> {
                 allowed_hosts: args.allowed_host.clone(),
             })
             .await?;
-            let sg = connect_ready(cli).await?;
+            let sg = connect_ready(&cli).await?;
             sluicegate_cli::serve::serve(prepared, sg).await
         }
         Command::Demo(args) => demo::demo(args).await.context("the demo failed"),
