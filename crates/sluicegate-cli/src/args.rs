@@ -10,16 +10,23 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 #[command(name = "sluicegate", version, about, max_term_width = 100)]
 pub struct Cli {
     /// Tracking database: postgres://... or sqlite:...
+    // `hide_env_values`: help shows `[env: DATABASE_URL]`, never its value (a password).
     #[arg(
         long,
         env = "DATABASE_URL",
         default_value = "sqlite://sluicegate.db",
-        global = true
+        global = true,
+        hide_env_values = true
     )]
     pub database_url: String,
 
     /// Target database holding the table to migrate, when not the tracking database.
-    #[arg(long, env = "SLUICEGATE_TARGET_URL", global = true)]
+    #[arg(
+        long,
+        env = "SLUICEGATE_TARGET_URL",
+        global = true,
+        hide_env_values = true
+    )]
     pub target_url: Option<String>,
 
     /// Schema of the tracking tables (PostgreSQL).
@@ -348,12 +355,22 @@ pub struct ReasonArgs {
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// Address to listen on.
+    /// Address to listen on. A non-loopback one needs --token-file (reads then need the
+    /// token too) or --public-reads.
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub listen: String,
-    /// File holding the bearer token for mutations.
+    /// File holding the bearer token (at least 32 characters; the file readable by its owner
+    /// only): mutations need it, and on a non-loopback address reads too.
     #[arg(long)]
     pub token_file: Option<std::path::PathBuf>,
+    /// On a non-loopback address, serve reads (pages, API, /metrics: SQL, probes, errors)
+    /// to anyone, without the token.
+    #[arg(long)]
+    pub public_reads: bool,
+    /// A host name the dashboard is reached by (the Host header), besides loopback names and
+    /// the listen address; repeat or comma-separate. Other names are answered 421.
+    #[arg(long, value_delimiter = ',')]
+    pub allowed_host: Vec<String>,
 }
 
 #[derive(Debug, Args)]

@@ -54,9 +54,11 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    let tracking = tracking_database(&cli);
     match runtime.block_on(dispatch(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
+            let err = naming_the_database(err, tracking.as_deref());
             // A closed pipe (`sluicegate status | head`) is not an error.
             if err
                 .chain()
@@ -104,16 +106,14 @@ fn init_tracing(cli: &Cli) {
     }
 }
 
-/// Connects to the tracking database (and target) named on the command line. Only the
-/// commands that write create a SQLite file that is not there.
+/// Connects to the tracking database (and target) named on the command line. Only `setup`
+/// creates a SQLite file that is not there: every other command needs the tracking schema
+/// it would not hold (and read commands and `queue --dry-run` write nothing).
 async fn connect(cli: &Cli) -> Result<Sluicegate> {
     let mut opts = ConnectOptions::new(&cli.database_url);
     opts.target_url = cli.target_url.clone();
     opts.schema = cli.schema.clone();
-    opts.create_if_missing = matches!(
-        cli.command,
-        Command::Setup | Command::Queue(_) | Command::Run(_) | Command::Demo(_)
-    );
+    opts.create_if_missing = matches!(cli.command, Command::Setup);
     Sluicegate::connect_with(opts)
         .await
         .map_err(anyhow::Error::from)
@@ -123,6 +123,39 @@ async fn connect_ready(cli: &Cli) -> Result<Sluicegate> {
     let sg = connect(cli).await?;
     sg.ensure_schema().await?;
     Ok(sg)
+}
+
+/// The tracking database a command uses, as an error may name it (its password masked):
+/// `sqlite://sluicegate.db`, `schema "sluicegate" of postgres://app:***@db/app`. `None` for
+/// the demo, which makes its own.
+fn tracking_database(cli: &Cli) -> Option<String> {
+    if matches!(cli.command, Command::Demo(_)) {
+        return None;
+    }
+    let url = sluicegate::client::mask_password(&cli.database_url);
+    Some(if url.starts_with("sqlite:") {
+        url
+    } else {
+        format!("schema {:?} of {url}", cli.schema)
+    })
+}
+
+/// The error a command ends with, where a missing tracking schema names the database looked
+/// at: `the tracking schema is not installed in sqlite://sluicegate.db (run `sluicegate setup`
+/// first)`.
+fn naming_the_database(err: anyhow::Error, tracking: Option<&str>) -> anyhow::Error {
+    let missing = err.chain().any(|e| {
+        matches!(
+            e.downcast_ref::<sluicegate::Error>(),
+            Some(sluicegate::Error::SchemaMissing)
+        )
+    });
+    match tracking {
+        Some(place) if missing => anyhow::anyhow!(
+            "the tracking schema is not installed in {place} (run `sluicegate setup` first)"
+        ),
+        _ => err,
+    }
 }
 
 /// How long `run` waits for a database that is restarting or not up yet.
@@ -231,14 +264,16 @@ async fn dispatch(cli: Cli) -> Result<()> {
             run::finalize(&sg, &args.migration, args.json).await
         }
         Command::Serve(args) => {
+            // The token and the address first: a refusal needs no database.
+            let prepared = sluicegate_cli::serve::prepare(&sluicegate_cli::serve::ServeOptions {
+                listen: args.listen.clone(),
+                token_file: args.token_file.clone(),
+                public_reads: args.public_reads,
+                allowed_hosts: args.allowed_host.clone(),
+            })
+            .await?;
             let sg = connect_ready(&cli).await?;
-            let token = args
-                .token_file
-                .as_deref()
-                .map(sluicegate_cli::serve::read_token)
-                .transpose()?;
-            let state = sluicegate_cli::serve::AppState::new(sg, token);
-            sluicegate_cli::serve::serve(state, &args.listen).await
+            sluicegate_cli::serve::serve(prepared, sg).await
         }
         Command::Demo(args) => demo::demo(args).await.context("the demo failed"),
     }

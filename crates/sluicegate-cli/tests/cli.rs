@@ -960,3 +960,167 @@ store_test!(defaults_set_and_queue_again_from_the_command_line, |db| {
     assert!(again["sub_batch_ceiling"].is_null());
     assert!(!stderr(&out).contains("warning"), "{}", stderr(&out));
 });
+
+/// Issue 18, item 13: no command prints a password, its help included (clap showed
+/// `[env: DATABASE_URL=postgres://newbie:pw@...]`), nor an error, however the password is
+/// written (holding `@`, or as `?password=`).
+#[test]
+fn no_help_or_error_prints_a_password() {
+    let secret = "pw-S3cret";
+    let env_url = format!("postgres://newbie:{secret}@127.0.0.1:1/newbie_app");
+    let target = format!("postgres://app:{secret}@127.0.0.1:1/target");
+    let commands: [&[&str]; 10] = [
+        &["--help"],
+        &["help", "status"],
+        &["setup", "--help"],
+        &["queue", "--help"],
+        &["run", "--help"],
+        &["status", "--help"],
+        &["show", "-h"],
+        &["pause", "--help"],
+        &["set", "--help"],
+        &["serve", "--help"],
+    ];
+    for args in commands {
+        for with_flag in [false, true] {
+            let mut cmd = bin();
+            cmd.env("DATABASE_URL", &env_url)
+                .env("SLUICEGATE_TARGET_URL", &target);
+            if with_flag {
+                cmd.args(["--target-url", &target, "--database-url", &env_url]);
+            }
+            let out = cmd.args(args).output().unwrap();
+            let all = format!("{}{}", stdout(&out), stderr(&out));
+            assert!(out.status.success(), "{args:?}: {all}");
+            assert!(
+                !all.contains(secret),
+                "{args:?} prints the password:\n{all}"
+            );
+            if !with_flag && args != ["--help"] && args[0] != "help" {
+                assert!(all.contains("[env: DATABASE_URL]"), "{args:?}: {all}");
+                assert!(
+                    all.contains("[env: SLUICEGATE_TARGET_URL]"),
+                    "{args:?}: {all}"
+                );
+            }
+        }
+    }
+    for url in [
+        format!("postgres://newbie:{secret}@127.0.0.1:1/db"),
+        format!("postgres://newbie:x@{secret}@127.0.0.1:1/db"),
+        format!("postgres://newbie@127.0.0.1:1/db?sslmode=disable&password={secret}"),
+    ] {
+        let out = bin()
+            .env("DATABASE_URL", &url)
+            .env("SLUICEGATE_TARGET_URL", &target)
+            .arg("status")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        let err = stderr(&out);
+        assert!(err.contains("127.0.0.1:1"), "names the server: {err}");
+        assert!(!err.contains(secret) && !err.contains("S3cret"), "{err}");
+    }
+}
+
+// Issue 18, item 17: with no `DATABASE_URL`, `queue ... --dry-run` ("writes nothing")
+// created `sluicegate.db` in the current directory. No command but `setup` creates the
+// tracking database now, and the refusal names the database it looked at.
+store_test!(no_command_but_setup_creates_a_database, |db| {
+    let dir = tempfile::tempdir().unwrap();
+    let in_dir = |args: &[&str]| {
+        bin()
+            .current_dir(dir.path())
+            .env_remove("SLUICEGATE_TARGET_URL")
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let commands: [&[&str]; 8] = [
+        &[
+            "queue",
+            "x",
+            "--table",
+            "t",
+            "--kind",
+            "delete",
+            "--dry-run",
+        ],
+        &["queue", "x", "--table", "t", "--kind", "delete"],
+        &["status"],
+        &["show", "x"],
+        &["health", "x"],
+        &["pause", "x"],
+        &["run", "--until-idle"],
+        &["finalize", "x"],
+    ];
+    for args in commands {
+        let out = in_dir(args);
+        assert_fails_with(
+            &out,
+            "the tracking schema is not installed in sqlite://sluicegate.db (run `sluicegate setup` first)",
+        );
+        let files: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert!(files.is_empty(), "{args:?} created {files:?}");
+    }
+    // A tracking database that is there but was never set up: named too (on PostgreSQL, the
+    // schema and the server, its password masked), and nothing is installed.
+    let url = match db.backend {
+        Backend::Postgres => db.url.clone(),
+        Backend::Sqlite => {
+            db.create_items("items", &[(1, 10)]).await;
+            db.url.clone()
+        }
+    };
+    let out = bin()
+        .args(["--database-url", &url, "--schema", "never_set_up"])
+        .args([
+            "queue",
+            "x",
+            "--table",
+            "items",
+            "--kind",
+            "delete",
+            "--dry-run",
+        ])
+        .output()
+        .unwrap();
+    let expected = match db.backend {
+        Backend::Postgres => format!(
+            "the tracking schema is not installed in schema \"never_set_up\" of {}",
+            sluicegate::client::mask_password(&url)
+        ),
+        Backend::Sqlite => format!("the tracking schema is not installed in {url}"),
+    };
+    assert_fails_with(&out, &expected);
+    if db.backend == Backend::Postgres {
+        assert_eq!(
+            db.scalar("SELECT count(*) FROM pg_namespace WHERE nspname = 'never_set_up'")
+                .await,
+            0
+        );
+    }
+    // `setup` creates it.
+    assert!(in_dir(&["setup"]).status.success());
+    assert!(dir.path().join("sluicegate.db").exists());
+    // A target file that is not there is said as such, and not created either.
+    let out = in_dir(&[
+        "--target-url",
+        "sqlite://elsewhere.db",
+        "queue",
+        "x",
+        "--table",
+        "t",
+        "--kind",
+        "delete",
+        "--dry-run",
+    ]);
+    assert_fails_with(
+        &out,
+        "invalid database URL \"sqlite://elsewhere.db\": no such SQLite file",
+    );
+    assert!(!dir.path().join("elsewhere.db").exists());
+});

@@ -12,7 +12,7 @@ use serde_json::Value;
 use sluicegate::store::Backend;
 use sluicegate::testing::TestDb;
 use sluicegate::{store_test, MigrationEvent, QueueRequest, Sluicegate, WorkerOptions};
-use sluicegate_cli::serve::{router, AppState};
+use sluicegate_cli::serve::{router, serve_with, AppState};
 use tower::ServiceExt;
 
 /// A migration mid-run: some jobs done, the job holding key 150 failed once (a NOT NULL
@@ -55,7 +55,10 @@ async fn call(
     token: Option<&str>,
     body: Option<&str>,
 ) -> (StatusCode, String, axum::http::HeaderMap) {
-    let mut req = Request::builder().method(method).uri(uri);
+    let mut req = Request::builder()
+        .method(method)
+        .uri(uri)
+        .header(header::HOST, "localhost:8080");
     if let Some(t) = token {
         req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
     }
@@ -290,7 +293,7 @@ store_test!(mutations_need_the_bearer_token, |db| {
     assert_eq!(json(&body)["migration"]["status"], "paused");
     let last = last_log_row(&sg).await;
     assert_eq!(last.actor.as_deref(), Some("http"));
-    assert_eq!(last.reason.as_deref(), Some("deploy freeze (via http)"));
+    assert_eq!(last.reason.as_deref(), Some("deploy freeze"));
 
     let (status, body, _) = call(
         &on,
@@ -315,7 +318,8 @@ store_test!(mutations_need_the_bearer_token, |db| {
     .await;
     assert_eq!(status, StatusCode::OK);
     let last = last_log_row(&sg).await;
-    assert_eq!(last.reason.as_deref(), Some("via http"));
+    assert_eq!(last.actor.as_deref(), Some("http"));
+    assert_eq!(last.reason, None, "no reason given, none recorded");
     // `set` through the API: the change and its log row; without the token, refused.
     let set_body = r#"{"batch_size": 80, "pause_ms": 5, "reason": "catch up"}"#;
     let (status, _, _) = call(&on, "POST", "/api/migrations/1/set", None, Some(set_body)).await;
@@ -334,7 +338,7 @@ store_test!(mutations_need_the_bearer_token, |db| {
     assert_eq!(last.event, MigrationEvent::Set);
     assert_eq!(
         last.reason.as_deref(),
-        Some("batch_size 50 -> 80; pause_ms 0 -> 5 (catch up (via http))")
+        Some("batch_size 50 -> 80; pause_ms 0 -> 5 (catch up)")
     );
     let (status, body, _) = call(
         &on,
@@ -483,7 +487,9 @@ async fn serve_locally(
     let address = listener.local_addr().unwrap();
     let state = AppState::new(sg, token.map(str::to_owned));
     let server = tokio::spawn(async move {
-        axum::serve(listener, router(state)).await.unwrap();
+        serve_with(listener, router(state), std::future::pending())
+            .await
+            .unwrap();
     });
     (address, server)
 }
@@ -905,10 +911,649 @@ async fn clicking_the_dashboards_buttons_in_chromium() {
     );
     let last = last_log_row(&handle).await;
     assert_eq!(last.actor.as_deref(), Some("http"));
-    assert_eq!(
-        last.reason.as_deref(),
-        Some("from the dashboard (via http)")
-    );
+    assert_eq!(last.reason.as_deref(), Some("from the dashboard"));
     drop(page);
     server.abort();
+}
+
+/// The dashboard's edges (issue 18, item 15).
+///
+/// `status`, `content-type` and body of a request built by hand (headers as given, no Host
+/// added).
+async fn call_raw(state: &AppState, req: Request<Body>) -> (StatusCode, String, Value) {
+    let resp = router(state.clone()).oneshot(req).await.unwrap();
+    let status = resp.status();
+    let content_type = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    let text = String::from_utf8_lossy(&bytes).into_owned();
+    let body = serde_json::from_str(&text).unwrap_or(Value::Null);
+    (status, content_type, body)
+}
+
+fn get_with_host(uri: &str, host: Option<&str>) -> Request<Body> {
+    let mut req = Request::builder().uri(uri);
+    if let Some(host) = host {
+        req = req.header(header::HOST, host);
+    }
+    req.body(Body::empty()).unwrap()
+}
+
+store_test!(the_host_header_is_checked, |db| {
+    let (sg, _) = running_migration(&db).await;
+    // Loopback names and addresses only (a server on 127.0.0.1).
+    let local = AppState::new(sg.clone(), None);
+    for host in [
+        "localhost",
+        "localhost:8080",
+        "127.0.0.1:8080",
+        "[::1]:8080",
+        "LOCALHOST.",
+    ] {
+        let (status, _, body) =
+            call_raw(&local, get_with_host("/api/migrations", Some(host))).await;
+        assert_eq!(status, StatusCode::OK, "{host}: {body}");
+    }
+    // DNS rebinding: a page of evil.example, whose name now resolves to 127.0.0.1.
+    for host in [
+        "evil.example:8080",
+        "evil.example",
+        "localhost.evil.example",
+        "10.0.0.7",
+    ] {
+        let (status, content_type, body) =
+            call_raw(&local, get_with_host("/api/migrations", Some(host))).await;
+        assert_eq!(status, StatusCode::MISDIRECTED_REQUEST, "{host}");
+        assert!(
+            content_type.starts_with("application/json"),
+            "{content_type}"
+        );
+        let error = body["error"].as_str().unwrap();
+        assert!(error.contains("--allowed-host"), "{error}");
+        assert!(!error.contains("backfill_items"), "nothing read: {error}");
+    }
+    let (status, _, body) = call_raw(&local, get_with_host("/", None)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(body["error"], "a Host header is required");
+    // 0.0.0.0 with a configured name: that name and any address literal; other names not.
+    let all =
+        AppState::new(sg, None).with_hosts(sluicegate_cli::serve::AllowedHosts::for_listener(
+            "0.0.0.0:8080".parse().unwrap(),
+            &["Dash.Example.com".to_owned()],
+        ));
+    for (host, expected) in [
+        ("dash.example.com:8080", StatusCode::OK),
+        ("10.1.2.3:8080", StatusCode::OK),
+        ("[2001:db8::1]:8080", StatusCode::OK),
+        ("other.example.com", StatusCode::MISDIRECTED_REQUEST),
+    ] {
+        let (status, _, body) = call_raw(&all, get_with_host("/metrics", Some(host))).await;
+        assert_eq!(status, expected, "{host}: {body}");
+    }
+});
+
+store_test!(reads_need_the_token_off_loopback, |db| {
+    use base64::Engine as _;
+    let (sg, _) = running_migration(&db).await;
+    let token = "0123456789abcdef0123456789abcdef";
+    let guarded = AppState::new(sg, Some(token.into())).reads_need_token(true);
+    let basic = |user_pass: &str| {
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(user_pass)
+        )
+    };
+    for uri in [
+        "/",
+        "/migrations/1",
+        "/api/migrations",
+        "/metrics",
+        "/static/app.js",
+    ] {
+        let (status, content_type, body) =
+            call_raw(&guarded, get_with_host(uri, Some("localhost"))).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{uri}");
+        assert!(content_type.starts_with("application/json"));
+        assert!(body["error"].as_str().unwrap().contains("token"), "{body}");
+        for authorization in [
+            format!("Bearer {token}x"),
+            basic(&format!("me:{token}x")),
+            basic(token),
+            "Basic !!!".to_owned(),
+        ] {
+            let req = Request::builder()
+                .uri(uri)
+                .header(header::HOST, "localhost")
+                .header(header::AUTHORIZATION, &authorization)
+                .body(Body::empty())
+                .unwrap();
+            let (status, _, _) = call_raw(&guarded, req).await;
+            assert_eq!(
+                status,
+                StatusCode::UNAUTHORIZED,
+                "{uri} with {authorization}"
+            );
+        }
+        for authorization in [format!("Bearer {token}"), basic(&format!("anyone:{token}"))] {
+            let req = Request::builder()
+                .uri(uri)
+                .header(header::HOST, "localhost")
+                .header(header::AUTHORIZATION, &authorization)
+                .body(Body::empty())
+                .unwrap();
+            let (status, _, _) = call_raw(&guarded, req).await;
+            assert_eq!(status, StatusCode::OK, "{uri} with {authorization}");
+        }
+    }
+    // The browser is asked for it.
+    let resp = router(guarded.clone())
+        .oneshot(get_with_host("/", Some("localhost")))
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.headers()[header::WWW_AUTHENTICATE],
+        "Basic realm=\"sluicegate\", charset=\"UTF-8\""
+    );
+    // Mutations still take the bearer token only: credentials a browser keeps (Basic) are
+    // no way to act on a migration (no cross-site request can).
+    let req = Request::builder()
+        .method("POST")
+        .uri("/api/migrations/1/pause")
+        .header(header::HOST, "localhost")
+        .header(header::AUTHORIZATION, basic(&format!("me:{token}")))
+        .body(Body::empty())
+        .unwrap();
+    let (status, _, _) = call_raw(&guarded, req).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+});
+
+store_test!(bad_paths_queries_and_bodies_answer_json_never_500, |db| {
+    let (sg, _) = running_migration(&db).await;
+    let token = "0123456789abcdef0123456789abcdef";
+    let st = AppState::new(sg.clone(), Some(token.into()));
+    let long_name = "x".repeat(20_000);
+    let long_number = "9".repeat(40);
+    let cases: Vec<(String, StatusCode, &str)> = vec![
+        (
+            "/migrations/%00".into(),
+            StatusCode::BAD_REQUEST,
+            "control character",
+        ),
+        (
+            "/api/migrations/%00".into(),
+            StatusCode::BAD_REQUEST,
+            "control character",
+        ),
+        (
+            "/api/migrations/a%0Ab/jobs".into(),
+            StatusCode::BAD_REQUEST,
+            "control character",
+        ),
+        (
+            "/jobs/%00".into(),
+            StatusCode::BAD_REQUEST,
+            "control character",
+        ),
+        (
+            "/migrations/%FF".into(),
+            StatusCode::BAD_REQUEST,
+            "invalid path",
+        ),
+        (
+            "/api/migrations/abc".into(),
+            StatusCode::NOT_FOUND,
+            "no migration \"abc\"",
+        ),
+        (
+            format!("/api/migrations/{long_name}"),
+            StatusCode::NOT_FOUND,
+            "no migration",
+        ),
+        (
+            format!("/migrations/{long_name}"),
+            StatusCode::NOT_FOUND,
+            "no migration",
+        ),
+        (
+            format!("/api/migrations/{long_number}/history"),
+            StatusCode::NOT_FOUND,
+            "no migration",
+        ),
+        (
+            format!("/api/jobs/{long_number}/history"),
+            StatusCode::BAD_REQUEST,
+            "not a number",
+        ),
+        (
+            "/api/migrations/-1".into(),
+            StatusCode::NOT_FOUND,
+            "no migration",
+        ),
+        ("/?partial=abc".into(), StatusCode::BAD_REQUEST, "partial"),
+    ];
+    for (uri, expected, needle) in &cases {
+        let (status, content_type, body) =
+            call_raw(&st, get_with_host(uri, Some("localhost"))).await;
+        let shown = &uri[..uri.len().min(60)];
+        assert_eq!(status, *expected, "{shown}: {body}");
+        assert!(
+            content_type.starts_with("application/json"),
+            "{shown}: {content_type}"
+        );
+        let error = body["error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{shown}: {body}"));
+        assert!(error.contains(needle), "{shown}: {error}");
+    }
+    // Bodies: not JSON, malformed, the wrong shape, too large; a GET where only POST is.
+    let post = |content_type: &str, body: Vec<u8>| {
+        Request::builder()
+            .method("POST")
+            .uri("/api/migrations/1/set")
+            .header(header::HOST, "localhost")
+            .header(header::AUTHORIZATION, format!("Bearer {token}"))
+            .header(header::CONTENT_TYPE, content_type)
+            .body(Body::from(body))
+            .unwrap()
+    };
+    let big = format!(r#"{{"reason": "{}"}}"#, "x".repeat(70 * 1024)).into_bytes();
+    for (req, expected, needle) in [
+        (
+            post("text/plain", b"pause".to_vec()),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "Content-Type: application/json",
+        ),
+        (
+            post("application/json", br#"{"reason": "#.to_vec()),
+            StatusCode::BAD_REQUEST,
+            "invalid JSON body",
+        ),
+        (
+            post("application/json", br#"{"batch_size": "many"}"#.to_vec()),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "batch_size",
+        ),
+        (
+            post("application/json", big),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "larger than 64 KiB",
+        ),
+        (
+            get_with_host("/api/migrations/1/pause", Some("localhost")),
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method not allowed",
+        ),
+    ] {
+        let (status, content_type, body) = call_raw(&st, req).await;
+        assert_eq!(status, expected, "{body}");
+        assert!(
+            content_type.starts_with("application/json"),
+            "{content_type}"
+        );
+        let error = body["error"].as_str().unwrap_or_else(|| panic!("{body}"));
+        assert!(error.contains(needle), "{error}");
+    }
+    assert_eq!(
+        sg.migration("1").await.unwrap().batch_size,
+        50,
+        "nothing changed"
+    );
+});
+
+store_test!(reasons_are_limited_wherever_they_come_from, |db| {
+    let (sg, _) = running_migration(&db).await;
+    let token = "0123456789abcdef0123456789abcdef";
+    let st = AppState::new(sg.clone(), Some(token.into()));
+    let logs = || async {
+        db.scalar(&format!("SELECT count(*) FROM {}", log_table(&db)))
+            .await
+    };
+    let before = logs().await;
+    let max = sluicegate::MAX_REASON_CHARS;
+    assert_eq!(max, 1_000);
+    // 1.5 MB was once stored and rendered on every refresh; one character over is refused.
+    for reason in ["é".repeat(max + 1), "x".repeat(1_500_000)] {
+        let body = serde_json::json!({ "reason": reason }).to_string();
+        for action in ["pause", "cancel", "set"] {
+            let body = if action == "set" {
+                serde_json::json!({ "reason": reason, "batch_size": 60 }).to_string()
+            } else {
+                body.clone()
+            };
+            let (status, text, _) = call(
+                &st,
+                "POST",
+                &format!("/api/migrations/1/{action}"),
+                Some(token),
+                Some(&body),
+            )
+            .await;
+            let expected = if body.len() > sluicegate_cli::serve::MAX_BODY_BYTES {
+                StatusCode::PAYLOAD_TOO_LARGE
+            } else {
+                StatusCode::BAD_REQUEST
+            };
+            assert_eq!(status, expected, "{action}: {text}");
+            if expected == StatusCode::BAD_REQUEST {
+                assert_eq!(
+                    json(&text)["error"],
+                    format!(
+                        "the reason is {} characters long; at most 1000 are accepted",
+                        max + 1
+                    )
+                );
+            }
+        }
+        // The library refuses it too (the CLI's way in).
+        let m = sg.migration("1").await.unwrap();
+        let err = sg
+            .apply("1", MigrationEvent::Pause, Some(reason.clone()), "cli")
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, sluicegate::Error::ReasonTooLong { .. }),
+            "{err}"
+        );
+        let change = sluicegate::SettingsChange {
+            batch_size: Some(60),
+            ..Default::default()
+        };
+        let err = sg.set(&m, &change, Some(reason), "cli").await.unwrap_err();
+        assert!(
+            matches!(err, sluicegate::Error::ReasonTooLong { .. }),
+            "{err}"
+        );
+    }
+    // And the CLI, through the library.
+    let long = "x".repeat(max + 1);
+    for args in [
+        &["pause", "1", "--reason", &long][..],
+        &["set", "1", "--batch-size", "60", "--reason", &long],
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_sluicegate"))
+            .args(["--database-url", &db.url])
+            .args(args)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{}: {stderr}", args[0]);
+        assert_eq!(
+            stderr.trim_end(),
+            "error: the reason is 1001 characters long; at most 1000 are accepted"
+        );
+    }
+    assert_eq!(logs().await, before, "nothing was written");
+    let m = sg.migration("1").await.unwrap();
+    assert_eq!(m.status, sluicegate::MigrationStatus::Active);
+    assert_eq!(m.batch_size, 50);
+    // Exactly the limit is accepted.
+    let body = serde_json::json!({ "reason": "é".repeat(max) }).to_string();
+    let (status, text, _) = call(
+        &st,
+        "POST",
+        "/api/migrations/1/pause",
+        Some(token),
+        Some(&body),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    assert_eq!(
+        last_log_row(&sg).await.reason.map(|r| r.chars().count()),
+        Some(max)
+    );
+});
+
+#[test]
+fn tokens_must_be_long_and_their_files_private() {
+    use sluicegate_cli::serve::read_token;
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("token");
+    let long = "0123456789abcdef0123456789abcdef";
+    let write = |content: &str, mode: u32| {
+        std::fs::write(&file, content).unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode)).unwrap();
+    };
+    for mode in [0o644, 0o640, 0o604, 0o620] {
+        write(long, mode);
+        let err = read_token(&file).unwrap_err().to_string();
+        assert!(
+            err.contains(&format!(
+                "(mode {mode:o}): run `chmod 600 {}`",
+                file.display()
+            )),
+            "{err}"
+        );
+    }
+    write("x", 0o600);
+    let err = read_token(&file).unwrap_err().to_string();
+    assert!(
+        err.contains("is 1 characters long; at least 32 are needed"),
+        "{err}"
+    );
+    write(&long[..31], 0o600);
+    assert!(read_token(&file).is_err(), "31 characters");
+    write("   \n", 0o600);
+    assert!(read_token(&file)
+        .unwrap_err()
+        .to_string()
+        .contains("is empty"));
+    write(&format!("{long}\n"), 0o400);
+    assert_eq!(read_token(&file).unwrap(), long);
+}
+
+#[tokio::test]
+async fn a_non_loopback_address_needs_a_token_or_public_reads() {
+    use sluicegate_cli::serve::{prepare, ServeOptions};
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "0123456789abcdef0123456789abcdef").unwrap();
+    std::fs::set_permissions(
+        &token_file,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    let open = ServeOptions {
+        listen: "0.0.0.0:0".into(),
+        ..Default::default()
+    };
+    let err = prepare(&open).await.err().unwrap().to_string();
+    assert!(
+        err.contains("refusing to serve on 0.0.0.0:") && err.contains("--public-reads"),
+        "{err}"
+    );
+    let public = prepare(&ServeOptions {
+        public_reads: true,
+        ..open.clone()
+    })
+    .await
+    .unwrap();
+    assert!(!public.reads_need_token);
+    assert_eq!(public.warnings.len(), 1);
+    assert!(
+        public.warnings[0].contains("--public-reads"),
+        "{:?}",
+        public.warnings
+    );
+    let guarded = prepare(&ServeOptions {
+        token_file: Some(token_file.clone()),
+        ..open.clone()
+    })
+    .await
+    .unwrap();
+    assert!(
+        guarded.reads_need_token,
+        "a token off loopback guards reads too"
+    );
+    assert!(guarded.warnings.is_empty());
+    let local = prepare(&ServeOptions {
+        listen: "127.0.0.1:0".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    assert!(!local.reads_need_token && local.warnings.is_empty());
+
+    // The binary says so and exits 1 before opening any database (there is none here).
+    let out = Command::new(env!("CARGO_BIN_EXE_sluicegate"))
+        .current_dir(dir.path())
+        .env_remove("DATABASE_URL")
+        .args(["serve", "--listen", "0.0.0.0:0"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.starts_with("error: refusing to serve on 0.0.0.0:"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(!dir.path().join("sluicegate.db").exists());
+}
+
+/// Half-sent requests (issue 18, item 15: 1,100 of them were still open after 40 s): a
+/// connection that sends nothing, part of a request header, or a header and part of its body,
+/// is closed by the server within its timeouts (5 s each), and the server keeps answering.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_sent_requests_are_closed_within_seconds() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+    let db = TestDb::sqlite().await;
+    let (sg, _) = running_migration(&db).await;
+    let (address, server) = serve_locally(sg, Some("0123456789abcdef0123456789abcdef")).await;
+    let partial: [&[u8]; 4] = [
+        b"",
+        b"GET /api/migrations HTTP/1.1\r\nHost: loc",
+        b"GET /api/migrations HTTP/1.1\r\nHost: localhost\r\n",
+        b"POST /api/migrations/1/pause HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer 0123456789abcdef0123456789abcdef\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"reason\":",
+    ];
+    const EACH: usize = 25;
+    let started = std::time::Instant::now();
+    let mut sockets = Vec::new();
+    for (kind, bytes) in partial.iter().enumerate() {
+        for _ in 0..EACH {
+            let mut socket = TcpStream::connect(address).await.unwrap();
+            socket.write_all(bytes).await.unwrap();
+            sockets.push((kind, socket));
+        }
+    }
+    // While they hang, a whole request is answered.
+    let mut whole = TcpStream::connect(address).await.unwrap();
+    whole
+        .write_all(b"GET /api/migrations HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    whole.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
+    // Each half-sent one is closed by the server (EOF or reset) within the bound.
+    let bound = Duration::from_secs(12);
+    let mut slowest = Duration::ZERO;
+    let waits = sockets.into_iter().map(|(kind, mut socket)| async move {
+        let mut sink = Vec::new();
+        let closed = tokio::time::timeout(bound, socket.read_to_end(&mut sink)).await;
+        assert!(closed.is_ok(), "kind {kind}: still open after {bound:?}");
+        (
+            kind,
+            started.elapsed(),
+            String::from_utf8_lossy(&sink).into_owned(),
+        )
+    });
+    for (kind, at, said) in futures::future::join_all(waits).await {
+        slowest = slowest.max(at);
+        if kind == 3 {
+            // The half-sent body: the handler's read timed out, answered in JSON.
+            assert!(said.is_empty() || said.contains("\"error\""), "{said}");
+        }
+    }
+    eprintln!(
+        "{} half-sent connections all closed by the server within {slowest:?}",
+        partial.len() * EACH
+    );
+    assert!(
+        slowest >= Duration::from_secs(4),
+        "not before the timeout: {slowest:?}"
+    );
+    server.abort();
+}
+
+/// The binary on `0.0.0.0` with `--public-reads`: it starts, warns first, and its banner says
+/// that reads are open; with a token instead, that reads need it.
+#[test]
+fn serve_says_who_may_read_when_it_starts() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/t.db", dir.path().display());
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "0123456789abcdef0123456789abcdef").unwrap();
+    std::fs::set_permissions(
+        &token_file,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    let bin = || {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluicegate"));
+        cmd.env_remove("DATABASE_URL")
+            .env("NO_COLOR", "1")
+            .args(["--database-url", &url]);
+        cmd
+    };
+    assert!(bin().arg("setup").output().unwrap().status.success());
+    let token_arg = format!("--token-file={}", token_file.display());
+    for (extra, expected) in [
+        (
+            "--public-reads",
+            "(reads open; mutations off: no --token-file)",
+        ),
+        (
+            token_arg.as_str(),
+            "(reads need the token; mutations need the bearer token)",
+        ),
+    ] {
+        let mut child = bin()
+            .args(["serve", "--listen", "0.0.0.0:0", extra])
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                let done = line.starts_with("serving the dashboard");
+                let _ = tx.send(line);
+                if done {
+                    break;
+                }
+            }
+        });
+        let mut lines = Vec::new();
+        while let Ok(line) = rx.recv_timeout(Duration::from_secs(30)) {
+            let done = line.starts_with("serving the dashboard");
+            lines.push(line);
+            if done {
+                break;
+            }
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let banner = lines.last().cloned().unwrap_or_default();
+        assert!(
+            banner.starts_with("serving the dashboard on http://0.0.0.0:"),
+            "{lines:?}"
+        );
+        assert!(banner.ends_with(expected), "{lines:?}");
+        if extra == "--public-reads" {
+            assert_eq!(lines.len(), 2, "{lines:?}");
+            assert!(
+                lines[0].starts_with("warning: --public-reads: anyone who reaches 0.0.0.0:"),
+                "{lines:?}"
+            );
+        } else {
+            assert_eq!(lines.len(), 1, "no warning: {lines:?}");
+        }
+    }
 }

@@ -268,6 +268,24 @@ const RECENT_JOBS: i64 = 20;
 /// What a job costs beyond its sub-batches (its start and end), for estimates.
 const JOB_BOOKKEEPING: Duration = Duration::from_millis(2);
 
+/// The longest reason an operator may give with a change of status or settings, in
+/// characters (GitLab caps its job messages at the same length). Checked by
+/// [`Sluicegate::transition`] (and so `apply`, `pause`, ...) and [`Sluicegate::set`]: the CLI,
+/// the HTTP API and the library alike.
+pub const MAX_REASON_CHARS: usize = 1_000;
+
+/// Refuses a reason longer than [`MAX_REASON_CHARS`].
+pub fn check_reason(reason: Option<&str>) -> Result<()> {
+    let chars = reason.map_or(0, |r| r.chars().count());
+    if chars > MAX_REASON_CHARS {
+        return Err(Error::ReasonTooLong {
+            chars,
+            max: MAX_REASON_CHARS,
+        });
+    }
+    Ok(())
+}
+
 /// Resolves the [`Backend`] of a URL.
 fn backend_of(url: &str) -> Result<Backend> {
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
@@ -282,18 +300,40 @@ fn backend_of(url: &str) -> Result<Backend> {
     }
 }
 
-/// `url` with any password replaced by `***`, for messages.
+/// `url` with any password replaced by `***`, for messages: the userinfo's (up to the last
+/// `@` before the path, so a password holding `@` is masked whole) and a `password=` query
+/// parameter's.
 pub fn mask_password(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };
-    let Some((userinfo, host)) = rest.split_once('@') else {
-        return url.to_owned();
+    let (authority, tail) = match rest.find(['/', '?']) {
+        Some(end) => rest.split_at(end),
+        None => (rest, ""),
     };
-    match userinfo.split_once(':') {
-        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
-        None => url.to_owned(),
-    }
+    let authority = match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{user}:***@{host}"),
+            None => authority.to_owned(),
+        },
+        None => authority.to_owned(),
+    };
+    let tail = match tail.split_once('?') {
+        Some((path, query)) => {
+            let query: Vec<String> = query
+                .split('&')
+                .map(|pair| match pair.split_once('=') {
+                    Some((key, _)) if key.eq_ignore_ascii_case("password") => {
+                        format!("{key}=***")
+                    }
+                    _ => pair.to_owned(),
+                })
+                .collect();
+            format!("{path}?{}", query.join("&"))
+        }
+        None => tail.to_owned(),
+    };
+    format!("{scheme}://{authority}{tail}")
 }
 
 enum Pool {
@@ -362,6 +402,13 @@ async fn open_pool(url: &str, opts: &ConnectOptions) -> Result<Pool> {
             let file = options.get_filename();
             if !opts.create_if_missing && file != std::path::Path::new(":memory:") && !file.exists()
             {
+                // The target holds the table: its missing file is not a missing schema.
+                if url != opts.database_url {
+                    return Err(Error::InvalidUrl {
+                        url: mask_password(url),
+                        reason: "no such SQLite file".to_owned(),
+                    });
+                }
                 return Err(Error::SchemaMissing);
             }
             let pool = SqlitePoolOptions::new()
@@ -793,6 +840,7 @@ impl Sluicegate {
         reason: Option<String>,
         actor: &str,
     ) -> Result<Migration> {
+        check_reason(reason.as_deref())?;
         // The migration's settings with the change applied, checked as a queue request is.
         let mut merged = QueueRequest::new(&m.name, &m.job_kind, &m.table_name);
         merged.batch_size = change.batch_size.unwrap_or(m.batch_size);
@@ -917,6 +965,7 @@ impl Sluicegate {
         reason: Option<String>,
         actor: &str,
     ) -> Result<Migration> {
+        check_reason(reason.as_deref())?;
         let params = MigrationTransitionParams::new(migration, event, actor)?.with_reason(reason);
         let to = params.to();
         let result = if event == MigrationEvent::Retry {

@@ -137,6 +137,16 @@ pub enum Error {
     #[error("corrupt tracking data: {0}")]
     Corrupt(String),
 
+    /// An operator's reason (pause, resume, retry, cancel, set) is longer than
+    /// [`crate::client::MAX_REASON_CHARS`]: it would be stored, and shown on every refresh.
+    #[error("the reason is {chars} characters long; at most {max} are accepted")]
+    ReasonTooLong {
+        /// Its length in characters.
+        chars: usize,
+        /// The limit.
+        max: usize,
+    },
+
     /// A migration could not be brought to an end by `finalize`.
     #[error("migration {migration} could not be finalized: {reason}")]
     FinalizeFailed {

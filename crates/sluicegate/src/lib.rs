@@ -24,7 +24,10 @@ pub mod store;
 #[cfg(feature = "testing")]
 pub mod testing;
 
-pub use client::{ConnectOptions, Plan, Progress, QueueRequest, SettingsChange, Sluicegate};
+pub use client::{
+    check_reason, ConnectOptions, Plan, Progress, QueueRequest, SettingsChange, Sluicegate,
+    MAX_REASON_CHARS,
+};
 pub use engine::{JobOutcome, StepOutcome, Worker, WorkerLoop, WorkerOptions};
 pub use error::{Error, Result};
 pub use failure::{Failure, FailureClass};

@@ -1,6 +1,6 @@
 //! The JSON API: read endpoints for everyone, mutations for holders of the bearer token.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use serde::Deserialize;
@@ -8,6 +8,7 @@ use serde_json::{json, Value};
 use sluicegate::MigrationEvent;
 use subtle::ConstantTimeEq;
 
+use super::edge::{ApiBody, Id, IdAction};
 use super::{ApiError, AppState};
 use crate::json::{JobJson, MigrationJson, StatusJson};
 
@@ -27,19 +28,19 @@ pub async fn migrations(State(st): State<AppState>) -> ApiResult {
     to_value(all)
 }
 
-pub async fn migration(State(st): State<AppState>, Path(id): Path<String>) -> ApiResult {
+pub async fn migration(State(st): State<AppState>, Id(id): Id) -> ApiResult {
     let m = st.sg.migration(&id).await?;
     to_value(StatusJson::from_progress(&st.sg.progress(&m).await?))
 }
 
-pub async fn jobs(State(st): State<AppState>, Path(id): Path<String>) -> ApiResult {
+pub async fn jobs(State(st): State<AppState>, Id(id): Id) -> ApiResult {
     let m = st.sg.migration(&id).await?;
     let jobs = st.sg.jobs(&m, None).await?;
     to_value(jobs.iter().map(JobJson::from_job).collect::<Vec<_>>())
 }
 
 /// Each health indicator's reading for a migration, now.
-pub async fn health(State(st): State<AppState>, Path(id): Path<String>) -> ApiResult {
+pub async fn health(State(st): State<AppState>, Id(id): Id) -> ApiResult {
     let m = st.sg.migration(&id).await?;
     let readings = st.sg.health(&m).await?;
     to_value(json!({
@@ -49,12 +50,12 @@ pub async fn health(State(st): State<AppState>, Path(id): Path<String>) -> ApiRe
     }))
 }
 
-pub async fn migration_history(State(st): State<AppState>, Path(id): Path<String>) -> ApiResult {
+pub async fn migration_history(State(st): State<AppState>, Id(id): Id) -> ApiResult {
     let m = st.sg.migration(&id).await?;
     to_value(st.sg.migration_history(&m).await?)
 }
 
-pub async fn job_history(State(st): State<AppState>, Path(id): Path<String>) -> ApiResult {
+pub async fn job_history(State(st): State<AppState>, Id(id): Id) -> ApiResult {
     let id: i64 = id.parse().map_err(|_| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -100,9 +101,9 @@ fn authorize(st: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
 
 pub async fn act(
     State(st): State<AppState>,
-    Path((id, action)): Path<(String, String)>,
+    IdAction(id, action): IdAction,
     headers: HeaderMap,
-    body: Option<Json<ActBody>>,
+    ApiBody(body): ApiBody<ActBody>,
 ) -> ApiResult {
     let event = match action.as_str() {
         "pause" => MigrationEvent::Pause,
@@ -118,13 +119,9 @@ pub async fn act(
         }
     };
     authorize(&st, &headers)?;
-    let body = body.map(|Json(b)| b).unwrap_or_default();
-    let reason = body.reason.clone().unwrap_or_default();
-    let reason = if reason.trim().is_empty() {
-        "via http".to_owned()
-    } else {
-        format!("{reason} (via http)")
-    };
+    // The reason as the operator wrote it (the log row's actor, `http`, says where it came
+    // from); the library bounds its length.
+    let reason = body.reason.clone().filter(|r| !r.trim().is_empty());
     let m = if event == MigrationEvent::Set {
         let m = st.sg.migration(&id).await?;
         let change = sluicegate::SettingsChange {
@@ -135,9 +132,9 @@ pub async fn act(
             interval: body.interval_ms.map(std::time::Duration::from_millis),
             health: None,
         };
-        st.sg.set(&m, &change, Some(reason), "http").await?
+        st.sg.set(&m, &change, reason, "http").await?
     } else {
-        st.sg.apply(&id, event, Some(reason), "http").await?
+        st.sg.apply(&id, event, reason, "http").await?
     };
     to_value(json!({ "migration": MigrationJson::from_migration(&m) }))
 }

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use chrono::{DateTime, Utc};
@@ -12,6 +12,7 @@ use maud::{html, Markup, PreEscaped, DOCTYPE};
 use serde::Deserialize;
 use sluicegate::{Job, JobStatus, JobTransition, Migration, MigrationEvent, Progress};
 
+use super::edge::{ApiQuery, Id};
 use super::{ApiError, AppState};
 use crate::units::{millis, thousands};
 
@@ -241,7 +242,7 @@ fn eta(p: &Progress) -> String {
 
 pub async fn overview(
     State(st): State<AppState>,
-    Query(q): Query<PageQuery>,
+    ApiQuery(q): ApiQuery<PageQuery>,
 ) -> Result<Html<String>, ApiError> {
     let mut all = st.sg.migrations().await?;
     all.sort_by_key(rank);
@@ -369,8 +370,8 @@ fn job_seconds(j: &Job) -> Option<f64> {
 
 pub async fn migration(
     State(st): State<AppState>,
-    Path(id): Path<String>,
-    Query(q): Query<PageQuery>,
+    Id(id): Id,
+    ApiQuery(q): ApiQuery<PageQuery>,
 ) -> Result<Html<String>, ApiError> {
     let m = st.sg.migration(&id).await?;
     let p = st.sg.progress(&m).await?;
@@ -560,8 +561,8 @@ pub async fn migration(
 
 pub async fn job(
     State(st): State<AppState>,
-    Path(id): Path<String>,
-    Query(q): Query<PageQuery>,
+    Id(id): Id,
+    ApiQuery(q): ApiQuery<PageQuery>,
 ) -> Result<Html<String>, ApiError> {
     let id: i64 = id.parse().map_err(|_| {
         ApiError::new(
