@@ -10,4 +10,5 @@ mod partitions;
 mod runner;
 mod schema;
 mod store;
+mod targets;
 mod transitions;
