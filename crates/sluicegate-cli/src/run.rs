@@ -186,6 +186,7 @@ pub async fn queue(sg: &Sluicegate, args: &QueueArgs) -> Result<()> {
             "name": m.name,
             "job_kind": m.job_kind,
             "table": m.table_name,
+            "target": m.target,
             "column": m.key.display_names(),
             "key_columns": m.key,
             "scope": m.scope,
@@ -217,6 +218,7 @@ pub async fn queue(sg: &Sluicegate, args: &QueueArgs) -> Result<()> {
                 m.table_name,
                 m.key.display_names()
             );
+            outln!("  target         {}", m.target);
             outln!("  key            {}", key_description(&m.key));
             if let Some(scope) = &m.scope {
                 outln!("  scope          {scope} (jobs span matching keys only)");
@@ -269,7 +271,7 @@ pub async fn queue(sg: &Sluicegate, args: &QueueArgs) -> Result<()> {
         );
     } else {
         outln!(
-            "queued migration {} ({}): {} on {}.{}, keys {} ..= {}, {}",
+            "queued migration {} ({}): {} on {}.{}, keys {} ..= {}, {} (target {})",
             m.id,
             m.name,
             m.job_kind,
@@ -277,7 +279,8 @@ pub async fn queue(sg: &Sluicegate, args: &QueueArgs) -> Result<()> {
             m.key.display_names(),
             m.min_value,
             m.max_value,
-            m.status
+            m.status,
+            output::opt(m.target.as_ref().map(|t| t.display.clone()))
         );
     }
     Ok(())
