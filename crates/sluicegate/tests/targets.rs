@@ -301,3 +301,49 @@ async fn timestamptz_bounds_are_read_in_the_databases_own_time_zone() {
         }
     }
 }
+
+// The same for an ordinary role, which may not read the server's configuration files
+// (pg_file_settings): the database's own settings still apply, and a role's own setting
+// (ALTER ROLE ... IN DATABASE) comes before the database's, as PostgreSQL orders them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ordinary_role_reads_bounds_with_its_own_settings() {
+    sluicegate::skip_without_postgres!("SLUICEGATE_TEST_PG_URL");
+    let db = dmy_kolkata().await;
+    let dbname = db.url.rsplit('/').next().unwrap().to_owned();
+    let role = format!("sg_dmy_{}", std::process::id());
+    db.exec(&format!("DROP ROLE IF EXISTS {role}")).await;
+    db.exec(&format!("CREATE ROLE {role} LOGIN")).await;
+    db.exec(&format!("GRANT CREATE ON DATABASE \"{dbname}\" TO {role}"))
+        .await;
+    db.exec(&format!("GRANT CREATE ON SCHEMA public TO {role}"))
+        .await;
+    db.exec(&format!(
+        "ALTER ROLE {role} IN DATABASE \"{dbname}\" SET TimeZone = 'America/New_York'"
+    ))
+    .await;
+    db.exec("CREATE TABLE ticks (at timestamptz PRIMARY KEY, n integer NOT NULL DEFAULT 0)")
+        .await;
+    db.exec(&format!("ALTER TABLE ticks OWNER TO {role}")).await;
+    let url = db
+        .url
+        .replacen("postgres://postgres@", &format!("postgres://{role}@"), 1);
+    let sg = Sluicegate::connect(&url).await.unwrap();
+    sg.setup().await.unwrap();
+    let mut req = fast("ny", "update", "ticks", 4, 2).argument("set", "n = n + 1");
+    // DMY from the database, New York (UTC-5 in February) from the role.
+    req.min_value = Some("01/02/2024 00:00".into());
+    req.max_value = Some("02/02/2024 00:00".into());
+    let plan = sg.plan(&req).await.unwrap();
+    assert_eq!(
+        plan.migration.min_value.to_string(),
+        "2024-02-01 05:00:00+00"
+    );
+    assert_eq!(
+        plan.migration.max_value.to_string(),
+        "2024-02-02 05:00:00+00"
+    );
+    drop(sg);
+    drop(plan);
+    db.exec(&format!("DROP OWNED BY {role} CASCADE")).await;
+    db.exec(&format!("DROP ROLE {role}")).await;
+}
