@@ -848,12 +848,12 @@ impl Sluicegate {
         };
         if let Some(m) = live.iter().find(same) {
             let target = match &m.target {
-                Some(t) => format!("on the same target, {}", t.display),
+                Some(t) => format!("on the same target ({})", t.display),
                 None => "on an unknown target, queued before schema v5: `sluicegate adopt` it"
                     .to_owned(),
             };
             return Err(Error::DuplicateMigration(format!(
-                "{:?} would do what {} already does (same kind, table, key, arguments and scope, {target}); cancel it first, or change it with `sluicegate set`",
+                "{:?} would do what {} already does (same kind, table, key, arguments and scope) {target}; cancel it first, or change it with `sluicegate set`",
                 new.name,
                 describe(m)
             )));
