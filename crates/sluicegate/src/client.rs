@@ -1336,3 +1336,30 @@ pub fn compute_progress(migration: Migration, jobs: JobCounts, now: DateTime<Utc
         hold_reason: None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::display_url;
+
+    #[test]
+    fn a_target_is_shown_without_secrets() {
+        assert_eq!(
+            display_url("postgres://app:s3cret@db.internal:5432/shop?sslmode=require&password=x"),
+            "postgres://app@db.internal:5432/shop"
+        );
+        assert_eq!(
+            display_url("postgresql://app@db/shop"),
+            "postgresql://app@db/shop"
+        );
+        assert_eq!(
+            display_url("sqlite://data/app.db?mode=rwc"),
+            "sqlite://data/app.db"
+        );
+        assert_eq!(display_url("sqlite:app.db"), "sqlite:app.db");
+        // A password holding '@' or ':' is dropped whole.
+        assert_eq!(
+            display_url("postgres://app:p@ss:w@rd@db/shop"),
+            "postgres://app@db/shop"
+        );
+    }
+}
