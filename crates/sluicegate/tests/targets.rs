@@ -304,7 +304,8 @@ async fn timestamptz_bounds_are_read_in_the_databases_own_time_zone() {
 
 // The same for an ordinary role, which may not read the server's configuration files
 // (pg_file_settings): the database's own settings still apply, and a role's own setting
-// (ALTER ROLE ... IN DATABASE) comes before the database's, as PostgreSQL orders them.
+// (ALTER ROLE ... IN DATABASE) comes before the database's, as PostgreSQL orders them. With
+// EXECUTE on pg_control_system() revoked, the target is known by the server's address.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_ordinary_role_reads_bounds_with_its_own_settings() {
     sluicegate::skip_without_postgres!("SLUICEGATE_TEST_PG_URL");
@@ -327,8 +328,16 @@ async fn an_ordinary_role_reads_bounds_with_its_own_settings() {
     let url = db
         .url
         .replacen("postgres://postgres@", &format!("postgres://{role}@"), 1);
+    // A DBA may revoke pg_control_system(): the target is then known by the server's address.
+    db.exec("REVOKE EXECUTE ON FUNCTION pg_catalog.pg_control_system() FROM PUBLIC")
+        .await;
     let sg = Sluicegate::connect(&url).await.unwrap();
     sg.setup().await.unwrap();
+    let id = &sg.target_identity().id;
+    assert!(
+        id.starts_with("postgres:127.0.0.1:") && id.ends_with(&format!("/{dbname}")),
+        "{id}"
+    );
     let mut req = fast("ny", "update", "ticks", 4, 2).argument("set", "n = n + 1");
     // DMY from the database, New York (UTC-5 in February) from the role.
     req.min_value = Some("01/02/2024 00:00".into());

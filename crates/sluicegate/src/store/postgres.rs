@@ -434,6 +434,10 @@ const TARGET_UNIQUE_INDEXES: &str = "SELECT c.relname::text, i.indisprimary,
 const TARGET_IDENTITY: &str =
     "SELECT 'postgres:' || system_identifier::text || '/' || current_database()
     FROM pg_catalog.pg_control_system()";
+/// The target's identity when `pg_control_system()` may not be executed: where the server
+/// listens (`local` over a Unix socket) and the database.
+const TARGET_IDENTITY_BY_ADDRESS: &str = "SELECT 'postgres:' || coalesce(host(inet_server_addr()), 'local')
+    || ':' || coalesce(inet_server_port()::text, current_setting('port')) || '/' || current_database()";
 /// How values are read on this database by a new session of this role that sets nothing
 /// itself (psql's): `DateStyle` and `TimeZone` from `ALTER ROLE ... IN DATABASE`, `ALTER ROLE`,
 /// `ALTER DATABASE` and `ALTER ROLE ALL`, the first that has one (PostgreSQL's own order). Our
@@ -1509,10 +1513,23 @@ impl Target for PgTarget {
     }
 
     async fn identity(&self) -> Result<String> {
-        sqlx::query_scalar(TARGET_IDENTITY)
+        let context = "reading the target database's identity";
+        match sqlx::query_scalar(TARGET_IDENTITY)
             .fetch_one(&self.pool)
             .await
-            .map_err(Error::db("reading the target database's identity"))
+        {
+            Ok(id) => Ok(id),
+            // EXECUTE on pg_control_system() revoked from this role: the server's address
+            // instead (less stable: another address of the same server is another target,
+            // whose migrations are then skipped, never run elsewhere).
+            Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("42501") => {
+                sqlx::query_scalar(TARGET_IDENTITY_BY_ADDRESS)
+                    .fetch_one(&self.pool)
+                    .await
+                    .map_err(Error::db(context))
+            }
+            Err(e) => Err(Error::db(context)(e)),
+        }
     }
 
     async fn key_canonical(&self, key: &KeySpec, value: &Key, flag: &str) -> Result<Key> {
