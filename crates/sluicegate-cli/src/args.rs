@@ -85,6 +85,9 @@ pub enum Command {
     Set(Box<SetArgs>),
     /// Run a migration's remaining jobs now, inline, until it is finished.
     Finalize(MigrationArgs),
+    /// Give a migration queued before schema v5 (its target unknown) the target this command
+    /// is connected to (--target-url, or the tracking database), so that its workers run it.
+    Adopt(ReasonArgs),
     /// Live dashboard, JSON API and Prometheus /metrics over HTTP.
     Serve(ServeArgs),
     /// Run a real backfill end to end on a fresh SQLite file.

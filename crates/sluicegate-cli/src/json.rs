@@ -24,6 +24,9 @@ pub struct MigrationJson {
     pub status: String,
     pub job_kind: String,
     pub table: String,
+    /// The database the table lives in: `{"id": ..., "display": ...}`, `null` when unknown
+    /// (queued before schema v5).
+    pub target: Option<sluicegate::TargetIdentity>,
     pub column: String,
     pub key: &'static str,
     pub key_columns: KeySpec,
@@ -58,6 +61,7 @@ impl MigrationJson {
             status: m.status.to_string(),
             job_kind: m.job_kind.clone(),
             table: m.table_name.clone(),
+            target: m.target.clone(),
             column: m.key.display_names(),
             key: if m.key.len() == 1 {
                 "single"

@@ -255,6 +255,19 @@ async fn dispatch(cli: Cli) -> Result<()> {
             outln!("migration {} ({}) is {}", m.id, m.name, m.status);
             Ok(())
         }
+        Command::Adopt(args) => {
+            let sg = connect_ready(&cli).await?;
+            let m = sg
+                .adopt_target(&args.migration, args.reason.clone(), "cli")
+                .await?;
+            outln!(
+                "migration {} ({}) is now for {}",
+                m.id,
+                m.name,
+                sg.target_identity().display
+            );
+            Ok(())
+        }
         Command::Set(args) => {
             let sg = connect_ready(&cli).await?;
             run::set(&sg, args).await

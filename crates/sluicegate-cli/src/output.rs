@@ -78,6 +78,14 @@ fn hold_text(p: &Progress) -> String {
     }
 }
 
+/// The database a migration's table lives in, as shown.
+fn target_text(m: &sluicegate::Migration) -> String {
+    match &m.target {
+        Some(t) => t.display.clone(),
+        None => "unknown (queued before schema v5; `sluicegate adopt` it)".to_owned(),
+    }
+}
+
 pub async fn status(sg: &Sluicegate, json: bool) -> Result<()> {
     let mut rows = Vec::new();
     for m in sg.migrations().await? {
@@ -98,6 +106,7 @@ pub async fn status(sg: &Sluicegate, json: bool) -> Result<()> {
         "NAME",
         "STATUS",
         "TABLE",
+        "TARGET",
         "PROGRESS",
         "ROWS",
         "ROWS/S",
@@ -113,6 +122,7 @@ pub async fn status(sg: &Sluicegate, json: bool) -> Result<()> {
             Cell::new(&m.name),
             Cell::new(m.status),
             Cell::new(format!("{}.{}", m.table_name, m.key.display_names())),
+            Cell::new(target_text(m)),
             Cell::new(format!("{:.1}%", p.percent)),
             Cell::new(format!(
                 "{} / {}",
@@ -224,6 +234,7 @@ pub async fn show(sg: &Sluicegate, migration: &str, json: bool) -> Result<()> {
             "table",
             format!("{}.{}", m.table_name, m.key.display_names()),
         ),
+        ("target", target_text(&m)),
         (
             "key",
             m.key

@@ -186,6 +186,7 @@ pub async fn queue(sg: &Sluicegate, args: &QueueArgs) -> Result<()> {
             "name": m.name,
             "job_kind": m.job_kind,
             "table": m.table_name,
+            "target": m.target,
             "column": m.key.display_names(),
             "key_columns": m.key,
             "scope": m.scope,
@@ -217,6 +218,7 @@ pub async fn queue(sg: &Sluicegate, args: &QueueArgs) -> Result<()> {
                 m.table_name,
                 m.key.display_names()
             );
+            outln!("  target         {}", m.target);
             outln!("  key            {}", key_description(&m.key));
             if let Some(scope) = &m.scope {
                 outln!("  scope          {scope} (jobs span matching keys only)");
@@ -269,7 +271,7 @@ pub async fn queue(sg: &Sluicegate, args: &QueueArgs) -> Result<()> {
         );
     } else {
         outln!(
-            "queued migration {} ({}): {} on {}.{}, keys {} ..= {}, {}",
+            "queued migration {} ({}): {} on {}.{}, keys {} ..= {}, {} (target {})",
             m.id,
             m.name,
             m.job_kind,
@@ -277,7 +279,8 @@ pub async fn queue(sg: &Sluicegate, args: &QueueArgs) -> Result<()> {
             m.key.display_names(),
             m.min_value,
             m.max_value,
-            m.status
+            m.status,
+            output::opt(m.target.as_ref().map(|t| t.display.clone()))
         );
     }
     Ok(())
@@ -290,13 +293,32 @@ pub async fn run(sg: &Sluicegate, args: &RunArgs) -> Result<()> {
     if args.lease < Duration::from_millis(300) {
         bail!("--lease must be at least 300ms (it is renewed every third of it)");
     }
+    // A worker runs the migrations of the target it is connected to only: it says which others
+    // it leaves alone, and for what.
+    for m in sg.other_targets_runnable().await? {
+        eprintln!(
+            "skipping migration {} ({}): it is for {}; this worker is connected to {}",
+            m.id,
+            m.name,
+            m.target.as_ref().map_or(
+                "an unknown target (queued before schema v5; `sluicegate adopt` it from a worker's connection to its target)".to_owned(),
+                |t| t.display.clone()
+            ),
+            sg.target_identity().display
+        );
+    }
     if args.until_idle {
-        let all = sg.migrations().await?;
+        let all: Vec<_> = sg
+            .migrations()
+            .await?
+            .into_iter()
+            .filter(|m| sg.is_own_target(m))
+            .collect();
         let runnable = |m: &&sluicegate::Migration| {
             matches!(
                 m.status,
                 sluicegate::MigrationStatus::Active | sluicegate::MigrationStatus::Finalizing
-            )
+            ) && sg.is_own_target(m)
         };
         if !all.iter().any(|m| runnable(&m)) {
             let mut by_status = std::collections::BTreeMap::new();
@@ -308,7 +330,8 @@ pub async fn run(sg: &Sluicegate, args: &RunArgs) -> Result<()> {
                 .map(|(status, n)| format!("{n} {status}"))
                 .collect();
             eprintln!(
-                "nothing to do: no migration is active{}",
+                "nothing to do: no migration of {} is active{}",
+                sg.target_identity().display,
                 if counts.is_empty() {
                     " (none queued: `sluicegate queue` one)".to_owned()
                 } else {

@@ -1124,3 +1124,111 @@ store_test!(no_command_but_setup_creates_a_database, |db| {
     );
     assert!(!dir.path().join("elsewhere.db").exists());
 });
+
+// Issue 18, items 4 and 7 from the command line, on a database whose own DateStyle is
+// `SQL, DMY` and TimeZone Asia/Kolkata: the dry run and the queue message print the bounds as
+// the database read them, canonically (`01/02/2024` is 1 February, shown `2024-02-01`); a
+// worker connected to another target says which migration it skips and for what, and changes
+// nothing there; status, show and --json show the target.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bounds_print_canonically_and_a_worker_says_which_targets_it_skips() {
+    sluicegate::skip_without_postgres!("SLUICEGATE_TEST_PG_URL");
+    let db = TestDb::postgres().await;
+    let other = TestDb::postgres().await;
+    let dbname = db.url.rsplit('/').next().unwrap().to_owned();
+    db.exec(&format!(
+        "ALTER DATABASE \"{dbname}\" SET DateStyle = 'SQL, DMY'"
+    ))
+    .await;
+    db.exec(&format!(
+        "ALTER DATABASE \"{dbname}\" SET TimeZone = 'Asia/Kolkata'"
+    ))
+    .await;
+    let create = "CREATE TABLE days (day date PRIMARY KEY, n integer NOT NULL DEFAULT 0);
+         INSERT INTO days (day) SELECT d::date FROM generate_series('2024-01-01'::date, '2024-03-31'::date, interval '1 day') d";
+    db.exec(create).await;
+    other.exec(create).await;
+    let url = db.url.clone();
+    assert!(sg(&url, &["setup"]).status.success());
+    let queue = [
+        "queue",
+        "feb",
+        "--table",
+        "days",
+        "--kind",
+        "update",
+        "--set",
+        "n = n + 1",
+        "--min-value",
+        "01/02/2024",
+        "--max-value",
+        "2024-02-29",
+        "--batch-size",
+        "10",
+        "--sub-batch-size",
+        "5",
+        "--pause-ms",
+        "0",
+    ];
+    let dry = sg(&url, &[&queue[..], &["--dry-run"]].concat());
+    assert!(dry.status.success(), "{}", stderr(&dry));
+    let text = stdout(&dry);
+    assert!(
+        text.contains("range          2024-02-01 ..= 2024-02-29"),
+        "{text}"
+    );
+    assert!(!text.contains("01/02/2024"), "{text}");
+    let queued = sg(&url, &queue);
+    assert!(queued.status.success(), "{}", stderr(&queued));
+    let text = stdout(&queued);
+    assert!(text.contains("keys 2024-02-01 ..= 2024-02-29"), "{text}");
+    assert!(text.contains(&format!("(target {url})")), "{text}");
+
+    // A worker on the other database: it skips the migration, saying so, and ends.
+    let out = bin()
+        .args(["--database-url", &url, "--target-url", &other.url])
+        .args(["run", "--until-idle"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!(
+            "skipping migration 1 (feb): it is for {url}; this worker is connected to {}",
+            other.url
+        )),
+        "{err}"
+    );
+    assert_eq!(
+        other.scalar("SELECT count(*) FROM days WHERE n <> 0").await,
+        0
+    );
+    assert_eq!(db.scalar("SELECT count(*) FROM days WHERE n <> 0").await, 0);
+
+    // Its own worker runs it: February's 29 days, not 59.
+    let out = sg(&url, &["run", "--until-idle"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(db.scalar("SELECT count(*) FROM days WHERE n = 1").await, 29);
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM days WHERE n = 1 AND extract(month FROM day) <> 2")
+            .await,
+        0
+    );
+    let status = stdout(&sg(&url, &["status"]));
+    assert!(
+        status.contains("TARGET") && status.contains(&url),
+        "{status}"
+    );
+    let show = stdout(&sg(&url, &["show", "feb"]));
+    assert!(show.contains("target") && show.contains(&url), "{show}");
+    let json: serde_json::Value =
+        serde_json::from_slice(&sg(&url, &["show", "feb", "--json"]).stdout).unwrap();
+    assert_eq!(json["target"]["display"], url.as_str(), "{json}");
+    assert!(
+        json["target"]["id"]
+            .as_str()
+            .is_some_and(|id| id.starts_with("postgres:") && id.ends_with(&format!("/{dbname}"))),
+        "{json}"
+    );
+    assert_eq!(json["min_value"], "2024-02-01", "{json}");
+}

@@ -18,7 +18,9 @@ use crate::health::HealthSettings;
 use crate::ident::{self, TableName};
 use crate::key::Lower;
 use crate::kind::Registry;
-use crate::model::{Job, JobCounts, JobTransition, Migration, MigrationTransition, NewMigration};
+use crate::model::{
+    Job, JobCounts, JobTransition, Migration, MigrationTransition, NewMigration, TargetIdentity,
+};
 use crate::status::{JobStatus, MigrationEvent, MigrationStatus};
 use crate::store::postgres::{PgStore, PgTarget};
 use crate::store::sqlite::{SqliteStore, SqliteTarget};
@@ -336,6 +338,22 @@ pub fn mask_password(url: &str) -> String {
     format!("{scheme}://{authority}{tail}")
 }
 
+/// How a target is shown: its URL without password, query or fragment (`postgres://app@db:5432/
+/// shop`, `sqlite:data/app.db`).
+pub fn display_url(url: &str) -> String {
+    let bare = url.split(['?', '#']).next().unwrap_or(url);
+    let Some((scheme, rest)) = bare.split_once("://") else {
+        return bare.to_owned();
+    };
+    match rest.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split(':').next().unwrap_or_default();
+            format!("{scheme}://{user}@{host}")
+        }
+        None => bare.to_owned(),
+    }
+}
+
 enum Pool {
     Postgres(sqlx::PgPool),
     Sqlite(sqlx::SqlitePool),
@@ -385,6 +403,21 @@ async fn open_pool(url: &str, opts: &ConnectOptions) -> Result<Pool> {
                 // connection the server dropped fails on use, which workers already treat
                 // as ConnectionLost and retry.
                 .test_before_acquire(false)
+                // Key values travel as text (jsonb cursors, bound parameters): every session
+                // of ours prints and reads them in ISO and UTC, whatever the database's own
+                // DateStyle and TimeZone (sqlx sends these at connect already; said here, so
+                // the walk does not rest on a driver's default). Bounds a person gives are
+                // read under the database's own settings instead (Target::key_canonical).
+                .after_connect(|conn, _| {
+                    Box::pin(async move {
+                        sqlx::Executor::execute(
+                            &mut *conn,
+                            crate::store::postgres::SESSION_SETTINGS,
+                        )
+                        .await
+                        .map(|_| ())
+                    })
+                })
                 .connect_with(options)
                 .await
                 .map_err(unreachable)?;
@@ -429,6 +462,9 @@ pub struct Sluicegate {
     pub(crate) target: Arc<dyn Target>,
     pub(crate) registry: Registry,
     pub(crate) same_database: bool,
+    /// The database the migrated tables live in: stored with each migration queued, and the
+    /// only one whose migrations this handle's workers run.
+    pub(crate) target_identity: TargetIdentity,
 }
 
 impl std::fmt::Debug for Sluicegate {
@@ -436,6 +472,7 @@ impl std::fmt::Debug for Sluicegate {
         f.debug_struct("Sluicegate")
             .field("backend", &self.store.backend())
             .field("same_database", &self.same_database)
+            .field("target", &self.target_identity.display)
             .field("registry", &self.registry)
             .finish()
     }
@@ -456,26 +493,30 @@ impl Sluicegate {
             _ => None,
         };
         let same_database = separate_target.is_none();
-        let (store, target): (Arc<dyn Store>, Arc<dyn Target>) = match (tracking, separate_target) {
+        let target_url = match &separate_target {
+            Some(_) => opts.target_url.as_deref().unwrap_or(&opts.database_url),
+            None => &opts.database_url,
+        };
+        // The target first: the store claims only its migrations.
+        let target: Arc<dyn Target> = match (&tracking, &separate_target) {
             (Pool::Postgres(pool), None) => {
                 let store = PgStore::new(pool.clone(), &opts.schema)?;
-                let target = PgTarget::new(pool, Some(&store));
-                (Arc::new(store), Arc::new(target))
+                Arc::new(PgTarget::new(pool.clone(), Some(&store)))
             }
-            (Pool::Sqlite(pool), None) => (
-                Arc::new(SqliteStore::new(pool.clone())),
-                Arc::new(SqliteTarget::new(pool, true)),
-            ),
-            (tracking, Some(target)) => {
-                let store: Arc<dyn Store> = match tracking {
-                    Pool::Postgres(pool) => Arc::new(PgStore::new(pool, &opts.schema)?),
-                    Pool::Sqlite(pool) => Arc::new(SqliteStore::new(pool)),
-                };
-                let target: Arc<dyn Target> = match target {
-                    Pool::Postgres(pool) => Arc::new(PgTarget::new(pool, None)),
-                    Pool::Sqlite(pool) => Arc::new(SqliteTarget::new(pool, false)),
-                };
-                (store, target)
+            (Pool::Sqlite(pool), None) => Arc::new(SqliteTarget::new(pool.clone(), true)),
+            (_, Some(Pool::Postgres(pool))) => Arc::new(PgTarget::new(pool.clone(), None)),
+            (_, Some(Pool::Sqlite(pool))) => Arc::new(SqliteTarget::new(pool.clone(), false)),
+        };
+        let target_identity = TargetIdentity {
+            id: target.identity().await?,
+            display: display_url(target_url),
+        };
+        let store: Arc<dyn Store> = match tracking {
+            Pool::Postgres(pool) => {
+                Arc::new(PgStore::new(pool, &opts.schema)?.for_target(target_identity.clone()))
+            }
+            Pool::Sqlite(pool) => {
+                Arc::new(SqliteStore::new(pool).for_target(target_identity.clone()))
             }
         };
         Ok(Self {
@@ -483,6 +524,7 @@ impl Sluicegate {
             target,
             registry: opts.registry,
             same_database,
+            target_identity,
         })
     }
 
@@ -494,6 +536,99 @@ impl Sluicegate {
     /// The target database.
     pub fn target(&self) -> &Arc<dyn Target> {
         &self.target
+    }
+
+    /// The database the migrated tables live in, as this handle is connected to it.
+    pub fn target_identity(&self) -> &TargetIdentity {
+        &self.target_identity
+    }
+
+    /// Whether `m` is a migration of the target this handle is connected to (a migration of
+    /// unknown target, queued before schema v5, is not).
+    pub fn is_own_target(&self, m: &Migration) -> bool {
+        m.target.as_ref().map(|t| &t.id) == Some(&self.target_identity.id)
+    }
+
+    /// Refuses to act on a migration of another target (or of an unknown one) as its worker:
+    /// [`Error::WrongTarget`], saying which it is for and how to go on.
+    pub fn check_target(&self, m: &Migration) -> Result<()> {
+        if self.is_own_target(m) {
+            return Ok(());
+        }
+        let (target, hint) = match &m.target {
+            Some(t) => (
+                t.display.clone(),
+                format!(" (run it with --target-url {})", t.display),
+            ),
+            None => (
+                "an unknown target (queued before schema v5)".to_owned(),
+                format!(
+                    " (if {} is its target, adopt it: `sluicegate adopt {}`)",
+                    self.target_identity.display, m.name
+                ),
+            ),
+        };
+        Err(Error::WrongTarget {
+            migration: m.name.clone(),
+            target,
+            connected: self.target_identity.display.clone(),
+            hint,
+        })
+    }
+
+    /// Active or finalizing migrations this handle's workers leave alone: of another target,
+    /// or of an unknown one (queued before schema v5).
+    pub async fn other_targets_runnable(&self) -> Result<Vec<Migration>> {
+        Ok(self
+            .store
+            .migration_list()
+            .await?
+            .into_iter()
+            .filter(|m| {
+                matches!(
+                    m.status,
+                    MigrationStatus::Active | MigrationStatus::Finalizing
+                ) && !self.is_own_target(m)
+            })
+            .collect())
+    }
+
+    /// Gives a migration of unknown target (queued before schema v5, when none was recorded)
+    /// the target this handle is connected to, with a `set` row in its log, so that workers
+    /// connected to it run it. Refused when its target is known, and for a finished or
+    /// cancelled migration.
+    pub async fn adopt_target(
+        &self,
+        id_or_name: &str,
+        reason: Option<String>,
+        actor: &str,
+    ) -> Result<Migration> {
+        let m = self.migration(id_or_name).await?;
+        if let Some(t) = &m.target {
+            return Err(Error::InvalidSettings(format!(
+                "migration {} already has its target: {}",
+                m.name, t.display
+            )));
+        }
+        let mut text = format!("target: unknown -> {}", self.target_identity.display);
+        if let Some(reason) = reason.filter(|r| !r.trim().is_empty()) {
+            text.push_str(&format!(" ({reason})"));
+        }
+        match self
+            .store
+            .migration_adopt_target(m.id, &self.target_identity, &text, actor)
+            .await?
+        {
+            Some(m) => Ok(m),
+            None => {
+                let now = self.store.migration_get(m.id).await?.unwrap_or(m.clone());
+                Err(Error::IllegalMigrationTransition {
+                    migration: m.name.clone(),
+                    event: "adopt".to_owned(),
+                    from: now.status,
+                })
+            }
+        }
     }
 
     /// The job kinds this handle knows.
@@ -588,6 +723,16 @@ impl Sluicegate {
             bound("--min-value", &req.min_value)?,
             bound("--max-value", &req.max_value)?,
         );
+        // Read as the target database reads them (its DateStyle, its TimeZone), kept and shown
+        // as its canonical text: the walk compares them with the keys it reads.
+        let min = match min {
+            Some(k) => Some(self.target.key_canonical(&key, &k, "--min-value").await?),
+            None => None,
+        };
+        let max = match max {
+            Some(k) => Some(self.target.key_canonical(&key, &k, "--max-value").await?),
+            None => None,
+        };
         let scope = req
             .scope
             .as_deref()
@@ -712,6 +857,7 @@ impl Sluicegate {
             name: req.name.clone(),
             job_kind: req.job_kind.clone(),
             table_name: stored_table_name(&table, &req.table),
+            target: self.target_identity.clone(),
             key,
             key_unique,
             scope: scope.clone(),
@@ -788,16 +934,24 @@ impl Sluicegate {
                 describe(m)
             )));
         }
+        // The same definition on another database is another migration; one of unknown target
+        // (queued before schema v5) may be on this one, and counts as a duplicate.
         let same = |m: &&Migration| {
             m.job_kind == new.job_kind
                 && m.table_name == new.table_name
                 && m.key == new.key
                 && m.job_arguments == new.job_arguments
                 && m.scope == new.scope
+                && m.target.as_ref().is_none_or(|t| t.id == new.target.id)
         };
         if let Some(m) = live.iter().find(same) {
+            let target = match &m.target {
+                Some(t) => format!("on the same target ({})", t.display),
+                None => "on an unknown target, queued before schema v5: `sluicegate adopt` it"
+                    .to_owned(),
+            };
             return Err(Error::DuplicateMigration(format!(
-                "{:?} would do what {} already does (same kind, table, key, arguments and scope); cancel it first, or change it with `sluicegate set`",
+                "{:?} would do what {} already does (same kind, table, key, arguments and scope) {target}; cancel it first, or change it with `sluicegate set`",
                 new.name,
                 describe(m)
             )));
@@ -1280,5 +1434,32 @@ pub fn compute_progress(migration: Migration, jobs: JobCounts, now: DateTime<Utc
         rows_per_second,
         eta_seconds,
         hold_reason: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::display_url;
+
+    #[test]
+    fn a_target_is_shown_without_secrets() {
+        assert_eq!(
+            display_url("postgres://app:s3cret@db.internal:5432/shop?sslmode=require&password=x"),
+            "postgres://app@db.internal:5432/shop"
+        );
+        assert_eq!(
+            display_url("postgresql://app@db/shop"),
+            "postgresql://app@db/shop"
+        );
+        assert_eq!(
+            display_url("sqlite://data/app.db?mode=rwc"),
+            "sqlite://data/app.db"
+        );
+        assert_eq!(display_url("sqlite:app.db"), "sqlite:app.db");
+        // A password holding '@' or ':' is dropped whole.
+        assert_eq!(
+            display_url("postgres://app:p@ss:w@rd@db/shop"),
+            "postgres://app@db/shop"
+        );
     }
 }

@@ -155,6 +155,20 @@ pub enum Error {
         /// Why.
         reason: String,
     },
+
+    /// A migration of another database (or of an unknown one, queued before schema v5) was
+    /// asked of a handle connected to this one: nothing was done.
+    #[error("migration {migration} is for {target}; this is connected to {connected}{hint}")]
+    WrongTarget {
+        /// The migration's name.
+        migration: String,
+        /// Its target, as shown (`unknown` when queued before v5).
+        target: String,
+        /// The target this handle is connected to, as shown.
+        connected: String,
+        /// What to do about it.
+        hint: String,
+    },
 }
 
 impl Error {

@@ -33,5 +33,5 @@ pub use error::{Error, Result};
 pub use failure::{Failure, FailureClass};
 pub use key::{Key, KeyColumn, KeySpec, KeyType, Lower};
 pub use kind::{JobKind, Registry, SubBatch, SubBatchConnection};
-pub use model::{Job, JobCounts, JobTransition, Migration, MigrationTransition};
+pub use model::{Job, JobCounts, JobTransition, Migration, MigrationTransition, TargetIdentity};
 pub use status::{JobStatus, MigrationEvent, MigrationStatus};

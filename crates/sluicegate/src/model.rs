@@ -21,6 +21,10 @@ pub struct Migration {
     pub job_kind: String,
     /// Target table, as given (`table` or `schema.table`).
     pub table_name: String,
+    /// The database the table lives in (`None`: queued before schema v5, target unknown;
+    /// no worker runs it until it is adopted, see
+    /// [`Sluicegate::adopt_target`](crate::Sluicegate::adopt_target)).
+    pub target: Option<TargetIdentity>,
     /// The key the batches walk over (the primary key by default).
     pub key: KeySpec,
     /// Whether the key was proven unique at queue: a built-in kind's sub-batch then touches at
@@ -82,6 +86,24 @@ pub struct Migration {
     pub created_at: DateTime<Utc>,
     /// Last change.
     pub updated_at: DateTime<Utc>,
+}
+
+/// Which database a migration's table lives in: a stable identity, compared by workers and
+/// duplicate checks, and how to show it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct TargetIdentity {
+    /// Stable and compared: `postgres:<system identifier>/<database>` (the cluster's
+    /// `pg_control_system()` identifier and `current_database()`), or `sqlite:<canonical path
+    /// of the file>`.
+    pub id: String,
+    /// For people: the URL it was reached by, without password or parameters.
+    pub display: String,
+}
+
+impl std::fmt::Display for TargetIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.display)
+    }
 }
 
 /// One key range of a migration.
@@ -182,6 +204,8 @@ pub struct NewMigration {
     pub job_kind: String,
     /// Target table as given.
     pub table_name: String,
+    /// The database the table lives in.
+    pub target: TargetIdentity,
     /// The key walked.
     pub key: KeySpec,
     /// Whether the key was proven unique (a primary key or a unique index on its columns).

@@ -243,14 +243,47 @@ store_test!(
             Some("StatementTimeout")
         );
 
-        tokio::time::timeout(
-            std::time::Duration::from_secs(60),
-            sg.worker(sluicegate::WorkerOptions::default())
-                .run_until_idle(),
-        )
-        .await
-        .expect("runs within a minute")
-        .unwrap();
+        // Schema v5: nothing recorded which database it was queued for, so its target is
+        // unknown, and no worker runs it (one of another target may have queued it)...
+        assert_eq!(m.target, None);
+        let run = || async {
+            tokio::time::timeout(
+                std::time::Duration::from_secs(60),
+                sg.worker(sluicegate::WorkerOptions::default())
+                    .run_until_idle(),
+            )
+            .await
+            .expect("runs within a minute")
+            .unwrap();
+        };
+        run().await;
+        let m = sg.migration("old").await.unwrap();
+        assert_eq!(m.status, MigrationStatus::Active);
+        assert_eq!(sg.jobs(&m, None).await.unwrap().len(), 2, "no job was made");
+        assert!(matches!(
+            sg.finalize("old", "test").await,
+            Err(sluicegate::Error::WrongTarget { .. })
+        ));
+        // ... until an operator adopts it for the target it is connected to (a `set` row).
+        let adopted = sg
+            .adopt_target("old", Some("it was ours".into()), "cli")
+            .await
+            .unwrap();
+        assert_eq!(adopted.target.as_ref(), Some(sg.target_identity()));
+        let last = sg.migration_history(&adopted).await.unwrap().pop().unwrap();
+        assert_eq!(last.event, sluicegate::MigrationEvent::Set);
+        assert!(
+            last.reason
+                .as_deref()
+                .unwrap()
+                .starts_with("target: unknown -> "),
+            "{last:?}"
+        );
+        assert!(
+            sg.adopt_target("old", None, "cli").await.is_err(),
+            "a known target is not adopted again"
+        );
+        run().await;
         let m = sg.migration("old").await.unwrap();
         assert_eq!(m.status, MigrationStatus::Finished);
         assert_eq!(

@@ -11,4 +11,5 @@ mod reach;
 mod runner;
 mod schema;
 mod store;
+mod targets;
 mod transitions;

@@ -294,6 +294,7 @@ impl Worker {
         until_idle: bool,
         shutdown: impl std::future::Future<Output = ()> + Send,
     ) -> Result<()> {
+        self.log_skipped_targets().await;
         let stop = Arc::new(AtomicBool::new(false));
         let loops = self
             .loops(&stop)
@@ -318,6 +319,8 @@ impl Worker {
     /// lease while it works; if it dies, a worker takes the migration over once that lease
     /// has run out.
     pub async fn finalize(&self, migration: &Migration, actor: &str) -> Result<Migration> {
+        // Only on the database its table lives in (claims would never hand it out here).
+        self.sg.check_target(migration)?;
         let mut m = migration.clone();
         match m.status {
             MigrationStatus::Finished => return Ok(m),
@@ -417,13 +420,36 @@ impl Worker {
 
     /// Whether an active or finalizing migration is left: one on hold counts, its work is
     /// not done and the worker waits the hold out.
+    /// Only migrations of this worker's target count: one of another is not its work.
     async fn has_runnable_migrations(&self) -> Result<bool> {
         Ok(self.sg.store.migration_list().await?.iter().any(|m| {
             matches!(
                 m.status,
                 MigrationStatus::Active | MigrationStatus::Finalizing
-            )
+            ) && self.sg.is_own_target(m)
         }))
+    }
+
+    /// Says, once at start, which runnable migrations this worker leaves alone and why: they
+    /// are of another target, or of an unknown one (queued before schema v5).
+    async fn log_skipped_targets(&self) {
+        let Ok(others) = self.sg.other_targets_runnable().await else {
+            return;
+        };
+        for m in others {
+            let target = m.target.as_ref().map_or(
+                "an unknown target (queued before schema v5)".to_owned(),
+                |t| t.display.clone(),
+            );
+            tracing::info!(
+                worker = %self.opts.name,
+                migration = %m.name,
+                "skipping migration {} ({}): it is for {target}; this worker is connected to {}",
+                m.id,
+                m.name,
+                self.sg.target_identity().display
+            );
+        }
     }
 }
 

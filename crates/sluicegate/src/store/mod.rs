@@ -13,7 +13,9 @@ use crate::health::HealthSample;
 use crate::ident::TableName;
 use crate::key::{Key, KeySpec, Lower};
 use crate::kind::JobKind;
-use crate::model::{Job, JobCounts, JobTransition, Migration, MigrationTransition, NewMigration};
+use crate::model::{
+    Job, JobCounts, JobTransition, Migration, MigrationTransition, NewMigration, TargetIdentity,
+};
 use crate::status::{JobStatus, MigrationEvent, MigrationStatus};
 
 pub(crate) mod key_sql;
@@ -391,6 +393,17 @@ pub trait Store: Send + Sync + 'static {
     /// when the migration is neither active nor paused (nothing written).
     async fn migration_set(&self, params: &MigrationSetParams) -> Result<Option<Migration>>;
 
+    /// Gives a migration whose target is unknown (queued before schema v5) the target
+    /// `target`, with a `set` log row (`reason`), in one transaction. `None` when its target
+    /// is already known or it is finished or cancelled (nothing written).
+    async fn migration_adopt_target(
+        &self,
+        migration_id: i64,
+        target: &TargetIdentity,
+        reason: &str,
+        actor: &str,
+    ) -> Result<Option<Migration>>;
+
     /// A re-check that still says stop: moves the hold in progress on to `now + hold`, with
     /// no log row. `None` when no hold is in progress (released, paused, ended).
     async fn migration_hold_extend(
@@ -602,6 +615,20 @@ pub trait Target: Send + Sync + 'static {
         columns: Option<&[String]>,
         non_unique: bool,
     ) -> Result<(TableName, KeySpec)>;
+    /// The identity of this database, stable across connections and URLs (see
+    /// [`TargetIdentity::id`]): PostgreSQL's system identifier and database name, SQLite's
+    /// canonical file path.
+    async fn identity(&self) -> Result<String>;
+    /// A key value given by a person (`--min-value`, [`QueueRequest`]'s bounds) as the database
+    /// reads it: each non-integer value parsed by the database under its own settings
+    /// (PostgreSQL: the `DateStyle` and `TimeZone` a new session of this role on this database
+    /// starts with, as psql would read it, not the fixed ones of our sessions) and returned in
+    /// canonical form: the text our sessions (`DateStyle` ISO, `TimeZone` UTC) print for it, as
+    /// the walk's cursors are. A value the database refuses is an
+    /// [`Error::InvalidSettings`](crate::Error::InvalidSettings) naming `flag`.
+    ///
+    /// [`QueueRequest`]: crate::QueueRequest
+    async fn key_canonical(&self, key: &KeySpec, value: &Key, flag: &str) -> Result<Key>;
     /// Smallest and largest key (of the rows matching `scope`), `None` when there is none.
     async fn key_bounds(
         &self,

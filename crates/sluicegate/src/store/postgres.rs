@@ -26,7 +26,9 @@ use crate::health::HealthSample;
 use crate::ident::{self, TableName};
 use crate::key::{Key, KeyColumn, KeySpec, KeyType, Lower, TableColumn, UniqueIndex};
 use crate::kind::{SubBatch, SubBatchConnection};
-use crate::model::{Job, JobCounts, JobTransition, Migration, MigrationTransition, NewMigration};
+use crate::model::{
+    Job, JobCounts, JobTransition, Migration, MigrationTransition, NewMigration, TargetIdentity,
+};
 use crate::status::JobStatus;
 
 /// Schema migrations, in order. `{s}` stands for the quoted tracking schema.
@@ -51,9 +53,9 @@ WITH m AS (
         min_cursor, max_cursor, next_cursor, batch_size, sub_batch_size, max_batch_size,
         pause_ms, interval_ms, statement_timeout_ms, lock_timeout_ms, status,
         total_tuple_count, health_settings, target_sub_batch_ms, started_at, key_columns,
-        next_inclusive, scope, sub_batch_ceiling, key_unique)
+        next_inclusive, scope, sub_batch_ceiling, target_id, target_display, key_unique)
     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19,
-        CASE WHEN $16 = 'active' THEN now() END, $21, $22, $23, $24, $25)
+        CASE WHEN $16 = 'active' THEN now() END, $21, $22, $23, $24, $25, $26, $27)
     RETURNING *
 ), log AS (
     INSERT INTO {s}.migration_transition_logs (migration_id, previous_status, next_status, event, actor)
@@ -113,10 +115,12 @@ WITH j AS (
     SELECT id, migration_id, 'failed', 'pending', $2 FROM j
 )
 SELECT count(*) FROM j";
+/// Only migrations of the target this worker is connected to (`$4`): one of another database,
+/// or of an unknown one (queued before schema v5, `target_id` NULL), is never claimed.
 const MIGRATION_CLAIM: &str = "
 WITH candidate AS (
     SELECT m.id, m.table_name FROM {s}.migrations m
-    WHERE (($3::bigint IS NULL AND m.status = 'active'
+    WHERE m.target_id = $4::text AND (($3::bigint IS NULL AND m.status = 'active'
             AND (m.on_hold_until IS NULL OR m.on_hold_until <= now())
             AND (m.interval_ms = 0 OR m.last_job_started_at IS NULL
                  OR extract(epoch FROM now() - m.last_job_started_at) * 1000 >= m.interval_ms))
@@ -181,6 +185,19 @@ WITH m AS (
     INSERT INTO {s}.migration_transition_logs (migration_id, previous_status, next_status, event,
         reason, actor)
     SELECT id, status, status, 'set', $8, $9 FROM m
+)
+SELECT * FROM m";
+
+/// A migration of unknown target (queued before schema v5) given one, with its `set` log row.
+const MIGRATION_ADOPT_TARGET: &str = "
+WITH m AS (
+    UPDATE {s}.migrations SET target_id = $2, target_display = $3, updated_at = now()
+    WHERE id = $1 AND target_id IS NULL AND status NOT IN ('finished', 'cancelled')
+    RETURNING *
+), log AS (
+    INSERT INTO {s}.migration_transition_logs (migration_id, previous_status, next_status, event,
+        reason, actor)
+    SELECT id, status, status, 'set', $4, $5 FROM m
 )
 SELECT * FROM m";
 
@@ -412,6 +429,37 @@ const TARGET_UNIQUE_INDEXES: &str = "SELECT c.relname::text, i.indisprimary,
     FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class c ON c.oid = i.indexrelid
     WHERE i.indrelid = to_regclass($1) AND i.indisunique AND i.indisvalid
     ORDER BY NOT i.indisprimary, c.relname";
+/// The target's identity: the cluster's system identifier (kept by every copy made of it with
+/// `pg_basebackup`, so a replica promoted in its place is the same target) and the database.
+const TARGET_IDENTITY: &str =
+    "SELECT 'postgres:' || system_identifier::text || '/' || current_database()
+    FROM pg_catalog.pg_control_system()";
+/// The target's identity when `pg_control_system()` may not be executed: where the server
+/// listens (`local` over a Unix socket) and the database.
+const TARGET_IDENTITY_BY_ADDRESS: &str = "SELECT 'postgres:' || coalesce(host(inet_server_addr()), 'local')
+    || ':' || coalesce(inet_server_port()::text, current_setting('port')) || '/' || current_database()";
+/// How values are read on this database by a new session of this role that sets nothing
+/// itself (psql's): `DateStyle` and `TimeZone` from `ALTER ROLE ... IN DATABASE`, `ALTER ROLE`,
+/// `ALTER DATABASE` and `ALTER ROLE ALL`, the first that has one (PostgreSQL's own order). Our
+/// sessions start with `DateStyle` ISO and `TimeZone` UTC (sqlx sends them at connect, and the
+/// pool sets them again), which override all of these.
+const TARGET_OWN_SETTINGS: &str = "
+SELECT DISTINCT ON (lower(split_part(c.cfg, '=', 1)))
+       lower(split_part(c.cfg, '=', 1)), substr(c.cfg, strpos(c.cfg, '=') + 1)
+FROM pg_catalog.pg_db_role_setting s CROSS JOIN LATERAL unnest(s.setconfig) AS c(cfg)
+WHERE s.setdatabase IN (0, (SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database()))
+  AND s.setrole IN (0, (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = session_user))
+  AND lower(split_part(c.cfg, '=', 1)) IN ('datestyle', 'timezone')
+ORDER BY lower(split_part(c.cfg, '=', 1)), s.setrole <> 0 DESC, s.setdatabase <> 0 DESC";
+/// The same settings from the server's configuration files (`postgresql.conf`, `ALTER
+/// SYSTEM`), where initdb writes the `datestyle` of the cluster's locale: readable by
+/// superusers only; without it the server's own default is unknown and ours stands.
+const TARGET_FILE_SETTINGS: &str = "SELECT DISTINCT ON (lower(name)) lower(name), setting
+    FROM pg_catalog.pg_file_settings
+    WHERE lower(name) IN ('datestyle', 'timezone') AND applied AND error IS NULL
+    ORDER BY lower(name), seqno DESC";
+/// Our sessions' own settings, put back after a value is parsed under the database's.
+pub(crate) const SESSION_SETTINGS: &str = "SET DateStyle = 'ISO, MDY'; SET TimeZone = 'UTC'";
 const TARGET_ROW_ESTIMATE: &str =
     "SELECT reltuples::bigint FROM pg_catalog.pg_class WHERE oid = to_regclass($1)";
 
@@ -605,6 +653,8 @@ pub struct PgStore {
     pool: PgPool,
     schema: String,
     quoted_schema: String,
+    /// The target whose migrations this store's claims hand out (none without one).
+    target: Option<TargetIdentity>,
 }
 
 impl PgStore {
@@ -615,7 +665,14 @@ impl PgStore {
             pool,
             schema: schema.to_owned(),
             quoted_schema: ident::quote(schema),
+            target: None,
         })
+    }
+
+    /// The same store, claiming the migrations of `target` only (without one it claims none).
+    pub fn for_target(mut self, target: TargetIdentity) -> Self {
+        self.target = Some(target);
+        self
     }
 
     /// The pool it uses.
@@ -759,6 +816,8 @@ impl Store for PgStore {
             .bind(m.next_start.as_ref().is_none_or(Lower::is_inclusive))
             .bind(m.scope.as_deref())
             .bind(m.sub_batch_ceiling)
+            .bind(&m.target.id)
+            .bind(&m.target.display)
             .bind(m.key_unique)
             .fetch_one(&self.pool)
             .await
@@ -839,6 +898,7 @@ impl Store for PgStore {
             .bind(worker)
             .bind(duration_ms(lease))
             .bind(only)
+            .bind(self.target.as_ref().map(|t| t.id.as_str()))
             .fetch_optional(&self.pool)
             .await
             .map_err(Error::db("claiming a migration"))?;
@@ -882,6 +942,34 @@ impl Store for PgStore {
                 "changing the settings of migration {}",
                 p.migration_id
             )))?;
+        row.as_ref().map(rows::migration).transpose()
+    }
+
+    async fn migration_adopt_target(
+        &self,
+        migration_id: i64,
+        target: &TargetIdentity,
+        reason: &str,
+        actor: &str,
+    ) -> Result<Option<Migration>> {
+        let row = sqlx::query(&self.q(MIGRATION_ADOPT_TARGET))
+            .bind(migration_id)
+            .bind(&target.id)
+            .bind(&target.display)
+            .bind(reason)
+            .bind(actor)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| {
+                if is_unique_violation(&e) {
+                    Error::DuplicateMigration(format!(
+                        "migration {migration_id} would duplicate a live migration of {}",
+                        target.display
+                    ))
+                } else {
+                    Error::db(format!("adopting migration {migration_id}"))(e)
+                }
+            })?;
         row.as_ref().map(rows::migration).transpose()
     }
 
@@ -1414,6 +1502,122 @@ impl PgTarget {
 impl Target for PgTarget {
     fn backend(&self) -> Backend {
         Backend::Postgres
+    }
+
+    async fn identity(&self) -> Result<String> {
+        let context = "reading the target database's identity";
+        match sqlx::query_scalar(TARGET_IDENTITY)
+            .fetch_one(&self.pool)
+            .await
+        {
+            Ok(id) => Ok(id),
+            // EXECUTE on pg_control_system() revoked from this role: the server's address
+            // instead (less stable: another address of the same server is another target,
+            // whose migrations are then skipped, never run elsewhere).
+            Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("42501") => {
+                sqlx::query_scalar(TARGET_IDENTITY_BY_ADDRESS)
+                    .fetch_one(&self.pool)
+                    .await
+                    .map_err(Error::db(context))
+            }
+            Err(e) => Err(Error::db(context)(e)),
+        }
+    }
+
+    async fn key_canonical(&self, key: &KeySpec, value: &Key, flag: &str) -> Result<Key> {
+        if key.columns().iter().all(|c| c.key_type.is_integer()) {
+            return Ok(value.clone());
+        }
+        let context = format!("reading {flag} {value} as the target database does");
+        let mut tx = self.pool.begin().await.map_err(Error::db(&context))?;
+        exec_raw(&mut tx, "SET TRANSACTION READ ONLY")
+            .await
+            .map_err(Error::db(&context))?;
+        // The database's own settings, for this transaction only.
+        let mut own: Vec<(String, String)> = Vec::new();
+        if let Ok(file) = sqlx::query_as::<_, (String, String)>(TARGET_FILE_SETTINGS)
+            .fetch_all(&mut *tx)
+            .await
+        {
+            own = file;
+        } else {
+            // Not readable (not a superuser): the failed statement aborted the transaction.
+            tx.rollback().await.map_err(Error::db(&context))?;
+            tx = self.pool.begin().await.map_err(Error::db(&context))?;
+            exec_raw(&mut tx, "SET TRANSACTION READ ONLY")
+                .await
+                .map_err(Error::db(&context))?;
+        }
+        let set: Vec<(String, String)> = sqlx::query_as(TARGET_OWN_SETTINGS)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(Error::db(&context))?;
+        for (name, setting) in set {
+            own.retain(|(n, _)| *n != name);
+            own.push((name, setting));
+        }
+        for (name, setting) in &own {
+            sqlx::query("SELECT set_config($1, $2, true)")
+                .bind(name)
+                .bind(setting)
+                .execute(&mut *tx)
+                .await
+                .map_err(Error::db(&context))?;
+        }
+        // Parsed under the database's settings; JSON prints dates and times in ISO 8601 whatever
+        // the DateStyle (a timestamptz with its offset), which reads back the same anywhere.
+        let mut unambiguous = Vec::with_capacity(value.values().len());
+        for (column, v) in key.columns().iter().zip(value.values()) {
+            let Some(text) = v.as_str().filter(|_| !column.key_type.is_integer()) else {
+                unambiguous.push(None);
+                continue;
+            };
+            let sql = format!(
+                "SELECT to_jsonb(CAST($1 AS {})) #>> '{{}}'",
+                column.key_type.sql_name()
+            );
+            let parsed: std::result::Result<String, sqlx::Error> = sqlx::query_scalar(&sql)
+                .bind(text)
+                .fetch_one(&mut *tx)
+                .await;
+            match parsed {
+                Ok(parsed) => unambiguous.push(Some(parsed)),
+                Err(sqlx::Error::Database(db))
+                    if db.code().is_some_and(|c| c.starts_with("22")) =>
+                {
+                    return Err(Error::InvalidSettings(format!(
+                        "{flag} {text:?} is not a value of column {:?} ({}): {}",
+                        column.name,
+                        column.key_type.sql_name(),
+                        db.message()
+                    )))
+                }
+                Err(e) => return Err(Error::db(&context)(e)),
+            }
+        }
+        // Printed as our sessions print it (ISO, UTC): the walk's own text for it.
+        exec_raw(
+            &mut tx,
+            SESSION_SETTINGS.replace("SET ", "SET LOCAL ").as_str(),
+        )
+        .await
+        .map_err(Error::db(&context))?;
+        let mut values = Vec::with_capacity(value.values().len());
+        for ((column, v), parsed) in key.columns().iter().zip(value.values()).zip(unambiguous) {
+            let Some(parsed) = parsed else {
+                values.push(v.clone());
+                continue;
+            };
+            let sql = format!("SELECT CAST($1 AS {})::text", column.key_type.sql_name());
+            let canonical: String = sqlx::query_scalar(&sql)
+                .bind(parsed)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(Error::db(&context))?;
+            values.push(Value::String(canonical));
+        }
+        tx.rollback().await.map_err(Error::db(&context))?;
+        Ok(Key(values))
     }
 
     async fn key_resolve(

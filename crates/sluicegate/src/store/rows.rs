@@ -11,7 +11,7 @@ use sqlx::Row;
 
 use crate::error::{Error, Result};
 use crate::key::{Key, KeySpec, Lower};
-use crate::model::{Job, JobTransition, Migration, MigrationTransition};
+use crate::model::{Job, JobTransition, Migration, MigrationTransition, TargetIdentity};
 use crate::status::MigrationStatus;
 
 /// A driver error while reading a row: the stored data is not what we wrote.
@@ -129,6 +129,13 @@ pub(crate) fn migration(row: &impl ModelRow) -> Result<Migration> {
         name: row.text("name")?,
         job_kind: row.text("job_kind")?,
         table_name: row.text("table_name")?,
+        target: match (row.opt_text("target_id")?, row.opt_text("target_display")?) {
+            (Some(id), display) => Some(TargetIdentity {
+                display: display.unwrap_or_else(|| id.clone()),
+                id,
+            }),
+            (None, _) => None,
+        },
         key: serde_json::from_value::<KeySpec>(row.json("key_columns")?)
             .map_err(|e| Error::Corrupt(format!("bad key_columns: {e}")))?,
         key_unique: row.flag("key_unique")?,

@@ -31,7 +31,9 @@ use crate::key::{
     bind_key_values, Key, KeyColumn, KeySpec, KeyType, Lower, TableColumn, UniqueIndex,
 };
 use crate::kind::{SubBatch, SubBatchConnection};
-use crate::model::{Job, JobCounts, JobTransition, Migration, MigrationTransition, NewMigration};
+use crate::model::{
+    Job, JobCounts, JobTransition, Migration, MigrationTransition, NewMigration, TargetIdentity,
+};
 use crate::status::{JobStatus, MigrationEvent};
 
 const SCHEMA_MIGRATIONS: &[(i64, &str)] = &[
@@ -54,9 +56,9 @@ const MIGRATION_INSERT: &str = "INSERT INTO sluicegate_migrations (name, job_kin
     column_name, job_arguments, min_cursor, max_cursor, next_cursor, batch_size, sub_batch_size,
     max_batch_size, pause_ms, interval_ms, statement_timeout_ms, lock_timeout_ms, status,
     total_tuple_count, health_settings, target_sub_batch_ms, started_at, created_at, updated_at,
-    key_columns, next_inclusive, scope, sub_batch_ceiling, key_unique)
+    key_columns, next_inclusive, scope, sub_batch_ceiling, target_id, target_display, key_unique)
     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19,
-        CASE WHEN $16 = 'active' THEN $20 END, $20, $20, $21, $22, $23, $24, $25)
+        CASE WHEN $16 = 'active' THEN $20 END, $20, $20, $21, $22, $23, $24, $25, $26, $27)
     RETURNING *";
 const MIGRATION_LOG_INSERT: &str = "INSERT INTO sluicegate_migration_transition_logs (migration_id,
     previous_status, next_status, event, reason, actor, exception_class, exception_message, created_at)
@@ -95,8 +97,10 @@ const MIGRATION_RETRY_JOBS: &str = "UPDATE sluicegate_jobs
 /// elapsed (computed as a float: a stored interval too long never elapses, never overflows),
 /// or a finalizing one whose finalizer's lease ran out, or `$1` in any runnable status; and no
 /// other migration holds a live lease on the table.
+/// Only migrations of the target this worker is connected to (`$3`): one of another database,
+/// or of an unknown one (queued before schema v5, `target_id` NULL), is never claimed.
 const MIGRATION_CLAIM_CANDIDATES: &str = "SELECT m.* FROM sluicegate_migrations m
-    WHERE (($1 IS NULL AND m.status = 'active'
+    WHERE m.target_id = $3 AND (($1 IS NULL AND m.status = 'active'
             AND (m.on_hold_until IS NULL OR m.on_hold_until <= $2)
             AND (m.interval_ms = 0 OR m.last_job_started_at IS NULL
                  OR (julianday($2) - julianday(m.last_job_started_at)) * 86400000.0 >= m.interval_ms))
@@ -152,6 +156,11 @@ const MIGRATION_SET: &str = "UPDATE sluicegate_migrations SET
         health_settings = coalesce($7, health_settings),
         updated_at = $8
     WHERE id = $1 AND status IN ('active', 'paused')
+    RETURNING *";
+/// A migration of unknown target (queued before schema v5) given one (its `set` row follows).
+const MIGRATION_ADOPT_TARGET: &str = "UPDATE sluicegate_migrations
+    SET target_id = $2, target_display = $3, updated_at = $4
+    WHERE id = $1 AND target_id IS NULL AND status NOT IN ('finished', 'cancelled')
     RETURNING *";
 const MIGRATION_JOB_STARTED: &str = "UPDATE sluicegate_migrations
     SET next_cursor = $2, next_inclusive = 0, last_job_started_at = $3, updated_at = coalesce($3, updated_at),
@@ -332,12 +341,20 @@ impl super::SchemaSteps for SqliteSchemaSteps<'_> {
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
+    /// The target whose migrations this store's claims hand out (none without one).
+    target: Option<TargetIdentity>,
 }
 
 impl SqliteStore {
     /// A store on `pool`.
     pub fn new(pool: SqlitePool) -> Self {
-        Self { pool }
+        Self { pool, target: None }
+    }
+
+    /// The same store, claiming the migrations of `target` only (without one it claims none).
+    pub fn for_target(mut self, target: TargetIdentity) -> Self {
+        self.target = Some(target);
+        self
     }
 
     /// The pool it uses.
@@ -561,6 +578,8 @@ impl Store for SqliteStore {
             .bind(m.next_start.as_ref().is_none_or(Lower::is_inclusive))
             .bind(m.scope.as_deref())
             .bind(m.sub_batch_ceiling)
+            .bind(&m.target.id)
+            .bind(&m.target.display)
             .bind(m.key_unique)
             .fetch_one(&mut *tx)
             .await
@@ -672,6 +691,7 @@ impl Store for SqliteStore {
         let row = sqlx::query(MIGRATION_CLAIM_CANDIDATES)
             .bind(only)
             .bind(ts(at))
+            .bind(self.target.as_ref().map(|t| t.id.as_str()))
             .fetch_optional(&mut *tx)
             .await
             .map_err(Error::db(context))?;
@@ -737,6 +757,43 @@ impl Store for SqliteStore {
             return Ok(None);
         };
         Self::log_same_status(&mut tx, &m, MigrationEvent::Set, &p.reason, &p.actor, &at)
+            .await
+            .map_err(Error::db(&context))?;
+        tx.commit().await.map_err(Error::db(&context))?;
+        Ok(Some(m))
+    }
+
+    async fn migration_adopt_target(
+        &self,
+        migration_id: i64,
+        target: &TargetIdentity,
+        reason: &str,
+        actor: &str,
+    ) -> Result<Option<Migration>> {
+        let context = format!("adopting migration {migration_id} for {}", target.display);
+        let at = ts(now());
+        let mut tx = self.begin_immediate(&context).await?;
+        let row = sqlx::query(MIGRATION_ADOPT_TARGET)
+            .bind(migration_id)
+            .bind(&target.id)
+            .bind(&target.display)
+            .bind(&at)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(|e| {
+                if is_unique_violation(&e) {
+                    Error::DuplicateMigration(format!(
+                        "migration {migration_id} would duplicate a live migration of {}",
+                        target.display
+                    ))
+                } else {
+                    Error::db(&context)(e)
+                }
+            })?;
+        let Some(m) = row.as_ref().map(rows::migration).transpose()? else {
+            return Ok(None);
+        };
+        Self::log_same_status(&mut tx, &m, MigrationEvent::Set, reason, actor, &at)
             .await
             .map_err(Error::db(&context))?;
         tx.commit().await.map_err(Error::db(&context))?;
@@ -1245,6 +1302,36 @@ impl SqliteTarget {
 impl Target for SqliteTarget {
     fn backend(&self) -> Backend {
         Backend::Sqlite
+    }
+
+    /// `sqlite:` and the file's canonical path (symbolic links resolved), as SQLite names the
+    /// main database: the same file by any URL or relative path, and nothing written into it.
+    /// A copy is another target; a moved file is too (its migrations are then skipped, never
+    /// run elsewhere). An in-memory database is one of a kind.
+    async fn identity(&self) -> Result<String> {
+        let file: Option<String> =
+            sqlx::query_scalar("SELECT file FROM pragma_database_list WHERE name = 'main'")
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(Error::db("reading the target database's identity"))?;
+        Ok(match file.filter(|f| !f.is_empty()) {
+            Some(file) => {
+                let path = std::fs::canonicalize(&file).unwrap_or_else(|_| file.into());
+                format!("sqlite:{}", path.display())
+            }
+            None => {
+                static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+                let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let at = chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default();
+                format!("sqlite::memory:{}-{at}-{n}", std::process::id())
+            }
+        })
+    }
+
+    /// SQLite has no date or time types: a key value is compared as it is stored, and a bound
+    /// as it is given.
+    async fn key_canonical(&self, _key: &KeySpec, value: &Key, _flag: &str) -> Result<Key> {
+        Ok(value.clone())
     }
 
     async fn key_resolve(
