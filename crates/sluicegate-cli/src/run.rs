@@ -183,7 +183,11 @@ pub async fn queue(sg: &Sluicegate, args: &QueueArgs) -> Result<()> {
     // The same checks for a dry run as for the real thing (duplicates included).
     let plan = sg.plan(&req).await?;
     warn_if_slow(&plan);
-    output::warn_protections_off(&plan.migration.name, &plan.protections_off, &plan.migration.health);
+    output::warn_protections_off(
+        &plan.migration.name,
+        &plan.protections_off,
+        &plan.migration.health,
+    );
     if args.dry_run {
         let m = &plan.migration;
         let value = json!({

@@ -710,8 +710,16 @@ impl Sluicegate {
             .target
             .health_sample(table, health.probe.as_deref())
             .await?;
-        if let (Some(probe), Some(Err(reason))) = (&health.probe, &sample.probe) {
-            if previous != Some(probe.as_str()) {
+        if let (Some(probe), Some(answer)) = (&health.probe, &sample.probe) {
+            let reason = match answer {
+                Ok(Some(_)) => None,
+                // NULL would read `unknown`, which never holds: a check silently off.
+                Ok(None) => {
+                    Some("it returned NULL; it must answer true or false (coalesce it)".to_owned())
+                }
+                Err(reason) => Some(reason.clone()),
+            };
+            if let Some(reason) = reason.filter(|_| previous != Some(probe.as_str())) {
                 return Err(Error::InvalidSettings(format!(
                     "--health-probe failed on a trial run: {reason}"
                 )));

@@ -656,13 +656,11 @@ pub fn evaluate_while(
                 r.signal = Signal::Normal;
             }
             r.threshold = "switched off for this migration".into();
-        } else if settings.require_health && r.signal == Signal::Unknown && r.is_protection_off()
-        {
+        } else if settings.require_health && r.signal == Signal::Unknown && r.is_protection_off() {
             // `--require-health`: a protection that cannot be read holds like a stop.
             r.signal = Signal::Stop;
             r.reading = format!("unknown: {}", r.reading);
-            r.threshold =
-                "--require-health: holds while it cannot be read".into();
+            r.threshold = "--require-health: holds while it cannot be read".into();
         }
     }
     readings
@@ -707,7 +705,9 @@ impl Reading {
         threshold: String,
     ) -> Self {
         match (grant, &sample.not_available) {
-            (Some(grant), _) => Self::not_granted(indicator, sample, grant, String::new(), threshold),
+            (Some(grant), _) => {
+                Self::not_granted(indicator, sample, grant, String::new(), threshold)
+            }
             (None, Some(why)) => {
                 Self::unknown(indicator, UnknownCause::NotOnEngine, why.clone(), threshold)
             }
@@ -918,47 +918,50 @@ impl Replica {
     }
 
     fn worst(replicas: &[&Replica], settings: &HealthSettings, scale: f64) -> (bool, String) {
-    let name = |r: &Replica| match &r.address {
-        Some(a) => format!("{} ({a})", r.name),
-        None => r.name.clone(),
-    };
-    let worst_bytes = replicas.iter().copied().max_by_key(|r| r.lag_bytes.unwrap_or(0));
-    let worst_time = replicas
-        .iter()
-        .copied()
-        .max_by(|a, b| {
-            a.replay_lag_ms
-                .unwrap_or(0.0)
-                .total_cmp(&b.replay_lag_ms.unwrap_or(0.0))
-        })
-        .filter(|r| r.replay_lag_ms.is_some());
-    let bytes = worst_bytes.and_then(|r| r.lag_bytes).unwrap_or(0);
-    let time = worst_time.and_then(|r| r.replay_lag_ms).unwrap_or(0.0);
-    let (stop, reading) = match (worst_bytes, worst_time) {
-        (Some(r), _) if over(bytes as f64, settings.max_replica_lag_bytes as f64, scale) => (
-            true,
-            format!(
-                "replica {} is {} behind in replay",
-                name(r),
-                mib(bytes as f64)
+        let name = |r: &Replica| match &r.address {
+            Some(a) => format!("{} ({a})", r.name),
+            None => r.name.clone(),
+        };
+        let worst_bytes = replicas
+            .iter()
+            .copied()
+            .max_by_key(|r| r.lag_bytes.unwrap_or(0));
+        let worst_time = replicas
+            .iter()
+            .copied()
+            .max_by(|a, b| {
+                a.replay_lag_ms
+                    .unwrap_or(0.0)
+                    .total_cmp(&b.replay_lag_ms.unwrap_or(0.0))
+            })
+            .filter(|r| r.replay_lag_ms.is_some());
+        let bytes = worst_bytes.and_then(|r| r.lag_bytes).unwrap_or(0);
+        let time = worst_time.and_then(|r| r.replay_lag_ms).unwrap_or(0.0);
+        let (stop, reading) = match (worst_bytes, worst_time) {
+            (Some(r), _) if over(bytes as f64, settings.max_replica_lag_bytes as f64, scale) => (
+                true,
+                format!(
+                    "replica {} is {} behind in replay",
+                    name(r),
+                    mib(bytes as f64)
+                ),
             ),
-        ),
-        (_, Some(r)) if over(time, settings.max_replica_lag_ms as f64, scale) => (
-            true,
-            format!("replica {} replays {} late", name(r), human_ms(time)),
-        ),
-        _ => (
-            false,
-            format!(
-                "{} replica{}, worst {} and {} behind",
-                replicas.len(),
-                if replicas.len() == 1 { "" } else { "s" },
-                mib(bytes as f64),
-                human_ms(time)
+            (_, Some(r)) if over(time, settings.max_replica_lag_ms as f64, scale) => (
+                true,
+                format!("replica {} replays {} late", name(r), human_ms(time)),
             ),
-        ),
-    };
-    (stop, reading)
+            _ => (
+                false,
+                format!(
+                    "{} replica{}, worst {} and {} behind",
+                    replicas.len(),
+                    if replicas.len() == 1 { "" } else { "s" },
+                    mib(bytes as f64),
+                    human_ms(time)
+                ),
+            ),
+        };
+        (stop, reading)
     }
 }
 

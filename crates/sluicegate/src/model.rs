@@ -217,21 +217,8 @@ impl Settings {
                 MAX_TIMEOUT,
                 "24 hours",
             ),
-            (
-                "--max-replica-lag",
-                Duration::from_millis(self.health.max_replica_lag_ms.max(0) as u64),
-                MAX_PACING,
-                "365 days",
-            ),
-            (
-                "--max-transaction-age",
-                Duration::from_millis(self.health.max_transaction_age_ms.max(0) as u64),
-                MAX_PACING,
-                "365 days",
-            ),
         ];
-        if let Some((flag, value, _, max)) = bounded.iter().find(|(_, value, max, _)| value > max)
-        {
+        if let Some((flag, value, _, max)) = bounded.iter().find(|(_, value, max, _)| value > max) {
             return Some(format!(
                 "{flag} must be at most {max} (got {})",
                 humantime::format_duration(*value)

@@ -9,5 +9,6 @@ mod keys;
 mod partitions;
 mod runner;
 mod schema;
+mod settings;
 mod store;
 mod transitions;

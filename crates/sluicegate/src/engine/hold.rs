@@ -35,14 +35,13 @@ impl WorkerLoop {
         for r in readings.iter().filter(|r| r.signal == Signal::Unknown) {
             // A protection that is off is said once per worker and indicator, loudly, with
             // the grant that would turn it on.
-            let key = format!("{}: {}", r.indicator, r.grant.as_deref().unwrap_or(&r.reading));
+            let key = format!(
+                "{}: {}",
+                r.indicator,
+                r.grant.as_deref().unwrap_or(&r.reading)
+            );
             let first = r.is_protection_off()
-                && self
-                    .worker
-                    .warned
-                    .lock()
-                    .expect("not poisoned")
-                    .insert(key);
+                && self.worker.warned.lock().expect("not poisoned").insert(key);
             if first {
                 tracing::warn!(indicator = %r.indicator, reading = %r.reading, grant = r.grant.as_deref().unwrap_or("-"), "health indicator unreadable: it reads unknown and never holds (--require-health would hold)");
             } else {

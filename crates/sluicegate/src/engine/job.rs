@@ -372,7 +372,8 @@ impl WorkerLoop {
     /// running any more.
     pub(super) async fn complete_if_done(&self, m: &Migration) -> Result<StepOutcome> {
         // An unreadable row is failed by the next claim, never finished on its placeholders.
-        let Some(m) = (self.sg().store.migration_get(m.id).await?).filter(|m| m.unreadable.is_none())
+        let Some(m) =
+            (self.sg().store.migration_get(m.id).await?).filter(|m| m.unreadable.is_none())
         else {
             return Ok(StepOutcome::Idle);
         };

@@ -138,9 +138,9 @@ fn unreadable_migration(row: &impl ModelRow, e: Error) -> Result<Migration> {
     };
     let id = row.int("id").map_err(|_| e)?;
     let status = row.text("status")?;
-    let status = status.parse().map_err(|_| {
-        Error::Corrupt(format!("migration {id}: unknown status {status:?}"))
-    })?;
+    let status = status
+        .parse()
+        .map_err(|_| Error::Corrupt(format!("migration {id}: unknown status {status:?}")))?;
     let time = |col: &str| row.time(col).ok().flatten();
     Ok(Migration {
         id,
