@@ -1720,6 +1720,172 @@ mod tests {
         assert!(Indicator::WalRate.is_paced() && !Indicator::Probe.is_paced());
     }
 
+    /// A PostgreSQL sample read by role `app`, which lacks `pg_read_all_stats` and
+    /// `pg_monitor`: its own sessions and the replicas' presence are visible, nothing else.
+    fn as_ordinary_role() -> HealthSample {
+        HealthSample {
+            autovacuum: None,
+            archive_ready: None,
+            role: Some("app".into()),
+            stats_grant: Some(grant_statement("pg_read_all_stats", "app")),
+            monitor_grant: Some(grant_statement("pg_monitor", "app")),
+            ..healthy()
+        }
+    }
+
+    #[test]
+    fn what_an_ordinary_role_cannot_read_names_its_grant() {
+        let r = evaluate(&as_ordinary_role(), &HealthSettings::default(), None, None);
+        let auto = by(&r, Indicator::Autovacuum);
+        assert_eq!(auto.signal, Signal::Unknown);
+        assert_eq!(auto.cause, Some(UnknownCause::Privilege));
+        assert_eq!(
+            auto.grant.as_deref(),
+            Some("GRANT pg_read_all_stats TO app")
+        );
+        assert_eq!(
+            auto.reading,
+            "not readable by role app: needs GRANT pg_read_all_stats TO app"
+        );
+        assert_eq!(
+            by(&r, Indicator::WalArchiveBacklog).grant.as_deref(),
+            Some("GRANT pg_monitor TO app")
+        );
+        // Its own sessions and no replica at all: known.
+        assert_eq!(by(&r, Indicator::LongTransactions).signal, Signal::Normal);
+        assert_eq!(by(&r, Indicator::ReplicaLag).signal, Signal::Normal);
+        // Replicas it sees but whose lag it may not read; sessions of others with a
+        // transaction: unknown, with the grant.
+        let mut s = as_ordinary_role();
+        s.replicas = Some(vec![Replica {
+            name: "walreceiver".into(),
+            address: None,
+            lag_bytes: None,
+            replay_lag_ms: None,
+        }]);
+        s.replicas_hidden = 1;
+        s.sessions_hidden = 2;
+        let r = evaluate(&s, &HealthSettings::default(), None, None);
+        let lag = by(&r, Indicator::ReplicaLag);
+        assert_eq!(
+            (lag.signal, lag.cause),
+            (Signal::Unknown, Some(UnknownCause::Privilege))
+        );
+        assert!(
+            lag.reading.starts_with(
+                "1 replica streaming from this server; the rest is not readable by role app"
+            ),
+            "{lag:?}"
+        );
+        let tx = by(&r, Indicator::LongTransactions);
+        assert_eq!(tx.signal, Signal::Unknown, "{tx:?}");
+        assert!(
+            tx.reading
+                .contains("2 sessions of other roles hold a transaction"),
+            "{tx:?}"
+        );
+        // What it sees of its own sessions is enough to stop.
+        s.transactions = Some(vec![OpenTransaction {
+            pid: 7,
+            user: Some("app".into()),
+            application: None,
+            state: Some("idle in transaction".into()),
+            age_ms: 11.0 * 60_000.0,
+        }]);
+        let r = evaluate(&s, &HealthSettings::default(), None, None);
+        assert_eq!(by(&r, Indicator::LongTransactions).signal, Signal::Stop);
+        // A quoted role.
+        assert_eq!(
+            grant_statement("pg_monitor", "App\"1"),
+            "GRANT pg_monitor TO \"App\"\"1\""
+        );
+    }
+
+    #[test]
+    fn require_health_holds_on_protections_that_are_off_only() {
+        let mut settings = HealthSettings {
+            require_health: true,
+            ..HealthSettings::default()
+        };
+        let r = evaluate(&as_ordinary_role(), &settings, None, None);
+        let stop = first_stop(&r).expect("held");
+        assert_eq!(stop.indicator, Indicator::Autovacuum);
+        assert_eq!(
+            stop.reason(),
+            "autovacuum: unknown: not readable by role app: needs GRANT pg_read_all_stats TO app \
+             (--require-health: holds while it cannot be read)"
+        );
+        // Not yet enough samples (WAL rate, latency) never holds.
+        for i in [Indicator::WalRate, Indicator::SubBatchLatency] {
+            assert_eq!(by(&r, i).signal, Signal::Unknown, "{i}");
+        }
+        // Switched off: no hold for it.
+        settings.off = vec![Indicator::Autovacuum, Indicator::WalArchiveBacklog];
+        let r = evaluate(&as_ordinary_role(), &settings, None, None);
+        assert!(first_stop(&r).is_none(), "{r:?}");
+        assert!(protections_off(&r, &settings).is_empty());
+        // A probe answering NULL is a protection off; on SQLite, what the engine lacks is not.
+        let sqlite = HealthSample {
+            not_available: Some("not available on SQLite".into()),
+            probe: Some(Ok(None)),
+            ..HealthSample::default()
+        };
+        let settings = HealthSettings {
+            require_health: true,
+            probe: Some("SELECT ok FROM gate".into()),
+            ..HealthSettings::default()
+        };
+        let r = evaluate(&sqlite, &settings, None, None);
+        assert_eq!(first_stop(&r).unwrap().indicator, Indicator::Probe);
+        let off: Vec<Indicator> = protections_off(&r, &settings)
+            .iter()
+            .map(|r| r.indicator)
+            .collect();
+        assert_eq!(off, vec![Indicator::Probe]);
+        // Without --require-health the same readings hold nothing, and the notice says so.
+        let plain = HealthSettings::default();
+        let r = evaluate(&as_ordinary_role(), &plain, None, None);
+        assert!(first_stop(&r).is_none());
+        let notice = protections_off_notice(&r, &plain).unwrap();
+        assert!(
+            notice.starts_with(
+                "2 health indicators cannot be read and read unknown, which never holds"
+            ),
+            "{notice}"
+        );
+        assert!(
+            notice.contains(
+                "  autovacuum: not readable by role app: needs GRANT pg_read_all_stats TO app"
+            ),
+            "{notice}"
+        );
+        assert!(
+            notice.contains(
+                "  wal_archive_backlog: not readable by role app: needs GRANT pg_monitor TO app"
+            ),
+            "{notice}"
+        );
+    }
+
+    #[test]
+    fn settings_that_would_not_read_back_are_invalid() {
+        for drift in [f64::INFINITY, f64::NEG_INFINITY, f64::NAN, 1.0] {
+            let s = HealthSettings {
+                latency_drift_factor: drift,
+                ..HealthSettings::default()
+            };
+            assert!(s.invalid().is_some(), "{drift}");
+        }
+        let s = HealthSettings {
+            latency_drift_factor: 1.5,
+            require_health: true,
+            ..HealthSettings::default()
+        };
+        assert_eq!(s.invalid(), None);
+        let back: HealthSettings = serde_json::from_value(serde_json::json!(s)).unwrap();
+        assert_eq!(back, s);
+    }
+
     #[test]
     fn settings_missing_from_stored_json_take_defaults() {
         let s: HealthSettings = serde_json::from_str(r#"{"hold_ms": 5000}"#).unwrap();
