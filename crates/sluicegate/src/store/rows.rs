@@ -202,9 +202,21 @@ fn migration_strict(row: &impl ModelRow) -> Result<Migration> {
         statement_timeout_ms: row.int("statement_timeout_ms")?,
         lock_timeout_ms: row.int("lock_timeout_ms")?,
         health: {
-            let health: crate::health::HealthSettings =
-                serde_json::from_value(row.json("health_settings")?)
-                    .map_err(|e| Error::Corrupt(format!("bad health_settings: {e}")))?;
+            let stored = row.json("health_settings")?;
+            let health: crate::health::HealthSettings = serde_json::from_value(stored.clone())
+                .map_err(|e| {
+                    // Named by the field that does not read, when one alone does not.
+                    let field = stored.as_object().and_then(|o| {
+                        o.iter().find(|(k, v)| {
+                            let one = serde_json::json!({ k.as_str(): v });
+                            serde_json::from_value::<crate::health::HealthSettings>(one).is_err()
+                        })
+                    });
+                    match field {
+                        Some((k, _)) => Error::Corrupt(format!("bad health_settings: {k}: {e}")),
+                        None => Error::Corrupt(format!("bad health_settings: {e}")),
+                    }
+                })?;
             if let Some(why) = health.invalid() {
                 return Err(Error::Corrupt(format!("bad health_settings: {why}")));
             }
