@@ -428,3 +428,46 @@ async fn an_ordinary_role_is_told_which_protections_are_off_and_require_health_h
     db.exec(&format!("DROP OWNED BY {role}")).await;
     db.exec(&format!("DROP ROLE {role}")).await;
 }
+
+/// On the health primary (a streaming replica attached), an ordinary role sees that a
+/// replica streams but not its lag: `replica_lag` reads unknown with the grant, never a
+/// made-up normal, and is listed as a protection off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ordinary_role_sees_a_replica_stream_but_not_its_lag() {
+    sluicegate::skip_without_postgres!("SLUICEGATE_TEST_HEALTH_PG_URL");
+    let db = TestDb::postgres_health().await;
+    db.create_items("items", &[(1, 100)]).await;
+    let (role, app_url) = ordinary_role(&db, &["GRANT SELECT, UPDATE ON items TO {role}"]).await;
+    let mut opts = sluicegate::ConnectOptions::new(&db.url);
+    opts.target_url = Some(app_url);
+    let sg = Sluicegate::connect_with(opts).await.unwrap();
+    sg.setup().await.unwrap();
+    let off = sg
+        .protections_off("items", &Default::default())
+        .await
+        .unwrap();
+    let lag = off
+        .iter()
+        .find(|r| r.indicator == Indicator::ReplicaLag)
+        .unwrap_or_else(|| panic!("replica_lag is off: {off:?}"));
+    assert_eq!(lag.signal, Signal::Unknown);
+    assert!(
+        lag.reading
+            .starts_with("1 replica streaming from this server; the rest is not readable by role"),
+        "{lag:?}"
+    );
+    assert_eq!(
+        lag.grant.as_deref(),
+        Some(format!("GRANT pg_read_all_stats TO {role}").as_str())
+    );
+    // As the superuser the same replica's lag is read: normal.
+    let admin = db.sluicegate().await;
+    let off = admin
+        .protections_off("items", &Default::default())
+        .await
+        .unwrap();
+    assert!(off.is_empty(), "{off:?}");
+    drop((sg, admin));
+    db.exec(&format!("DROP OWNED BY {role}")).await;
+    db.exec(&format!("DROP ROLE {role}")).await;
+}
