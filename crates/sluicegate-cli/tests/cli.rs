@@ -781,7 +781,7 @@ async fn an_application_role_without_pg_monitor_runs_migrations() {
         let err = stderr(out);
         assert!(
             err.contains("warning: migration app: ")
-                && err.contains("read unknown, which never holds")
+                && err.contains("cannot be read, reading unknown, which never holds")
                 && err.contains(&format!(
                     "  autovacuum: not readable by role {role}: needs {grant}"
                 )),

@@ -338,21 +338,19 @@ pub fn protections_off_notice(readings: &[Reading], settings: &HealthSettings) -
         return None;
     }
     let mut lines = vec![format!(
-        "{} health indicator{} cannot be read and {}:",
+        "{} health indicator{} cannot be read, {}:",
         off.len(),
         if off.len() == 1 { "" } else { "s" },
         if settings.require_health {
-            "hold the migration (--require-health) until they can"
+            "holding the migration until readable (--require-health)"
         } else {
-            "read unknown, which never holds (--require-health would hold instead)"
+            "reading unknown, which never holds (--require-health would hold instead)"
         }
     )];
     for r in off {
+        // The reading names the grant when one would turn it on.
         let unknown = r.reading.strip_prefix("unknown: ").unwrap_or(&r.reading);
-        lines.push(match &r.grant {
-            Some(grant) => format!("  {}: {unknown}; turn it on with: {grant};", r.indicator),
-            None => format!("  {}: {unknown}", r.indicator),
-        });
+        lines.push(format!("  {}: {unknown}", r.indicator));
     }
     Some(lines.join("\n"))
 }
@@ -1849,7 +1847,7 @@ mod tests {
         let notice = protections_off_notice(&r, &plain).unwrap();
         assert!(
             notice.starts_with(
-                "2 health indicators cannot be read and read unknown, which never holds"
+                "2 health indicators cannot be read, reading unknown, which never holds"
             ),
             "{notice}"
         );

@@ -485,9 +485,9 @@ pub async fn migration(
         @if !off.is_empty() {
             div .hold #protections-off {
                 strong {
-                    "Protections off: " (off.len()) " health indicator(s) cannot be read and "
-                    @if m.health.require_health { "hold the migration (--require-health) until they can." }
-                    @else { "read unknown, which never holds (--require-health would hold instead)." }
+                    "Protections off: " (off.len()) " health indicator(s) cannot be read; "
+                    @if m.health.require_health { "they hold the migration until readable (--require-health)." }
+                    @else { "they read unknown, which never holds (--require-health would hold instead)." }
                 }
                 ul {
                     @for r in &off {
