@@ -460,7 +460,10 @@ SELECT json_build_object(
         SELECT count(*) FROM pg_stat_activity a
         WHERE a.datname = current_database() AND a.pid <> pg_backend_pid()
           AND a.backend_type IS NULL
-          AND (a.backend_xid IS NOT NULL OR a.backend_xmin IS NOT NULL)) ELSE 0 END,
+          AND (a.backend_xid IS NOT NULL OR a.backend_xmin IS NOT NULL)
+          -- Sluicegate's own (the tracking role's short bookkeeping transactions) are not
+          -- what the indicator watches for.
+          AND a.application_name IS DISTINCT FROM 'sluicegate') ELSE 0 END,
     'transactions', (
         SELECT coalesce(json_agg(t ORDER BY t.age_ms DESC), '[]'::json)
         FROM (SELECT a.pid, a.usename AS user, a.application_name AS application, a.state,
