@@ -253,6 +253,10 @@ pub struct HealthArgs {
     /// long_transactions, lock_waits, probe, sub_batch_latency.
     #[arg(long, value_delimiter = ',', value_parser = parse_indicator)]
     pub health_off: Vec<sluicegate::health::Indicator>,
+    /// Hold while any health indicator not switched off cannot be read (a missing grant, a
+    /// failing probe), not only when one says stop; `--require-health=false` turns it off.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", require_equals = true)]
+    pub require_health: Option<bool>,
 }
 
 /// `set`: what to change; a flag not given keeps its value.

@@ -51,6 +51,10 @@ pub struct MigrationJson {
     pub created_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
+    /// Why its stored row cannot be read back (only id, name, kind, table, status and times
+    /// are real then).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unreadable: Option<String>,
 }
 
 impl MigrationJson {
@@ -90,7 +94,31 @@ impl MigrationJson {
             created_at: m.created_at,
             started_at: m.started_at,
             finished_at: m.finished_at,
+            unreadable: m.unreadable.clone(),
         }
+    }
+}
+
+/// A health protection that is off (`status --json`, `show --json`, `queue --dry-run
+/// --json`): an indicator that reads `unknown` for a reason an operator can fix, and the
+/// grant that would turn it on.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProtectionOffJson {
+    pub indicator: String,
+    pub reading: String,
+    pub grant: Option<String>,
+}
+
+impl ProtectionOffJson {
+    pub fn from_readings(readings: &[sluicegate::health::Reading]) -> Vec<Self> {
+        readings
+            .iter()
+            .map(|r| Self {
+                indicator: r.indicator.to_string(),
+                reading: r.reading.clone(),
+                grant: r.grant.clone(),
+            })
+            .collect()
     }
 }
 
@@ -106,6 +134,10 @@ pub struct StatusJson {
     pub eta_seconds: Option<f64>,
     pub hold_reason: Option<String>,
     pub jobs: JobCountsJson,
+    /// Its health protections that are off now (read by `status` and `show`, for live
+    /// migrations).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub protections_off: Option<Vec<ProtectionOffJson>>,
 }
 
 #[derive(Debug, Serialize)]
@@ -135,6 +167,7 @@ impl StatusJson {
                 succeeded: p.jobs.succeeded,
                 total: p.jobs.total(),
             },
+            protections_off: None,
         }
     }
 }

@@ -8,9 +8,9 @@ use anyhow::{bail, Result};
 use chrono::{DateTime, Utc};
 use comfy_table::{presets::UTF8_FULL_CONDENSED, Cell, ContentArrangement, Table};
 use serde::Serialize;
-use sluicegate::health::Signal;
-use sluicegate::{Job, JobStatus, Progress, Sluicegate};
-use sluicegate_cli::json::{job_duration_ms, JobJson, StatusJson};
+use sluicegate::health::{HealthSettings, Reading, Signal};
+use sluicegate::{Job, JobStatus, Migration, MigrationStatus, Progress, Sluicegate};
+use sluicegate_cli::json::{job_duration_ms, JobJson, ProtectionOffJson, StatusJson};
 pub use sluicegate_cli::json::{key_value, MigrationJson};
 pub use sluicegate_cli::units::{bytes, millis, thousands};
 
@@ -86,13 +86,75 @@ fn target_text(m: &sluicegate::Migration) -> String {
     }
 }
 
+/// Says on stderr which health protections of migration `name` are off, each with the grant
+/// that would turn it on.
+pub fn warn_protections_off(name: &str, off: &[Reading], settings: &HealthSettings) {
+    if let Some(notice) = sluicegate::health::protections_off_notice(off, settings) {
+        eprintln!("warning: migration {name}: {notice}");
+    }
+}
+
+/// The protections that are off for a migration that may still run (`None` for one that
+/// cannot, or whose row is unreadable); an error reading them is said as the reading.
+async fn live_protections_off(sg: &Sluicegate, m: &Migration) -> Option<Vec<Reading>> {
+    let live = matches!(
+        m.status,
+        MigrationStatus::Active | MigrationStatus::Paused | MigrationStatus::Finalizing
+    );
+    if !live || m.unreadable.is_some() {
+        return None;
+    }
+    Some(
+        sg.protections_off(&m.table_name, &m.health)
+            .await
+            .unwrap_or_else(|e| {
+                vec![Reading {
+                    indicator: sluicegate::health::Indicator::Probe,
+                    signal: Signal::Unknown,
+                    reading: format!("health could not be read: {e}"),
+                    threshold: String::new(),
+                    cause: Some(sluicegate::health::UnknownCause::Failed),
+                    grant: None,
+                }]
+            }),
+    )
+}
+
+/// The lines under a table naming each migration's protections that are off.
+fn protections_off_lines(rows: &[(Progress, Option<Vec<Reading>>)]) -> Vec<String> {
+    let mut lines = Vec::new();
+    for (p, off) in rows {
+        let m = &p.migration;
+        if let Some(why) = &m.unreadable {
+            lines.push(format!(
+                "migration {} ({}) is unreadable: {why}; a worker fails it, `cancel` ends it",
+                m.id, m.name
+            ));
+        }
+        if let Some(notice) = off
+            .as_deref()
+            .and_then(|off| sluicegate::health::protections_off_notice(off, &m.health))
+        {
+            lines.push(format!("migration {} ({}): {notice}", m.id, m.name));
+        }
+    }
+    lines
+}
+
 pub async fn status(sg: &Sluicegate, json: bool) -> Result<()> {
     let mut rows = Vec::new();
     for m in sg.migrations().await? {
-        rows.push(sg.progress(&m).await?);
+        let off = live_protections_off(sg, &m).await;
+        rows.push((sg.progress(&m).await?, off));
     }
     if json {
-        let all: Vec<_> = rows.iter().map(StatusJson::from_progress).collect();
+        let all: Vec<_> = rows
+            .iter()
+            .map(|(p, off)| StatusJson {
+                protections_off: off.as_deref().map(ProtectionOffJson::from_readings),
+                ..StatusJson::from_progress(p)
+            })
+            .collect();
         outln!("{}", serde_json::to_string_pretty(&all)?);
         return Ok(());
     }
@@ -115,8 +177,29 @@ pub async fn status(sg: &Sluicegate, json: bool) -> Result<()> {
         "JOBS ok/failed/all",
         "NOTE",
     ]);
-    for p in &rows {
+    for (p, _) in &rows {
         let m = &p.migration;
+        if m.unreadable.is_some() {
+            t.add_row([
+                Cell::new(m.id),
+                Cell::new(&m.name),
+                Cell::new(format!("{} (unreadable)", m.status)),
+                Cell::new(&m.table_name),
+                Cell::new("-"),
+                Cell::new("-"),
+                Cell::new("-"),
+                Cell::new("-"),
+                Cell::new("-"),
+                Cell::new(format!(
+                    "{}/{}/{}",
+                    p.jobs.succeeded,
+                    p.jobs.failed,
+                    p.jobs.total()
+                )),
+                Cell::new("its stored row cannot be read back (see below)"),
+            ]);
+            continue;
+        }
         t.add_row([
             Cell::new(m.id),
             Cell::new(&m.name),
@@ -146,6 +229,9 @@ pub async fn status(sg: &Sluicegate, json: bool) -> Result<()> {
         ]);
     }
     outln!("{t}");
+    for line in protections_off_lines(&rows) {
+        outln!("{line}");
+    }
     Ok(())
 }
 
@@ -176,6 +262,7 @@ fn jobs_table(jobs: &[Job]) -> Table {
 pub async fn show(sg: &Sluicegate, migration: &str, json: bool) -> Result<()> {
     let m = sg.migration(migration).await?;
     let p = sg.progress(&m).await?;
+    let off = live_protections_off(sg, &m).await;
     let jobs = sg.jobs(&m, None).await?;
     // The history of batch sizes, from the job rows (each keeps the size it was made with).
     let mut sizes: Vec<(i64, i64, i64)> = Vec::new(); // (batch size, first job, jobs)
@@ -207,7 +294,10 @@ pub async fn show(sg: &Sluicegate, migration: &str, json: bool) -> Result<()> {
             failed_jobs: Vec<JobJson<'a>>,
         }
         let out = Show {
-            status: StatusJson::from_progress(&p),
+            status: StatusJson {
+                protections_off: off.as_deref().map(ProtectionOffJson::from_readings),
+                ..StatusJson::from_progress(&p)
+            },
             statement_timeout_ms: m.statement_timeout_ms,
             lock_timeout_ms: m.lock_timeout_ms,
             batch_sizes: sizes
@@ -350,7 +440,25 @@ pub async fn show(sg: &Sluicegate, migration: &str, json: bool) -> Result<()> {
     for (k, v) in rows {
         t.add_row([Cell::new(k), Cell::new(v)]);
     }
-    outln!("{t}");
+    if m.unreadable.is_some() {
+        // Only its identity is real: the rest of the table would be placeholders.
+        let mut t = table();
+        for (k, v) in [
+            ("id", m.id.to_string()),
+            ("name", m.name.clone()),
+            ("status", m.status.to_string()),
+            ("kind", m.job_kind.clone()),
+            ("table", m.table_name.clone()),
+        ] {
+            t.add_row([Cell::new(k), Cell::new(v)]);
+        }
+        outln!("{t}");
+    } else {
+        outln!("{t}");
+    }
+    for line in protections_off_lines(&[(p, off)]) {
+        outln!("{line}");
+    }
     if !failed.is_empty() {
         outln!("failed jobs:");
         outln!("{}", jobs_table(&failed));
@@ -485,6 +593,9 @@ pub async fn health(sg: &Sluicegate, migration: &str, json: bool) -> Result<()> 
         ]);
     }
     outln!("{t}");
+    if let Some(notice) = sluicegate::health::protections_off_notice(&readings, &m.health) {
+        outln!("{notice}");
+    }
     let note = hold_text(&p);
     if !note.is_empty() {
         outln!("{}: {note}", m.name);

@@ -99,6 +99,9 @@ impl HealthArgs {
         if !self.health_off.is_empty() {
             health.off = self.health_off.clone();
         }
+        if let Some(v) = self.require_health {
+            health.require_health = v;
+        }
     }
 }
 
@@ -180,6 +183,11 @@ pub async fn queue(sg: &Sluicegate, args: &QueueArgs) -> Result<()> {
     // The same checks for a dry run as for the real thing (duplicates included).
     let plan = sg.plan(&req).await?;
     warn_if_slow(&plan);
+    output::warn_protections_off(
+        &plan.migration.name,
+        &plan.protections_off,
+        &plan.migration.health,
+    );
     if args.dry_run {
         let m = &plan.migration;
         let value = json!({
@@ -205,6 +213,7 @@ pub async fn queue(sg: &Sluicegate, args: &QueueArgs) -> Result<()> {
             "trial_sub_batch_rows": plan.trial_rows,
             "trial_sub_batch_ms": plan.trial_time.as_secs_f64() * 1000.0,
             "estimated_duration_seconds": plan.estimated_duration().map(|d| d.as_secs_f64()),
+            "protections_off": sluicegate_cli::json::ProtectionOffJson::from_readings(&plan.protections_off),
             "written": false,
         });
         if args.json {
@@ -339,6 +348,20 @@ pub async fn run(sg: &Sluicegate, args: &RunArgs) -> Result<()> {
                 }
             );
             return Ok(());
+        }
+    }
+    // Protections that are off are said before anything runs, each with its grant.
+    for m in sg.migrations().await? {
+        let live = matches!(
+            m.status,
+            sluicegate::MigrationStatus::Active
+                | sluicegate::MigrationStatus::Paused
+                | sluicegate::MigrationStatus::Finalizing
+        );
+        if live && m.unreadable.is_none() {
+            if let Ok(off) = sg.protections_off(&m.table_name, &m.health).await {
+                output::warn_protections_off(&m.name, &off, &m.health);
+            }
         }
     }
     let reporter = Reporter::start(sg.clone(), bars_wanted(args.json));

@@ -787,7 +787,8 @@ store_test!(run_once_with_concurrency_runs_one_step_per_loop, |db| {
 
 /// An application role with no `pg_monitor` or `pg_read_all_stats`, owning its table, given
 /// CREATE on the database: setup, queue, run, health and status all work; what it may not
-/// read is `unknown`, names the grant, and never holds the migration.
+/// read is `unknown`, names the grant, and never holds the migration; `queue`, `--dry-run`,
+/// `status`, `show` and `run`'s start say which protections are off and the grant for each.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_application_role_without_pg_monitor_runs_migrations() {
     sluicegate::skip_without_postgres!("SLUICEGATE_TEST_PG_URL");
@@ -810,22 +811,52 @@ async fn an_application_role_without_pg_monitor_runs_migrations() {
         out
     };
     run(&["setup"]);
-    run(&[
-        "queue",
-        "app",
-        "--table",
-        "items",
-        "--kind",
-        "update",
-        "--set",
-        "n = n + 1",
-        "--batch-size",
-        "1000",
-        "--interval",
-        "0s",
-        "--pause-ms",
-        "0",
-    ]);
+    let queue = |extra: &[&str]| {
+        let mut args = vec![
+            "queue",
+            "app",
+            "--table",
+            "items",
+            "--kind",
+            "update",
+            "--set",
+            "n = n + 1",
+            "--batch-size",
+            "1000",
+            "--interval",
+            "0s",
+            "--pause-ms",
+            "0",
+        ];
+        args.extend_from_slice(extra);
+        run(&args)
+    };
+    // Before anything runs, the protections that are off are said, each with its grant.
+    let grant = format!("GRANT pg_read_all_stats TO {role}");
+    let said = |out: &std::process::Output, what: &str| {
+        let err = stderr(out);
+        assert!(
+            err.contains("warning: migration app: ")
+                && err.contains("cannot be read, reading unknown, which never holds")
+                && err.contains(&format!(
+                    "  autovacuum: not readable by role {role}: needs {grant}"
+                )),
+            "{what}: {err}"
+        );
+    };
+    let dry = queue(&["--dry-run"]);
+    said(&dry, "queue --dry-run");
+    let dry_json = queue(&["--dry-run", "--json"]);
+    let dry_json: serde_json::Value = serde_json::from_slice(&dry_json.stdout).unwrap();
+    assert!(
+        dry_json["protections_off"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["indicator"] == "autovacuum" && p["grant"] == grant.as_str()),
+        "{dry_json}"
+    );
+    said(&queue(&[]), "queue");
     let health = run(&["health", "app", "--json"]);
     let health: serde_json::Value = serde_json::from_slice(&health.stdout).unwrap();
     assert_eq!(health["stop"], false, "{health}");
@@ -838,21 +869,36 @@ async fn an_application_role_without_pg_monitor_runs_migrations() {
             .unwrap()
             .clone()
     };
-    for name in ["autovacuum", "long_transactions"] {
-        let i = by(name);
-        assert_eq!(i["signal"], "unknown", "{i}");
-        let reading = i["reading"].as_str().unwrap();
-        assert!(
-            reading.contains(&format!(
-                "GRANT pg_read_all_stats (or pg_monitor) TO {role}"
-            )),
-            "{reading}"
-        );
-    }
-    run(&["run", "--until-idle", "--json"]);
+    let i = by("autovacuum");
+    assert_eq!(i["signal"], "unknown", "{i}");
+    assert_eq!(i["cause"], "privilege", "{i}");
+    assert_eq!(i["grant"], grant.as_str(), "{i}");
+    // Its own sessions it can read: no other transaction is open.
+    let i = by("long_transactions");
+    assert_ne!(i["signal"], "stop", "{i}");
+    let status = stdout(&run(&["status"]));
+    assert!(
+        status.contains("migration 1 (app): ") && status.contains(&grant),
+        "{status}"
+    );
+    let show = stdout(&run(&["show", "app"]));
+    assert!(show.contains(&grant), "{show}");
+    let status = run(&["status", "--json"]);
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(
+        status[0]["protections_off"][0]["grant"],
+        grant.as_str(),
+        "{status}"
+    );
+    let ran = run(&["run", "--until-idle", "--json"]);
+    said(&ran, "run");
     let status = run(&["status", "--json"]);
     let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
     assert_eq!(status[0]["status"], "finished", "{status}");
+    assert!(
+        status[0].get("protections_off").is_none(),
+        "not for a finished one: {status}"
+    );
     assert_eq!(
         db.scalar("SELECT count(*) FROM items WHERE n = 1").await,
         5_000
@@ -1232,3 +1278,128 @@ async fn bounds_print_canonically_and_a_worker_says_which_targets_it_skips() {
     );
     assert_eq!(json["min_value"], "2024-02-01", "{json}");
 }
+
+/// Corrupts a migration's stored health settings by hand, as no entry point may: a number
+/// replaced by JSON null (what `set --max-latency-drift inf` used to store).
+async fn corrupt_health_settings(db: &TestDb, name: &str) {
+    let table = tracking(db, "migrations");
+    let sql = match db.backend {
+        Backend::Postgres => format!(
+            "UPDATE {table} SET health_settings = jsonb_set(health_settings, '{{latency_drift_factor}}', 'null') WHERE name = '{name}'"
+        ),
+        Backend::Sqlite => format!(
+            "UPDATE {table} SET health_settings = json_set(health_settings, '$.latency_drift_factor', json('null')) WHERE name = '{name}'"
+        ),
+    };
+    db.exec(&sql).await;
+}
+
+// Non-finite numbers are refused by `queue` and `set` before anything is written; a row
+// corrupted by hand is listed as unreadable, the others are listed and run, and the worker
+// fails it with its class instead of dying.
+store_test!(
+    non_finite_settings_are_refused_and_an_unreadable_row_stops_nothing,
+    |db| {
+        db.create_items("items", &[(1, 300)]).await;
+        db.create_items("t", &[(1, 300)]).await;
+        let url = db.url.clone();
+        assert!(sg(&url, &["setup"]).status.success());
+        let queue = |name: &str, table: &str, extra: &[&str]| {
+            let mut args = vec![
+                "queue",
+                name,
+                "--table",
+                table,
+                "--kind",
+                "update",
+                "--set",
+                "n = n + 1",
+                "--pause-ms",
+                "0",
+            ];
+            args.extend_from_slice(extra);
+            sg(&url, &args)
+        };
+        assert_fails_with(
+            &queue("inf", "items", &["--max-latency-drift", "1e400"]),
+            "--max-latency-drift must be a finite number above 1 (got inf)",
+        );
+        assert!(queue("good", "items", &[]).status.success());
+        assert!(queue("bad", "t", &[]).status.success());
+        let before = counts(&db).await;
+        for (args, expected) in [
+            (
+                vec!["set", "good", "--max-latency-drift", "inf"],
+                "--max-latency-drift must be a finite number above 1 (got inf)",
+            ),
+            (
+                vec!["set", "good", "--batch-size", "0"],
+                "batch size must be at least 1",
+            ),
+            (
+                vec!["set", "good", "--health-probe", "select 1/0 = 1"],
+                "--health-probe failed on a trial run",
+            ),
+            (
+                vec!["set", "good", "--health-probe", "select; drop table t"],
+                "--health-probe failed on a trial run",
+            ),
+        ] {
+            assert_fails_with(&sg(&url, &args), expected);
+        }
+        assert_eq!(counts(&db).await, before, "nothing written");
+
+        corrupt_health_settings(&db, "bad").await;
+        let status = sg(&url, &["status"]);
+        assert!(status.status.success(), "{}", stderr(&status));
+        let text = stdout(&status);
+        assert!(
+            text.contains("good") && text.contains("active (unreadable)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("migration 2 (bad) is unreadable: bad health_settings"),
+            "{text}"
+        );
+        let json = sg(&url, &["status", "--json"]);
+        let json: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+        assert_eq!(json.as_array().unwrap().len(), 2, "{json}");
+        assert!(json[0].get("unreadable").is_none(), "{json}");
+        assert!(
+            json[1]["unreadable"]
+                .as_str()
+                .is_some_and(|w| w.contains("latency_drift_factor")),
+            "{json}"
+        );
+        assert_fails_with(
+            &sg(&url, &["set", "bad", "--pause-ms", "1"]),
+            "is unreadable",
+        );
+        assert!(queue("other", "items", &["--where", "n = 0"])
+            .status
+            .success());
+        let run = sg(&url, &["run", "--until-idle", "--json"]);
+        assert!(run.status.success(), "{}", stderr(&run));
+        let show = stdout(&sg(&url, &["show", "bad"]));
+        assert!(
+            show.contains("failed") && show.contains("unreadable"),
+            "{show}"
+        );
+        let history = stdout(&sg(&url, &["history", "bad"]));
+        assert!(history.contains("UnreadableMigration"), "{history}");
+        let json = sg(&url, &["status", "--json"]);
+        let json: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+        let status_of = |name: &str| {
+            json.as_array()
+                .unwrap()
+                .iter()
+                .find(|m| m["name"] == name)
+                .unwrap()["status"]
+                .clone()
+        };
+        assert_eq!(status_of("good"), "finished");
+        assert_eq!(status_of("other"), "finished");
+        assert_eq!(status_of("bad"), "failed");
+        assert_eq!(db.scalar("SELECT count(*) FROM t WHERE n <> 0").await, 0);
+    }
+);

@@ -1557,3 +1557,136 @@ fn serve_says_who_may_read_when_it_starts() {
         }
     }
 }
+
+// A row corrupted by hand: the API answers for the others and for it (as unreadable), its
+// page says so, and `set` through the API is validated as the CLI's is (batch size 0, a
+// reason too long): refused with 400, nothing written.
+store_test!(
+    the_api_answers_for_every_migration_when_one_row_is_unreadable,
+    |db| {
+        db.create_items("a", &[(1, 100)]).await;
+        db.create_items("b", &[(1, 100)]).await;
+        let sg = db.sluicegate().await;
+        for (name, table) in [("good", "a"), ("bad", "b")] {
+            let mut req = QueueRequest::new(name, "update", table).argument("set", "n = n + 1");
+            req.batch_size = 50;
+            req.sub_batch_size = 10;
+            sg.queue(&req).await.unwrap();
+        }
+        let migrations = match db.backend {
+            Backend::Postgres => "sluicegate.migrations",
+            Backend::Sqlite => "sluicegate_migrations",
+        };
+        let corrupt = match db.backend {
+        Backend::Postgres => {
+            "health_settings = jsonb_set(health_settings, '{latency_drift_factor}', 'null')"
+        }
+        Backend::Sqlite => {
+            "health_settings = json_set(health_settings, '$.latency_drift_factor', json('null'))"
+        }
+    };
+        db.exec(&format!(
+            "UPDATE {migrations} SET {corrupt} WHERE name = 'bad'"
+        ))
+        .await;
+        let st = AppState::new(sg.clone(), Some("a-long-enough-token".into()));
+        let (status, body, _) = call(&st, "GET", "/api/migrations", None, None).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let all = json(&body);
+        assert_eq!(all.as_array().unwrap().len(), 2, "{all}");
+        assert_eq!(all[0]["name"], "good");
+        assert!(all[0].get("unreadable").is_none(), "{all}");
+        assert!(
+            all[1]["unreadable"]
+                .as_str()
+                .is_some_and(|w| w.contains("latency_drift_factor")),
+            "{all}"
+        );
+        let (status, body, _) = call(&st, "GET", "/api/migrations/bad", None, None).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let (status, page, _) = call(&st, "GET", "/migrations/2", None, None).await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        assert!(page.contains("UNREADABLE"), "{page}");
+        let (status, page, _) = call(&st, "GET", "/", None, None).await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        assert!(page.contains("good") && page.contains("bad"), "{page}");
+
+        let before = db
+            .scalar(&format!("SELECT count(*) FROM {}", log_table(&db)))
+            .await;
+        let token = Some("a-long-enough-token");
+        for body in [
+            r#"{"batch_size": 0}"#.to_owned(),
+            r#"{"sub_batch_size": 100}"#.to_owned(),
+            format!(r#"{{"pause_ms": 1, "reason": "{}"}}"#, "r".repeat(1_001)),
+        ] {
+            let (status, answer, _) =
+                call(&st, "POST", "/api/migrations/good/set", token, Some(&body)).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{body}: {answer}");
+        }
+        let (status, answer, _) = call(
+            &st,
+            "POST",
+            "/api/migrations/bad/set",
+            token,
+            Some(r#"{"pause_ms": 1}"#),
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+        assert!(answer.contains("unreadable"), "{answer}");
+        assert_eq!(
+            db.scalar(&format!("SELECT count(*) FROM {}", log_table(&db)))
+                .await,
+            before,
+            "nothing written"
+        );
+        let (status, answer, _) = call(
+            &st,
+            "POST",
+            "/api/migrations/bad/cancel",
+            token,
+            Some(r#"{"reason": "its row is corrupt"}"#),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{answer}");
+        assert_eq!(
+            sg.migration("bad").await.unwrap().status,
+            sluicegate::MigrationStatus::Cancelled
+        );
+    }
+);
+
+/// As an ordinary application role (nothing granted beyond its table), the migration page
+/// lists the protections that are off, each with the grant that would turn it on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_migration_page_lists_the_protections_that_are_off() {
+    sluicegate::skip_without_postgres!("SLUICEGATE_TEST_PG_URL");
+    let db = TestDb::postgres().await;
+    db.create_items("items", &[(1, 100)]).await;
+    let role = format!("sg_page_{}", std::process::id());
+    db.exec(&format!("CREATE ROLE {role} LOGIN")).await;
+    db.exec(&format!("GRANT SELECT, UPDATE ON items TO {role}"))
+        .await;
+    let mut opts = sluicegate::ConnectOptions::new(&db.url);
+    opts.target_url = Some(db.url.replacen(
+        "postgres://postgres@",
+        &format!("postgres://{role}@"),
+        1,
+    ));
+    let sg = Sluicegate::connect_with(opts).await.unwrap();
+    sg.setup().await.unwrap();
+    let req = QueueRequest::new("app", "update", "items").argument("set", "n = n + 1");
+    sg.queue(&req).await.unwrap();
+    let st = AppState::new(sg.clone(), None);
+    let (status, page, _) = call(&st, "GET", "/migrations/1", None, None).await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert!(
+        page.contains("Protections off: ")
+            && page.contains("read unknown, which never holds")
+            && page.contains(&format!("GRANT pg_read_all_stats TO {role};")),
+        "{page}"
+    );
+    drop((st, sg));
+    db.exec(&format!("DROP OWNED BY {role}")).await;
+    db.exec(&format!("DROP ROLE {role}")).await;
+}

@@ -19,7 +19,8 @@ use crate::ident::{self, TableName};
 use crate::key::Lower;
 use crate::kind::Registry;
 use crate::model::{
-    Job, JobCounts, JobTransition, Migration, MigrationTransition, NewMigration, TargetIdentity,
+    Job, JobCounts, JobTransition, Migration, MigrationTransition, NewMigration, Settings,
+    TargetIdentity, ValidSettings,
 };
 use crate::status::{JobStatus, MigrationEvent, MigrationStatus};
 use crate::store::postgres::{PgStore, PgTarget};
@@ -173,6 +174,22 @@ impl QueueRequest {
         }
     }
 
+    /// Its settings, as [`Settings::validate`] checks them.
+    pub fn settings(&self) -> Settings {
+        Settings {
+            batch_size: self.batch_size,
+            sub_batch_size: self.sub_batch_size,
+            sub_batch_ceiling: self.sub_batch_ceiling,
+            max_batch_size: self.max_batch_size,
+            pause_ms: self.pause_ms,
+            interval: self.interval,
+            statement_timeout: self.statement_timeout,
+            lock_timeout: self.lock_timeout,
+            target_sub_batch_time: self.target_sub_batch_time,
+            health: self.health.clone(),
+        }
+    }
+
     /// Sets one job argument.
     pub fn argument(mut self, key: &str, value: impl Into<Value>) -> Self {
         if let Value::Object(map) = &mut self.arguments {
@@ -219,6 +236,10 @@ pub struct Plan {
     /// Rows the migration will change: the rows its keys cover that its kind's `where`
     /// (and scope) match, estimated (a sampled count on PostgreSQL, a count on SQLite).
     pub rows_to_change: Option<i64>,
+    /// Its health protections that are off now: indicators not switched off that read
+    /// `unknown` for a reason an operator can fix, with the grant that would turn each on
+    /// ([`crate::health::protections_off`]).
+    pub protections_off: Vec<crate::health::Reading>,
 }
 
 impl Plan {
@@ -697,7 +718,18 @@ impl Sluicegate {
         if req.name.trim().is_empty() {
             return Err(Error::InvalidSettings("the migration name is empty".into()));
         }
-        check_settings(req)?;
+        let chars = req.name.chars().count();
+        if chars > MAX_NAME_LEN {
+            return Err(Error::InvalidSettings(format!(
+                "the migration name must be at most {MAX_NAME_LEN} characters (got {chars})"
+            )));
+        }
+        if req.name.chars().any(char::is_control) {
+            return Err(Error::InvalidSettings(
+                "the migration name contains a control character".into(),
+            ));
+        }
+        let settings = req.settings().validate()?;
         let kind = self
             .registry
             .get(&req.job_kind)
@@ -789,14 +821,7 @@ impl Sluicegate {
             }
         }
         let next_start = (!empty).then(|| Lower::From(min_value.clone()));
-        if let Some(probe) = &req.health.probe {
-            let sample = self.target.health_sample(&table, Some(probe)).await?;
-            if let Some(Err(reason)) = sample.probe {
-                return Err(Error::InvalidSettings(format!(
-                    "--health-probe failed on a trial run: {reason}"
-                )));
-            }
-        }
+        let protections_off = self.check_health_settings(&table, &settings, None).await?;
         let trial_lower = Lower::From(min_value.clone());
         let trial_spec = |size: i64| SubBatchSpec {
             kind: kind.as_ref(),
@@ -865,14 +890,14 @@ impl Sluicegate {
             min_value,
             max_value,
             next_start,
-            batch_size: req.batch_size,
-            sub_batch_size: req.sub_batch_size,
-            max_batch_size: req.max_batch_size,
-            sub_batch_ceiling: req.sub_batch_ceiling,
-            pause_ms: req.pause_ms,
-            interval: req.interval,
-            statement_timeout_ms: millis(req.statement_timeout),
-            lock_timeout_ms: millis(req.lock_timeout),
+            batch_size: settings.batch_size,
+            sub_batch_size: settings.sub_batch_size,
+            max_batch_size: settings.max_batch_size,
+            sub_batch_ceiling: settings.sub_batch_ceiling,
+            pause_ms: settings.pause_ms,
+            interval: settings.interval,
+            statement_timeout_ms: millis(settings.statement_timeout),
+            lock_timeout_ms: millis(settings.lock_timeout),
             status: if req.paused {
                 MigrationStatus::Paused
             } else {
@@ -882,8 +907,8 @@ impl Sluicegate {
                 Some(scope) => self.target.scope_estimate(&table, scope).await?,
                 None => self.target.row_estimate(&table).await?,
             },
-            health: req.health.clone(),
-            target_sub_batch_ms: millis(req.target_sub_batch_time),
+            health: settings.health.clone(),
+            target_sub_batch_ms: millis(settings.target_sub_batch_time),
             actor: req.actor.clone(),
         };
         self.refuse_duplicate(&migration).await?;
@@ -907,7 +932,46 @@ impl Sluicegate {
             trial_time,
             trial_costs,
             rows_to_change,
+            protections_off,
         })
+    }
+
+    /// The checks of health settings that need the target database, made by `queue` and
+    /// `set` alike: the probe (when it is new: `previous` is the probe stored) runs once,
+    /// read-only and rolled back, and must answer true or false (`select 1/0 = 1`, several
+    /// statements, no row or a non-boolean are refused). Returns the protections that are
+    /// off for these settings now ([`crate::health::protections_off`]).
+    async fn check_health_settings(
+        &self,
+        table: &TableName,
+        settings: &ValidSettings,
+        previous: Option<&str>,
+    ) -> Result<Vec<crate::health::Reading>> {
+        let health = &settings.health;
+        let sample = self
+            .target
+            .health_sample(table, health.probe.as_deref())
+            .await?;
+        if let (Some(probe), Some(answer)) = (&health.probe, &sample.probe) {
+            let reason = match answer {
+                Ok(Some(_)) => None,
+                // NULL would read `unknown`, which never holds: a check silently off.
+                Ok(None) => {
+                    Some("it returned NULL; it must answer true or false (coalesce it)".to_owned())
+                }
+                Err(reason) => Some(reason.clone()),
+            };
+            if let Some(reason) = reason.filter(|_| previous != Some(probe.as_str())) {
+                return Err(Error::InvalidSettings(format!(
+                    "--health-probe failed on a trial run: {reason}"
+                )));
+            }
+        }
+        let readings = crate::health::evaluate(&sample, health, None, None);
+        Ok(crate::health::protections_off(&readings, health)
+            .into_iter()
+            .cloned()
+            .collect())
     }
 
     /// Refuses a migration whose name, or whose definition (kind, table, key, arguments,
@@ -994,20 +1058,35 @@ impl Sluicegate {
         reason: Option<String>,
         actor: &str,
     ) -> Result<Migration> {
+        if let Some(why) = &m.unreadable {
+            return Err(Error::InvalidSettings(format!(
+                "migration {} ({}) cannot be changed: its stored row is unreadable ({why}); cancel it and queue it again",
+                m.id, m.name
+            )));
+        }
         check_reason(reason.as_deref())?;
-        // The migration's settings with the change applied, checked as a queue request is.
-        let mut merged = QueueRequest::new(&m.name, &m.job_kind, &m.table_name);
-        merged.batch_size = change.batch_size.unwrap_or(m.batch_size);
-        merged.sub_batch_size = change
-            .sub_batch_size
-            .unwrap_or(m.sub_batch_size.min(merged.batch_size));
-        merged.max_batch_size = change.max_batch_size.or(m.max_batch_size);
-        merged.pause_ms = change.pause_ms.unwrap_or(m.pause_ms);
-        merged.interval = change.interval.unwrap_or(m.interval);
-        merged.statement_timeout = Duration::from_millis(m.statement_timeout_ms.max(1) as u64);
-        merged.lock_timeout = Duration::from_millis(m.lock_timeout_ms.max(1) as u64);
-        merged.health = change.health.clone().unwrap_or_else(|| m.health.clone());
-        check_settings(&merged)?;
+        // The migration's settings with the change applied, checked as a queue request's are.
+        let batch_size = change.batch_size.unwrap_or(m.batch_size);
+        let merged = Settings {
+            batch_size,
+            sub_batch_size: change
+                .sub_batch_size
+                .unwrap_or(m.sub_batch_size.min(batch_size)),
+            sub_batch_ceiling: change.sub_batch_size.or(m.sub_batch_ceiling),
+            max_batch_size: change.max_batch_size.or(m.max_batch_size),
+            pause_ms: change.pause_ms.unwrap_or(m.pause_ms),
+            interval: change.interval.unwrap_or(m.interval),
+            statement_timeout: Duration::from_millis(m.statement_timeout_ms.max(1) as u64),
+            lock_timeout: Duration::from_millis(m.lock_timeout_ms.max(1) as u64),
+            target_sub_batch_time: Duration::from_millis(m.target_sub_batch_ms.max(0) as u64),
+            health: change.health.clone().unwrap_or_else(|| m.health.clone()),
+        }
+        .validate()?;
+        if change.health.is_some() {
+            let table = TableName::parse(&m.table_name)?;
+            self.check_health_settings(&table, &merged, m.health.probe.as_deref())
+                .await?;
+        }
         let mut diff = Vec::new();
         let mut note = |what: &str, old: String, new: String| {
             if old != new {
@@ -1289,83 +1368,10 @@ fn stored_table_name(canonical: &TableName, given: &str) -> String {
     }
 }
 
-/// The longest interval or hold (wait between health re-checks) a migration may be queued with.
-pub const MAX_PACING: Duration = Duration::from_secs(365 * 24 * 3600);
-/// The longest statement or lock timeout, and pause between sub-batches.
-pub const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+pub use crate::model::{MAX_PACING, MAX_TIMEOUT};
 
-fn check_settings(req: &QueueRequest) -> Result<()> {
-    let bad = |msg: String| Err(Error::InvalidSettings(msg));
-    if req.batch_size <= 0 {
-        return bad(format!(
-            "batch size must be at least 1 (got {})",
-            req.batch_size
-        ));
-    }
-    if req.sub_batch_size <= 0 {
-        return bad(format!(
-            "sub-batch size must be at least 1 (got {})",
-            req.sub_batch_size
-        ));
-    }
-    if let Some(ceiling) = req.sub_batch_ceiling.filter(|c| *c <= 0) {
-        return bad(format!(
-            "the sub-batch ceiling must be at least 1 (got {ceiling})"
-        ));
-    }
-    if req.sub_batch_size > req.batch_size {
-        return bad(format!(
-            "sub-batch size {} is larger than batch size {}",
-            req.sub_batch_size, req.batch_size
-        ));
-    }
-    if let Some(max) = req.max_batch_size {
-        if max < req.batch_size {
-            return bad(format!(
-                "max batch size {max} is smaller than batch size {}",
-                req.batch_size
-            ));
-        }
-    }
-    if req.pause_ms < 0 {
-        return bad(format!(
-            "pause must not be negative (got {} ms)",
-            req.pause_ms
-        ));
-    }
-    if req.statement_timeout.is_zero() || req.lock_timeout.is_zero() {
-        return bad("statement and lock timeouts must be positive".into());
-    }
-    // Stored durations feed timestamp arithmetic on every claim and hold: an absurd one
-    // (`--interval 100000000y`) would overflow there, so it is refused here, by name.
-    let bounded = [
-        ("--interval", req.interval, MAX_PACING, "365 days"),
-        ("--hold", req.health.hold(), MAX_PACING, "365 days"),
-        (
-            "--statement-timeout",
-            req.statement_timeout,
-            MAX_TIMEOUT,
-            "24 hours",
-        ),
-        ("--lock-timeout", req.lock_timeout, MAX_TIMEOUT, "24 hours"),
-        (
-            "--pause-ms",
-            Duration::from_millis(req.pause_ms.max(0) as u64),
-            MAX_TIMEOUT,
-            "24 hours",
-        ),
-    ];
-    if let Some((flag, value, _, max)) = bounded.iter().find(|(_, value, max, _)| value > max) {
-        return bad(format!(
-            "{flag} must be at most {max} (got {})",
-            humantime::format_duration(*value)
-        ));
-    }
-    if let Some(reason) = req.health.invalid() {
-        return bad(reason);
-    }
-    Ok(())
-}
+/// The longest migration name, in characters.
+pub const MAX_NAME_LEN: usize = 200;
 
 /// The share of the migration's keys its finished jobs walked. A one-column integer key is
 /// counted by subtraction (keys handed out over the range, times the share of jobs done); any

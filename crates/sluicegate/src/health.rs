@@ -42,7 +42,15 @@ pub struct HealthSettings {
     pub autovacuum: AutovacuumPolicy,
     /// Indicators switched off for this migration: read and shown, never stop it.
     pub off: Vec<Indicator>,
+    /// `--require-health`: hold while any indicator not switched off reads `unknown` because
+    /// it cannot be read (a missing grant, a failing probe), not only on a `stop`. Readings
+    /// that need more samples first (WAL rate, sub-batch latency) and, on SQLite, indicators
+    /// the engine has no notion of do not hold.
+    pub require_health: bool,
 }
+
+/// The longest `--health-probe`, in characters.
+pub const MAX_PROBE_LEN: usize = 10_000;
 
 /// Which autovacuum of the table stops a migration (`--autovacuum`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -96,6 +104,7 @@ impl Default for HealthSettings {
             latency_drift_factor: 5.0,
             autovacuum: AutovacuumPolicy::default(),
             off: Vec::new(),
+            require_health: false,
         }
     }
 }
@@ -134,16 +143,36 @@ impl HealthSettings {
         if let Some((flag, value)) = positive.iter().find(|(_, v)| *v <= 0) {
             return Some(format!("{flag} must be positive (got {value})"));
         }
-        if self.latency_drift_factor.is_nan() || self.latency_drift_factor <= 1.0 {
+        // JSON has no infinity or NaN: serde_json writes them as `null`, which never reads
+        // back as a number.
+        if !self.latency_drift_factor.is_finite() || self.latency_drift_factor <= 1.0 {
             return Some(format!(
-                "the latency drift factor must be above 1 (got {})",
+                "--max-latency-drift must be a finite number above 1 (got {})",
                 self.latency_drift_factor
             ));
         }
-        if self.probe.as_deref().is_some_and(|p| p.trim().is_empty()) {
-            return Some("--health-probe is empty".into());
+        if let Some(probe) = &self.probe {
+            if probe.trim().is_empty() {
+                return Some("--health-probe is empty".into());
+            }
+            let chars = probe.chars().count();
+            if chars > MAX_PROBE_LEN {
+                return Some(format!(
+                    "--health-probe must be at most {MAX_PROBE_LEN} characters (got {chars})"
+                ));
+            }
+            if probe.contains('\0') {
+                return Some("--health-probe contains a NUL character".into());
+            }
         }
-        None
+        // Nothing is stored that cannot be read back.
+        match serde_json::to_value(self).map(serde_json::from_value::<HealthSettings>) {
+            Ok(Ok(back)) if &back == self => None,
+            Ok(Ok(_)) => Some("the health settings do not read back as written".into()),
+            Ok(Err(e)) | Err(e) => Some(format!(
+                "the health settings would not read back once stored: {e}"
+            )),
+        }
     }
 }
 
@@ -239,6 +268,20 @@ impl fmt::Display for Indicator {
     }
 }
 
+/// Why an indicator reads `unknown`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UnknownCause {
+    /// This role may not read it: [`Reading::grant`] says what would turn it on.
+    Privilege,
+    /// The engine has no such thing (SQLite: no autovacuum workers, archiver, replicas).
+    NotOnEngine,
+    /// Not enough samples yet (the WAL rate's first sample, the first sub-batches).
+    NoDataYet,
+    /// The reading failed (the probe errored, returned NULL or no row).
+    Failed,
+}
+
 /// One indicator's verdict.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Reading {
@@ -250,6 +293,14 @@ pub struct Reading {
     pub reading: String,
     /// The threshold it compares against, for humans.
     pub threshold: String,
+    /// Why it cannot tell, when it cannot (also set when `--require-health` turned that
+    /// into a stop).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cause: Option<UnknownCause>,
+    /// The exact statement that would make it readable (`GRANT pg_read_all_stats TO app`),
+    /// when a missing privilege is why it cannot tell.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grant: Option<String>,
 }
 
 impl Reading {
@@ -257,6 +308,51 @@ impl Reading {
     pub fn reason(&self) -> String {
         format!("{}: {} ({})", self.indicator, self.reading, self.threshold)
     }
+
+    /// Whether this reading is a protection that is off: it cannot be read for a reason an
+    /// operator can fix (a grant, a failing probe), as opposed to one that only needs more
+    /// samples or that the engine has no notion of.
+    pub fn is_protection_off(&self) -> bool {
+        matches!(
+            self.cause,
+            Some(UnknownCause::Privilege | UnknownCause::Failed)
+        )
+    }
+}
+
+/// The readings of `settings`' indicators (those not switched off) that are protections off
+/// ([`Reading::is_protection_off`]): they read `unknown` and never hold, unless
+/// `--require-health` is set.
+pub fn protections_off<'a>(readings: &'a [Reading], settings: &HealthSettings) -> Vec<&'a Reading> {
+    readings
+        .iter()
+        .filter(|r| r.is_protection_off() && !settings.off.contains(&r.indicator))
+        .collect()
+}
+
+/// The notice for protections that are off, one line per indicator with the grant that
+/// would turn it on, and what happens meanwhile; `None` when every protection is on.
+pub fn protections_off_notice(readings: &[Reading], settings: &HealthSettings) -> Option<String> {
+    let off = protections_off(readings, settings);
+    if off.is_empty() {
+        return None;
+    }
+    let mut lines = vec![format!(
+        "{} health indicator{} cannot be read, {}:",
+        off.len(),
+        if off.len() == 1 { "" } else { "s" },
+        if settings.require_health {
+            "holding the migration until readable (--require-health)"
+        } else {
+            "reading unknown, which never holds (--require-health would hold instead)"
+        }
+    )];
+    for r in off {
+        // The reading names the grant when one would turn it on.
+        let unknown = r.reading.strip_prefix("unknown: ").unwrap_or(&r.reading);
+        lines.push(format!("  {}: {unknown}", r.indicator));
+    }
+    Some(lines.join("\n"))
 }
 
 /// A session running autovacuum on the target table.
@@ -332,6 +428,19 @@ pub struct HealthSample {
     pub locks: Option<Vec<TableLock>>,
     /// The probe's answer: `Ok(Some(b))`, `Ok(None)` for NULL, `Err` for an error.
     pub probe: Option<Result<Option<bool>, String>>,
+    /// The role the sample was read as (PostgreSQL).
+    pub role: Option<String>,
+    /// The grant that would let the role read other sessions' statistics (autovacuum
+    /// workers, replicas' lag, other roles' transactions), when it lacks it.
+    pub stats_grant: Option<String>,
+    /// The grant that would let the role read the archiver's status directory, when it lacks it.
+    pub monitor_grant: Option<String>,
+    /// Replicas streaming from this server whose lag this role may not read
+    /// (`pg_stat_replication` shows it only their pid); in `replicas` with no lag.
+    pub replicas_hidden: i64,
+    /// Sessions of this database this role may not see the transactions of, that hold one (a
+    /// transaction id or snapshot: `backend_xid`/`backend_xmin`, which every role may read).
+    pub sessions_hidden: i64,
 }
 
 /// WAL rate between samples at least a second apart, kept by each worker per target.
@@ -446,6 +555,8 @@ impl LatencyTracker {
             signal,
             reading,
             threshold: threshold.clone(),
+            cause: (signal == Signal::Unknown).then_some(UnknownCause::NoDataYet),
+            grant: None,
         };
         if self.history.len() < Self::MIN_SAMPLES || self.recent_per_key.is_empty() {
             return reading(
@@ -543,6 +654,11 @@ pub fn evaluate_while(
                 r.signal = Signal::Normal;
             }
             r.threshold = "switched off for this migration".into();
+        } else if settings.require_health && r.signal == Signal::Unknown && r.is_protection_off() {
+            // `--require-health`: a protection that cannot be read holds like a stop.
+            r.signal = Signal::Stop;
+            r.reading = format!("unknown: {}", r.reading);
+            r.threshold = "--require-health: holds while it cannot be read".into();
         }
     }
     readings
@@ -556,27 +672,87 @@ impl Reading {
             signal: if stop { Signal::Stop } else { Signal::Normal },
             reading,
             threshold,
+            cause: None,
+            grant: None,
         }
     }
 
     /// No verdict, and why.
-    fn unknown(indicator: Indicator, reading: String, threshold: String) -> Self {
+    fn unknown(
+        indicator: Indicator,
+        cause: UnknownCause,
+        reading: String,
+        threshold: String,
+    ) -> Self {
         Self {
             indicator,
             signal: Signal::Unknown,
             reading,
             threshold,
+            cause: Some(cause),
+            grant: None,
         }
     }
 
-    /// No verdict: the sample could not read what the indicator needs.
-    fn unreadable(indicator: Indicator, sample: &HealthSample, threshold: String) -> Self {
-        let why = sample
-            .not_available
-            .clone()
-            .unwrap_or_else(|| "not readable".into());
-        Self::unknown(indicator, why, threshold)
+    /// No verdict: the sample could not read what the indicator needs; `grant` is what would
+    /// let the role read it, when that is why.
+    fn unreadable(
+        indicator: Indicator,
+        sample: &HealthSample,
+        grant: Option<&String>,
+        threshold: String,
+    ) -> Self {
+        match (grant, &sample.not_available) {
+            (Some(grant), _) => {
+                Self::not_granted(indicator, sample, grant, String::new(), threshold)
+            }
+            (None, Some(why)) => {
+                Self::unknown(indicator, UnknownCause::NotOnEngine, why.clone(), threshold)
+            }
+            (None, None) => Self::unknown(
+                indicator,
+                UnknownCause::Failed,
+                "not readable".into(),
+                threshold,
+            ),
+        }
     }
+
+    /// No verdict: the role lacks `grant`; `what` says what it could read (or is empty).
+    fn not_granted(
+        indicator: Indicator,
+        sample: &HealthSample,
+        grant: &str,
+        what: String,
+        threshold: String,
+    ) -> Self {
+        let role = sample.role.as_deref().unwrap_or("?");
+        let mut reading = format!("not readable by role {role}: needs {grant}");
+        if !what.is_empty() {
+            reading = format!("{what}; the rest is {reading}");
+        }
+        Self {
+            grant: Some(grant.to_owned()),
+            ..Self::unknown(indicator, UnknownCause::Privilege, reading, threshold)
+        }
+    }
+}
+
+/// `GRANT role TO member`, the member quoted when it must be.
+pub fn grant_statement(granted: &str, member: &str) -> String {
+    let plain = member
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && member
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '$');
+    let member = if plain {
+        member.to_owned()
+    } else {
+        format!("\"{}\"", member.replace('"', "\"\""))
+    };
+    format!("GRANT {granted} TO {member}")
 }
 
 /// An autovacuum worker on the table: by default only one to prevent wraparound stops; an
@@ -589,7 +765,12 @@ fn autovacuum(sample: &HealthSample, settings: &HealthSettings) -> Reading {
     }
     .to_owned();
     let Some(workers) = &sample.autovacuum else {
-        return Reading::unreadable(Indicator::Autovacuum, sample, threshold);
+        return Reading::unreadable(
+            Indicator::Autovacuum,
+            sample,
+            sample.stats_grant.as_ref(),
+            threshold,
+        );
     };
     match workers
         .iter()
@@ -639,7 +820,12 @@ fn wal_archive_backlog(sample: &HealthSample, settings: &HealthSettings, scale: 
             format!("{ready} WAL segments waiting for the archiver"),
             threshold,
         ),
-        _ => Reading::unreadable(Indicator::WalArchiveBacklog, sample, threshold),
+        _ => Reading::unreadable(
+            Indicator::WalArchiveBacklog,
+            sample,
+            sample.monitor_grant.as_ref(),
+            threshold,
+        ),
     }
 }
 
@@ -655,9 +841,10 @@ fn wal_rate_reading(
         None => "no limit set".into(),
     };
     match (sample.wal_lsn, wal_rate) {
-        (None, _) => Reading::unreadable(Indicator::WalRate, sample, threshold),
+        (None, _) => Reading::unreadable(Indicator::WalRate, sample, None, threshold),
         (Some(_), None) => Reading::unknown(
             Indicator::WalRate,
+            UnknownCause::NoDataYet,
             "first sample; the rate needs two a second apart".into(),
             threshold,
         ),
@@ -680,56 +867,100 @@ fn replica_lag(sample: &HealthSample, settings: &HealthSettings, scale: f64) -> 
         human_ms(settings.max_replica_lag_ms as f64)
     ) + ending(scale);
     let Some(replicas) = &sample.replicas else {
-        return Reading::unreadable(Indicator::ReplicaLag, sample, threshold);
+        return Reading::unreadable(
+            Indicator::ReplicaLag,
+            sample,
+            sample.stats_grant.as_ref(),
+            threshold,
+        );
     };
-    if replicas.is_empty() {
-        return Reading::judged(
+    let hidden = sample.replicas_hidden.max(0) as usize;
+    let seen: Vec<&Replica> = replicas
+        .iter()
+        .filter(|r| hidden == 0 || r.lag_bytes.is_some() || r.replay_lag_ms.is_some())
+        .collect();
+    if hidden > 0 {
+        let known = Replica::lag_of(&seen, settings, scale);
+        if let Some((true, reading)) = &known {
+            return Reading::judged(Indicator::ReplicaLag, true, reading.clone(), threshold);
+        }
+        let grant = sample.stats_grant.clone().unwrap_or_default();
+        let what = format!(
+            "{hidden} replica{} streaming from this server",
+            if hidden == 1 { "" } else { "s" }
+        );
+        return Reading::not_granted(Indicator::ReplicaLag, sample, &grant, what, threshold);
+    }
+    match Replica::lag_of(&seen, settings, scale) {
+        None => Reading::judged(
             Indicator::ReplicaLag,
             false,
             "no replicas streaming from this server".into(),
             threshold,
-        );
+        ),
+        Some((stop, reading)) => Reading::judged(Indicator::ReplicaLag, stop, reading, threshold),
     }
-    let name = |r: &Replica| match &r.address {
-        Some(a) => format!("{} ({a})", r.name),
-        None => r.name.clone(),
-    };
-    let worst_bytes = replicas.iter().max_by_key(|r| r.lag_bytes.unwrap_or(0));
-    let worst_time = replicas
-        .iter()
-        .max_by(|a, b| {
-            a.replay_lag_ms
-                .unwrap_or(0.0)
-                .total_cmp(&b.replay_lag_ms.unwrap_or(0.0))
-        })
-        .filter(|r| r.replay_lag_ms.is_some());
-    let bytes = worst_bytes.and_then(|r| r.lag_bytes).unwrap_or(0);
-    let time = worst_time.and_then(|r| r.replay_lag_ms).unwrap_or(0.0);
-    let (stop, reading) = match (worst_bytes, worst_time) {
-        (Some(r), _) if over(bytes as f64, settings.max_replica_lag_bytes as f64, scale) => (
-            true,
-            format!(
-                "replica {} is {} behind in replay",
-                name(r),
-                mib(bytes as f64)
+}
+
+impl Replica {
+    /// Whether the worst of `replicas` stops, and what it reads; `None` when there are none.
+    fn lag_of(
+        replicas: &[&Replica],
+        settings: &HealthSettings,
+        scale: f64,
+    ) -> Option<(bool, String)> {
+        if replicas.is_empty() {
+            return None;
+        }
+        Some(Self::worst(replicas, settings, scale))
+    }
+
+    fn worst(replicas: &[&Replica], settings: &HealthSettings, scale: f64) -> (bool, String) {
+        let name = |r: &Replica| match &r.address {
+            Some(a) => format!("{} ({a})", r.name),
+            None => r.name.clone(),
+        };
+        let worst_bytes = replicas
+            .iter()
+            .copied()
+            .max_by_key(|r| r.lag_bytes.unwrap_or(0));
+        let worst_time = replicas
+            .iter()
+            .copied()
+            .max_by(|a, b| {
+                a.replay_lag_ms
+                    .unwrap_or(0.0)
+                    .total_cmp(&b.replay_lag_ms.unwrap_or(0.0))
+            })
+            .filter(|r| r.replay_lag_ms.is_some());
+        let bytes = worst_bytes.and_then(|r| r.lag_bytes).unwrap_or(0);
+        let time = worst_time.and_then(|r| r.replay_lag_ms).unwrap_or(0.0);
+        let (stop, reading) = match (worst_bytes, worst_time) {
+            (Some(r), _) if over(bytes as f64, settings.max_replica_lag_bytes as f64, scale) => (
+                true,
+                format!(
+                    "replica {} is {} behind in replay",
+                    name(r),
+                    mib(bytes as f64)
+                ),
             ),
-        ),
-        (_, Some(r)) if over(time, settings.max_replica_lag_ms as f64, scale) => (
-            true,
-            format!("replica {} replays {} late", name(r), human_ms(time)),
-        ),
-        _ => (
-            false,
-            format!(
-                "{} replica{}, worst {} and {} behind",
-                replicas.len(),
-                if replicas.len() == 1 { "" } else { "s" },
-                mib(bytes as f64),
-                human_ms(time)
+            (_, Some(r)) if over(time, settings.max_replica_lag_ms as f64, scale) => (
+                true,
+                format!("replica {} replays {} late", name(r), human_ms(time)),
             ),
-        ),
-    };
-    Reading::judged(Indicator::ReplicaLag, stop, reading, threshold)
+            _ => (
+                false,
+                format!(
+                    "{} replica{}, worst {} and {} behind",
+                    replicas.len(),
+                    if replicas.len() == 1 { "" } else { "s" },
+                    mib(bytes as f64),
+                    human_ms(time)
+                ),
+            ),
+        };
+        (stop, reading)
+    }
 }
 
 /// The oldest transaction of another session of this database (idle in transaction too).
@@ -737,17 +968,15 @@ fn long_transactions(sample: &HealthSample, settings: &HealthSettings, scale: f6
     let threshold =
         format!("max {}", human_ms(settings.max_transaction_age_ms as f64)) + ending(scale);
     let Some(open) = &sample.transactions else {
-        return Reading::unreadable(Indicator::LongTransactions, sample, threshold);
-    };
-    match open.first() {
-        None => Reading::judged(
+        return Reading::unreadable(
             Indicator::LongTransactions,
-            false,
-            "no other open transactions".into(),
+            sample,
+            sample.stats_grant.as_ref(),
             threshold,
-        ),
-        Some(t) => Reading::judged(
-            Indicator::LongTransactions,
+        );
+    };
+    let oldest = open.first().map(|t| {
+        (
             over(t.age_ms, settings.max_transaction_age_ms as f64, scale),
             format!(
                 "oldest transaction: pid {} ({}{}) {} for {}",
@@ -761,8 +990,36 @@ fn long_transactions(sample: &HealthSample, settings: &HealthSettings, scale: f6
                 t.state.as_deref().unwrap_or("in a transaction"),
                 human_ms(t.age_ms)
             ),
+        )
+    });
+    let hidden = sample.sessions_hidden.max(0);
+    match (oldest, hidden, &sample.stats_grant) {
+        // What the role can see (its own sessions) is enough to stop.
+        (Some((true, text)), _, _) => {
+            Reading::judged(Indicator::LongTransactions, true, text, threshold)
+        }
+        (oldest, 1.., Some(grant)) => {
+            let role = sample.role.as_deref().unwrap_or("?");
+            let seen = match oldest {
+                Some((_, text)) => format!("among role {role}'s sessions the {text}"),
+                None => format!("no open transaction among role {role}'s sessions"),
+            };
+            let what = format!(
+                "{seen}; {hidden} session{} of other roles hold{} a transaction of unknown age",
+                if hidden == 1 { "" } else { "s" },
+                if hidden == 1 { "s" } else { "" }
+            );
+            Reading::not_granted(Indicator::LongTransactions, sample, grant, what, threshold)
+        }
+        (None, _, _) => Reading::judged(
+            Indicator::LongTransactions,
+            false,
+            "no other open transactions".into(),
             threshold,
         ),
+        (Some((stop, text)), _, _) => {
+            Reading::judged(Indicator::LongTransactions, stop, text, threshold)
+        }
     }
 }
 
@@ -770,7 +1027,7 @@ fn long_transactions(sample: &HealthSample, settings: &HealthSettings, scale: f6
 fn lock_waits(sample: &HealthSample) -> Reading {
     let threshold = "no waiters, no write-blocking locks held".to_owned();
     let Some(locks) = &sample.locks else {
-        return Reading::unreadable(Indicator::LockWaits, sample, threshold);
+        return Reading::unreadable(Indicator::LockWaits, sample, None, threshold);
     };
     let waiting = locks.iter().filter(|l| !l.granted).count();
     let holder = locks.iter().find(|l| l.granted);
@@ -805,7 +1062,12 @@ fn probe(sample: &HealthSample, settings: &HealthSettings) -> Reading {
             "no probe set".into(),
             "none".into(),
         ),
-        (Some(_), None) => Reading::unreadable(Indicator::Probe, sample, threshold),
+        (Some(_), None) => Reading::unknown(
+            Indicator::Probe,
+            UnknownCause::Failed,
+            "the probe was not run".into(),
+            threshold,
+        ),
         (Some(_), Some(Ok(Some(ok)))) => Reading::judged(
             Indicator::Probe,
             !ok,
@@ -814,11 +1076,13 @@ fn probe(sample: &HealthSample, settings: &HealthSettings) -> Reading {
         ),
         (Some(_), Some(Ok(None))) => Reading::unknown(
             Indicator::Probe,
+            UnknownCause::Failed,
             "the probe returned NULL".into(),
             threshold,
         ),
         (Some(_), Some(Err(e))) => Reading::unknown(
             Indicator::Probe,
+            UnknownCause::Failed,
             format!("the probe failed: {e}"),
             threshold,
         ),
@@ -831,6 +1095,7 @@ fn sub_batch_latency(settings: &HealthSettings, latency: Option<&LatencyTracker>
         Some(tracker) => tracker.reading(settings.latency_drift_factor),
         None => Reading::unknown(
             Indicator::SubBatchLatency,
+            UnknownCause::NoDataYet,
             "no sub-batches measured by this process".into(),
             format!(
                 "max {}x the running median per key",
@@ -1053,6 +1318,27 @@ impl LatencyTracker {
 }
 
 impl crate::Sluicegate {
+    /// The protections that are off for a migration on `table` with `settings`, read now from
+    /// one health sample (the probe included): every indicator not switched off that reads
+    /// `unknown` for a reason an operator can fix, with the grant that would turn it on
+    /// ([`protections_off`]). What needs more samples (WAL rate, latency) is not in it.
+    pub async fn protections_off(
+        &self,
+        table: &str,
+        settings: &HealthSettings,
+    ) -> crate::Result<Vec<Reading>> {
+        let table = crate::ident::TableName::parse(table)?;
+        let sample = self
+            .target()
+            .health_sample(&table, settings.probe.as_deref())
+            .await?;
+        let readings = evaluate(&sample, settings, None, None);
+        Ok(protections_off(&readings, settings)
+            .into_iter()
+            .cloned()
+            .collect())
+    }
+
     /// Every indicator's signal and reading for `migration` now, as a worker would judge them
     /// before its next job. Takes two samples a second apart for the WAL rate; sub-batch
     /// latency comes from the last jobs' recorded timings.
@@ -1098,6 +1384,7 @@ mod tests {
             transactions: Some(vec![]),
             locks: Some(vec![]),
             probe: None,
+            ..HealthSample::default()
         }
     }
 
@@ -1429,6 +1716,172 @@ mod tests {
         d.after_stop(Duration::from_micros(300), at(0));
         assert_eq!(d.observe(None, job, at(1)), Duration::ZERO);
         assert!(Indicator::WalRate.is_paced() && !Indicator::Probe.is_paced());
+    }
+
+    /// A PostgreSQL sample read by role `app`, which lacks `pg_read_all_stats` and
+    /// `pg_monitor`: its own sessions and the replicas' presence are visible, nothing else.
+    fn as_ordinary_role() -> HealthSample {
+        HealthSample {
+            autovacuum: None,
+            archive_ready: None,
+            role: Some("app".into()),
+            stats_grant: Some(grant_statement("pg_read_all_stats", "app")),
+            monitor_grant: Some(grant_statement("pg_monitor", "app")),
+            ..healthy()
+        }
+    }
+
+    #[test]
+    fn what_an_ordinary_role_cannot_read_names_its_grant() {
+        let r = evaluate(&as_ordinary_role(), &HealthSettings::default(), None, None);
+        let auto = by(&r, Indicator::Autovacuum);
+        assert_eq!(auto.signal, Signal::Unknown);
+        assert_eq!(auto.cause, Some(UnknownCause::Privilege));
+        assert_eq!(
+            auto.grant.as_deref(),
+            Some("GRANT pg_read_all_stats TO app")
+        );
+        assert_eq!(
+            auto.reading,
+            "not readable by role app: needs GRANT pg_read_all_stats TO app"
+        );
+        assert_eq!(
+            by(&r, Indicator::WalArchiveBacklog).grant.as_deref(),
+            Some("GRANT pg_monitor TO app")
+        );
+        // Its own sessions and no replica at all: known.
+        assert_eq!(by(&r, Indicator::LongTransactions).signal, Signal::Normal);
+        assert_eq!(by(&r, Indicator::ReplicaLag).signal, Signal::Normal);
+        // Replicas it sees but whose lag it may not read; sessions of others with a
+        // transaction: unknown, with the grant.
+        let mut s = as_ordinary_role();
+        s.replicas = Some(vec![Replica {
+            name: "walreceiver".into(),
+            address: None,
+            lag_bytes: None,
+            replay_lag_ms: None,
+        }]);
+        s.replicas_hidden = 1;
+        s.sessions_hidden = 2;
+        let r = evaluate(&s, &HealthSettings::default(), None, None);
+        let lag = by(&r, Indicator::ReplicaLag);
+        assert_eq!(
+            (lag.signal, lag.cause),
+            (Signal::Unknown, Some(UnknownCause::Privilege))
+        );
+        assert!(
+            lag.reading.starts_with(
+                "1 replica streaming from this server; the rest is not readable by role app"
+            ),
+            "{lag:?}"
+        );
+        let tx = by(&r, Indicator::LongTransactions);
+        assert_eq!(tx.signal, Signal::Unknown, "{tx:?}");
+        assert!(
+            tx.reading
+                .contains("2 sessions of other roles hold a transaction"),
+            "{tx:?}"
+        );
+        // What it sees of its own sessions is enough to stop.
+        s.transactions = Some(vec![OpenTransaction {
+            pid: 7,
+            user: Some("app".into()),
+            application: None,
+            state: Some("idle in transaction".into()),
+            age_ms: 11.0 * 60_000.0,
+        }]);
+        let r = evaluate(&s, &HealthSettings::default(), None, None);
+        assert_eq!(by(&r, Indicator::LongTransactions).signal, Signal::Stop);
+        // A quoted role.
+        assert_eq!(
+            grant_statement("pg_monitor", "App\"1"),
+            "GRANT pg_monitor TO \"App\"\"1\""
+        );
+    }
+
+    #[test]
+    fn require_health_holds_on_protections_that_are_off_only() {
+        let mut settings = HealthSettings {
+            require_health: true,
+            ..HealthSettings::default()
+        };
+        let r = evaluate(&as_ordinary_role(), &settings, None, None);
+        let stop = first_stop(&r).expect("held");
+        assert_eq!(stop.indicator, Indicator::Autovacuum);
+        assert_eq!(
+            stop.reason(),
+            "autovacuum: unknown: not readable by role app: needs GRANT pg_read_all_stats TO app \
+             (--require-health: holds while it cannot be read)"
+        );
+        // Not yet enough samples (WAL rate, latency) never holds.
+        for i in [Indicator::WalRate, Indicator::SubBatchLatency] {
+            assert_eq!(by(&r, i).signal, Signal::Unknown, "{i}");
+        }
+        // Switched off: no hold for it.
+        settings.off = vec![Indicator::Autovacuum, Indicator::WalArchiveBacklog];
+        let r = evaluate(&as_ordinary_role(), &settings, None, None);
+        assert!(first_stop(&r).is_none(), "{r:?}");
+        assert!(protections_off(&r, &settings).is_empty());
+        // A probe answering NULL is a protection off; on SQLite, what the engine lacks is not.
+        let sqlite = HealthSample {
+            not_available: Some("not available on SQLite".into()),
+            probe: Some(Ok(None)),
+            ..HealthSample::default()
+        };
+        let settings = HealthSettings {
+            require_health: true,
+            probe: Some("SELECT ok FROM gate".into()),
+            ..HealthSettings::default()
+        };
+        let r = evaluate(&sqlite, &settings, None, None);
+        assert_eq!(first_stop(&r).unwrap().indicator, Indicator::Probe);
+        let off: Vec<Indicator> = protections_off(&r, &settings)
+            .iter()
+            .map(|r| r.indicator)
+            .collect();
+        assert_eq!(off, vec![Indicator::Probe]);
+        // Without --require-health the same readings hold nothing, and the notice says so.
+        let plain = HealthSettings::default();
+        let r = evaluate(&as_ordinary_role(), &plain, None, None);
+        assert!(first_stop(&r).is_none());
+        let notice = protections_off_notice(&r, &plain).unwrap();
+        assert!(
+            notice.starts_with(
+                "2 health indicators cannot be read, reading unknown, which never holds"
+            ),
+            "{notice}"
+        );
+        assert!(
+            notice.contains(
+                "  autovacuum: not readable by role app: needs GRANT pg_read_all_stats TO app"
+            ),
+            "{notice}"
+        );
+        assert!(
+            notice.contains(
+                "  wal_archive_backlog: not readable by role app: needs GRANT pg_monitor TO app"
+            ),
+            "{notice}"
+        );
+    }
+
+    #[test]
+    fn settings_that_would_not_read_back_are_invalid() {
+        for drift in [f64::INFINITY, f64::NEG_INFINITY, f64::NAN, 1.0] {
+            let s = HealthSettings {
+                latency_drift_factor: drift,
+                ..HealthSettings::default()
+            };
+            assert!(s.invalid().is_some(), "{drift}");
+        }
+        let s = HealthSettings {
+            latency_drift_factor: 1.5,
+            require_health: true,
+            ..HealthSettings::default()
+        };
+        assert_eq!(s.invalid(), None);
+        let back: HealthSettings = serde_json::from_value(serde_json::json!(s)).unwrap();
+        assert_eq!(back, s);
     }
 
     #[test]

@@ -86,6 +86,154 @@ pub struct Migration {
     pub created_at: DateTime<Utc>,
     /// Last change.
     pub updated_at: DateTime<Utc>,
+    /// Set when its stored row could not be read back (a value edited by hand, written by a
+    /// version that stored what it could not read): why. Only its id, name, kind, table,
+    /// status and times are then real; every other field is a placeholder that must not be
+    /// acted on. It is listed as unreadable, a worker fails it (class
+    /// `UnreadableMigration`) instead of running it, and `set` refuses it; it can be
+    /// cancelled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unreadable: Option<String>,
+}
+
+/// The settings of a migration an operator chooses, wherever they come from: `queue`, `set`,
+/// the HTTP API, the library's [`QueueRequest`](crate::QueueRequest) and
+/// [`Sluicegate::set`](crate::Sluicegate::set). [`Settings::validate`] is the one check they
+/// all go through, and the only way to a [`ValidSettings`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    /// Keys per job.
+    pub batch_size: i64,
+    /// Keys per sub-batch.
+    pub sub_batch_size: i64,
+    /// The tuner's ceiling (an explicit sub-batch size).
+    pub sub_batch_ceiling: Option<i64>,
+    /// The optimizer's ceiling.
+    pub max_batch_size: Option<i64>,
+    /// Pause between sub-batches, in milliseconds.
+    pub pause_ms: i64,
+    /// Minimum time between job starts.
+    pub interval: Duration,
+    /// Sub-batch statement timeout.
+    pub statement_timeout: Duration,
+    /// Sub-batch lock timeout.
+    pub lock_timeout: Duration,
+    /// The tuner's target time per sub-batch (zero: fixed sizes).
+    pub target_sub_batch_time: Duration,
+    /// Health thresholds, probe, hold, `--require-health`.
+    pub health: HealthSettings,
+}
+
+/// [`Settings`] that passed [`Settings::validate`]: every number finite and in range, every
+/// length bounded, and everything reads back as written once stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ValidSettings(Settings);
+
+impl std::ops::Deref for ValidSettings {
+    type Target = Settings;
+
+    fn deref(&self) -> &Settings {
+        &self.0
+    }
+}
+
+impl ValidSettings {
+    /// The settings.
+    pub fn into_inner(self) -> Settings {
+        self.0
+    }
+}
+
+/// The longest statement or lock timeout, pause between sub-batches, or target sub-batch time.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+/// The longest interval or hold (wait between health re-checks).
+pub const MAX_PACING: Duration = Duration::from_secs(365 * 24 * 3600);
+
+impl Settings {
+    /// Checks every setting, naming the flag of the first that is wrong
+    /// ([`Error::InvalidSettings`](crate::Error::InvalidSettings)).
+    pub fn validate(self) -> crate::Result<ValidSettings> {
+        match self.invalid() {
+            Some(reason) => Err(crate::Error::InvalidSettings(reason)),
+            None => Ok(ValidSettings(self)),
+        }
+    }
+
+    fn invalid(&self) -> Option<String> {
+        if self.batch_size <= 0 {
+            return Some(format!(
+                "batch size must be at least 1 (got {})",
+                self.batch_size
+            ));
+        }
+        if self.sub_batch_size <= 0 {
+            return Some(format!(
+                "sub-batch size must be at least 1 (got {})",
+                self.sub_batch_size
+            ));
+        }
+        if let Some(ceiling) = self.sub_batch_ceiling.filter(|c| *c <= 0) {
+            return Some(format!(
+                "the sub-batch ceiling must be at least 1 (got {ceiling})"
+            ));
+        }
+        if self.sub_batch_size > self.batch_size {
+            return Some(format!(
+                "sub-batch size {} is larger than batch size {}",
+                self.sub_batch_size, self.batch_size
+            ));
+        }
+        if let Some(max) = self.max_batch_size {
+            if max < self.batch_size {
+                return Some(format!(
+                    "max batch size {max} is smaller than batch size {}",
+                    self.batch_size
+                ));
+            }
+        }
+        if self.pause_ms < 0 {
+            return Some(format!(
+                "pause must not be negative (got {} ms)",
+                self.pause_ms
+            ));
+        }
+        if self.statement_timeout.is_zero() || self.lock_timeout.is_zero() {
+            return Some("statement and lock timeouts must be positive".into());
+        }
+        // Stored durations feed timestamp arithmetic on every claim and hold: an absurd one
+        // (`--interval 100000000y`) would overflow there, so it is refused here, by name.
+        let hold = Duration::from_millis(self.health.hold_ms.max(0) as u64);
+        let bounded = [
+            ("--interval", self.interval, MAX_PACING, "365 days"),
+            ("--hold", hold, MAX_PACING, "365 days"),
+            (
+                "--statement-timeout",
+                self.statement_timeout,
+                MAX_TIMEOUT,
+                "24 hours",
+            ),
+            ("--lock-timeout", self.lock_timeout, MAX_TIMEOUT, "24 hours"),
+            (
+                "--pause-ms",
+                Duration::from_millis(self.pause_ms.max(0) as u64),
+                MAX_TIMEOUT,
+                "24 hours",
+            ),
+            (
+                "--target-sub-batch-time",
+                self.target_sub_batch_time,
+                MAX_TIMEOUT,
+                "24 hours",
+            ),
+        ];
+        if let Some((flag, value, _, max)) = bounded.iter().find(|(_, value, max, _)| value > max) {
+            return Some(format!(
+                "{flag} must be at most {max} (got {})",
+                humantime::format_duration(*value)
+            ));
+        }
+        self.health.invalid()
+    }
 }
 
 /// Which database a migration's table lives in: a stable identity, compared by workers and

@@ -10,6 +10,7 @@ mod partitions;
 mod reach;
 mod runner;
 mod schema;
+mod settings;
 mod store;
 mod targets;
 mod transitions;

@@ -440,7 +440,7 @@ pub async fn migration(
         .filter(|j| j.status == JobStatus::Running)
         .collect();
     // Each indicator's live reading, while the migration may still run.
-    let health = if m.status.is_finished() {
+    let health = if m.status.is_finished() || m.unreadable.is_some() {
         None
     } else {
         Some(st.sg.health(&m).await.map_err(|e| e.to_string()))
@@ -473,8 +473,33 @@ pub async fn migration(
             div #said .said {}
         }
     };
+    // Protections that are off: indicators that cannot be read, and the grant for each.
+    let off: Vec<&sluicegate::health::Reading> = match &health {
+        Some(Ok(readings)) => sluicegate::health::protections_off(readings, &m.health),
+        _ => Vec::new(),
+    };
     let content = html! {
         h1 { "Migration " (m.id) ": " (m.name) }
+        @if let Some(why) = &m.unreadable {
+            p .held #unreadable { "UNREADABLE — its stored row cannot be read back (" (why) "); a worker fails it, cancel ends it. The settings below are placeholders." }
+        }
+        @if !off.is_empty() {
+            div .hold #protections-off {
+                strong {
+                    "Protections off: " (off.len()) " health indicator(s) cannot be read; "
+                    @if m.health.require_health { "they hold the migration until readable (--require-health)." }
+                    @else { "they read unknown, which never holds (--require-health would hold instead)." }
+                }
+                ul {
+                    @for r in &off {
+                        li {
+                            code { (r.indicator) } ": " (r.reading.strip_prefix("unknown: ").unwrap_or(&r.reading))
+                            @if let Some(grant) = &r.grant { " — turn it on with " code { (grant) ";" } }
+                        }
+                    }
+                }
+            }
+        }
         @if held {
             p .held {
                 "HELD — " (hold.clone().unwrap_or_default()) "; next re-check at " (time(m.on_hold_until))

@@ -33,17 +33,17 @@ impl WorkerLoop {
     ) -> Result<Option<StepOutcome>> {
         let (readings, pressure) = self.judge(m, &sample);
         for r in readings.iter().filter(|r| r.signal == Signal::Unknown) {
-            // What the role may not read is said once per worker, loudly, with the grant.
-            let unreadable = r.reading.starts_with("not readable by role");
-            let first = unreadable
-                && self
-                    .worker
-                    .warned
-                    .lock()
-                    .expect("not poisoned")
-                    .insert(r.reading.clone());
+            // A protection that is off is said once per worker and indicator, loudly, with
+            // the grant that would turn it on.
+            let key = format!(
+                "{}: {}",
+                r.indicator,
+                r.grant.as_deref().unwrap_or(&r.reading)
+            );
+            let first = r.is_protection_off()
+                && self.worker.warned.lock().expect("not poisoned").insert(key);
             if first {
-                tracing::warn!(indicator = %r.indicator, reading = %r.reading, "health indicator unreadable: it reads unknown and never holds");
+                tracing::warn!(indicator = %r.indicator, reading = %r.reading, grant = r.grant.as_deref().unwrap_or("-"), "health indicator unreadable: it reads unknown and never holds (--require-health would hold)");
             } else {
                 tracing::debug!(migration = m.id, indicator = %r.indicator, reading = %r.reading, "health indicator unknown");
             }

@@ -386,7 +386,10 @@ impl WorkerLoop {
     /// No job left to start: finish (or fail) the migration when nothing is pending or
     /// running any more.
     pub(super) async fn complete_if_done(&self, m: &Migration) -> Result<StepOutcome> {
-        let Some(m) = self.sg().store.migration_get(m.id).await? else {
+        // An unreadable row is failed by the next claim, never finished on its placeholders.
+        let Some(m) =
+            (self.sg().store.migration_get(m.id).await?).filter(|m| m.unreadable.is_none())
+        else {
             return Ok(StepOutcome::Idle);
         };
         let runnable = matches!(

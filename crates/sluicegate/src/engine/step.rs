@@ -142,6 +142,12 @@ impl WorkerLoop {
     pub async fn step(&mut self) -> Result<StepOutcome> {
         self.worker.maintain_partitions().await?;
         let outcome = match std::mem::take(&mut self.carry) {
+            // A row that no longer reads back is failed, never run on its placeholders.
+            Carry::Started { migration, .. } | Carry::Continue { migration, .. }
+                if migration.unreadable.is_some() =>
+            {
+                self.step_migration(*migration).await?
+            }
             Carry::Started { migration, job } => {
                 let migration = Box::new(self.with_current_settings(*migration).await);
                 let (id, next_start) = (migration.id, migration.next_start.clone());
@@ -181,7 +187,7 @@ impl WorkerLoop {
             return m;
         }
         match self.sg().store.migration_get(m.id).await {
-            Ok(Some(current)) => {
+            Ok(Some(current)) if current.unreadable.is_none() => {
                 self.settings_read.insert(m.id, now);
                 current
             }
@@ -286,6 +292,19 @@ impl WorkerLoop {
         m: &Migration,
         mode: Mode,
     ) -> Result<StepOutcome> {
+        if let Some(why) = &m.unreadable {
+            // Its settings are placeholders: fail it, with a class of its own, and go on.
+            let failure = Failure::new(
+                "UnreadableMigration",
+                format!("its stored row cannot be read back: {why}"),
+            );
+            let m = self
+                .fail_migration(m, failure, format!("its stored row is unreadable: {why}"))
+                .await?;
+            return Ok(StepOutcome::Completed {
+                migration: Box::new(m),
+            });
+        }
         if self.sg().registry.get(&m.job_kind).is_none() {
             let failure = Failure::new(
                 FailureClass::UnknownJobKind,

@@ -465,7 +465,9 @@ const TARGET_ROW_ESTIMATE: &str =
 
 /// Everything the health indicators read, as one JSON row, in one round trip. Statistics of
 /// other sessions need `pg_read_all_stats` and the archiver's directory `pg_monitor`; without
-/// them those parts are NULL and their indicators say `unknown`. `$1` is the quoted table.
+/// them the role reads what it may: its own sessions' transactions (and how many sessions of
+/// other roles hold one: `backend_xid`/`backend_xmin` are public), the replicas streaming
+/// (their lag is not), and the rest is NULL, `unknown`. `$1` is the quoted table.
 /// The health sample: one query. `{archive_ready}` is [`ARCHIVE_READY`] when the role may
 /// execute `pg_ls_archive_statusdir()`, else `NULL`: PostgreSQL checks EXECUTE when the query
 /// starts, so a role without `pg_monitor` could not run the query at all with the call in it,
@@ -493,22 +495,32 @@ SELECT json_build_object(
         WHERE p.relid = f.relid AND a.backend_type = 'autovacuum worker') END,
     'archive_ready', CASE WHEN f.monitor AND f.archiving THEN {archive_ready} END,
     'wal_lsn', CASE WHEN NOT f.recovery THEN pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint END,
-    'replicas', CASE WHEN f.stats AND NOT f.recovery THEN (
+    'replicas', CASE WHEN NOT f.recovery THEN (
         SELECT coalesce(json_agg(json_build_object(
-                   'name', r.application_name,
+                   'name', coalesce(r.application_name, 'pid ' || r.pid),
                    'address', host(r.client_addr),
                    'lag_bytes', pg_wal_lsn_diff(pg_current_wal_lsn(), r.replay_lsn)::bigint,
                    'replay_lag_ms', extract(epoch FROM r.replay_lag) * 1000)),
                '[]'::json)
         FROM pg_stat_replication r) END,
-    'transactions', CASE WHEN f.stats THEN (
+    'replicas_hidden', CASE WHEN NOT f.stats AND NOT f.recovery THEN (
+        SELECT count(*) FROM pg_stat_replication r WHERE r.replay_lsn IS NULL) ELSE 0 END,
+    'sessions_hidden', CASE WHEN NOT f.stats THEN (
+        SELECT count(*) FROM pg_stat_activity a
+        WHERE a.datname = current_database() AND a.pid <> pg_backend_pid()
+          AND a.backend_type IS NULL
+          AND (a.backend_xid IS NOT NULL OR a.backend_xmin IS NOT NULL)
+          -- Sluicegate's own (the tracking role's short bookkeeping transactions) are not
+          -- what the indicator watches for.
+          AND a.application_name IS DISTINCT FROM 'sluicegate') ELSE 0 END,
+    'transactions', (
         SELECT coalesce(json_agg(t ORDER BY t.age_ms DESC), '[]'::json)
         FROM (SELECT a.pid, a.usename AS user, a.application_name AS application, a.state,
                      extract(epoch FROM now() - a.xact_start) * 1000 AS age_ms
               FROM pg_stat_activity a
               WHERE a.datname = current_database() AND a.backend_type = 'client backend'
                 AND a.pid <> pg_backend_pid() AND a.xact_start IS NOT NULL
-              ORDER BY a.xact_start LIMIT 3) t) END,
+              ORDER BY a.xact_start LIMIT 3) t),
     'locks', (
         SELECT coalesce(json_agg(json_build_object('pid', l.pid, 'mode', l.mode, 'granted', l.granted)),
                '[]'::json)
@@ -1847,6 +1859,8 @@ impl Target for PgTarget {
             archive_ready: Option<i64>,
             wal_lsn: Option<i64>,
             replicas: Option<Vec<crate::health::Replica>>,
+            replicas_hidden: i64,
+            sessions_hidden: i64,
             transactions: Option<Vec<crate::health::OpenTransaction>>,
             locks: Option<Vec<crate::health::TableLock>>,
         }
@@ -1871,20 +1885,15 @@ impl Target for PgTarget {
             .fetch_one(&self.pool)
             .await
             .map_err(Error::db(context))?;
-        // Named with the grant that would make it readable.
-        let not_available = match (row.stats, row.monitor) {
-            (true, true) => None,
-            (false, _) => Some(format!(
-                "not readable by role {}: needs GRANT pg_read_all_stats (or pg_monitor) TO {0}",
-                row.role
-            )),
-            (true, false) => Some(format!(
-                "not readable by role {}: needs GRANT pg_monitor TO {0}",
-                row.role
-            )),
-        };
+        // What the role may not read is named with the grant that would make it readable.
+        let grant = |role: &str| crate::health::grant_statement(role, &row.role);
         let mut sample = HealthSample {
-            not_available,
+            not_available: None,
+            stats_grant: (!row.stats).then(|| grant("pg_read_all_stats")),
+            monitor_grant: (!row.monitor).then(|| grant("pg_monitor")),
+            role: Some(row.role.clone()),
+            replicas_hidden: row.replicas_hidden,
+            sessions_hidden: row.sessions_hidden,
             autovacuum: row.autovacuum,
             archiving: Some(row.archiving),
             archive_ready: row.archive_ready,

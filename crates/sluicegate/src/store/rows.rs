@@ -121,21 +121,87 @@ impl ModelRow for SqliteRow {
     }
 }
 
-/// A `migrations` row.
+/// A `migrations` row. A row whose settings cannot be read back is still a migration: its
+/// identity (id, name, kind, table, status, times) with placeholders for the rest and
+/// [`Migration::unreadable`] saying why, so that one bad row fails only its migration, never
+/// every command that lists them.
 pub(crate) fn migration(row: &impl ModelRow) -> Result<Migration> {
-    let interval_ms = row.int("interval_ms")?;
+    migration_strict(row).or_else(|e| unreadable_migration(row, e))
+}
+
+/// What can be read of a row [`migration_strict`] could not read: its identity, or `e` when
+/// not even that reads.
+fn unreadable_migration(row: &impl ModelRow, e: Error) -> Result<Migration> {
+    let why = match &e {
+        Error::Corrupt(what) => what.clone(),
+        other => other.to_string(),
+    };
+    let id = row.int("id").map_err(|_| e)?;
+    let status = row.text("status")?;
+    let status = status
+        .parse()
+        .map_err(|_| Error::Corrupt(format!("migration {id}: unknown status {status:?}")))?;
+    let time = |col: &str| row.time(col).ok().flatten();
     Ok(Migration {
-        id: row.int("id")?,
+        id,
         name: row.text("name")?,
         job_kind: row.text("job_kind")?,
         table_name: row.text("table_name")?,
-        target: match (row.opt_text("target_id")?, row.opt_text("target_display")?) {
+        target: target(row).ok().flatten(),
+        key: KeySpec(Vec::new()),
+        key_unique: false,
+        scope: None,
+        job_arguments: Value::Null,
+        min_value: Key(Vec::new()),
+        max_value: Key(Vec::new()),
+        next_start: None,
+        batch_size: 0,
+        sub_batch_size: 0,
+        max_batch_size: None,
+        sub_batch_ceiling: None,
+        pause_ms: 0,
+        interval: std::time::Duration::ZERO,
+        statement_timeout_ms: 0,
+        lock_timeout_ms: 0,
+        health: Default::default(),
+        target_sub_batch_ms: 0,
+        status,
+        total_tuple_count: None,
+        on_hold_until: None,
+        held_since: None,
+        throttle_pause_ms: 0,
+        throttle_reason: None,
+        last_job_started_at: None,
+        started_at: time("started_at"),
+        finished_at: time("finished_at"),
+        created_at: time("created_at").unwrap_or_default(),
+        updated_at: time("updated_at").unwrap_or_default(),
+        unreadable: Some(why),
+    })
+}
+
+/// The target a migration was queued for (`None`: queued before schema v5).
+fn target(row: &impl ModelRow) -> Result<Option<TargetIdentity>> {
+    Ok(
+        match (row.opt_text("target_id")?, row.opt_text("target_display")?) {
             (Some(id), display) => Some(TargetIdentity {
                 display: display.unwrap_or_else(|| id.clone()),
                 id,
             }),
             (None, _) => None,
         },
+    )
+}
+
+/// A `migrations` row, every column read.
+fn migration_strict(row: &impl ModelRow) -> Result<Migration> {
+    let interval_ms = row.int("interval_ms")?;
+    Ok(Migration {
+        id: row.int("id")?,
+        name: row.text("name")?,
+        job_kind: row.text("job_kind")?,
+        table_name: row.text("table_name")?,
+        target: target(row)?,
         key: serde_json::from_value::<KeySpec>(row.json("key_columns")?)
             .map_err(|e| Error::Corrupt(format!("bad key_columns: {e}")))?,
         key_unique: row.flag("key_unique")?,
@@ -152,8 +218,27 @@ pub(crate) fn migration(row: &impl ModelRow) -> Result<Migration> {
         interval: std::time::Duration::from_millis(interval_ms.max(0) as u64),
         statement_timeout_ms: row.int("statement_timeout_ms")?,
         lock_timeout_ms: row.int("lock_timeout_ms")?,
-        health: serde_json::from_value(row.json("health_settings")?)
-            .map_err(|e| Error::Corrupt(format!("bad health_settings: {e}")))?,
+        health: {
+            let stored = row.json("health_settings")?;
+            let health: crate::health::HealthSettings = serde_json::from_value(stored.clone())
+                .map_err(|e| {
+                    // Named by the field that does not read, when one alone does not.
+                    let field = stored.as_object().and_then(|o| {
+                        o.iter().find(|(k, v)| {
+                            let one = serde_json::json!({ k.as_str(): v });
+                            serde_json::from_value::<crate::health::HealthSettings>(one).is_err()
+                        })
+                    });
+                    match field {
+                        Some((k, _)) => Error::Corrupt(format!("bad health_settings: {k}: {e}")),
+                        None => Error::Corrupt(format!("bad health_settings: {e}")),
+                    }
+                })?;
+            if let Some(why) = health.invalid() {
+                return Err(Error::Corrupt(format!("bad health_settings: {why}")));
+            }
+            health
+        },
         target_sub_batch_ms: row.int("target_sub_batch_ms")?,
         status: row.text("status")?.parse()?,
         total_tuple_count: row.opt_int("total_tuple_count")?,
@@ -166,6 +251,7 @@ pub(crate) fn migration(row: &impl ModelRow) -> Result<Migration> {
         finished_at: row.time("finished_at")?,
         created_at: row.time("created_at")?.unwrap_or_default(),
         updated_at: row.time("updated_at")?.unwrap_or_default(),
+        unreadable: None,
     })
 }
 
