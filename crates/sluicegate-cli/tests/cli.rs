@@ -1342,7 +1342,7 @@ store_test!(
             ),
             (
                 vec!["set", "good", "--health-probe", "select; drop table t"],
-                "--health-probe failed on a trial run",
+                "--health-probe must be one query",
             ),
         ] {
             assert_fails_with(&sg(&url, &args), expected);

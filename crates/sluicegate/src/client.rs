@@ -788,10 +788,6 @@ impl Sluicegate {
             kind: req.job_kind.clone(),
             reason,
         })?;
-        if let Some(probe) = &req.health.probe {
-            fragment::check_probe(backend, "--health-probe", probe)
-                .map_err(Error::InvalidSettings)?;
-        }
         let bounds = self
             .target
             .key_bounds(&table, &key, scope.as_deref())
@@ -948,6 +944,11 @@ impl Sluicegate {
         previous: Option<&str>,
     ) -> Result<Vec<crate::health::Reading>> {
         let health = &settings.health;
+        // Read by the parser before it runs: one query, nothing after it.
+        if let Some(probe) = health.probe.as_deref().filter(|p| previous != Some(*p)) {
+            fragment::check_probe(self.target.backend(), "--health-probe", probe)
+                .map_err(Error::InvalidSettings)?;
+        }
         let sample = self
             .target
             .health_sample(table, health.probe.as_deref())

@@ -79,10 +79,13 @@ store_test!(
             "name must be at most 200",
         );
         // The probe's run-time checks.
-        for probe in ["select 1/0 = 1", "select; drop table a"] {
+        for (probe, says) in [
+            ("select 1/0 = 1", "--health-probe failed on a trial run"),
+            ("select; drop table a", "--health-probe must be one query"),
+        ] {
             let mut req = request("a", "a");
             req.health.probe = Some(probe.into());
-            refused(sg.queue(&req).await, "--health-probe failed on a trial run");
+            refused(sg.queue(&req).await, says);
         }
         assert_eq!(written(&db).await, (0, 0), "nothing written by a refusal");
 
@@ -137,7 +140,7 @@ store_test!(
                 "test",
             )
             .await,
-            "--health-probe failed on a trial run",
+            "--health-probe must be one query",
         );
         let long = sg
             .set(
