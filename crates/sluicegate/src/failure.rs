@@ -219,7 +219,8 @@ pub fn blame(err: &sqlx::Error) -> Blame {
 
 /// [`blame`] for a PostgreSQL SQLSTATE (five characters) or a SQLite extended result code.
 fn blame_code(code: &str) -> Blame {
-    if let Ok(sqlite) = code.parse::<i64>() {
+    // A SQLSTATE is five characters; SQLite's extended result codes stay under 10,000.
+    if let Some(sqlite) = code.parse::<i64>().ok().filter(|_| code.len() < 5) {
         // SQLite: the primary code is the low byte of the extended one.
         return match sqlite & 0xff {
             // BUSY, LOCKED
@@ -317,7 +318,9 @@ mod tests {
 
     #[test]
     fn blames_only_the_connection_and_the_database_by_code() {
-        for code in ["08006", "08001", "53100", "53200", "57P01", "57P03", "40P01", "5", "517", "13", "266"] {
+        for code in [
+            "08006", "08001", "53100", "53200", "57P01", "57P03", "40P01", "5", "517", "13", "266",
+        ] {
             assert_eq!(blame_code(code), Blame::Connection, "{code}");
         }
         for code in ["25006", "28P01", "3D000", "XX001", "11", "8", "26"] {
@@ -325,7 +328,9 @@ mod tests {
         }
         // A column whose type changed, a dropped function, a statement timeout, a bad cast,
         // a missing table or column, SQLite's generic error and a constraint: the migration's.
-        for code in ["42883", "42P01", "42703", "57014", "55P03", "22P02", "23505", "1", "19", "2067"] {
+        for code in [
+            "42883", "42P01", "42703", "57014", "55P03", "22P02", "23505", "1", "19", "2067",
+        ] {
             assert_eq!(blame_code(code), Blame::Migration, "{code}");
         }
         assert_eq!(blame(&sqlx::Error::PoolTimedOut), Blame::Connection);

@@ -99,7 +99,9 @@ impl WorkerLoop {
                 // Stopped between two sub-batches: each committed its cursor, so the job is
                 // handed back here and resumes after `from`.
                 drop(heartbeat);
-                return self.hand_back(job, &from, &tally, started, sub_batch_size).await;
+                return self
+                    .hand_back(job, &from, &tally, started, sub_batch_size)
+                    .await;
             }
             let t0 = Instant::now();
             let spec = SubBatchSpec {

@@ -291,11 +291,14 @@ impl Worker {
     /// ahead, as no loop goes on to run it.
     pub async fn run_once(&self) -> Result<Vec<StepOutcome>> {
         let stop = Arc::new(AtomicBool::new(true));
-        let steps = self.loops(&stop, &Arc::default()).into_iter().map(|mut l| async move {
-            let outcome = l.step().await;
-            l.finish().await?;
-            outcome
-        });
+        let steps = self
+            .loops(&stop, &Arc::default())
+            .into_iter()
+            .map(|mut l| async move {
+                let outcome = l.step().await;
+                l.finish().await?;
+                outcome
+            });
         futures::future::try_join_all(steps).await
     }
 
@@ -479,7 +482,11 @@ impl Worker {
     /// server's for now: out of resources, shutting down, busy); anything else (the tracking
     /// schema gone, a read-only or corrupt tracking database) stops the worker.
     async fn on_error(&self, e: Error, backoff: &mut Backoff) -> Result<()> {
-        if e.blame() != Blame::Connection {
+        // A tracking statement that ran into the database's own statement or lock timeout
+        // (a busy server, a low default) is tried again too.
+        let timed_out =
+            matches!(&e, Error::Database { source, .. } if Failure::from_sqlx(source).is_timeout());
+        if e.blame() != Blame::Connection && !timed_out {
             return Err(e);
         }
         let wait = backoff.next();

@@ -946,9 +946,12 @@ impl Store for PgStore {
         // The range: given keys ($3, $4), or the keyset walk from the expected next key ($2,
         // inclusive when $11) to the migration's last key, over $10 keys.
         let (range_sql, given, keyset_size, walk_timeout) = match &p.range {
-            JobRange::Given { min, max } => {
-                (JOB_CREATE_GIVEN_RANGE.to_owned(), Some((min, max)), None, None)
-            }
+            JobRange::Given { min, max } => (
+                JOB_CREATE_GIVEN_RANGE.to_owned(),
+                Some((min, max)),
+                None,
+                None,
+            ),
             JobRange::Keyset {
                 table,
                 key,
@@ -969,7 +972,10 @@ impl Store for PgStore {
         let mut tx = match walk_timeout {
             Some(ms) => self
                 .pool
-                .begin_with(format!("BEGIN; SET LOCAL statement_timeout = {}", ms.max(1)))
+                .begin_with(format!(
+                    "BEGIN; SET LOCAL statement_timeout = {}",
+                    ms.max(1)
+                ))
                 .await
                 .map_err(Error::db(&context))?,
             None => self.pool.begin().await.map_err(Error::db(&context))?,
