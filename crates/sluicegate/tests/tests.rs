@@ -10,6 +10,7 @@ mod ownership;
 mod partitions;
 mod runner;
 mod schema;
+mod splits;
 mod stopping;
 mod store;
 mod transitions;
