@@ -202,16 +202,19 @@ impl WorkerLoop {
     /// dropping a loop stepped by hand, so that no job is left running with no one to run it
     /// (its lease would run out and another worker would log it `WorkerLost`).
     ///
-    /// It also gives back the table lease of the migration it last ran (once no job of it
-    /// runs): a worker that stops must not keep another migration of that table waiting for
-    /// its lease to run out (a paused migration, say, whose job was in flight).
+    /// When the worker was stopped (a signal), it also gives back the table lease of the
+    /// migration it last ran (once no job of it runs): a stopped worker must not keep another
+    /// migration of that table waiting for its lease to run out (a paused migration, say,
+    /// whose job was in flight).
     pub async fn finish(&mut self) -> Result<()> {
         self.stopping = Arc::new(AtomicBool::new(true));
         while matches!(self.carry, Carry::Started { .. }) {
             self.step().await?;
         }
         self.carry = Carry::Nothing;
-        if let Some(id) = self.last_migration.take() {
+        // Stopped (a signal): nothing of this loop runs on, so its table goes back.
+        let last = self.last_migration.take();
+        if let Some(id) = last.filter(|_| self.interrupted.load(Ordering::Relaxed)) {
             self.sg().store.table_lease_release(id).await?;
         }
         Ok(())
