@@ -1625,7 +1625,7 @@ impl Target for PgTarget {
             ))
             .await
             .map_err(Error::db("finding the next key range"))?;
-        let found = Self::range_next_in(&mut *tx, (table, key, scope), lower, max, size)
+        let found = Self::range_next_in(&mut tx, (table, key, scope), lower, max, size)
             .await
             .map_err(Error::db(format!(
                 "finding the next key range of {}",
