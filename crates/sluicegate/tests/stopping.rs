@@ -148,9 +148,17 @@ store_test!(
         let (sg2, a2) = (sg.clone(), a.clone());
         let stop = async move {
             a_job_under_way(&sg2, &a2).await;
-            sg2.apply("a", MigrationEvent::Pause, Some("test".into()), "test")
-                .await
-                .unwrap();
+            // The worker's own writes may race the pause (a conflict writes nothing): again.
+            loop {
+                match sg2
+                    .apply("a", MigrationEvent::Pause, Some("test".into()), "test")
+                    .await
+                {
+                    Ok(_) => break,
+                    Err(Error::Conflict { .. }) => tokio::task::yield_now().await,
+                    Err(e) => panic!("{e}"),
+                }
+            }
         };
         // A lease far longer than the test: only giving the table back lets `b` start.
         let w = sg.worker(sluicegate::WorkerOptions {
