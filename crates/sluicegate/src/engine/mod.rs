@@ -444,7 +444,7 @@ impl Worker {
                     backoff.reset();
                     self.emit(&other);
                 }
-                Err(e) => self.on_error(e, &mut backoff).await?,
+                Err(e) => self.on_error(e, &mut backoff, l).await?,
             }
         }
     }
@@ -481,7 +481,8 @@ impl Worker {
     /// An error no migration owns: back off and go on when it is the connection's (or the
     /// server's for now: out of resources, shutting down, busy); anything else (the tracking
     /// schema gone, a read-only or corrupt tracking database) stops the worker.
-    async fn on_error(&self, e: Error, backoff: &mut Backoff) -> Result<()> {
+    /// The wait is cut short when `l`'s worker is stopped.
+    async fn on_error(&self, e: Error, backoff: &mut Backoff, l: &WorkerLoop) -> Result<()> {
         // A tracking statement that ran into the database's own statement or lock timeout
         // (a busy server, a low default) is tried again too.
         let timed_out =
@@ -491,7 +492,7 @@ impl Worker {
         }
         let wait = backoff.next();
         tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, worker = %self.opts.name, "database unavailable; backing off");
-        tokio::time::sleep(wait).await;
+        l.pause(wait).await;
         Ok(())
     }
 

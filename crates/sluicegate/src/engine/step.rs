@@ -244,7 +244,7 @@ impl WorkerLoop {
                             Ok(false) => return Ok(()),
                             Ok(true) => {}
                             Err(e) => {
-                                self.worker.on_error(e, &mut backoff).await?;
+                                self.worker.on_error(e, &mut backoff, self).await?;
                                 continue;
                             }
                         }
@@ -259,7 +259,7 @@ impl WorkerLoop {
                     self.pause(poll.min(Duration::from_millis(100))).await;
                 }
                 Ok(_) => backoff.reset(),
-                Err(e) => self.worker.on_error(e, &mut backoff).await?,
+                Err(e) => self.worker.on_error(e, &mut backoff, self).await?,
             }
         }
         // A job started ahead is running already: it runs before the loop stops.
