@@ -137,10 +137,11 @@ store_test!(
     |db| {
         db.create_items("items", &[(1, 2_000)]).await;
         let sg = db.sluicegate_with(registry_with(Slow(50))).await;
-        let a = sg
-            .queue(&fast("a", "slow", "items", 2_000, 50))
-            .await
-            .unwrap();
+        // A pause between sub-batches: on SQLite a writer waiting for the lock (the pause
+        // below) gets it there, not while a sub-batch holds it.
+        let mut a = fast("a", "slow", "items", 2_000, 50);
+        a.pause_ms = 20;
+        let a = sg.queue(&a).await.unwrap();
         let mut b = fast("b", "slow", "items", 100, 50);
         b.scope = Some("id > 1000".into());
         let b = sg.queue(&b).await.unwrap();
