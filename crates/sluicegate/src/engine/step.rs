@@ -116,13 +116,11 @@ impl Prefetch {
     }
 }
 
-impl Drop for Prefetch {
-    fn drop(&mut self) {
-        if let Some(task) = &self.task {
-            task.abort();
-        }
-    }
-}
+// A prefetch no longer wanted is left to finish on its own, never aborted: its reads run in
+// transactions (the walk under the migration's statement timeout, the probe read-only), and
+// a task cancelled between a `BEGIN` and its end could hand its connection back to the pool
+// inside that transaction (seen: the next claim met "cannot execute SELECT FOR UPDATE in a
+// read-only transaction").
 
 impl WorkerLoop {
     /// This loop's name in leases and logs.
