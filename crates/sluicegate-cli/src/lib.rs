@@ -5,25 +5,48 @@ pub mod json;
 pub mod serve;
 pub mod units;
 
-/// Resolves on Ctrl-C or SIGTERM: the signal to finish the work in flight and stop.
+/// Resolves on the first Ctrl-C (SIGINT) or SIGTERM: the signal to end the sub-batch in
+/// flight, hand its job back and stop. From then on, a second signal ends the process at once
+/// (exit 130 for SIGINT, 143 for SIGTERM): a job in flight is then covered by its lease.
 pub async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+    let first = signalled().await;
+    eprintln!(
+        "{first}: stopping at the end of the current sub-batch (send it again to exit at once)"
+    );
+    tokio::spawn(async {
+        let second = signalled().await;
+        eprintln!(
+            "{second} again: exiting now; a job in flight is taken over when its lease runs out"
+        );
+        std::process::exit(match second {
+            "SIGTERM" => 143,
+            _ => 130,
+        });
+    });
+}
+
+/// Waits for SIGINT or SIGTERM and names it.
+async fn signalled() -> &'static str {
     #[cfg(unix)]
     {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = ctrl_c => {},
-            _ = term.recv() => {},
+        use tokio::signal::unix::{signal, SignalKind};
+        match (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) {
+            (Ok(mut int), Ok(mut term)) => tokio::select! {
+                _ = int.recv() => "SIGINT",
+                _ = term.recv() => "SIGTERM",
+            },
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+                "SIGINT"
+            }
         }
     }
     #[cfg(not(unix))]
-    let _ = ctrl_c.await;
-    tracing::warn!("shutting down: finishing the work in progress");
+    {
+        let _ = tokio::signal::ctrl_c().await;
+        "SIGINT"
+    }
 }

@@ -129,6 +129,7 @@ impl Reporter {
                             JobOutcome::Succeeded => "ok".to_owned(),
                             JobOutcome::Failed { failure } => format!("FAILED {}", failure.class),
                             JobOutcome::Lost => "lost".to_owned(),
+                            JobOutcome::Stopped => "stopped (resumes from its cursor)".to_owned(),
                         };
                         // The migration as it stands now: its next key moved with this job.
                         let now = sg.migration(&m.id.to_string()).await.unwrap_or(m.clone());
@@ -163,6 +164,7 @@ impl Reporter {
                             JobOutcome::Succeeded => "succeeded",
                             JobOutcome::Failed { .. } => "failed",
                             JobOutcome::Lost => "lost",
+                            JobOutcome::Stopped => "stopped",
                         };
                         outln_or_drop!(
                             "{}",

@@ -397,7 +397,9 @@ pub async fn finalize(sg: &Sluicegate, migration: &str, json: bool) -> Result<()
             ..WorkerOptions::default()
         })
         .with_events(reporter.sink());
-    let result = worker.finalize(&m, "cli").await;
+    let result = worker
+        .finalize_until(&m, "cli", sluicegate_cli::shutdown_signal())
+        .await;
     reporter.finish().await;
     let m = result?;
     if m.status != sluicegate::MigrationStatus::Finished {

@@ -1403,3 +1403,243 @@ store_test!(
         assert_eq!(db.scalar("SELECT count(*) FROM t WHERE n <> 0").await, 0);
     }
 );
+
+/// Sends `signal` (`TERM`, `INT`) to a child process.
+fn signal(child: &std::process::Child, signal: &str) {
+    let sent = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(child.id().to_string())
+        .status()
+        .expect("run kill");
+    assert!(sent.success());
+}
+
+/// Queues `inc` (`n = n + 1`) on `items` in jobs of `batch` keys and sub-batches of 50 keys
+/// that each take about `sub_batch_ms`: PostgreSQL sleeps per row inside the sub-batch;
+/// SQLite, which cannot sleep in SQL, pauses as long between sub-batches.
+fn queue_slow(db: &TestDb, batch: u32, sub_batch_ms: u32) {
+    let url = db.url.clone();
+    assert!(sg(&url, &["setup"]).status.success());
+    let batch = batch.to_string();
+    let mut args = vec![
+        "queue",
+        "inc",
+        "--table",
+        "items",
+        "--kind",
+        "update",
+        "--set",
+        "n = n + 1",
+        "--batch-size",
+        &batch,
+        "--sub-batch-size",
+        "50",
+        "--interval",
+        "0s",
+        "--target-sub-batch-time",
+        "0s",
+    ];
+    let per_row = format!(
+        "pg_sleep({}) IS NOT NULL",
+        f64::from(sub_batch_ms) / 50_000.0
+    );
+    let pause = sub_batch_ms.to_string();
+    match db.backend {
+        Backend::Postgres => args.extend(["--where", &per_row, "--pause-ms", "0"]),
+        Backend::Sqlite => args.extend(["--pause-ms", &pause]),
+    }
+    let out = sg(&url, &args);
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+/// Waits until a job of `inc` is running with a committed sub-batch (a cursor).
+async fn inc_under_way(handle: &sluicegate::Sluicegate) -> Job {
+    let m = handle.migration("inc").await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let running = handle.jobs(&m, Some(JobStatus::Running)).await.unwrap();
+        if let Some(job) = running.into_iter().find(|j| j.cursor.is_some()) {
+            return job;
+        }
+        assert!(std::time::Instant::now() < deadline, "no job got under way");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+// SIGTERM mid-job: the worker ends the sub-batch in flight, hands the job back and exits 0
+// within about one sub-batch (100 ms here), not after the job's 100 sub-batches (10 s);
+// the next `run` resumes the job after its cursor, every row changed exactly once.
+store_test!(
+    sigterm_ends_the_sub_batch_in_flight_and_the_next_run_resumes_the_job,
+    |db| {
+        db.create_items("items", &[(1, 5_000)]).await;
+        queue_slow(&db, 5_000, 100);
+        let url = db.url.clone();
+        let handle = sluicegate::Sluicegate::connect(&url).await.unwrap();
+        let mut child = bin()
+            .args(["--database-url", &url, "run", "--until-idle", "--json"])
+            .args(["--worker", "stopped"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        inc_under_way(&handle).await;
+        let sent = std::time::Instant::now();
+        signal(&child, "TERM");
+        let status = child.wait().unwrap();
+        let took = sent.elapsed();
+        let mut err = String::new();
+        std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+        eprintln!("exited {} ms after SIGTERM", took.as_millis());
+        assert_eq!(status.code(), Some(0), "{err}");
+        assert!(
+            err.contains("SIGTERM: stopping at the end of the current sub-batch"),
+            "{err}"
+        );
+        assert!(took < Duration::from_secs(3), "{took:?}");
+        let m = handle.migration("inc").await.unwrap();
+        let jobs = handle.jobs(&m, None).await.unwrap();
+        assert_eq!(jobs.len(), 1);
+        assert_eq!(jobs[0].status, JobStatus::Pending);
+        let cursor = jobs[0].cursor.as_ref().unwrap().as_i64().unwrap();
+        assert!(cursor < 5_000, "{cursor}");
+        assert_eq!(
+            db.scalar("SELECT count(*) FROM items WHERE n = 1").await,
+            cursor
+        );
+        assert_eq!(db.scalar("SELECT count(*) FROM items WHERE n > 1").await, 0);
+        // The next run resumes after the cursor.
+        let rest = sg(&url, &["run", "--until-idle", "--json", "--worker", "next"]);
+        assert!(rest.status.success(), "{}", stderr(&rest));
+        let m = handle.migration("inc").await.unwrap();
+        assert_eq!(m.status, MigrationStatus::Finished);
+        assert_eq!(
+            db.scalar("SELECT count(*) FROM items WHERE n <> 1").await,
+            0
+        );
+        let log = handle.job_history(jobs[0].id).await.unwrap();
+        let interrupted = log
+            .iter()
+            .find(|r| r.exception_class.as_deref() == Some("Interrupted"))
+            .expect("an Interrupted row");
+        assert_eq!(interrupted.worker.as_deref(), Some("stopped"));
+        assert!(interrupted
+            .exception_message
+            .as_deref()
+            .unwrap()
+            .contains(&format!("resumes after its cursor {cursor}")));
+        assert_eq!(log.last().unwrap().next_status, JobStatus::Succeeded);
+        assert_eq!(log.last().unwrap().worker.as_deref(), Some("next"));
+    }
+);
+
+// A second signal exits at once (143 for SIGTERM) while a 2.5 s sub-batch is in flight; the
+// sub-batch rolls back, the job's lease (1 s) covers the rest, and a later run finishes it
+// exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_signal_exits_at_once() {
+    sluicegate::skip_without_postgres!("SLUICEGATE_TEST_PG_URL");
+    let db = TestDb::postgres().await;
+    db.create_items("items", &[(1, 150)]).await;
+    queue_slow(&db, 150, 2_500);
+    let url = db.url.clone();
+    let handle = sluicegate::Sluicegate::connect(&url).await.unwrap();
+    let mut child = bin()
+        .args([
+            "--database-url",
+            &url,
+            "run",
+            "--until-idle",
+            "--lease",
+            "1s",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    inc_under_way(&handle).await;
+    let sent = std::time::Instant::now();
+    signal(&child, "TERM");
+    // The first signal is taken (said on stderr) before the second is sent.
+    let mut stderr_pipe = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut said = String::new();
+    while !said.contains("SIGTERM: stopping") {
+        let mut line = String::new();
+        let n = std::io::BufRead::read_line(&mut stderr_pipe, &mut line).unwrap();
+        assert!(n > 0, "the first signal was said: {said}");
+        said.push_str(&line);
+    }
+    signal(&child, "TERM");
+    let status = child.wait().unwrap();
+    let took = sent.elapsed();
+    eprintln!("exited {} ms after the first SIGTERM", took.as_millis());
+    assert_eq!(status.code(), Some(143));
+    assert!(took < Duration::from_millis(2_000), "{took:?}");
+    let rest = sg(&url, &["run", "--until-idle", "--lease", "1s"]);
+    assert!(rest.status.success(), "{}", stderr(&rest));
+    assert_eq!(
+        handle.migration("inc").await.unwrap().status,
+        MigrationStatus::Finished
+    );
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM items WHERE n <> 1").await,
+        0
+    );
+}
+
+// `finalize` stopped by SIGINT: it ends the sub-batch in flight, hands the job back, gives
+// the table back and exits 1 saying so; the migration stays `finalizing` and a worker with
+// the default 30 s lease finishes it at once and at full speed (before: exit 130, the job
+// left running, then one job per 30 s lease).
+store_test!(
+    finalize_stopped_by_sigint_is_finished_by_a_worker_at_full_speed,
+    |db| {
+        db.create_items("items", &[(1, 2_000)]).await;
+        queue_slow(&db, 200, 20);
+        let url = db.url.clone();
+        let handle = sluicegate::Sluicegate::connect(&url).await.unwrap();
+        let child = bin()
+            .args(["--database-url", &url, "finalize", "inc"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        inc_under_way(&handle).await;
+        let sent = std::time::Instant::now();
+        signal(&child, "INT");
+        let out = child.wait_with_output().unwrap();
+        let took = sent.elapsed();
+        eprintln!("finalize exited {} ms after SIGINT", took.as_millis());
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(
+            err.contains("finalize of migration inc was stopped"),
+            "{err}"
+        );
+        assert!(took < Duration::from_secs(3), "{took:?}");
+        let m = handle.migration("inc").await.unwrap();
+        assert_eq!(m.status, MigrationStatus::Finalizing);
+        assert!(handle
+            .jobs(&m, Some(JobStatus::Running))
+            .await
+            .unwrap()
+            .is_empty());
+        let started = std::time::Instant::now();
+        let rest = sg(&url, &["run", "--until-idle", "--worker", "rescuer"]);
+        let took = started.elapsed();
+        eprintln!("a worker finished it in {} ms", took.as_millis());
+        assert!(rest.status.success(), "{}", stderr(&rest));
+        assert!(
+            took < Duration::from_secs(20),
+            "not one job per lease: {took:?}"
+        );
+        assert_eq!(
+            handle.migration("inc").await.unwrap().status,
+            MigrationStatus::Finished
+        );
+        assert_eq!(
+            db.scalar("SELECT count(*) FROM items WHERE n <> 1").await,
+            0
+        );
+    }
+);

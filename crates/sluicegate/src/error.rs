@@ -1,5 +1,6 @@
 //! Typed errors of the library: what went wrong, and while doing what.
 
+use crate::failure::{self, Blame};
 use crate::status::{JobStatus, MigrationStatus};
 
 /// The library's result type.
@@ -147,6 +148,13 @@ pub enum Error {
         max: usize,
     },
 
+    /// `finalize` was stopped (a signal) before the migration ended.
+    #[error("finalize of migration {migration} was stopped: its job is pending again at its cursor and its table is free; the migration stays finalizing, and `sluicegate run` (any worker) or `sluicegate finalize {migration}` finishes it")]
+    Stopped {
+        /// The migration's name.
+        migration: String,
+    },
+
     /// A migration could not be brought to an end by `finalize`.
     #[error("migration {migration} could not be finalized: {reason}")]
     FinalizeFailed {
@@ -172,6 +180,21 @@ pub enum Error {
 }
 
 impl Error {
+    /// Whose the error is when met while working on one migration: only what is provably the
+    /// connection's (back off, try again) or the tracking database's (stop) is kept from the
+    /// migration; everything else is the migration's own (see [`failure::blame`]).
+    pub fn blame(&self) -> Blame {
+        match self {
+            Error::Database { source, .. } => failure::blame(source),
+            // Another worker changed the row meanwhile: look again.
+            Error::Conflict { .. } => Blame::Connection,
+            Error::SchemaMissing | Error::SchemaTooNew { .. } | Error::InvalidUrl { .. } => {
+                Blame::Database
+            }
+            _ => Blame::Migration,
+        }
+    }
+
     /// Wraps a driver error with what was being done.
     pub(crate) fn db(context: impl Into<String>) -> impl FnOnce(sqlx::Error) -> Error {
         let context = context.into();

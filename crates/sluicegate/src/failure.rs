@@ -42,6 +42,9 @@ pub enum FailureClass {
     InvalidSettings,
     /// Tracking data could not be read back.
     Corrupt,
+    /// The worker running the job was stopped (SIGTERM, SIGINT) at a sub-batch boundary;
+    /// the job resumes from its cursor.
+    Interrupted,
     /// Sluicegate misused its own storage layer (a bug).
     Internal,
     /// A built-in kind's sub-batch on a unique key reported more rows than it has keys: its
@@ -66,6 +69,7 @@ impl FailureClass {
             Self::OutOfRange => "OutOfRange",
             Self::InvalidSettings => "InvalidSettings",
             Self::Corrupt => "Corrupt",
+            Self::Interrupted => "Interrupted",
             Self::Internal => "Internal",
             Self::RangeEscaped => "RangeEscaped",
         }
@@ -133,6 +137,20 @@ impl Failure {
     pub fn from_sqlx(err: &sqlx::Error) -> Self {
         use sqlx::Error as E;
         let class = match err {
+            // SQLite says "no such table" and the like with its one generic code (1): the
+            // class names what it said (ownership never depends on it: see [`blame`]).
+            E::Database(db) if db.code().as_deref() == Some("1") => {
+                let said = db.message();
+                match ["table", "column", "function"]
+                    .into_iter()
+                    .find(|what| said.starts_with(&format!("no such {what}")))
+                {
+                    Some("table") => "UndefinedTable".to_owned(),
+                    Some("column") => "UndefinedColumn".to_owned(),
+                    Some(_) => "UndefinedFunction".to_owned(),
+                    None => "SqlError".to_owned(),
+                }
+            }
             E::Database(db) => db
                 .code()
                 .map(|code| classify_code(&code))
@@ -169,6 +187,69 @@ impl fmt::Display for Failure {
 }
 
 impl std::error::Error for Failure {}
+
+/// Whose a driver error met while working on one migration is (see [`blame`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Blame {
+    /// The connection or the server for now (lost, refused, shut down, out of resources,
+    /// busy, a deadlock or serialization failure): the worker backs off and tries again.
+    Connection,
+    /// The tracking database itself cannot be used (a corrupt or read-only file, a read-only
+    /// server, authorization gone, an internal error): the worker stops.
+    Database,
+    /// Anything else: the migration's own (its SQL, its data, its table, its key, its
+    /// timeouts), recorded on it; the worker goes on with other migrations.
+    Migration,
+}
+
+/// Whose `err` is, decided by the driver's error variant and the SQLSTATE class or SQLite
+/// primary result code (typed), never by message text. A small deny-list: only what is
+/// provably the connection's or the tracking database's is kept from the migration. (That
+/// the tracking schema is gone shows when the migration's failure cannot be recorded.)
+pub fn blame(err: &sqlx::Error) -> Blame {
+    use sqlx::Error as E;
+    match err {
+        E::Io(_)
+        | E::Tls(_)
+        | E::PoolTimedOut
+        | E::PoolClosed
+        | E::WorkerCrashed
+        | E::Protocol(_) => Blame::Connection,
+        E::Configuration(_) => Blame::Database,
+        E::Database(db) => db.code().map_or(Blame::Migration, |code| blame_code(&code)),
+        _ => Blame::Migration,
+    }
+}
+
+/// [`blame`] for a PostgreSQL SQLSTATE (five characters) or a SQLite extended result code.
+fn blame_code(code: &str) -> Blame {
+    // A SQLSTATE is five characters; SQLite's extended result codes stay under 10,000.
+    if let Some(sqlite) = code.parse::<i64>().ok().filter(|_| code.len() < 5) {
+        // SQLite: the primary code is the low byte of the extended one.
+        return match sqlite & 0xff {
+            // BUSY, LOCKED
+            5 | 6 => Blame::Connection,
+            // NOMEM, IOERR, FULL, CANTOPEN, PROTOCOL
+            7 | 10 | 13 | 14 | 15 => Blame::Connection,
+            // PERM, READONLY, CORRUPT, NOTADB
+            3 | 8 | 11 | 26 => Blame::Database,
+            _ => Blame::Migration,
+        };
+    }
+    let class = code.get(..2).unwrap_or(code);
+    match (class, code) {
+        // connection exception; insufficient resources (disk full, out of memory, too many
+        // connections); operator intervention that ends sessions (admin or crash shutdown,
+        // cannot connect now, database dropped, idle session timeout); system error (I/O);
+        // transaction rollback (deadlock, serialization failure): try again later.
+        ("08" | "53" | "58" | "40", _) => Blame::Connection,
+        ("57", "57P01" | "57P02" | "57P03" | "57P04" | "57P05") => Blame::Connection,
+        // a read-only transaction (a standby after a failover), authorization gone, the
+        // database gone, an internal error or corruption.
+        (_, "25006") | ("28" | "3D" | "XX", _) => Blame::Database,
+        _ => Blame::Migration,
+    }
+}
 
 /// Maps a PostgreSQL SQLSTATE or a SQLite (extended) result code to a class name.
 fn classify_code(code: &str) -> String {
@@ -237,5 +318,29 @@ mod tests {
         assert_eq!(classify_code("08006"), "ConnectionLost");
         assert_eq!(classify_code("2067"), "UniqueViolation");
         assert_eq!(classify_code("XX000"), "DatabaseErrorXX000");
+    }
+
+    #[test]
+    fn blames_only_the_connection_and_the_database_by_code() {
+        for code in [
+            "08006", "08001", "53100", "53200", "57P01", "57P03", "40P01", "5", "517", "13", "266",
+        ] {
+            assert_eq!(blame_code(code), Blame::Connection, "{code}");
+        }
+        for code in ["25006", "28P01", "3D000", "XX001", "11", "8", "26"] {
+            assert_eq!(blame_code(code), Blame::Database, "{code}");
+        }
+        // A column whose type changed, a dropped function, a statement timeout, a bad cast,
+        // a missing table or column, SQLite's generic error and a constraint: the migration's.
+        for code in [
+            "42883", "42P01", "42703", "57014", "55P03", "22P02", "23505", "1", "19", "2067",
+        ] {
+            assert_eq!(blame_code(code), Blame::Migration, "{code}");
+        }
+        assert_eq!(blame(&sqlx::Error::PoolTimedOut), Blame::Connection);
+        assert_eq!(
+            blame(&sqlx::Error::Decode("a key read by the walk: [1.5]".into())),
+            Blame::Migration
+        );
     }
 }

@@ -181,6 +181,7 @@ store_test!(
             key: m.key.clone(),
             scope: None,
             size,
+            statement_ms: 30_000,
         };
         let created = store
             .job_create(&create(&m, Lower::From(k(1)), keyset(8), "w1"))

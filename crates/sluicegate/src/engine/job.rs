@@ -95,6 +95,14 @@ impl WorkerLoop {
             if heartbeat.lost.load(Ordering::Relaxed) {
                 return lost(job);
             }
+            if self.interrupted.load(Ordering::Relaxed) {
+                // Stopped between two sub-batches: each committed its cursor, so the job is
+                // handed back here and resumes after `from`.
+                drop(heartbeat);
+                return self
+                    .hand_back(job, &from, &tally, started, sub_batch_size)
+                    .await;
+            }
             let t0 = Instant::now();
             let spec = SubBatchSpec {
                 kind,
@@ -186,7 +194,7 @@ impl WorkerLoop {
             // The walk is bounded by the job's last key: reaching it ends the job.
             lower = (end != job.max_value).then_some(Lower::After(end));
             if job.pause_ms > 0 && lower.is_some() {
-                tokio::time::sleep(Duration::from_millis(job.pause_ms as u64)).await;
+                self.pause(Duration::from_millis(job.pause_ms as u64)).await;
             }
         };
         drop(heartbeat);
@@ -215,6 +223,59 @@ impl WorkerLoop {
             outcome,
             started_next: None,
             tuner_found: tuner.take_found(),
+        })
+    }
+
+    /// Hands a job back when the worker is stopped between two sub-batches: `running ->
+    /// failed` (class `Interrupted`, saying where it stopped) then `failed -> pending`, so
+    /// that the next worker resumes it from its cursor at once, its attempts reset.
+    async fn hand_back(
+        &self,
+        job: Job,
+        from: &Lower,
+        tally: &Tally,
+        started: Instant,
+        sub_batch_size: i64,
+    ) -> Result<JobRun> {
+        let lost = |job| {
+            Ok(JobRun {
+                job,
+                outcome: JobOutcome::Lost,
+                started_next: None,
+                tuner_found: None,
+            })
+        };
+        let at = match from {
+            Lower::After(cursor) => format!("after its cursor {cursor}"),
+            Lower::From(first) => format!("from its first key {first}"),
+        };
+        let failure = Failure::new(
+            FailureClass::Interrupted,
+            format!(
+                "worker {} was stopped after {} sub-batch(es) of this attempt; the job resumes {at}",
+                self.name, tally.sub_batches
+            ),
+        );
+        let params = JobTransitionParams::new(&job, JobStatus::Failed, &self.name)?
+            .with_metrics(tally.metrics(started.elapsed(), sub_batch_size))
+            .with_failure(Some(failure))
+            .with_sub_batch_size((sub_batch_size != job.sub_batch_size).then_some(sub_batch_size));
+        let Some(failed) = self.record_with_retry(&params).await? else {
+            return lost(job);
+        };
+        let params = JobTransitionParams::new(&failed, JobStatus::Pending, &self.name)?;
+        let job = match self.sg().store.job_transition(&params).await {
+            Ok(job) => job,
+            // Someone else moved it on (an operator's retry): theirs now.
+            Err(Error::Conflict { .. }) => failed,
+            Err(e) => return Err(e),
+        };
+        tracing::info!(job = job.id, worker = %self.name, "stopped: the job is pending again and resumes from its cursor");
+        Ok(JobRun {
+            job,
+            outcome: JobOutcome::Stopped,
+            started_next: None,
+            tuner_found: None,
         })
     }
 
@@ -315,42 +376,65 @@ impl WorkerLoop {
         Ok(())
     }
 
+    /// Splits a job that kept timing out: from its cursor on (the keys before it are done),
+    /// the rest is cut in two at the middle of what remains, however little that is — half of
+    /// the batch size from the cursor when that much is left, else half of it again, down to
+    /// one key. The first half keeps the cursor; the second starts at the next existing key.
+    /// Nothing to split when one key or none remains.
     pub(super) async fn split(&self, m: &Migration, table: &TableName, job: &Job) -> Result<()> {
-        let half = job.batch_size / 2;
-        if half < 1 || job.batch_size <= job.sub_batch_size {
-            return Ok(());
-        }
         let from = match &job.cursor {
             Some(c) => Lower::After(c.clone()),
             None => Lower::From(job.min_value.clone()),
         };
         let target = &self.sg().target;
-        let range = target
-            .range_next(
-                table,
-                &m.key,
-                m.scope.as_deref(),
-                &from,
-                &job.max_value,
-                half,
-            )
-            .await?;
+        let walk = |lower: Lower, size: i64| async move {
+            target
+                .range_next(
+                    table,
+                    &m.key,
+                    m.scope.as_deref(),
+                    &lower,
+                    &job.max_value,
+                    size,
+                    m.statement_timeout_ms,
+                )
+                .await
+        };
+        // The largest `size` (halving from half the batch) whose walk from the cursor stops
+        // before the job's last key: the middle of what remains, give or take a factor of 2.
+        let mut size = (job.batch_size / 2).max(1);
+        let mut first_try = true;
+        let mid = loop {
+            match walk(from.clone(), size).await? {
+                // No key left after the cursor: nothing to split.
+                None => return Ok(()),
+                Some((_, mid)) if mid != job.max_value => break mid,
+                Some(_) if size > 1 => {
+                    size /= 2;
+                    first_try = false;
+                }
+                // One key (or a walk of one that reached the end): nothing to split.
+                Some(_) => return Ok(()),
+            }
+        };
         // The middle key the walk found, and the first key after it: the second half starts
         // at an existing key, as every job does.
-        let Some((_, mid)) = range.filter(|(_, mid)| *mid != job.max_value) else {
-            return Ok(());
-        };
         let after = Lower::After(mid.clone());
-        let Some((second_min, _)) = target
-            .range_next(table, &m.key, m.scope.as_deref(), &after, &job.max_value, 1)
-            .await?
-        else {
+        let Some((second_min, _)) = walk(after, 1).await? else {
             return Ok(());
         };
+        // The second half holds at most what the first try left (the job's batch) or, after
+        // a halving, about as many keys as the first half.
+        let second_size = if first_try {
+            (job.batch_size - size).max(1)
+        } else {
+            size
+        };
+        let half = size;
         let params = JobSplitParams {
             transition: JobTransitionParams::new(job, JobStatus::Pending, &self.name)?,
             first_max: mid,
-            batch_size: half,
+            batch_size: half.max(second_size),
             sub_batch_size: job.sub_batch_size.min(half),
             second_min,
             second_max: job.max_value.clone(),
@@ -397,7 +481,14 @@ impl WorkerLoop {
             MigrationStatus::Active | MigrationStatus::Finalizing
         );
         let counts = self.sg().store.job_counts(m.id, MAX_ATTEMPTS).await?;
-        if !runnable || m.next_start.is_some() || counts.pending > 0 || counts.running > 0 {
+        // A failed job with attempts left waits out its backoff: not done yet.
+        let retriable = counts.failed > counts.exhausted;
+        if !runnable
+            || m.next_start.is_some()
+            || counts.pending > 0
+            || counts.running > 0
+            || retriable
+        {
             return Ok(StepOutcome::Waiting { migration_id: m.id });
         }
         let result = if counts.failed == 0 {

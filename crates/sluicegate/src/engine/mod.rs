@@ -27,7 +27,7 @@ use tokio::task::JoinHandle;
 
 use crate::client::{Sluicegate, LOG_RETENTION_MONTHS, MAX_ATTEMPTS};
 use crate::error::{Error, Result};
-use crate::failure::{Failure, FailureClass};
+use crate::failure::{Blame, Failure, FailureClass};
 use crate::health::{self, HealthSample, LatencyTracker, Signal, WalRate};
 use crate::ident::TableName;
 use crate::key::{Key, Lower};
@@ -96,6 +96,10 @@ pub enum JobOutcome {
     },
     /// Another worker took it over (our lease ran out); we wrote nothing more.
     Lost,
+    /// The worker was stopped (a signal) at a sub-batch boundary: the job is `pending` again
+    /// (logged `running -> failed` as `Interrupted`, then `failed -> pending`) and resumes
+    /// after its cursor.
+    Stopped,
 }
 
 /// What one step did.
@@ -181,6 +185,12 @@ pub struct WorkerLoop {
     /// Set when the loop is asked to stop (or runs a single step): a job's end then starts no
     /// next job, which nobody would run.
     stopping: Arc<AtomicBool>,
+    /// Set when the worker is stopped (a signal): a running job ends at its next sub-batch
+    /// boundary and is handed back, resumable from its cursor.
+    interrupted: Arc<AtomicBool>,
+    /// The migration this loop last ran a job of: its table lease is given back when the
+    /// loop stops.
+    last_migration: Option<i64>,
 }
 
 impl std::fmt::Debug for WorkerLoop {
@@ -234,10 +244,15 @@ impl Worker {
 
     /// A step loop named after the worker: what [`Worker::run`] runs, for stepping by hand.
     pub fn new_loop(&self) -> WorkerLoop {
-        self.loop_named(self.opts.name.clone(), Arc::default())
+        self.loop_named(self.opts.name.clone(), Arc::default(), Arc::default())
     }
 
-    fn loop_named(&self, name: String, stopping: Arc<AtomicBool>) -> WorkerLoop {
+    fn loop_named(
+        &self,
+        name: String,
+        stopping: Arc<AtomicBool>,
+        interrupted: Arc<AtomicBool>,
+    ) -> WorkerLoop {
         WorkerLoop {
             worker: self.clone(),
             name,
@@ -251,11 +266,14 @@ impl Worker {
             logged_sub_batch: HashMap::new(),
             settings_read: HashMap::new(),
             stopping,
+            interrupted,
+            last_migration: None,
         }
     }
 
-    /// `concurrency` loops sharing `stop`, each with its own name when there are several.
-    fn loops(&self, stop: &Arc<AtomicBool>) -> Vec<WorkerLoop> {
+    /// `concurrency` loops sharing `stop` and `interrupt`, each with its own name when there
+    /// are several.
+    fn loops(&self, stop: &Arc<AtomicBool>, interrupt: &Arc<AtomicBool>) -> Vec<WorkerLoop> {
         let n = self.opts.concurrency.max(1);
         (0..n)
             .map(|i| {
@@ -264,7 +282,7 @@ impl Worker {
                 } else {
                     self.opts.name.clone()
                 };
-                self.loop_named(name, stop.clone())
+                self.loop_named(name, stop.clone(), interrupt.clone())
             })
             .collect()
     }
@@ -273,11 +291,14 @@ impl Worker {
     /// ahead, as no loop goes on to run it.
     pub async fn run_once(&self) -> Result<Vec<StepOutcome>> {
         let stop = Arc::new(AtomicBool::new(true));
-        let steps = self.loops(&stop).into_iter().map(|mut l| async move {
-            let outcome = l.step().await;
-            l.finish().await?;
-            outcome
-        });
+        let steps = self
+            .loops(&stop, &Arc::default())
+            .into_iter()
+            .map(|mut l| async move {
+                let outcome = l.step().await;
+                l.finish().await?;
+                outcome
+            });
         futures::future::try_join_all(steps).await
     }
 
@@ -287,8 +308,10 @@ impl Worker {
         self.run(true, futures::future::pending()).await
     }
 
-    /// Runs `concurrency` step loops until `shutdown` resolves (then lets running jobs end)
-    /// or, with `until_idle`, until no active migration is left.
+    /// Runs `concurrency` step loops until `shutdown` resolves or, with `until_idle`, until
+    /// no active migration is left. On `shutdown` each running job ends at its next sub-batch
+    /// boundary (every sub-batch commits its cursor) and is handed back `pending`, to resume
+    /// from its cursor; no new job starts, and each loop gives its table lease back.
     pub async fn run(
         &self,
         until_idle: bool,
@@ -296,8 +319,9 @@ impl Worker {
     ) -> Result<()> {
         self.log_skipped_targets().await;
         let stop = Arc::new(AtomicBool::new(false));
+        let interrupt = Arc::new(AtomicBool::new(false));
         let loops = self
-            .loops(&stop)
+            .loops(&stop, &interrupt)
             .into_iter()
             .map(|mut l| tokio::spawn(async move { l.run(until_idle).await }));
         let all = futures::future::try_join_all(loops);
@@ -306,6 +330,7 @@ impl Worker {
         let results = tokio::select! {
             results = &mut all => results,
             _ = &mut shutdown => {
+                interrupt.store(true, Ordering::Relaxed);
                 stop.store(true, Ordering::Relaxed);
                 all.await
             }
@@ -319,8 +344,59 @@ impl Worker {
     /// lease while it works; if it dies, a worker takes the migration over once that lease
     /// has run out.
     pub async fn finalize(&self, migration: &Migration, actor: &str) -> Result<Migration> {
+        self.finalize_until(migration, actor, futures::future::pending())
+            .await
+    }
+
+    /// [`Self::finalize`] until `shutdown` resolves: then the running job ends at its next
+    /// sub-batch boundary and is handed back `pending` (resumable from its cursor), the table
+    /// lease is given back, and [`Error::Stopped`] says so. The migration stays `finalizing`
+    /// (the state machine has no way back) and is free at once: any worker takes it over and
+    /// finishes it at full speed.
+    pub async fn finalize_until(
+        &self,
+        migration: &Migration,
+        actor: &str,
+        shutdown: impl std::future::Future<Output = ()> + Send,
+    ) -> Result<Migration> {
         // Only on the database its table lives in (claims would never hand it out here).
         self.sg.check_target(migration)?;
+        let interrupt = Arc::new(AtomicBool::new(false));
+        let mut l = self.loop_named(
+            self.opts.name.clone(),
+            Arc::new(AtomicBool::new(true)),
+            interrupt.clone(),
+        );
+        let body = self.finalize_in(migration, actor, &mut l);
+        tokio::pin!(body);
+        tokio::pin!(shutdown);
+        let result = tokio::select! {
+            result = &mut body => result,
+            _ = &mut shutdown => {
+                interrupt.store(true, Ordering::Relaxed);
+                body.await
+            }
+        };
+        if !interrupt.load(Ordering::Relaxed) {
+            return result;
+        }
+        // Stopped: whatever the body said, the table goes back (no job of it runs now).
+        self.sg.store.table_lease_release(migration.id).await?;
+        match result {
+            Ok(m) if m.status.is_finished() => Ok(m),
+            Ok(_) | Err(Error::Stopped { .. }) => Err(Error::Stopped {
+                migration: migration.name.clone(),
+            }),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn finalize_in(
+        &self,
+        migration: &Migration,
+        actor: &str,
+        l: &mut WorkerLoop,
+    ) -> Result<Migration> {
         let mut m = migration.clone();
         match m.status {
             MigrationStatus::Finished => return Ok(m),
@@ -332,7 +408,6 @@ impl Worker {
                     .await?
             }
         }
-        let mut l = self.loop_named(self.opts.name.clone(), Arc::new(AtomicBool::new(true)));
         l.reset_exhausted(&m).await?;
         let mut backoff = Backoff::default();
         loop {
@@ -345,6 +420,11 @@ impl Worker {
             if current.status != MigrationStatus::Finalizing {
                 return Ok(current);
             }
+            if l.interrupted.load(Ordering::Relaxed) {
+                return Err(Error::Stopped {
+                    migration: m.name.clone(),
+                });
+            }
             let claimed = self
                 .sg
                 .store
@@ -352,7 +432,7 @@ impl Worker {
                 .await?;
             let Some(claimed) = claimed else {
                 // Another migration of the same table holds it: wait for it.
-                tokio::time::sleep(backoff.next()).await;
+                l.pause(backoff.next()).await;
                 continue;
             };
             match l.step_migration(claimed).await {
@@ -362,12 +442,12 @@ impl Worker {
                     });
                     return Ok(*migration);
                 }
-                Ok(StepOutcome::Waiting { .. }) => tokio::time::sleep(backoff.next()).await,
+                Ok(StepOutcome::Waiting { .. }) => l.pause(backoff.next()).await,
                 Ok(other) => {
                     backoff.reset();
                     self.emit(&other);
                 }
-                Err(e) => self.on_error(e, &mut backoff).await?,
+                Err(e) => self.on_error(e, &mut backoff, l).await?,
             }
         }
     }
@@ -401,20 +481,21 @@ impl Worker {
         Ok(())
     }
 
-    /// A database error in the loop: back off and go on when it is the connection;
-    /// anything else (a missing schema, corrupt data) stops the worker.
-    async fn on_error(&self, e: Error, backoff: &mut Backoff) -> Result<()> {
-        let transient = match &e {
-            Error::Database { source, .. } => Failure::from_sqlx(source).is_transient(),
-            Error::Conflict { .. } => true,
-            _ => false,
-        };
-        if !transient {
+    /// An error no migration owns: back off and go on when it is the connection's (or the
+    /// server's for now: out of resources, shutting down, busy); anything else (the tracking
+    /// schema gone, a read-only or corrupt tracking database) stops the worker.
+    /// The wait is cut short when `l`'s worker is stopped.
+    async fn on_error(&self, e: Error, backoff: &mut Backoff, l: &WorkerLoop) -> Result<()> {
+        // A tracking statement that ran into the database's own statement or lock timeout
+        // (a busy server, a low default) is tried again too.
+        let timed_out =
+            matches!(&e, Error::Database { source, .. } if Failure::from_sqlx(source).is_timeout());
+        if e.blame() != Blame::Connection && !timed_out {
             return Err(e);
         }
         let wait = backoff.next();
         tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, worker = %self.opts.name, "database unavailable; backing off");
-        tokio::time::sleep(wait).await;
+        l.pause(wait).await;
         Ok(())
     }
 
@@ -453,42 +534,33 @@ impl Worker {
     }
 }
 
-/// The failure an error is, when it belongs to the migration being worked on (its SQL, its
-/// data, a stored value out of range) rather than to the worker or the database as a whole:
-/// it is then recorded on that migration and the worker goes on with others.
+/// The failure an error is, when it belongs to the migration being worked on: by default
+/// every error does (its SQL, its data, its table or key changed under it, its timeouts, a
+/// stored value out of range), unless it is provably the connection's or the tracking
+/// database's ([`Error::blame`]). It is then recorded on that migration and the worker goes
+/// on with others.
 fn migration_failure(e: &Error) -> Option<Failure> {
-    match e {
-        Error::OutOfRange(what) => Some(Failure::new(
+    if e.blame() != Blame::Migration {
+        return None;
+    }
+    Some(match e {
+        Error::Database { source, context } => {
+            let f = Failure::from_sqlx(source);
+            Failure::new(f.class, format!("{} (while {context})", f.message))
+        }
+        Error::OutOfRange(what) => Failure::new(
             FailureClass::OutOfRange,
             format!("value out of range: {what}"),
-        )),
-        Error::InvalidIdentifier { .. } | Error::InvalidSettings(_) => {
-            Some(Failure::new(FailureClass::InvalidSettings, e.to_string()))
+        ),
+        Error::InvalidIdentifier { .. } | Error::InvalidSettings(_) | Error::InvalidJob { .. } => {
+            Failure::new(FailureClass::InvalidSettings, e.to_string())
         }
-        Error::Database {
-            source: sqlx::Error::Database(db),
-            ..
-        } => {
-            // Data exceptions (22: a value out of range, a bad cast) and a table or column
-            // that is gone (PostgreSQL 42P01, 42703; SQLite says it in words) are the
-            // migration's own; privileges, resources and the connection are not.
-            let code = db.code();
-            let own = code
-                .as_deref()
-                .is_some_and(|c| c.starts_with("22") || c == "42P01" || c == "42703")
-                || db.message().starts_with("no such table")
-                || db.message().starts_with("no such column");
-            let class = match code.as_deref() {
-                Some("42P01") => "UndefinedTable",
-                Some("42703") => "UndefinedColumn",
-                _ if db.message().starts_with("no such table") => "UndefinedTable",
-                _ if db.message().starts_with("no such column") => "UndefinedColumn",
-                _ => "DataException",
-            };
-            own.then(|| Failure::new(class, format!("{e}")))
-        }
-        _ => None,
-    }
+        Error::UnknownTable { .. } => Failure::new("UndefinedTable", e.to_string()),
+        Error::UnknownColumn { .. } => Failure::new("UndefinedColumn", e.to_string()),
+        Error::UnknownJobKind(_) => Failure::new(FailureClass::UnknownJobKind, e.to_string()),
+        Error::Corrupt(_) => Failure::new(FailureClass::Corrupt, e.to_string()),
+        _ => Failure::new(FailureClass::Internal, e.to_string()),
+    })
 }
 
 /// Exponential backoff from 100 ms to 30 s.

@@ -67,10 +67,19 @@ impl Prefetch {
         let (table, key, probe) = (table.clone(), m.key.clone(), m.health.probe.clone());
         let scope = m.scope.clone();
         let (max, size) = (m.max_value.clone(), m.batch_size);
+        let statement_ms = m.statement_timeout_ms;
         let from = start.clone();
         let task = tokio::spawn(async move {
             let sample = target.health_sample(&table, probe.as_deref());
-            let range = target.range_next(&table, &key, scope.as_deref(), &from, &max, size);
+            let range = target.range_next(
+                &table,
+                &key,
+                scope.as_deref(),
+                &from,
+                &max,
+                size,
+                statement_ms,
+            );
             futures::join!(sample, range)
         });
         Self {
@@ -107,13 +116,11 @@ impl Prefetch {
     }
 }
 
-impl Drop for Prefetch {
-    fn drop(&mut self) {
-        if let Some(task) = &self.task {
-            task.abort();
-        }
-    }
-}
+// A prefetch no longer wanted is left to finish on its own, never aborted: its reads run in
+// transactions (the walk under the migration's statement timeout, the probe read-only), and
+// a task cancelled between a `BEGIN` and its end could hand its connection back to the pool
+// inside that transaction (seen: the next claim met "cannot execute SELECT FOR UPDATE in a
+// read-only transaction").
 
 impl WorkerLoop {
     /// This loop's name in leases and logs.
@@ -198,13 +205,35 @@ impl WorkerLoop {
     /// Runs the job the last step started ahead, if any, and starts no other: call it before
     /// dropping a loop stepped by hand, so that no job is left running with no one to run it
     /// (its lease would run out and another worker would log it `WorkerLost`).
+    ///
+    /// When the worker was stopped (a signal), it also gives back the table lease of the
+    /// migration it last ran (once no job of it runs): a stopped worker must not keep another
+    /// migration of that table waiting for its lease to run out (a paused migration, say,
+    /// whose job was in flight).
     pub async fn finish(&mut self) -> Result<()> {
         self.stopping = Arc::new(AtomicBool::new(true));
         while matches!(self.carry, Carry::Started { .. }) {
             self.step().await?;
         }
         self.carry = Carry::Nothing;
+        // Stopped (a signal): nothing of this loop runs on, so its table goes back.
+        let last = self.last_migration.take();
+        if let Some(id) = last.filter(|_| self.interrupted.load(Ordering::Relaxed)) {
+            self.sg().store.table_lease_release(id).await?;
+        }
         Ok(())
+    }
+
+    /// Sleeps `d`, or less when the worker is stopped meanwhile.
+    pub(super) async fn pause(&self, d: Duration) {
+        let until = Instant::now() + d;
+        while !self.interrupted.load(Ordering::Relaxed) {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            tokio::time::sleep(left.min(Duration::from_millis(50))).await;
+        }
     }
 
     /// The loop of [`Worker::run`]: until `stopping` is set between steps, or with
@@ -219,16 +248,22 @@ impl WorkerLoop {
                             Ok(false) => return Ok(()),
                             Ok(true) => {}
                             Err(e) => {
-                                self.worker.on_error(e, &mut backoff).await?;
+                                self.worker.on_error(e, &mut backoff, self).await?;
                                 continue;
                             }
                         }
                     }
                     backoff.reset();
-                    tokio::time::sleep(self.worker.opts.poll_interval).await;
+                    self.pause(self.worker.opts.poll_interval).await;
+                }
+                Ok(StepOutcome::Waiting { .. }) => {
+                    // Other workers' jobs, or a failed job's backoff: look again soon.
+                    backoff.reset();
+                    let poll = self.worker.opts.poll_interval;
+                    self.pause(poll.min(Duration::from_millis(100))).await;
                 }
                 Ok(_) => backoff.reset(),
-                Err(e) => self.worker.on_error(e, &mut backoff).await?,
+                Err(e) => self.worker.on_error(e, &mut backoff, self).await?,
             }
         }
         // A job started ahead is running already: it runs before the loop stops.
@@ -457,6 +492,7 @@ impl WorkerLoop {
             _ => None,
         };
         let started = Instant::now();
+        self.last_migration = Some(m.id);
         let run = self
             .execute(&m, kind.as_ref(), &table, job, prefetch.as_mut())
             .await?;
@@ -583,6 +619,7 @@ impl WorkerLoop {
                 key: m.key.clone(),
                 scope: m.scope.clone(),
                 size: m.batch_size,
+                statement_ms: m.statement_timeout_ms,
             }
         } else {
             let found = self
@@ -595,6 +632,7 @@ impl WorkerLoop {
                     &start,
                     &m.max_value,
                     m.batch_size,
+                    m.statement_timeout_ms,
                 )
                 .await?;
             match found {
@@ -662,7 +700,14 @@ impl WorkerLoop {
             ) {
                 return Ok(None);
             }
-            if let Some(start) = m.next_start.clone() {
+            // A finalizing migration (its finalizer may have died) takes its pending, failed or
+            // orphaned jobs first, then new ranges.
+            let retriable_first = m.status == MigrationStatus::Finalizing;
+            let found = match m.next_start.clone() {
+                Some(_) if !retriable_first => None,
+                _ => store.job_find_retriable(m.id, MAX_ATTEMPTS).await?,
+            };
+            if let (None, Some(start)) = (&found, m.next_start.clone()) {
                 match self.create_job(&m, table, start).await? {
                     JobCreated::Created(job, next_start) => {
                         return Ok(Some((*job, Origin::Range { next_start })))
@@ -682,7 +727,8 @@ impl WorkerLoop {
                     }
                 }
             }
-            let Some(mut job) = store.job_find_retriable(m.id, MAX_ATTEMPTS).await? else {
+            // Here either a job was found or no range is left (and none was found).
+            let Some(mut job) = found else {
                 return Ok(None);
             };
             if job.status == JobStatus::Running {

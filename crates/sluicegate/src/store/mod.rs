@@ -274,6 +274,9 @@ pub enum JobRange {
         scope: Option<String>,
         /// How many existing keys.
         size: i64,
+        /// The migration's statement timeout, which the walk runs under (PostgreSQL; SQLite
+        /// has none), not the database's default.
+        statement_ms: i64,
     },
 }
 
@@ -641,7 +644,8 @@ pub trait Target: Send + Sync + 'static {
     /// Estimated rows in the table.
     async fn row_estimate(&self, table: &TableName) -> Result<Option<i64>>;
     /// The first existing key from `lower` and the `size`-th one (or the last `<= max`):
-    /// a keyset walk over existing keys, so gaps cost nothing.
+    /// a keyset walk over existing keys, so gaps cost nothing. It runs under the migration's
+    /// statement timeout `statement_ms` (PostgreSQL; SQLite has none).
     #[allow(clippy::too_many_arguments)]
     async fn range_next(
         &self,
@@ -651,6 +655,7 @@ pub trait Target: Send + Sync + 'static {
         lower: &Lower,
         max: &Key,
         size: i64,
+        statement_ms: i64,
     ) -> Result<Option<(Key, Key)>>;
     /// Opens a sub-batch's transaction (with its timeouts), finds its keys and performs the
     /// kind on them; `None` (rolled back) when no key is left in range. A panic in the kind

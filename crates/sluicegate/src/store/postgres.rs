@@ -125,10 +125,12 @@ WITH candidate AS (
             AND (m.interval_ms = 0 OR m.last_job_started_at IS NULL
                  OR extract(epoch FROM now() - m.last_job_started_at) * 1000 >= m.interval_ms))
            OR (m.id = $3 AND m.status IN ('active', 'finalizing'))
-           -- A finalizing migration whose finalizer died: its table lease ran out.
+           -- A finalizing migration whose finalizer died or stopped: its table lease ran out
+           -- or was given back, or is this worker's own (it took the migration over).
            OR ($3::bigint IS NULL AND m.status = 'finalizing'
                AND NOT EXISTS (SELECT 1 FROM {s}.table_leases l
-                               WHERE l.table_name = m.table_name AND l.expires_at > now())))
+                               WHERE l.table_name = m.table_name AND l.expires_at > now()
+                                 AND l.worker <> $1)))
       AND NOT EXISTS (SELECT 1 FROM {s}.table_leases l
                       WHERE l.table_name = m.table_name AND l.migration_id <> m.id
                         AND l.expires_at > now())
@@ -244,10 +246,14 @@ const JOB_GET: &str = "SELECT * FROM {s}.jobs WHERE id = $1";
 const JOB_LIST: &str =
     "SELECT * FROM {s}.jobs WHERE migration_id = $1 AND ($2::text IS NULL OR status = $2)
     ORDER BY id";
+/// A failed job waits out a backoff before its next attempt: 0.2 s after its first, 0.6 s
+/// after its second, 1.8 s after more.
 const JOB_FIND_RETRIABLE: &str = "SELECT * FROM {s}.jobs
     WHERE migration_id = $1
       AND (status = 'pending'
-           OR (status = 'failed' AND attempts < $2)
+           OR (status = 'failed' AND attempts < $2
+               AND finished_at <= now() - CASE attempts WHEN 0 THEN 0 WHEN 1 THEN 200
+                   WHEN 2 THEN 600 ELSE 1800 END * interval '1 millisecond')
            OR (status = 'running' AND lease_expires_at < now()))
     ORDER BY id LIMIT 1";
 const JOB_TRANSITION: &str = "
@@ -1031,22 +1037,40 @@ impl Store for PgStore {
     async fn job_create(&self, p: &JobCreateParams) -> Result<JobCreated> {
         // The range: given keys ($3, $4), or the keyset walk from the expected next key ($2,
         // inclusive when $11) to the migration's last key, over $10 keys.
-        let (range_sql, given, keyset_size) = match &p.range {
-            JobRange::Given { min, max } => {
-                (JOB_CREATE_GIVEN_RANGE.to_owned(), Some((min, max)), None)
-            }
+        let (range_sql, given, keyset_size, walk_timeout) = match &p.range {
+            JobRange::Given { min, max } => (
+                JOB_CREATE_GIVEN_RANGE.to_owned(),
+                Some((min, max)),
+                None,
+                None,
+            ),
             JobRange::Keyset {
                 table,
                 key,
                 scope,
                 size,
+                statement_ms,
             } => {
                 let max = self.q("(SELECT max_cursor FROM {s}.migrations WHERE id = $1)");
                 let inclusive = p.expected_next.is_inclusive();
                 let bounds = ("$2::jsonb", inclusive, max.as_str());
                 let sql = keyset_sql(table, key, scope.as_deref(), bounds, "$10");
-                (sql, None, Some((*size).max(1)))
+                (sql, None, Some((*size).max(1)), Some(*statement_ms))
             }
+        };
+        let context = format!("creating a job of migration {}", p.migration_id);
+        // The walk runs under the migration's statement timeout, not the database's default
+        // (our own integer, safe to format).
+        let mut tx = match walk_timeout {
+            Some(ms) => self
+                .pool
+                .begin_with(format!(
+                    "BEGIN; SET LOCAL statement_timeout = {}",
+                    ms.max(1)
+                ))
+                .await
+                .map_err(Error::db(&context))?,
+            None => self.pool.begin().await.map_err(Error::db(&context))?,
         };
         // The schema goes in before the range: the range holds the table's and column's quoted
         // names, user text that may itself contain `{s}` (a table named `a{s}b`).
@@ -1063,12 +1087,10 @@ impl Store for PgStore {
             .bind(duration_ms(p.lease))
             .bind(keyset_size)
             .bind(p.expected_next.is_inclusive())
-            .fetch_one(&self.pool)
+            .fetch_one(&mut *tx)
             .await
-            .map_err(Error::db(format!(
-                "creating a job of migration {}",
-                p.migration_id
-            )))?;
+            .map_err(Error::db(&context))?;
+        tx.commit().await.map_err(Error::db(&context))?;
         let matched: i64 = row.try_get("matched").map_err(rows::decode)?;
         if matched == 0 {
             return Ok(JobCreated::NotNow);
@@ -1801,18 +1823,25 @@ impl Target for PgTarget {
         lower: &Lower,
         max: &Key,
         size: i64,
+        statement_ms: i64,
     ) -> Result<Option<(Key, Key)>> {
-        let mut conn = self
+        // Under the migration's statement timeout (our own integer, safe to format).
+        let mut tx = self
             .pool
-            .acquire()
+            .begin_with(format!(
+                "BEGIN READ ONLY; SET LOCAL statement_timeout = {}",
+                statement_ms.max(1)
+            ))
             .await
             .map_err(Error::db("finding the next key range"))?;
-        Self::range_next_in(&mut conn, (table, key, scope), lower, max, size)
+        let found = Self::range_next_in(&mut tx, (table, key, scope), lower, max, size)
             .await
             .map_err(Error::db(format!(
                 "finding the next key range of {}",
                 table.quoted()
-            )))
+            )))?;
+        let _ = tx.rollback().await;
+        Ok(found)
     }
 
     async fn sub_batch_perform(

@@ -95,8 +95,8 @@ const MIGRATION_RETRY_JOBS: &str = "UPDATE sluicegate_jobs
     RETURNING id";
 /// Due migrations (as PostgreSQL's claim decides them): active, not on hold, their interval
 /// elapsed (computed as a float: a stored interval too long never elapses, never overflows),
-/// or a finalizing one whose finalizer's lease ran out, or `$1` in any runnable status; and no
-/// other migration holds a live lease on the table.
+/// or a finalizing one whose finalizer's lease ran out (or is worker `$4`'s own, which took it
+/// over), or `$1` in any runnable status; and no other migration holds a live lease on the table.
 /// Only migrations of the target this worker is connected to (`$3`): one of another database,
 /// or of an unknown one (queued before schema v5, `target_id` NULL), is never claimed.
 const MIGRATION_CLAIM_CANDIDATES: &str = "SELECT m.* FROM sluicegate_migrations m
@@ -108,7 +108,8 @@ const MIGRATION_CLAIM_CANDIDATES: &str = "SELECT m.* FROM sluicegate_migrations 
            OR (m.id = $1 AND m.status IN ('active', 'finalizing')))
       AND NOT EXISTS (SELECT 1 FROM sluicegate_table_leases l
                       WHERE l.table_name = m.table_name AND l.expires_at > $2
-                        AND (l.migration_id <> m.id OR ($1 IS NULL AND m.status = 'finalizing')))
+                        AND (l.migration_id <> m.id
+                             OR ($1 IS NULL AND m.status = 'finalizing' AND l.worker <> $4)))
     ORDER BY m.last_job_started_at IS NOT NULL, m.last_job_started_at, m.id
     LIMIT 1";
 /// The migration, if its next job may be created now (as PostgreSQL's job creation decides
@@ -180,10 +181,14 @@ const JOB_GET: &str = "SELECT * FROM sluicegate_jobs WHERE id = $1";
 const JOB_LIST: &str =
     "SELECT * FROM sluicegate_jobs WHERE migration_id = $1 AND ($2 IS NULL OR status = $2)
     ORDER BY id";
+/// A failed job waits out a backoff before its next attempt: 0.2 s after its first, 0.6 s
+/// after its second, 1.8 s after more.
 const JOB_FIND_RETRIABLE: &str = "SELECT * FROM sluicegate_jobs
     WHERE migration_id = $1
       AND (status = 'pending'
-           OR (status = 'failed' AND attempts < $2)
+           OR (status = 'failed' AND attempts < $2
+               AND (julianday($3) - julianday(finished_at)) * 86400000.0 >= CASE attempts
+                   WHEN 0 THEN 0 WHEN 1 THEN 200 WHEN 2 THEN 600 ELSE 1800 END)
            OR (status = 'running' AND lease_expires_at < $3))
     ORDER BY id LIMIT 1";
 const JOB_TRANSITION: &str = "UPDATE sluicegate_jobs SET
@@ -692,6 +697,7 @@ impl Store for SqliteStore {
             .bind(only)
             .bind(ts(at))
             .bind(self.target.as_ref().map(|t| t.id.as_str()))
+            .bind(worker)
             .fetch_optional(&mut *tx)
             .await
             .map_err(Error::db(context))?;
@@ -885,6 +891,7 @@ impl Store for SqliteStore {
                 key,
                 scope,
                 size,
+                statement_ms: _,
             } => SqliteTarget::range_next_in(
                 &mut tx,
                 (table, key, scope.as_deref()),
@@ -1559,6 +1566,8 @@ impl Target for SqliteTarget {
         lower: &Lower,
         max: &Key,
         size: i64,
+        // SQLite has no statement timeout.
+        _statement_ms: i64,
     ) -> Result<Option<(Key, Key)>> {
         let mut conn = self
             .pool
