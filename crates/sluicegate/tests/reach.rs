@@ -461,3 +461,35 @@ store_test!(
         assert_eq!(db.scalar("SELECT count(*) FROM t WHERE n = 1").await, 1000);
     }
 );
+
+/// SQLite keeps a value of any storage class in any column: a BLOB in an INTEGER key sorts
+/// after every number, so the walk would never reach its row and the migration would finish
+/// without it, saying nothing. Refused at queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sqlite_key_holding_values_of_another_type_is_refused_at_queue() {
+    let db = TestDb::sqlite().await;
+    let sg = db.sluicegate().await;
+    for (value, stored) in [("x'00ff'", "blob"), ("'abc'", "text"), ("1.5", "real")] {
+        db.exec("DROP TABLE IF EXISTS k").await;
+        db.exec("CREATE TABLE k (id bigint PRIMARY KEY NOT NULL, n integer NOT NULL DEFAULT 0)")
+            .await;
+        db.exec("INSERT INTO k (id) VALUES (1), (2), (3)").await;
+        db.exec(&format!("INSERT INTO k (id) VALUES ({value})"))
+            .await;
+        let err = sg
+            .queue(&with(
+                fast("k", "update", "k", 10, 5),
+                &[("set", "n = n + 1")],
+            ))
+            .await
+            .unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains(&format!(
+                "holds 1 value(s) stored as {stored} rather than integer"
+            )),
+            "{text}"
+        );
+        assert_eq!(migrations_count(&db).await, 0);
+    }
+}

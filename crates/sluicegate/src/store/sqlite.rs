@@ -1500,13 +1500,39 @@ impl Target for SqliteTarget {
             non_unique,
             "INTEGER or TEXT",
         )?;
-        Ok((
-            TableName {
-                schema: table.schema.clone(),
-                table: name,
-            },
-            key,
-        ))
+        let resolved = TableName {
+            schema: table.schema.clone(),
+            table: name,
+        };
+        // SQLite keeps a value of any storage class in any column: a BLOB (or TEXT) in an
+        // INTEGER key sorts after every number, outside the range the walk covers, so its row
+        // would never be visited; a REAL stops the walk. Refused before anything is written.
+        for column in key.columns() {
+            let expected = if column.key_type.is_integer() {
+                "integer"
+            } else {
+                "text"
+            };
+            let sql = format!(
+                "SELECT count(*), min(typeof({c})) FROM {} WHERE typeof({c}) <> $1",
+                resolved.quoted(),
+                c = ident::quote(&column.name)
+            );
+            let (strays, kind): (i64, Option<String>) = sqlx::query_as(&sql)
+                .bind(expected)
+                .fetch_one(&self.pool)
+                .await
+                .map_err(Error::db(&context))?;
+            if strays > 0 {
+                return Err(Error::InvalidSettings(format!(
+                    "key column {:?} of table {:?} holds {strays} value(s) stored as {} rather than {expected}: SQLite sorts them outside the key's range, so their rows would never be visited; store them as {expected} first",
+                    column.name,
+                    resolved.table,
+                    kind.unwrap_or_default()
+                )));
+            }
+        }
+        Ok((resolved, key))
     }
 
     async fn key_bounds(
