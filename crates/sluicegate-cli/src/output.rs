@@ -101,7 +101,8 @@ async fn live_protections_off(sg: &Sluicegate, m: &Migration) -> Option<Vec<Read
         m.status,
         MigrationStatus::Active | MigrationStatus::Paused | MigrationStatus::Finalizing
     );
-    if !live || m.unreadable.is_some() {
+    // Readings of this connection's database say nothing of another target's.
+    if !live || m.unreadable.is_some() || !sg.is_own_target(m) {
         return None;
     }
     Some(

@@ -358,7 +358,8 @@ pub async fn run(sg: &Sluicegate, args: &RunArgs) -> Result<()> {
                 | sluicegate::MigrationStatus::Paused
                 | sluicegate::MigrationStatus::Finalizing
         );
-        if live && m.unreadable.is_none() {
+        // Another target's protections are read where it runs, not here.
+        if live && m.unreadable.is_none() && sg.is_own_target(&m) {
             if let Ok(off) = sg.protections_off(&m.table_name, &m.health).await {
                 output::warn_protections_off(&m.name, &off, &m.health);
             }

@@ -624,6 +624,7 @@ impl Sluicegate {
         reason: Option<String>,
         actor: &str,
     ) -> Result<Migration> {
+        check_reason(reason.as_deref())?;
         let m = self.migration(id_or_name).await?;
         if let Some(t) = &m.target {
             return Err(Error::InvalidSettings(format!(
@@ -1033,6 +1034,7 @@ impl Sluicegate {
     /// Queues what [`Self::plan`] validated (checking again that no live migration has its
     /// name or definition: another may have been queued since).
     pub async fn queue_plan(&self, plan: &Plan) -> Result<Migration> {
+        self.recheck(&plan.migration)?;
         self.refuse_duplicate(&plan.migration).await?;
         match self.store.migration_insert(&plan.migration).await {
             // Queued by someone else between the check and the insert: name it.
@@ -1045,6 +1047,52 @@ impl Sluicegate {
             }
             other => other,
         }
+    }
+
+    /// A plan's fields are public: what [`Self::plan`] checked is checked again before it is
+    /// stored (settings, the SQL it runs, its target), so that nothing reaches the tracking
+    /// tables that `plan` would have refused.
+    fn recheck(&self, m: &NewMigration) -> Result<()> {
+        if m.target.id != self.target_identity.id {
+            return Err(Error::InvalidSettings(format!(
+                "the plan of {:?} is for {}, but this Sluicegate is connected to {}",
+                m.name, m.target.display, self.target_identity.display
+            )));
+        }
+        Settings {
+            batch_size: m.batch_size,
+            sub_batch_size: m.sub_batch_size,
+            sub_batch_ceiling: m.sub_batch_ceiling,
+            max_batch_size: m.max_batch_size,
+            pause_ms: m.pause_ms,
+            interval: m.interval,
+            statement_timeout: Duration::from_millis(m.statement_timeout_ms.max(0) as u64),
+            lock_timeout: Duration::from_millis(m.lock_timeout_ms.max(0) as u64),
+            target_sub_batch_time: Duration::from_millis(m.target_sub_batch_ms.max(0) as u64),
+            health: m.health.clone(),
+        }
+        .validate()?;
+        let backend = self.target.backend();
+        if let Some(probe) = &m.health.probe {
+            fragment::check_probe(backend, "--health-probe", probe)
+                .map_err(Error::InvalidSettings)?;
+        }
+        if let Some(scope) = m.scope.as_deref().filter(|s| !s.trim().is_empty()) {
+            fragment::check_condition(backend, "--scope", scope).map_err(Error::InvalidSettings)?;
+        }
+        let table = TableName::parse(&m.table_name)?;
+        crate::kind::check_fragments(
+            &m.job_kind,
+            &m.job_arguments,
+            backend,
+            &table,
+            &m.key,
+            m.scope.is_some(),
+        )
+        .map_err(|reason| Error::InvalidJob {
+            kind: m.job_kind.clone(),
+            reason,
+        })
     }
 
     /// Changes the settings of an active or paused migration (`sluicegate set`): workers take
@@ -1084,6 +1132,8 @@ impl Sluicegate {
         }
         .validate()?;
         if change.health.is_some() {
+            // A new probe is tried where it will run: on the migration's own target.
+            self.check_target(m)?;
             let table = TableName::parse(&m.table_name)?;
             self.check_health_settings(&table, &merged, m.health.probe.as_deref())
                 .await?;

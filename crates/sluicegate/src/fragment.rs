@@ -26,6 +26,7 @@ use sqlparser::parser::Parser;
 use sqlparser::tokenizer::{Location, Token, TokenWithSpan, Tokenizer, Whitespace};
 
 use crate::ident::{self, TableName};
+use crate::key::KeySpec;
 use crate::store::Backend;
 
 /// What stands for the sub-batch's range in a `sql` statement.
@@ -264,31 +265,73 @@ fn is_placeholder(expr: &Expr, which: &str) -> bool {
     }
 }
 
-fn is_column(expr: &Expr) -> bool {
-    matches!(expr, Expr::Identifier(_) | Expr::CompoundIdentifier(_))
+/// Whether `{range}` is `AND`ed at the top of `selection`.
+fn restricted_by_marker(selection: Option<&Expr>) -> bool {
+    selection.is_some_and(|s| conjuncts(s).iter().any(|c| is_marker(c)))
 }
 
-/// Whether the top of `selection` restricts the statement to the sub-batch: `{range}`, or
-/// `col BETWEEN $1 AND $2`, or `col >= $1` and `col <= $2`, `AND`ed with the rest.
-fn restricted_to_range(selection: Option<&Expr>) -> bool {
+/// Whether the key column (unqualified) is bounded by `$1` and `$2` at the top of `selection`:
+/// `key BETWEEN $1 AND $2`, or `key >= $1` and `key <= $2`, `AND`ed with the rest. With no
+/// key given (only the shape is wanted), any column.
+fn restricted_by_bounds(selection: Option<&Expr>, key: Option<&str>, backend: Backend) -> bool {
     let Some(selection) = selection else {
         return false;
     };
     let all = conjuncts(selection);
-    if all.iter().any(|c| is_marker(c)) {
-        return true;
-    }
+    let is_key = |expr: &Expr| match (expr, key) {
+        (Expr::Identifier(_), None) => true,
+        (Expr::Identifier(i), Some(key)) => match (backend, i.quote_style) {
+            (Backend::Postgres, None) => i.value.to_lowercase() == key,
+            (Backend::Postgres, Some(_)) => i.value == key,
+            (Backend::Sqlite, _) => i.value.eq_ignore_ascii_case(key),
+        },
+        _ => false,
+    };
     let between = all.iter().any(|c| {
         matches!(c, Expr::Between { expr, negated: false, low, high }
-            if is_column(expr) && is_placeholder(low, "$1") && is_placeholder(high, "$2"))
+            if is_key(expr) && is_placeholder(low, "$1") && is_placeholder(high, "$2"))
     });
     let bound = |op: BinaryOperator, which: &str| {
         all.iter().any(|c| {
             matches!(c, Expr::BinaryOp { left, op: o, right }
-                if *o == op && is_column(left) && is_placeholder(right, which))
+                if *o == op && is_key(left) && is_placeholder(right, which))
         })
     };
     between || (bound(BinaryOperator::GtEq, "$1") && bound(BinaryOperator::LtEq, "$2"))
+}
+
+/// The first CTE of a top-level `WITH` that changes rows (`WITH g AS (DELETE ...)`), if any.
+fn data_modifying_cte(statement: &Statement) -> Option<String> {
+    let Statement::Query(query) = statement else {
+        return None;
+    };
+    let with = query.with.as_ref()?;
+    with.cte_tables
+        .iter()
+        .find(|cte| {
+            !matches!(
+                *cte.query.body,
+                SetExpr::Select(_)
+                    | SetExpr::Values(_)
+                    | SetExpr::SetOperation { .. }
+                    | SetExpr::Query(_)
+            )
+        })
+        .map(|cte| cte.alias.name.value.clone())
+}
+
+/// Whether the statement inserts into the migration's own table.
+fn inserts_into(statement: &Statement, table: &TableName, backend: Backend) -> bool {
+    match statement {
+        Statement::Insert(insert) => {
+            matches!(&insert.table, TableObject::TableName(name) if names_table(name, table, backend))
+        }
+        Statement::Query(query) => match &*query.body {
+            SetExpr::Insert(inner) => inserts_into(inner, table, backend),
+            _ => false,
+        },
+        _ => false,
+    }
 }
 
 /// The alias of the table in `twj`, or its quoted name, when it is `table`.
@@ -297,7 +340,11 @@ fn qualifier_of(twj: &TableWithJoins, table: &TableName, backend: Backend) -> Op
         TableFactor::Table { name, alias, .. } if names_table(name, table, backend) => Some(
             alias
                 .as_ref()
-                .map(|a| ident::quote(&a.name.value))
+                .map(|a| match (backend, a.name.quote_style) {
+                    // PostgreSQL folds an unquoted alias to lower case.
+                    (Backend::Postgres, None) => ident::quote(&a.name.value.to_lowercase()),
+                    _ => ident::quote(&a.name.value),
+                })
                 .unwrap_or_else(|| table.quoted()),
         ),
         _ => None,
@@ -345,16 +392,13 @@ fn shape_of(statement: &Statement, table: &TableName, backend: Backend) -> Optio
                     .flatten(),
             })
         }
-        Statement::Insert(insert) => {
-            // An insert adds rows: into another table (an archive) it is a copy of the range;
-            // its rows are not the sub-batch's.
-            let _ = matches!(&insert.table, TableObject::TableName(_));
-            Some(Shape {
-                own: false,
-                selection: None,
-                qualifier: None,
-            })
-        }
+        // An insert into another table (an archive) copies the range; one into the table
+        // itself is refused before this ([`inserts_into`]).
+        Statement::Insert(_) => Some(Shape {
+            own: false,
+            selection: None,
+            qualifier: None,
+        }),
         Statement::Query(query) => match &*query.body {
             SetExpr::Update(inner) | SetExpr::Delete(inner) | SetExpr::Insert(inner) => {
                 shape_of(inner, table, backend)
@@ -367,13 +411,14 @@ fn shape_of(statement: &Statement, table: &TableName, backend: Backend) -> Optio
 
 /// Reads a `sql` script: splits it into statements (at `;` outside strings, quoted names,
 /// dollar quotes and comments), locates `{range}` in each by its tokens and checks each one's
-/// shape. `key_columns` is how many columns the migration's key has; `scoped` whether it has
-/// a `--scope` (which only `{range}` carries).
+/// shape. `key` is the migration's key (`None`: only the statements' shapes are wanted, as
+/// [`crate::kind::JobKind::rows_are_keys`] asks, and `$1`/`$2` are not checked against it);
+/// `scoped` whether it has a `--scope` (which only `{range}` carries).
 pub fn parse_script(
     backend: Backend,
     text: &str,
     table: &TableName,
-    key_columns: usize,
+    key: Option<&KeySpec>,
     scoped: bool,
 ) -> Result<Script, String> {
     let toks = tokens(backend, "the sql script", text)?;
@@ -399,14 +444,7 @@ pub fn parse_script(
             format!("statement {} of {count}", n + 1)
         };
         statements.push(read_statement(
-            backend,
-            &which,
-            text,
-            &offsets,
-            group,
-            table,
-            key_columns,
-            scoped,
+            backend, &which, text, &offsets, group, table, key, scoped,
         )?);
     }
     Ok(Script { statements })
@@ -420,9 +458,10 @@ fn read_statement(
     offsets: &Offsets<'_>,
     group: &[&TokenWithSpan],
     table: &TableName,
-    key_columns: usize,
+    key: Option<&KeySpec>,
     scoped: bool,
 ) -> Result<ScriptStatement, String> {
+    let key_columns = key.map_or(1, KeySpec::len);
     let blank = |t: &&&TokenWithSpan| {
         matches!(
             t.token,
@@ -521,12 +560,35 @@ fn read_statement(
     let [statement] = parsed_statements.as_slice() else {
         return Err(format!("{which} is not one statement"));
     };
+    if let Some(cte) = data_modifying_cte(statement) {
+        return Err(format!(
+            "{which} changes rows in its WITH clause ({cte}): a data-modifying CTE is not restricted by the range; write it as a statement of its own, with {RANGE_PLACEHOLDER}"
+        ));
+    }
+    if inserts_into(statement, table, backend) {
+        return Err(format!(
+            "{which} inserts into {} itself: an INSERT adds (or, with ON CONFLICT ... DO UPDATE or OR REPLACE, changes) rows outside the sub-batch; insert into another table, or UPDATE the range",
+            table.quoted()
+        ));
+    }
     let Some(shape) = shape_of(statement, table, backend) else {
         return Err(format!(
             "{which} must change rows (UPDATE, DELETE or INSERT ... SELECT); other statements (transaction control, DDL, SET, a lone SELECT) cannot run inside a sub-batch"
         ));
     };
-    if shape.own && !restricted_to_range(shape.selection.as_ref()) {
+    let key_column = key
+        .filter(|k| k.len() == 1)
+        .map(|k| k.columns()[0].name.as_str());
+    let restricted = if ranges.is_empty() {
+        // `$1`/`$2` restrict the statement only on the key's own column, unqualified: a
+        // qualified name could be another table's, while an unqualified one is the table's own
+        // (the table has the column; were a joined table to have it too, the name would be
+        // ambiguous, an error at the queue's trial).
+        restricted_by_bounds(shape.selection.as_ref(), key_column, backend)
+    } else {
+        restricted_by_marker(shape.selection.as_ref())
+    };
+    if shape.own && !restricted {
         return Err(format!(
             "{which} changes {} itself but its WHERE does not restrict it to the sub-batch: write WHERE {RANGE_PLACEHOLDER} AND ... (the range ANDed at the top of the condition, not under an OR or a NOT)",
             table.quoted()
@@ -559,6 +621,13 @@ mod tests {
 
     fn t() -> TableName {
         TableName::parse("t").unwrap()
+    }
+
+    pub(super) fn id() -> KeySpec {
+        KeySpec(vec![crate::key::KeyColumn {
+            name: "id".into(),
+            key_type: crate::key::KeyType::Bigint,
+        }])
     }
 
     #[test]
@@ -601,7 +670,7 @@ mod tests {
             pg,
             "UPDATE t SET n = n + 1 /* only rows in {range} */",
             &t(),
-            1,
+            Some(&id()),
             false,
         );
         assert!(s.unwrap_err().contains("comment"));
@@ -609,17 +678,17 @@ mod tests {
             pg,
             "UPDATE t SET note = 'see {range} docs' WHERE {range}",
             &t(),
-            1,
+            Some(&id()),
             false,
         );
         assert!(s.unwrap_err().contains("string"));
-        let s = parse_script(pg, "UPDATE t SET n = '$1 $2'", &t(), 1, false);
+        let s = parse_script(pg, "UPDATE t SET n = '$1 $2'", &t(), Some(&id()), false);
         assert!(s.unwrap_err().contains("must restrict"));
         let s = parse_script(
             pg,
             "UPDATE t SET n = n + 1 WHERE {range} OR true",
             &t(),
-            1,
+            Some(&id()),
             false,
         );
         assert!(s.unwrap_err().contains("does not restrict"));
@@ -627,7 +696,7 @@ mod tests {
             pg,
             "UPDATE t SET n = n + 1 WHERE id BETWEEN $1 AND $2",
             &t(),
-            1,
+            Some(&id()),
             true,
         );
         assert!(s.unwrap_err().contains("scope"));
@@ -635,13 +704,19 @@ mod tests {
             pg,
             "COMMIT; UPDATE t SET n = 1 WHERE {range}",
             &t(),
-            1,
+            Some(&id()),
             false,
         );
         assert!(s.unwrap_err().contains("statement 1 of 2 must restrict"));
-        let s = parse_script(pg, "SELECT count(*) FROM t WHERE {range}", &t(), 1, false);
+        let s = parse_script(
+            pg,
+            "SELECT count(*) FROM t WHERE {range}",
+            &t(),
+            Some(&id()),
+            false,
+        );
         assert!(s.unwrap_err().contains("must change rows"));
-        let s = parse_script(pg, "DELETE FROM c WHERE p IN (SELECT id FROM t WHERE {range}); DELETE FROM t WHERE {range} AND note <> 'a;b'", &t(), 1, true).unwrap();
+        let s = parse_script(pg, "DELETE FROM c WHERE p IN (SELECT id FROM t WHERE {range}); DELETE FROM t WHERE {range} AND note <> 'a;b'", &t(), Some(&id()), true).unwrap();
         assert_eq!(s.statements.len(), 2);
         assert!(!s.statements[0].changes_own_rows);
         assert!(s.statements[1].changes_own_rows);
@@ -653,7 +728,7 @@ mod tests {
             pg,
             "UPDATE t AS a SET n = o.n FROM o WHERE o.id = a.id AND {range}",
             &t(),
-            1,
+            Some(&id()),
             false,
         )
         .unwrap();
@@ -662,11 +737,60 @@ mod tests {
             pg,
             "UPDATE t SET n = n + 1 WHERE id BETWEEN $1 AND $2",
             &t(),
-            1,
+            Some(&id()),
             false,
         )
         .unwrap();
         assert!(!s.statements[0].names_range());
+    }
+
+    #[test]
+    fn what_a_script_cannot_hide_from_the_range() {
+        let pg = Backend::Postgres;
+        let refused = |sql: &str, says: &str| {
+            let e = parse_script(pg, sql, &t(), Some(&id()), false).unwrap_err();
+            assert!(e.contains(says), "{sql}: {e}");
+        };
+        refused(
+            "WITH g AS (DELETE FROM t RETURNING id) UPDATE t SET n = n WHERE {range}",
+            "changes rows in its WITH clause (g)",
+        );
+        refused(
+            "INSERT INTO t (id) SELECT id FROM t WHERE {range} OR true ON CONFLICT (id) DO UPDATE SET n = t.n + 1",
+            "inserts into",
+        );
+        refused(
+            "DELETE FROM t WHERE parent_id BETWEEN $1 AND $2",
+            "does not restrict",
+        );
+        refused(
+            "DELETE FROM t USING o WHERE o.id BETWEEN $1 AND $2",
+            "does not restrict",
+        );
+        let joined =
+            "UPDATE t SET n = n + 1 FROM (SELECT pg_sleep(0.02)) AS z WHERE id BETWEEN $1 AND $2";
+        assert!(parse_script(pg, joined, &t(), Some(&id()), false).is_ok());
+        refused(
+            "UPDATE t SET n = 1 WHERE x.id >= $1 AND x.id <= $2",
+            "does not restrict",
+        );
+        let s = parse_script(
+            pg,
+            "UPDATE t AS T1 SET n = o.n FROM o WHERE o.id = T1.id AND {range}",
+            &t(),
+            Some(&id()),
+            false,
+        )
+        .unwrap();
+        assert_eq!(s.statements[0].qualifier.as_deref(), Some("\"t1\""));
+        let s = parse_script(
+            pg,
+            "WITH old AS (SELECT id FROM t WHERE {range}) DELETE FROM t WHERE {range} AND id IN (SELECT id FROM old)",
+            &t(),
+            Some(&id()),
+            false,
+        );
+        assert!(s.is_ok(), "{s:?}");
     }
 
     #[test]
@@ -691,6 +815,7 @@ mod tests {
 
 #[cfg(test)]
 mod dialect_coverage {
+    use super::tests::id;
     use super::*;
 
     /// Conditions operators write on PostgreSQL: each must read as one condition.
@@ -778,7 +903,7 @@ mod dialect_coverage {
             ("UPDATE docs SET n = n + 1 WHERE id >= $1 AND id <= $2 AND n < 5", true),
             ("DELETE FROM public.docs WHERE {range} AND NOT EXISTS (SELECT 1 FROM notes WHERE notes.doc_id = docs.id)", true),
         ] {
-            let script = parse_script(Backend::Postgres, sql, &t, 1, false)
+            let script = parse_script(Backend::Postgres, sql, &t, Some(&id()), false)
                 .unwrap_or_else(|e| panic!("{sql}: {e}"));
             assert_eq!(script.statements.last().unwrap().changes_own_rows, own, "{sql}");
         }

@@ -1343,6 +1343,8 @@ impl crate::Sluicegate {
     /// before its next job. Takes two samples a second apart for the WAL rate; sub-batch
     /// latency comes from the last jobs' recorded timings.
     pub async fn health(&self, migration: &crate::model::Migration) -> crate::Result<Vec<Reading>> {
+        // Read on its own target only: this connection's database says nothing of another's.
+        self.check_target(migration)?;
         let table = crate::ident::TableName::parse(&migration.table_name)?;
         let probe = migration.health.probe.as_deref();
         let mut wal = WalRate::default();

@@ -427,7 +427,7 @@ impl SqlKind {
             backend,
             string_arg(args, "sql").unwrap_or_default(),
             table,
-            key.len(),
+            Some(key),
             scoped,
         )
     }
@@ -450,7 +450,7 @@ impl JobKind for SqlKind {
             backend,
             string_arg(arguments, "sql").unwrap_or_default(),
             table,
-            1,
+            None,
             false,
         );
         script.is_ok_and(|s| s.statements.last().is_some_and(|st| st.changes_own_rows))

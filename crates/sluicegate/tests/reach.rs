@@ -158,6 +158,21 @@ store_test!(
             ),
             (
                 "sql",
+                &[(
+                    "sql",
+                    "WITH g AS (DELETE FROM t RETURNING id) UPDATE t SET n = n WHERE {range}",
+                )],
+                None,
+                "changes rows in its WITH clause",
+            ),
+            (
+                "sql",
+                &[("sql", "DELETE FROM t WHERE n BETWEEN $1 AND $2")],
+                None,
+                "does not restrict it",
+            ),
+            (
+                "sql",
                 &[("sql", "SELECT count(*) FROM t WHERE {range}")],
                 None,
                 "must change rows",

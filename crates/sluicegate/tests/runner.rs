@@ -622,7 +622,9 @@ async fn bookkeeping_is_one_statement_per_job_on_postgres() {
         WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
           AND toplevel AND query LIKE '%\"sluicegate\".%' AND query NOT LIKE '%SET cursor_value%'";
     let before = db.scalar(count).await;
+    let started = std::time::Instant::now();
     run_to_end(&sg).await;
+    let took = started.elapsed();
     let after = db.scalar(count).await;
     let jobs = 80; // 20,000 keys in jobs of 250
     let bookkeeping = after - before;
@@ -631,10 +633,13 @@ async fn bookkeeping_is_one_statement_per_job_on_postgres() {
         bookkeeping as f64 / jobs as f64
     );
     // One per job (a job's end and the next job's start commit with its last sub-batch), plus
-    // a fixed cost per run (first claim and job, partitions, finishing, idling).
+    // a fixed cost per run (first claim and job, partitions, the targets skipped, finishing,
+    // idling), plus at most one re-read of the migration's row per second of the run (how a
+    // loop takes up `sluicegate set`): a slow, loaded machine reads it more often.
+    let rereads = took.as_secs() as i64 + 1;
     assert!(
-        bookkeeping <= jobs + 15,
-        "{bookkeeping} bookkeeping statements for {jobs} jobs"
+        bookkeeping <= jobs + 15 + rereads,
+        "{bookkeeping} bookkeeping statements for {jobs} jobs in {took:?}"
     );
 }
 

@@ -1514,7 +1514,7 @@ impl Target for SqliteTarget {
                 "text"
             };
             let sql = format!(
-                "SELECT count(*), min(typeof({c})) FROM {} WHERE typeof({c}) <> $1",
+                "SELECT count(*), min(typeof({c})) FROM {} WHERE typeof({c}) <> $1 AND {c} IS NOT NULL",
                 resolved.quoted(),
                 c = ident::quote(&column.name)
             );
