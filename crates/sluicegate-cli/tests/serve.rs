@@ -129,6 +129,7 @@ store_test!(dashboard_pages_render_and_refresh, |db| {
         "id=\"actions\"",
         "Health, now",
         "sub_batch_latency",
+        "<th>target</th>",
     ] {
         assert!(page.contains(needle), "migration page shows {needle:?}");
     }

@@ -511,6 +511,12 @@ pub async fn migration(
             tr { th { "rate / ETA" } td { (p.rows_per_second.map(|r| format!("{} rows/s", thousands(r.round() as i64))).unwrap_or_else(|| "-".into())) " / " (eta(&p)) } }
             tr { th { "kind" } td { (m.job_kind) " " code { (m.job_arguments.to_string()) } } }
             tr { th { "table" } td { code { (m.table_name) "." (m.key.display_names()) } " keys " (m.min_value) " ..= " (m.max_value) } }
+            tr { th { "target" } td {
+                @match &m.target {
+                    Some(t) => { code { (t.display) } @if !st.sg.is_own_target(&m) { " (another target: its health is read by its own workers)" } }
+                    None => { "unknown (queued before schema v5; `sluicegate adopt` it)" }
+                }
+            } }
             tr { th { "batch / sub-batch / max" } td { (thousands(m.batch_size)) " / " (thousands(m.sub_batch_size)) " / " (m.max_batch_size.map(thousands).unwrap_or_else(|| "-".into())) } }
             tr { th { "interval / pause" } td { (millis(m.interval.as_millis() as i64)) " / " (millis(m.pause_ms)) } }
             tr { th { "timeouts" } td { "statement " (millis(m.statement_timeout_ms)) ", lock " (millis(m.lock_timeout_ms)) } }
