@@ -604,7 +604,17 @@ fn read_statement(
 /// The highest `$k` placeholder a statement names in its code (0: none).
 pub fn highest_placeholder(backend: Backend, sql: &str) -> usize {
     let Ok(toks) = tokens(backend, "the statement", sql) else {
-        return 0;
+        // Text the tokenizer cannot read (a custom kind's own SQL): bind as many values as any
+        // `$k` in it asks for; the database says what is wrong with the rest.
+        return sql
+            .split('$')
+            .skip(1)
+            .filter_map(|rest| {
+                let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+                digits.parse::<usize>().ok()
+            })
+            .max()
+            .unwrap_or(0);
     };
     toks.iter()
         .filter_map(|t| match &t.token {
