@@ -688,23 +688,44 @@ impl Sluicegate {
         }
     }
 
+    /// The one reading of a migration's SQL by the parser, for `plan`, `queue_plan` and a
+    /// worker's claim: the scope must be one condition (`Err`: refused as a setting), and the
+    /// kind's fragments what their places expect (`Ok(Err(reason))`: each caller says whose).
+    fn check_sql(
+        &self,
+        job_kind: &str,
+        arguments: &Value,
+        table: &TableName,
+        key: &crate::key::KeySpec,
+        scope: Option<&str>,
+    ) -> Result<std::result::Result<(), String>> {
+        let backend = self.target.backend();
+        let scope = scope.filter(|s| !s.trim().is_empty());
+        if let Some(scope) = scope {
+            fragment::check_condition(backend, "--scope", scope).map_err(Error::InvalidSettings)?;
+        }
+        Ok(crate::kind::check_fragments(
+            job_kind,
+            arguments,
+            backend,
+            table,
+            key,
+            scope.is_some(),
+        ))
+    }
+
     /// Reads a stored migration's SQL again (its scope and its kind's fragments, as `queue`
     /// does): a definition stored before fragments were parsed, or written by hand, is refused
     /// before any of it runs. Workers call it when they claim a migration.
     pub fn check_definition(&self, m: &Migration) -> Result<()> {
-        let backend = self.target.backend();
         let table = TableName::parse(&m.table_name)?;
-        if let Some(scope) = m.scope.as_deref().filter(|s| !s.trim().is_empty()) {
-            fragment::check_condition(backend, "--scope", scope).map_err(Error::InvalidSettings)?;
-        }
-        crate::kind::check_fragments(
+        self.check_sql(
             &m.job_kind,
             &m.job_arguments,
-            backend,
             &table,
             &m.key,
-            m.scope.is_some(),
-        )
+            m.scope.as_deref(),
+        )?
         .map_err(|reason| {
             Error::InvalidSettings(format!(
                 "the stored definition of kind {}: {reason}",
@@ -773,18 +794,13 @@ impl Sluicegate {
             .filter(|s| !s.is_empty())
             .map(str::to_owned);
         // The operator's SQL is read before any of it runs (the bounds below run the scope).
-        let backend = self.target.backend();
-        if let Some(scope) = &scope {
-            fragment::check_condition(backend, "--scope", scope).map_err(Error::InvalidSettings)?;
-        }
-        crate::kind::check_fragments(
+        self.check_sql(
             &req.job_kind,
             &req.arguments,
-            backend,
             &table,
             &key,
-            scope.is_some(),
-        )
+            scope.as_deref(),
+        )?
         .map_err(|reason| Error::InvalidJob {
             kind: req.job_kind.clone(),
             reason,
@@ -1077,18 +1093,14 @@ impl Sluicegate {
             fragment::check_probe(backend, "--health-probe", probe)
                 .map_err(Error::InvalidSettings)?;
         }
-        if let Some(scope) = m.scope.as_deref().filter(|s| !s.trim().is_empty()) {
-            fragment::check_condition(backend, "--scope", scope).map_err(Error::InvalidSettings)?;
-        }
         let table = TableName::parse(&m.table_name)?;
-        crate::kind::check_fragments(
+        self.check_sql(
             &m.job_kind,
             &m.job_arguments,
-            backend,
             &table,
             &m.key,
-            m.scope.is_some(),
-        )
+            m.scope.as_deref(),
+        )?
         .map_err(|reason| Error::InvalidJob {
             kind: m.job_kind.clone(),
             reason,
