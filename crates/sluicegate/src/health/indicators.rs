@@ -67,9 +67,9 @@ pub fn evaluate_while(
             }
             r.threshold = "switched off for this migration".into();
         } else if settings.require_health && r.signal == Signal::Unknown && r.is_protection_off() {
-            // `--require-health`: a protection that cannot be read holds like a stop.
+            // `--require-health`: a protection that cannot be read holds like a stop (its
+            // cause stays: `Reading::shown` says `unknown:` from it).
             r.signal = Signal::Stop;
-            r.reading = format!("unknown: {}", r.reading);
             r.threshold = "--require-health: holds while it cannot be read".into();
         }
     }

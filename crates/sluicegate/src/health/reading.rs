@@ -2,6 +2,7 @@
 //! cannot tell, the typed [`UnknownCause`] (with the grant that would make it readable). Also
 //! the protections that are off (readings an operator can fix) and the notice that names them.
 
+use std::borrow::Cow;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
@@ -68,7 +69,23 @@ pub struct Reading {
 impl Reading {
     /// `indicator: reading (threshold)`: the reason written to a hold's log row.
     pub fn reason(&self) -> String {
-        format!("{}: {} ({})", self.indicator, self.reading, self.threshold)
+        format!("{}: {} ({})", self.indicator, self.shown(), self.threshold)
+    }
+
+    /// Whether it holds only because it cannot be read (`--require-health` turned its
+    /// `unknown` into a stop): a stop that keeps its [`UnknownCause`].
+    pub fn holds_unreadable(&self) -> bool {
+        self.signal == Signal::Stop && self.cause.is_some()
+    }
+
+    /// The reading as shown to people: `unknown: ` first when it holds only because it
+    /// cannot be read ([`Reading::holds_unreadable`]); [`Reading::reading`] is what it saw.
+    pub fn shown(&self) -> Cow<'_, str> {
+        if self.holds_unreadable() {
+            Cow::Owned(format!("unknown: {}", self.reading))
+        } else {
+            Cow::Borrowed(&self.reading)
+        }
     }
 
     /// Whether this reading is a protection that is off: it cannot be read for a reason an
@@ -190,8 +207,7 @@ pub fn protections_off_notice(readings: &[Reading], settings: &HealthSettings) -
     )];
     for r in off {
         // The reading names the grant when one would turn it on.
-        let unknown = r.reading.strip_prefix("unknown: ").unwrap_or(&r.reading);
-        lines.push(format!("  {}: {unknown}", r.indicator));
+        lines.push(format!("  {}: {}", r.indicator, r.reading));
     }
     Some(lines.join("\n"))
 }
