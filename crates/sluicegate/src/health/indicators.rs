@@ -210,12 +210,22 @@ fn replica_lag(sample: &HealthSample, settings: &HealthSettings, scale: f64) -> 
         if let Some((true, reading)) = &known {
             return Reading::judged(Indicator::ReplicaLag, true, reading.clone(), threshold);
         }
-        let grant = sample.stats_grant.clone().unwrap_or_default();
         let what = format!(
             "{hidden} replica{} streaming from this server",
             if hidden == 1 { "" } else { "s" }
         );
-        return Reading::not_granted(Indicator::ReplicaLag, sample, &grant, what, threshold);
+        // A privilege is the cause only with the grant that would lift it.
+        return match &sample.stats_grant {
+            Some(grant) => {
+                Reading::not_granted(Indicator::ReplicaLag, sample, grant, what, threshold)
+            }
+            None => Reading::unknown(
+                Indicator::ReplicaLag,
+                UnknownCause::Failed,
+                format!("{what}; their lag is not readable"),
+                threshold,
+            ),
+        };
     }
     match Replica::lag_of(&seen, settings, scale) {
         None => Reading::judged(
@@ -761,6 +771,36 @@ mod tests {
             grant_statement("pg_monitor", "App\"1"),
             "GRANT pg_monitor TO \"App\"\"1\""
         );
+    }
+
+    #[test]
+    fn every_unknown_reading_has_a_typed_cause_and_a_privilege_its_grant() {
+        let mut hidden = as_ordinary_role();
+        hidden.replicas_hidden = 1;
+        hidden.sessions_hidden = 1;
+        let no_grant = HealthSample {
+            stats_grant: None,
+            ..hidden.clone()
+        };
+        let sqlite = HealthSample {
+            not_available: Some("not available on SQLite".into()),
+            probe: Some(Err("boom".into())),
+            ..HealthSample::default()
+        };
+        let settings = HealthSettings {
+            probe: Some("SELECT true".into()),
+            ..HealthSettings::default()
+        };
+        for sample in [healthy(), as_ordinary_role(), hidden, no_grant, sqlite] {
+            for r in evaluate(&sample, &settings, None, None) {
+                assert_eq!(r.signal == Signal::Unknown, r.cause.is_some(), "{r:?}");
+                assert_eq!(
+                    r.cause == Some(UnknownCause::Privilege),
+                    r.grant.is_some(),
+                    "{r:?}"
+                );
+            }
+        }
     }
 
     #[test]
