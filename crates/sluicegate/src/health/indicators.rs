@@ -23,8 +23,8 @@ pub(super) fn human_ms(ms: f64) -> String {
 }
 
 /// Judges a sample against the thresholds, one indicator at a time, in the documented
-/// order. `wal_rate` is bytes per second from [`WalRate`]; `latency` is the worker's own
-/// tracker for this migration.
+/// order. `wal_rate` is bytes per second from [`WalRate`](super::WalRate); `latency` is the
+/// worker's own tracker for this migration.
 pub fn evaluate(
     sample: &HealthSample,
     settings: &HealthSettings,
