@@ -589,7 +589,7 @@ pub async fn health(sg: &Sluicegate, migration: &str, json: bool) -> Result<()> 
         t.add_row([
             Cell::new(r.indicator),
             Cell::new(r.signal),
-            Cell::new(&r.reading),
+            Cell::new(r.shown()),
             Cell::new(&r.threshold),
         ]);
     }

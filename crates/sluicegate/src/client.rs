@@ -30,6 +30,8 @@ use crate::store::{
     Store, SubBatchSpec, Target, Timeouts, SCHEMA_VERSION,
 };
 
+mod health;
+
 /// Default tracking schema on PostgreSQL.
 pub const DEFAULT_SCHEMA: &str = "sluicegate";
 /// Attempts per job before it counts as failed for good (GitLab's MAX_ATTEMPTS).

@@ -1,7 +1,7 @@
 //! Typed errors of the library: what went wrong, and while doing what.
 
 use crate::failure::{self, Blame};
-use crate::status::{JobStatus, MigrationStatus};
+use crate::status::{IllegalJobTransition, JobStatus, MigrationStatus, UnknownName};
 
 /// The library's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -199,5 +199,21 @@ impl Error {
     pub(crate) fn db(context: impl Into<String>) -> impl FnOnce(sqlx::Error) -> Error {
         let context = context.into();
         move |source| Error::Database { context, source }
+    }
+}
+
+impl From<IllegalJobTransition> for Error {
+    fn from(e: IllegalJobTransition) -> Self {
+        Error::IllegalJobTransition {
+            job_id: e.job_id,
+            from: e.from,
+            to: e.to,
+        }
+    }
+}
+
+impl From<UnknownName> for Error {
+    fn from(e: UnknownName) -> Self {
+        Error::Corrupt(e.to_string())
     }
 }

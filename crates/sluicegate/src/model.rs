@@ -6,9 +6,12 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::health::HealthSettings;
 use crate::key::{Key, KeySpec, Lower};
 use crate::status::{JobStatus, MigrationEvent, MigrationStatus};
+
+mod health_settings;
+
+pub use health_settings::{AutovacuumPolicy, HealthSettings, Indicator, MAX_PROBE_LEN};
 
 /// One queued data migration over one table.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -9,8 +9,6 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::Error;
-
 /// The status of a job (one key range of a migration).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -60,11 +58,11 @@ impl JobStatus {
     }
 
     /// Checks `self -> next` for job `job_id`, as an error when illegal.
-    pub fn check(self, next: JobStatus, job_id: i64) -> Result<(), Error> {
+    pub fn check(self, next: JobStatus, job_id: i64) -> Result<(), IllegalJobTransition> {
         if self.can_become(next) {
             Ok(())
         } else {
-            Err(Error::IllegalJobTransition {
+            Err(IllegalJobTransition {
                 job_id,
                 from: self,
                 to: next,
@@ -228,6 +226,30 @@ impl MigrationEvent {
     }
 }
 
+/// A job status change the state machine forbids (becomes
+/// [`Error::IllegalJobTransition`](crate::Error::IllegalJobTransition)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("illegal job transition {from} -> {to} for job {job_id}")]
+pub struct IllegalJobTransition {
+    /// The job.
+    pub job_id: i64,
+    /// Its current status.
+    pub from: JobStatus,
+    /// The status asked for.
+    pub to: JobStatus,
+}
+
+/// A stored status or event name that no enum knows (becomes
+/// [`Error::Corrupt`](crate::Error::Corrupt)).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown {what} {name:?}")]
+pub struct UnknownName {
+    /// What was read (`job status`, `migration event`, ...).
+    pub what: &'static str,
+    /// The name as stored.
+    pub name: String,
+}
+
 macro_rules! text_enum {
     ($ty:ty, $what:literal) => {
         impl fmt::Display for $ty {
@@ -237,14 +259,17 @@ macro_rules! text_enum {
         }
 
         impl FromStr for $ty {
-            type Err = Error;
+            type Err = UnknownName;
 
-            fn from_str(s: &str) -> Result<Self, Error> {
+            fn from_str(s: &str) -> Result<Self, UnknownName> {
                 Self::ALL
                     .iter()
                     .copied()
                     .find(|v| v.as_str() == s)
-                    .ok_or_else(|| Error::Corrupt(format!("unknown {} {s:?}", $what)))
+                    .ok_or_else(|| UnknownName {
+                        what: $what,
+                        name: s.to_owned(),
+                    })
             }
         }
     };

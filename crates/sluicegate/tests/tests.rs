@@ -6,6 +6,7 @@ mod bad_input;
 mod guarantees;
 mod health;
 mod keys;
+mod layering;
 mod ownership;
 mod partitions;
 mod reach;

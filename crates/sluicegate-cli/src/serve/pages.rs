@@ -493,7 +493,7 @@ pub async fn migration(
                 ul {
                     @for r in &off {
                         li {
-                            code { (r.indicator) } ": " (r.reading.strip_prefix("unknown: ").unwrap_or(&r.reading))
+                            code { (r.indicator) } ": " (r.reading)
                             @if let Some(grant) = &r.grant { " — turn it on with " code { (grant) ";" } }
                         }
                     }
@@ -551,7 +551,7 @@ pub async fn migration(
                             tr {
                                 td { (r.indicator) }
                                 td class=(format!("signal-{}", r.signal)) { (r.signal) }
-                                td { (r.reading) }
+                                td { (r.shown()) }
                                 td { (r.threshold) }
                             }
                         }

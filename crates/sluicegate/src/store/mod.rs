@@ -148,7 +148,7 @@ impl JobTransitionParams {
 
     /// Refuses a change the state machine does not allow (the stores' own check).
     pub(crate) fn check(&self) -> Result<()> {
-        self.from.check(self.to, self.job_id)
+        Ok(self.from.check(self.to, self.job_id)?)
     }
 }
 
