@@ -7,6 +7,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Datelike, NaiveDate, TimeZone, Utc};
 
+pub use crate::dialect::Backend;
 use crate::error::Result;
 use crate::failure::Failure;
 use crate::health::HealthSample;
@@ -18,7 +19,6 @@ use crate::model::{
 };
 use crate::status::{JobStatus, MigrationEvent, MigrationStatus};
 
-pub(crate) mod key_sql;
 pub mod postgres;
 mod rows;
 pub mod sqlite;
@@ -26,13 +26,48 @@ pub mod sqlite;
 /// Newest tracking-schema version this binary knows.
 pub const SCHEMA_VERSION: i64 = 5;
 
-/// Which database engine a store or target talks to.
+/// What a backend can do, asked by name where the engine or the client depends on it, rather
+/// than asking which backend it is ([`Backend`] chooses only the SQL dialect).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Backend {
-    /// PostgreSQL, the production engine.
-    Postgres,
-    /// SQLite, the embedded default.
-    Sqlite,
+pub struct Capabilities {
+    /// Several connections write at once (row locks), so a job's sub-batches and other
+    /// workers' jobs run side by side; SQLite has one writer at a time.
+    pub concurrent_writers: bool,
+    /// A claim passes over a migration another worker is claiming (`FOR UPDATE SKIP LOCKED`)
+    /// instead of waiting for it.
+    pub skip_locked: bool,
+    /// A job's last sub-batch can start the migration's next job in the statement that ends
+    /// it ([`JobFinish::then_create`]), when tracking and target are one database.
+    pub start_next_job_with_finish: bool,
+    /// Sub-batches and walks run under a statement timeout and a lock timeout.
+    pub statement_timeouts: bool,
+    /// [`Target::health_sample`] reads the server's own indicators (vacuum workers, replicas,
+    /// the archiver, locks), not only the probe.
+    pub health_indicators: bool,
+    /// The job log is kept in monthly partitions, dropped whole; otherwise old rows are
+    /// deleted.
+    pub log_partitions: bool,
+}
+
+impl Capabilities {
+    /// PostgreSQL's.
+    pub const POSTGRES: Self = Self {
+        concurrent_writers: true,
+        skip_locked: true,
+        start_next_job_with_finish: true,
+        statement_timeouts: true,
+        health_indicators: true,
+        log_partitions: true,
+    };
+    /// SQLite's.
+    pub const SQLITE: Self = Self {
+        concurrent_writers: false,
+        skip_locked: false,
+        start_next_job_with_finish: false,
+        statement_timeouts: false,
+        health_indicators: false,
+        log_partitions: false,
+    };
 }
 
 /// A job status change, applied with its log row in one transaction. Built only through
@@ -351,8 +386,10 @@ pub struct PartitionReport {
 /// on meanwhile they return [`Error::Conflict`](crate::Error::Conflict) and write nothing.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
-    /// The engine behind this store.
+    /// The engine behind this store: the SQL dialect it speaks.
     fn backend(&self) -> Backend;
+    /// What it can do.
+    fn capabilities(&self) -> Capabilities;
 
     /// Installs or upgrades the tracking schema; returns the versions applied now.
     async fn schema_install(&self) -> Result<Vec<i64>>;
@@ -548,7 +585,8 @@ pub struct JobFinish {
     /// Who (the log row's worker).
     pub worker: String,
     /// The migration's next job, to create (running) in the same statement when the job
-    /// succeeds: its range must be [`JobRange::Given`]. PostgreSQL only: SQLite refuses it.
+    /// succeeds: its range must be [`JobRange::Given`]. Only where
+    /// [`Capabilities::start_next_job_with_finish`]: elsewhere it is refused.
     pub then_create: Option<JobCreateParams>,
 }
 
@@ -605,8 +643,10 @@ pub trait PerformedSubBatch: Send {
 /// Operations on the database holding the table being migrated.
 #[async_trait]
 pub trait Target: Send + Sync + 'static {
-    /// The engine behind this target.
+    /// The engine behind this target: the SQL dialect it speaks.
     fn backend(&self) -> Backend;
+    /// What it can do.
+    fn capabilities(&self) -> Capabilities;
     /// Checks that the table exists and resolves the key to walk: `columns` in that order, or
     /// by default the table's primary key. The key must be of supported types, NOT NULL, and
     /// unique (a primary key, or a unique non-partial index on exactly those columns) unless
@@ -731,7 +771,7 @@ pub(crate) async fn schema_install(
 /// Refuses a hold longer than any that may be queued: a stored value past it is out of range
 /// (written, its timestamp would not read back).
 pub(crate) fn check_hold(hold: Duration) -> Result<()> {
-    if hold > crate::client::MAX_PACING {
+    if hold > crate::model::MAX_PACING {
         return Err(crate::Error::OutOfRange(format!(
             "a hold of {} (at most 365 days)",
             humantime::format_duration(hold)

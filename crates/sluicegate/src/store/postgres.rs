@@ -12,14 +12,15 @@ use sqlx::{PgConnection, Row};
 
 use std::sync::Arc;
 
-use super::key_sql::{self, key_order, key_row, scope_condition, scope_filter};
 use super::rows;
 use super::{
-    add_months, check_hold, duration_ms, month_start, Backend, JobCreateParams, JobCreated,
-    JobRange, JobSplitParams, JobTransitionParams, MigrationResizeParams, MigrationSetParams,
-    MigrationThrottleParams, MigrationTransitionParams, PartitionReport, PerformedSubBatch, Store,
-    SubBatchCommit, SubBatchCommitted, SubBatchSpec, Target, PROBE_TIMEOUT,
+    add_months, check_hold, duration_ms, month_start, Backend, Capabilities, JobCreateParams,
+    JobCreated, JobRange, JobSplitParams, JobTransitionParams, MigrationResizeParams,
+    MigrationSetParams, MigrationThrottleParams, MigrationTransitionParams, PartitionReport,
+    PerformedSubBatch, Store, SubBatchCommit, SubBatchCommitted, SubBatchSpec, Target,
+    PROBE_TIMEOUT,
 };
+use crate::dialect::key_sql::{self, key_order, key_row, scope_condition, scope_filter};
 use crate::error::{Error, Result};
 use crate::failure::Failure;
 use crate::health::HealthSample;
@@ -783,6 +784,10 @@ impl Store for PgStore {
         Backend::Postgres
     }
 
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::POSTGRES
+    }
+
     async fn schema_install(&self) -> Result<Vec<i64>> {
         let tx = self.pool.begin().await.map_err(Error::db(SCHEMA_CONTEXT))?;
         let steps = PgSchemaSteps {
@@ -1536,6 +1541,10 @@ impl PgTarget {
 impl Target for PgTarget {
     fn backend(&self) -> Backend {
         Backend::Postgres
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::POSTGRES
     }
 
     async fn identity(&self) -> Result<String> {

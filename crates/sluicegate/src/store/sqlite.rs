@@ -13,15 +13,15 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use sqlx::sqlite::SqlitePool;
 use sqlx::{Row, SqliteConnection};
 
-use super::key_sql::{
-    key_list, key_order, key_params, key_row, range_predicate, scope_condition, scope_filter,
-};
 use super::rows;
 use super::{
-    check_hold, Backend, JobCreateParams, JobCreated, JobRange, JobSplitParams,
+    check_hold, Backend, Capabilities, JobCreateParams, JobCreated, JobRange, JobSplitParams,
     JobTransitionParams, MigrationResizeParams, MigrationSetParams, MigrationThrottleParams,
     MigrationTransitionParams, PartitionReport, PerformedSubBatch, Store, SubBatchCommit,
     SubBatchCommitted, SubBatchSpec, Target, PROBE_TIMEOUT,
+};
+use crate::dialect::key_sql::{
+    key_list, key_order, key_params, key_row, range_predicate, scope_condition, scope_filter,
 };
 use crate::error::{Error, Result};
 use crate::failure::Failure;
@@ -494,6 +494,10 @@ impl SqliteStore {
 impl Store for SqliteStore {
     fn backend(&self) -> Backend {
         Backend::Sqlite
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::SQLITE
     }
 
     async fn schema_install(&self) -> Result<Vec<i64>> {
@@ -1309,6 +1313,10 @@ impl SqliteTarget {
 impl Target for SqliteTarget {
     fn backend(&self) -> Backend {
         Backend::Sqlite
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::SQLITE
     }
 
     /// `sqlite:` and the file's canonical path (symbolic links resolved), as SQLite names the
