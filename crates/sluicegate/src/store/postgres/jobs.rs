@@ -140,6 +140,8 @@ const JOB_COUNTS: &str = "SELECT
     max(finished_at)
   FROM {s}.jobs WHERE migration_id = $1";
 
+/// [`Store::job_create`](crate::store::Store::job_create): one statement (data-modifying CTEs,
+/// the walk inside when it is one database), one round trip a job; SQLite's is statements.
 pub(super) async fn create(store: &PgStore, p: &JobCreateParams) -> Result<JobCreated> {
     // The range: given keys ($3, $4), or the keyset walk from the expected next key ($2,
     // inclusive when $11) to the migration's last key, over $10 keys.
@@ -268,6 +270,8 @@ pub(super) async fn transition(store: &PgStore, p: &JobTransitionParams) -> Resu
     transition_in(store, &mut conn, p).await
 }
 
+/// [`Store::job_split`](crate::store::Store::job_split): the second half inserted, then the
+/// first updated with its log row (a CTE), in one transaction.
 pub(super) async fn split(store: &PgStore, p: &JobSplitParams) -> Result<(Job, Job)> {
     let t = &p.transition;
     let context = format!("splitting job {}", t.job_id);

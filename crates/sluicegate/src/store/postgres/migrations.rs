@@ -262,6 +262,8 @@ pub(super) async fn transition(
     transition_in(store, &mut conn, p).await
 }
 
+/// [`Store::migration_retry`](crate::store::Store::migration_retry): the migration's change,
+/// then every failed job and its log row in one CTE, in one transaction.
 pub(super) async fn retry(store: &PgStore, p: &MigrationTransitionParams) -> Result<Migration> {
     let context = format!("retrying migration {}", p.migration_id);
     let mut tx = store.pool.begin().await.map_err(Error::db(&context))?;
@@ -276,6 +278,8 @@ pub(super) async fn retry(store: &PgStore, p: &MigrationTransitionParams) -> Res
     Ok(migration)
 }
 
+/// [`Store::migration_claim`](crate::store::Store::migration_claim): one statement, passing
+/// over candidates other workers lock (`SKIP LOCKED`) and taking the table lease.
 pub(super) async fn claim(
     store: &PgStore,
     worker: &str,

@@ -108,6 +108,9 @@ const JOB_COUNTS: &str = "SELECT
     max(finished_at)
   FROM sluicegate_jobs WHERE migration_id = $1";
 
+/// [`Store::job_create`](crate::store::Store::job_create): written apart from PostgreSQL's one
+/// CTE because SQLite cannot feed one statement's `RETURNING` into another: five statements in
+/// one `BEGIN IMMEDIATE`.
 pub(super) async fn create(store: &SqliteStore, p: &JobCreateParams) -> Result<JobCreated> {
     let context = format!("creating a job of migration {}", p.migration_id);
     let at = now();
@@ -268,6 +271,8 @@ pub(super) async fn transition(store: &SqliteStore, p: &JobTransitionParams) -> 
     Ok(job)
 }
 
+/// [`Store::job_split`](crate::store::Store::job_split): statements in one `BEGIN IMMEDIATE`
+/// where PostgreSQL writes a CTE (SQLite's `RETURNING` feeds no other statement).
 pub(super) async fn split(store: &SqliteStore, p: &JobSplitParams) -> Result<(Job, Job)> {
     let t = &p.transition;
     let context = format!("splitting job {}", t.job_id);

@@ -260,6 +260,8 @@ pub(super) async fn transition(
     Ok(migration)
 }
 
+/// [`Store::migration_retry`](crate::store::Store::migration_retry): the jobs' log rows written
+/// one by one from Rust where PostgreSQL inserts them from a CTE.
 pub(super) async fn retry(store: &SqliteStore, p: &MigrationTransitionParams) -> Result<Migration> {
     let context = format!("retrying migration {}", p.migration_id);
     let at = ts(now());
@@ -289,6 +291,8 @@ pub(super) async fn retry(store: &SqliteStore, p: &MigrationTransitionParams) ->
     Ok(migration)
 }
 
+/// [`Store::migration_claim`](crate::store::Store::migration_claim): the candidate, then its
+/// table lease, in one `BEGIN IMMEDIATE` (one writer: no `SKIP LOCKED` to write it in one).
 pub(super) async fn claim(
     store: &SqliteStore,
     worker: &str,
