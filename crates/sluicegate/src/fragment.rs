@@ -25,9 +25,9 @@ use sqlparser::dialect::{Dialect, PostgreSqlDialect, SQLiteDialect};
 use sqlparser::parser::Parser;
 use sqlparser::tokenizer::{Location, Token, TokenWithSpan, Tokenizer, Whitespace};
 
+use crate::dialect::Backend;
 use crate::ident::{self, TableName};
 use crate::key::KeySpec;
-use crate::store::Backend;
 
 /// What stands for the sub-batch's range in a `sql` statement.
 pub const RANGE_PLACEHOLDER: &str = "{range}";

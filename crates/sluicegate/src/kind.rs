@@ -9,12 +9,12 @@ use async_trait::async_trait;
 use serde_json::Value;
 use sqlx::{PgConnection, SqliteConnection};
 
+use crate::dialect::key_sql::{self, ParamSql};
+use crate::dialect::Backend;
 use crate::failure::Failure;
 use crate::fragment::{self, Script};
 use crate::ident::{self, TableName};
 use crate::key::{bind_key_values, Key, KeySpec};
-use crate::store::key_sql::{self, ParamSql};
-use crate::store::Backend;
 
 pub use crate::fragment::RANGE_PLACEHOLDER;
 

@@ -9,6 +9,7 @@
 #![warn(missing_docs)]
 
 pub mod client;
+pub mod dialect;
 pub mod engine;
 pub mod error;
 pub mod failure;

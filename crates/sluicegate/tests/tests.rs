@@ -3,6 +3,7 @@
 mod common;
 
 mod bad_input;
+mod conformance;
 mod guarantees;
 mod health;
 mod keys;

@@ -36,7 +36,7 @@ use crate::model::{Job, Migration};
 use crate::optimizer;
 use crate::status::{JobStatus, MigrationEvent, MigrationStatus};
 use crate::store::{
-    Backend, JobCreateParams, JobCreated, JobCursor, JobFinish, JobRange, JobSplitParams,
+    JobCreateParams, JobCreated, JobCursor, JobFinish, JobRange, JobSplitParams,
     JobTransitionParams, MigrationResizeParams, MigrationThrottleParams, MigrationTransitionParams,
     SubBatchCommit, SubBatchCommitted, SubBatchSpec, Timeouts,
 };

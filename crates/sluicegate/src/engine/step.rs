@@ -140,7 +140,7 @@ impl WorkerLoop {
     /// database, and a loop that goes on to run it).
     pub(super) fn may_start_ahead(&self) -> bool {
         self.sg().same_database
-            && self.sg().store.backend() == Backend::Postgres
+            && self.sg().store.capabilities().start_next_job_with_finish
             && !self.stopping.load(Ordering::Relaxed)
     }
 
