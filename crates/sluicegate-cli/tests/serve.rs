@@ -180,7 +180,10 @@ store_test!(the_dashboard_shows_holds_and_slow_downs, |db| {
     .with_reason(Some(
         "probe: the probe returned false (returns true)".into(),
     ))
-    .holding_for(std::time::Duration::from_secs(5));
+    .holding_for(
+        sluicegate::health::Indicator::Probe,
+        std::time::Duration::from_secs(5),
+    );
     sg.store().migration_transition(&hold).await.unwrap();
     let (_, page, _) = call(&st, "GET", "/migrations/1", None, None).await;
     assert!(
@@ -613,7 +616,10 @@ async fn headless_chromium_renders_the_live_dashboard() {
     .with_reason(Some(
         "replica_lag: replica r1 is 40.9 MiB behind in replay (max 16.0 MiB or 30s)".into(),
     ))
-    .holding_for(Duration::from_secs(300));
+    .holding_for(
+        sluicegate::health::Indicator::ReplicaLag,
+        Duration::from_secs(300),
+    );
     handle.store().migration_transition(&hold).await.unwrap();
     let mut shots = Vec::new();
     for (path, file) in [

@@ -336,6 +336,10 @@ pub struct MigrationTransition {
     pub event: MigrationEvent,
     /// Free text: the operator's reason, or the health indicator and its reading.
     pub reason: Option<String>,
+    /// For a hold: the indicator that stopped the migration (a hold row written before
+    /// schema v6 whose reason names none reads `None`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub indicator: Option<Indicator>,
     /// Who: a worker name, `cli` or `http`.
     pub actor: Option<String>,
     /// Exception class, when a failure moved it.

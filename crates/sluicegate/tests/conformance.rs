@@ -568,8 +568,17 @@ store_test!(migration_hold_extend, |db| {
         .is_none());
     let hold = MigrationTransitionParams::new(&m, MigrationEvent::Hold, "w1")
         .unwrap()
-        .holding_for(Duration::from_secs(60));
+        .holding_for(
+            sluicegate::health::Indicator::Probe,
+            Duration::from_secs(60),
+        );
     let held = store.migration_transition(&hold).await.unwrap();
+    let hold_row = store.migration_transition_list(m.id).await.unwrap();
+    assert_eq!(
+        hold_row.last().unwrap().indicator,
+        Some(sluicegate::health::Indicator::Probe),
+        "the hold row names its indicator"
+    );
     let logged = store.migration_transition_list(m.id).await.unwrap().len();
     let extended = store
         .migration_hold_extend(m.id, Duration::from_secs(3600))

@@ -65,6 +65,11 @@ async fn assert_held(sg: &Sluicegate, name: &str, indicator: Indicator) -> Strin
     assert_eq!(hold.previous_status, Some(MigrationStatus::Active));
     assert_eq!(hold.next_status, MigrationStatus::Active);
     assert_eq!(hold.reason.as_deref(), Some(reason.as_str()));
+    assert_eq!(
+        hold.indicator,
+        Some(indicator),
+        "the hold row names its indicator"
+    );
     assert_eq!(hold.actor.as_deref(), Some("w1"));
     // No job ran, the batch size did not move, and `status` shows why.
     assert!(sg.jobs(&migration, None).await.unwrap().is_empty());

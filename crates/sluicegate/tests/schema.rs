@@ -1,7 +1,8 @@
 //! Installing the tracking schema: idempotent, versioned, guarded by CHECK constraints.
 
+use sluicegate::health::Indicator;
 use sluicegate::store::{Backend, SCHEMA_VERSION};
-use sluicegate::{store_test, Error, Key, Lower, MigrationStatus};
+use sluicegate::{store_test, Error, Key, Lower, MigrationEvent, MigrationStatus};
 
 fn versions_table(backend: Backend) -> &'static str {
     match backend {
@@ -192,6 +193,14 @@ store_test!(
          VALUES (1, NULL, 'active', 'queue', 'cli', {now})"
         ))
         .await;
+        // Two holds as the old binary logged them: the indicator only in the reason's text.
+        db.exec(&format!(
+            "INSERT INTO {t}migration_transition_logs (migration_id, previous_status, next_status,
+             event, reason, actor, created_at)
+         VALUES (1, 'active', 'active', 'hold', 'replica_lag: r1 is 40 MiB behind (max 16 MiB)', 'w-old', {now}),
+                (1, 'active', 'active', 'hold', 'something: no indicator of ours', 'w-old', {now})"
+        ))
+        .await;
         db.exec(&format!(
         "INSERT INTO {t}jobs (migration_id, min_value, max_value, batch_size, sub_batch_size,
              status, attempts, started_at, finished_at, rows_affected, cursor_value, worker,
@@ -234,6 +243,16 @@ store_test!(
             (Key::int(1), Key::int(3000))
         );
         assert_eq!(m.next_start, Some(Lower::From(Key::int(2001))));
+        // Schema v6: a hold row names its indicator in a column, taken from the old reason.
+        let holds: Vec<_> = sg
+            .migration_history(&m)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|r| r.event == MigrationEvent::Hold)
+            .map(|r| r.indicator)
+            .collect();
+        assert_eq!(holds, [Some(Indicator::ReplicaLag), None]);
         let jobs = sg.jobs(&m, None).await.unwrap();
         assert_eq!(jobs[1].cursor, Some(Key::int(1500)));
         let history = sg.job_history(jobs[1].id).await.unwrap();

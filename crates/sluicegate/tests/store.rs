@@ -136,7 +136,10 @@ store_test!(
         let params = MigrationTransitionParams::new(&m, MigrationEvent::Hold, "w1")
             .unwrap()
             .with_reason(Some("probe: false".into()))
-            .holding_for(Duration::from_secs(3600));
+            .holding_for(
+                sluicegate::health::Indicator::Probe,
+                Duration::from_secs(3600),
+            );
         let held = store.migration_transition(&params).await.unwrap();
         assert_eq!(held.status, MigrationStatus::Active);
         assert!(held.on_hold_until.is_some());

@@ -123,13 +123,7 @@ async fn collect(st: &AppState) -> Result<(), ApiError> {
             .filter(|r| r.event == MigrationEvent::Hold);
         let mut stops: Vec<(String, u64)> = Vec::new();
         for hold in holds {
-            let indicator = hold
-                .reason
-                .as_deref()
-                .and_then(|r| r.split(':').next())
-                .unwrap_or("unknown")
-                .trim()
-                .to_owned();
+            let indicator = hold.indicator.map_or("unknown", |i| i.as_str()).to_owned();
             match stops.iter_mut().find(|(name, _)| *name == indicator) {
                 Some((_, n)) => *n += 1,
                 None => stops.push((indicator, 1)),

@@ -66,7 +66,7 @@ impl WorkerLoop {
                 }
             }
             let reason = stop.reason();
-            return self.hold(m, reason).await.map(Some);
+            return self.hold(m, stop.indicator, reason).await.map(Some);
         }
         if let Some(since) = m.held_since {
             self.release(m, since, &readings).await?;
@@ -84,14 +84,19 @@ impl WorkerLoop {
     }
 
     /// Starts a hold, or moves the one in progress on to its next re-check.
-    pub(super) async fn hold(&mut self, m: &Migration, reason: String) -> Result<StepOutcome> {
+    pub(super) async fn hold(
+        &mut self,
+        m: &Migration,
+        indicator: health::Indicator,
+        reason: String,
+    ) -> Result<StepOutcome> {
         let store = &self.sg().store;
         let started = match m.held_since {
             Some(_) => None,
             None => {
                 let params = MigrationTransitionParams::new(m, MigrationEvent::Hold, &self.name)?
                     .with_reason(Some(reason.clone()))
-                    .holding_for(m.health.hold());
+                    .holding_for(indicator, m.health.hold());
                 match store.migration_transition(&params).await {
                     Ok(held) => Some(held),
                     // Another worker started it (or it was paused): go on with theirs.
@@ -132,12 +137,9 @@ impl WorkerLoop {
             .iter()
             .rev()
             .find(|r| r.event == MigrationEvent::Hold)
-            .and_then(|r| r.reason.as_deref())
-            .and_then(|r| r.split_once(':'))
-            .map(|(indicator, _)| indicator.to_owned());
+            .and_then(|r| r.indicator);
         let cleared = cause
-            .as_deref()
-            .and_then(|c| readings.iter().find(|r| r.indicator.as_str() == c))
+            .and_then(|c| readings.iter().find(|r| r.indicator == c))
             .map(|r| format!("; {}: {}", r.indicator, r.reading))
             .unwrap_or_default();
         let held_for = (Utc::now() - since).to_std().unwrap_or_default();

@@ -9,7 +9,7 @@ use crate::failure::Failure;
 use crate::ident::TableName;
 use crate::key::{Key, KeySpec, Lower};
 use crate::kind::JobKind;
-use crate::model::{Job, Migration};
+use crate::model::{Indicator, Job, Migration};
 use crate::status::{JobStatus, MigrationEvent, MigrationStatus};
 
 #[allow(unused_imports)]
@@ -150,6 +150,8 @@ pub struct MigrationTransitionParams {
     pub(crate) failure: Option<Failure>,
     /// For a hold: until when.
     pub(crate) hold_until: Option<Duration>,
+    /// For a hold: the indicator that stopped it (its log row's `indicator`).
+    pub(crate) indicator: Option<Indicator>,
 }
 
 impl MigrationTransitionParams {
@@ -174,6 +176,7 @@ impl MigrationTransitionParams {
             actor: actor.into(),
             failure: None,
             hold_until: None,
+            indicator: None,
         })
     }
 
@@ -190,6 +193,7 @@ impl MigrationTransitionParams {
             actor: "test".into(),
             failure: None,
             hold_until: None,
+            indicator: None,
         }
     }
 
@@ -205,8 +209,10 @@ impl MigrationTransitionParams {
         self
     }
 
-    /// For a hold: how long.
-    pub fn holding_for(mut self, hold: Duration) -> Self {
+    /// For a hold: the indicator that stopped the migration, and how long until the next
+    /// re-check.
+    pub fn holding_for(mut self, indicator: Indicator, hold: Duration) -> Self {
+        self.indicator = Some(indicator);
         self.hold_until = Some(hold);
         self
     }

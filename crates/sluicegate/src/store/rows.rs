@@ -11,7 +11,7 @@ use sqlx::Row;
 
 use crate::error::{Error, Result};
 use crate::key::{Key, KeySpec, Lower};
-use crate::model::{Job, JobTransition, Migration, MigrationTransition, TargetIdentity};
+use crate::model::{Indicator, Job, JobTransition, Migration, MigrationTransition, TargetIdentity};
 use crate::status::MigrationStatus;
 
 /// A driver error while reading a row: the stored data is not what we wrote.
@@ -316,6 +316,11 @@ pub(crate) fn migration_transition(row: &impl ModelRow) -> Result<MigrationTrans
         next_status: row.text("next_status")?.parse()?,
         event: row.text("event")?.parse()?,
         reason: row.opt_text("reason")?,
+        indicator: row
+            .opt_text("indicator")?
+            .map(|s| s.parse::<Indicator>())
+            .transpose()
+            .map_err(|e| Error::Corrupt(format!("migration log indicator: {e}")))?,
         actor: row.opt_text("actor")?,
         exception_class: row.opt_text("exception_class")?,
         exception_message: row.opt_text("exception_message")?,

@@ -49,8 +49,8 @@ WITH m AS (
     RETURNING *
 ), log AS (
     INSERT INTO {s}.migration_transition_logs (migration_id, previous_status, next_status, event,
-        reason, actor, exception_class, exception_message)
-    SELECT id, $2, $3, $4, $5, $6, $7, $8 FROM m
+        reason, actor, exception_class, exception_message, indicator)
+    SELECT id, $2, $3, $4, $5, $6, $7, $8, $10 FROM m
 )
 SELECT * FROM m";
 
@@ -236,6 +236,7 @@ pub(super) async fn transition_in(
         .bind(p.failure.as_ref().map(|f| f.class.as_str()))
         .bind(p.failure.as_ref().map(|f| f.message.as_str()))
         .bind(p.hold_until.map(duration_ms))
+        .bind(p.indicator.map(|i| i.as_str()))
         .fetch_optional(&mut *conn)
         .await
         .map_err(Error::db(format!(

@@ -28,8 +28,9 @@ const MIGRATION_INSERT: &str = "INSERT INTO sluicegate_migrations (name, job_kin
     RETURNING *";
 
 const MIGRATION_LOG_INSERT: &str = "INSERT INTO sluicegate_migration_transition_logs (migration_id,
-    previous_status, next_status, event, reason, actor, exception_class, exception_message, created_at)
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
+    previous_status, next_status, event, reason, actor, exception_class, exception_message, created_at,
+    indicator)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
 
 const MIGRATION_TRANSITION: &str = "UPDATE sluicegate_migrations SET
         status = $3,
@@ -143,6 +144,7 @@ async fn log_same_status(
         .bind(None::<&str>)
         .bind(None::<&str>)
         .bind(at)
+        .bind(None::<&str>)
         .execute(conn)
         .await
         .map(|_| ())
@@ -202,6 +204,7 @@ pub(super) async fn insert(store: &SqliteStore, m: &NewMigration) -> Result<Migr
         .bind(None::<&str>)
         .bind(None::<&str>)
         .bind(&at)
+        .bind(None::<&str>)
         .execute(&mut *tx)
         .await
         .map_err(Error::db(&context))?;
@@ -243,6 +246,7 @@ pub(super) async fn transition_in(
         .bind(p.failure.as_ref().map(|f| f.class.as_str()))
         .bind(p.failure.as_ref().map(|f| f.message.as_str()))
         .bind(&at)
+        .bind(p.indicator.map(|i| i.as_str()))
         .execute(&mut *conn)
         .await
         .map_err(Error::db(&context))?;

@@ -14,6 +14,7 @@ const SCHEMA_MIGRATIONS: &[(i64, &str)] = &[
     (3, include_str!("../schema/sqlite_v3.sql")),
     (4, include_str!("../schema/sqlite_v4.sql")),
     (5, include_str!("../schema/sqlite_v5.sql")),
+    (6, include_str!("../schema/sqlite_v6.sql")),
 ];
 
 const SCHEMA_VERSIONS_CREATE: &str = "CREATE TABLE IF NOT EXISTS sluicegate_schema_versions (
