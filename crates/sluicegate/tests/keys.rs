@@ -177,11 +177,13 @@ store_test!(composite_keys_with_gaps_are_walked_in_order, |db| {
     }
     // A job's sub-batches each start from their own bound (no rescan from the job's start):
     // seven keys each, in order.
-    let recent = jobs[0].metrics["recent"].as_array().unwrap();
+    let recent = &jobs[0].metrics.recent;
     assert_eq!(recent.len(), 3, "20 keys in sub-batches of 7");
-    assert_eq!(recent[0]["start"], serde_json::json!([1, 1]));
-    assert_eq!(recent[0]["end"], serde_json::json!([2, 10]));
-    assert_eq!(recent[1]["start"], serde_json::json!([2, 13]));
+    assert_eq!(recent[0].start, serde_json::json!([1, 1]));
+    assert_eq!(recent[0].end, serde_json::json!([2, 10]));
+    assert_eq!(recent[1].start, serde_json::json!([2, 13]));
+    // Composite keys are counted too: seven a sub-batch, the last the rest (at most seven).
+    assert_eq!(recent[0].key_count(), Some(7));
 });
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -434,7 +436,7 @@ async fn a_job_on_a_uuid_key_resumes_after_its_cursor() {
     let job = &jobs[0];
     assert_eq!(job.attempts, 2, "failed once, then retried");
     // The retry started after the two committed sub-batches: 8 of 10, not 10.
-    assert_eq!(job.metrics["sub_batches"], 8, "{}", job.metrics);
+    assert_eq!(job.metrics.sub_batches, Some(8), "{:?}", job.metrics);
     assert_eq!(job.cursor.as_ref(), Some(&job.max_value));
     assert_each_row_once(&db, &sg, &m, "tokens").await;
 }

@@ -39,7 +39,7 @@ store_test!(backfill_runs_to_the_end, |db| {
         .iter()
         .all(|j| j.status == JobStatus::Succeeded && j.rows_affected == 1_000));
     assert!(
-        jobs.iter().all(|j| j.metrics["sub_batches"] == 4),
+        jobs.iter().all(|j| j.metrics.sub_batches == Some(4)),
         "{:?}",
         jobs[0].metrics
     );
@@ -740,8 +740,8 @@ store_test!(an_explicit_sub_batch_size_is_the_tuners_ceiling, |db| {
     let jobs = sg.jobs(&m, None).await.unwrap();
     let sizes: Vec<i64> = jobs
         .iter()
-        .flat_map(|j| j.metrics["recent"].as_array().cloned().unwrap_or_default())
-        .map(|s| s["end"].as_i64().unwrap() - s["start"].as_i64().unwrap() + 1)
+        .flat_map(|j| j.metrics.recent.clone())
+        .map(|s| s.end.as_i64().unwrap() - s.start.as_i64().unwrap() + 1)
         .collect();
     assert!(sizes.iter().all(|s| *s <= 200), "{sizes:?}");
     assert!(
