@@ -80,7 +80,7 @@ enum SubBatchEnd {
     /// The job is no longer ours.
     Lost,
     /// It was the job's last, committed with the job's end.
-    Finished(JobRun),
+    Finished(Box<JobRun>),
 }
 
 impl WorkerLoop {
@@ -156,7 +156,7 @@ impl WorkerLoop {
                 SubBatchEnd::Next(next) => lower = next,
                 SubBatchEnd::Failed(failure) => break Some(failure),
                 SubBatchEnd::Lost => return Ok(JobRun::lost(a.job)),
-                SubBatchEnd::Finished(done) => return Ok(done),
+                SubBatchEnd::Finished(done) => return Ok(*done),
             }
         };
         self.record_end(run, a, failure).await
@@ -273,11 +273,11 @@ impl WorkerLoop {
             Ok(SubBatchCommitted::Finished { job: done, next }) => {
                 run.latency
                     .observe(t0.elapsed().as_secs_f64() * 1000.0, a.size);
-                Ok(SubBatchEnd::Finished(JobRun {
+                Ok(SubBatchEnd::Finished(Box::new(JobRun {
                     job: *done,
                     outcome: JobOutcome::Succeeded,
                     started_next: next.map(|(job, next_start)| (*job, next_start)),
-                }))
+                })))
             }
             Ok(SubBatchCommitted::Fenced) => Ok(SubBatchEnd::Lost),
             Ok(SubBatchCommitted::Committed) => Err(Error::Corrupt(format!(

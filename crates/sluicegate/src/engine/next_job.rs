@@ -21,7 +21,7 @@ use crate::store::{JobCreateParams, JobCreated, JobRange, JobTransitionParams};
 /// A migration's next job, or why there is none.
 pub(super) enum NextJob {
     /// Run this job.
-    Run(Job, Origin),
+    Run(Box<Job>, Origin),
     /// No job: the gate said this (a hold).
     Said(StepOutcome),
     /// No job to be had now.
@@ -40,7 +40,7 @@ enum LookAgain {
 
 /// What became of a job taken up again.
 enum Retaken {
-    Running(Job),
+    Running(Box<Job>),
     /// Someone else moved it, or its attempts ran out: look again.
     Gone,
     /// It could not be started: look again unless held.
@@ -87,7 +87,7 @@ impl WorkerLoop {
         }
         if claimed {
             return Ok(match self.find_job(run, m, table).await? {
-                Some((job, origin)) => NextJob::Run(job, origin),
+                Some((job, origin)) => NextJob::Run(Box::new(job), origin),
                 None => NextJob::None,
             });
         }
@@ -102,7 +102,7 @@ impl WorkerLoop {
             None => self.create_job(run, m, table, start).await?,
         };
         Ok(match created {
-            JobCreated::Created(job, then) => NextJob::Run(*job, Origin::NewRange { then }),
+            JobCreated::Created(job, then) => NextJob::Run(job, Origin::NewRange { then }),
             JobCreated::Exhausted | JobCreated::NotNow => NextJob::None,
         })
     }
@@ -180,7 +180,7 @@ impl WorkerLoop {
                 },
             };
             match self.retake(job).await? {
-                Retaken::Running(job) => return Ok(Some((job, Origin::Retry))),
+                Retaken::Running(job) => return Ok(Some((*job, Origin::Retry))),
                 Retaken::Gone => again = Some(LookAgain::Always),
                 Retaken::Refused => again = Some(LookAgain::UnlessHeld),
             }
@@ -219,7 +219,7 @@ impl WorkerLoop {
         let params = JobTransitionParams::new(&job, JobStatus::Running, &self.name)?
             .with_lease(self.lease());
         match store.job_transition(&params).await {
-            Ok(job) => Ok(Retaken::Running(job)),
+            Ok(job) => Ok(Retaken::Running(Box::new(job))),
             Err(Error::Conflict { .. }) => Ok(Retaken::Refused),
             Err(e) => Err(e),
         }

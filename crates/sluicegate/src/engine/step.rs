@@ -173,7 +173,7 @@ impl WorkerLoop {
             JobSource::Claim | JobSource::NextRange => {
                 let claimed = matches!(source, JobSource::Claim);
                 match self.next_job(run, &m, &table, mode, claimed).await? {
-                    NextJob::Run(job, origin) => (job, origin),
+                    NextJob::Run(job, origin) => (*job, origin),
                     NextJob::Said(outcome) => return Ok(Some((outcome, Carry::Nothing))),
                     NextJob::None if claimed => {
                         return Ok(Some((self.complete_if_done(&m).await?, Carry::Nothing)))

@@ -163,6 +163,7 @@ impl SubBatchTuner {
             }
             None if fixed && previous > self.floor => {
                 self.floor = previous;
+                self.held_up = 0;
                 self.news = Some(format!(
                     "a sub-batch of {current} keys took {ms:.0} ms against {previous_ms:.0} ms at \
                      {previous} (a proportional cost would have saved {would_save:.0} ms; sub-batches \
@@ -269,9 +270,11 @@ mod tests {
         t.log_row(1, 1_000, 100);
         // The fixed cost goes away; the cost is now per key, 0.3 ms a key. Held up by the
         // floor for a while, the tuner then tries half of it.
-        let mut size = 1_000;
-        for _ in 0..TEST_FLOOR_AFTER {
+        let (mut size, mut held) = (1_000, 0);
+        while size == 1_000 {
             size = t.next(size, ms(300), TARGET, 10_000);
+            held += 1;
+            assert!(held <= TEST_FLOOR_AFTER, "never tested");
         }
         assert_eq!(size, 500, "the floor is tested");
         // Half the keys, half the time: the floor goes.
@@ -285,7 +288,7 @@ mod tests {
         t.next(1_000, ms(200), TARGET, 10_000);
         t.next(500, ms(200), TARGET, 10_000);
         let mut size = 1_000;
-        for _ in 0..TEST_FLOOR_AFTER {
+        while size == 1_000 {
             size = t.next(size, ms(200), TARGET, 10_000);
         }
         assert_eq!(size, 500);
