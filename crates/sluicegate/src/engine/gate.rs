@@ -62,7 +62,7 @@ impl MigrationRun {
         sample: &HealthSample,
         rate: Option<f64>,
     ) -> (Vec<Reading>, Option<(f64, String)>) {
-        let latency = Some(&self.latency);
+        let latency = self.latency.as_ref();
         let holding = m.held_since.is_some();
         let readings = health::evaluate_while(sample, &m.health, rate, latency, holding);
         let pressure = health::pressure(sample, &m.health, rate, latency);
@@ -100,7 +100,9 @@ impl MigrationRun {
                 self.slow_down.after_stop(self.job_time, now);
             }
             if stop.indicator == Indicator::SubBatchLatency {
-                self.latency.forget_recent();
+                if let Some(latency) = &mut self.latency {
+                    latency.forget_recent();
+                }
             }
             return Verdict::Hold {
                 reason: stop.reason(),

@@ -138,7 +138,7 @@ impl WorkerLoop {
             target: Duration::from_millis(m.target_sub_batch_ms.max(0) as u64),
             job,
         };
-        run.latency.job_started();
+        run.latency.get_or_insert_with(Default::default).job_started();
         run.tuner.job_started();
         let failure = loop {
             let Some(from) = lower.take() else {
@@ -217,7 +217,7 @@ impl WorkerLoop {
             }
         }
         let took = t0.elapsed();
-        run.latency.observe(took.as_secs_f64() * 1000.0, a.size);
+        run.observe_latency(took, a.size);
         a.tally
             .record(SubBatchMetric::new(&first, &end, a.size, rows, took));
         a.size = run.tuner.next(a.size, took, a.target, a.most);
@@ -271,8 +271,7 @@ impl WorkerLoop {
             .await
         {
             Ok(SubBatchCommitted::Finished { job: done, next }) => {
-                run.latency
-                    .observe(t0.elapsed().as_secs_f64() * 1000.0, a.size);
+                run.observe_latency(t0.elapsed(), a.size);
                 Ok(SubBatchEnd::Finished(Box::new(JobRun {
                     job: *done,
                     outcome: JobOutcome::Succeeded,

@@ -10,8 +10,9 @@ use super::tuner::SubBatchTuner;
 use crate::health::{LatencyTracker, SlowDown};
 use crate::model::Migration;
 
-/// A loop that has not run a migration for this long lets it go; taken up again, it starts
-/// afresh (its sizes come back from the migration's row).
+/// A loop that has not run a migration for this long (or three of its intervals, if longer)
+/// lets it go; taken up again, it starts afresh (its sizes come back from the migration's
+/// row).
 const LET_GO_AFTER: Duration = Duration::from_secs(600);
 /// A migration's row is read again at most this often while a loop keeps running it without
 /// a new claim, so that an operator's `set` reaches it.
@@ -24,8 +25,9 @@ pub(super) struct MigrationRun {
     pub(super) id: i64,
     /// Its sub-batch sizes, floor and log rows.
     pub(super) tuner: SubBatchTuner,
-    /// Its sub-batches' latency, as this loop measured them.
-    pub(super) latency: LatencyTracker,
+    /// Its sub-batches' latency, as this loop measured them (`None` before its first job
+    /// here: the indicator then says this process measured none).
+    pub(super) latency: Option<LatencyTracker>,
     /// The pause this loop keeps between its jobs as a limit nears.
     pub(super) slow_down: SlowDown,
     /// The throttle pause last logged (a row is written only on change).
@@ -41,11 +43,15 @@ pub(super) struct MigrationRun {
     stored_sub_batch: i64,
     /// When this loop last ran a job of it, or took it up.
     used: Instant,
+    /// How long it is kept unused.
+    keep_for: Duration,
 }
 
 impl MigrationRun {
     fn new(m: &Migration) -> Self {
-        Self::with(m.id, m.sub_batch_size, m.throttle_pause_ms)
+        let mut run = Self::with(m.id, m.sub_batch_size, m.throttle_pause_ms);
+        run.keep_for = LET_GO_AFTER.max(m.interval * 3);
+        run
     }
 
     /// A run of migration `id` whose row has `sub_batch_size` and `throttle_ms`.
@@ -54,7 +60,7 @@ impl MigrationRun {
         Self {
             id,
             tuner: SubBatchTuner::new(sub_batch_size),
-            latency: LatencyTracker::default(),
+            latency: None,
             slow_down: SlowDown::default(),
             throttle_ms,
             job_time: Duration::from_millis(100),
@@ -62,6 +68,14 @@ impl MigrationRun {
             settings_read: now,
             stored_sub_batch: sub_batch_size,
             used: now,
+            keep_for: LET_GO_AFTER,
+        }
+    }
+
+    /// A sub-batch of `keys` keys took `took`.
+    pub(super) fn observe_latency(&mut self, took: Duration, keys: i64) {
+        if let Some(latency) = &mut self.latency {
+            latency.observe(took.as_secs_f64() * 1000.0, keys);
         }
     }
 
@@ -102,13 +116,14 @@ impl TakenUp {
     /// new one. `fresh` says `m` was just read from the store.
     pub(super) fn take_up(&mut self, m: &Migration, fresh: bool) -> MigrationRun {
         let now = Instant::now();
-        self.runs.retain(|r| now.duration_since(r.used) < LET_GO_AFTER);
+        self.runs.retain(|r| now.duration_since(r.used) < r.keep_for);
         let mut run = match self.runs.iter().position(|r| r.id == m.id) {
             Some(i) => self.runs.swap_remove(i),
             None => return MigrationRun::new(m),
         };
         if fresh {
             run.read(m);
+            run.keep_for = LET_GO_AFTER.max(m.interval * 3);
         }
         run.used = now;
         run
