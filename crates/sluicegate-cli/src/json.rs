@@ -191,7 +191,7 @@ pub struct JobJson<'a> {
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
     pub duration_ms: Option<i64>,
-    pub metrics: &'a serde_json::Value,
+    pub metrics: &'a sluicegate::job_metrics::JobMetrics,
 }
 
 /// How long the job's latest attempt took.

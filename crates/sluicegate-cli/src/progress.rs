@@ -179,7 +179,7 @@ impl Reporter {
                                 "max_value": key_value(&job.max_value),
                                 "attempts": job.attempts,
                                 "rows_affected": job.rows_affected,
-                                "duration_ms": job.metrics.get("duration_ms"),
+                                "duration_ms": job.metrics.duration_ms,
                                 "batch_size": job.batch_size,
                                 "sub_batch_size": job.sub_batch_size,
                                 "exception_class": class,

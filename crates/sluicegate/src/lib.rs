@@ -16,6 +16,7 @@ pub mod failure;
 pub mod fragment;
 pub mod health;
 pub mod ident;
+pub mod job_metrics;
 pub mod key;
 pub mod kind;
 pub mod model;

@@ -6,6 +6,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::job_metrics::JobMetrics;
 use crate::key::{Key, KeySpec, Lower};
 use crate::status::{JobStatus, MigrationEvent, MigrationStatus};
 
@@ -287,7 +288,7 @@ pub struct Job {
     /// Last key whose sub-batch committed: a retaken job resumes after it.
     pub cursor: Option<Key>,
     /// Per-sub-batch timings of its latest attempt.
-    pub metrics: Value,
+    pub metrics: JobMetrics,
     /// Worker of its latest attempt.
     pub worker: Option<String>,
     /// While running: when its lease runs out unless renewed.

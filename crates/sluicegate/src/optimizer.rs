@@ -1,8 +1,8 @@
 //! The batch-size optimizer, with GitLab's numbers: efficiency of a job is its duration
 //! divided by the migration's interval; aim for 0.9–0.95 of the interval. Beyond GitLab:
 //! jobs weigh by the rows they affected and growth is capped by the slowest cost per row seen
-//! (so sparse ranges cannot blow the batch up, gitlab#351786), and a sub-batch tuner aims each
-//! sub-batch transaction at a target time.
+//! (so sparse ranges cannot blow the batch up, gitlab#351786), and the sub-batch size that aims
+//! each sub-batch transaction at a target time (the engine's tuner builds on it).
 
 use std::time::Duration;
 
@@ -158,69 +158,6 @@ pub fn next_sub_batch_size(current: i64, took: Duration, target: Duration, ceili
     ((current as f64 * factor).round() as i64).clamp(1, ceiling.max(1))
 }
 
-/// The sub-batch tuner with a memory: [`next_sub_batch_size`], but it learns when a
-/// statement's fixed cost (a join that scans a parent table, a trigger) dominates its cost
-/// per key and then never shrinks below the size where shrinking stopped paying: a shrink
-/// that saved less than half the time a proportional cost would have saved sets that floor.
-/// Without it, a 200 ms fixed cost drives a 100 ms target down to one key a sub-batch.
-#[derive(Debug, Clone)]
-pub struct SubBatchTuner {
-    /// The previous sub-batch: its size and milliseconds.
-    last: Option<(i64, f64)>,
-    /// Never below this (1 until a fixed cost is found).
-    floor: i64,
-    /// Set when the floor rose: the evidence, for the log.
-    found: Option<String>,
-}
-
-impl Default for SubBatchTuner {
-    fn default() -> Self {
-        Self::with_floor(1)
-    }
-}
-
-impl SubBatchTuner {
-    /// A tuner that never goes below `floor` (a floor learned earlier, or 1).
-    pub fn with_floor(floor: i64) -> Self {
-        Self {
-            last: None,
-            floor: floor.max(1),
-            found: None,
-        }
-    }
-
-    /// The floor it keeps.
-    pub fn floor(&self) -> i64 {
-        self.floor
-    }
-
-    /// Why the floor last rose, once (then `None` until it rises again).
-    pub fn take_found(&mut self) -> Option<String> {
-        self.found.take()
-    }
-
-    /// The next size after a sub-batch of `current` keys took `took`.
-    pub fn next(&mut self, current: i64, took: Duration, target: Duration, ceiling: i64) -> i64 {
-        let ms = took.as_secs_f64() * 1000.0;
-        if let Some((previous, previous_ms)) = self.last {
-            if current < previous && previous_ms > 0.0 {
-                let proportional = previous_ms * current as f64 / previous as f64;
-                let would_save = previous_ms - proportional;
-                let saved = previous_ms - ms;
-                if would_save > 0.0 && saved < would_save / 2.0 && previous > self.floor {
-                    self.floor = previous;
-                    self.found = Some(format!(
-                        "a sub-batch of {current} keys took {ms:.0} ms against {previous_ms:.0} ms at \
-                         {previous}: a fixed cost dominates, so sub-batches stay at {previous} keys or more"
-                    ));
-                }
-            }
-        }
-        self.last = Some((current, ms));
-        next_sub_batch_size(current, took, target, ceiling).max(self.floor.min(ceiling.max(1)))
-    }
-}
-
 /// After a lock or statement timeout: batch and sub-batch shrink at once (×0.75, GitLab's
 /// sub-batch factor), the batch not below the smaller of its size and [`MIN_BATCH_SIZE`].
 pub fn after_timeout(batch_size: i64, sub_batch_size: i64) -> (i64, i64) {
@@ -233,26 +170,6 @@ pub fn after_timeout(batch_size: i64, sub_batch_size: i64) -> (i64, i64) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_tuner_stops_shrinking_where_a_fixed_cost_dominates() {
-        let target = Duration::from_millis(100);
-        let ms = Duration::from_millis;
-        // 200 ms whatever the size: the first shrink saves nothing, the floor is found.
-        let mut t = SubBatchTuner::default();
-        assert_eq!(t.next(1_000, ms(200), target, 10_000), 500);
-        assert_eq!(t.next(500, ms(199), target, 10_000), 1_000);
-        assert_eq!(t.floor(), 1_000);
-        assert!(t.take_found().unwrap().contains("a fixed cost dominates"));
-        assert_eq!(t.next(1_000, ms(201), target, 10_000), 1_000);
-        assert_eq!(t.take_found(), None);
-        // A cost per key: shrinking pays, no floor.
-        let mut t = SubBatchTuner::default();
-        assert_eq!(t.next(1_000, ms(400), target, 10_000), 500);
-        assert_eq!(t.next(500, ms(200), target, 10_000), 250);
-        assert_eq!(t.next(250, ms(100), target, 10_000), 250);
-        assert_eq!(t.floor(), 1);
-    }
 
     fn jobs(secs: f64, rows: i64, n: usize) -> Vec<JobSample> {
         vec![

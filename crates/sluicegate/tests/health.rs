@@ -791,7 +791,7 @@ async fn a_fixed_cost_never_starves_the_tuner() {
             let jobs = sg.jobs(&m, None).await.unwrap();
             let count: i64 = jobs
                 .iter()
-                .map(|j| j.metrics["sub_batches"].as_i64().unwrap())
+                .map(|j| j.metrics.sub_batches.unwrap() as i64)
                 .sum();
             let smallest = jobs.iter().map(|j| j.sub_batch_size).min().unwrap();
             (count, smallest)

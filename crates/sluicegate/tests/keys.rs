@@ -177,11 +177,13 @@ store_test!(composite_keys_with_gaps_are_walked_in_order, |db| {
     }
     // A job's sub-batches each start from their own bound (no rescan from the job's start):
     // seven keys each, in order.
-    let recent = jobs[0].metrics["recent"].as_array().unwrap();
+    let recent = &jobs[0].metrics.recent;
     assert_eq!(recent.len(), 3, "20 keys in sub-batches of 7");
-    assert_eq!(recent[0]["start"], serde_json::json!([1, 1]));
-    assert_eq!(recent[0]["end"], serde_json::json!([2, 10]));
-    assert_eq!(recent[1]["start"], serde_json::json!([2, 13]));
+    assert_eq!(recent[0].start, serde_json::json!([1, 1]));
+    assert_eq!(recent[0].end, serde_json::json!([2, 10]));
+    assert_eq!(recent[1].start, serde_json::json!([2, 13]));
+    // Composite keys are counted too: seven a sub-batch, the last the rest (at most seven).
+    assert_eq!(recent[0].key_count(), Some(7));
 });
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -434,7 +436,7 @@ async fn a_job_on_a_uuid_key_resumes_after_its_cursor() {
     let job = &jobs[0];
     assert_eq!(job.attempts, 2, "failed once, then retried");
     // The retry started after the two committed sub-batches: 8 of 10, not 10.
-    assert_eq!(job.metrics["sub_batches"], 8, "{}", job.metrics);
+    assert_eq!(job.metrics.sub_batches, Some(8), "{:?}", job.metrics);
     assert_eq!(job.cursor.as_ref(), Some(&job.max_value));
     assert_each_row_once(&db, &sg, &m, "tokens").await;
 }
@@ -683,3 +685,55 @@ store_test!(
         assert!(jobs.iter().all(|j| j.cursor.as_ref() == Some(&j.max_value)));
     }
 );
+
+/// The `sub_batch_latency` reading `sluicegate health` gives `m` after its jobs ran: measured
+/// from the key counts its jobs' metrics keep, whatever the key.
+async fn latency_reading(sg: &Sluicegate, m: &Migration) -> sluicegate::health::Reading {
+    let readings = sg.health(m).await.unwrap();
+    readings
+        .into_iter()
+        .find(|r| r.indicator == sluicegate::health::Indicator::SubBatchLatency)
+        .expect("a latency reading")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_measures_latency_on_a_uuid_key() {
+    sluicegate::skip_without_postgres!("SLUICEGATE_TEST_PG_URL");
+    let db = TestDb::postgres().await;
+    db.exec(
+        "CREATE TABLE tokens (id uuid PRIMARY KEY DEFAULT gen_random_uuid(), n integer NOT NULL DEFAULT 0);
+         INSERT INTO tokens (n) SELECT 0 FROM generate_series(1, 600)",
+    )
+    .await;
+    let sg = db.sluicegate().await;
+    // Six jobs of ten sub-batches: more than the twenty sub-batches the indicator needs.
+    let m = increment_all(&sg, "tokens", None, 100, 10).await;
+    let r = latency_reading(&sg, &m).await;
+    assert_eq!(r.signal, sluicegate::health::Signal::Normal, "{r:?}");
+    assert!(r.reading.contains("the running median per key"), "{r:?}");
+}
+
+store_test!(health_measures_latency_on_a_composite_key, |db| {
+    db.exec(
+        "CREATE TABLE pairs (a bigint NOT NULL, b integer NOT NULL, n integer NOT NULL DEFAULT 0,
+                             PRIMARY KEY (a, b))",
+    )
+    .await;
+    let rows: Vec<String> = (0..600)
+        .map(|i| format!("({}, {})", i / 7, i % 7 * 3))
+        .collect();
+    db.exec(&insert_sql("pairs", "a, b", &rows)).await;
+    let sg = db.sluicegate().await;
+    let m = increment_all(&sg, "pairs", None, 100, 10).await;
+    let jobs = sg.jobs(&m, None).await.unwrap();
+    assert!(
+        jobs.iter()
+            .flat_map(|j| &j.metrics.recent)
+            .all(|s| s.key_count().is_some_and(|k| (1..=10).contains(&k))),
+        "{:?}",
+        jobs[0].metrics
+    );
+    let r = latency_reading(&sg, &m).await;
+    assert_eq!(r.signal, sluicegate::health::Signal::Normal, "{r:?}");
+    assert!(r.reading.contains("the running median per key"), "{r:?}");
+});

@@ -14,7 +14,7 @@ const LAYERS: &[&[&str]] = &[
     &["error"],
     &["ident"],
     &["key"],
-    &["dialect", "model"],
+    &["dialect", "job_metrics", "model"],
     &["health"],
     &["fragment"],
     &["kind"],

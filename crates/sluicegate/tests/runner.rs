@@ -39,7 +39,7 @@ store_test!(backfill_runs_to_the_end, |db| {
         .iter()
         .all(|j| j.status == JobStatus::Succeeded && j.rows_affected == 1_000));
     assert!(
-        jobs.iter().all(|j| j.metrics["sub_batches"] == 4),
+        jobs.iter().all(|j| j.metrics.sub_batches == Some(4)),
         "{:?}",
         jobs[0].metrics
     );
@@ -740,8 +740,8 @@ store_test!(an_explicit_sub_batch_size_is_the_tuners_ceiling, |db| {
     let jobs = sg.jobs(&m, None).await.unwrap();
     let sizes: Vec<i64> = jobs
         .iter()
-        .flat_map(|j| j.metrics["recent"].as_array().cloned().unwrap_or_default())
-        .map(|s| s["end"].as_i64().unwrap() - s["start"].as_i64().unwrap() + 1)
+        .flat_map(|j| j.metrics.recent.clone())
+        .map(|s| s.end.as_i64().unwrap() - s.start.as_i64().unwrap() + 1)
         .collect();
     assert!(sizes.iter().all(|s| *s <= 200), "{sizes:?}");
     assert!(
@@ -795,3 +795,45 @@ store_test!(
         assert_eq!(paused.eta_seconds, None, "paused: no time left promised");
     }
 );
+
+// `finalize` runs its jobs through the same steps as a worker and keeps what the tuner
+// learned from one job to the next: sub-batches grow on from where the last job left them
+// (not from the start size in every job), and the tuner logs its `resize` rows.
+store_test!(finalize_keeps_tuned_sub_batch_sizes, |db| {
+    let sg = db.sluicegate().await;
+    db.create_items("items", &[(1, 20_000)]).await;
+    let mut req = fast("fin", "update", "items", 2_000, 100).argument("set", "n = n + 1");
+    // Far above what these sub-batches take anywhere: they only grow.
+    req.target_sub_batch_time = Duration::from_secs(5);
+    sg.queue(&req).await.unwrap();
+    let m = sg.finalize("fin", "tester").await.unwrap();
+    assert_eq!(m.status, MigrationStatus::Finished);
+    let mut jobs = sg.jobs(&m, None).await.unwrap();
+    jobs.sort_by_key(|j| j.id);
+    assert!(jobs.len() >= 2, "{jobs:?}");
+    for job in &jobs[1..] {
+        let first = job.metrics.recent.first().expect("sub-batches");
+        assert!(
+            first.key_count().unwrap() > 100,
+            "job {} started again at the start size: {:?}",
+            job.id,
+            job.metrics
+        );
+    }
+    let log = sg.migration_history(&m).await.unwrap();
+    let resized: Vec<&str> = log
+        .iter()
+        .filter(|r| r.event == MigrationEvent::Resize)
+        .filter_map(|r| r.reason.as_deref())
+        .collect();
+    assert!(
+        resized
+            .iter()
+            .any(|r| r.starts_with("tuner: sub-batch size 100 -> ")),
+        "{resized:?}"
+    );
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM items WHERE n <> 1").await,
+        0
+    );
+});

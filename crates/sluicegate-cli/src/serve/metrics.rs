@@ -133,16 +133,8 @@ async fn collect(st: &AppState) -> Result<(), ApiError> {
             let mut observed = st.metrics.observed.lock().expect("not poisoned");
             for job in &recent {
                 if observed.insert((job.id, job.attempts)) {
-                    let entries = job
-                        .metrics
-                        .get("recent")
-                        .and_then(|r| r.as_array())
-                        .cloned()
-                        .unwrap_or_default();
-                    for e in entries {
-                        if let Some(ms) = e.get("ms").and_then(|v| v.as_f64()) {
-                            observations.push((m.id, m.name.clone(), ms / 1000.0));
-                        }
+                    for e in &job.metrics.recent {
+                        observations.push((m.id, m.name.clone(), e.ms as f64 / 1000.0));
                     }
                 }
             }

@@ -604,12 +604,8 @@ pub async fn job(
     let j = st.sg.job(id).await?;
     let m = st.sg.migration(&j.migration_id.to_string()).await?;
     let history = st.sg.job_history(id).await?;
-    let recent = j
-        .metrics
-        .get("recent")
-        .and_then(|r| r.as_array())
-        .cloned()
-        .unwrap_or_default();
+    let recent = &j.metrics.recent;
+    let or_dash = |v: Option<u64>| v.map_or_else(|| "-".to_owned(), |v| v.to_string());
     let content = html! {
         h1 { "Job " (j.id) " of " a href=(format!("/migrations/{}", m.id)) { (m.name) } }
         table {
@@ -621,15 +617,15 @@ pub async fn job(
             tr { th { "started / finished" } td { (time(j.started_at)) " / " (time(j.finished_at)) } }
             tr { th { "took" } td { (job_seconds(&j).map(human_duration).unwrap_or_else(|| "-".into())) } }
             tr { th { "worker / lease" } td { (j.worker.clone().unwrap_or_default()) " / " (time(j.lease_expires_at)) } }
-            tr { th { "sub-batches (its latest attempt)" } td { (j.metrics.get("sub_batches").map(|v| v.to_string()).unwrap_or_else(|| "-".into())) ", slowest " (j.metrics.get("slowest_sub_batch_ms").map(|v| v.to_string()).unwrap_or_else(|| "-".into())) " ms" } }
+            tr { th { "sub-batches (its latest attempt)" } td { (or_dash(j.metrics.sub_batches)) ", slowest " (or_dash(j.metrics.slowest_sub_batch_ms)) " ms" } }
         }
         h2 { "Transition history" }
         (history_table(&history))
         h2 { "Recent sub-batches" }
         table {
             tr { th { "keys" } th { "rows" } th { "ms" } }
-            @for s in &recent {
-                tr { td { (s["start"]) " ..= " (s["end"]) } td { (s["rows"]) } td { (s["ms"]) } }
+            @for s in recent {
+                tr { td { (s.start) " ..= " (s.end) } td { (s.rows) } td { (s.ms) } }
             }
         }
         (PreEscaped(""))

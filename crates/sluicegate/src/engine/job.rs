@@ -1,8 +1,28 @@
 //! Running one job: sub-batch by sub-batch under a heartbeat, committing each with the job's
-//! cursor or its end, recording how it ended, and what follows a failure (split, auto-fail)
-//! or the last job (finish or fail the migration).
+//! cursor or, the last one, with the job's end (and the next job's start, when the health
+//! read ahead says go); then recording how it ended. A stopped worker hands the job back at a
+//! sub-batch boundary.
 
-use super::*;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::task::JoinHandle;
+
+use super::migration_run::MigrationRun;
+use super::{Backoff, JobOutcome, WorkerLoop, RECORD_RETRY_FOR};
+use crate::error::{Error, Result};
+use crate::failure::{Failure, FailureClass};
+use crate::ident::TableName;
+use crate::job_metrics::{SubBatchMetric, Tally};
+use crate::key::{Key, Lower};
+use crate::kind::JobKind;
+use crate::model::{Job, Migration};
+use crate::status::JobStatus;
+use crate::store::{
+    JobCreateParams, JobCursor, JobFinish, JobRange, JobTransitionParams, PerformedSubBatch,
+    SubBatchCommit, SubBatchCommitted, SubBatchSpec, Timeouts,
+};
 
 /// How a job's run ended, for what follows it.
 pub(super) struct JobRun {
@@ -10,14 +30,22 @@ pub(super) struct JobRun {
     pub(super) outcome: JobOutcome,
     /// The next job, started by this job's end, and the migration's next key after it.
     pub(super) started_next: Option<(Job, Option<Lower>)>,
-    /// What the sub-batch tuner learned in this job (a fixed cost), for the log.
-    pub(super) tuner_found: Option<String>,
+}
+
+impl JobRun {
+    fn lost(job: Job) -> Self {
+        Self {
+            job,
+            outcome: JobOutcome::Lost,
+            started_next: None,
+        }
+    }
 }
 
 /// Stops a heartbeat task when the job is done.
-pub(super) struct Heartbeat {
-    pub(super) task: JoinHandle<()>,
-    pub(super) lost: Arc<AtomicBool>,
+struct Heartbeat {
+    task: JoinHandle<()>,
+    lost: Arc<AtomicBool>,
 }
 
 impl Drop for Heartbeat {
@@ -26,11 +54,44 @@ impl Drop for Heartbeat {
     }
 }
 
+/// One attempt at a job, as it goes.
+struct Attempt<'a> {
+    m: &'a Migration,
+    table: &'a TableName,
+    kind: &'a dyn JobKind,
+    job: Job,
+    heartbeat: Heartbeat,
+    started: Instant,
+    tally: Tally,
+    /// The size of the next sub-batch.
+    size: i64,
+    /// The largest sub-batch: the job's batch, and an explicit sub-batch size (a ceiling the
+    /// tuner never goes above).
+    most: i64,
+    target: Duration,
+}
+
+/// What one sub-batch came to.
+enum SubBatchEnd {
+    /// Committed; the next one starts here (`None`: the job's keys are done).
+    Next(Option<Lower>),
+    /// It failed (rolled back).
+    Failed(Failure),
+    /// The job is no longer ours.
+    Lost,
+    /// It was the job's last, committed with the job's end.
+    Finished(Box<JobRun>),
+}
+
 impl WorkerLoop {
-    pub(super) fn start_heartbeat(&self, job: &Job) -> Heartbeat {
+    fn start_heartbeat(&self, job: &Job) -> Heartbeat {
         let lost = Arc::new(AtomicBool::new(false));
-        let (store, lease, id, attempts) =
-            (self.sg().store.clone(), self.lease(), job.id, job.attempts);
+        let (store, lease, id, attempts) = (
+            self.sluicegate().store.clone(),
+            self.lease(),
+            job.id,
+            job.attempts,
+        );
         let flag = lost.clone();
         let task = tokio::spawn(async move {
             let every = (lease / 3).max(Duration::from_millis(50));
@@ -51,200 +112,274 @@ impl WorkerLoop {
 
     /// Runs a job sub-batch by sub-batch, from its cursor on, and records how it ended. When
     /// tracking and target are one database each sub-batch commits the job's cursor, and the
-    /// last one the job's end (and, given `prefetch` with a go, the next job's start).
+    /// last one the job's end (and, with a go from what was read ahead, the next job's start).
     pub(super) async fn execute(
         &mut self,
+        run: &mut MigrationRun,
         m: &Migration,
-        kind: &dyn JobKind,
         table: &TableName,
         job: Job,
-        mut prefetch: Option<&mut Prefetch>,
     ) -> Result<JobRun> {
-        let lost = |job| {
-            Ok(JobRun {
-                job,
-                outcome: JobOutcome::Lost,
-                started_next: None,
-                tuner_found: None,
-            })
-        };
-        let heartbeat = self.start_heartbeat(&job);
-        let started = Instant::now();
+        let kind = self
+            .sluicegate()
+            .registry
+            .get(&m.job_kind)
+            .ok_or_else(|| Error::UnknownJobKind(m.job_kind.clone()))?;
         let mut lower = Some(match &job.cursor {
             Some(cursor) => Lower::After(cursor.clone()),
             None => Lower::From(job.min_value.clone()),
         })
         .filter(|l| l.is_inclusive() || l.key() != &job.max_value);
-        let mut sub_batch_size = job.sub_batch_size;
-        let floor = self.tuner_floor.get(&m.id).copied().unwrap_or(1);
-        let mut tuner = optimizer::SubBatchTuner::with_floor(floor);
-        // An explicit sub-batch size is a ceiling the tuner never goes above.
-        let most = job.batch_size.min(m.sub_batch_ceiling.unwrap_or(i64::MAX));
-        let mut tally = Tally::default();
-        let target_time = Duration::from_millis(m.target_sub_batch_ms.max(0) as u64);
-        let cursor = JobCursor {
-            job_id: job.id,
-            attempts: job.attempts,
-            lease: self.lease(),
+        let mut a = Attempt {
+            m,
+            table,
+            kind: kind.as_ref(),
+            heartbeat: self.start_heartbeat(&job),
+            started: Instant::now(),
+            tally: Tally::default(),
+            size: job.sub_batch_size,
+            most: job.batch_size.min(m.sub_batch_ceiling.unwrap_or(i64::MAX)),
+            target: Duration::from_millis(m.target_sub_batch_ms.max(0) as u64),
+            job,
         };
-        self.latency.entry(m.id).or_default().job_started();
+        run.latency
+            .get_or_insert_with(Default::default)
+            .job_started();
+        run.tuner.job_started();
         let failure = loop {
             let Some(from) = lower.take() else {
                 break None;
             };
-            if heartbeat.lost.load(Ordering::Relaxed) {
-                return lost(job);
+            if a.heartbeat.lost.load(Ordering::Relaxed) {
+                return Ok(JobRun::lost(a.job));
             }
             if self.interrupted.load(Ordering::Relaxed) {
                 // Stopped between two sub-batches: each committed its cursor, so the job is
                 // handed back here and resumes after `from`.
-                drop(heartbeat);
-                return self
-                    .hand_back(job, &from, &tally, started, sub_batch_size)
-                    .await;
+                return self.hand_back(a, &from).await;
             }
-            let t0 = Instant::now();
-            let spec = SubBatchSpec {
-                kind,
-                table,
-                key: &m.key,
-                scope: m.scope.as_deref(),
-                arguments: &m.job_arguments,
-                lower: &from,
-                max: &job.max_value,
-                size: sub_batch_size,
-                whole_rest: sub_batch_size >= job.batch_size,
-                timeouts: Timeouts {
-                    statement_ms: m.statement_timeout_ms,
-                    lock_ms: m.lock_timeout_ms,
-                },
-                key_unique: m.key_unique,
-            };
-            let performed = match self.sg().target.sub_batch_perform(spec).await {
-                Ok(Some(performed)) => performed,
-                Ok(None) => break None,
-                Err(failure) => break Some(failure),
-            };
-            let (first, end) = performed.keys().clone();
-            let rows = performed.rows();
-            if !self.sg().same_database {
-                // Another database: commit there, then record the cursor here (at-least-once).
-                if let Err(failure) = performed.commit(SubBatchCommit::Alone).await {
-                    break Some(failure);
-                }
-                let recorded = self
-                    .sg()
-                    .store
-                    .job_checkpoint(job.id, job.attempts, &end, rows as i64, self.lease())
-                    .await?;
-                if !recorded {
-                    return lost(job);
-                }
-            } else if end == job.max_value {
-                // The job's last sub-batch: its end commits with it.
-                let took = t0.elapsed();
-                let mut tally = tally.clone();
-                tally.record(&first, &end, rows, took);
-                let next_size = tuner.next(sub_batch_size, took, target_time, most);
-                let then_create = match prefetch.as_deref_mut() {
-                    Some(p) if self.may_start_ahead() => self.start_ahead(m, p, next_size),
-                    _ => None,
-                };
-                let finish = JobFinish {
-                    metrics: tally.metrics(started.elapsed(), next_size),
-                    sub_batch_size: (next_size != job.sub_batch_size).then_some(next_size),
-                    worker: self.name.clone(),
-                    then_create,
-                };
-                match performed
-                    .commit(SubBatchCommit::Finish(cursor, &finish))
-                    .await
-                {
-                    Ok(SubBatchCommitted::Finished { job: done, next }) => {
-                        drop(heartbeat);
-                        self.observe_latency(m.id, t0.elapsed(), sub_batch_size);
-                        self.tuner_floor.insert(m.id, tuner.floor());
-                        return Ok(JobRun {
-                            job: *done,
-                            outcome: JobOutcome::Succeeded,
-                            started_next: next.map(|(job, next_start)| (*job, next_start)),
-                            tuner_found: tuner.take_found(),
-                        });
-                    }
-                    Ok(SubBatchCommitted::Fenced) => return lost(job),
-                    Ok(SubBatchCommitted::Committed) => {
-                        return Err(Error::Corrupt(format!(
-                            "job {}'s last sub-batch committed without its end",
-                            job.id
-                        )))
-                    }
-                    Err(failure) => break Some(failure),
-                }
-            } else {
-                match performed.commit(SubBatchCommit::Cursor(cursor)).await {
-                    Ok(SubBatchCommitted::Fenced) => return lost(job),
-                    Ok(_) => {}
-                    Err(failure) => break Some(failure),
-                }
-            }
-            let took = t0.elapsed();
-            self.observe_latency(m.id, took, sub_batch_size);
-            sub_batch_size = tuner.next(sub_batch_size, took, target_time, most);
-            tally.record(&first, &end, rows, took);
-            // The walk is bounded by the job's last key: reaching it ends the job.
-            lower = (end != job.max_value).then_some(Lower::After(end));
-            if job.pause_ms > 0 && lower.is_some() {
-                self.pause(Duration::from_millis(job.pause_ms as u64)).await;
+            match self.sub_batch(run, &mut a, &from).await? {
+                SubBatchEnd::Next(next) => lower = next,
+                SubBatchEnd::Failed(failure) => break Some(failure),
+                SubBatchEnd::Lost => return Ok(JobRun::lost(a.job)),
+                SubBatchEnd::Finished(done) => return Ok(*done),
             }
         };
+        self.record_end(run, a, failure).await
+    }
+
+    /// Performs and commits one sub-batch from `from`, and tunes the next one's size.
+    async fn sub_batch(
+        &mut self,
+        run: &mut MigrationRun,
+        a: &mut Attempt<'_>,
+        from: &Lower,
+    ) -> Result<SubBatchEnd> {
+        let t0 = Instant::now();
+        let (m, job) = (a.m, &a.job);
+        let spec = SubBatchSpec {
+            kind: a.kind,
+            table: a.table,
+            key: &m.key,
+            scope: m.scope.as_deref(),
+            arguments: &m.job_arguments,
+            lower: from,
+            max: &job.max_value,
+            size: a.size,
+            whole_rest: a.size >= job.batch_size,
+            timeouts: Timeouts {
+                statement_ms: m.statement_timeout_ms,
+                lock_ms: m.lock_timeout_ms,
+            },
+            key_unique: m.key_unique,
+        };
+        let performed = match self.sluicegate().target.sub_batch_perform(spec).await {
+            Ok(Some(performed)) => performed,
+            Ok(None) => return Ok(SubBatchEnd::Next(None)),
+            Err(failure) => return Ok(SubBatchEnd::Failed(failure)),
+        };
+        let (first, end) = performed.keys().clone();
+        let rows = performed.rows();
+        if !self.sluicegate().same_database {
+            // Another database: commit there, then record the cursor here (at-least-once).
+            if let Err(failure) = performed.commit(SubBatchCommit::Alone).await {
+                return Ok(SubBatchEnd::Failed(failure));
+            }
+            let recorded = self
+                .sluicegate()
+                .store
+                .job_checkpoint(job.id, job.attempts, &end, rows as i64, self.lease())
+                .await?;
+            if !recorded {
+                return Ok(SubBatchEnd::Lost);
+            }
+        } else if end == job.max_value {
+            return self.finish_job(run, a, performed, (first, end), t0).await;
+        } else {
+            match performed
+                .commit(SubBatchCommit::Cursor(self.cursor(job)))
+                .await
+            {
+                Ok(SubBatchCommitted::Fenced) => return Ok(SubBatchEnd::Lost),
+                Ok(_) => {}
+                Err(failure) => return Ok(SubBatchEnd::Failed(failure)),
+            }
+        }
+        let took = t0.elapsed();
+        run.observe_latency(took, a.size);
+        a.tally
+            .record(SubBatchMetric::new(&first, &end, a.size, rows, took));
+        a.size = run.tuner.next(a.size, took, a.target, a.most);
+        // The walk is bounded by the job's last key: reaching it ends the job.
+        let next = (end != a.job.max_value).then_some(Lower::After(end));
+        if a.job.pause_ms > 0 && next.is_some() {
+            self.pause(Duration::from_millis(a.job.pause_ms as u64))
+                .await;
+        }
+        Ok(SubBatchEnd::Next(next))
+    }
+
+    fn cursor(&self, job: &Job) -> JobCursor {
+        JobCursor {
+            job_id: job.id,
+            attempts: job.attempts,
+            lease: self.lease(),
+        }
+    }
+
+    /// Commits the job's last sub-batch with the job's end, and the next job's start when
+    /// what was read ahead says go.
+    async fn finish_job(
+        &mut self,
+        run: &mut MigrationRun,
+        a: &mut Attempt<'_>,
+        performed: Box<dyn PerformedSubBatch>,
+        (first, end): (Key, Key),
+        t0: Instant,
+    ) -> Result<SubBatchEnd> {
+        let took = t0.elapsed();
+        let mut tally = a.tally.clone();
+        let rows = performed.rows();
+        tally.record(SubBatchMetric::new(&first, &end, a.size, rows, took));
+        let next_size = run.tuner.next(a.size, took, a.target, a.most);
+        let then_create = match self.may_start_ahead() {
+            true => self.start_ahead(run, a.m, next_size),
+            false => None,
+        };
+        let finish = JobFinish {
+            metrics: tally.metrics(a.started.elapsed(), next_size).to_json(),
+            sub_batch_size: (next_size != a.job.sub_batch_size).then_some(next_size),
+            worker: self.name.clone(),
+            then_create,
+        };
+        let cursor = self.cursor(&a.job);
+        match performed
+            .commit(SubBatchCommit::Finish(cursor, &finish))
+            .await
+        {
+            Ok(SubBatchCommitted::Finished { job: done, next }) => {
+                run.observe_latency(t0.elapsed(), a.size);
+                Ok(SubBatchEnd::Finished(Box::new(JobRun {
+                    job: *done,
+                    outcome: JobOutcome::Succeeded,
+                    started_next: next.map(|(job, next_start)| (*job, next_start)),
+                })))
+            }
+            Ok(SubBatchCommitted::Fenced) => Ok(SubBatchEnd::Lost),
+            Ok(SubBatchCommitted::Committed) => Err(Error::Corrupt(format!(
+                "job {}'s last sub-batch committed without its end",
+                a.job.id
+            ))),
+            Err(failure) => Ok(SubBatchEnd::Failed(failure)),
+        }
+    }
+
+    /// The next job to start with the end of the current one, if the health sample read
+    /// ahead (while this job ran) is there now and says go, and the next range is known.
+    /// Never waits: called while the last sub-batch's transaction is open.
+    fn start_ahead(
+        &mut self,
+        run: &mut MigrationRun,
+        m: &Migration,
+        sub_batch_size: i64,
+    ) -> Option<JobCreateParams> {
+        let mut ahead = run.ahead.take()?;
+        let params = (|| {
+            let start = ahead.start.clone();
+            let read = ahead.ready()?;
+            let (Ok(sample), Ok(Some(_))) = (&read.sample, &read.range) else {
+                return None;
+            };
+            let rate = self.wal_rate.observe(sample.wal_lsn);
+            // A stop, or a limit near enough to slow down: the next step decides, outside
+            // this transaction.
+            if !run.may_start_ahead(m, sample, rate) {
+                return None;
+            }
+            let (min, max) = read.use_range()?;
+            let range = JobRange::Given { min, max };
+            Some(self.job_create_params(m, start, range, sub_batch_size))
+        })();
+        run.ahead = Some(ahead);
+        params
+    }
+
+    /// Records how a job ended after its sub-batches: succeeded, or failed with `failure`
+    /// (a timeout shrinks its sub-batch first).
+    async fn record_end(
+        &self,
+        run: &mut MigrationRun,
+        a: Attempt<'_>,
+        failure: Option<Failure>,
+    ) -> Result<JobRun> {
+        let Attempt {
+            job,
+            heartbeat,
+            tally,
+            started,
+            mut size,
+            ..
+        } = a;
         drop(heartbeat);
         if failure.as_ref().is_some_and(Failure::is_timeout) {
-            sub_batch_size = ((sub_batch_size as f64) * 0.75).max(1.0) as i64;
+            size = ((size as f64) * 0.75).max(1.0) as i64;
+            run.tuner.adopt_size(size);
         }
-        let to = if failure.is_some() {
-            JobStatus::Failed
-        } else {
-            JobStatus::Succeeded
+        let to = match failure {
+            Some(_) => JobStatus::Failed,
+            None => JobStatus::Succeeded,
         };
         let params = JobTransitionParams::new(&job, to, &self.name)?
-            .with_metrics(tally.metrics(started.elapsed(), sub_batch_size))
+            .with_metrics(tally.metrics(started.elapsed(), size).to_json())
             .with_failure(failure.clone())
-            .with_sub_batch_size((sub_batch_size != job.sub_batch_size).then_some(sub_batch_size));
+            .with_sub_batch_size((size != job.sub_batch_size).then_some(size));
         let Some(job) = self.record_with_retry(&params).await? else {
-            return lost(job);
+            return Ok(JobRun::lost(job));
         };
         let outcome = match failure {
             Some(failure) => JobOutcome::Failed { failure },
             None => JobOutcome::Succeeded,
         };
-        self.tuner_floor.insert(m.id, tuner.floor());
         Ok(JobRun {
             job,
             outcome,
             started_next: None,
-            tuner_found: tuner.take_found(),
         })
     }
 
     /// Hands a job back when the worker is stopped between two sub-batches: `running ->
     /// failed` (class `Interrupted`, saying where it stopped) then `failed -> pending`, so
     /// that the next worker resumes it from its cursor at once, its attempts reset.
-    async fn hand_back(
-        &self,
-        job: Job,
-        from: &Lower,
-        tally: &Tally,
-        started: Instant,
-        sub_batch_size: i64,
-    ) -> Result<JobRun> {
-        let lost = |job| {
-            Ok(JobRun {
-                job,
-                outcome: JobOutcome::Lost,
-                started_next: None,
-                tuner_found: None,
-            })
-        };
+    async fn hand_back(&self, a: Attempt<'_>, from: &Lower) -> Result<JobRun> {
+        let Attempt {
+            job,
+            heartbeat,
+            tally,
+            started,
+            size,
+            ..
+        } = a;
+        drop(heartbeat);
         let at = match from {
             Lower::After(cursor) => format!("after its cursor {cursor}"),
             Lower::From(first) => format!("from its first key {first}"),
@@ -253,18 +388,19 @@ impl WorkerLoop {
             FailureClass::Interrupted,
             format!(
                 "worker {} was stopped after {} sub-batch(es) of this attempt; the job resumes {at}",
-                self.name, tally.sub_batches
+                self.name,
+                tally.sub_batches()
             ),
         );
         let params = JobTransitionParams::new(&job, JobStatus::Failed, &self.name)?
-            .with_metrics(tally.metrics(started.elapsed(), sub_batch_size))
+            .with_metrics(tally.metrics(started.elapsed(), size).to_json())
             .with_failure(Some(failure))
-            .with_sub_batch_size((sub_batch_size != job.sub_batch_size).then_some(sub_batch_size));
+            .with_sub_batch_size((size != job.sub_batch_size).then_some(size));
         let Some(failed) = self.record_with_retry(&params).await? else {
-            return lost(job);
+            return Ok(JobRun::lost(job));
         };
         let params = JobTransitionParams::new(&failed, JobStatus::Pending, &self.name)?;
-        let job = match self.sg().store.job_transition(&params).await {
+        let job = match self.sluicegate().store.job_transition(&params).await {
             Ok(job) => job,
             // Someone else moved it on (an operator's retry): theirs now.
             Err(Error::Conflict { .. }) => failed,
@@ -275,28 +411,18 @@ impl WorkerLoop {
             job,
             outcome: JobOutcome::Stopped,
             started_next: None,
-            tuner_found: None,
         })
-    }
-
-    pub(super) fn observe_latency(&mut self, migration_id: i64, took: Duration, keys: i64) {
-        if let Some(tracker) = self.latency.get_mut(&migration_id) {
-            tracker.observe(took.as_secs_f64() * 1000.0, keys);
-        }
     }
 
     /// Records the end of a job, retrying with backoff while the database is unreachable (a
     /// restart takes seconds). Safe past the lease: if another worker has taken the job over
     /// meanwhile, the attempt no longer matches and nothing is written. `None` when the job is
     /// no longer ours.
-    pub(super) async fn record_with_retry(
-        &self,
-        params: &JobTransitionParams,
-    ) -> Result<Option<Job>> {
+    async fn record_with_retry(&self, params: &JobTransitionParams) -> Result<Option<Job>> {
         let deadline = Instant::now() + (self.lease() * 3).max(RECORD_RETRY_FOR);
         let mut backoff = Backoff::default();
         loop {
-            match self.sg().store.job_transition(params).await {
+            match self.sluicegate().store.job_transition(params).await {
                 Ok(job) => return Ok(Some(job)),
                 Err(Error::Conflict { .. }) => return Ok(None),
                 Err(Error::Database { source, context })
@@ -310,262 +436,5 @@ impl WorkerLoop {
                 Err(e) => return Err(e),
             }
         }
-    }
-
-    pub(super) async fn reset_exhausted(&self, m: &Migration) -> Result<()> {
-        for job in self
-            .sg()
-            .store
-            .job_list(m.id, Some(JobStatus::Failed))
-            .await?
-        {
-            let params = JobTransitionParams::new(&job, JobStatus::Pending, &self.name)?;
-            match self.sg().store.job_transition(&params).await {
-                Ok(_) | Err(Error::Conflict { .. }) => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(())
-    }
-
-    /// After a failed job: split it when timeouts exhausted its attempts, and fail the
-    /// migration when too many of its jobs failed.
-    pub(super) async fn after_failure(
-        &self,
-        m: &Migration,
-        table: &TableName,
-        job: &Job,
-        failure: &Failure,
-    ) -> Result<()> {
-        if failure.is(FailureClass::RangeEscaped) {
-            // No retry can make a statement that reaches past its range safe: the migration
-            // stops here, its sub-batch rolled back, before a second one runs.
-            let current = self.sg().store.migration_get(m.id).await?;
-            let failing = current.filter(|c| c.status.after(MigrationEvent::Fail).is_some());
-            if let Some(current) = failing {
-                let reason = format!("job {}: {}", job.id, failure.message);
-                match self.fail_migration(&current, failure.clone(), reason).await {
-                    Ok(_) | Err(Error::Conflict { .. }) => {}
-                    Err(e) => return Err(e),
-                }
-            }
-            return Ok(());
-        }
-        if failure.is_timeout() {
-            self.shrink_after_timeout(m, job, failure).await?;
-            if job.attempts >= MAX_ATTEMPTS {
-                self.split(m, table, job).await?;
-            }
-        }
-        let counts = self.sg().store.job_counts(m.id, MAX_ATTEMPTS).await?;
-        if counts.total() >= AUTO_FAIL_MIN_JOBS && counts.failed * 2 > counts.total() {
-            let current = self.sg().store.migration_get(m.id).await?;
-            if let Some(current) = current.filter(|c| c.status == MigrationStatus::Active) {
-                let reason = format!(
-                    "{} of {} jobs failed (more than half, with at least {AUTO_FAIL_MIN_JOBS} jobs)",
-                    counts.failed,
-                    counts.total()
-                );
-                let failure = Failure::new(FailureClass::TooManyFailedJobs, reason.clone());
-                match self.fail_migration(&current, failure, reason).await {
-                    Ok(_) | Err(Error::Conflict { .. }) => {}
-                    Err(e) => return Err(e),
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Splits a job that kept timing out: from its cursor on (the keys before it are done),
-    /// the rest is cut in two at the middle of what remains, however little that is — half of
-    /// the batch size from the cursor when that much is left, else half of it again, down to
-    /// one key. The first half keeps the cursor; the second starts at the next existing key.
-    /// Nothing to split when one key or none remains.
-    pub(super) async fn split(&self, m: &Migration, table: &TableName, job: &Job) -> Result<()> {
-        let from = match &job.cursor {
-            Some(c) => Lower::After(c.clone()),
-            None => Lower::From(job.min_value.clone()),
-        };
-        let target = &self.sg().target;
-        let walk = |lower: Lower, size: i64| async move {
-            target
-                .range_next(
-                    table,
-                    &m.key,
-                    m.scope.as_deref(),
-                    &lower,
-                    &job.max_value,
-                    size,
-                    m.statement_timeout_ms,
-                )
-                .await
-        };
-        // The largest `size` (halving from half the batch) whose walk from the cursor stops
-        // before the job's last key: the middle of what remains, give or take a factor of 2.
-        let mut size = (job.batch_size / 2).max(1);
-        let mut first_try = true;
-        let mid = loop {
-            match walk(from.clone(), size).await? {
-                // No key left after the cursor: nothing to split.
-                None => return Ok(()),
-                Some((_, mid)) if mid != job.max_value => break mid,
-                Some(_) if size > 1 => {
-                    size /= 2;
-                    first_try = false;
-                }
-                // One key (or a walk of one that reached the end): nothing to split.
-                Some(_) => return Ok(()),
-            }
-        };
-        // The middle key the walk found, and the first key after it: the second half starts
-        // at an existing key, as every job does.
-        let after = Lower::After(mid.clone());
-        let Some((second_min, _)) = walk(after, 1).await? else {
-            return Ok(());
-        };
-        // The second half holds at most what the first try left (the job's batch) or, after
-        // a halving, about as many keys as the first half.
-        let second_size = if first_try {
-            (job.batch_size - size).max(1)
-        } else {
-            size
-        };
-        let half = size;
-        let params = JobSplitParams {
-            transition: JobTransitionParams::new(job, JobStatus::Pending, &self.name)?,
-            first_max: mid,
-            batch_size: half.max(second_size),
-            sub_batch_size: job.sub_batch_size.min(half),
-            second_min,
-            second_max: job.max_value.clone(),
-        };
-        match self.sg().store.job_split(&params).await {
-            Ok((first, second)) => {
-                tracing::info!(
-                    job = first.id,
-                    new_job = second.id,
-                    "split a job that kept timing out"
-                );
-                Ok(())
-            }
-            Err(Error::Conflict { .. }) => Ok(()),
-            Err(e) => Err(e),
-        }
-    }
-
-    pub(super) async fn fail_migration(
-        &self,
-        m: &Migration,
-        failure: Failure,
-        reason: String,
-    ) -> Result<Migration> {
-        let params = MigrationTransitionParams::new(m, MigrationEvent::Fail, &self.name)?
-            .with_reason(Some(reason))
-            .with_failure(failure);
-        let m = self.sg().store.migration_transition(&params).await?;
-        self.sg().store.table_lease_release(m.id).await?;
-        Ok(m)
-    }
-
-    /// No job left to start: finish (or fail) the migration when nothing is pending or
-    /// running any more.
-    pub(super) async fn complete_if_done(&self, m: &Migration) -> Result<StepOutcome> {
-        // An unreadable row is failed by the next claim, never finished on its placeholders.
-        let Some(m) =
-            (self.sg().store.migration_get(m.id).await?).filter(|m| m.unreadable.is_none())
-        else {
-            return Ok(StepOutcome::Idle);
-        };
-        let runnable = matches!(
-            m.status,
-            MigrationStatus::Active | MigrationStatus::Finalizing
-        );
-        let counts = self.sg().store.job_counts(m.id, MAX_ATTEMPTS).await?;
-        // A failed job with attempts left waits out its backoff: not done yet.
-        let retriable = counts.failed > counts.exhausted;
-        if !runnable
-            || m.next_start.is_some()
-            || counts.pending > 0
-            || counts.running > 0
-            || retriable
-        {
-            return Ok(StepOutcome::Waiting { migration_id: m.id });
-        }
-        let result = if counts.failed == 0 {
-            let params = MigrationTransitionParams::new(&m, MigrationEvent::Finish, &self.name)?
-                .with_reason(Some(format!(
-                    "all {} jobs succeeded, {} rows affected",
-                    counts.succeeded, counts.rows_affected
-                )));
-            let done = self.sg().store.migration_transition(&params).await;
-            if done.is_ok() {
-                self.sg().store.table_lease_release(m.id).await?;
-            }
-            done
-        } else {
-            let reason = format!(
-                "{} job{} failed after {MAX_ATTEMPTS} attempts",
-                counts.failed,
-                if counts.failed == 1 { "" } else { "s" }
-            );
-            self.fail_migration(
-                &m,
-                Failure::new(FailureClass::JobsFailed, reason.clone()),
-                reason,
-            )
-            .await
-        };
-        match result {
-            Ok(m) => Ok(StepOutcome::Completed {
-                migration: Box::new(m),
-            }),
-            Err(Error::Conflict { .. }) => Ok(StepOutcome::Waiting { migration_id: m.id }),
-            Err(e) => Err(e),
-        }
-    }
-}
-
-/// What a job's sub-batches did, for its metrics.
-#[derive(Debug, Default, Clone)]
-pub(super) struct Tally {
-    sub_batches: u64,
-    rows: u64,
-    slowest_ms: u64,
-    /// The newest [`METRICS_KEPT`] sub-batches.
-    recent: Vec<serde_json::Value>,
-}
-
-/// A key in a job's metrics: the value itself for a one-column key (as before keys were
-/// typed), the array for a composite one.
-fn metric_key(key: &Key) -> serde_json::Value {
-    match key.values() {
-        [v] => v.clone(),
-        values => serde_json::Value::Array(values.to_vec()),
-    }
-}
-
-impl Tally {
-    pub(super) fn record(&mut self, start: &Key, end: &Key, rows: u64, took: Duration) {
-        let ms = took.as_millis() as u64;
-        self.sub_batches += 1;
-        self.rows += rows;
-        self.slowest_ms = self.slowest_ms.max(ms);
-        if self.recent.len() == METRICS_KEPT {
-            self.recent.remove(0);
-        }
-        self.recent.push(
-            json!({"start": metric_key(start), "end": metric_key(end), "rows": rows, "ms": ms}),
-        );
-    }
-
-    pub(super) fn metrics(&self, duration: Duration, sub_batch_size: i64) -> serde_json::Value {
-        json!({
-            "duration_ms": duration.as_millis() as u64,
-            "sub_batches": self.sub_batches,
-            "rows": self.rows,
-            "slowest_sub_batch_ms": self.slowest_ms,
-            "sub_batch_size": sub_batch_size,
-            "recent": self.recent,
-        })
     }
 }

@@ -1,52 +1,57 @@
 //! The runner: workers that claim due migrations and run their jobs, sub-batch by
-//! sub-batch, recording every status change (DESIGN §5).
+//! sub-batch, recording every status change.
 //!
-//! A [`Worker`] runs one or more [`WorkerLoop`]s. Each loop owns its state and moves it by
-//! value from one [`WorkerLoop::step`] to the next (`step::Carry`): nothing carried (claim a due
-//! migration), continue the migration it just ran (with the next job's health sample and key
-//! range, read while the last job ran), or run the job the last job's end already started.
-//! `WorkerLoop::after_job` is the one place that decides which. The store never calls back
-//! into the engine: a sub-batch is performed in its open transaction and handed back
-//! ([`PerformedSubBatch`](crate::store::PerformedSubBatch)); the engine then commits it alone, with the job's cursor, or with the
-//! job's end and the next job's start, without waiting on anything in between.
+//! A [`Worker`] runs one or more [`WorkerLoop`]s. Each loop moves what it carries by value
+//! from one [`WorkerLoop::step`] to the next (`step::Carry`), and each step returns the next
+//! one: nothing carried (claim a due migration), continue the migration it just ran (with the
+//! next job's health sample and key range, read while the last job ran), or run the job the
+//! last job's end already started. What a loop knows of a migration beyond its row (tuned
+//! sizes, latencies, slowing down, what it read ahead) lives in one `MigrationRun`, from the
+//! moment the loop takes the migration up until it lets it go; `finalize` runs its jobs
+//! through the same steps and state. The store never calls back into the engine: a
+//! sub-batch is performed in its open transaction and handed back
+//! ([`PerformedSubBatch`](crate::store::PerformedSubBatch)); the engine then commits it
+//! alone, with the job's cursor, or with the job's end and the next job's start, without
+//! waiting on anything in between.
 //!
-//! This module holds the worker, its options and outcomes; `step` the loop and its one
-//! "what runs next" decision, `job` running and recording a job, `hold` health before a
-//! job (holds and slowing down), `tuning` batch and sub-batch sizes.
+//! This module holds the worker, its options and outcomes. `step` is the loop, read top to
+//! bottom; `next_job` finds a step's job behind the health `gate` (decisions) and `hold`
+//! (their rows and pauses); `job` runs one job; `ending` is what follows failures and the
+//! last job; `tuner` sizes sub-batches and `tuning` logs sizes; `migration_run` and
+//! `prefetch` are the state a loop keeps per migration.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use futures::FutureExt;
 use serde::Serialize;
-use serde_json::json;
-use tokio::task::JoinHandle;
 
-use crate::client::{Sluicegate, LOG_RETENTION_MONTHS, MAX_ATTEMPTS};
+use crate::client::{Sluicegate, LOG_RETENTION_MONTHS};
 use crate::error::{Error, Result};
 use crate::failure::{Blame, Failure, FailureClass};
-use crate::health::{self, HealthSample, LatencyTracker, Signal, WalRate};
-use crate::ident::TableName;
-use crate::key::{Key, Lower};
-use crate::kind::JobKind;
+use crate::health::WalRate;
 use crate::model::{Job, Migration};
-use crate::optimizer;
-use crate::status::{JobStatus, MigrationEvent, MigrationStatus};
-use crate::store::{
-    JobCreateParams, JobCreated, JobCursor, JobFinish, JobRange, JobSplitParams,
-    JobTransitionParams, MigrationResizeParams, MigrationThrottleParams, MigrationTransitionParams,
-    SubBatchCommit, SubBatchCommitted, SubBatchSpec, Timeouts,
-};
+use crate::status::{MigrationEvent, MigrationStatus};
+
+mod ending;
+mod gate;
+mod hold;
+mod job;
+mod migration_run;
+mod next_job;
+mod prefetch;
+mod step;
+mod tuner;
+mod tuning;
+
+use migration_run::TakenUp;
+use step::{Carry, JobSource};
 
 /// Jobs that must have run before the failure ratio can fail a migration (GitLab: 50).
 pub const AUTO_FAIL_MIN_JOBS: i64 = 50;
-/// How many sub-batch entries a job's metrics keep (the newest); totals cover all.
-const METRICS_KEPT: usize = 50;
 /// How long a worker keeps trying to record a job's end while the database is away.
-const RECORD_RETRY_FOR: Duration = Duration::from_secs(60);
+pub(super) const RECORD_RETRY_FOR: Duration = Duration::from_secs(60);
 /// How often a worker re-checks the job log's partitions.
 const PARTITION_CHECK_EVERY: Duration = Duration::from_secs(3600);
 
@@ -167,21 +172,8 @@ pub struct WorkerLoop {
     carry: Carry,
     /// WAL rate between this loop's health samples.
     wal_rate: WalRate,
-    /// Sub-batch latencies this loop measured, per migration.
-    latency: HashMap<i64, LatencyTracker>,
-    /// How long this loop's last job of each migration took (the unit of a throttle pause).
-    job_time: HashMap<i64, Duration>,
-    /// The throttle pause this loop last knew of, per migration (logged only on change).
-    throttle_ms: HashMap<i64, i64>,
-    /// The pause this loop keeps between jobs of each migration as a limit nears.
-    slow_down: HashMap<i64, health::SlowDown>,
-    /// The smallest sub-batch the tuner keeps, per migration (a fixed cost found).
-    tuner_floor: HashMap<i64, i64>,
-    /// The sub-batch size last written to each migration's log, for the tuner's rows.
-    logged_sub_batch: HashMap<i64, i64>,
-    /// When this loop last read each migration's row: a migration it keeps running without a
-    /// new claim is read again at most once a second, so an operator's `set` reaches it.
-    settings_read: HashMap<i64, Instant>,
+    /// The migrations this loop works, each with what it knows of it.
+    taken: TakenUp,
     /// Set when the loop is asked to stop (or runs a single step): a job's end then starts no
     /// next job, which nobody would run.
     stopping: Arc<AtomicBool>,
@@ -201,14 +193,6 @@ impl std::fmt::Debug for WorkerLoop {
             .finish()
     }
 }
-
-mod hold;
-mod job;
-mod step;
-mod tuning;
-
-use job::JobRun;
-use step::{Carry, Prefetch};
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub(super) enum Mode {
@@ -258,13 +242,7 @@ impl Worker {
             name,
             carry: Carry::Nothing,
             wal_rate: WalRate::default(),
-            latency: HashMap::new(),
-            job_time: HashMap::new(),
-            throttle_ms: HashMap::new(),
-            slow_down: HashMap::new(),
-            tuner_floor: HashMap::new(),
-            logged_sub_batch: HashMap::new(),
-            settings_read: HashMap::new(),
+            taken: TakenUp::default(),
             stopping,
             interrupted,
             last_migration: None,
@@ -435,7 +413,8 @@ impl Worker {
                 l.pause(backoff.next()).await;
                 continue;
             };
-            match l.step_migration(claimed).await {
+            let stepped = l.step_migration(claimed, JobSource::Claim).await;
+            match stepped.map(|s| s.map_or(StepOutcome::Idle, |(outcome, _)| outcome)) {
                 Ok(StepOutcome::Completed { migration }) => {
                     self.emit(&StepOutcome::Completed {
                         migration: migration.clone(),
@@ -578,6 +557,28 @@ impl Backoff {
 
     pub(super) fn reset(&mut self) {
         self.failures = 0;
+    }
+}
+
+impl WorkerLoop {
+    pub(super) fn sluicegate(&self) -> &Sluicegate {
+        &self.worker.sg
+    }
+
+    pub(super) fn lease(&self) -> Duration {
+        self.worker.opts.lease
+    }
+
+    /// Whether a job's end may start the next job in the same statement (PostgreSQL, one
+    /// database, and a loop that goes on to run it).
+    pub(super) fn may_start_ahead(&self) -> bool {
+        self.sluicegate().same_database
+            && self
+                .sluicegate()
+                .store
+                .capabilities()
+                .start_next_job_with_finish
+            && !self.stopping.load(Ordering::Relaxed)
     }
 }
 

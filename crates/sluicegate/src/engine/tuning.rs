@@ -1,7 +1,15 @@
-//! Sizes: GitLab's batch optimizer (rows-weighted), the sub-batch tuner's log rows, and the
-//! shrink after a lock or statement timeout.
+//! Sizes in the migration's row and log: GitLab's batch optimizer (rows-weighted), the
+//! sub-batch tuner's `resize` rows, and the shrink after a lock or statement timeout.
 
-use super::*;
+use std::time::Duration;
+
+use super::migration_run::MigrationRun;
+use super::WorkerLoop;
+use crate::error::Result;
+use crate::failure::Failure;
+use crate::model::{Job, Migration};
+use crate::optimizer;
+use crate::store::MigrationResizeParams;
 
 impl WorkerLoop {
     /// GitLab's optimizer over the last 20 succeeded jobs, weighted by rows affected and
@@ -12,7 +20,7 @@ impl WorkerLoop {
             return Ok(());
         }
         let jobs = self
-            .sg()
+            .sluicegate()
             .store
             .job_recent_succeeded(m.id, optimizer::SAMPLE_JOBS as i64)
             .await?;
@@ -43,39 +51,28 @@ impl WorkerLoop {
             actor: self.name.clone(),
         };
         tracing::info!(migration = m.id, reason = %params.reason, "batch size changed");
-        self.sg().store.migration_resize(&params).await?;
+        self.sluicegate().store.migration_resize(&params).await?;
         Ok(())
     }
 
-    /// The sub-batch tuner's decisions in the migration's log: a fixed cost it found, and any
-    /// size it reached a factor of two or more away from the last one logged.
-    pub(super) async fn log_tuner(&mut self, m: &Migration, run: &JobRun) -> Result<()> {
+    /// The sub-batch tuner's news after `job` in the migration's log, as a `resize` row:
+    /// a fixed cost found or gone, or a size a factor of two or more from the last one logged
+    /// ([`super::tuner::SubBatchTuner::log_row`]).
+    pub(super) async fn log_tuner(
+        &self,
+        run: &mut MigrationRun,
+        m: &Migration,
+        job: &Job,
+    ) -> Result<()> {
         if m.target_sub_batch_ms <= 0 {
             return Ok(());
         }
-        let tuned = run.job.sub_batch_size;
-        let logged = *self
-            .logged_sub_batch
-            .entry(m.id)
-            .or_insert(m.sub_batch_size);
-        let reason = match &run.tuner_found {
-            Some(found) => format!("tuner: sub-batch size {logged} -> {tuned}: {found}"),
-            None if tuned >= 2 * logged || 2 * tuned <= logged => {
-                let slowest = run
-                    .job
-                    .metrics
-                    .get("slowest_sub_batch_ms")
-                    .and_then(serde_json::Value::as_i64)
-                    .unwrap_or(0);
-                format!(
-                    "tuner: sub-batch size {logged} -> {tuned}: sub-batches aimed at {} ms (slowest of job {} took {slowest} ms)",
-                    m.target_sub_batch_ms, run.job.id
-                )
-            }
-            None => return Ok(()),
+        let tuned = job.sub_batch_size;
+        let Some(reason) = run.tuner.log_row(job.id, tuned, m.target_sub_batch_ms) else {
+            return Ok(());
         };
         // The batch size as it is now: the optimizer may have just changed it.
-        let Some(current) = self.sg().store.migration_get(m.id).await? else {
+        let Some(current) = self.sluicegate().store.migration_get(m.id).await? else {
             return Ok(());
         };
         let params = MigrationResizeParams {
@@ -86,8 +83,9 @@ impl WorkerLoop {
             actor: self.name.clone(),
         };
         tracing::info!(migration = m.id, reason = %params.reason, "sub-batch size logged");
-        self.sg().store.migration_resize(&params).await?;
-        self.logged_sub_batch.insert(m.id, tuned);
+        if let Some(resized) = self.sluicegate().store.migration_resize(&params).await? {
+            run.stored(resized.sub_batch_size);
+        }
         Ok(())
     }
 
@@ -99,7 +97,7 @@ impl WorkerLoop {
         job: &Job,
         failure: &Failure,
     ) -> Result<()> {
-        let Some(current) = self.sg().store.migration_get(m.id).await? else {
+        let Some(current) = self.sluicegate().store.migration_get(m.id).await? else {
             return Ok(());
         };
         let (batch, sub) = optimizer::after_timeout(current.batch_size, current.sub_batch_size);
@@ -117,7 +115,7 @@ impl WorkerLoop {
             actor: self.name.clone(),
         };
         tracing::info!(migration = m.id, reason = %params.reason, "batch size shrunk after a timeout");
-        self.sg().store.migration_resize(&params).await?;
+        self.sluicegate().store.migration_resize(&params).await?;
         Ok(())
     }
 }

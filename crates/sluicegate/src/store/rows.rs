@@ -10,6 +10,7 @@ use sqlx::types::Json;
 use sqlx::Row;
 
 use crate::error::{Error, Result};
+use crate::job_metrics::JobMetrics;
 use crate::key::{Key, KeySpec, Lower};
 use crate::model::{Indicator, Job, JobTransition, Migration, MigrationTransition, TargetIdentity};
 use crate::status::MigrationStatus;
@@ -281,7 +282,7 @@ pub(crate) fn job(row: &impl ModelRow) -> Result<Job> {
         finished_at: row.time("finished_at")?,
         rows_affected: row.int("rows_affected")?,
         cursor: row.opt_key("cursor")?,
-        metrics: row.json("metrics")?,
+        metrics: JobMetrics::from_json(row.json("metrics")?),
         worker: row.opt_text("worker")?,
         lease_expires_at: row.time("lease_expires_at")?,
         created_at: row.time("created_at")?.unwrap_or_default(),
