@@ -3,6 +3,7 @@
 //! person gives under the database's own settings.
 
 use serde_json::Value;
+use sqlx::PgConnection;
 
 use super::{exec_raw, PgTarget, SESSION_SETTINGS};
 use crate::error::{Error, Result};
@@ -72,39 +73,7 @@ pub(super) async fn resolve(
     non_unique: bool,
 ) -> Result<(TableName, KeySpec)> {
     let context = format!("looking up table {}", table.quoted());
-    let found: Option<(String, String)> = sqlx::query_as(TARGET_TABLE_FIND)
-        .bind(&table.table)
-        .bind(table.schema.as_deref())
-        .fetch_optional(&target.pool)
-        .await
-        .map_err(Error::db(&context))?;
-    let Some((schema, name)) = found else {
-        // PostgreSQL reads an unquoted name in lower case: a table whose name differs
-        // only in case is probably the one meant.
-        let near: Option<(String, String)> = sqlx::query_as(TARGET_TABLE_FIND_ANY_CASE)
-            .bind(&table.table)
-            .bind(table.schema.as_deref())
-            .fetch_optional(&target.pool)
-            .await
-            .map_err(Error::db(&context))?;
-        let hint = near
-            .map(|(schema, name)| {
-                let exact = TableName {
-                    schema: Some(schema),
-                    table: name,
-                };
-                format!(
-                    " (did you mean {}? unquoted names are read in lower case: --table '{}')",
-                    exact.quoted(),
-                    exact.quoted()
-                )
-            })
-            .unwrap_or_default();
-        return Err(Error::UnknownTable {
-            table: display_table(table),
-            hint,
-        });
-    };
+    let (schema, name) = find_table(target, table, &context).await?;
     let resolved = TableName {
         schema: Some(schema),
         table: name,
@@ -148,6 +117,49 @@ pub(super) async fn resolve(
     Ok((resolved, key))
 }
 
+/// The table's schema and name as stored, or an error naming it (with the table meant when
+/// only the case differs).
+async fn find_table(
+    target: &PgTarget,
+    table: &TableName,
+    context: &str,
+) -> Result<(String, String)> {
+    let found: Option<(String, String)> = sqlx::query_as(TARGET_TABLE_FIND)
+        .bind(&table.table)
+        .bind(table.schema.as_deref())
+        .fetch_optional(&target.pool)
+        .await
+        .map_err(Error::db(context))?;
+    if let Some(found) = found {
+        return Ok(found);
+    }
+    // PostgreSQL reads an unquoted name in lower case: a table whose name differs
+    // only in case is probably the one meant.
+    let near: Option<(String, String)> = sqlx::query_as(TARGET_TABLE_FIND_ANY_CASE)
+        .bind(&table.table)
+        .bind(table.schema.as_deref())
+        .fetch_optional(&target.pool)
+        .await
+        .map_err(Error::db(context))?;
+    let hint = near
+        .map(|(schema, name)| {
+            let exact = TableName {
+                schema: Some(schema),
+                table: name,
+            };
+            format!(
+                " (did you mean {}? unquoted names are read in lower case: --table '{}')",
+                exact.quoted(),
+                exact.quoted()
+            )
+        })
+        .unwrap_or_default();
+    Err(Error::UnknownTable {
+        table: display_table(table),
+        hint,
+    })
+}
+
 pub(super) async fn canonical(
     target: &PgTarget,
     key: &KeySpec,
@@ -158,11 +170,44 @@ pub(super) async fn canonical(
         return Ok(value.clone());
     }
     let context = format!("reading {flag} {value} as the target database does");
-    let mut tx = target.pool.begin().await.map_err(Error::db(&context))?;
+    let mut tx = under_database_settings(target, &context).await?;
+    let unambiguous = parse_as_database(&mut tx, key, value, flag, &context).await?;
+    // Printed as our sessions print it (ISO, UTC): the walk's own text for it.
+    exec_raw(
+        &mut tx,
+        SESSION_SETTINGS.replace("SET ", "SET LOCAL ").as_str(),
+    )
+    .await
+    .map_err(Error::db(&context))?;
+    let mut values = Vec::with_capacity(value.values().len());
+    for ((column, v), parsed) in key.columns().iter().zip(value.values()).zip(unambiguous) {
+        let Some(parsed) = parsed else {
+            values.push(v.clone());
+            continue;
+        };
+        let sql = format!("SELECT CAST($1 AS {})::text", column.key_type.sql_name());
+        let canonical: String = sqlx::query_scalar(&sql)
+            .bind(parsed)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(Error::db(&context))?;
+        values.push(Value::String(canonical));
+    }
+    tx.rollback().await.map_err(Error::db(&context))?;
+    Ok(Key(values))
+}
+
+/// A read-only transaction under the target database's own settings (its configuration file's
+/// where readable, then those set for the database and role), not our sessions' ones: a bound
+/// is read the way the operator's own sessions would read it.
+async fn under_database_settings(
+    target: &PgTarget,
+    context: &str,
+) -> Result<sqlx::Transaction<'static, sqlx::Postgres>> {
+    let mut tx = target.pool.begin().await.map_err(Error::db(context))?;
     exec_raw(&mut tx, "SET TRANSACTION READ ONLY")
         .await
-        .map_err(Error::db(&context))?;
-    // The database's own settings, for this transaction only.
+        .map_err(Error::db(context))?;
     let mut own: Vec<(String, String)> = Vec::new();
     if let Ok(file) = sqlx::query_as::<_, (String, String)>(TARGET_FILE_SETTINGS)
         .fetch_all(&mut *tx)
@@ -171,16 +216,16 @@ pub(super) async fn canonical(
         own = file;
     } else {
         // Not readable (not a superuser): the failed statement aborted the transaction.
-        tx.rollback().await.map_err(Error::db(&context))?;
-        tx = target.pool.begin().await.map_err(Error::db(&context))?;
+        tx.rollback().await.map_err(Error::db(context))?;
+        tx = target.pool.begin().await.map_err(Error::db(context))?;
         exec_raw(&mut tx, "SET TRANSACTION READ ONLY")
             .await
-            .map_err(Error::db(&context))?;
+            .map_err(Error::db(context))?;
     }
     let set: Vec<(String, String)> = sqlx::query_as(TARGET_OWN_SETTINGS)
         .fetch_all(&mut *tx)
         .await
-        .map_err(Error::db(&context))?;
+        .map_err(Error::db(context))?;
     for (name, setting) in set {
         own.retain(|(n, _)| *n != name);
         own.push((name, setting));
@@ -191,10 +236,21 @@ pub(super) async fn canonical(
             .bind(setting)
             .execute(&mut *tx)
             .await
-            .map_err(Error::db(&context))?;
+            .map_err(Error::db(context))?;
     }
-    // Parsed under the database's settings; JSON prints dates and times in ISO 8601 whatever
-    // the DateStyle (a timestamptz with its offset), which reads back the same anywhere.
+    Ok(tx)
+}
+
+/// Each non-integer value of `value` parsed under the transaction's settings, as ISO 8601 JSON
+/// text (which reads back the same whatever the DateStyle); `None` for integers. A value the
+/// column's type refuses (SQLSTATE class 22) is an error naming the flag and the column.
+async fn parse_as_database(
+    tx: &mut PgConnection,
+    key: &KeySpec,
+    value: &Key,
+    flag: &str,
+    context: &str,
+) -> Result<Vec<Option<String>>> {
     let mut unambiguous = Vec::with_capacity(value.values().len());
     for (column, v) in key.columns().iter().zip(value.values()) {
         let Some(text) = v.as_str().filter(|_| !column.key_type.is_integer()) else {
@@ -219,32 +275,10 @@ pub(super) async fn canonical(
                     db.message()
                 )))
             }
-            Err(e) => return Err(Error::db(&context)(e)),
+            Err(e) => return Err(Error::db(context)(e)),
         }
     }
-    // Printed as our sessions print it (ISO, UTC): the walk's own text for it.
-    exec_raw(
-        &mut tx,
-        SESSION_SETTINGS.replace("SET ", "SET LOCAL ").as_str(),
-    )
-    .await
-    .map_err(Error::db(&context))?;
-    let mut values = Vec::with_capacity(value.values().len());
-    for ((column, v), parsed) in key.columns().iter().zip(value.values()).zip(unambiguous) {
-        let Some(parsed) = parsed else {
-            values.push(v.clone());
-            continue;
-        };
-        let sql = format!("SELECT CAST($1 AS {})::text", column.key_type.sql_name());
-        let canonical: String = sqlx::query_scalar(&sql)
-            .bind(parsed)
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(Error::db(&context))?;
-        values.push(Value::String(canonical));
-    }
-    tx.rollback().await.map_err(Error::db(&context))?;
-    Ok(Key(values))
+    Ok(unambiguous)
 }
 
 fn display_table(table: &TableName) -> String {

@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use sqlx::{Row, SqliteConnection};
 
 use super::walk::walk;
@@ -165,6 +166,20 @@ pub(super) async fn create(store: &SqliteStore, p: &JobCreateParams) -> Result<J
         tx.commit().await.map_err(Error::db(&context))?;
         return Ok(JobCreated::Exhausted);
     };
+    let job = insert_running(&mut tx, p, (&first, &last), &at, &context).await?;
+    tx.commit().await.map_err(Error::db(&context))?;
+    Ok(JobCreated::Created(Box::new(job), next))
+}
+
+/// The new job's row, `running` under `p.worker`'s lease, its log row, and the table lease
+/// renewed: the last three statements of [`create`].
+async fn insert_running(
+    tx: &mut SqliteConnection,
+    p: &JobCreateParams,
+    (first, last): (&Key, &Key),
+    at: &DateTime<Utc>,
+    context: &str,
+) -> Result<Job> {
     let row = sqlx::query(JOB_INSERT_RUNNING)
         .bind(p.migration_id)
         .bind(first.to_json())
@@ -172,12 +187,12 @@ pub(super) async fn create(store: &SqliteStore, p: &JobCreateParams) -> Result<J
         .bind(p.batch_size)
         .bind(p.sub_batch_size)
         .bind(p.pause_ms)
-        .bind(ts(at))
+        .bind(ts(*at))
         .bind(&p.worker)
         .bind(later(p.lease)?)
         .fetch_one(&mut *tx)
         .await
-        .map_err(Error::db(&context))?;
+        .map_err(Error::db(context))?;
     let job = rows::job(&row)?;
     sqlx::query(JOB_LOG_INSERT)
         .bind(job.id)
@@ -187,18 +202,17 @@ pub(super) async fn create(store: &SqliteStore, p: &JobCreateParams) -> Result<J
         .bind(None::<&str>)
         .bind(None::<&str>)
         .bind(&p.worker)
-        .bind(ts(at))
+        .bind(ts(*at))
         .execute(&mut *tx)
         .await
-        .map_err(Error::db(&context))?;
+        .map_err(Error::db(context))?;
     sqlx::query(TABLE_LEASE_RENEW)
         .bind(p.migration_id)
         .bind(later(p.lease)?)
         .execute(&mut *tx)
         .await
-        .map_err(Error::db(&context))?;
-    tx.commit().await.map_err(Error::db(&context))?;
-    Ok(JobCreated::Created(Box::new(job), next))
+        .map_err(Error::db(context))?;
+    Ok(job)
 }
 
 pub(super) async fn find_retriable(
