@@ -188,7 +188,13 @@ mod tests {
         assert_eq!((e.key_count(), e.end.clone()), (Some(40), json!([9, "y"])));
         // An integer key: the keys run with, never more than the span holds.
         let int = |i: i64| Key(vec![json!(i)]);
-        assert_eq!(SubBatchMetric::new(&int(1), &int(1000), 100, 1, took).key_count(), Some(100));
-        assert_eq!(SubBatchMetric::new(&int(1), &int(20), 100, 1, took).key_count(), Some(20));
+        assert_eq!(
+            SubBatchMetric::new(&int(1), &int(1000), 100, 1, took).key_count(),
+            Some(100)
+        );
+        assert_eq!(
+            SubBatchMetric::new(&int(1), &int(20), 100, 1, took).key_count(),
+            Some(20)
+        );
     }
 }

@@ -827,8 +827,13 @@ store_test!(finalize_keeps_tuned_sub_batch_sizes, |db| {
         .filter_map(|r| r.reason.as_deref())
         .collect();
     assert!(
-        resized.iter().any(|r| r.starts_with("tuner: sub-batch size 100 -> ")),
+        resized
+            .iter()
+            .any(|r| r.starts_with("tuner: sub-batch size 100 -> ")),
         "{resized:?}"
     );
-    assert_eq!(db.scalar("SELECT count(*) FROM items WHERE n <> 1").await, 0);
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM items WHERE n <> 1").await,
+        0
+    );
 });

@@ -93,7 +93,11 @@ impl WorkerLoop {
                 self.split(m, table, job).await?;
             }
         }
-        let counts = self.sluicegate().store.job_counts(m.id, MAX_ATTEMPTS).await?;
+        let counts = self
+            .sluicegate()
+            .store
+            .job_counts(m.id, MAX_ATTEMPTS)
+            .await?;
         if counts.total() >= AUTO_FAIL_MIN_JOBS && counts.failed * 2 > counts.total() {
             let reason = format!(
                 "{} of {} jobs failed (more than half, with at least {AUTO_FAIL_MIN_JOBS} jobs)",
@@ -194,7 +198,11 @@ impl WorkerLoop {
         let params = MigrationTransitionParams::new(m, MigrationEvent::Fail, &self.name)?
             .with_reason(Some(reason))
             .with_failure(failure);
-        let m = self.sluicegate().store.migration_transition(&params).await?;
+        let m = self
+            .sluicegate()
+            .store
+            .migration_transition(&params)
+            .await?;
         self.sluicegate().store.table_lease_release(m.id).await?;
         Ok(m)
     }
@@ -212,7 +220,11 @@ impl WorkerLoop {
             m.status,
             MigrationStatus::Active | MigrationStatus::Finalizing
         );
-        let counts = self.sluicegate().store.job_counts(m.id, MAX_ATTEMPTS).await?;
+        let counts = self
+            .sluicegate()
+            .store
+            .job_counts(m.id, MAX_ATTEMPTS)
+            .await?;
         // A failed job with attempts left waits out its backoff: not done yet.
         let retriable = counts.failed > counts.exhausted;
         if !runnable

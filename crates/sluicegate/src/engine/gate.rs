@@ -185,11 +185,15 @@ mod tests {
         let now = Instant::now();
         // A stop by a paced indicator holds, and leaves a pause for after the hold.
         let stop = vec![reading(Indicator::WalRate, Signal::Stop)];
-        assert!(matches!(run.gate(None, stop, None, now), Verdict::Hold { .. }));
+        assert!(matches!(
+            run.gate(None, stop, None, now),
+            Verdict::Hold { .. }
+        ));
         assert!(!run.slow_down.pause().is_zero());
         // Normal again on a held migration: release, easing back in with a throttle row.
         let normal = vec![reading(Indicator::WalRate, Signal::Normal)];
-        let Verdict::Release { pace, .. } = run.gate(Some(Utc::now()), normal.clone(), None, now) else {
+        let Verdict::Release { pace, .. } = run.gate(Some(Utc::now()), normal.clone(), None, now)
+        else {
             panic!("a release")
         };
         let row = pace.row.expect("a throttle row");

@@ -155,7 +155,11 @@ impl WorkerLoop {
             };
             self.sluicegate().store.migration_throttle(&params).await?;
             run.throttle_ms = row.pause_ms;
-            tracing::info!(migration = m.id, pause_ms = row.pause_ms, "throttle changed");
+            tracing::info!(
+                migration = m.id,
+                pause_ms = row.pause_ms,
+                "throttle changed"
+            );
         }
         if !pace.pause.is_zero() {
             tokio::time::sleep(pace.pause).await;

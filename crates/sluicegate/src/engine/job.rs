@@ -86,8 +86,12 @@ enum SubBatchEnd {
 impl WorkerLoop {
     fn start_heartbeat(&self, job: &Job) -> Heartbeat {
         let lost = Arc::new(AtomicBool::new(false));
-        let (store, lease, id, attempts) =
-            (self.sluicegate().store.clone(), self.lease(), job.id, job.attempts);
+        let (store, lease, id, attempts) = (
+            self.sluicegate().store.clone(),
+            self.lease(),
+            job.id,
+            job.attempts,
+        );
         let flag = lost.clone();
         let task = tokio::spawn(async move {
             let every = (lease / 3).max(Duration::from_millis(50));
@@ -138,7 +142,9 @@ impl WorkerLoop {
             target: Duration::from_millis(m.target_sub_batch_ms.max(0) as u64),
             job,
         };
-        run.latency.get_or_insert_with(Default::default).job_started();
+        run.latency
+            .get_or_insert_with(Default::default)
+            .job_started();
         run.tuner.job_started();
         let failure = loop {
             let Some(from) = lower.take() else {
@@ -210,7 +216,10 @@ impl WorkerLoop {
         } else if end == job.max_value {
             return self.finish_job(run, a, performed, (first, end), t0).await;
         } else {
-            match performed.commit(SubBatchCommit::Cursor(self.cursor(job))).await {
+            match performed
+                .commit(SubBatchCommit::Cursor(self.cursor(job)))
+                .await
+            {
                 Ok(SubBatchCommitted::Fenced) => return Ok(SubBatchEnd::Lost),
                 Ok(_) => {}
                 Err(failure) => return Ok(SubBatchEnd::Failed(failure)),
@@ -258,9 +267,7 @@ impl WorkerLoop {
             false => None,
         };
         let finish = JobFinish {
-            metrics: tally
-                .metrics(a.started.elapsed(), next_size)
-                .to_json(),
+            metrics: tally.metrics(a.started.elapsed(), next_size).to_json(),
             sub_batch_size: (next_size != a.job.sub_batch_size).then_some(next_size),
             worker: self.name.clone(),
             then_create,

@@ -116,7 +116,8 @@ impl TakenUp {
     /// new one. `fresh` says `m` was just read from the store.
     pub(super) fn take_up(&mut self, m: &Migration, fresh: bool) -> MigrationRun {
         let now = Instant::now();
-        self.runs.retain(|r| now.duration_since(r.used) < r.keep_for);
+        self.runs
+            .retain(|r| now.duration_since(r.used) < r.keep_for);
         let mut run = match self.runs.iter().position(|r| r.id == m.id) {
             Some(i) => self.runs.swap_remove(i),
             None => return MigrationRun::new(m),

@@ -64,7 +64,10 @@ impl WorkerLoop {
         // without waiting on it (an autovacuum its own last job set off, say).
         if claimed
             && m.next_start.is_none()
-            && store.job_find_retriable(m.id, MAX_ATTEMPTS).await?.is_none()
+            && store
+                .job_find_retriable(m.id, MAX_ATTEMPTS)
+                .await?
+                .is_none()
         {
             return Ok(NextJob::None);
         }

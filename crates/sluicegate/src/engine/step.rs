@@ -252,8 +252,15 @@ impl WorkerLoop {
         let table = TableName::parse(&m.table_name)?;
         // At full speed, what the next job needs is read while this one runs.
         run.ahead = match &origin {
-            Origin::NewRange { then: Some(start) } if mode == Mode::Normal && m.interval.is_zero() => {
-                Some(Prefetch::start(self.sluicegate(), &m, &table, start.clone()))
+            Origin::NewRange { then: Some(start) }
+                if mode == Mode::Normal && m.interval.is_zero() =>
+            {
+                Some(Prefetch::start(
+                    self.sluicegate(),
+                    &m,
+                    &table,
+                    start.clone(),
+                ))
             }
             _ => None,
         };

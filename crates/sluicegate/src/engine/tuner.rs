@@ -232,7 +232,10 @@ mod tests {
         assert_eq!(t.floor(), 1_000);
         let row = t.log_row(1, 1_000, 100).expect("a row");
         assert!(row.contains("a fixed cost dominates"), "{row}");
-        assert!(row.starts_with("tuner: sub-batch size stays 1000: "), "{row}");
+        assert!(
+            row.starts_with("tuner: sub-batch size stays 1000: "),
+            "{row}"
+        );
         assert_eq!(t.next(1_000, ms(201), TARGET, 10_000), 1_000);
         assert_eq!(t.log_row(2, 1_000, 100), None, "nothing new");
         // A cost per key: shrinking pays, no floor.

@@ -276,7 +276,11 @@ mod tests {
             assert_eq!(r.signal, Signal::Normal, "{r:?}");
             assert!(r.reading.contains("30.0 ms median"), "{r:?}");
             assert_eq!(t.history.len(), 30);
-            assert!((t.history[0] - 30.0 / 500.0).abs() < 1e-9, "{:?}", t.history);
+            assert!(
+                (t.history[0] - 30.0 / 500.0).abs() < 1e-9,
+                "{:?}",
+                t.history
+            );
         }
     }
 }
