@@ -389,29 +389,19 @@ impl Worker {
         l.reset_exhausted(&m).await?;
         let mut backoff = Backoff::default();
         loop {
-            let current = self
-                .sg
-                .store
-                .migration_get(m.id)
-                .await?
-                .ok_or_else(|| Error::MigrationNotFound(m.id.to_string()))?;
-            if current.status != MigrationStatus::Finalizing {
-                return Ok(current);
-            }
-            if l.interrupted.load(Ordering::Relaxed) {
-                return Err(Error::Stopped {
-                    migration: m.name.clone(),
-                });
-            }
-            let claimed = self
-                .sg
-                .store
-                .migration_claim(&l.name, self.opts.lease, Some(m.id))
-                .await?;
-            let Some(claimed) = claimed else {
-                // Another migration of the same table holds it: wait for it.
-                l.pause(backoff.next()).await;
-                continue;
+            let claimed = match self.claim_finalizing(&m, l).await? {
+                Finalizing::Claimed(claimed) => claimed,
+                Finalizing::Ended(m) => return Ok(m),
+                Finalizing::Stopped => {
+                    return Err(Error::Stopped {
+                        migration: m.name.clone(),
+                    })
+                }
+                Finalizing::Busy => {
+                    // Another migration of the same table holds it: wait for it.
+                    l.pause(backoff.next()).await;
+                    continue;
+                }
             };
             let stepped = l.step_migration(claimed, JobSource::Claim).await;
             match stepped.map(|s| s.map_or(StepOutcome::Idle, |(outcome, _)| outcome)) {
@@ -429,6 +419,40 @@ impl Worker {
                 Err(e) => self.on_error(e, &mut backoff, l).await?,
             }
         }
+    }
+
+    /// Claims `m` for its finalizer's next step. The claim hands back the row as it is now;
+    /// it is read apart only when the claim does not hand it out (it ended, or its table's
+    /// lease is held) or the finalizer was stopped (an ended migration is still an answer).
+    async fn claim_finalizing(&self, m: &Migration, l: &WorkerLoop) -> Result<Finalizing> {
+        let interrupted = l.interrupted.load(Ordering::Relaxed);
+        if !interrupted {
+            let claimed = self
+                .sg
+                .store
+                .migration_claim(&l.name, self.opts.lease, Some(m.id))
+                .await?;
+            match claimed {
+                Some(c) if c.status == MigrationStatus::Finalizing => {
+                    return Ok(Finalizing::Claimed(c))
+                }
+                Some(other) => return Ok(Finalizing::Ended(other)),
+                None => {}
+            }
+        }
+        let current = self
+            .sg
+            .store
+            .migration_get(m.id)
+            .await?
+            .ok_or_else(|| Error::MigrationNotFound(m.id.to_string()))?;
+        Ok(if current.status != MigrationStatus::Finalizing {
+            Finalizing::Ended(current)
+        } else if interrupted {
+            Finalizing::Stopped
+        } else {
+            Finalizing::Busy
+        })
     }
 
     fn emit(&self, outcome: &StepOutcome) {
@@ -540,6 +564,18 @@ fn migration_failure(e: &Error) -> Option<Failure> {
         Error::Corrupt(_) => Failure::new(FailureClass::Corrupt, e.to_string()),
         _ => Failure::new(FailureClass::Internal, e.to_string()),
     })
+}
+
+/// Where a finalizer's next step stands.
+enum Finalizing {
+    /// Claimed, still finalizing: step it.
+    Claimed(Migration),
+    /// It ended (finished or failed).
+    Ended(Migration),
+    /// The finalizer was stopped.
+    Stopped,
+    /// Another migration of its table holds the table.
+    Busy,
 }
 
 /// Exponential backoff from 100 ms to 30 s.
