@@ -388,7 +388,39 @@ impl Worker {
         }
         l.reset_exhausted(&m).await?;
         let mut backoff = Backoff::default();
+        // After a job that succeeded with keys left, the next one is created straight from the
+        // range, as `run` does (the statement that creates it renews the table lease); a
+        // claim comes first only when there is nothing to continue with, so failed jobs are
+        // retried once the range is handed out.
+        let mut carry = Carry::Nothing;
         loop {
+            // (A finalizer's loop is `stopping`: no job's end starts the next, so nothing
+            // arrives `Started`; were one to, it is run rather than left to its lease.)
+            let continued = match std::mem::take(&mut carry) {
+                Carry::Nothing => None,
+                Carry::Continue { migration } => Some((*migration, JobSource::NextRange)),
+                Carry::Started { migration, job } => {
+                    Some((*migration, JobSource::StartedAhead(job)))
+                }
+            };
+            if let Some((migration, source)) = continued {
+                let started = matches!(source, JobSource::StartedAhead(_));
+                if started || !l.interrupted.load(Ordering::Relaxed) {
+                    match l.step_migration(migration, source).await {
+                        Ok(Some((outcome, next))) => {
+                            carry = next;
+                            if let Some(done) =
+                                self.finalize_outcome(outcome, &mut backoff, l).await
+                            {
+                                return Ok(done);
+                            }
+                        }
+                        Ok(None) => {}
+                        Err(e) => self.on_error(e, &mut backoff, l).await?,
+                    }
+                    continue;
+                }
+            }
             let claimed = match self.claim_finalizing(&m, l).await? {
                 Finalizing::Claimed(claimed) => claimed,
                 Finalizing::Ended(m) => return Ok(m),
@@ -403,20 +435,42 @@ impl Worker {
                     continue;
                 }
             };
-            let stepped = l.step_migration(claimed, JobSource::Claim).await;
-            match stepped.map(|s| s.map_or(StepOutcome::Idle, |(outcome, _)| outcome)) {
-                Ok(StepOutcome::Completed { migration }) => {
-                    self.emit(&StepOutcome::Completed {
-                        migration: migration.clone(),
-                    });
-                    return Ok(*migration);
-                }
-                Ok(StepOutcome::Waiting { .. }) => l.pause(backoff.next()).await,
-                Ok(other) => {
-                    backoff.reset();
-                    self.emit(&other);
+            match l.step_migration(claimed, JobSource::Claim).await {
+                Ok(stepped) => {
+                    let (outcome, next) = stepped.unwrap_or((StepOutcome::Idle, Carry::Nothing));
+                    carry = next;
+                    if let Some(done) = self.finalize_outcome(outcome, &mut backoff, l).await {
+                        return Ok(done);
+                    }
                 }
                 Err(e) => self.on_error(e, &mut backoff, l).await?,
+            }
+        }
+    }
+
+    /// What a finalizer does with a step's outcome: the migration when it completed, else
+    /// `None` after reporting the outcome (or waiting, when it had to).
+    async fn finalize_outcome(
+        &self,
+        outcome: StepOutcome,
+        backoff: &mut Backoff,
+        l: &WorkerLoop,
+    ) -> Option<Migration> {
+        match outcome {
+            StepOutcome::Completed { migration } => {
+                self.emit(&StepOutcome::Completed {
+                    migration: migration.clone(),
+                });
+                Some(*migration)
+            }
+            StepOutcome::Waiting { .. } => {
+                l.pause(backoff.next()).await;
+                None
+            }
+            other => {
+                backoff.reset();
+                self.emit(&other);
+                None
             }
         }
     }

@@ -363,8 +363,9 @@ impl WorkerLoop {
 }
 
 /// What runs next after a job of `m`: the one place that decides it. After a success at full
-/// speed with keys left, the same migration again — the job its end started, or a new one
-/// from the range read ahead; anything else goes back to claiming.
+/// speed (or while finalizing, which keeps no interval) with keys left, the same migration
+/// again — the job its end started, or a new one from the range read ahead; anything else goes
+/// back to claiming.
 fn next_carry(
     m: Migration,
     outcome: JobOutcome,
@@ -375,7 +376,7 @@ fn next_carry(
     let Origin::NewRange { then: Some(start) } = origin else {
         return Carry::Nothing;
     };
-    if mode != Mode::Normal || !m.interval.is_zero() || outcome != JobOutcome::Succeeded {
+    if outcome != JobOutcome::Succeeded || (mode == Mode::Normal && !m.interval.is_zero()) {
         return Carry::Nothing;
     }
     let mut again = m;
