@@ -163,22 +163,10 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::health::{pressure, HealthSample, HealthSettings, SLOW_DOWN_FROM};
+    use crate::health::tests::healthy;
+    use crate::health::{pressure, HealthSettings, SLOW_DOWN_FROM};
     use crate::job_metrics::{JobMetrics, SubBatchMetric};
     use crate::key::Key;
-
-    fn healthy() -> HealthSample {
-        HealthSample {
-            autovacuum: Some(vec![]),
-            archiving: Some(true),
-            archive_ready: Some(0),
-            wal_lsn: Some(1 << 30),
-            replicas: Some(vec![]),
-            transactions: Some(vec![]),
-            locks: Some(vec![]),
-            ..HealthSample::default()
-        }
-    }
 
     #[test]
     fn latency_drift_against_the_running_median_per_key() {

@@ -70,20 +70,8 @@ impl SlowDown {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::health::{pressure, HealthSample, HealthSettings, Indicator};
-
-    fn healthy() -> HealthSample {
-        HealthSample {
-            autovacuum: Some(vec![]),
-            archiving: Some(true),
-            archive_ready: Some(0),
-            wal_lsn: Some(1 << 30),
-            replicas: Some(vec![]),
-            transactions: Some(vec![]),
-            locks: Some(vec![]),
-            ..HealthSample::default()
-        }
-    }
+    use crate::health::tests::healthy;
+    use crate::health::{pressure, HealthSettings, Indicator};
 
     #[test]
     fn the_worker_slows_down_as_a_limit_nears_and_settles() {
