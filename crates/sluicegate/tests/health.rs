@@ -608,10 +608,15 @@ async fn slow_jobs_shrink_the_batch_and_fast_jobs_grow_it_again() {
         resizes[0].starts_with("optimizer: batch size 2000 -> 1000: efficiency "),
         "{resizes:?}"
     );
-    assert!(
-        resizes[1].starts_with("optimizer: batch size 1000 -> 1200: efficiency "),
-        "{resizes:?}"
-    );
+    // Growth is ×1.2 at most, and less when the jobs' cost per row says a denser batch would
+    // not fit the interval: on a loaded machine even the fast jobs cost enough for that cap
+    // (1000 -> 1187 with three CPU-bound processes beside the suite).
+    let grown: i64 = resizes[1]
+        .strip_prefix("optimizer: batch size 1000 -> ")
+        .and_then(|rest| rest.split(':').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{resizes:?}"));
+    assert!((1_001..=1_200).contains(&grown), "{resizes:?}");
     // Job rows keep the size each ran with: the history `show` lists.
     let sizes: Vec<i64> = sg
         .jobs(&m, None)
