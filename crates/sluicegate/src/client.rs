@@ -19,6 +19,7 @@ use crate::ident::{self, TableName};
 use crate::key::Lower;
 use crate::kind::Registry;
 use crate::model::{
+    CitusTable,
     Job, JobCounts, JobTransition, Migration, MigrationTransition, NewMigration, Settings,
     TargetIdentity, ValidSettings,
 };
@@ -770,6 +771,21 @@ impl Sluicegate {
             .await?;
         // Without --non-unique-key, key_resolve refused any key it could not prove unique.
         let key_unique = !req.non_unique_key;
+        // A Citus distributed table runs in lanes, one per shard, each written on its shard's
+        // own table: a kind whose statements name the table itself would fan out instead.
+        let citus = self.target.citus_table(&table).await?;
+        if let Some((CitusTable::Distributed, lanes)) = &citus {
+            if req.job_kind == "sql" {
+                return Err(Error::InvalidJob {
+                    kind: req.job_kind.clone(),
+                    reason: format!(
+                        "{} is a Citus distributed table ({} shards): its statements name the                          table, so each would run on every shard; use --kind update or delete,                          which run shard by shard",
+                        table.quoted(),
+                        lanes.len()
+                    ),
+                });
+            }
+        }
         let bound = |flag: &str, text: &Option<String>| {
             text.as_deref()
                 .map(|t| key.parse_bound(flag, t))
@@ -853,6 +869,7 @@ impl Sluicegate {
                 lock_ms: millis(req.lock_timeout),
             },
             key_unique,
+            shard: None,
         };
         let trial_started = std::time::Instant::now();
         // An empty table has no key to start from (its bounds are placeholders): nothing to try.
@@ -925,6 +942,8 @@ impl Sluicegate {
             health: settings.health.clone(),
             target_sub_batch_ms: millis(settings.target_sub_batch_time),
             actor: req.actor.clone(),
+            citus: citus.as_ref().map(|(kind, _)| *kind),
+            lanes: citus.map(|(_, lanes)| lanes).unwrap_or_default(),
         };
         self.refuse_duplicate(&migration).await?;
         // The rows it will change: those its kind's `where` matches among the keys it walks.

@@ -50,6 +50,12 @@ pub enum FailureClass {
     /// A built-in kind's sub-batch on a unique key reported more rows than it has keys: its
     /// statement reached rows outside the sub-batch. Rolled back; fails the migration.
     RangeEscaped,
+    /// A lane's shard is no longer on the node its job wrote to (a shard move or rebalance):
+    /// rolled back; the job is handed back and resumes on the shard's new node.
+    ShardMoved,
+    /// A lane's node cannot be reached: the job is handed back and the node's lanes held
+    /// while the other lanes go on.
+    NodeDown,
 }
 
 impl FailureClass {
@@ -72,6 +78,8 @@ impl FailureClass {
             Self::Interrupted => "Interrupted",
             Self::Internal => "Internal",
             Self::RangeEscaped => "RangeEscaped",
+            Self::ShardMoved => "ShardMoved",
+            Self::NodeDown => "NodeDown",
         }
     }
 }

@@ -11,8 +11,10 @@ use crate::key::{Key, KeySpec, Lower};
 use crate::status::{JobStatus, MigrationEvent, MigrationStatus};
 
 mod health_settings;
+mod lanes;
 
 pub use health_settings::{AutovacuumPolicy, HealthSettings, Indicator, MAX_PROBE_LEN};
+pub use lanes::{CitusTable, Lane, NewLane};
 
 /// One queued data migration over one table.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -98,6 +100,10 @@ pub struct Migration {
     /// cancelled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unreadable: Option<String>,
+    /// The kind of Citus table it runs on (`None`: not a Citus table). A distributed one runs
+    /// in lanes, one per shard.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub citus: Option<CitusTable>,
 }
 
 /// The settings of a migration an operator chooses, wherever they come from: `queue`, `set`,
@@ -293,6 +299,9 @@ pub struct Job {
     pub worker: Option<String>,
     /// While running: when its lease runs out unless renewed.
     pub lease_expires_at: Option<DateTime<Utc>>,
+    /// Its lane (a shard of a distributed table), if its migration runs in lanes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lane: Option<i32>,
     /// Row creation.
     pub created_at: DateTime<Utc>,
     /// Last change.
@@ -402,6 +411,10 @@ pub struct NewMigration {
     pub total_tuple_count: Option<i64>,
     /// Who queued it.
     pub actor: String,
+    /// The kind of Citus table it runs on.
+    pub citus: Option<CitusTable>,
+    /// Its lanes (a distributed table's shards), inserted with it.
+    pub lanes: Vec<NewLane>,
 }
 
 /// Counts of a migration's jobs by status, and its progress.

@@ -129,6 +129,7 @@ impl MigrationStatus {
             (Active, E::Hold | E::Release | E::Throttle) => Some(Active),
             (Active | Paused | Finalizing, E::Resize) => Some(self),
             (Active | Paused, E::Set) => Some(self),
+            (Active | Finalizing, E::LaneHold | E::LaneRelease | E::LaneMove) => Some(self),
             (Active | Paused, E::Finalize) => Some(Finalizing),
             (Active | Finalizing, E::Finish) => Some(Finished),
             (Active | Finalizing, E::Fail) => Some(Failed),
@@ -177,11 +178,18 @@ pub enum MigrationEvent {
     /// An operator changed its settings (`sluicegate set`): the status stays; the reason says
     /// what changed, old -> new.
     Set,
+    /// Lanes of a node held (the node down or unhealthy): the status stays, the other lanes
+    /// go on; the reason names the node and the lanes.
+    LaneHold,
+    /// Held lanes go on again. The status stays.
+    LaneRelease,
+    /// A lane's shard was found on another node (moved or rebalanced): the status stays.
+    LaneMove,
 }
 
 impl MigrationEvent {
     /// All events.
-    pub const ALL: [MigrationEvent; 13] = [
+    pub const ALL: [MigrationEvent; 16] = [
         Self::Queue,
         Self::Pause,
         Self::Resume,
@@ -195,6 +203,9 @@ impl MigrationEvent {
         Self::Release,
         Self::Throttle,
         Self::Set,
+        Self::LaneHold,
+        Self::LaneRelease,
+        Self::LaneMove,
     ];
 
     /// The lowercase name stored in the database.
@@ -213,6 +224,9 @@ impl MigrationEvent {
             Self::Release => "release",
             Self::Throttle => "throttle",
             Self::Set => "set",
+            Self::LaneHold => "lane_hold",
+            Self::LaneRelease => "lane_release",
+            Self::LaneMove => "lane_move",
         }
     }
 
@@ -221,7 +235,15 @@ impl MigrationEvent {
     fn is_change(self) -> bool {
         !matches!(
             self,
-            Self::Queue | Self::Hold | Self::Release | Self::Throttle | Self::Resize | Self::Set
+            Self::Queue
+                | Self::Hold
+                | Self::Release
+                | Self::Throttle
+                | Self::Resize
+                | Self::Set
+                | Self::LaneHold
+                | Self::LaneRelease
+                | Self::LaneMove
         )
     }
 }

@@ -192,6 +192,7 @@ impl WorkerLoop {
                 lock_ms: m.lock_timeout_ms,
             },
             key_unique: m.key_unique,
+            shard: None,
         };
         let performed = match self.sluicegate().target.sub_batch_perform(spec).await {
             Ok(Some(performed)) => performed,

@@ -304,6 +304,7 @@ impl WorkerLoop {
             pause_ms: m.pause_ms,
             worker: self.name.clone(),
             lease: self.lease(),
+            lane: None,
         }
     }
 }

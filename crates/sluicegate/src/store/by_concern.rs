@@ -5,7 +5,7 @@
 //! blanket implementation, which would make a crate-private trait part of the public one.
 
 /// Implements [`Store`](crate::store::Store) for `$store` from the modules `schema`,
-/// `migrations`, `jobs` and `logs` in scope where it is invoked.
+/// `migrations`, `jobs`, `logs` and `lanes` in scope where it is invoked.
 macro_rules! store_by_concern {
     ($store:ty, $backend:expr, $capabilities:expr) => {
         #[async_trait::async_trait]
@@ -198,6 +198,35 @@ macro_rules! store_by_concern {
             }
             async fn log_partitions_list(&self) -> $crate::Result<Vec<String>> {
                 logs::partitions_list(self).await
+            }
+            async fn lane_list(
+                &self,
+                migration_id: i64,
+            ) -> $crate::Result<Vec<$crate::model::Lane>> {
+                lanes::list(self, migration_id).await
+            }
+            async fn lane_exhaust(
+                &self,
+                migration_id: i64,
+                lane: Option<(i32, &$crate::Lower)>,
+            ) -> $crate::Result<bool> {
+                lanes::exhaust(self, migration_id, lane).await
+            }
+            async fn lane_hold(
+                &self,
+                params: &$crate::store::LaneHoldParams,
+            ) -> $crate::Result<usize> {
+                lanes::hold(self, params).await
+            }
+            async fn lane_move(
+                &self,
+                migration_id: i64,
+                lane: i32,
+                node: &str,
+                reason: &str,
+                actor: &str,
+            ) -> $crate::Result<bool> {
+                lanes::relocate(self, migration_id, lane, node, reason, actor).await
             }
         }
     };

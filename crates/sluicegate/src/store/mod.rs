@@ -22,6 +22,7 @@ use crate::health::HealthSample;
 use crate::ident::TableName;
 use crate::key::{Key, KeySpec, Lower};
 use crate::model::{
+    CitusTable, Lane, NewLane,
     Job, JobCounts, JobTransition, Migration, MigrationTransition, NewMigration, TargetIdentity,
 };
 use crate::status::JobStatus;
@@ -39,13 +40,13 @@ pub(crate) mod sub_batch;
 pub(crate) use params::check_hold;
 pub use params::{
     JobCreateParams, JobCreated, JobCursor, JobFinish, JobRange, JobSplitParams,
-    JobTransitionParams, MigrationResizeParams, MigrationSetParams, MigrationThrottleParams,
+    JobTransitionParams, LaneHoldParams, LedgerCursor, MigrationResizeParams, MigrationSetParams, MigrationThrottleParams,
     MigrationTransitionParams, PartitionReport, SubBatchCommit, SubBatchCommitted, SubBatchSpec,
     Timeouts,
 };
 
 /// Newest tracking-schema version this binary knows.
-pub const SCHEMA_VERSION: i64 = 6;
+pub const SCHEMA_VERSION: i64 = 7;
 
 /// What a backend can do, asked by name where the engine or the client depends on it, rather
 /// than asking which backend it is ([`Backend`] chooses only the SQL dialect).
@@ -224,6 +225,26 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<PartitionReport>;
     /// Names of the job log's partitions, oldest first (empty on SQLite).
     async fn log_partitions_list(&self) -> Result<Vec<String>>;
+    /// A migration's lanes, in order, each with its running job (lease not run out).
+    async fn lane_list(&self, migration_id: i64) -> Result<Vec<Lane>>;
+    /// Hands out the keys of `lane` if its next key is still the one given (a walk found none
+    /// left), then the migration's range once no lane has keys left; with no lane, only the
+    /// latter. One at a time per migration. Returns whether the migration's range is handed
+    /// out.
+    async fn lane_exhaust(&self, migration_id: i64, lane: Option<(i32, &Lower)>) -> Result<bool>;
+    /// Holds or releases lanes, with a `lane_hold`/`lane_release` log row when one changed;
+    /// returns how many changed (a hold of a lane still held only extends it).
+    async fn lane_hold(&self, params: &LaneHoldParams) -> Result<usize>;
+    /// Records that a lane's shard is now on `node`, with a `lane_move` log row saying
+    /// `reason`; `false` when it already was.
+    async fn lane_move(
+        &self,
+        migration_id: i64,
+        lane: i32,
+        node: &str,
+        reason: &str,
+        actor: &str,
+    ) -> Result<bool>;
 }
 
 /// A sub-batch performed inside its still open transaction: the engine decides how it
@@ -315,6 +336,17 @@ pub trait Target: Send + Sync + 'static {
     /// What the database says about its health as it concerns `table` (one query on
     /// PostgreSQL), and the answer of `probe`, run read-only and rolled back.
     async fn health_sample(&self, table: &TableName, probe: Option<&str>) -> Result<HealthSample>;
+    /// What kind of Citus table `table` is, and for a distributed one its lanes: one per
+    /// shard, in the order of the shards' ranges, with the node of its placement, read from
+    /// Citus's catalog (`pg_dist_partition`, `pg_dist_shard`, `pg_dist_placement`,
+    /// `pg_dist_node`). `None` on a plain table or where there is no Citus. A shard with more
+    /// than one placement (statement replication) is refused: a write to one would leave the
+    /// others behind.
+    async fn citus_table(&self, table: &TableName) -> Result<Option<(CitusTable, Vec<NewLane>)>>;
+    /// Fences a lane job's ledger row on this node for `ledger`'s attempt (creating the ledger
+    /// in `schema` on first use) and returns the job's cursor as the ledger has it: the last
+    /// key whose sub-batch committed here. `None` when a later attempt owns the job.
+    async fn ledger_fence(&self, schema: &str, ledger: &LedgerCursor) -> Result<Option<Option<Key>>>;
 }
 
 /// How long a health probe may run.

@@ -287,6 +287,10 @@ pub struct JobCreateParams {
     pub worker: String,
     /// Its lease (and the table lease's renewal).
     pub lease: Duration,
+    /// The lane it is created in (its range then [`JobRange::Given`], found on the lane's
+    /// node): the compare-and-set is on the lane's next key, and the lane must have no
+    /// running job and not be held.
+    pub lane: Option<i32>,
 }
 
 /// What [`Store::job_create`] did.
@@ -366,6 +370,11 @@ pub struct SubBatchSpec<'a> {
     /// Whether the key is unique: a sub-batch of a kind whose rows are its keys
     /// ([`JobKind::rows_are_keys`]) is then refused when it reports more rows than `size`.
     pub key_unique: bool,
+    /// The Citus shard whose own table `table` is, written directly on the node holding its
+    /// placement: the sub-batch's transaction first takes the shard's metadata lock (shared,
+    /// as Citus's own writes do; a shard move takes it exclusively) and checks that the
+    /// placement is still on this node, else fails with class `ShardMoved`.
+    pub shard: Option<i64>,
 }
 
 impl SubBatchSpec<'_> {
@@ -389,6 +398,36 @@ pub struct JobCursor {
     pub attempts: i32,
     /// Lease renewal.
     pub lease: Duration,
+}
+
+/// A lane job's cursor, kept on the node that holds the lane's shard and written in each
+/// sub-batch's transaction there: the exactly-once record of a job whose rows are in
+/// another database than its tracking row. Fenced by attempt.
+#[derive(Debug, Clone)]
+pub struct LedgerCursor {
+    /// The schema the ledger lives in on the node (the tracking schema's name).
+    pub schema: String,
+    /// The tracking database's identity: several may work one cluster.
+    pub tracking: String,
+    /// The job.
+    pub job_id: i64,
+    /// Fencing token: the attempt the worker runs.
+    pub attempts: i32,
+}
+
+/// Holding (`until` set) or releasing (`until` `None`) some lanes of a migration.
+#[derive(Debug, Clone)]
+pub struct LaneHoldParams {
+    /// The migration.
+    pub migration_id: i64,
+    /// The lanes.
+    pub lanes: Vec<i32>,
+    /// Held until then (the next re-check); `None` releases.
+    pub until: Option<chrono::DateTime<chrono::Utc>>,
+    /// Why, naming the node: the log row's and the lanes' reason.
+    pub reason: String,
+    /// Who.
+    pub actor: String,
 }
 
 /// A job's `running -> succeeded`, written with its last sub-batch.
@@ -417,6 +456,9 @@ pub enum SubBatchCommit<'a> {
     /// With the job's end, and the next job's start when [`JobFinish::then_create`] is given:
     /// the job's last sub-batch.
     Finish(JobCursor, &'a JobFinish),
+    /// With the lane job's cursor in the ledger on the shard's node (exactly-once where the
+    /// rows are not in the tracking database); `Fenced` when another attempt owns the job.
+    Ledger(&'a LedgerCursor),
 }
 
 /// What committing a sub-batch did.

@@ -12,7 +12,9 @@ use sqlx::Row;
 use crate::error::{Error, Result};
 use crate::job_metrics::JobMetrics;
 use crate::key::{Key, KeySpec, Lower};
-use crate::model::{Indicator, Job, JobTransition, Migration, MigrationTransition, TargetIdentity};
+use crate::model::{
+    CitusTable, Indicator, Job, JobTransition, Lane, Migration, MigrationTransition, TargetIdentity,
+};
 use crate::status::MigrationStatus;
 
 /// A driver error while reading a row: the stored data is not what we wrote.
@@ -178,6 +180,7 @@ fn unreadable_migration(row: &impl ModelRow, e: Error) -> Result<Migration> {
         created_at: time("created_at").unwrap_or_default(),
         updated_at: time("updated_at").unwrap_or_default(),
         unreadable: Some(why),
+        citus: None,
     })
 }
 
@@ -253,6 +256,32 @@ fn migration_strict(row: &impl ModelRow) -> Result<Migration> {
         created_at: row.time("created_at")?.unwrap_or_default(),
         updated_at: row.time("updated_at")?.unwrap_or_default(),
         unreadable: None,
+        citus: citus(row)?,
+    })
+}
+
+/// The kind of Citus table of a `migrations` row (column `citus`).
+fn citus(row: &impl ModelRow) -> Result<Option<CitusTable>> {
+    row.opt_text("citus")?
+        .map(|s| {
+            CitusTable::parse(&s)
+                .ok_or_else(|| Error::Corrupt(format!("unknown Citus table kind {s:?}")))
+        })
+        .transpose()
+}
+
+/// A `migration_lanes` row, with `running_job` (the lane's running job, when selected).
+pub(crate) fn lane(row: &impl ModelRow) -> Result<Lane> {
+    Ok(Lane {
+        migration_id: row.int("migration_id")?,
+        lane: row.int32("lane")?,
+        relation: row.text("relation")?,
+        shard_id: row.int("shard_id")?,
+        node: row.text("node")?,
+        next_start: next_start(row)?,
+        on_hold_until: row.time("on_hold_until")?,
+        hold_reason: row.opt_text("hold_reason")?,
+        running_job: row.opt_int("running_job")?,
     })
 }
 
@@ -285,6 +314,7 @@ pub(crate) fn job(row: &impl ModelRow) -> Result<Job> {
         metrics: JobMetrics::from_json(row.json("metrics")?),
         worker: row.opt_text("worker")?,
         lease_expires_at: row.time("lease_expires_at")?,
+        lane: row.opt_int("lane")?.map(|l| l as i32),
         created_at: row.time("created_at")?.unwrap_or_default(),
         updated_at: row.time("updated_at")?.unwrap_or_default(),
     })

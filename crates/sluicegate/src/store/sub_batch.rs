@@ -36,6 +36,14 @@ pub(crate) trait SubBatchPrimitives: Send + Sync {
         &self,
         spec: &SubBatchSpec<'_>,
     ) -> sqlx::Result<Transaction<'static, Self::Db>>;
+    /// In the open sub-batch transaction, before anything else: what must hold for the
+    /// sub-batch to write here at all (a Citus shard's placement still on this node).
+    async fn guard(
+        _conn: &mut Conn<Self>,
+        _spec: &SubBatchSpec<'_>,
+    ) -> std::result::Result<(), Failure> {
+        Ok(())
+    }
     /// Opens a read-only transaction for a walk, under `statement_ms` where there are
     /// statement timeouts.
     async fn begin_walk(&self, statement_ms: i64) -> sqlx::Result<Transaction<'static, Self::Db>>;
@@ -87,11 +95,13 @@ pub(crate) async fn perform<P: SubBatchPrimitives>(
     mut spec: SubBatchSpec<'_>,
 ) -> std::result::Result<Option<Box<dyn PerformedSubBatch>>, Failure> {
     let mut tx = p.begin_sub_batch(&spec).await?;
+    P::guard(&mut tx, &spec).await?;
     let mut performed = perform_in::<P>(&mut tx, &spec).await;
     if performed.as_ref().is_err_and(escaped) {
         tx.rollback().await?;
         spec.whole_rest = false;
         tx = p.begin_sub_batch(&spec).await?;
+        P::guard(&mut tx, &spec).await?;
         performed = perform_in::<P>(&mut tx, &spec).await;
     }
     let Some((keys, rows)) = performed? else {
@@ -107,6 +117,7 @@ pub(crate) async fn try_rolled_back<P: SubBatchPrimitives>(
     spec: SubBatchSpec<'_>,
 ) -> std::result::Result<u64, Failure> {
     let mut tx = p.begin_sub_batch(&spec).await?;
+    P::guard(&mut tx, &spec).await?;
     let performed = perform_in::<P>(&mut tx, &spec).await;
     tx.rollback().await?;
     Ok(performed?.map_or(0, |(_, rows)| rows))

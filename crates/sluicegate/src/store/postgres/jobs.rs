@@ -66,6 +66,14 @@ const JOB_FIND_RETRIABLE: &str = "SELECT * FROM {s}.jobs
                AND finished_at <= now() - CASE attempts WHEN 0 THEN 0 WHEN 1 THEN 200
                    WHEN 2 THEN 600 ELSE 1800 END * interval '1 millisecond')
            OR (status = 'running' AND lease_expires_at < now()))
+      -- One job at a time per lane, and none in a held lane.
+      AND (lane IS NULL OR (
+          NOT EXISTS (SELECT 1 FROM {s}.jobs o
+                      WHERE o.migration_id = jobs.migration_id AND o.lane = jobs.lane
+                        AND o.id <> jobs.id AND o.status = 'running' AND o.lease_expires_at > now())
+          AND NOT EXISTS (SELECT 1 FROM {s}.migration_lanes l
+                          WHERE l.migration_id = jobs.migration_id AND l.lane = jobs.lane
+                            AND l.on_hold_until > now())))
     ORDER BY id LIMIT 1";
 
 const JOB_TRANSITION: &str = "
@@ -143,6 +151,15 @@ const JOB_COUNTS: &str = "SELECT
 /// [`Store::job_create`](crate::store::Store::job_create): one statement (data-modifying CTEs,
 /// the walk inside when it is one database), one round trip a job; SQLite's is statements.
 pub(super) async fn create(store: &PgStore, p: &JobCreateParams) -> Result<JobCreated> {
+    if let Some(lane) = p.lane {
+        let JobRange::Given { min, max } = &p.range else {
+            return Err(Error::Corrupt(format!(
+                "a job in lane {lane} of migration {} needs its keys found on the lane's node",
+                p.migration_id
+            )));
+        };
+        return super::lanes::create_job(store, p, lane, (min, max)).await;
+    }
     // The range: given keys ($3, $4), or the keyset walk from the expected next key ($2,
     // inclusive when $11) to the migration's last key, over $10 keys.
     let (range_sql, given, keyset_size, walk_timeout) = match &p.range {

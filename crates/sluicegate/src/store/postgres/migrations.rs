@@ -21,10 +21,16 @@ WITH m AS (
         min_cursor, max_cursor, next_cursor, batch_size, sub_batch_size, max_batch_size,
         pause_ms, interval_ms, statement_timeout_ms, lock_timeout_ms, status,
         total_tuple_count, health_settings, target_sub_batch_ms, started_at, key_columns,
-        next_inclusive, scope, sub_batch_ceiling, target_id, target_display, key_unique)
+        next_inclusive, scope, sub_batch_ceiling, target_id, target_display, key_unique, citus)
     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19,
-        CASE WHEN $16 = 'active' THEN now() END, $21, $22, $23, $24, $25, $26, $27)
+        CASE WHEN $16 = 'active' THEN now() END, $21, $22, $23, $24, $25, $26, $27, $28)
     RETURNING *
+), lanes AS (
+    -- Each lane starts where the migration does.
+    INSERT INTO {s}.migration_lanes (migration_id, lane, relation, shard_id, node, next_cursor,
+        next_inclusive)
+    SELECT m.id, l.lane, l.relation, l.shard_id, l.node, m.next_cursor, m.next_inclusive
+    FROM m, jsonb_to_recordset($29) AS l(lane integer, relation text, shard_id bigint, node text)
 ), log AS (
     INSERT INTO {s}.migration_transition_logs (migration_id, previous_status, next_status, event, actor)
     SELECT id, NULL, status, 'queue', $20 FROM m
@@ -205,6 +211,8 @@ pub(super) async fn insert(store: &PgStore, m: &NewMigration) -> Result<Migratio
         .bind(&m.target.id)
         .bind(&m.target.display)
         .bind(m.key_unique)
+        .bind(m.citus.map(|c| c.as_str()))
+        .bind(Json(&m.lanes))
         .fetch_one(&store.pool)
         .await
         .map_err(|e| {

@@ -19,7 +19,9 @@ use crate::store::Capabilities;
 
 mod health;
 mod jobs;
+mod citus;
 mod key;
+mod lanes;
 mod logs;
 mod migrations;
 mod schema;

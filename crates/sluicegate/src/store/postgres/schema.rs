@@ -16,6 +16,7 @@ const SCHEMA_MIGRATIONS: &[(i64, &str)] = &[
     (4, include_str!("../schema/postgres_v4.sql")),
     (5, include_str!("../schema/postgres_v5.sql")),
     (6, include_str!("../schema/postgres_v6.sql")),
+    (7, include_str!("../schema/postgres_v7.sql")),
 ];
 
 const SETUP_LOCK: &str = "SELECT pg_advisory_xact_lock(hashtext('sluicegate.setup:' || $1))";

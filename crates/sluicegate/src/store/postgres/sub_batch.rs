@@ -9,6 +9,7 @@ use async_trait::async_trait;
 use sqlx::types::Json;
 use sqlx::{PgConnection, Postgres, Transaction};
 
+use super::citus::{ledger_table, LEDGER_ADVANCE};
 use super::jobs::JOB_CHECKPOINT;
 use super::walk::{pg_param, walk};
 use super::{PgStore, PgTarget};
@@ -132,6 +133,16 @@ impl SubBatchPrimitives for PgTarget {
             .await
     }
 
+    async fn guard(
+        conn: &mut PgConnection,
+        spec: &SubBatchSpec<'_>,
+    ) -> std::result::Result<(), Failure> {
+        match spec.shard {
+            Some(shard) => super::citus::guard(conn, shard).await,
+            None => Ok(()),
+        }
+    }
+
     async fn begin_walk(&self, statement_ms: i64) -> sqlx::Result<Transaction<'static, Postgres>> {
         // Under the migration's statement timeout (our own integer, safe to format).
         self.pool
@@ -201,6 +212,22 @@ impl PerformedSubBatch for PgPerformed {
         } = *self;
         let (cursor, finish) = match how {
             SubBatchCommit::Alone => {
+                tx.commit().await?;
+                return Ok(SubBatchCommitted::Committed);
+            }
+            SubBatchCommit::Ledger(ledger) => {
+                let advance = LEDGER_ADVANCE.replace("{l}", &ledger_table(&ledger.schema));
+                let done = sqlx::query(&advance)
+                    .bind(&ledger.tracking)
+                    .bind(ledger.job_id)
+                    .bind(ledger.attempts)
+                    .bind(Json(&end))
+                    .execute(&mut *tx)
+                    .await?;
+                if done.rows_affected() != 1 {
+                    tx.rollback().await?;
+                    return Ok(SubBatchCommitted::Fenced);
+                }
                 tx.commit().await?;
                 return Ok(SubBatchCommitted::Committed);
             }

@@ -10,7 +10,7 @@ use sqlx::types::Json;
 
 use super::sub_batch::TrackingSql;
 use super::walk::key_json;
-use super::{health, key, PgStore};
+use super::{citus, health, key, PgStore};
 use crate::dialect::key_sql::{key_order, scope_filter};
 use crate::dialect::Backend;
 use crate::error::{Error, Result};
@@ -18,7 +18,10 @@ use crate::failure::Failure;
 use crate::health::HealthSample;
 use crate::ident::TableName;
 use crate::key::{Key, KeySpec, Lower};
-use crate::store::{sub_batch, Capabilities, PerformedSubBatch, SubBatchSpec, Target};
+use crate::model::{CitusTable, NewLane};
+use crate::store::{
+    sub_batch, Capabilities, LedgerCursor, PerformedSubBatch, SubBatchSpec, Target,
+};
 
 /// The target's identity: the cluster's system identifier (kept by every copy made of it with
 /// `pg_basebackup`, so a replica promoted in its place is the same target) and the database.
@@ -206,5 +209,17 @@ impl Target for PgTarget {
 
     async fn health_sample(&self, table: &TableName, probe: Option<&str>) -> Result<HealthSample> {
         health::sample(self, table, probe).await
+    }
+
+    async fn citus_table(&self, table: &TableName) -> Result<Option<(CitusTable, Vec<NewLane>)>> {
+        citus::table(self, table).await
+    }
+
+    async fn ledger_fence(
+        &self,
+        schema: &str,
+        ledger: &LedgerCursor,
+    ) -> Result<Option<Option<Key>>> {
+        citus::ledger_fence(self, schema, ledger).await
     }
 }

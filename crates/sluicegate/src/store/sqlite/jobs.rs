@@ -41,8 +41,8 @@ const TABLE_LEASE_RENEW: &str =
 const JOB_INSERT_RUNNING: &str =
     "INSERT INTO sluicegate_jobs (migration_id, min_cursor, max_cursor,
     batch_size, sub_batch_size, pause_ms, status, attempts, started_at, worker, lease_expires_at,
-    created_at, updated_at)
-    VALUES ($1, $2, $3, $4, $5, $6, 'running', 1, $7, $8, $9, $7, $7)
+    created_at, updated_at, lane)
+    VALUES ($1, $2, $3, $4, $5, $6, 'running', 1, $7, $8, $9, $7, $7, $10)
     RETURNING *";
 
 pub(super) const JOB_LOG_INSERT: &str =
@@ -59,6 +59,15 @@ const JOB_FIND_RETRIABLE: &str = "SELECT * FROM sluicegate_jobs
                AND (julianday($3) - julianday(finished_at)) * 86400000.0 >= CASE attempts
                    WHEN 0 THEN 0 WHEN 1 THEN 200 WHEN 2 THEN 600 ELSE 1800 END)
            OR (status = 'running' AND lease_expires_at < $3))
+      -- One job at a time per lane, and none in a held lane.
+      AND (lane IS NULL OR (
+          NOT EXISTS (SELECT 1 FROM sluicegate_jobs o
+                      WHERE o.migration_id = sluicegate_jobs.migration_id
+                        AND o.lane = sluicegate_jobs.lane AND o.id <> sluicegate_jobs.id
+                        AND o.status = 'running' AND o.lease_expires_at > $3)
+          AND NOT EXISTS (SELECT 1 FROM sluicegate_migration_lanes l
+                          WHERE l.migration_id = sluicegate_jobs.migration_id
+                            AND l.lane = sluicegate_jobs.lane AND l.on_hold_until > $3)))
     ORDER BY id LIMIT 1";
 
 const JOB_TRANSITION: &str = "UPDATE sluicegate_jobs SET
@@ -113,6 +122,15 @@ const JOB_COUNTS: &str = "SELECT
 /// CTE because SQLite cannot feed one statement's `RETURNING` into another: five statements in
 /// one `BEGIN IMMEDIATE`.
 pub(super) async fn create(store: &SqliteStore, p: &JobCreateParams) -> Result<JobCreated> {
+    if let Some(lane) = p.lane {
+        let JobRange::Given { min, max } = &p.range else {
+            return Err(Error::Corrupt(format!(
+                "a job in lane {lane} of migration {} needs its keys found on the lane's node",
+                p.migration_id
+            )));
+        };
+        return super::lanes::create_job(store, p, lane, (min, max)).await;
+    }
     let context = format!("creating a job of migration {}", p.migration_id);
     let at = now();
     let mut tx = store.begin_immediate(&context).await?;
@@ -173,7 +191,7 @@ pub(super) async fn create(store: &SqliteStore, p: &JobCreateParams) -> Result<J
 
 /// The new job's row, `running` under `p.worker`'s lease, its log row, and the table lease
 /// renewed: the last three statements of [`create`].
-async fn insert_running(
+pub(super) async fn insert_running(
     tx: &mut SqliteConnection,
     p: &JobCreateParams,
     (first, last): (&Key, &Key),
@@ -190,6 +208,7 @@ async fn insert_running(
         .bind(ts(*at))
         .bind(&p.worker)
         .bind(later(p.lease)?)
+        .bind(p.lane)
         .fetch_one(&mut *tx)
         .await
         .map_err(Error::db(context))?;

@@ -22,10 +22,16 @@ const MIGRATION_INSERT: &str = "INSERT INTO sluicegate_migrations (name, job_kin
     column_name, job_arguments, min_cursor, max_cursor, next_cursor, batch_size, sub_batch_size,
     max_batch_size, pause_ms, interval_ms, statement_timeout_ms, lock_timeout_ms, status,
     total_tuple_count, health_settings, target_sub_batch_ms, started_at, created_at, updated_at,
-    key_columns, next_inclusive, scope, sub_batch_ceiling, target_id, target_display, key_unique)
+    key_columns, next_inclusive, scope, sub_batch_ceiling, target_id, target_display, key_unique,
+    citus)
     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19,
-        CASE WHEN $16 = 'active' THEN $20 END, $20, $20, $21, $22, $23, $24, $25, $26, $27)
+        CASE WHEN $16 = 'active' THEN $20 END, $20, $20, $21, $22, $23, $24, $25, $26, $27, $28)
     RETURNING *";
+
+/// A lane, starting where its migration does.
+const LANE_INSERT: &str = "INSERT INTO sluicegate_migration_lanes (migration_id, lane, relation,
+    shard_id, node, next_cursor, next_inclusive, updated_at)
+    SELECT id, $2, $3, $4, $5, next_cursor, next_inclusive, $6 FROM sluicegate_migrations WHERE id = $1";
 
 const MIGRATION_LOG_INSERT: &str = "INSERT INTO sluicegate_migration_transition_logs (migration_id,
     previous_status, next_status, event, reason, actor, exception_class, exception_message, created_at,
@@ -126,7 +132,7 @@ const MIGRATION_ADOPT_TARGET: &str = "UPDATE sluicegate_migrations
 
 /// The log row of an event that keeps the migration's status (`resize`, `throttle`), in
 /// the open transaction that made the change.
-async fn log_same_status(
+pub(super) async fn log_same_status(
     conn: &mut SqliteConnection,
     m: &Migration,
     event: MigrationEvent,
@@ -182,6 +188,7 @@ pub(super) async fn insert(store: &SqliteStore, m: &NewMigration) -> Result<Migr
         .bind(&m.target.id)
         .bind(&m.target.display)
         .bind(m.key_unique)
+        .bind(m.citus.map(|c| c.as_str()))
         .fetch_one(&mut *tx)
         .await
         .map_err(|e| {
@@ -194,6 +201,18 @@ pub(super) async fn insert(store: &SqliteStore, m: &NewMigration) -> Result<Migr
             }
         })?;
     let migration = rows::migration(&row)?;
+    for lane in &m.lanes {
+        sqlx::query(LANE_INSERT)
+            .bind(migration.id)
+            .bind(lane.lane)
+            .bind(&lane.relation)
+            .bind(lane.shard_id)
+            .bind(&lane.node)
+            .bind(&at)
+            .execute(&mut *tx)
+            .await
+            .map_err(Error::db(&context))?;
+    }
     sqlx::query(MIGRATION_LOG_INSERT)
         .bind(migration.id)
         .bind(None::<&str>)

@@ -24,6 +24,7 @@ use crate::store::Capabilities;
 
 mod jobs;
 mod key;
+mod lanes;
 mod logs;
 mod migrations;
 mod schema;

@@ -15,6 +15,7 @@ const SCHEMA_MIGRATIONS: &[(i64, &str)] = &[
     (4, include_str!("../schema/sqlite_v4.sql")),
     (5, include_str!("../schema/sqlite_v5.sql")),
     (6, include_str!("../schema/sqlite_v6.sql")),
+    (7, include_str!("../schema/sqlite_v7.sql")),
 ];
 
 const SCHEMA_VERSIONS_CREATE: &str = "CREATE TABLE IF NOT EXISTS sluicegate_schema_versions (

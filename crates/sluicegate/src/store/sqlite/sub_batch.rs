@@ -107,6 +107,11 @@ impl PerformedSubBatch for SqlitePerformed {
         let done = (&end, rows as i64);
         let committed = match how {
             SubBatchCommit::Alone => SubBatchCommitted::Committed,
+            SubBatchCommit::Ledger(_) => {
+                return Err(misuse(
+                    "SQLite has no lanes: a sub-batch here never commits to a lane's ledger",
+                ))
+            }
             SubBatchCommit::Cursor(_) | SubBatchCommit::Finish(..) if !same_database_store => {
                 return Err(misuse(
                     "a sub-batch on another database cannot commit the job's state",

@@ -12,8 +12,9 @@ use crate::failure::Failure;
 use crate::health::HealthSample;
 use crate::ident::TableName;
 use crate::key::{Key, KeySpec, Lower};
+use crate::model::{CitusTable, NewLane};
 use crate::store::{
-    sub_batch, Capabilities, PerformedSubBatch, SubBatchSpec, Target, PROBE_TIMEOUT,
+    sub_batch, Capabilities, LedgerCursor, PerformedSubBatch, SubBatchSpec, Target, PROBE_TIMEOUT,
 };
 
 /// The table being migrated, on SQLite.
@@ -190,5 +191,22 @@ impl Target for SqliteTarget {
             });
         }
         Ok(sample)
+    }
+
+    /// SQLite has no Citus tables.
+    async fn citus_table(&self, _table: &TableName) -> Result<Option<(CitusTable, Vec<NewLane>)>> {
+        Ok(None)
+    }
+
+    /// SQLite has no lanes, so no ledger.
+    async fn ledger_fence(
+        &self,
+        _schema: &str,
+        ledger: &LedgerCursor,
+    ) -> Result<Option<Option<Key>>> {
+        Err(Error::Corrupt(format!(
+            "job {} has a lane, but SQLite has no lanes and no lane ledger",
+            ledger.job_id
+        )))
     }
 }
