@@ -32,6 +32,7 @@ use crate::store::{
 };
 
 mod health;
+mod nodes;
 
 /// Default tracking schema on PostgreSQL.
 pub const DEFAULT_SCHEMA: &str = "sluicegate";
@@ -485,7 +486,10 @@ pub struct Sluicegate {
     pub(crate) store: Arc<dyn Store>,
     pub(crate) target: Arc<dyn Target>,
     pub(crate) registry: Registry,
+    pub(crate) schema: String,
     pub(crate) same_database: bool,
+    /// The nodes of a Citus cluster the target is the coordinator of, for lanes.
+    pub(crate) nodes: Arc<nodes::Nodes>,
     /// The database the migrated tables live in: stored with each migration queued, and the
     /// only one whose migrations this handle's workers run.
     pub(crate) target_identity: TargetIdentity,
@@ -547,7 +551,9 @@ impl Sluicegate {
             store,
             target,
             registry: opts.registry,
+            schema: opts.schema.clone(),
             same_database,
+            nodes: Arc::new(nodes::Nodes::new(target_url, opts.max_connections)),
             target_identity,
         })
     }
@@ -560,6 +566,17 @@ impl Sluicegate {
     /// The target database.
     pub fn target(&self) -> &Arc<dyn Target> {
         &self.target
+    }
+
+    /// The tracking schema's name (PostgreSQL): a lane's ledger on a Citus node lives in a
+    /// schema of the same name.
+    pub fn schema(&self) -> &str {
+        &self.schema
+    }
+
+    /// The target on a Citus node (`host:port`), for a lane on it.
+    pub async fn node_target(&self, node: &str) -> Result<Arc<dyn Target>> {
+        self.nodes.target(node).await
     }
 
     /// The database the migrated tables live in, as this handle is connected to it.

@@ -10,7 +10,7 @@ use crate::ident::TableName;
 use crate::key::Lower;
 use crate::model::{Job, Migration};
 use crate::status::{JobStatus, MigrationEvent, MigrationStatus};
-use crate::store::{JobSplitParams, JobTransitionParams, MigrationTransitionParams};
+use crate::store::{JobSplitParams, JobTransitionParams, MigrationTransitionParams, Target};
 
 /// Which migrations [`WorkerLoop::fail_current`] fails.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -75,7 +75,7 @@ impl WorkerLoop {
     pub(super) async fn after_failure(
         &self,
         m: &Migration,
-        table: &TableName,
+        (target, table): (&dyn Target, &TableName),
         job: &Job,
         failure: &Failure,
     ) -> Result<()> {
@@ -90,7 +90,7 @@ impl WorkerLoop {
         if failure.is_timeout() {
             self.shrink_after_timeout(m, job, failure).await?;
             if job.attempts >= MAX_ATTEMPTS {
-                self.split(m, table, job).await?;
+                self.split(m, (target, table), job).await?;
             }
         }
         let counts = self
@@ -116,12 +116,16 @@ impl WorkerLoop {
     /// the batch size from the cursor when that much is left, else half of it again, down to
     /// one key. The first half keeps the cursor; the second starts at the next existing key.
     /// Nothing to split when one key or none remains.
-    async fn split(&self, m: &Migration, table: &TableName, job: &Job) -> Result<()> {
+    async fn split(
+        &self,
+        m: &Migration,
+        (target, table): (&dyn Target, &TableName),
+        job: &Job,
+    ) -> Result<()> {
         let from = match &job.cursor {
             Some(c) => Lower::After(c.clone()),
             None => Lower::From(job.min_value.clone()),
         };
-        let target = &self.sluicegate().target;
         let walk = |lower: Lower, size: i64| async move {
             target
                 .range_next(

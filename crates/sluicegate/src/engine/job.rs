@@ -20,8 +20,8 @@ use crate::kind::JobKind;
 use crate::model::{Job, Migration};
 use crate::status::JobStatus;
 use crate::store::{
-    JobCreateParams, JobCursor, JobFinish, JobRange, JobTransitionParams, PerformedSubBatch,
-    SubBatchCommit, SubBatchCommitted, SubBatchSpec, Timeouts,
+    JobCreateParams, JobCursor, JobFinish, JobRange, JobTransitionParams, LedgerCursor,
+    PerformedSubBatch, SubBatchCommit, SubBatchCommitted, SubBatchSpec, Target, Timeouts,
 };
 
 /// How a job's run ended, for what follows it.
@@ -54,10 +54,30 @@ impl Drop for Heartbeat {
     }
 }
 
+/// Where a job's sub-batches run and how each commits.
+pub(super) enum Route {
+    /// On the migration's target: with the job's cursor when it is the tracking database,
+    /// else alone, the cursor then recorded here (at-least-once).
+    Target,
+    /// In a lane: on the shard's own table on the node holding its placement, each
+    /// sub-batch under the shard guard and committed with the job's cursor in the node's
+    /// ledger (exactly-once), the cursor then recorded here too.
+    Lane {
+        /// The node's target.
+        target: Arc<dyn Target>,
+        /// Citus's shard id.
+        shard: i64,
+        /// The job's ledger row on the node.
+        ledger: LedgerCursor,
+    },
+}
+
 /// One attempt at a job, as it goes.
 struct Attempt<'a> {
     m: &'a Migration,
+    /// The table its sub-batches write: the migration's, or a lane's shard.
     table: &'a TableName,
+    route: &'a Route,
     kind: &'a dyn JobKind,
     job: Job,
     heartbeat: Heartbeat,
@@ -120,6 +140,18 @@ impl WorkerLoop {
         table: &TableName,
         job: Job,
     ) -> Result<JobRun> {
+        self.execute_on(run, m, table, job, &Route::Target).await
+    }
+
+    /// [`Self::execute`] along `route`, on `table` (a lane's shard table for a lane).
+    pub(super) async fn execute_on(
+        &mut self,
+        run: &mut MigrationRun,
+        m: &Migration,
+        table: &TableName,
+        job: Job,
+        route: &Route,
+    ) -> Result<JobRun> {
         let kind = self
             .sluicegate()
             .registry
@@ -133,6 +165,7 @@ impl WorkerLoop {
         let mut a = Attempt {
             m,
             table,
+            route,
             kind: kind.as_ref(),
             heartbeat: self.start_heartbeat(&job),
             started: Instant::now(),
@@ -192,19 +225,34 @@ impl WorkerLoop {
                 lock_ms: m.lock_timeout_ms,
             },
             key_unique: m.key_unique,
-            shard: None,
+            shard: match a.route {
+                Route::Lane { shard, .. } => Some(*shard),
+                Route::Target => None,
+            },
         };
-        let performed = match self.sluicegate().target.sub_batch_perform(spec).await {
+        let target = match a.route {
+            Route::Lane { target, .. } => target,
+            Route::Target => &self.sluicegate().target,
+        };
+        let performed = match target.sub_batch_perform(spec).await {
             Ok(Some(performed)) => performed,
             Ok(None) => return Ok(SubBatchEnd::Next(None)),
             Err(failure) => return Ok(SubBatchEnd::Failed(failure)),
         };
         let (first, end) = performed.keys().clone();
         let rows = performed.rows();
-        if !self.sluicegate().same_database {
+        let apart = match a.route {
+            // In the lane's ledger on its node, with the rows; then here.
+            Route::Lane { ledger, .. } => Some(SubBatchCommit::Ledger(ledger)),
             // Another database: commit there, then record the cursor here (at-least-once).
-            if let Err(failure) = performed.commit(SubBatchCommit::Alone).await {
-                return Ok(SubBatchEnd::Failed(failure));
+            Route::Target if !self.sluicegate().same_database => Some(SubBatchCommit::Alone),
+            Route::Target => None,
+        };
+        if let Some(how) = apart {
+            match performed.commit(how).await {
+                Ok(SubBatchCommitted::Fenced) => return Ok(SubBatchEnd::Lost),
+                Ok(_) => {}
+                Err(failure) => return Ok(SubBatchEnd::Failed(failure)),
             }
             let recorded = self
                 .sluicegate()

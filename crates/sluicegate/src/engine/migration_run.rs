@@ -45,6 +45,12 @@ pub(super) struct MigrationRun {
     used: Instant,
     /// How long it is kept unused.
     keep_for: Duration,
+    /// For a migration in lanes: when each node (`host:port`) was last found healthy, so
+    /// that its health is sampled at most once a second.
+    pub(super) nodes_healthy: std::collections::HashMap<String, Instant>,
+    /// For a migration in lanes: where this loop's look for a free lane starts, moved on
+    /// after each job, so that loops spread over the lanes.
+    pub(super) lane_turn: usize,
 }
 
 impl MigrationRun {
@@ -69,6 +75,8 @@ impl MigrationRun {
             stored_sub_batch: sub_batch_size,
             used: now,
             keep_for: LET_GO_AFTER,
+            nodes_healthy: Default::default(),
+            lane_turn: 0,
         }
     }
 

@@ -38,6 +38,7 @@ mod ending;
 mod gate;
 mod hold;
 mod job;
+mod lanes;
 mod migration_run;
 mod next_job;
 mod prefetch;

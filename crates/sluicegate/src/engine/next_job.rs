@@ -39,7 +39,7 @@ enum LookAgain {
 }
 
 /// What became of a job taken up again.
-enum Retaken {
+pub(super) enum Retaken {
     Running(Box<Job>),
     /// Someone else moved it, or its attempts ran out: look again.
     Gone,
@@ -195,7 +195,7 @@ impl WorkerLoop {
 
     /// Takes a pending, failed or abandoned job up again: one whose worker stopped renewing
     /// its lease is first recorded as failed (`WorkerLost`), then it runs under this loop.
-    async fn retake(&self, mut job: Job) -> Result<Retaken> {
+    pub(super) async fn retake(&self, mut job: Job) -> Result<Retaken> {
         let store = &self.sluicegate().store;
         if job.status == JobStatus::Running {
             let params = JobTransitionParams::new(&job, JobStatus::Failed, &self.name)?
@@ -237,7 +237,8 @@ impl WorkerLoop {
         table: &TableName,
         start: Lower,
     ) -> Result<JobCreated> {
-        let range = if self.sluicegate().same_database {
+        // A Citus table is walked apart: Citus refuses the walk inside the tracking write.
+        let range = if self.sluicegate().same_database && m.citus.is_none() {
             JobRange::Keyset {
                 table: table.clone(),
                 key: m.key.clone(),

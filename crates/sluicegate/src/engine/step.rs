@@ -15,7 +15,7 @@ use crate::error::Result;
 use crate::failure::{Failure, FailureClass};
 use crate::ident::TableName;
 use crate::key::Lower;
-use crate::model::{Job, Migration};
+use crate::model::{CitusTable, Job, Migration};
 use crate::status::MigrationStatus;
 
 /// What a loop's next step starts from.
@@ -164,6 +164,11 @@ impl WorkerLoop {
             MigrationStatus::Finalizing => Mode::Finalize,
             _ => Mode::Normal,
         };
+        if m.citus == Some(CitusTable::Distributed) {
+            // Lanes start no job ahead: every job is claimed from its lane.
+            let claimed = matches!(source, JobSource::Claim);
+            return self.work_lanes(run, m, claimed, mode).await;
+        }
         let table = TableName::parse(&m.table_name)?;
         let (job, origin) = match source {
             JobSource::StartedAhead(job) => {
@@ -270,7 +275,9 @@ impl WorkerLoop {
         run.job_time = started.elapsed();
         match &ran.outcome {
             JobOutcome::Failed { failure } => {
-                self.after_failure(&m, &table, &ran.job, failure).await?
+                let target = self.sluicegate().target.clone();
+                self.after_failure(&m, (target.as_ref(), &table), &ran.job, failure)
+                    .await?
             }
             JobOutcome::Succeeded => {
                 if mode == Mode::Normal {

@@ -47,7 +47,7 @@ impl CitusTable {
 pub struct NewLane {
     /// Its number in the migration, from 0, in the order of the shards' ranges.
     pub lane: i32,
-    /// The shard's own table (quoted, schema-qualified): what its jobs walk and write.
+    /// The shard's own table, `schema.table`: what its jobs walk and write.
     pub relation: String,
     /// Citus's shard id.
     pub shard_id: i64,

@@ -233,7 +233,9 @@ pub trait Store: Send + Sync + 'static {
     /// out.
     async fn lane_exhaust(&self, migration_id: i64, lane: Option<(i32, &Lower)>) -> Result<bool>;
     /// Holds or releases lanes, with a `lane_hold`/`lane_release` log row when one changed;
-    /// returns how many changed (a hold of a lane still held only extends it).
+    /// returns how many changed. A hold of a lane already held (its re-check due or not)
+    /// only moves its re-check on: one hold lasts from its `lane_hold` row to its
+    /// `lane_release` row.
     async fn lane_hold(&self, params: &LaneHoldParams) -> Result<usize>;
     /// Records that a lane's shard is now on `node`, with a `lane_move` log row saying
     /// `reason`; `false` when it already was.

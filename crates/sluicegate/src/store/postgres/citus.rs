@@ -121,7 +121,7 @@ pub(super) async fn table(
         }
         lanes.push(NewLane {
             lane: lanes.len() as i32,
-            relation: qualified_shard(table, &relation),
+            relation: qualified_shard(table, &relation)?,
             shard_id,
             node,
         });
@@ -142,13 +142,19 @@ async fn single_shard(target: &PgTarget, table: &TableName) -> Result<bool> {
         .map_err(Error::db("reading Citus's catalog"))
 }
 
-/// The shard's table, quoted, in the schema of its table: `shard_name()` gives it unqualified
-/// when that schema is on the search path.
-fn qualified_shard(table: &TableName, shard: &str) -> String {
+/// The shard's table in the schema of its table, in the stored form of a table's name
+/// (`schema.table`, read back by [`TableName::parse`]): `shard_name()` gives it unqualified
+/// when that schema is on the search path, and quoted when it must be.
+fn qualified_shard(table: &TableName, shard: &str) -> Result<String> {
     let bare = shard.rsplit('.').next().unwrap_or(shard).trim_matches('"');
-    match &table.schema {
-        Some(schema) => format!("{}.{}", ident::quote(schema), ident::quote(bare)),
-        None => format!("{}.{}", ident::quote("public"), ident::quote(bare)),
+    let schema = table.schema.as_deref().unwrap_or("public");
+    let stored = format!("{schema}.{bare}");
+    match TableName::parse(&stored) {
+        Ok(parsed) if parsed.schema.as_deref() == Some(schema) && parsed.table == bare => Ok(stored),
+        _ => Err(Error::InvalidSettings(format!(
+            "{}: a distributed table whose schema or shard name holds a dot or a quote cannot              be run in lanes",
+            table.quoted()
+        ))),
     }
 }
 

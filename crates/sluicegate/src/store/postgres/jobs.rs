@@ -115,8 +115,9 @@ WITH j AS (
 SELECT * FROM j";
 
 const JOB_SPLIT_SECOND: &str = "
-INSERT INTO {s}.jobs (migration_id, min_cursor, max_cursor, batch_size, sub_batch_size, pause_ms, status)
-SELECT migration_id, $2, $3, $4, $5, pause_ms, 'pending' FROM {s}.jobs WHERE id = $1
+INSERT INTO {s}.jobs (migration_id, min_cursor, max_cursor, batch_size, sub_batch_size, pause_ms, status,
+    lane)
+SELECT migration_id, $2, $3, $4, $5, pause_ms, 'pending', lane FROM {s}.jobs WHERE id = $1
 RETURNING *";
 
 pub(super) const JOB_CHECKPOINT: &str =

@@ -84,8 +84,9 @@ RETURNING id";
 const MIGRATION_NEXT_IS_NULL: &str = "SELECT next_cursor IS NULL FROM {s}.migrations WHERE id = $1";
 
 /// Holds ($3 set: until then) or releases ($3 null) lanes $2, with one `lane_hold` or
-/// `lane_release` row when a lane changed: a hold of a lane not held (or whose hold ran out),
-/// a release of a held one. A hold of a held lane only extends it. Returns the lanes changed.
+/// `lane_release` row when a lane changed: a hold of a lane not held, a release of a held
+/// one. A hold of a held lane (its re-check due or not) only moves its re-check on: one
+/// hold lasts from its `lane_hold` row to its `lane_release` row. Returns the lanes changed.
 const LANE_HOLD: &str = "
 WITH old AS (
     SELECT lane, on_hold_until AS before FROM {s}.migration_lanes
@@ -96,7 +97,7 @@ WITH old AS (
         hold_reason = CASE WHEN $3 IS NOT NULL THEN $4 END, updated_at = now()
     FROM old
     WHERE ln.migration_id = $1 AND ln.lane = old.lane AND ($3 IS NOT NULL OR old.before IS NOT NULL)
-    RETURNING ln.lane, ($3 IS NULL OR old.before IS NULL OR old.before <= now()) AS changed
+    RETURNING ln.lane, ($3 IS NULL OR old.before IS NULL) AS changed
 ), log AS (
     INSERT INTO {s}.migration_transition_logs (migration_id, previous_status, next_status, event,
         reason, actor)

@@ -27,7 +27,7 @@ CREATE TABLE {s}.migration_lanes (
     CONSTRAINT migration_lanes_hold_check CHECK ((on_hold_until IS NULL) = (hold_reason IS NULL))
 );
 
-ALTER TABLE {s}.jobs ADD COLUMN lane integer;
+ALTER TABLE {s}.jobs ADD COLUMN lane bigint;
 -- "running jobs of lane L of M".
 CREATE INDEX jobs_migration_lane_idx ON {s}.jobs (migration_id, lane, status) WHERE lane IS NOT NULL;
 

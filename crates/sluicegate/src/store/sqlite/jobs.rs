@@ -94,8 +94,8 @@ const JOB_SPLIT_FIRST: &str = "UPDATE sluicegate_jobs SET status = 'pending', at
     RETURNING *";
 
 const JOB_SPLIT_SECOND: &str = "INSERT INTO sluicegate_jobs (migration_id, min_cursor, max_cursor,
-    batch_size, sub_batch_size, pause_ms, status, created_at, updated_at)
-    VALUES ($1, $2, $3, $4, $5, $6, 'pending', $7, $7)
+    batch_size, sub_batch_size, pause_ms, status, created_at, updated_at, lane)
+    VALUES ($1, $2, $3, $4, $5, $6, 'pending', $7, $7, $8)
     RETURNING *";
 
 pub(super) const JOB_CHECKPOINT: &str = "UPDATE sluicegate_jobs SET cursor = $3,
@@ -338,6 +338,7 @@ pub(super) async fn split(store: &SqliteStore, p: &JobSplitParams) -> Result<(Jo
         .bind(p.sub_batch_size)
         .bind(first.pause_ms)
         .bind(&at)
+        .bind(first.lane)
         .fetch_one(&mut *tx)
         .await
         .map_err(Error::db(&context))?;

@@ -193,7 +193,7 @@ pub(super) async fn hold(store: &SqliteStore, p: &LaneHoldParams) -> Result<usiz
             .execute(&mut *tx)
             .await
             .map_err(Error::db(&context))?;
-        if p.until.is_none() || before.is_none_or(|t| t <= at) {
+        if p.until.is_none() || before.is_none() {
             changed += 1;
         }
     }
