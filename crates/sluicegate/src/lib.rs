@@ -35,5 +35,8 @@ pub use error::{Error, Result};
 pub use failure::{Failure, FailureClass};
 pub use key::{Key, KeyColumn, KeySpec, KeyType, Lower};
 pub use kind::{JobKind, Registry, SubBatch, SubBatchConnection};
-pub use model::{Job, JobCounts, JobTransition, Migration, MigrationTransition, TargetIdentity};
+pub use model::{
+    CitusTable, Job, JobCounts, JobTransition, Lane, Migration, MigrationTransition, NewLane,
+    TargetIdentity,
+};
 pub use status::{JobStatus, MigrationEvent, MigrationStatus};

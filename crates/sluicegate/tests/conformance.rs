@@ -73,6 +73,7 @@ fn given(m: &Migration, start: Lower, (min, max): (i64, i64)) -> JobCreateParams
         pause_ms: 0,
         worker: "w1".into(),
         lease: LEASE,
+        lane: None,
     }
 }
 
@@ -107,6 +108,7 @@ fn spec<'a>(
             lock_ms: 5_000,
         },
         key_unique: m.key_unique,
+        shard: None,
     }
 }
 
@@ -234,6 +236,8 @@ store_test!(migration_insert, |db| {
         status: MigrationStatus::Paused,
         total_tuple_count: Some(90),
         actor: "test".into(),
+        citus: None,
+        lanes: Vec::new(),
     };
     let store = sg.store();
     let inserted = store.migration_insert(&new).await.unwrap();

@@ -357,6 +357,7 @@ store_test!(a_hold_by_one_worker_stops_every_other, |db| {
             pause_ms: 0,
             worker: "c".into(),
             lease: Duration::from_secs(30),
+            lane: None,
         })
         .await
         .unwrap();

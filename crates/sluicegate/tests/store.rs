@@ -39,6 +39,7 @@ fn create(m: &Migration, start: Lower, range: JobRange, worker: &str) -> JobCrea
         pause_ms: 0,
         worker: worker.into(),
         lease: LEASE,
+        lane: None,
     }
 }
 
@@ -367,6 +368,7 @@ store_test!(a_performed_sub_batch_commits_as_the_engine_says, |db| {
             lock_ms: 5_000,
         },
         key_unique: m.key_unique,
+        shard: None,
     };
     let cursor = JobCursor {
         job_id: job.id,

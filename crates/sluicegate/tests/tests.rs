@@ -3,6 +3,7 @@
 mod common;
 
 mod bad_input;
+mod citus;
 mod conformance;
 mod guarantees;
 mod health;

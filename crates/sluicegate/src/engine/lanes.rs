@@ -25,6 +25,9 @@ use crate::store::{JobCreated, JobRange, JobTransitionParams, LaneHoldParams, Le
 
 /// A node found healthy is sampled again after this long.
 const NODE_HEALTH_EVERY: Duration = Duration::from_secs(1);
+/// Between claims, the coordinator's health, the jobs to take up again and the shards'
+/// placements are looked at again after this long.
+const LOOK_EVERY: Duration = Duration::from_secs(1);
 
 /// What a lane's node said before a job.
 enum NodeSays {
@@ -45,16 +48,26 @@ impl WorkerLoop {
         mode: Mode,
     ) -> Result<Option<Stepped>> {
         let table = TableName::parse(&m.table_name)?;
-        if mode == Mode::Normal {
+        // Between claims, what does not change from one lane's job to the next is looked at
+        // once a second: the coordinator's health and the jobs to take up again.
+        let look = claimed || run.lanes_looked.is_none_or(|t| t.elapsed() >= LOOK_EVERY);
+        if look {
+            run.lanes_looked = Some(Instant::now());
+        }
+        if mode == Mode::Normal && look {
             // The coordinator's own health first, as for any migration.
             let sample = self.health_sample(&m, &table).await?;
             if let Some(said) = self.check_health(run, &m, sample).await? {
                 return Ok(Some((said, Carry::Nothing)));
             }
         }
-        let lanes = self.lanes_placed(&m, &table).await?;
+        let lanes = self.lanes_placed(run, &m, &table, false).await?;
         let store = self.sluicegate().store.clone();
-        if let Some(job) = store.job_find_retriable(m.id, MAX_ATTEMPTS).await? {
+        let retriable = match look {
+            true => store.job_find_retriable(m.id, MAX_ATTEMPTS).await?,
+            false => None,
+        };
+        if let Some(job) = retriable {
             let lane = job.lane.and_then(|n| lanes.iter().find(|l| l.lane == n));
             if let Some(lane) = lane {
                 if let NodeSays::Go(target) = self.node_says(run, &m, &lanes, lane, mode).await? {
@@ -134,17 +147,33 @@ impl WorkerLoop {
         Ok(None)
     }
 
-    /// The migration's lanes, each where Citus's catalog says its shard is now: a lane whose
-    /// shard moved is recorded on its new node (a `lane_move` row).
-    async fn lanes_placed(&self, m: &Migration, table: &TableName) -> Result<Vec<Lane>> {
+    /// The migration's lanes, each where Citus's catalog says its shard is now (read at most
+    /// once a second unless `fresh`): a lane whose shard moved is recorded on its new node (a
+    /// `lane_move` row).
+    async fn lanes_placed(
+        &self,
+        run: &mut MigrationRun,
+        m: &Migration,
+        table: &TableName,
+        fresh: bool,
+    ) -> Result<Vec<Lane>> {
         let store = &self.sluicegate().store;
         let mut lanes = store.lane_list(m.id).await?;
-        let Some((_, now)) = self.sluicegate().target.citus_table(table).await? else {
-            return Err(Error::InvalidSettings(format!(
-                "{} is no longer a Citus distributed table",
-                table.quoted()
-            )));
-        };
+        let due = fresh
+            || run
+                .placements
+                .as_ref()
+                .is_none_or(|(read, _)| read.elapsed() >= LOOK_EVERY);
+        if due {
+            let Some((_, placed)) = self.sluicegate().target.citus_table(table).await? else {
+                return Err(Error::InvalidSettings(format!(
+                    "{} is no longer a Citus distributed table",
+                    table.quoted()
+                )));
+            };
+            run.placements = Some((Instant::now(), placed));
+        }
+        let now = run.placements.as_ref().map(|(_, p)| p.as_slice()).unwrap_or_default();
         for lane in &mut lanes {
             let Some(placed) = now.iter().find(|p| p.shard_id == lane.shard_id) else {
                 continue;
@@ -305,8 +334,8 @@ impl WorkerLoop {
         let mut job = done.job;
         match &done.outcome {
             JobOutcome::Failed { failure } if failure.is(FailureClass::ShardMoved) => {
-                self.lanes_placed(&m, &TableName::parse(&m.table_name)?)
-                    .await?;
+                let table = TableName::parse(&m.table_name)?;
+                self.lanes_placed(run, &m, &table, true).await?;
                 job = self.requeue(job).await?;
                 outcome = JobOutcome::Stopped;
             }

@@ -51,6 +51,12 @@ pub(super) struct MigrationRun {
     /// For a migration in lanes: where this loop's look for a free lane starts, moved on
     /// after each job, so that loops spread over the lanes.
     pub(super) lane_turn: usize,
+    /// For a migration in lanes: where Citus's catalog placed its shards, and when it was
+    /// read (again every second, and at once after a `ShardMoved`).
+    pub(super) placements: Option<(Instant, Vec<crate::model::NewLane>)>,
+    /// For a migration in lanes: when the coordinator's health and the jobs to take up again
+    /// were last looked at (at most once a second between claims).
+    pub(super) lanes_looked: Option<Instant>,
 }
 
 impl MigrationRun {
@@ -77,6 +83,8 @@ impl MigrationRun {
             keep_for: LET_GO_AFTER,
             nodes_healthy: Default::default(),
             lane_turn: 0,
+            placements: None,
+            lanes_looked: None,
         }
     }
 

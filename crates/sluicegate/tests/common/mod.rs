@@ -235,6 +235,7 @@ pub async fn take_job(
             pause_ms: 0,
             worker: worker.into(),
             lease,
+            lane: None,
         })
         .await
         .unwrap();

@@ -34,10 +34,13 @@ const CITUS_SHARDS: &str = "SELECT s.shardid, pg_catalog.shard_name(s.logicalrel
     ORDER BY s.shardminvalue::numeric NULLS FIRST, s.shardid, n.nodeid";
 
 /// Citus's shard metadata lock, shared, as Citus's own writes take it on the node they start
-/// from: a shard move takes it exclusively on every node while it blocks writes, so a
-/// sub-batch either commits before the move's catch-up (which copies it) or waits and then
-/// finds the placement gone. 5 is PostgreSQL's `ShareLock`.
-const SHARD_LOCK: &str = "SELECT pg_catalog.lock_shard_metadata(5, ARRAY[$1::bigint])";
+/// from, appended to the sub-batch's `BEGIN`: a shard move takes it exclusively on every node
+/// while it blocks writes, so a sub-batch either commits before the move's catch-up (which
+/// copies it) or waits and then finds the placement gone. 5 is PostgreSQL's `ShareLock`; the
+/// shard id is our own integer, safe to format.
+pub(super) fn shard_lock_sql(shard: i64) -> String {
+    format!("; SELECT pg_catalog.lock_shard_metadata(5, ARRAY[{shard}]::bigint[])")
+}
 
 /// Whether the shard's placement is on this node.
 const SHARD_IS_HERE: &str = "SELECT EXISTS (
@@ -223,10 +226,11 @@ async fn ensure_ledger(conn: &mut PgConnection, schema: &str, table: &str) -> Re
     Ok(())
 }
 
-/// In a sub-batch's open transaction on the shard's node: Citus's shard metadata lock, then
-/// the placement still here, else a `ShardMoved` failure.
+/// In a sub-batch's open transaction on the shard's node, once it holds the shard's metadata
+/// lock ([`shard_lock_sql`]): the placement still here (read after the lock, by a statement
+/// of its own, so with a snapshot that sees a move that committed meanwhile), else a
+/// `ShardMoved` failure.
 pub(super) async fn guard(conn: &mut PgConnection, shard: i64) -> std::result::Result<(), Failure> {
-    sqlx::query(SHARD_LOCK).bind(shard).execute(&mut *conn).await?;
     let here: bool = sqlx::query_scalar(SHARD_IS_HERE)
         .bind(shard)
         .fetch_one(&mut *conn)

@@ -123,10 +123,15 @@ impl SubBatchPrimitives for PgTarget {
         &self,
         spec: &SubBatchSpec<'_>,
     ) -> sqlx::Result<Transaction<'static, Postgres>> {
-        // Our own integers, not user text: safe to format.
+        // Our own integers, not user text: safe to format. A shard's metadata lock is taken
+        // in the same round trip, under the sub-batch's lock timeout.
+        let shard_lock = match spec.shard {
+            Some(shard) => super::citus::shard_lock_sql(shard),
+            None => String::new(),
+        };
         self.pool
             .begin_with(format!(
-                "BEGIN; SET LOCAL statement_timeout = {}; SET LOCAL lock_timeout = {}",
+                "BEGIN; SET LOCAL statement_timeout = {}; SET LOCAL lock_timeout = {}{shard_lock}",
                 spec.timeouts.statement_ms.max(1),
                 spec.timeouts.lock_ms.max(1)
             ))
