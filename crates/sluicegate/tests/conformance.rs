@@ -10,10 +10,10 @@ use std::time::Duration;
 
 use serde_json::json;
 use sluicegate::failure::Failure;
-use sluicegate::model::NewMigration;
+use sluicegate::model::{CitusTable, NewLane, NewMigration};
 use sluicegate::store::{
     Backend, Capabilities, JobCreateParams, JobCreated, JobCursor, JobFinish, JobRange,
-    JobSplitParams, JobTransitionParams, MigrationSetParams, MigrationThrottleParams,
+    JobSplitParams, JobTransitionParams, LaneHoldParams, LedgerCursor, MigrationSetParams, MigrationThrottleParams,
     MigrationTransitionParams, SubBatchCommit, SubBatchCommitted, SubBatchSpec, Timeouts,
     SCHEMA_VERSION,
 };
@@ -1272,4 +1272,271 @@ store_test!(health_sample, |db| {
     assert!(matches!(refused.probe, Some(Err(_))), "{:?}", refused.probe);
     let none = target.health_sample(&items(), None).await.unwrap();
     assert_eq!(none.probe, None);
+});
+
+// --- Store and Target: lanes ----------------------------------------------------------------
+
+/// A migration of `items` in two lanes (their relations and nodes made up: the store only
+/// keeps them), active and claimed.
+async fn laned(sg: &Sluicegate) -> Migration {
+    let m = queued(sg, "plain", 50).await;
+    sg.apply("plain", MigrationEvent::Cancel, None, "cli")
+        .await
+        .unwrap();
+    let lane = |n: i32, node: &str| NewLane {
+        lane: n,
+        relation: format!("public.items_{}", 100 + n),
+        shard_id: 100 + n as i64,
+        node: node.into(),
+    };
+    let new = NewMigration {
+        name: "laned".into(),
+        job_kind: m.job_kind.clone(),
+        table_name: m.table_name.clone(),
+        target: sg.target_identity().clone(),
+        key: m.key.clone(),
+        key_unique: true,
+        scope: None,
+        job_arguments: m.job_arguments.clone(),
+        min_value: k(1),
+        max_value: k(100),
+        next_start: Some(Lower::From(k(1))),
+        batch_size: 30,
+        sub_batch_size: 10,
+        max_batch_size: None,
+        sub_batch_ceiling: None,
+        pause_ms: 0,
+        interval: Duration::ZERO,
+        statement_timeout_ms: 9_000,
+        lock_timeout_ms: 900,
+        health: m.health.clone(),
+        target_sub_batch_ms: 0,
+        status: MigrationStatus::Active,
+        total_tuple_count: Some(100),
+        actor: "test".into(),
+        citus: Some(CitusTable::Distributed),
+        lanes: vec![lane(0, "n1:5432"), lane(1, "n2:5432")],
+    };
+    let m = sg.store().migration_insert(&new).await.unwrap();
+    sg.store()
+        .migration_claim("w1", LEASE, Some(m.id))
+        .await
+        .unwrap()
+        .expect("claimed")
+}
+
+fn in_lane(m: &Migration, lane: i32, start: Lower, (min, max): (i64, i64)) -> JobCreateParams {
+    JobCreateParams {
+        lane: Some(lane),
+        ..given(m, start, (min, max))
+    }
+}
+
+store_test!(lane_list, |db| {
+    db.create_items("items", &[(1, 100)]).await;
+    let sg = db.sluicegate().await;
+    let m = laned(&sg).await;
+    assert_eq!(m.citus, Some(CitusTable::Distributed));
+    let store = sg.store();
+    let lanes = store.lane_list(m.id).await.unwrap();
+    assert_eq!(lanes.len(), 2);
+    assert_eq!(
+        (lanes[1].lane, lanes[1].shard_id, lanes[1].node.as_str(), lanes[1].relation.as_str()),
+        (1, 101, "n2:5432", "public.items_101")
+    );
+    assert!(lanes.iter().all(|l| l.next_start == Some(Lower::From(k(1)))));
+    assert!(lanes.iter().all(|l| l.running_job.is_none() && l.on_hold_until.is_none()));
+    // A job in lane 1 moves that lane's next key, and is its running job.
+    let JobCreated::Created(job, then) = store
+        .job_create(&in_lane(&m, 1, Lower::From(k(1)), (1, 30)))
+        .await
+        .unwrap()
+    else {
+        panic!("created");
+    };
+    assert_eq!((job.lane, then), (Some(1), Some(Lower::After(k(30)))));
+    let lanes = store.lane_list(m.id).await.unwrap();
+    assert_eq!(lanes[1].running_job, Some(job.id));
+    assert_eq!(lanes[1].next_start, Some(Lower::After(k(30))));
+    assert_eq!(lanes[0].next_start, Some(Lower::From(k(1))), "lane 0 untouched");
+    // One job at a time per lane: the next range of lane 1 waits for this job.
+    assert_eq!(
+        store
+            .job_create(&in_lane(&m, 1, Lower::After(k(30)), (31, 60)))
+            .await
+            .unwrap(),
+        JobCreated::NotNow
+    );
+    // A stale next key loses the compare-and-set.
+    assert_eq!(
+        store
+            .job_create(&in_lane(&m, 0, Lower::After(k(5)), (6, 30)))
+            .await
+            .unwrap(),
+        JobCreated::NotNow
+    );
+    // A lane's keys reach the migration's last key: the lane is handed out.
+    let JobCreated::Created(_, then) = store
+        .job_create(&in_lane(&m, 0, Lower::From(k(1)), (1, 100)))
+        .await
+        .unwrap()
+    else {
+        panic!("created");
+    };
+    assert_eq!(then, None);
+    assert_eq!(store.lane_list(m.id).await.unwrap()[0].next_start, None);
+});
+
+store_test!(lane_exhaust, |db| {
+    db.create_items("items", &[(1, 100)]).await;
+    let sg = db.sluicegate().await;
+    let m = laned(&sg).await;
+    let store = sg.store();
+    // A stale next key changes nothing; the other lane still has keys.
+    assert!(!store
+        .lane_exhaust(m.id, Some((0, &Lower::After(k(9)))))
+        .await
+        .unwrap());
+    assert!(!store
+        .lane_exhaust(m.id, Some((0, &Lower::From(k(1)))))
+        .await
+        .unwrap());
+    let lanes = store.lane_list(m.id).await.unwrap();
+    assert_eq!((lanes[0].next_start.clone(), lanes[1].next_start.is_some()), (None, true));
+    assert!(store.migration_get(m.id).await.unwrap().unwrap().next_start.is_some());
+    // The last lane handed out hands out the migration's range.
+    assert!(store
+        .lane_exhaust(m.id, Some((1, &Lower::From(k(1)))))
+        .await
+        .unwrap());
+    assert_eq!(store.migration_get(m.id).await.unwrap().unwrap().next_start, None);
+});
+
+store_test!(lane_hold, |db| {
+    db.create_items("items", &[(1, 100)]).await;
+    let sg = db.sluicegate().await;
+    let m = laned(&sg).await;
+    let store = sg.store();
+    let hold = |until: Option<chrono::DateTime<chrono::Utc>>, reason: &str| LaneHoldParams {
+        migration_id: m.id,
+        lanes: vec![1],
+        until,
+        reason: reason.into(),
+        actor: "w1".into(),
+    };
+    let until = chrono::Utc::now() + chrono::Duration::seconds(60);
+    assert_eq!(store.lane_hold(&hold(Some(until), "node n2:5432: down")).await.unwrap(), 1);
+    // Held again: the hold goes on, no second row.
+    assert_eq!(store.lane_hold(&hold(Some(until), "node n2:5432: down")).await.unwrap(), 0);
+    let lanes = store.lane_list(m.id).await.unwrap();
+    assert!(lanes[1].is_held(chrono::Utc::now()) && !lanes[0].is_held(chrono::Utc::now()));
+    assert_eq!(lanes[1].hold_reason.as_deref(), Some("node n2:5432: down"));
+    // A held lane starts no job; the other lane does.
+    assert_eq!(
+        store
+            .job_create(&in_lane(&m, 1, Lower::From(k(1)), (1, 30)))
+            .await
+            .unwrap(),
+        JobCreated::NotNow
+    );
+    assert!(matches!(
+        store
+            .job_create(&in_lane(&m, 0, Lower::From(k(1)), (1, 30)))
+            .await
+            .unwrap(),
+        JobCreated::Created(..)
+    ));
+    assert_eq!(store.lane_hold(&hold(None, "node n2:5432: back")).await.unwrap(), 1);
+    assert_eq!(store.lane_hold(&hold(None, "node n2:5432: back")).await.unwrap(), 0);
+    let lanes = store.lane_list(m.id).await.unwrap();
+    assert_eq!((lanes[1].on_hold_until, lanes[1].hold_reason.clone()), (None, None));
+    let log: Vec<_> = store
+        .migration_transition_list(m.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|r| matches!(r.event, MigrationEvent::LaneHold | MigrationEvent::LaneRelease))
+        .map(|r| (r.event, r.reason.unwrap_or_default(), r.next_status))
+        .collect();
+    assert_eq!(
+        log,
+        vec![
+            (MigrationEvent::LaneHold, "node n2:5432: down".into(), MigrationStatus::Active),
+            (MigrationEvent::LaneRelease, "node n2:5432: back".into(), MigrationStatus::Active),
+        ]
+    );
+});
+
+store_test!(lane_move, |db| {
+    db.create_items("items", &[(1, 100)]).await;
+    let sg = db.sluicegate().await;
+    let m = laned(&sg).await;
+    let store = sg.store();
+    assert!(store.lane_move(m.id, 1, "n1:5432", "moved to n1", "w1").await.unwrap());
+    assert!(!store.lane_move(m.id, 1, "n1:5432", "again", "w1").await.unwrap());
+    assert_eq!(store.lane_list(m.id).await.unwrap()[1].node, "n1:5432");
+    let moves: Vec<_> = store
+        .migration_transition_list(m.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.event == MigrationEvent::LaneMove)
+        .map(|r| r.reason.unwrap_or_default())
+        .collect();
+    assert_eq!(moves, vec!["moved to n1".to_owned()]);
+});
+
+store_test!(citus_table, |db| {
+    db.create_items("items", &[(1, 10)]).await;
+    let sg = db.sluicegate().await;
+    // Neither engine here has Citus: a plain table is no Citus table.
+    assert_eq!(sg.target().citus_table(&items()).await.unwrap(), None);
+});
+
+store_test!(ledger_fence, |db| {
+    db.create_items("items", &[(1, 10)]).await;
+    let sg = db.sluicegate().await;
+    let ledger = |attempts| LedgerCursor {
+        schema: "sluicegate".into(),
+        tracking: "t".into(),
+        job_id: 7,
+        attempts,
+    };
+    let target = sg.target();
+    match db.backend {
+        Backend::Sqlite => {
+            assert!(target.ledger_fence("sluicegate", &ledger(1)).await.is_err());
+        }
+        Backend::Postgres => {
+            // First use creates the ledger; the job has no cursor there yet.
+            assert_eq!(target.ledger_fence("sluicegate", &ledger(1)).await.unwrap(), Some(None));
+            // A sub-batch of attempt 1 commits its cursor with its rows.
+            let m = queued(&sg, "ledger", 50).await;
+            let lower = Lower::From(k(1));
+            let max = k(10);
+            let kind = sg.registry().get("update").unwrap();
+            let table = items();
+            let one = spec(kind.as_ref(), &m, &table, (&lower, &max), 5);
+            let performed = target.sub_batch_perform(one).await.unwrap().unwrap();
+            assert_eq!(
+                performed.commit(SubBatchCommit::Ledger(&ledger(1))).await.unwrap(),
+                SubBatchCommitted::Committed
+            );
+            // Attempt 2 fences attempt 1 and reads its cursor.
+            assert_eq!(
+                target.ledger_fence("sluicegate", &ledger(2)).await.unwrap(),
+                Some(Some(k(5)))
+            );
+            assert_eq!(target.ledger_fence("sluicegate", &ledger(1)).await.unwrap(), None);
+            // Attempt 1's next sub-batch is fenced: rolled back, its rows unwritten.
+            let lower = Lower::After(k(5));
+            let one = spec(kind.as_ref(), &m, &table, (&lower, &max), 5);
+            let performed = target.sub_batch_perform(one).await.unwrap().unwrap();
+            assert_eq!(
+                performed.commit(SubBatchCommit::Ledger(&ledger(1))).await.unwrap(),
+                SubBatchCommitted::Fenced
+            );
+            assert_eq!(db.scalar("SELECT count(*) FROM items WHERE n = 1").await, 5);
+        }
+    }
 });
