@@ -4,7 +4,7 @@
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sluicegate::health::HealthSettings;
-use sluicegate::{Job, JobStatus, Key, KeySpec, Migration, Progress};
+use sluicegate::{Job, JobStatus, Key, KeySpec, Lane, Migration, Progress};
 
 /// A key as `min_value`/`max_value` show it: the value itself for a one-column key (a number
 /// for an integer key, as before keys were typed), the array for a composite one. The typed
@@ -138,6 +138,9 @@ pub struct StatusJson {
     /// migrations).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub protections_off: Option<Vec<ProtectionOffJson>>,
+    /// A migration in lanes: its lanes summed per node.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nodes: Option<Vec<sluicegate::NodeProgress>>,
 }
 
 #[derive(Debug, Serialize)]
@@ -168,6 +171,7 @@ impl StatusJson {
                 total: p.jobs.total(),
             },
             protections_off: None,
+            nodes: None,
         }
     }
 }
@@ -192,6 +196,13 @@ pub struct JobJson<'a> {
     pub finished_at: Option<DateTime<Utc>>,
     pub duration_ms: Option<i64>,
     pub metrics: &'a sluicegate::job_metrics::JobMetrics,
+    /// Its lane (a shard of a distributed table), with the shard and its node.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lane: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shard_id: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 /// How long the job's latest attempt took.
@@ -220,6 +231,19 @@ impl<'a> JobJson<'a> {
             finished_at: j.finished_at,
             duration_ms: job_duration_ms(j),
             metrics: &j.metrics,
+            lane: j.lane,
+            shard_id: None,
+            node: None,
+        }
+    }
+
+    /// The view of `j`, naming its lane's shard and node from `lanes`.
+    pub fn in_lanes(j: &'a Job, lanes: &[Lane]) -> Self {
+        let lane = j.lane.and_then(|n| lanes.iter().find(|l| l.lane == n));
+        Self {
+            shard_id: lane.map(|l| l.shard_id),
+            node: lane.map(|l| l.node.clone()),
+            ..Self::from_job(j)
         }
     }
 }

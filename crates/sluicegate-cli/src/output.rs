@@ -9,7 +9,10 @@ use chrono::{DateTime, Utc};
 use comfy_table::{presets::UTF8_FULL_CONDENSED, Cell, ContentArrangement, Table};
 use serde::Serialize;
 use sluicegate::health::{HealthSettings, Reading, Signal};
-use sluicegate::{Job, JobStatus, Migration, MigrationStatus, Progress, Sluicegate};
+use sluicegate::{
+    lanes_by_node, Job, JobStatus, Lane, LaneProgress, Migration, MigrationStatus, NodeProgress,
+    Progress, Sluicegate,
+};
 use sluicegate_cli::json::{job_duration_ms, JobJson, ProtectionOffJson, StatusJson};
 pub use sluicegate_cli::json::{key_value, MigrationJson};
 pub use sluicegate_cli::units::{bytes, millis, thousands};
@@ -144,8 +147,13 @@ fn protections_off_lines(rows: &[(Progress, Option<Vec<Reading>>)]) -> Vec<Strin
 
 pub async fn status(sg: &Sluicegate, json: bool) -> Result<()> {
     let mut rows = Vec::new();
+    let mut laned: Vec<(String, Vec<NodeProgress>)> = Vec::new();
     for m in sg.migrations().await? {
         let off = live_protections_off(sg, &m).await;
+        let lanes = sg.lanes(&m).await?;
+        if !lanes.is_empty() {
+            laned.push((m.name.clone(), lanes_by_node(&lanes)));
+        }
         rows.push((sg.progress(&m).await?, off));
     }
     if json {
@@ -153,6 +161,10 @@ pub async fn status(sg: &Sluicegate, json: bool) -> Result<()> {
             .iter()
             .map(|(p, off)| StatusJson {
                 protections_off: off.as_deref().map(ProtectionOffJson::from_readings),
+                nodes: laned
+                    .iter()
+                    .find(|(name, _)| *name == p.migration.name)
+                    .map(|(_, nodes)| nodes.clone()),
                 ..StatusJson::from_progress(p)
             })
             .collect();
@@ -230,19 +242,86 @@ pub async fn status(sg: &Sluicegate, json: bool) -> Result<()> {
         ]);
     }
     outln!("{t}");
+    for (name, nodes) in &laned {
+        outln!("lanes of {name} by node:");
+        outln!("{}", nodes_table(nodes));
+    }
     for line in protections_off_lines(&rows) {
         outln!("{line}");
     }
     Ok(())
 }
 
-fn jobs_table(jobs: &[Job]) -> Table {
+/// A migration's lanes summed per node.
+fn nodes_table(nodes: &[NodeProgress]) -> Table {
     let mut t = table();
     t.set_header([
-        "JOB", "STATUS", "KEYS", "ROWS", "ATTEMPTS", "BATCH", "SUB", "TOOK", "WORKER", "STARTED",
+        "NODE", "LANES", "DONE", "RUNNING", "HELD", "ROWS", "ETA", "NOTE",
     ]);
-    for j in jobs {
+    for n in nodes {
         t.add_row([
+            Cell::new(&n.node),
+            Cell::new(n.lanes),
+            Cell::new(n.done),
+            Cell::new(n.running),
+            Cell::new(n.held),
+            Cell::new(format!(
+                "{} / {}",
+                thousands(n.rows_done),
+                opt(n.rows_estimate.map(thousands))
+            )),
+            Cell::new(seconds_text(n.eta_seconds)),
+            Cell::new(n.hold_reason.as_deref().unwrap_or("")),
+        ]);
+    }
+    t
+}
+
+/// Each lane of a migration.
+fn lanes_table(lanes: &[LaneProgress]) -> Table {
+    let mut t = table();
+    t.set_header([
+        "LANE", "SHARD", "NODE", "STATE", "ROWS", "JOBS ok/all", "ETA", "NOTE",
+    ]);
+    for l in lanes {
+        t.add_row([
+            Cell::new(l.lane),
+            Cell::new(format!("{} ({})", l.shard_id, l.relation)),
+            Cell::new(&l.node),
+            Cell::new(format!("{:?}", l.state).to_lowercase()),
+            Cell::new(format!(
+                "{} / {}",
+                thousands(l.rows_done),
+                opt(l.rows_estimate.map(thousands))
+            )),
+            Cell::new(format!("{}/{}", l.jobs_done, l.jobs)),
+            Cell::new(seconds_text(l.eta_seconds)),
+            Cell::new(l.hold_reason.as_deref().unwrap_or("")),
+        ]);
+    }
+    t
+}
+
+fn seconds_text(s: Option<f64>) -> String {
+    match s {
+        Some(s) if s <= 0.0 => "-".into(),
+        Some(s) => format_duration(Duration::from_secs(s.round() as u64)).to_string(),
+        None => "-".into(),
+    }
+}
+
+fn jobs_table(jobs: &[Job], lanes: &[Lane]) -> Table {
+    let mut t = table();
+    let laned = jobs.iter().any(|j| j.lane.is_some());
+    let mut header = vec![
+        "JOB", "STATUS", "KEYS", "ROWS", "ATTEMPTS", "BATCH", "SUB", "TOOK", "WORKER", "STARTED",
+    ];
+    if laned {
+        header.insert(2, "LANE (SHARD @ NODE)");
+    }
+    t.set_header(header);
+    for j in jobs {
+        let mut row = vec![
             Cell::new(j.id),
             Cell::new(j.status),
             Cell::new(format!("{} ..= {}", j.min_value, j.max_value)),
@@ -255,9 +334,24 @@ fn jobs_table(jobs: &[Job]) -> Table {
             }))),
             Cell::new(j.worker.as_deref().unwrap_or("-")),
             Cell::new(time(j.started_at)),
-        ]);
+        ];
+        if laned {
+            row.insert(2, Cell::new(lane_text(j, lanes)));
+        }
+        t.add_row(row);
     }
     t
+}
+
+/// `3 (102011 @ 10.0.0.2:5432)`: a job's lane, its shard and the shard's node.
+fn lane_text(j: &Job, lanes: &[Lane]) -> String {
+    match j.lane {
+        None => "-".into(),
+        Some(n) => match lanes.iter().find(|l| l.lane == n) {
+            Some(l) => format!("{n} ({} @ {})", l.shard_id, l.node),
+            None => n.to_string(),
+        },
+    }
 }
 
 pub async fn show(sg: &Sluicegate, migration: &str, json: bool) -> Result<()> {
@@ -265,6 +359,8 @@ pub async fn show(sg: &Sluicegate, migration: &str, json: bool) -> Result<()> {
     let p = sg.progress(&m).await?;
     let off = live_protections_off(sg, &m).await;
     let jobs = sg.jobs(&m, None).await?;
+    let lanes = sg.lanes(&m).await?;
+    let lane_rows = sg.store().lane_list(m.id).await?;
     // The history of batch sizes, from the job rows (each keeps the size it was made with).
     let mut sizes: Vec<(i64, i64, i64)> = Vec::new(); // (batch size, first job, jobs)
     for j in &jobs {
@@ -293,10 +389,13 @@ pub async fn show(sg: &Sluicegate, migration: &str, json: bool) -> Result<()> {
             lock_timeout_ms: i64,
             batch_sizes: Vec<Size>,
             failed_jobs: Vec<JobJson<'a>>,
+            #[serde(skip_serializing_if = "Vec::is_empty")]
+            lanes: Vec<LaneProgress>,
         }
         let out = Show {
             status: StatusJson {
                 protections_off: off.as_deref().map(ProtectionOffJson::from_readings),
+                nodes: (!lanes.is_empty()).then(|| lanes_by_node(&lanes)),
                 ..StatusJson::from_progress(&p)
             },
             statement_timeout_ms: m.statement_timeout_ms,
@@ -309,7 +408,11 @@ pub async fn show(sg: &Sluicegate, migration: &str, json: bool) -> Result<()> {
                     jobs: *jobs,
                 })
                 .collect(),
-            failed_jobs: failed.iter().map(JobJson::from_job).collect(),
+            failed_jobs: failed
+                .iter()
+                .map(|j| JobJson::in_lanes(j, &lane_rows))
+                .collect(),
+            lanes: lanes.clone(),
         };
         outln!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());
@@ -460,9 +563,15 @@ pub async fn show(sg: &Sluicegate, migration: &str, json: bool) -> Result<()> {
     for line in protections_off_lines(&[(p, off)]) {
         outln!("{line}");
     }
+    if !lanes.is_empty() {
+        outln!("lanes by node:");
+        outln!("{}", nodes_table(&lanes_by_node(&lanes)));
+        outln!("lanes:");
+        outln!("{}", lanes_table(&lanes));
+    }
     if !failed.is_empty() {
         outln!("failed jobs:");
-        outln!("{}", jobs_table(&failed));
+        outln!("{}", jobs_table(&failed, &lane_rows));
     }
     Ok(())
 }
@@ -484,13 +593,14 @@ pub async fn jobs(
         None => None,
     };
     let jobs = sg.jobs(&m, status).await?;
+    let lanes = sg.store().lane_list(m.id).await?;
     if json {
-        let all: Vec<_> = jobs.iter().map(JobJson::from_job).collect();
+        let all: Vec<_> = jobs.iter().map(|j| JobJson::in_lanes(j, &lanes)).collect();
         outln!("{}", serde_json::to_string_pretty(&all)?);
     } else if jobs.is_empty() {
         outln!("no jobs");
     } else {
-        outln!("{}", jobs_table(&jobs));
+        outln!("{}", jobs_table(&jobs, &lanes));
     }
     Ok(())
 }
@@ -522,8 +632,13 @@ pub async fn history(sg: &Sluicegate, migration: &str, job: Option<i64>, json: b
                 Cell::new(r.exception_message.as_deref().unwrap_or("")),
             ]);
         }
+        let lanes = sg.store().lane_list(m.id).await?;
+        let lane = match j.lane {
+            Some(_) => format!(", lane {}", lane_text(&j, &lanes)),
+            None => String::new(),
+        };
         outln!(
-            "job {job_id} of migration {} (keys {} ..= {}):",
+            "job {job_id} of migration {} (keys {} ..= {}{lane}):",
             m.name,
             j.min_value,
             j.max_value

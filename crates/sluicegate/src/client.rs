@@ -32,6 +32,7 @@ use crate::store::{
 };
 
 mod health;
+pub mod lanes;
 mod nodes;
 
 /// Default tracking schema on PostgreSQL.
@@ -1479,7 +1480,13 @@ pub const MAX_NAME_LEN: usize = 200;
 /// other key by the keys its succeeded jobs walked over the table's estimated rows, never
 /// above 99% before the end (the estimate is an estimate).
 fn key_share_done(migration: &Migration, jobs: &JobCounts) -> f64 {
-    if let (Some(min), Some(max)) = (migration.min_value.as_i64(), migration.max_value.as_i64()) {
+    // Lanes each walk the whole key range over their own shard: the keys done are the share.
+    let one_range = migration.citus != Some(CitusTable::Distributed);
+    if let (true, Some(min), Some(max)) = (
+        one_range,
+        migration.min_value.as_i64(),
+        migration.max_value.as_i64(),
+    ) {
         let span = (max as i128 - min as i128 + 1).max(1) as f64;
         let handed_out = match &migration.next_start {
             None => span,

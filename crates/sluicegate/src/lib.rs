@@ -26,6 +26,7 @@ pub mod store;
 #[cfg(feature = "testing")]
 pub mod testing;
 
+pub use client::lanes::{lanes_by_node, LaneProgress, LaneState, NodeProgress};
 pub use client::{
     check_reason, ConnectOptions, Plan, Progress, QueueRequest, SettingsChange, Sluicegate,
     MAX_REASON_CHARS,

@@ -30,13 +30,22 @@ pub async fn migrations(State(st): State<AppState>) -> ApiResult {
 
 pub async fn migration(State(st): State<AppState>, Id(id): Id) -> ApiResult {
     let m = st.sg.migration(&id).await?;
-    to_value(StatusJson::from_progress(&st.sg.progress(&m).await?))
+    let lanes = st.sg.lanes(&m).await?;
+    to_value(StatusJson {
+        nodes: (!lanes.is_empty()).then(|| sluicegate::lanes_by_node(&lanes)),
+        ..StatusJson::from_progress(&st.sg.progress(&m).await?)
+    })
 }
 
 pub async fn jobs(State(st): State<AppState>, Id(id): Id) -> ApiResult {
     let m = st.sg.migration(&id).await?;
     let jobs = st.sg.jobs(&m, None).await?;
-    to_value(jobs.iter().map(JobJson::from_job).collect::<Vec<_>>())
+    let lanes = st.sg.store().lane_list(m.id).await?;
+    to_value(
+        jobs.iter()
+            .map(|j| JobJson::in_lanes(j, &lanes))
+            .collect::<Vec<_>>(),
+    )
 }
 
 /// Each health indicator's reading for a migration, now.

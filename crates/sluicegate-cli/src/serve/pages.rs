@@ -378,6 +378,8 @@ pub async fn migration(
     let jobs = st.sg.jobs(&m, None).await?;
     let log = st.sg.migration_history(&m).await?;
     let hold = hold_reason(&st, &m).await?;
+    let lanes = st.sg.lanes(&m).await?;
+    let nodes = sluicegate::lanes_by_node(&lanes);
     let start = jobs.iter().filter_map(|j| j.started_at).min();
     let throughput: Vec<(f64, f64)> = jobs
         .iter()
@@ -522,6 +524,40 @@ pub async fn migration(
             tr { th { "timeouts" } td { "statement " (millis(m.statement_timeout_ms)) ", lock " (millis(m.lock_timeout_ms)) } }
             tr { th { "jobs" } td { (p.jobs.succeeded) " succeeded, " (p.jobs.failed) " failed, " (p.jobs.running) " running, " (p.jobs.pending) " pending" } }
             tr { th { "created / finished" } td { (time(Some(m.created_at))) " / " (time(m.finished_at)) } }
+        }
+        @if !nodes.is_empty() {
+            h2 { "Lanes by node" }
+            table #lanes-by-node {
+                tr { th { "node" } th { "lanes" } th { "done" } th { "running" } th { "held" } th { "rows" } th { "ETA" } th { "note" } }
+                @for n in &nodes {
+                    tr class=(if n.held > 0 { "held" } else { "" }) {
+                        td { code { (n.node) } }
+                        td { (n.lanes) }
+                        td { (n.done) }
+                        td { (n.running) }
+                        td { (n.held) }
+                        td { (thousands(n.rows_done)) " / " (n.rows_estimate.map(thousands).unwrap_or_else(|| "?".into())) }
+                        td { (n.eta_seconds.filter(|s| *s > 0.0).map(|s| humantime::format_duration(std::time::Duration::from_secs(s.round() as u64)).to_string()).unwrap_or_else(|| "-".into())) }
+                        td { (n.hold_reason.clone().unwrap_or_default()) }
+                    }
+                }
+            }
+            details {
+                summary { (lanes.len()) " lanes (one per shard)" }
+                table #lanes {
+                    tr { th { "lane" } th { "shard" } th { "node" } th { "state" } th { "rows" } th { "jobs ok/all" } }
+                    @for l in &lanes {
+                        tr {
+                            td { (l.lane) }
+                            td { (l.shard_id) " " code { (l.relation) } }
+                            td { code { (l.node) } }
+                            td { (format!("{:?}", l.state).to_lowercase()) }
+                            td { (thousands(l.rows_done)) " / " (l.rows_estimate.map(thousands).unwrap_or_else(|| "?".into())) }
+                            td { (l.jobs_done) "/" (l.jobs) }
+                        }
+                    }
+                }
+            }
         }
         div .charts {
             (line_chart("throughput (rows/s per job, by seconds since the first job)", &throughput, true))
