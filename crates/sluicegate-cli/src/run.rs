@@ -249,18 +249,38 @@ pub async fn queue(sg: &Sluicegate, args: &QueueArgs) -> Result<()> {
                     ""
                 }
             );
+            if !m.lanes.is_empty() {
+                let mut nodes: Vec<&str> = m.lanes.iter().map(|l| l.node.as_str()).collect();
+                nodes.sort_unstable();
+                nodes.dedup();
+                outln!(
+                    "  lanes          {} (one per shard of the Citus distributed table) on {} node(s): {}; one job per lane at a time, lanes in parallel",
+                    m.lanes.len(),
+                    nodes.len(),
+                    nodes.join(", ")
+                );
+            }
             outln!(
-                "  trial          one sub-batch touched {} rows in {:.1} ms, rolled back",
+                "  trial          one sub-batch touched {} rows in {:.1} ms, rolled back{}",
                 plan.trial_rows,
-                plan.trial_time.as_secs_f64() * 1000.0
+                plan.trial_time.as_secs_f64() * 1000.0,
+                match m.lanes.first() {
+                    Some(lane) => format!(" (on shard {} on {})", lane.shard_id, lane.node),
+                    None => String::new(),
+                }
             );
             outln!(
-                "  duration (est.) {} at interval {} and pause {} ms",
+                "  duration (est.) {} at interval {} and pause {} ms{}",
                 plan.estimated_duration()
                     .map(format_duration)
                     .unwrap_or_else(|| "-".into()),
                 format_duration(m.interval),
-                m.pause_ms
+                m.pause_ms,
+                if m.lanes.is_empty() {
+                    ""
+                } else {
+                    " with one loop; loops on different lanes run at once (divide by --concurrency and workers, up to the lanes)"
+                }
             );
         }
         return Ok(());

@@ -19,7 +19,7 @@ use crate::ident::{self, TableName};
 use crate::key::Lower;
 use crate::kind::Registry;
 use crate::model::{
-    CitusTable,
+    CitusTable, NewLane,
     Job, JobCounts, JobTransition, Migration, MigrationTransition, NewMigration, Settings,
     TargetIdentity, ValidSettings,
 };
@@ -872,9 +872,18 @@ impl Sluicegate {
         let next_start = (!empty).then(|| Lower::From(min_value.clone()));
         let protections_off = self.check_health_settings(&table, &settings, None).await?;
         let trial_lower = Lower::From(min_value.clone());
+        // A distributed table's trial runs as its jobs will: on one shard, on its node.
+        let (trial_target, trial_table, trial_shard) = match &citus {
+            Some((CitusTable::Distributed, lanes)) if !lanes.is_empty() => (
+                self.node_target(&lanes[0].node).await?,
+                TableName::parse(&lanes[0].relation)?,
+                Some(lanes[0].shard_id),
+            ),
+            _ => (self.target.clone(), table.clone(), None),
+        };
         let trial_spec = |size: i64| SubBatchSpec {
             kind: kind.as_ref(),
-            table: &table,
+            table: &trial_table,
             key: &key,
             scope: scope.as_deref(),
             arguments: &req.arguments,
@@ -887,14 +896,14 @@ impl Sluicegate {
                 lock_ms: millis(req.lock_timeout),
             },
             key_unique,
-            shard: None,
+            shard: trial_shard,
         };
         let trial_started = std::time::Instant::now();
         // An empty table has no key to start from (its bounds are placeholders): nothing to try.
         let trial = match &next_start {
             None => Ok(0),
             Some(_) => {
-                self.target
+                trial_target
                     .sub_batch_try(trial_spec(req.sub_batch_size))
                     .await
             }
@@ -916,7 +925,7 @@ impl Sluicegate {
         let mut trial_costs = None;
         if built_in && next_start.is_some() && large > req.sub_batch_size {
             let started = std::time::Instant::now();
-            if self.target.sub_batch_try(trial_spec(large)).await.is_ok() {
+            if trial_target.sub_batch_try(trial_spec(large)).await.is_ok() {
                 let large_time = started.elapsed().as_secs_f64();
                 let small_time = trial_time.as_secs_f64();
                 let per_key = ((large_time - small_time) / (large - req.sub_batch_size) as f64)
@@ -953,9 +962,15 @@ impl Sluicegate {
             } else {
                 MigrationStatus::Active
             },
-            total_tuple_count: match &scope {
-                Some(scope) => self.target.scope_estimate(&table, scope).await?,
-                None => self.target.row_estimate(&table).await?,
+            total_tuple_count: match &citus {
+                // The coordinator's own table is empty: the rows are in the shards.
+                Some((CitusTable::Distributed, lanes)) => {
+                    self.lanes_estimate(lanes, scope.as_deref()).await?
+                }
+                _ => match &scope {
+                    Some(scope) => self.target.scope_estimate(&table, scope).await?,
+                    None => self.target.row_estimate(&table).await?,
+                },
             },
             health: settings.health.clone(),
             target_sub_batch_ms: millis(settings.target_sub_batch_time),
@@ -970,13 +985,17 @@ impl Sluicegate {
             .get("where")
             .and_then(Value::as_str)
             .filter(|w| !w.trim().is_empty());
-        let rows_to_change = match (filter, &migration.scope) {
+        let condition = match (filter, &migration.scope) {
+            (None, _) => None,
+            (Some(w), None) => Some(w.to_owned()),
+            (Some(w), Some(s)) => Some(format!("({s}) AND ({w})")),
+        };
+        let rows_to_change = match (condition, migration.citus) {
             (None, _) => migration.total_tuple_count,
-            (Some(w), None) => self.target.scope_estimate(&table, w).await?,
-            (Some(w), Some(s)) => {
-                let both = format!("({s}) AND ({w})");
-                self.target.scope_estimate(&table, &both).await?
+            (Some(c), Some(CitusTable::Distributed)) => {
+                self.lanes_estimate(&migration.lanes, Some(&c)).await?
             }
+            (Some(c), _) => self.target.scope_estimate(&table, &c).await?,
         };
         Ok(Plan {
             migration,
@@ -986,6 +1005,22 @@ impl Sluicegate {
             rows_to_change,
             protections_off,
         })
+    }
+
+    /// The rows of a distributed table's shards (matching `scope`), each estimated on its
+    /// node as a table's are.
+    async fn lanes_estimate(&self, lanes: &[NewLane], scope: Option<&str>) -> Result<Option<i64>> {
+        let mut total = 0;
+        for lane in lanes {
+            let node = self.node_target(&lane.node).await?;
+            let shard = TableName::parse(&lane.relation)?;
+            let rows = match scope {
+                Some(scope) => node.scope_estimate(&shard, scope).await?,
+                None => node.row_estimate(&shard).await?,
+            };
+            total += rows.unwrap_or(0);
+        }
+        Ok(Some(total))
     }
 
     /// The checks of health settings that need the target database, made by `queue` and
