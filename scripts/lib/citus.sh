@@ -5,7 +5,9 @@
 #
 # citus_installed: whether the Citus extension is installed into PostgreSQL $PG_BIN.
 # citus_cluster_start: starts the cluster and exports SLUICEGATE_TEST_CITUS_URL (the
-# coordinator), CITUS_DIR, CITUS_PORTS (coordinator first). Needs pg.sh sourced and PG_BIN set.
+# coordinator), SLUICEGATE_TEST_CITUS_DIR (= CITUS_DIR, one data directory per node:
+# coordinator, worker1, worker2), CITUS_PORTS (coordinator first). Needs pg.sh sourced and
+# PG_BIN set.
 # citus_cluster_stop: stops and removes it. CITUS_DEFAULTS=1 (the bench) keeps PostgreSQL's own
 # durability and autovacuum settings.
 
@@ -66,6 +68,8 @@ CONF
   done
   psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$coordinator" -U postgres -d postgres -c "$sql" >/dev/null
   export CITUS_DIR CITUS_PORTS
+  # The node-stop test runs pg_ctl on $SLUICEGATE_TEST_CITUS_DIR/worker2.
+  export SLUICEGATE_TEST_CITUS_DIR="$CITUS_DIR" PG_BIN
   export SLUICEGATE_TEST_CITUS_URL="postgres://postgres@127.0.0.1:$coordinator/postgres"
   echo "Citus cluster: coordinator 127.0.0.1:$coordinator, workers ${CITUS_PORTS#* } ($(psql -X -At -h 127.0.0.1 -p "$coordinator" -U postgres -d postgres -c "SELECT citus_version()" | cut -d, -f1))"
 }
