@@ -18,6 +18,11 @@ pub const MAX_GROWTH: f64 = 1.2;
 pub const MIN_BATCH_SIZE: i64 = 1_000;
 /// Largest batch size when the migration sets no ceiling (GitLab: 2,000,000).
 pub const MAX_BATCH_SIZE: i64 = 2_000_000;
+/// At full speed (interval 0) there is no interval to fill: jobs are grown toward this long
+/// instead, and never shrunk. Long enough that a job's bookkeeping (its creation, its end, a
+/// few statements on the tracking database) is noise against its work; short enough that a
+/// pause, a hold or a stop waits little for the job in flight.
+pub const FULL_SPEED_JOB_TIME: Duration = Duration::from_secs(1);
 
 /// Exponentially smoothed efficiency of `durations` (newest first) against `interval`:
 /// weights (1-α)^i, normalised. `None` with fewer than [`SAMPLE_JOBS`] samples or a zero

@@ -465,6 +465,7 @@ store_test!(migration_resize, |db| {
         sub_batch_size: 300,
         reason: "smaller".into(),
         actor: "optimizer".into(),
+        expected_batch_size: None,
     };
     let resized = sg.store().migration_resize(&params).await.unwrap().unwrap();
     // The sub-batch is clamped to the batch.

@@ -254,6 +254,7 @@ store_test!(resizes_are_logged_and_refused_on_final_migrations, |db| {
         sub_batch_size: 300,
         reason: "test: smaller".into(),
         actor: "w1".into(),
+        expected_batch_size: None,
     };
     let resized = store.migration_resize(&params).await.unwrap().unwrap();
     assert_eq!((resized.batch_size, resized.sub_batch_size), (200, 200));

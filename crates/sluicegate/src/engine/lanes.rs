@@ -279,7 +279,7 @@ impl WorkerLoop {
     async fn run_lane_job(
         &mut self,
         run: &mut MigrationRun,
-        m: Migration,
+        mut m: Migration,
         mut job: Job,
         (lane, target): (Lane, Arc<dyn Target>),
         mode: Mode,
@@ -352,7 +352,10 @@ impl WorkerLoop {
             }
             JobOutcome::Succeeded => {
                 if mode == Mode::Normal {
-                    self.optimize(&m).await?;
+                    if let Some(resized) = self.optimize(&m).await? {
+                        m.batch_size = resized.batch_size;
+                        m.sub_batch_size = resized.sub_batch_size;
+                    }
                 }
                 self.log_tuner(run, &m, &job).await?;
             }

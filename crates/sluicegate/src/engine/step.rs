@@ -249,7 +249,7 @@ impl WorkerLoop {
     async fn run_job(
         &mut self,
         run: &mut MigrationRun,
-        m: Migration,
+        mut m: Migration,
         job: Job,
         origin: Origin,
         mode: Mode,
@@ -281,7 +281,10 @@ impl WorkerLoop {
             }
             JobOutcome::Succeeded => {
                 if mode == Mode::Normal {
-                    self.optimize(&m).await?;
+                    if let Some(resized) = self.optimize(&m).await? {
+                        m.batch_size = resized.batch_size;
+                        m.sub_batch_size = resized.sub_batch_size;
+                    }
                 }
                 self.log_tuner(run, &m, &ran.job).await?;
             }

@@ -13,12 +13,18 @@ use crate::store::MigrationResizeParams;
 
 impl WorkerLoop {
     /// GitLab's optimizer over the last 20 succeeded jobs, weighted by rows affected and
-    /// capped by the slowest cost per row (see [`optimizer::next_batch_size_by_rows`]); off at
-    /// interval 0, where only the sub-batch tuner runs. A change is logged as `resize`.
-    pub(super) async fn optimize(&self, m: &Migration) -> Result<()> {
-        if m.interval.is_zero() {
-            return Ok(());
-        }
+    /// capped by the slowest cost per row (see [`optimizer::next_batch_size_by_rows`]); at
+    /// interval 0 it aims jobs at [`optimizer::FULL_SPEED_JOB_TIME`] and only grows them. A
+    /// change is a compare-and-set on the batch size (loops that saw the same jobs make one),
+    /// logged as `resize`; the migration as resized is returned, for this loop to go on with.
+    pub(super) async fn optimize(&self, m: &Migration) -> Result<Option<Migration>> {
+        // At full speed, jobs grow toward a target time of their own (never shrink: nothing
+        // waits on them but their own bookkeeping).
+        let full_speed = m.interval.is_zero();
+        let aim = match full_speed {
+            true => optimizer::FULL_SPEED_JOB_TIME,
+            false => m.interval,
+        };
         let jobs = self
             .sluicegate()
             .store
@@ -37,10 +43,24 @@ impl WorkerLoop {
         let Some(resize) = optimizer::next_batch_size_by_rows(
             m.batch_size,
             &samples,
-            m.interval,
+            aim,
             m.max_batch_size,
         ) else {
-            return Ok(());
+            return Ok(None);
+        };
+        if full_speed && resize.batch_size <= m.batch_size {
+            return Ok(None);
+        }
+        let resize = match full_speed {
+            true => optimizer::Resize {
+                reason: format!(
+                    "{} (at full speed, jobs are grown toward {} each)",
+                    resize.reason.replace("the interval", "the job target"),
+                    humantime::format_duration(aim)
+                ),
+                ..resize
+            },
+            false => resize,
         };
         // The batch never drops below the sub-batch: shrink that too when it must.
         let params = MigrationResizeParams {
@@ -49,10 +69,13 @@ impl WorkerLoop {
             sub_batch_size: m.sub_batch_size.min(resize.batch_size),
             reason: format!("optimizer: {}", resize.reason),
             actor: self.name.clone(),
+            expected_batch_size: Some(m.batch_size),
         };
-        tracing::info!(migration = m.id, reason = %params.reason, "batch size changed");
-        self.sluicegate().store.migration_resize(&params).await?;
-        Ok(())
+        let resized = self.sluicegate().store.migration_resize(&params).await?;
+        if resized.is_some() {
+            tracing::info!(migration = m.id, reason = %params.reason, "batch size changed");
+        }
+        Ok(resized)
     }
 
     /// The sub-batch tuner's news after `job` in the migration's log, as a `resize` row:
@@ -81,6 +104,7 @@ impl WorkerLoop {
             sub_batch_size: tuned.min(current.batch_size),
             reason,
             actor: self.name.clone(),
+            expected_batch_size: None,
         };
         tracing::info!(migration = m.id, reason = %params.reason, "sub-batch size logged");
         if let Some(resized) = self.sluicegate().store.migration_resize(&params).await? {
@@ -113,6 +137,7 @@ impl WorkerLoop {
                 failure.class, job.id, current.batch_size, current.sub_batch_size
             ),
             actor: self.name.clone(),
+            expected_batch_size: None,
         };
         tracing::info!(migration = m.id, reason = %params.reason, "batch size shrunk after a timeout");
         self.sluicegate().store.migration_resize(&params).await?;

@@ -491,6 +491,8 @@ pub struct MigrationResizeParams {
     pub reason: String,
     /// Who.
     pub actor: String,
+    /// Only if the batch size is still this (the loops that saw the same jobs resize once).
+    pub expected_batch_size: Option<i64>,
 }
 
 /// Refuses a hold longer than any that may be queued: a stored value past it is out of range

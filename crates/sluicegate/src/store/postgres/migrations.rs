@@ -139,6 +139,7 @@ WITH m AS (
     SET batch_size = $2, sub_batch_size = least($3, $2, coalesce(sub_batch_ceiling, $3)),
         updated_at = now()
     WHERE id = $1 AND status IN ('active', 'paused', 'finalizing')
+      AND ($6::bigint IS NULL OR batch_size = $6)
     RETURNING *
 ), log AS (
     INSERT INTO {s}.migration_transition_logs (migration_id, previous_status, next_status, event,
@@ -388,6 +389,7 @@ pub(super) async fn resize(
         .bind(p.sub_batch_size)
         .bind(&p.reason)
         .bind(&p.actor)
+        .bind(p.expected_batch_size)
         .fetch_optional(&store.pool)
         .await
         .map_err(Error::db(format!(

@@ -108,6 +108,7 @@ const MIGRATION_RESIZE: &str = "UPDATE sluicegate_migrations
     SET batch_size = $2, sub_batch_size = min($3, $2, coalesce(sub_batch_ceiling, $3)),
         updated_at = $4
     WHERE id = $1 AND status IN ('active', 'paused', 'finalizing')
+      AND ($5 IS NULL OR batch_size = $5)
     RETURNING *";
 
 /// An operator's change (`sluicegate set`): each given value, an explicit sub-batch size also
@@ -454,6 +455,7 @@ pub(super) async fn resize(
         .bind(p.batch_size)
         .bind(p.sub_batch_size)
         .bind(&at)
+        .bind(p.expected_batch_size)
         .fetch_optional(&mut *tx)
         .await
         .map_err(Error::db(&context))?;
