@@ -281,7 +281,14 @@ fn nodes_table(nodes: &[NodeProgress]) -> Table {
 fn lanes_table(lanes: &[LaneProgress]) -> Table {
     let mut t = table();
     t.set_header([
-        "LANE", "SHARD", "NODE", "STATE", "ROWS", "JOBS ok/all", "ETA", "NOTE",
+        "LANE",
+        "SHARD",
+        "NODE",
+        "STATE",
+        "ROWS",
+        "JOBS ok/all",
+        "ETA",
+        "NOTE",
     ]);
     for l in lanes {
         t.add_row([

@@ -19,9 +19,8 @@ use crate::ident::{self, TableName};
 use crate::key::Lower;
 use crate::kind::Registry;
 use crate::model::{
-    CitusTable, NewLane,
-    Job, JobCounts, JobTransition, Migration, MigrationTransition, NewMigration, Settings,
-    TargetIdentity, ValidSettings,
+    CitusTable, Job, JobCounts, JobTransition, Migration, MigrationTransition, NewLane,
+    NewMigration, Settings, TargetIdentity, ValidSettings,
 };
 use crate::status::{JobStatus, MigrationEvent, MigrationStatus};
 use crate::store::postgres::{PgStore, PgTarget};

@@ -23,6 +23,8 @@ pub const MAX_BATCH_SIZE: i64 = 2_000_000;
 /// few statements on the tracking database) is noise against its work; short enough that a
 /// pause, a hold or a stop waits little for the job in flight.
 pub const FULL_SPEED_JOB_TIME: Duration = Duration::from_secs(1);
+/// At full speed, how often a loop looks at its recent jobs for growth.
+pub const FULL_SPEED_LOOK_EVERY: Duration = Duration::from_secs(1);
 
 /// Exponentially smoothed efficiency of `durations` (newest first) against `interval`:
 /// weights (1-α)^i, normalised. `None` with fewer than [`SAMPLE_JOBS`] samples or a zero

@@ -8,8 +8,10 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
+use sluicegate::{
+    ConnectOptions, Error, Migration, QueueRequest, Sluicegate, Worker, WorkerOptions,
+};
 use sluicegate::{MigrationEvent, MigrationStatus};
-use sluicegate::{ConnectOptions, Error, Migration, QueueRequest, Sluicegate, Worker, WorkerOptions};
 use sqlx::postgres::PgPool;
 use sqlx::Row;
 
@@ -44,7 +46,9 @@ struct CitusTest {
 fn suffix() -> String {
     use rand::Rng;
     let mut rng = rand::thread_rng();
-    (0..10).map(|_| (b'a' + rng.gen_range(0..26)) as char).collect()
+    (0..10)
+        .map(|_| (b'a' + rng.gen_range(0..26)) as char)
+        .collect()
 }
 
 impl CitusTest {
@@ -159,7 +163,11 @@ async fn a_distributed_table_runs_lane_by_lane_exactly_once() {
     let lanes = t.sg.store().lane_list(m.id).await.unwrap();
     assert_eq!(lanes.len(), 8, "one lane per shard");
     let nodes: std::collections::BTreeSet<_> = lanes.iter().map(|l| l.node.clone()).collect();
-    assert_eq!(nodes.len(), 2, "the shards are on both worker nodes: {nodes:?}");
+    assert_eq!(
+        nodes.len(),
+        2,
+        "the shards are on both worker nodes: {nodes:?}"
+    );
     tokio::time::timeout(Duration::from_secs(120), t.worker("w", 4).run_until_idle())
         .await
         .expect("done within two minutes")
@@ -168,7 +176,10 @@ async fn a_distributed_table_runs_lane_by_lane_exactly_once() {
     assert_eq!(m.status, MigrationStatus::Finished);
     assert_eq!(t.not_once(&table).await, 0, "every row exactly once");
     let jobs = t.sg.jobs(&m, None).await.unwrap();
-    assert!(jobs.iter().all(|j| j.lane.is_some()), "every job has its lane");
+    assert!(
+        jobs.iter().all(|j| j.lane.is_some()),
+        "every job has its lane"
+    );
     for lane in &lanes {
         let rows: i64 = jobs
             .iter()
@@ -181,7 +192,11 @@ async fn a_distributed_table_runs_lane_by_lane_exactly_once() {
                 lane.shard_id
             ))
             .await;
-        assert_eq!(rows, shard_rows, "lane {} wrote its shard's rows", lane.lane);
+        assert_eq!(
+            rows, shard_rows,
+            "lane {} wrote its shard's rows",
+            lane.lane
+        );
     }
     // Each job wrote one shard's table on its node: no statement through the coordinator
     // touched the distributed table (Citus counts none for it).
@@ -194,7 +209,10 @@ async fn killed_lane_jobs_resume_from_the_ledger_exactly_once() {
     let _one = CLUSTER.lock().await;
     let t = CitusTest::new(&url).await;
     let table = t.events(4, 8_000).await;
-    let m = t.sg.queue(&t.update("resume", &table, 2_000)).await.unwrap();
+    let m =
+        t.sg.queue(&t.update("resume", &table, 2_000))
+            .await
+            .unwrap();
     // A worker that stops mid-job, its lease then run out: abandoned jobs in their lanes.
     let w = t.worker("dies", 2);
     let run = tokio::spawn(async move { w.run_until_idle().await });
@@ -204,7 +222,13 @@ async fn killed_lane_jobs_resume_from_the_ledger_exactly_once() {
         let sg = sg.clone();
         async move {
             let m = sg.migration(&id.to_string()).await.unwrap();
-            sg.jobs(&m, None).await.unwrap().iter().filter(|j| j.cursor.is_some()).count() >= 2
+            sg.jobs(&m, None)
+                .await
+                .unwrap()
+                .iter()
+                .filter(|j| j.cursor.is_some())
+                .count()
+                >= 2
         }
     })
     .await;
@@ -212,11 +236,17 @@ async fn killed_lane_jobs_resume_from_the_ledger_exactly_once() {
     let _ = run.await;
     // Whatever was committed on the nodes past the tracking rows is in the ledgers; a new
     // worker takes the jobs up after their leases run out and resumes from there.
-    tokio::time::timeout(Duration::from_secs(120), t.worker("again", 2).run_until_idle())
-        .await
-        .expect("done within two minutes")
-        .unwrap();
-    assert_eq!(t.migration("resume").await.status, MigrationStatus::Finished);
+    tokio::time::timeout(
+        Duration::from_secs(120),
+        t.worker("again", 2).run_until_idle(),
+    )
+    .await
+    .expect("done within two minutes")
+    .unwrap();
+    assert_eq!(
+        t.migration("resume").await.status,
+        MigrationStatus::Finished
+    );
     assert_eq!(t.not_once(&table).await, 0, "every row exactly once");
     t.finish().await;
 }
@@ -226,10 +256,7 @@ async fn reference_and_local_tables_run_through_the_coordinator() {
     let Some(url) = citus_url() else { return };
     let _one = CLUSTER.lock().await;
     let t = CitusTest::new(&url).await;
-    let (reference, local) = (
-        format!("{}.refs", t.schema),
-        format!("{}.plain", t.schema),
-    );
+    let (reference, local) = (format!("{}.refs", t.schema), format!("{}.plain", t.schema));
     t.exec(&format!(
         "CREATE TABLE {reference} (id bigint PRIMARY KEY, n int NOT NULL DEFAULT 0);
          SELECT create_reference_table('{reference}');
@@ -238,16 +265,26 @@ async fn reference_and_local_tables_run_through_the_coordinator() {
          INSERT INTO {local} SELECT g, 0 FROM generate_series(1, 3000) g;"
     ))
     .await;
-    let r = t.sg.queue(&t.update("reference", &reference, 500)).await.unwrap();
+    let r =
+        t.sg.queue(&t.update("reference", &reference, 500))
+            .await
+            .unwrap();
     let l = t.sg.queue(&t.update("local", &local, 500)).await.unwrap();
     assert_eq!(r.citus, Some(sluicegate::CitusTable::Reference));
-    assert_eq!(l.citus, None, "a plain table on the coordinator is no Citus table");
+    assert_eq!(
+        l.citus, None,
+        "a plain table on the coordinator is no Citus table"
+    );
     tokio::time::timeout(Duration::from_secs(120), t.worker("w", 2).run_until_idle())
         .await
         .expect("done within two minutes")
         .unwrap();
     for name in ["reference", "local"] {
-        assert_eq!(t.migration(name).await.status, MigrationStatus::Finished, "{name}");
+        assert_eq!(
+            t.migration(name).await.status,
+            MigrationStatus::Finished,
+            "{name}"
+        );
     }
     assert_eq!(t.not_once(&reference).await, 0);
     assert_eq!(t.not_once(&local).await, 0);
@@ -265,7 +302,10 @@ async fn a_sql_kind_on_a_distributed_table_is_refused_at_queue() {
     let err = t.sg.queue(&req).await.unwrap_err();
     assert!(matches!(err, Error::InvalidJob { .. }), "{err}");
     assert!(err.to_string().contains("Citus distributed table"), "{err}");
-    assert!(t.sg.migrations().await.unwrap().is_empty(), "nothing queued");
+    assert!(
+        t.sg.migrations().await.unwrap().is_empty(),
+        "nothing queued"
+    );
     t.finish().await;
 }
 
@@ -276,10 +316,23 @@ fn pg_ctl(node: &str, action: &str) {
     let data = format!("{dir}/{node}");
     let log = format!("{dir}/{node}.log");
     let args = [
-        "-u", "postgres", "--", &format!("{bin}/pg_ctl"), "-D", &data, "-l", &log, "-w", "-m",
-        "fast", action,
+        "-u",
+        "postgres",
+        "--",
+        &format!("{bin}/pg_ctl"),
+        "-D",
+        &data,
+        "-l",
+        &log,
+        "-w",
+        "-m",
+        "fast",
+        action,
     ];
-    let status = Command::new("runuser").args(args).status().expect("runuser runs");
+    let status = Command::new("runuser")
+        .args(args)
+        .status()
+        .expect("runuser runs");
     assert!(status.success(), "pg_ctl {action} {node}");
 }
 
@@ -306,20 +359,28 @@ async fn a_node_that_is_down_holds_only_its_lanes() {
     let sg = t.sg.clone();
     let (id, down_lanes): (i64, Vec<i32>) = (
         m.id,
-        lanes.iter().filter(|l| l.node == down).map(|l| l.lane).collect(),
+        lanes
+            .iter()
+            .filter(|l| l.node == down)
+            .map(|l| l.lane)
+            .collect(),
     );
     // The other node's lanes finish; the stopped node's are held, its name in the log.
-    t.wait_for("the other node's lanes to finish", Duration::from_secs(90), || {
-        let sg = sg.clone();
-        let down = down.clone();
-        async move {
-            let lanes = sg.store().lane_list(id).await.unwrap();
-            lanes
-                .iter()
-                .filter(|l| l.node != down)
-                .all(|l| l.next_start.is_none() && l.running_job.is_none())
-        }
-    })
+    t.wait_for(
+        "the other node's lanes to finish",
+        Duration::from_secs(90),
+        || {
+            let sg = sg.clone();
+            let down = down.clone();
+            async move {
+                let lanes = sg.store().lane_list(id).await.unwrap();
+                lanes
+                    .iter()
+                    .filter(|l| l.node != down)
+                    .all(|l| l.next_start.is_none() && l.running_job.is_none())
+            }
+        },
+    )
     .await;
     let m = t.migration("down").await;
     let history = t.sg.migration_history(&m).await.unwrap();
@@ -334,7 +395,9 @@ async fn a_node_that_is_down_holds_only_its_lanes() {
     );
     let held = t.sg.store().lane_list(id).await.unwrap();
     assert!(
-        held.iter().filter(|l| down_lanes.contains(&l.lane)).all(|l| l.next_start.is_some()),
+        held.iter()
+            .filter(|l| down_lanes.contains(&l.lane))
+            .all(|l| l.next_start.is_some()),
         "the stopped node's lanes wait"
     );
     assert_eq!(m.status, MigrationStatus::Active);
@@ -348,7 +411,9 @@ async fn a_node_that_is_down_holds_only_its_lanes() {
     assert_eq!(m.status, MigrationStatus::Finished);
     let history = t.sg.migration_history(&m).await.unwrap();
     assert!(
-        history.iter().any(|r| r.event == MigrationEvent::LaneRelease),
+        history
+            .iter()
+            .any(|r| r.event == MigrationEvent::LaneRelease),
         "the lanes were released"
     );
     assert_eq!(t.not_once(&table).await, 0, "every row exactly once");
@@ -414,7 +479,10 @@ async fn a_shard_moved_mid_run_is_followed_to_its_new_node() {
         .find(|r| r.event == MigrationEvent::LaneMove)
         .expect("a lane_move row");
     let reason = moved.reason.clone().unwrap_or_default();
-    assert!(reason.contains(&lane.node) && reason.contains(&to), "{reason}");
+    assert!(
+        reason.contains(&lane.node) && reason.contains(&to),
+        "{reason}"
+    );
     let row = sqlx::query("SELECT 1 FROM pg_dist_placement WHERE shardid = $1")
         .bind(lane.shard_id)
         .fetch_all(&t.admin)

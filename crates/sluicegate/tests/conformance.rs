@@ -13,9 +13,9 @@ use sluicegate::failure::Failure;
 use sluicegate::model::{CitusTable, NewLane, NewMigration};
 use sluicegate::store::{
     Backend, Capabilities, JobCreateParams, JobCreated, JobCursor, JobFinish, JobRange,
-    JobSplitParams, JobTransitionParams, LaneHoldParams, LedgerCursor, MigrationSetParams, MigrationThrottleParams,
-    MigrationTransitionParams, SubBatchCommit, SubBatchCommitted, SubBatchSpec, Timeouts,
-    SCHEMA_VERSION,
+    JobSplitParams, JobTransitionParams, LaneHoldParams, LedgerCursor, MigrationSetParams,
+    MigrationThrottleParams, MigrationTransitionParams, SubBatchCommit, SubBatchCommitted,
+    SubBatchSpec, Timeouts, SCHEMA_VERSION,
 };
 use sluicegate::testing::TestDb;
 use sluicegate::{
@@ -1342,11 +1342,20 @@ store_test!(lane_list, |db| {
     let lanes = store.lane_list(m.id).await.unwrap();
     assert_eq!(lanes.len(), 2);
     assert_eq!(
-        (lanes[1].lane, lanes[1].shard_id, lanes[1].node.as_str(), lanes[1].relation.as_str()),
+        (
+            lanes[1].lane,
+            lanes[1].shard_id,
+            lanes[1].node.as_str(),
+            lanes[1].relation.as_str()
+        ),
         (1, 101, "n2:5432", "public.items_101")
     );
-    assert!(lanes.iter().all(|l| l.next_start == Some(Lower::From(k(1)))));
-    assert!(lanes.iter().all(|l| l.running_job.is_none() && l.on_hold_until.is_none()));
+    assert!(lanes
+        .iter()
+        .all(|l| l.next_start == Some(Lower::From(k(1)))));
+    assert!(lanes
+        .iter()
+        .all(|l| l.running_job.is_none() && l.on_hold_until.is_none()));
     // A job in lane 1 moves that lane's next key, and is its running job.
     let JobCreated::Created(job, then) = store
         .job_create(&in_lane(&m, 1, Lower::From(k(1)), (1, 30)))
@@ -1359,7 +1368,11 @@ store_test!(lane_list, |db| {
     let lanes = store.lane_list(m.id).await.unwrap();
     assert_eq!(lanes[1].running_job, Some(job.id));
     assert_eq!(lanes[1].next_start, Some(Lower::After(k(30))));
-    assert_eq!(lanes[0].next_start, Some(Lower::From(k(1))), "lane 0 untouched");
+    assert_eq!(
+        lanes[0].next_start,
+        Some(Lower::From(k(1))),
+        "lane 0 untouched"
+    );
     // One job at a time per lane: the next range of lane 1 waits for this job.
     assert_eq!(
         store
@@ -1403,14 +1416,26 @@ store_test!(lane_exhaust, |db| {
         .await
         .unwrap());
     let lanes = store.lane_list(m.id).await.unwrap();
-    assert_eq!((lanes[0].next_start.clone(), lanes[1].next_start.is_some()), (None, true));
-    assert!(store.migration_get(m.id).await.unwrap().unwrap().next_start.is_some());
+    assert_eq!(
+        (lanes[0].next_start.clone(), lanes[1].next_start.is_some()),
+        (None, true)
+    );
+    assert!(store
+        .migration_get(m.id)
+        .await
+        .unwrap()
+        .unwrap()
+        .next_start
+        .is_some());
     // The last lane handed out hands out the migration's range.
     assert!(store
         .lane_exhaust(m.id, Some((1, &Lower::From(k(1)))))
         .await
         .unwrap());
-    assert_eq!(store.migration_get(m.id).await.unwrap().unwrap().next_start, None);
+    assert_eq!(
+        store.migration_get(m.id).await.unwrap().unwrap().next_start,
+        None
+    );
 });
 
 store_test!(lane_hold, |db| {
@@ -1426,9 +1451,21 @@ store_test!(lane_hold, |db| {
         actor: "w1".into(),
     };
     let until = chrono::Utc::now() + chrono::Duration::seconds(60);
-    assert_eq!(store.lane_hold(&hold(Some(until), "node n2:5432: down")).await.unwrap(), 1);
+    assert_eq!(
+        store
+            .lane_hold(&hold(Some(until), "node n2:5432: down"))
+            .await
+            .unwrap(),
+        1
+    );
     // Held again: the hold goes on, no second row.
-    assert_eq!(store.lane_hold(&hold(Some(until), "node n2:5432: down")).await.unwrap(), 0);
+    assert_eq!(
+        store
+            .lane_hold(&hold(Some(until), "node n2:5432: down"))
+            .await
+            .unwrap(),
+        0
+    );
     let lanes = store.lane_list(m.id).await.unwrap();
     assert!(lanes[1].is_held(chrono::Utc::now()) && !lanes[0].is_held(chrono::Utc::now()));
     assert_eq!(lanes[1].hold_reason.as_deref(), Some("node n2:5432: down"));
@@ -1447,23 +1484,51 @@ store_test!(lane_hold, |db| {
             .unwrap(),
         JobCreated::Created(..)
     ));
-    assert_eq!(store.lane_hold(&hold(None, "node n2:5432: back")).await.unwrap(), 1);
-    assert_eq!(store.lane_hold(&hold(None, "node n2:5432: back")).await.unwrap(), 0);
+    assert_eq!(
+        store
+            .lane_hold(&hold(None, "node n2:5432: back"))
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        store
+            .lane_hold(&hold(None, "node n2:5432: back"))
+            .await
+            .unwrap(),
+        0
+    );
     let lanes = store.lane_list(m.id).await.unwrap();
-    assert_eq!((lanes[1].on_hold_until, lanes[1].hold_reason.clone()), (None, None));
+    assert_eq!(
+        (lanes[1].on_hold_until, lanes[1].hold_reason.clone()),
+        (None, None)
+    );
     let log: Vec<_> = store
         .migration_transition_list(m.id)
         .await
         .unwrap()
         .into_iter()
-        .filter(|r| matches!(r.event, MigrationEvent::LaneHold | MigrationEvent::LaneRelease))
+        .filter(|r| {
+            matches!(
+                r.event,
+                MigrationEvent::LaneHold | MigrationEvent::LaneRelease
+            )
+        })
         .map(|r| (r.event, r.reason.unwrap_or_default(), r.next_status))
         .collect();
     assert_eq!(
         log,
         vec![
-            (MigrationEvent::LaneHold, "node n2:5432: down".into(), MigrationStatus::Active),
-            (MigrationEvent::LaneRelease, "node n2:5432: back".into(), MigrationStatus::Active),
+            (
+                MigrationEvent::LaneHold,
+                "node n2:5432: down".into(),
+                MigrationStatus::Active
+            ),
+            (
+                MigrationEvent::LaneRelease,
+                "node n2:5432: back".into(),
+                MigrationStatus::Active
+            ),
         ]
     );
 });
@@ -1473,8 +1538,14 @@ store_test!(lane_move, |db| {
     let sg = db.sluicegate().await;
     let m = laned(&sg).await;
     let store = sg.store();
-    assert!(store.lane_move(m.id, 1, "n1:5432", "moved to n1", "w1").await.unwrap());
-    assert!(!store.lane_move(m.id, 1, "n1:5432", "again", "w1").await.unwrap());
+    assert!(store
+        .lane_move(m.id, 1, "n1:5432", "moved to n1", "w1")
+        .await
+        .unwrap());
+    assert!(!store
+        .lane_move(m.id, 1, "n1:5432", "again", "w1")
+        .await
+        .unwrap());
     assert_eq!(store.lane_list(m.id).await.unwrap()[1].node, "n1:5432");
     let moves: Vec<_> = store
         .migration_transition_list(m.id)
@@ -1510,7 +1581,10 @@ store_test!(ledger_fence, |db| {
         }
         Backend::Postgres => {
             // First use creates the ledger; the job has no cursor there yet.
-            assert_eq!(target.ledger_fence("sluicegate", &ledger(1)).await.unwrap(), Some(None));
+            assert_eq!(
+                target.ledger_fence("sluicegate", &ledger(1)).await.unwrap(),
+                Some(None)
+            );
             // A sub-batch of attempt 1 commits its cursor with its rows.
             let m = queued(&sg, "ledger", 50).await;
             let lower = Lower::From(k(1));
@@ -1520,7 +1594,10 @@ store_test!(ledger_fence, |db| {
             let one = spec(kind.as_ref(), &m, &table, (&lower, &max), 5);
             let performed = target.sub_batch_perform(one).await.unwrap().unwrap();
             assert_eq!(
-                performed.commit(SubBatchCommit::Ledger(&ledger(1))).await.unwrap(),
+                performed
+                    .commit(SubBatchCommit::Ledger(&ledger(1)))
+                    .await
+                    .unwrap(),
                 SubBatchCommitted::Committed
             );
             // Attempt 2 fences attempt 1 and reads its cursor.
@@ -1528,13 +1605,19 @@ store_test!(ledger_fence, |db| {
                 target.ledger_fence("sluicegate", &ledger(2)).await.unwrap(),
                 Some(Some(k(5)))
             );
-            assert_eq!(target.ledger_fence("sluicegate", &ledger(1)).await.unwrap(), None);
+            assert_eq!(
+                target.ledger_fence("sluicegate", &ledger(1)).await.unwrap(),
+                None
+            );
             // Attempt 1's next sub-batch is fenced: rolled back, its rows unwritten.
             let lower = Lower::After(k(5));
             let one = spec(kind.as_ref(), &m, &table, (&lower, &max), 5);
             let performed = target.sub_batch_perform(one).await.unwrap().unwrap();
             assert_eq!(
-                performed.commit(SubBatchCommit::Ledger(&ledger(1))).await.unwrap(),
+                performed
+                    .commit(SubBatchCommit::Ledger(&ledger(1)))
+                    .await
+                    .unwrap(),
                 SubBatchCommitted::Fenced
             );
             assert_eq!(db.scalar("SELECT count(*) FROM items WHERE n = 1").await, 5);

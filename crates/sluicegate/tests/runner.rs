@@ -654,6 +654,8 @@ store_test!(settings_change_on_a_running_migration, |db| {
     // Slow jobs (5 sub-batches 40 ms apart): the run outlasts the loop's one-second re-read.
     let mut req = fast("tune", "update", "items", 500, 100).argument("set", "n = n + 1");
     req.pause_ms = 40;
+    // No ceiling: the operator raises the batch below.
+    req.max_batch_size = None;
     let m = sg.queue(&req).await.unwrap();
     let mut lp = worker(&sg, "w1").new_loop();
     lp.step().await.unwrap();
@@ -838,4 +840,55 @@ store_test!(finalize_keeps_tuned_sub_batch_sizes, |db| {
         db.scalar("SELECT count(*) FROM items WHERE n <> 1").await,
         0
     );
+});
+
+store_test!(at_full_speed_jobs_grow_toward_their_target_time, |db| {
+    let sg = db.sluicegate().await;
+    db.create_items("items", &[(1, 30_000)]).await;
+    db.create_items("pinned", &[(1, 3_000)]).await;
+    // No ceiling: after 20 short jobs the optimizer grows them (to GitLab's floor of 1,000
+    // keys at once from 100), never shrinks them.
+    let mut grows = fast("grows", "update", "items", 100, 100).argument("set", "n = n + 1");
+    grows.max_batch_size = None;
+    sg.queue(&grows).await.unwrap();
+    // A ceiling equal to the batch pins it.
+    sg.queue(&fast("pinned", "update", "pinned", 100, 100).argument("set", "n = n + 1"))
+        .await
+        .unwrap();
+    run_to_end(&sg).await;
+    let m = sg.migration("grows").await.unwrap();
+    assert_eq!(m.status, MigrationStatus::Finished);
+    let resizes: Vec<String> = sg
+        .migration_history(&m)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.event == MigrationEvent::Resize)
+        .filter_map(|r| r.reason)
+        .collect();
+    assert!(
+        resizes
+            .first()
+            .is_some_and(|r| r.starts_with("optimizer: batch size 100 -> 1000: ")
+                && r.ends_with("(at full speed, jobs are grown toward 1s each)")),
+        "{resizes:?}"
+    );
+    let jobs = sg.jobs(&m, None).await.unwrap();
+    assert!(
+        jobs.windows(2).all(|w| w[1].batch_size >= w[0].batch_size),
+        "never shrinks"
+    );
+    assert!(jobs.iter().any(|j| j.batch_size >= 1_000), "jobs grew");
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM items WHERE n <> 1").await,
+        0
+    );
+    let pinned = sg.migration("pinned").await.unwrap();
+    assert_eq!(pinned.status, MigrationStatus::Finished);
+    assert!(sg
+        .jobs(&pinned, None)
+        .await
+        .unwrap()
+        .iter()
+        .all(|j| j.batch_size == 100));
 });

@@ -210,11 +210,24 @@ mod tests {
         assert_eq!(nodes.len(), 2);
         let a = &nodes[0];
         assert_eq!(
-            (a.node.as_str(), a.lanes, a.done, a.running, a.held, a.rows_done),
+            (
+                a.node.as_str(),
+                a.lanes,
+                a.done,
+                a.running,
+                a.held,
+                a.rows_done
+            ),
             ("a:1", 2, 1, 1, 0, 140)
         );
-        assert_eq!((a.rows_estimate, a.eta_seconds, a.hold_reason.clone()), (Some(200), Some(2.0), None));
+        assert_eq!(
+            (a.rows_estimate, a.eta_seconds, a.hold_reason.clone()),
+            (Some(200), Some(2.0), None)
+        );
         let b = &nodes[1];
-        assert_eq!((b.held, b.hold_reason.as_deref()), (2, Some("node b:1: down")));
+        assert_eq!(
+            (b.held, b.hold_reason.as_deref()),
+            (2, Some("node b:1: down"))
+        );
     }
 }

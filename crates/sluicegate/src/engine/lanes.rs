@@ -21,7 +21,9 @@ use crate::health::{self, Signal};
 use crate::ident::TableName;
 use crate::model::{Job, Lane, Migration};
 use crate::status::JobStatus;
-use crate::store::{JobCreated, JobRange, JobTransitionParams, LaneHoldParams, LedgerCursor, Target};
+use crate::store::{
+    JobCreated, JobRange, JobTransitionParams, LaneHoldParams, LedgerCursor, Target,
+};
 
 /// A node found healthy is sampled again after this long.
 const NODE_HEALTH_EVERY: Duration = Duration::from_secs(1);
@@ -173,7 +175,11 @@ impl WorkerLoop {
             };
             run.placements = Some((Instant::now(), placed));
         }
-        let now = run.placements.as_ref().map(|(_, p)| p.as_slice()).unwrap_or_default();
+        let now = run
+            .placements
+            .as_ref()
+            .map(|(_, p)| p.as_slice())
+            .unwrap_or_default();
         for lane in &mut lanes {
             let Some(placed) = now.iter().find(|p| p.shard_id == lane.shard_id) else {
                 continue;
@@ -214,7 +220,10 @@ impl WorkerLoop {
             return Ok(NodeSays::Go(target));
         }
         let shard = TableName::parse(&lane.relation)?;
-        let sample = match target.health_sample(&shard, m.health.probe.as_deref()).await {
+        let sample = match target
+            .health_sample(&shard, m.health.probe.as_deref())
+            .await
+        {
             Ok(sample) => sample,
             Err(Error::Database { source, context }) if node_down(&source) => {
                 self.hold_node(m, lanes, &lane.node, &format!("{context}: {source}"))
@@ -233,7 +242,10 @@ impl WorkerLoop {
             }
         }
         run.nodes_healthy.insert(lane.node.clone(), Instant::now());
-        if lanes.iter().any(|l| l.node == lane.node && l.on_hold_until.is_some()) {
+        if lanes
+            .iter()
+            .any(|l| l.node == lane.node && l.on_hold_until.is_some())
+        {
             let params = LaneHoldParams {
                 migration_id: m.id,
                 lanes: lanes_of(lanes, &lane.node),
@@ -352,7 +364,7 @@ impl WorkerLoop {
             }
             JobOutcome::Succeeded => {
                 if mode == Mode::Normal {
-                    if let Some(resized) = self.optimize(&m).await? {
+                    if let Some(resized) = self.optimize(run, &m).await? {
                         m.batch_size = resized.batch_size;
                         m.sub_batch_size = resized.sub_batch_size;
                     }
@@ -391,8 +403,8 @@ impl WorkerLoop {
     /// A running lane job that could not start on its node: recorded failed with `failure`,
     /// then back to `pending`.
     async fn give_back(&self, job: Job, failure: Failure) -> Result<Job> {
-        let params =
-            JobTransitionParams::new(&job, JobStatus::Failed, &self.name)?.with_failure(Some(failure));
+        let params = JobTransitionParams::new(&job, JobStatus::Failed, &self.name)?
+            .with_failure(Some(failure));
         let failed = match self.sluicegate().store.job_transition(&params).await {
             Ok(job) => job,
             Err(Error::Conflict { .. }) => return Ok(job),
@@ -416,7 +428,11 @@ fn ran(m: &Migration, job: Job, outcome: JobOutcome) -> Stepped {
 
 /// The lanes on `node`.
 fn lanes_of(lanes: &[Lane], node: &str) -> Vec<i32> {
-    lanes.iter().filter(|l| l.node == node).map(|l| l.lane).collect()
+    lanes
+        .iter()
+        .filter(|l| l.node == node)
+        .map(|l| l.lane)
+        .collect()
 }
 
 /// `0-3, 7, 9-10`.

@@ -281,7 +281,7 @@ impl WorkerLoop {
             }
             JobOutcome::Succeeded => {
                 if mode == Mode::Normal {
-                    if let Some(resized) = self.optimize(&m).await? {
+                    if let Some(resized) = self.optimize(run, &m).await? {
                         m.batch_size = resized.batch_size;
                         m.sub_batch_size = resized.sub_batch_size;
                     }

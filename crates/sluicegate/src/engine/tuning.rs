@@ -17,10 +17,26 @@ impl WorkerLoop {
     /// interval 0 it aims jobs at [`optimizer::FULL_SPEED_JOB_TIME`] and only grows them. A
     /// change is a compare-and-set on the batch size (loops that saw the same jobs make one),
     /// logged as `resize`; the migration as resized is returned, for this loop to go on with.
-    pub(super) async fn optimize(&self, m: &Migration) -> Result<Option<Migration>> {
+    pub(super) async fn optimize(
+        &self,
+        run: &mut MigrationRun,
+        m: &Migration,
+    ) -> Result<Option<Migration>> {
         // At full speed, jobs grow toward a target time of their own (never shrink: nothing
-        // waits on them but their own bookkeeping).
+        // waits on them but their own bookkeeping), looked at once a second per loop (the
+        // jobs it reads would be one more statement per job), and not at all when the
+        // migration's ceiling is its batch.
         let full_speed = m.interval.is_zero();
+        if full_speed {
+            let pinned = m.max_batch_size.is_some_and(|max| max <= m.batch_size);
+            let recent = run
+                .grown_at
+                .is_some_and(|t| t.elapsed() < optimizer::FULL_SPEED_LOOK_EVERY);
+            if pinned || recent {
+                return Ok(None);
+            }
+            run.grown_at = Some(std::time::Instant::now());
+        }
         let aim = match full_speed {
             true => optimizer::FULL_SPEED_JOB_TIME,
             false => m.interval,
@@ -40,12 +56,9 @@ impl WorkerLoop {
                 })
             })
             .collect();
-        let Some(resize) = optimizer::next_batch_size_by_rows(
-            m.batch_size,
-            &samples,
-            aim,
-            m.max_batch_size,
-        ) else {
+        let Some(resize) =
+            optimizer::next_batch_size_by_rows(m.batch_size, &samples, aim, m.max_batch_size)
+        else {
             return Ok(None);
         };
         if full_speed && resize.batch_size <= m.batch_size {

@@ -22,8 +22,8 @@ use crate::health::HealthSample;
 use crate::ident::TableName;
 use crate::key::{Key, KeySpec, Lower};
 use crate::model::{
-    CitusTable, Lane, NewLane,
-    Job, JobCounts, JobTransition, Migration, MigrationTransition, NewMigration, TargetIdentity,
+    CitusTable, Job, JobCounts, JobTransition, Lane, Migration, MigrationTransition, NewLane,
+    NewMigration, TargetIdentity,
 };
 use crate::status::JobStatus;
 
@@ -40,9 +40,9 @@ pub(crate) mod sub_batch;
 pub(crate) use params::check_hold;
 pub use params::{
     JobCreateParams, JobCreated, JobCursor, JobFinish, JobRange, JobSplitParams,
-    JobTransitionParams, LaneHoldParams, LedgerCursor, MigrationResizeParams, MigrationSetParams, MigrationThrottleParams,
-    MigrationTransitionParams, PartitionReport, SubBatchCommit, SubBatchCommitted, SubBatchSpec,
-    Timeouts,
+    JobTransitionParams, LaneHoldParams, LedgerCursor, MigrationResizeParams, MigrationSetParams,
+    MigrationThrottleParams, MigrationTransitionParams, PartitionReport, SubBatchCommit,
+    SubBatchCommitted, SubBatchSpec, Timeouts,
 };
 
 /// Newest tracking-schema version this binary knows.
@@ -348,7 +348,11 @@ pub trait Target: Send + Sync + 'static {
     /// Fences a lane job's ledger row on this node for `ledger`'s attempt (creating the ledger
     /// in `schema` on first use) and returns the job's cursor as the ledger has it: the last
     /// key whose sub-batch committed here. `None` when a later attempt owns the job.
-    async fn ledger_fence(&self, schema: &str, ledger: &LedgerCursor) -> Result<Option<Option<Key>>>;
+    async fn ledger_fence(
+        &self,
+        schema: &str,
+        ledger: &LedgerCursor,
+    ) -> Result<Option<Option<Key>>>;
 }
 
 /// How long a health probe may run.

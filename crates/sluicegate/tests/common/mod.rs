@@ -125,8 +125,10 @@ pub fn fast(name: &str, kind: &str, table: &str, batch: i64, sub: i64) -> QueueR
     req.sub_batch_size = sub;
     req.pause_ms = 0;
     req.interval = Duration::ZERO;
-    // Fixed sizes: these tests count sub-batches. The tuner has its own tests.
+    // Fixed sizes: these tests count jobs and sub-batches. The tuner and the optimizer have
+    // their own tests.
     req.target_sub_batch_time = Duration::ZERO;
+    req.max_batch_size = Some(batch);
     // A busy test machine can make one job's sub-batches look like latency drift; a hold of
     // 10 minutes would then outlast the test. Holds have their own tests (health.rs).
     req.health.hold_ms = 200;

@@ -16,7 +16,8 @@ use crate::model::{CitusTable, NewLane};
 use crate::store::{rows, LedgerCursor};
 
 /// Whether Citus is installed in this database.
-const CITUS_INSTALLED: &str = "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'citus')";
+const CITUS_INSTALLED: &str =
+    "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'citus')";
 
 /// The table's distribution method and replication (`partmethod`: `h` hash, `r` range, `a`
 /// append, `n` none: a reference or Citus-local table, told apart by `repmodel`).
@@ -25,7 +26,8 @@ const CITUS_TABLE: &str = "SELECT partmethod::text, repmodel::text
 
 /// Each shard of the table, in the order of its range, with its own table's name and the
 /// node of each placement: a shard with several rows has several placements.
-const CITUS_SHARDS: &str = "SELECT s.shardid, pg_catalog.shard_name(s.logicalrelid, s.shardid) AS relation,
+const CITUS_SHARDS: &str =
+    "SELECT s.shardid, pg_catalog.shard_name(s.logicalrelid, s.shardid) AS relation,
         n.nodename || ':' || n.nodeport AS node
     FROM pg_catalog.pg_dist_shard s
     JOIN pg_catalog.pg_dist_placement p ON p.shardid = s.shardid
@@ -48,7 +50,8 @@ const SHARD_IS_HERE: &str = "SELECT EXISTS (
     JOIN pg_catalog.pg_dist_local_group g ON g.groupid = p.groupid
     WHERE p.shardid = $1)";
 
-const SCHEMA_EXISTS: &str = "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = $1)";
+const SCHEMA_EXISTS: &str =
+    "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = $1)";
 
 /// The ledger: one row per lane job, its cursor and the attempt that owns it.
 const LEDGER_CREATE: &str = "CREATE TABLE IF NOT EXISTS {l} (
@@ -173,7 +176,9 @@ pub(super) async fn ledger_fence(
     let row = match fence_once(&mut conn, &fence, ledger).await {
         Ok(row) => row,
         // First use on this node: the ledger is created, in the tracking schema's name.
-        Err(sqlx::Error::Database(db)) if matches!(db.code().as_deref(), Some("42P01" | "3F000")) => {
+        Err(sqlx::Error::Database(db))
+            if matches!(db.code().as_deref(), Some("42P01" | "3F000")) =>
+        {
             ensure_ledger(&mut conn, schema, &table).await?;
             fence_once(&mut conn, &fence, ledger)
                 .await
@@ -186,9 +191,7 @@ pub(super) async fn ledger_fence(
     };
     let cursor: Option<Json<serde_json::Value>> = row.try_get(0).map_err(rows::decode)?;
     Ok(Some(
-        cursor
-            .map(|c| Key::from_json(c.0, &context))
-            .transpose()?,
+        cursor.map(|c| Key::from_json(c.0, &context)).transpose()?,
     ))
 }
 

@@ -127,7 +127,9 @@ pub(super) async fn list(store: &PgStore, migration_id: i64) -> Result<Vec<Lane>
         .bind(migration_id)
         .fetch_all(&store.pool)
         .await
-        .map_err(Error::db(format!("reading the lanes of migration {migration_id}")))?;
+        .map_err(Error::db(format!(
+            "reading the lanes of migration {migration_id}"
+        )))?;
     found.iter().map(rows::lane).collect()
 }
 

@@ -17,9 +17,9 @@ use crate::model::TargetIdentity;
 use crate::store::reads::{Arg, Reads};
 use crate::store::Capabilities;
 
+mod citus;
 mod health;
 mod jobs;
-mod citus;
 mod key;
 mod lanes;
 mod logs;

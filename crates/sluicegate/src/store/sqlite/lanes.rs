@@ -47,7 +47,8 @@ const MIGRATION_LANE_JOB_STARTED: &str = "UPDATE sluicegate_migrations
     SET last_job_started_at = $2, updated_at = $2, sub_batch_size = min($3, batch_size)
     WHERE id = $1";
 
-const LANE_EXHAUST: &str = "UPDATE sluicegate_migration_lanes SET next_cursor = NULL, updated_at = $5
+const LANE_EXHAUST: &str =
+    "UPDATE sluicegate_migration_lanes SET next_cursor = NULL, updated_at = $5
     WHERE migration_id = $1 AND lane = $2 AND next_cursor = $3 AND next_inclusive = $4";
 
 const MIGRATION_EXHAUST_IF_LANES_ARE: &str = "UPDATE sluicegate_migrations
@@ -74,7 +75,9 @@ pub(super) async fn list(store: &SqliteStore, migration_id: i64) -> Result<Vec<L
         .bind(ts(now()))
         .fetch_all(&store.pool)
         .await
-        .map_err(Error::db(format!("reading the lanes of migration {migration_id}")))?;
+        .map_err(Error::db(format!(
+            "reading the lanes of migration {migration_id}"
+        )))?;
     found.iter().map(rows::lane).collect()
 }
 
@@ -84,7 +87,10 @@ pub(super) async fn create_job(
     lane: i32,
     (min, max): (&Key, &Key),
 ) -> Result<JobCreated> {
-    let context = format!("creating a job in lane {lane} of migration {}", p.migration_id);
+    let context = format!(
+        "creating a job in lane {lane} of migration {}",
+        p.migration_id
+    );
     let at = now();
     let mut tx = store.begin_immediate(&context).await?;
     let row = sqlx::query(MIGRATION_STARTABLE)
@@ -202,7 +208,15 @@ pub(super) async fn hold(store: &SqliteStore, p: &LaneHoldParams) -> Result<usiz
             Some(_) => MigrationEvent::LaneHold,
             None => MigrationEvent::LaneRelease,
         };
-        log_lanes(&mut tx, p.migration_id, event, &p.reason, &p.actor, &context).await?;
+        log_lanes(
+            &mut tx,
+            p.migration_id,
+            event,
+            &p.reason,
+            &p.actor,
+            &context,
+        )
+        .await?;
     }
     tx.commit().await.map_err(Error::db(&context))?;
     Ok(changed)
