@@ -27,6 +27,8 @@ use crate::store::{
 
 /// A node found healthy is sampled again after this long.
 const NODE_HEALTH_EVERY: Duration = Duration::from_secs(1);
+/// A node that could not be reached is tried again after this long at most.
+const NODE_DOWN_RECHECK: Duration = Duration::from_secs(15);
 /// Between claims, the coordinator's health, the jobs to take up again and the shards'
 /// placements are looked at again after this long.
 const LOOK_EVERY: Duration = Duration::from_secs(1);
@@ -116,7 +118,7 @@ impl WorkerLoop {
                 }
                 Err(Error::Database { source, context }) if node_down(&source) => {
                     let why = format!("{context}: {source}");
-                    self.hold_node(&m, &lanes, &lane.node, &why).await?;
+                    self.hold_node(&m, &lanes, &lane.node, &why, true).await?;
                     continue;
                 }
                 Err(e) => return Err(e),
@@ -226,8 +228,8 @@ impl WorkerLoop {
         {
             Ok(sample) => sample,
             Err(Error::Database { source, context }) if node_down(&source) => {
-                self.hold_node(m, lanes, &lane.node, &format!("{context}: {source}"))
-                    .await?;
+                let why = format!("{context}: {source}");
+                self.hold_node(m, lanes, &lane.node, &why, true).await?;
                 return Ok(NodeSays::Held);
             }
             Err(e) => return Err(e),
@@ -237,7 +239,7 @@ impl WorkerLoop {
             let readings = health::evaluate_while(&sample, &m.health, None, None, holding);
             if let Some(stop) = readings.iter().find(|r| r.signal == Signal::Stop) {
                 let why = format!("{}: {} ({})", stop.indicator, stop.reading, stop.threshold);
-                self.hold_node(m, lanes, &lane.node, &why).await?;
+                self.hold_node(m, lanes, &lane.node, &why, false).await?;
                 return Ok(NodeSays::Held);
             }
         }
@@ -261,9 +263,22 @@ impl WorkerLoop {
     }
 
     /// Holds the lanes on `node` until the migration's next health re-check.
-    async fn hold_node(&self, m: &Migration, lanes: &[Lane], node: &str, why: &str) -> Result<()> {
+    async fn hold_node(
+        &self,
+        m: &Migration,
+        lanes: &[Lane],
+        node: &str,
+        why: &str,
+        down: bool,
+    ) -> Result<()> {
         let held = lanes_of(lanes, node);
-        let until = Utc::now() + chrono::Duration::from_std(m.health.hold()).unwrap_or_default();
+        // A node that is down is tried again sooner than an indicator is re-checked: a
+        // restart takes seconds, and nothing is asked of it meanwhile.
+        let recheck = match down {
+            true => m.health.hold().min(NODE_DOWN_RECHECK),
+            false => m.health.hold(),
+        };
+        let until = Utc::now() + chrono::Duration::from_std(recheck).unwrap_or_default();
         let reason = format!(
             "node {node} ({} lane{}: {}): {why}",
             held.len(),
@@ -310,7 +325,7 @@ impl WorkerLoop {
             Err(Error::Database { source, context }) if node_down(&source) => {
                 let why = format!("{context}: {source}");
                 let lanes = sg.store.lane_list(m.id).await?;
-                self.hold_node(&m, &lanes, &lane.node, &why).await?;
+                self.hold_node(&m, &lanes, &lane.node, &why, true).await?;
                 let failure = Failure::new(
                     FailureClass::NodeDown,
                     format!("node {} of lane {}: {why}", lane.node, lane.lane),
@@ -354,7 +369,7 @@ impl WorkerLoop {
             JobOutcome::Failed { failure } if failure.is_connection_lost() => {
                 let lanes = sg.store.lane_list(m.id).await?;
                 let why = format!("{}: {}", failure.class, failure.message);
-                self.hold_node(&m, &lanes, &lane.node, &why).await?;
+                self.hold_node(&m, &lanes, &lane.node, &why, true).await?;
                 job = self.requeue(job).await?;
                 outcome = JobOutcome::Stopped;
             }
