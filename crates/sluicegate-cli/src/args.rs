@@ -62,8 +62,8 @@ pub enum Command {
     Queue(Box<QueueArgs>),
     /// Run workers: claim due migrations and run their jobs.
     Run(RunArgs),
-    /// Every migration with its progress.
-    Status(JsonArgs),
+    /// Every migration with its progress (or those in the statuses given).
+    Status(StatusArgs),
     /// One migration: settings, progress, batch sizes, failed jobs.
     Show(MigrationArgs),
     /// Jobs of a migration.
@@ -306,7 +306,22 @@ pub struct RunArgs {
     /// How long a job stays this worker's without renewal.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub lease: Duration,
+    /// Work on these migrations only (ids or names; repeat or comma-separate): other
+    /// migrations are left to other workers, and `--until-idle` ends once these are done.
+    #[arg(long, value_delimiter = ',', num_args = 1..)]
+    pub only: Vec<String>,
     /// One JSON line per job instead of progress bars.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Only migrations in these statuses, comma-separated: active, paused, finalizing,
+    /// finished, failed, cancelled.
+    #[arg(long, value_delimiter = ',')]
+    pub status: Vec<String>,
+    /// Print JSON.
     #[arg(long)]
     pub json: bool,
 }
@@ -334,6 +349,9 @@ pub struct JobsArgs {
     /// Only jobs in this status (pending, running, failed, succeeded).
     #[arg(long)]
     pub status: Option<String>,
+    /// Only the newest N jobs (newest first); the total is printed with them.
+    #[arg(long)]
+    pub limit: Option<usize>,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,

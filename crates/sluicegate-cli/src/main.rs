@@ -220,7 +220,7 @@ async fn dispatch(cli: Cli) -> Result<()> {
         }
         Command::Status(args) => {
             let sg = connect_ready(&cli).await?;
-            output::status(&sg, args.json).await
+            output::status(&sg, &args.status, args.json).await
         }
         Command::Show(args) => {
             let sg = connect_ready(&cli).await?;
@@ -232,7 +232,14 @@ async fn dispatch(cli: Cli) -> Result<()> {
         }
         Command::Jobs(args) => {
             let sg = connect_ready(&cli).await?;
-            output::jobs(&sg, &args.migration, args.status.as_deref(), args.json).await
+            output::jobs(
+                &sg,
+                &args.migration,
+                args.status.as_deref(),
+                args.limit,
+                args.json,
+            )
+            .await
         }
         Command::History(args) => {
             let sg = connect_ready(&cli).await?;

@@ -142,9 +142,31 @@ fn protections_off_lines(rows: &[(Progress, Option<Vec<Reading>>)]) -> Vec<Strin
     lines
 }
 
-pub async fn status(sg: &Sluicegate, json: bool) -> Result<()> {
+/// The statuses `status --status` asks for; an unknown one is refused, naming those there are.
+fn status_filter(statuses: &[String]) -> Result<Vec<MigrationStatus>> {
+    statuses
+        .iter()
+        .map(|s| s.trim())
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            s.parse::<MigrationStatus>().map_err(|_| {
+                let known: Vec<&str> = MigrationStatus::ALL.iter().map(|s| s.as_str()).collect();
+                anyhow::anyhow!(
+                    "unknown migration status {s:?} in --status (expected {})",
+                    known.join(", ")
+                )
+            })
+        })
+        .collect()
+}
+
+pub async fn status(sg: &Sluicegate, statuses: &[String], json: bool) -> Result<()> {
+    let wanted = status_filter(statuses)?;
     let mut rows = Vec::new();
     for m in sg.migrations().await? {
+        if !wanted.is_empty() && !wanted.contains(&m.status) {
+            continue;
+        }
         let off = live_protections_off(sg, &m).await;
         rows.push((sg.progress(&m).await?, off));
     }
@@ -160,7 +182,12 @@ pub async fn status(sg: &Sluicegate, json: bool) -> Result<()> {
         return Ok(());
     }
     if rows.is_empty() {
-        outln!("no migrations queued");
+        if wanted.is_empty() {
+            outln!("no migrations queued");
+        } else {
+            let names: Vec<&str> = wanted.iter().map(|s| s.as_str()).collect();
+            outln!("no migration is {}", names.join(" or "));
+        }
         return Ok(());
     }
     let mut t = table();
@@ -239,13 +266,16 @@ pub async fn status(sg: &Sluicegate, json: bool) -> Result<()> {
 fn jobs_table(jobs: &[Job]) -> Table {
     let mut t = table();
     t.set_header([
-        "JOB", "STATUS", "KEYS", "ROWS", "ATTEMPTS", "BATCH", "SUB", "TOOK", "WORKER", "STARTED",
+        "JOB", "STATUS", "KEYS", "CURSOR", "ROWS", "ATTEMPTS", "BATCH", "SUB", "TOOK", "WORKER",
+        "STARTED",
     ]);
     for j in jobs {
         t.add_row([
             Cell::new(j.id),
             Cell::new(j.status),
             Cell::new(format!("{} ..= {}", j.min_value, j.max_value)),
+            // The last key whose sub-batch committed: a retry resumes after it.
+            Cell::new(opt(j.cursor.as_ref())),
             Cell::new(thousands(j.rows_affected)),
             Cell::new(j.attempts),
             Cell::new(thousands(j.batch_size)),
@@ -471,6 +501,7 @@ pub async fn jobs(
     sg: &Sluicegate,
     migration: &str,
     status: Option<&str>,
+    limit: Option<usize>,
     json: bool,
 ) -> Result<()> {
     let m = sg.migration(migration).await?;
@@ -483,7 +514,13 @@ pub async fn jobs(
         },
         None => None,
     };
-    let jobs = sg.jobs(&m, status).await?;
+    let mut jobs = sg.jobs(&m, status).await?;
+    let total = jobs.len();
+    if let Some(limit) = limit {
+        // The newest first: the last jobs made are the ones a person looks for.
+        jobs.reverse();
+        jobs.truncate(limit);
+    }
     if json {
         let all: Vec<_> = jobs.iter().map(JobJson::from_job).collect();
         outln!("{}", serde_json::to_string_pretty(&all)?);
@@ -491,6 +528,14 @@ pub async fn jobs(
         outln!("no jobs");
     } else {
         outln!("{}", jobs_table(&jobs));
+        if limit.is_some() {
+            outln!(
+                "{} of {} job(s){}, newest first",
+                jobs.len(),
+                total,
+                status.map(|s| format!(" {s}")).unwrap_or_default()
+            );
+        }
     }
     Ok(())
 }

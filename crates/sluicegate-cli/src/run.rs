@@ -316,12 +316,18 @@ pub async fn run(sg: &Sluicegate, args: &RunArgs) -> Result<()> {
             sg.target_identity().display
         );
     }
+    // `--only`: the migrations named, each of which must exist.
+    let mut only = Vec::new();
+    for name in &args.only {
+        only.push(sg.migration(name.trim()).await?.id);
+    }
+    let wanted = |m: &sluicegate::Migration| only.is_empty() || only.contains(&m.id);
     if args.until_idle {
         let all: Vec<_> = sg
             .migrations()
             .await?
             .into_iter()
-            .filter(|m| sg.is_own_target(m))
+            .filter(|m| sg.is_own_target(m) && wanted(m))
             .collect();
         let runnable = |m: &&sluicegate::Migration| {
             matches!(
@@ -359,14 +365,14 @@ pub async fn run(sg: &Sluicegate, args: &RunArgs) -> Result<()> {
                 | sluicegate::MigrationStatus::Finalizing
         );
         // Another target's protections are read where it runs, not here.
-        if live && m.unreadable.is_none() && sg.is_own_target(&m) {
+        if live && m.unreadable.is_none() && sg.is_own_target(&m) && wanted(&m) {
             if let Ok(off) = sg.protections_off(&m.table_name, &m.health).await {
                 output::warn_protections_off(&m.name, &off, &m.health);
             }
         }
     }
     let reporter = Reporter::start(sg.clone(), bars_wanted(args.json));
-    let worker = sg
+    let mut worker = sg
         .worker(WorkerOptions {
             name: args.worker.clone().unwrap_or_else(default_worker_name),
             lease: args.lease,
@@ -374,6 +380,9 @@ pub async fn run(sg: &Sluicegate, args: &RunArgs) -> Result<()> {
             concurrency: args.concurrency,
         })
         .with_events(reporter.sink());
+    if !only.is_empty() {
+        worker = worker.only(only);
+    }
     let result = if args.once {
         worker.run_once().await.map(|outcomes| {
             if outcomes.iter().all(|o| *o == StepOutcome::Idle) {

@@ -1643,3 +1643,116 @@ store_test!(
         );
     }
 );
+
+/// `sg` that must succeed; its stdout.
+fn ok(url: &str, args: &[&str]) -> String {
+    let out = sg(url, args);
+    assert!(
+        out.status.success(),
+        "sluicegate {args:?}: {}{}",
+        stderr(&out),
+        stdout(&out)
+    );
+    stdout(&out)
+}
+
+store_test!(
+    status_filters_jobs_limits_and_run_only_runs_the_named,
+    |db| {
+        db.create_items("items", &[(1, 100)]).await;
+        db.create_items("others", &[(1, 100)]).await;
+        db.create_items("thirds", &[(1, 100)]).await;
+        let url = db.url.clone();
+        ok(&url, &["setup"]);
+        for (name, table) in [("one", "items"), ("two", "others"), ("three", "thirds")] {
+            ok(
+                &url,
+                &[
+                    "queue",
+                    name,
+                    "--table",
+                    table,
+                    "--kind",
+                    "update",
+                    "--set",
+                    "n = n + 1",
+                    "--batch-size",
+                    "10",
+                    "--sub-batch-size",
+                    "10",
+                    "--pause-ms",
+                    "0",
+                ],
+            );
+        }
+        // `run --only` works on the named migrations alone, and ends once they are done.
+        let out = ok(
+            &url,
+            &["run", "--until-idle", "--only", "two,three", "--json"],
+        );
+        assert!(!out.contains("\"migration\":\"one\""), "{out}");
+        assert_eq!(db.scalar("SELECT sum(n) FROM others").await, 100);
+        assert_eq!(db.scalar("SELECT sum(n) FROM thirds").await, 100);
+        assert_eq!(db.scalar("SELECT sum(n) FROM items").await, 0);
+        assert_fails_with(
+            &sg(&url, &["run", "--until-idle", "--only", "nope"]),
+            "nope",
+        );
+        ok(
+            &url,
+            &[
+                "queue", "four", "--table", "thirds", "--kind", "update", "--set", "n = 0",
+                "--paused",
+            ],
+        );
+        ok(&url, &["cancel", "four"]);
+
+        // `status --status`: the statuses asked for, in text and JSON.
+        let text = ok(&url, &["status", "--status", "active"]);
+        assert!(
+            text.contains("one") && !text.contains("two") && !text.contains("four"),
+            "{text}"
+        );
+        let json: serde_json::Value = serde_json::from_str(&ok(
+            &url,
+            &["status", "--status", "finished,cancelled", "--json"],
+        ))
+        .unwrap();
+        let names: Vec<&str> = json
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, ["two", "three", "four"]);
+        assert!(ok(&url, &["status", "--status", "failed"]).contains("no migration is failed"));
+        assert_fails_with(
+            &sg(&url, &["status", "--status", "actve"]),
+            "unknown migration status \"actve\" in --status (expected paused, active",
+        );
+
+        // `jobs --limit`: the newest N, newest first, with the total.
+        let all: serde_json::Value =
+            serde_json::from_str(&ok(&url, &["jobs", "two", "--json"])).unwrap();
+        let ids: Vec<i64> = all
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|j| j["id"].as_i64().unwrap())
+            .collect();
+        assert_eq!(ids.len(), 10);
+        let text = ok(&url, &["jobs", "two", "--limit", "3"]);
+        assert!(text.contains("3 of 10 job(s), newest first"), "{text}");
+        let newest: serde_json::Value =
+            serde_json::from_str(&ok(&url, &["jobs", "two", "--limit", "3", "--json"])).unwrap();
+        let got: Vec<i64> = newest
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|j| j["id"].as_i64().unwrap())
+            .collect();
+        assert_eq!(got, [ids[9], ids[8], ids[7]]);
+        // Each job's cursor is shown.
+        assert!(text.contains("CURSOR"), "{text}");
+    }
+);

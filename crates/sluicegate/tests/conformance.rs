@@ -409,6 +409,45 @@ store_test!(migration_claim, |db| {
         .is_none());
 });
 
+store_test!(migration_claim_among, |db| {
+    db.create_items("items", &[(1, 100)]).await;
+    db.create_items("others", &[(1, 100)]).await;
+    let sg = db.sluicegate().await;
+    let a = queued(&sg, "a", 50).await;
+    let b = sg
+        .queue(&fast("b", "update", "others", 50, 50).argument("set", "n = 2"))
+        .await
+        .unwrap();
+    let store = sg.store();
+    // The oldest due migration is `a`; among `b` alone, `b` is claimed, with its lease.
+    let claimed = store
+        .migration_claim_among("w1", LEASE, &[b.id])
+        .await
+        .unwrap();
+    assert_eq!(claimed.map(|m| m.id), Some(b.id));
+    // Among none, nothing; among `a`, `a` (its own table is free).
+    assert!(store
+        .migration_claim_among("w2", LEASE, &[])
+        .await
+        .unwrap()
+        .is_none());
+    let claimed = store
+        .migration_claim_among("w2", LEASE, &[a.id, 9_999])
+        .await
+        .unwrap();
+    assert_eq!(claimed.map(|m| m.id), Some(a.id));
+    // A paused one is not due, even when named.
+    sg.apply("b", MigrationEvent::Pause, None, "cli")
+        .await
+        .unwrap();
+    store.table_lease_release(b.id).await.unwrap();
+    assert!(store
+        .migration_claim_among("w3", LEASE, &[b.id])
+        .await
+        .unwrap()
+        .is_none());
+});
+
 store_test!(table_lease_release, |db| {
     db.create_items("items", &[(1, 100)]).await;
     let sg = db.sluicegate().await;

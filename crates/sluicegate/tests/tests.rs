@@ -4,6 +4,7 @@ mod common;
 
 mod bad_input;
 mod conformance;
+mod deploy;
 mod guarantees;
 mod health;
 mod keys;

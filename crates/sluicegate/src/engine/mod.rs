@@ -154,6 +154,8 @@ pub struct Worker {
     last_partition_check: Arc<std::sync::Mutex<Option<Instant>>>,
     /// Unreadable-indicator warnings already given (once per worker each).
     warned: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+    /// `run --only`: the migrations this worker claims, none other ([`Worker::only`]).
+    only: Option<Arc<[i64]>>,
 }
 
 impl std::fmt::Debug for Worker {
@@ -212,7 +214,15 @@ impl Worker {
             events: None,
             last_partition_check: Arc::new(std::sync::Mutex::new(None)),
             warned: Arc::default(),
+            only: None,
         }
+    }
+
+    /// Claims only the migrations `ids` (`run --only`): the others are left to other
+    /// workers, and `until_idle` ends once none of these is left to work on.
+    pub fn only(mut self, ids: Vec<i64>) -> Self {
+        self.only = Some(ids.into());
+        self
     }
 
     /// Calls `sink` after every step that did something.
@@ -565,6 +575,7 @@ impl Worker {
                 m.status,
                 MigrationStatus::Active | MigrationStatus::Finalizing
             ) && self.sg.is_own_target(m)
+                && self.only.as_ref().is_none_or(|ids| ids.contains(&m.id))
         }))
     }
 

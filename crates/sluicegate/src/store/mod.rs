@@ -130,6 +130,14 @@ pub trait Store: Send + Sync + 'static {
         lease: Duration,
         only: Option<i64>,
     ) -> Result<Option<Migration>>;
+    /// The claim of [`Self::migration_claim`] (without `only`), among the migrations `ids`
+    /// alone (`run --only`): the others are left to other workers.
+    async fn migration_claim_among(
+        &self,
+        worker: &str,
+        lease: Duration,
+        ids: &[i64],
+    ) -> Result<Option<Migration>>;
     /// Gives up the table lease of a migration.
     async fn table_lease_release(&self, migration_id: i64) -> Result<()>;
     /// Marks the migration's range as handed out (compare-and-set on `next_start`).

@@ -103,6 +103,8 @@ WITH candidate AS (
       AND NOT EXISTS (SELECT 1 FROM {s}.table_leases l
                       WHERE l.table_name = m.table_name AND l.migration_id <> m.id
                         AND l.expires_at > now())
+      -- `run --only`: among these migrations alone.
+      AND ($5::bigint[] IS NULL OR m.id = ANY($5::bigint[]))
     ORDER BY m.last_job_started_at NULLS FIRST, m.id
     LIMIT 1
     FOR UPDATE OF m SKIP LOCKED
@@ -287,11 +289,33 @@ pub(super) async fn claim(
     lease: Duration,
     only: Option<i64>,
 ) -> Result<Option<Migration>> {
+    claim_filtered(store, worker, lease, only, None).await
+}
+
+/// [`Store::migration_claim_among`](crate::store::Store::migration_claim_among): the claim of
+/// [`claim`], among `ids` alone.
+pub(super) async fn claim_among(
+    store: &PgStore,
+    worker: &str,
+    lease: Duration,
+    ids: &[i64],
+) -> Result<Option<Migration>> {
+    claim_filtered(store, worker, lease, None, Some(ids)).await
+}
+
+async fn claim_filtered(
+    store: &PgStore,
+    worker: &str,
+    lease: Duration,
+    only: Option<i64>,
+    among: Option<&[i64]>,
+) -> Result<Option<Migration>> {
     let row = sqlx::query(&store.q(MIGRATION_CLAIM))
         .bind(worker)
         .bind(duration_ms(lease))
         .bind(only)
         .bind(store.target.as_ref().map(|t| t.id.as_str()))
+        .bind(among)
         .fetch_optional(&store.pool)
         .await
         .map_err(Error::db("claiming a migration"))?;

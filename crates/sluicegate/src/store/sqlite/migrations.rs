@@ -79,6 +79,8 @@ const MIGRATION_CLAIM_CANDIDATES: &str = "SELECT m.* FROM sluicegate_migrations 
                       WHERE l.table_name = m.table_name AND l.expires_at > $2
                         AND (l.migration_id <> m.id
                              OR ($1 IS NULL AND m.status = 'finalizing' AND l.worker <> $4)))
+      -- `run --only`: among these migrations alone (a JSON array of ids).
+      AND ($5 IS NULL OR m.id IN (SELECT value FROM json_each($5)))
     ORDER BY m.last_job_started_at IS NOT NULL, m.last_job_started_at, m.id
     LIMIT 1";
 
@@ -303,7 +305,29 @@ pub(super) async fn claim(
     lease: Duration,
     only: Option<i64>,
 ) -> Result<Option<Migration>> {
+    claim_filtered(store, worker, lease, only, None).await
+}
+
+/// [`Store::migration_claim_among`](crate::store::Store::migration_claim_among): the claim of
+/// [`claim`], among `ids` alone.
+pub(super) async fn claim_among(
+    store: &SqliteStore,
+    worker: &str,
+    lease: Duration,
+    ids: &[i64],
+) -> Result<Option<Migration>> {
+    claim_filtered(store, worker, lease, None, Some(ids)).await
+}
+
+async fn claim_filtered(
+    store: &SqliteStore,
+    worker: &str,
+    lease: Duration,
+    only: Option<i64>,
+    among: Option<&[i64]>,
+) -> Result<Option<Migration>> {
     let context = "claiming a migration";
+    let among = among.map(|ids| serde_json::to_string(ids).expect("ids serialize"));
     let at = now();
     let mut tx = store.begin_immediate(context).await?;
     let row = sqlx::query(MIGRATION_CLAIM_CANDIDATES)
@@ -311,6 +335,7 @@ pub(super) async fn claim(
         .bind(ts(at))
         .bind(store.target.as_ref().map(|t| t.id.as_str()))
         .bind(worker)
+        .bind(among)
         .fetch_optional(&mut *tx)
         .await
         .map_err(Error::db(context))?;
