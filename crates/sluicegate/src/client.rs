@@ -31,6 +31,9 @@ use crate::store::{
 };
 
 mod health;
+mod if_absent;
+
+pub use if_absent::{definition_differences, IfAbsent};
 
 /// Default tracking schema on PostgreSQL.
 pub const DEFAULT_SCHEMA: &str = "sluicegate";
@@ -925,6 +928,7 @@ impl Sluicegate {
             health: settings.health.clone(),
             target_sub_batch_ms: millis(settings.target_sub_batch_time),
             actor: req.actor.clone(),
+            definition: Some(req.canonical_definition()),
         };
         self.refuse_duplicate(&migration).await?;
         // The rows it will change: those its kind's `where` matches among the keys it walks.

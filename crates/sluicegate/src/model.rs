@@ -98,6 +98,12 @@ pub struct Migration {
     /// cancelled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unreadable: Option<String>,
+    /// The definition it was queued from, in canonical form (schema v8: every setting spelled
+    /// out, as JSON text with a fixed order of fields; see
+    /// [`QueueRequest::canonical_definition`](crate::QueueRequest::canonical_definition)):
+    /// what `apply` compares a definition file with. `None` for migrations queued before v8.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub definition: Option<String>,
 }
 
 /// The settings of a migration an operator chooses, wherever they come from: `queue`, `set`,
@@ -402,6 +408,8 @@ pub struct NewMigration {
     pub total_tuple_count: Option<i64>,
     /// Who queued it.
     pub actor: String,
+    /// The definition it is queued from, in canonical form (stored from schema v8 on).
+    pub definition: Option<String>,
 }
 
 /// Counts of a migration's jobs by status, and its progress.

@@ -234,11 +234,14 @@ store_test!(migration_insert, |db| {
         status: MigrationStatus::Paused,
         total_tuple_count: Some(90),
         actor: "test".into(),
+        definition: Some(r#"{"name":"inserted"}"#.into()),
     };
     let store = sg.store();
     let inserted = store.migration_insert(&new).await.unwrap();
     let read = store.migration_get(inserted.id).await.unwrap().unwrap();
     assert_eq!(read, inserted);
+    // The definition it was queued from is kept as given (schema v8).
+    assert_eq!(read.definition.as_deref(), Some(r#"{"name":"inserted"}"#));
     assert_eq!(
         (
             read.name.as_str(),

@@ -45,7 +45,7 @@ pub use params::{
 };
 
 /// Newest tracking-schema version this binary knows.
-pub const SCHEMA_VERSION: i64 = 6;
+pub const SCHEMA_VERSION: i64 = 8;
 
 /// What a backend can do, asked by name where the engine or the client depends on it, rather
 /// than asking which backend it is ([`Backend`] chooses only the SQL dialect).

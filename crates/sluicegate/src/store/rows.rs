@@ -178,6 +178,7 @@ fn unreadable_migration(row: &impl ModelRow, e: Error) -> Result<Migration> {
         created_at: time("created_at").unwrap_or_default(),
         updated_at: time("updated_at").unwrap_or_default(),
         unreadable: Some(why),
+        definition: None,
     })
 }
 
@@ -253,6 +254,7 @@ fn migration_strict(row: &impl ModelRow) -> Result<Migration> {
         created_at: row.time("created_at")?.unwrap_or_default(),
         updated_at: row.time("updated_at")?.unwrap_or_default(),
         unreadable: None,
+        definition: row.opt_text("definition")?,
     })
 }
 

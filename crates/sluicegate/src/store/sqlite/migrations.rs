@@ -22,9 +22,10 @@ const MIGRATION_INSERT: &str = "INSERT INTO sluicegate_migrations (name, job_kin
     column_name, job_arguments, min_cursor, max_cursor, next_cursor, batch_size, sub_batch_size,
     max_batch_size, pause_ms, interval_ms, statement_timeout_ms, lock_timeout_ms, status,
     total_tuple_count, health_settings, target_sub_batch_ms, started_at, created_at, updated_at,
-    key_columns, next_inclusive, scope, sub_batch_ceiling, target_id, target_display, key_unique)
+    key_columns, next_inclusive, scope, sub_batch_ceiling, target_id, target_display, key_unique,
+    definition)
     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19,
-        CASE WHEN $16 = 'active' THEN $20 END, $20, $20, $21, $22, $23, $24, $25, $26, $27)
+        CASE WHEN $16 = 'active' THEN $20 END, $20, $20, $21, $22, $23, $24, $25, $26, $27, $28)
     RETURNING *";
 
 const MIGRATION_LOG_INSERT: &str = "INSERT INTO sluicegate_migration_transition_logs (migration_id,
@@ -184,6 +185,7 @@ pub(super) async fn insert(store: &SqliteStore, m: &NewMigration) -> Result<Migr
         .bind(&m.target.id)
         .bind(&m.target.display)
         .bind(m.key_unique)
+        .bind(m.definition.as_deref())
         .fetch_one(&mut *tx)
         .await
         .map_err(|e| {
