@@ -42,6 +42,7 @@ impl Cli {
     pub fn wants_json(&self) -> bool {
         match &self.command {
             Command::Queue(a) => a.json,
+            Command::Apply(a) => a.json,
             Command::Run(a) => a.json,
             Command::Status(a) => a.json,
             Command::Show(a) | Command::Finalize(a) | Command::Health(a) => a.json,
@@ -60,6 +61,9 @@ pub enum Command {
     Setup,
     /// Validate and queue a migration.
     Queue(Box<QueueArgs>),
+    /// Queue the definitions (one TOML file per migration) of a directory that are not
+    /// queued yet, in file-name order; the same definition already queued is left as it is.
+    Apply(ApplyArgs),
     /// Run workers: claim due migrations and run their jobs.
     Run(RunArgs),
     /// Every migration with its progress (or those in the statuses given).
@@ -211,7 +215,23 @@ pub struct QueueArgs {
     /// Validate and print the plan; write nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Do nothing (exit 0) when a migration of this name was queued from this very
+    /// definition; refuse when it was queued from another one and is not finished.
+    #[arg(long)]
+    pub if_not_exists: bool,
     /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ApplyArgs {
+    /// Directory of definitions: one `NAME.toml` per migration, with the settings of `queue`.
+    pub dir: std::path::PathBuf,
+    /// Print what each definition would do (the plan of those to queue); write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print JSON: one object per definition.
     #[arg(long)]
     pub json: bool,
 }

@@ -214,6 +214,10 @@ async fn dispatch(cli: Cli) -> Result<()> {
             let sg = connect_ready(&cli).await?;
             run::queue(&sg, args).await
         }
+        Command::Apply(args) => {
+            let sg = connect_ready(&cli).await?;
+            run::apply(&sg, args).await
+        }
         Command::Run(args) => {
             let sg = connect_ready_waiting(&cli).await?;
             run::run(&sg, args).await

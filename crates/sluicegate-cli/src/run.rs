@@ -4,104 +4,81 @@ use std::time::Duration;
 
 use anyhow::{bail, Result};
 use serde_json::{json, Value};
+use sluicegate::definition::HealthDefinition;
 use sluicegate::engine::default_worker_name;
-use sluicegate::{Plan, QueueRequest, SettingsChange, Sluicegate, StepOutcome, WorkerOptions};
+use sluicegate::{
+    Definition, IfAbsent, Plan, QueueRequest, SettingsChange, Sluicegate, StepOutcome,
+    WorkerOptions,
+};
 
-use crate::args::{HealthArgs, Kind, QueueArgs, RunArgs, SetArgs};
+use crate::args::{ApplyArgs, HealthArgs, QueueArgs, RunArgs, SetArgs};
 use crate::output::{self, format_duration};
 use crate::progress::{bars_wanted, Reporter};
 
+/// `queue`'s flags as a definition: the one conversion to a request that definition files go
+/// through too ([`Definition::request`]), so both are validated the same way.
+fn definition(args: &QueueArgs) -> Definition {
+    Definition {
+        name: None,
+        table: args.table.clone(),
+        kind: args.kind.name().to_owned(),
+        key: match (&args.key, &args.column) {
+            (Some(key), _) => Some(key.iter().map(|c| c.trim().to_owned()).collect()),
+            (None, Some(column)) => Some(vec![column.clone()]),
+            (None, None) => None,
+        },
+        non_unique_key: args.non_unique_key,
+        set: args.set_clause.clone(),
+        where_clause: args.where_clause.clone(),
+        scope: args.scope.clone(),
+        from: args.from.clone(),
+        to: args.to.clone(),
+        join: args.join.clone(),
+        sql: args.sql.clone(),
+        arguments: None,
+        batch_size: Some(args.batch_size),
+        sub_batch_size: args.sub_batch_size,
+        max_batch_size: args.max_batch_size,
+        pause_ms: Some(args.pause_ms),
+        interval: Some(args.interval),
+        min_value: args.min_value.clone(),
+        max_value: args.max_value.clone(),
+        statement_timeout: Some(args.statement_timeout),
+        lock_timeout: Some(args.lock_timeout),
+        target_sub_batch_time: Some(args.target_sub_batch_time),
+        paused: args.paused,
+        health: args.health.definition(),
+    }
+}
+
 /// Turns `queue` flags into a request, refusing flags that do not belong to the kind.
 fn request(args: &QueueArgs) -> Result<QueueRequest> {
-    let mut req = QueueRequest::new(&args.name, args.kind.name(), &args.table);
-    req.key = match (&args.key, &args.column) {
-        (Some(key), _) => Some(key.iter().map(|c| c.trim().to_owned()).collect()),
-        (None, Some(column)) => Some(vec![column.clone()]),
-        (None, None) => None,
-    };
-    req.non_unique_key = args.non_unique_key;
-    req.scope = args.scope.clone();
-    req.batch_size = args.batch_size;
-    if let Some(sub) = args.sub_batch_size {
-        req.sub_batch_size = sub;
-        req.sub_batch_ceiling = Some(sub);
-    }
-    req.max_batch_size = args.max_batch_size;
-    req.pause_ms = args.pause_ms;
-    req.interval = args.interval;
-    req.min_value = args.min_value.clone();
-    req.max_value = args.max_value.clone();
-    req.paused = args.paused;
-    req.statement_timeout = args.statement_timeout;
-    req.lock_timeout = args.lock_timeout;
+    let mut req = definition(args).request(&args.name)?;
     req.actor = "cli".into();
-    req.target_sub_batch_time = args.target_sub_batch_time;
-    args.health.apply(&mut req.health);
-    let given = [
-        ("--set", args.set_clause.as_ref()),
-        ("--where", args.where_clause.as_ref()),
-        ("--from", args.from.as_ref()),
-        ("--to", args.to.as_ref()),
-        ("--join", args.join.as_ref()),
-        ("--sql", args.sql.as_ref()),
-    ];
-    let allowed: &[&str] = match args.kind {
-        Kind::Update => &["--set", "--where", "--from", "--join"],
-        Kind::Delete => &["--where"],
-        Kind::CopyColumn => &["--from", "--to"],
-        Kind::Sql => &["--sql"],
-    };
-    for (flag, value) in given {
-        match value {
-            Some(_) if !allowed.contains(&flag) => {
-                bail!("{flag} does not apply to --kind {}", args.kind.name())
-            }
-            Some(v) => {
-                req = req.argument(flag.trim_start_matches("--"), Value::String(v.clone()));
-            }
-            None => {}
-        }
-    }
     Ok(req)
 }
 
 impl HealthArgs {
+    /// The health flags given, as a definition's `[health]` table.
+    pub fn definition(&self) -> HealthDefinition {
+        HealthDefinition {
+            max_replica_lag_bytes: self.max_replica_lag_bytes,
+            max_replica_lag: self.max_replica_lag,
+            max_wal_archive_backlog: self.max_wal_archive_backlog,
+            max_wal_rate: self.max_wal_rate,
+            max_transaction_age: self.max_transaction_age,
+            probe: self.health_probe.clone(),
+            hold: self.hold,
+            max_latency_drift: self.max_latency_drift,
+            autovacuum: self.autovacuum,
+            off: Some(self.health_off.clone()),
+            require_health: self.require_health,
+        }
+    }
+
     /// Applies the flags given to `health`.
     pub fn apply(&self, health: &mut sluicegate::health::HealthSettings) {
-        let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
-        if let Some(v) = self.max_replica_lag_bytes {
-            health.max_replica_lag_bytes = v;
-        }
-        if let Some(v) = self.max_replica_lag {
-            health.max_replica_lag_ms = ms(v);
-        }
-        if let Some(v) = self.max_wal_archive_backlog {
-            health.max_wal_archive_backlog = v;
-        }
-        if let Some(v) = self.max_wal_rate {
-            health.max_wal_rate_bytes = Some(v);
-        }
-        if let Some(v) = self.max_transaction_age {
-            health.max_transaction_age_ms = ms(v);
-        }
-        if let Some(v) = &self.health_probe {
-            health.probe = Some(v.clone());
-        }
-        if let Some(v) = self.hold {
-            health.hold_ms = ms(v);
-        }
-        if let Some(v) = self.max_latency_drift {
-            health.latency_drift_factor = v;
-        }
-        if let Some(v) = self.autovacuum {
-            health.autovacuum = v;
-        }
-        if !self.health_off.is_empty() {
-            health.off = self.health_off.clone();
-        }
-        if let Some(v) = self.require_health {
-            health.require_health = v;
-        }
+        self.definition().apply(health);
     }
 }
 
@@ -178,10 +155,107 @@ fn warn_if_slow(plan: &Plan) {
     }
 }
 
+/// A dry run's plan: JSON, or the lines a person reads.
+fn dry_run_value(plan: &Plan) -> Value {
+    let m = &plan.migration;
+    json!({
+        "name": m.name,
+        "job_kind": m.job_kind,
+        "table": m.table_name,
+        "target": m.target,
+        "column": m.key.display_names(),
+        "key_columns": m.key,
+        "scope": m.scope,
+        "job_arguments": m.job_arguments,
+        "min_value": output::key_value(&m.min_value),
+        "max_value": output::key_value(&m.max_value),
+        "min_cursor": m.min_value,
+        "max_cursor": m.max_value,
+        "estimated_rows": plan.rows_to_change,
+        "estimated_keys": m.total_tuple_count,
+        "estimated_jobs": plan.estimated_jobs(),
+        "batch_size": m.batch_size,
+        "sub_batch_size": m.sub_batch_size,
+        "pause_ms": m.pause_ms,
+        "interval_ms": m.interval.as_millis() as u64,
+        "trial_sub_batch_rows": plan.trial_rows,
+        "trial_sub_batch_ms": plan.trial_time.as_secs_f64() * 1000.0,
+        "estimated_duration_seconds": plan.estimated_duration().map(|d| d.as_secs_f64()),
+        "protections_off": sluicegate_cli::json::ProtectionOffJson::from_readings(&plan.protections_off),
+        "written": false,
+    })
+}
+
+/// A dry run's plan, as a person reads it.
+fn print_plan(plan: &Plan) -> Result<()> {
+    let m = &plan.migration;
+    outln!(
+        "  migration      {} ({} on {}.{})",
+        m.name,
+        m.job_kind,
+        m.table_name,
+        m.key.display_names()
+    );
+    outln!("  target         {}", m.target);
+    outln!("  key            {}", key_description(&m.key));
+    if let Some(scope) = &m.scope {
+        outln!("  scope          {scope} (jobs span matching keys only)");
+    }
+    outln!("  range          {} ..= {}", m.min_value, m.max_value);
+    outln!(
+        "  rows (est.)    {} to change, of {} keys walked",
+        output::opt(plan.rows_to_change.map(output::thousands)),
+        output::opt(m.total_tuple_count.map(output::thousands))
+    );
+    outln!(
+        "  jobs (est.)    {} of {} keys, sub-batches of {}{}",
+        output::opt(plan.estimated_jobs().map(output::thousands)),
+        output::thousands(m.batch_size),
+        output::thousands(m.sub_batch_size),
+        if m.target_sub_batch_ms > 0 {
+            " (tuned from there)"
+        } else {
+            ""
+        }
+    );
+    outln!(
+        "  trial          one sub-batch touched {} rows in {:.1} ms, rolled back",
+        plan.trial_rows,
+        plan.trial_time.as_secs_f64() * 1000.0
+    );
+    outln!(
+        "  duration (est.) {} at interval {} and pause {} ms",
+        plan.estimated_duration()
+            .map(format_duration)
+            .unwrap_or_else(|| "-".into()),
+        format_duration(m.interval),
+        m.pause_ms
+    );
+    Ok(())
+}
+
 pub async fn queue(sg: &Sluicegate, args: &QueueArgs) -> Result<()> {
     let req = request(args)?;
     // The same checks for a dry run as for the real thing (duplicates included).
-    let plan = sg.plan(&req).await?;
+    let plan = if args.if_not_exists {
+        match sg.plan_if_absent(&req).await? {
+            IfAbsent::Queue(plan) => *plan,
+            other => {
+                let m = other.existing().expect("an existing migration");
+                if args.json {
+                    outln!(
+                        "{}",
+                        serde_json::to_string(&output::MigrationJson::from_migration(m))?
+                    );
+                } else {
+                    outln!("{}: {}", m.name, other.describe());
+                }
+                return Ok(());
+            }
+        }
+    } else {
+        sg.plan(&req).await?
+    };
     warn_if_slow(&plan);
     output::warn_protections_off(
         &plan.migration.name,
@@ -189,79 +263,11 @@ pub async fn queue(sg: &Sluicegate, args: &QueueArgs) -> Result<()> {
         &plan.migration.health,
     );
     if args.dry_run {
-        let m = &plan.migration;
-        let value = json!({
-            "name": m.name,
-            "job_kind": m.job_kind,
-            "table": m.table_name,
-            "target": m.target,
-            "column": m.key.display_names(),
-            "key_columns": m.key,
-            "scope": m.scope,
-            "job_arguments": m.job_arguments,
-            "min_value": output::key_value(&m.min_value),
-            "max_value": output::key_value(&m.max_value),
-            "min_cursor": m.min_value,
-            "max_cursor": m.max_value,
-            "estimated_rows": plan.rows_to_change,
-            "estimated_keys": m.total_tuple_count,
-            "estimated_jobs": plan.estimated_jobs(),
-            "batch_size": m.batch_size,
-            "sub_batch_size": m.sub_batch_size,
-            "pause_ms": m.pause_ms,
-            "interval_ms": m.interval.as_millis() as u64,
-            "trial_sub_batch_rows": plan.trial_rows,
-            "trial_sub_batch_ms": plan.trial_time.as_secs_f64() * 1000.0,
-            "estimated_duration_seconds": plan.estimated_duration().map(|d| d.as_secs_f64()),
-            "protections_off": sluicegate_cli::json::ProtectionOffJson::from_readings(&plan.protections_off),
-            "written": false,
-        });
         if args.json {
-            outln!("{value}");
+            outln!("{}", dry_run_value(&plan));
         } else {
             outln!("dry run: nothing was written");
-            outln!(
-                "  migration      {} ({} on {}.{})",
-                m.name,
-                m.job_kind,
-                m.table_name,
-                m.key.display_names()
-            );
-            outln!("  target         {}", m.target);
-            outln!("  key            {}", key_description(&m.key));
-            if let Some(scope) = &m.scope {
-                outln!("  scope          {scope} (jobs span matching keys only)");
-            }
-            outln!("  range          {} ..= {}", m.min_value, m.max_value);
-            outln!(
-                "  rows (est.)    {} to change, of {} keys walked",
-                output::opt(plan.rows_to_change.map(output::thousands)),
-                output::opt(m.total_tuple_count.map(output::thousands))
-            );
-            outln!(
-                "  jobs (est.)    {} of {} keys, sub-batches of {}{}",
-                output::opt(plan.estimated_jobs().map(output::thousands)),
-                output::thousands(m.batch_size),
-                output::thousands(m.sub_batch_size),
-                if m.target_sub_batch_ms > 0 {
-                    " (tuned from there)"
-                } else {
-                    ""
-                }
-            );
-            outln!(
-                "  trial          one sub-batch touched {} rows in {:.1} ms, rolled back",
-                plan.trial_rows,
-                plan.trial_time.as_secs_f64() * 1000.0
-            );
-            outln!(
-                "  duration (est.) {} at interval {} and pause {} ms",
-                plan.estimated_duration()
-                    .map(format_duration)
-                    .unwrap_or_else(|| "-".into()),
-                format_duration(m.interval),
-                m.pause_ms
-            );
+            print_plan(&plan)?;
         }
         return Ok(());
     }
@@ -431,6 +437,116 @@ pub async fn finalize(sg: &Sluicegate, migration: &str, json: bool) -> Result<()
         );
     } else {
         outln!("migration {} ({}) is finished", m.id, m.name);
+    }
+    Ok(())
+}
+
+/// One decision of `apply` as JSON: `{name, action, migration_id, status, differences,
+/// error, plan}`.
+fn applied_json(
+    name: &str,
+    decision: std::result::Result<&IfAbsent, &sluicegate::Error>,
+    queued: Option<&sluicegate::Migration>,
+) -> Value {
+    let (action, existing, differences) = match decision {
+        Ok(IfAbsent::Queue(_)) => ("queue", queued, Vec::new()),
+        Ok(IfAbsent::Unchanged(m)) => ("unchanged", Some(m), Vec::new()),
+        Ok(IfAbsent::FinishedDifferent {
+            migration,
+            differences,
+        }) => ("finished_different", Some(migration), differences.clone()),
+        Ok(IfAbsent::Unrecorded(m)) => ("unrecorded", Some(m), Vec::new()),
+        Err(sluicegate::Error::DefinitionChanged { differences, .. }) => {
+            ("refused", None, differences.clone())
+        }
+        Err(_) => ("refused", None, Vec::new()),
+    };
+    json!({
+        "name": name,
+        "action": action,
+        "migration_id": existing.map(|m| m.id),
+        "status": existing.map(|m| m.status),
+        "differences": differences,
+        "error": decision.err().map(|e| e.to_string()),
+        "plan": match decision {
+            Ok(IfAbsent::Queue(plan)) if queued.is_none() => Some(dry_run_value(plan)),
+            _ => None,
+        },
+    })
+}
+
+/// `apply DIR`: queues the definitions of DIR not queued yet, in file-name order. Every file
+/// is read and decided first: one that does not read or validate, or that changed under a
+/// live migration, is shown with why, and nothing is queued (exit 1).
+pub async fn apply(sg: &Sluicegate, args: &ApplyArgs) -> Result<()> {
+    let mut requests = sluicegate::definition::read_dir(&args.dir)?;
+    for req in &mut requests {
+        req.actor = "cli".into();
+    }
+    if requests.is_empty() {
+        bail!("no definition (*.toml) in {}", args.dir.display());
+    }
+    let decisions = sg.plan_definitions(&requests).await;
+    let refused = decisions.iter().filter(|d| d.is_err()).count();
+    if refused > 0 || args.dry_run {
+        let mut all = Vec::new();
+        for (req, decision) in requests.iter().zip(&decisions) {
+            if args.json {
+                all.push(applied_json(&req.name, decision.as_ref(), None));
+                continue;
+            }
+            match decision {
+                Ok(IfAbsent::Queue(plan)) => {
+                    outln!("{}: would queue", req.name);
+                    print_plan(plan)?;
+                }
+                Ok(other) => outln!("{}: {}", req.name, other.describe()),
+                Err(e) => outln!("{}: refused: {e}", req.name),
+            }
+        }
+        if args.json {
+            outln!("{}", serde_json::to_string_pretty(&all)?);
+        }
+        if refused > 0 {
+            bail!(
+                "{refused} of {} definition(s) in {} refused; nothing was queued",
+                requests.len(),
+                args.dir.display()
+            );
+        }
+        if !args.json {
+            outln!("dry run: nothing was written");
+        }
+        return Ok(());
+    }
+    let mut all = Vec::new();
+    for (req, decision) in requests.iter().zip(decisions) {
+        let decision = decision?;
+        let queued = match &decision {
+            IfAbsent::Queue(plan) => Some(sg.queue_plan(plan).await?),
+            _ => None,
+        };
+        if args.json {
+            all.push(applied_json(&req.name, Ok(&decision), queued.as_ref()));
+            continue;
+        }
+        match (&decision, &queued) {
+            (IfAbsent::Queue(_), Some(m)) => outln!(
+                "{}: queued migration {} ({} on {}.{}, keys {} ..= {}, {})",
+                req.name,
+                m.id,
+                m.job_kind,
+                m.table_name,
+                m.key.display_names(),
+                m.min_value,
+                m.max_value,
+                m.status
+            ),
+            (other, _) => outln!("{}: {}", req.name, other.describe()),
+        }
+    }
+    if args.json {
+        outln!("{}", serde_json::to_string_pretty(&all)?);
     }
     Ok(())
 }

@@ -106,6 +106,12 @@ pub enum Error {
         differences: Vec<String>,
     },
 
+    /// A definition (a file of `apply`, a pair of
+    /// [`Sluicegate::apply_definitions`](crate::Sluicegate::apply_definitions)) does not read:
+    /// which, and why.
+    #[error("{0}")]
+    InvalidDefinition(String),
+
     /// No migration has this id or name.
     #[error("no migration {0:?}")]
     MigrationNotFound(String),

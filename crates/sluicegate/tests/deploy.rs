@@ -1,8 +1,9 @@
-//! Deploying migrations: a worker limited to some migrations (`run --only`).
+//! Deploying migrations: a worker limited to some migrations (`run --only`), definitions
+//! queued once from their canonical form (`apply`, `Sluicegate::apply_definitions`).
 
 use std::time::Duration;
 
-use sluicegate::{store_test, MigrationStatus};
+use sluicegate::{store_test, Error, IfAbsent, MigrationStatus};
 
 use crate::common::*;
 
@@ -35,3 +36,134 @@ store_test!(a_worker_limited_to_one_migration_leaves_the_others, |db| {
     assert_eq!(db.scalar("SELECT sum(n) FROM others").await, 300);
     assert_eq!(db.scalar("SELECT coalesce(sum(n), 0) FROM items").await, 0);
 });
+
+const BACKFILL: &str = r#"
+table = "items"
+kind = "update"
+set = "email_lower = lower(email)"
+batch_size = 100
+sub_batch_size = 50
+pause_ms = 0
+target_sub_batch_time = "0s"
+[health]
+hold = "200ms"
+"#;
+
+const PURGE: &str = r#"
+table = "others"
+kind = "delete"
+scope = "id > 250"
+batch_size = 100
+pause_ms = 0
+"#;
+
+store_test!(
+    definitions_are_queued_once_and_a_changed_one_is_refused,
+    |db| {
+        db.create_items("items", &[(1, 300)]).await;
+        db.create_items("others", &[(1, 300)]).await;
+        let sg = db.sluicegate().await;
+        let defs = [("backfill", BACKFILL), ("purge", PURGE)];
+        let first = sg.apply_definitions(&defs).await.unwrap();
+        assert!(
+            first.iter().all(|(d, _)| matches!(d, IfAbsent::Queue(_))),
+            "{first:?}"
+        );
+        let backfill = first[0].1.clone();
+        assert_eq!(backfill.name, "backfill");
+        assert_eq!(
+            (backfill.batch_size, backfill.sub_batch_ceiling),
+            (100, Some(50))
+        );
+        // The canonical definition is on the row, as the engine made it.
+        let stored = sg.migration("backfill").await.unwrap().definition.unwrap();
+        let req = sluicegate::definition::requests(&[("backfill", BACKFILL)]).unwrap();
+        assert_eq!(stored, req[0].canonical_definition());
+
+        // The same definitions again, spelled differently (a default written out): no-op.
+        let respelled =
+            BACKFILL.replace("pause_ms = 0", "pause_ms = 0\nstatement_timeout = \"30s\"");
+        let again = sg
+            .apply_definitions(&[("backfill", respelled.as_str()), ("purge", PURGE)])
+            .await
+            .unwrap();
+        assert!(
+            again
+                .iter()
+                .all(|(d, _)| matches!(d, IfAbsent::Unchanged(_))),
+            "{again:?}"
+        );
+        assert_eq!(sg.migrations().await.unwrap().len(), 2);
+
+        // A changed definition of a live migration is refused, naming the difference, and the
+        // new definition beside it is not queued either.
+        let changed = BACKFILL.replace("batch_size = 100", "batch_size = 200");
+        let new = r#"
+table = "thirds"
+kind = "delete"
+"#;
+        db.create_items("thirds", &[(1, 10)]).await;
+        let err = sg
+            .apply_definitions(&[("backfill", changed.as_str()), ("third", new)])
+            .await
+            .unwrap_err();
+        match &err {
+            Error::DefinitionChanged {
+                name, differences, ..
+            } => {
+                assert_eq!(name, "backfill");
+                assert_eq!(differences, &["batch_size: 100 -> 200"]);
+            }
+            other => panic!("expected DefinitionChanged, got {other:?}"),
+        }
+        assert!(err.to_string().contains("batch_size: 100 -> 200"), "{err}");
+        assert!(matches!(
+            sg.migration("third").await,
+            Err(Error::MigrationNotFound(_))
+        ));
+
+        // Finished: left alone, whatever the definition says now.
+        run_to_end(&sg).await;
+        let done = sg
+            .apply_definitions(&[("backfill", changed.as_str())])
+            .await
+            .unwrap();
+        match &done[0].0 {
+            IfAbsent::FinishedDifferent { differences, .. } => {
+                assert_eq!(differences, &["batch_size: 100 -> 200"])
+            }
+            other => panic!("expected FinishedDifferent, got {other:?}"),
+        }
+        assert_eq!(done[0].1.status, MigrationStatus::Finished);
+        assert_eq!(sg.migrations().await.unwrap().len(), 2);
+        assert_eq!(
+            db.scalar("SELECT count(*) FROM items WHERE email_lower = lower(email)")
+                .await,
+            300
+        );
+        assert_eq!(db.scalar("SELECT count(*) FROM others").await, 250);
+    }
+);
+
+store_test!(
+    a_definition_that_does_not_read_names_its_file_and_line,
+    |db| {
+        let sg = db.sluicegate().await;
+        let err = sg
+            .apply_definitions(&[("bad", "table = \"items\"\nkind = \"update\"\nbatch = 5\n")])
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("definition bad, line 3: unknown field `batch`"),
+            "{err}"
+        );
+        let err = sg
+            .apply_definitions(&[("x", "name = \"y\"\ntable = \"items\"\nkind = \"delete\"\n")])
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("it names itself \"y\""), "{err}");
+        assert!(sg.migrations().await.unwrap().is_empty());
+    }
+);
