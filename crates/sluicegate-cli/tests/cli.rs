@@ -1756,3 +1756,164 @@ store_test!(
         assert!(text.contains("CURSOR"), "{text}");
     }
 );
+
+store_test!(
+    apply_queues_definitions_once_and_refuses_a_changed_one,
+    |db| {
+        db.create_items("items", &[(1, 100)]).await;
+        db.create_items("others", &[(1, 100)]).await;
+        let url = db.url.clone();
+        ok(&url, &["setup"]);
+        let dir = tempfile::tempdir().unwrap();
+        let write = |file: &str, text: &str| std::fs::write(dir.path().join(file), text).unwrap();
+        write(
+        "001_backfill.toml",
+        "name = \"backfill\"\ntable = \"items\"\nkind = \"update\"\nset = \"n = n + 1\"\nbatch_size = 20\npause_ms = 0\n",
+    );
+        write(
+        "002_purge.toml",
+        "name = \"purge\"\ntable = \"others\"\nkind = \"delete\"\nscope = \"id > 90\"\n[health]\nhold = \"1s\"\n",
+    );
+        write("README.md", "not a definition");
+        let dir_arg = dir.path().to_str().unwrap().to_owned();
+
+        // The dry run prints each plan and writes nothing.
+        let dry = ok(&url, &["apply", &dir_arg, "--dry-run"]);
+        assert!(dry.contains("backfill: would queue"), "{dry}");
+        assert!(dry.contains("purge: would queue"), "{dry}");
+        assert!(dry.contains("dry run: nothing was written"), "{dry}");
+        assert!(ok(&url, &["status"]).contains("no migrations queued"));
+
+        // Queued in file-name order; the second apply is a no-op that exits 0.
+        let first = ok(&url, &["apply", &dir_arg]);
+        assert!(
+            first.contains("backfill: queued migration 1 (update on ")
+                && first.contains("purge: queued migration 2 (delete on "),
+            "{first}"
+        );
+        let second = ok(&url, &["apply", &dir_arg]);
+        assert!(
+            second.contains(
+                "backfill: unchanged: migration 1 is queued with this definition (active)"
+            ),
+            "{second}"
+        );
+        assert!(second.contains("purge: unchanged: migration 2"), "{second}");
+        let json: serde_json::Value =
+            serde_json::from_str(&ok(&url, &["apply", &dir_arg, "--json"])).unwrap();
+        assert_eq!(json[0]["action"], "unchanged", "{json}");
+        assert_eq!(json[1]["migration_id"], 2, "{json}");
+
+        // `queue --if-not-exists` with the same flags as the file: a no-op too.
+        let same = ok(
+            &url,
+            &[
+                "queue",
+                "backfill",
+                "--table",
+                "items",
+                "--kind",
+                "update",
+                "--set",
+                "n = n + 1",
+                "--batch-size",
+                "20",
+                "--pause-ms",
+                "0",
+                "--if-not-exists",
+            ],
+        );
+        assert!(same.contains("unchanged: migration 1"), "{same}");
+        let plain = sg(
+            &url,
+            &[
+                "queue",
+                "backfill",
+                "--table",
+                "items",
+                "--kind",
+                "update",
+                "--set",
+                "n = n + 1",
+                "--batch-size",
+                "20",
+                "--pause-ms",
+                "0",
+            ],
+        );
+        assert_fails_with(&plain, "a migration named \"backfill\" is already queued");
+
+        // A changed definition of a live migration: refused with the difference, non-zero exit,
+        // nothing queued (not even the new file beside it).
+        write(
+        "001_backfill.toml",
+        "name = \"backfill\"\ntable = \"items\"\nkind = \"update\"\nset = \"n = n + 2\"\nbatch_size = 20\npause_ms = 0\n",
+    );
+        write(
+            "003_more.toml",
+            "table = \"others\"\nkind = \"update\"\nset = \"n = 7\"\npaused = true\n",
+        );
+        let refused = sg(&url, &["apply", &dir_arg]);
+        assert_eq!(refused.status.code(), Some(1), "{}", stderr(&refused));
+        let out = stdout(&refused);
+        assert!(
+        out.contains("backfill: refused: migration 1 (\"backfill\", active) was queued from another definition: arguments.set: \"n = n + 1\" -> \"n = n + 2\""),
+        "{out}"
+    );
+        assert!(
+            stderr(&refused).contains("1 of 3 definition(s)")
+                && stderr(&refused).contains("nothing was queued"),
+            "{}",
+            stderr(&refused)
+        );
+        assert_fails_with(
+            &sg(
+                &url,
+                &[
+                    "queue",
+                    "backfill",
+                    "--table",
+                    "items",
+                    "--kind",
+                    "update",
+                    "--set",
+                    "n = n + 2",
+                    "--batch-size",
+                    "20",
+                    "--pause-ms",
+                    "0",
+                    "--if-not-exists",
+                ],
+            ),
+            "arguments.set: \"n = n + 1\" -> \"n = n + 2\"",
+        );
+        assert!(matches!(
+            db.scalar(&format!(
+                "SELECT count(*) FROM {}",
+                tracking(&db, "migrations")
+            ))
+            .await,
+            2
+        ));
+
+        // Once finished, a changed definition is left alone and apply goes on with the others.
+        ok(&url, &["run", "--until-idle"]);
+        let after = ok(&url, &["apply", &dir_arg]);
+        assert!(
+            after.contains("backfill: left alone: migration 1 finished; this definition differs"),
+            "{after}"
+        );
+        assert!(after.contains("more: queued migration 3"), "{after}");
+        assert_eq!(db.scalar("SELECT sum(n) FROM items").await, 100);
+
+        // A file that does not read: named, with its line.
+        write(
+            "004_bad.toml",
+            "table = \"items\"\nkind = \"update\"\nset_clause = \"n = 1\"\n",
+        );
+        assert_fails_with(
+            &sg(&url, &["apply", &dir_arg]),
+            "definition 004_bad.toml, line 3: unknown field `set_clause`",
+        );
+    }
+);

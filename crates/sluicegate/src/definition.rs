@@ -63,7 +63,8 @@ const KIND_ARGUMENTS: &[(&str, &[&str])] = &[
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Definition {
-    /// The migration's name (a file's name without `.toml` when left out).
+    /// The migration's name (default: the file's name without `.toml`, or the name paired
+    /// with the text in [`Sluicegate::apply_definitions`]).
     pub name: Option<String>,
     /// Table to migrate (`table` or `schema.table`).
     pub table: String,
@@ -214,18 +215,11 @@ impl Definition {
         })
     }
 
-    /// The request this definition queues, named `name` unless it names itself (then the two
-    /// must agree). Refuses an argument its kind does not take, as `queue` does.
+    /// The request this definition queues, named by its own `name` when it has one, else
+    /// `name` (a file's name without `.toml`). Refuses an argument its kind does not take, as
+    /// `queue` does.
     pub fn request(&self, name: &str) -> Result<QueueRequest> {
-        let name = match &self.name {
-            Some(own) if !name.is_empty() && own != name => {
-                return Err(Error::InvalidDefinition(format!(
-                    "{name}: it names itself {own:?}; a definition's name is its file's (or leave `name` out)"
-                )))
-            }
-            Some(own) => own.clone(),
-            None => name.to_owned(),
-        };
+        let name = self.name.clone().unwrap_or_else(|| name.to_owned());
         let mut req = QueueRequest::new(&name, &self.kind, &self.table);
         req.key = self.key.clone();
         req.non_unique_key = self.non_unique_key;
@@ -233,9 +227,17 @@ impl Definition {
         if let Some(v) = self.batch_size {
             req.batch_size = v;
         }
-        if let Some(sub) = self.sub_batch_size {
-            req.sub_batch_size = sub;
-            req.sub_batch_ceiling = Some(sub);
+        match self.sub_batch_size {
+            Some(sub) => {
+                req.sub_batch_size = sub;
+                req.sub_batch_ceiling = Some(sub);
+            }
+            // Defaults follow each other: a batch smaller than the default sub-batch brings
+            // the sub-batch down to it (`--batch-size 50` alone is a batch of one sub-batch).
+            None if req.batch_size > 0 => {
+                req.sub_batch_size = req.sub_batch_size.min(req.batch_size);
+            }
+            None => {}
         }
         req.max_batch_size = self.max_batch_size;
         if let Some(v) = self.pause_ms {
@@ -309,7 +311,7 @@ pub fn requests(definitions: &[(&str, &str)]) -> Result<Vec<QueueRequest>> {
 }
 
 /// Reads every `*.toml` file of `dir` (not its subdirectories), in file-name order, each
-/// named by its file name without `.toml` unless it names itself: the requests they queue.
+/// named by its file name without `.toml` unless it has a `name`: the requests they queue.
 /// Any file that does not read is an error, and nothing is returned.
 pub fn read_dir(dir: &Path) -> Result<Vec<QueueRequest>> {
     let unreadable =

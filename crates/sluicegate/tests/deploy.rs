@@ -158,12 +158,39 @@ store_test!(
             err.contains("definition bad, line 3: unknown field `batch`"),
             "{err}"
         );
-        let err = sg
-            .apply_definitions(&[("x", "name = \"y\"\ntable = \"items\"\nkind = \"delete\"\n")])
-            .await
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("it names itself \"y\""), "{err}");
         assert!(sg.migrations().await.unwrap().is_empty());
     }
 );
+
+store_test!(a_small_batch_size_brings_the_default_sub_batch_down, |db| {
+    db.create_items("items", &[(1, 120)]).await;
+    let sg = db.sluicegate().await;
+    // `--batch-size 50` alone: the default sub-batch (100) follows it down, no ceiling set.
+    let applied = sg
+        .apply_definitions(&[(
+            "small",
+            "table = \"items\"\nkind = \"update\"\nset = \"n = n + 1\"\nbatch_size = 50\npause_ms = 0\n",
+        )])
+        .await
+        .unwrap();
+    let m = &applied[0].1;
+    assert_eq!(
+        (m.batch_size, m.sub_batch_size, m.sub_batch_ceiling),
+        (50, 50, None)
+    );
+    // Given explicitly, a larger sub-batch is still refused, naming both.
+    let err = sg
+        .apply_definitions(&[(
+            "explicit",
+            "table = \"items\"\nkind = \"update\"\nset = \"n = 2\"\nbatch_size = 50\nsub_batch_size = 100\n",
+        )])
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("sub-batch size 100 is larger than batch size 50"),
+        "{err}"
+    );
+    run_to_end(&sg).await;
+    assert_eq!(db.scalar("SELECT sum(n) FROM items").await, 120);
+});
