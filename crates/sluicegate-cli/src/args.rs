@@ -50,6 +50,7 @@ impl Cli {
             Command::History(a) => a.json,
             Command::Demo(a) => a.json,
             Command::Set(a) => a.json,
+            Command::Ensure(a) => a.json,
             _ => false,
         }
     }
@@ -89,6 +90,10 @@ pub enum Command {
     Set(Box<SetArgs>),
     /// Run a migration's remaining jobs now, inline, until it is finished.
     Finalize(MigrationArgs),
+    /// Deploy gate: exit 0 when every migration named is finished; 3 when one still runs, 4
+    /// when one failed or was cancelled, 5 when one is not queued (the worst wins), each
+    /// said in one line. With --finalize, run what is left of each inline first.
+    Ensure(EnsureArgs),
     /// Give a migration queued before schema v5 (its target unknown) the target this command
     /// is connected to (--target-url, or the tracking database), so that its workers run it.
     Adopt(ReasonArgs),
@@ -220,6 +225,24 @@ pub struct QueueArgs {
     #[arg(long)]
     pub if_not_exists: bool,
     /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct EnsureArgs {
+    /// Migrations (ids or names) the deploy depends on.
+    #[arg(required = true)]
+    pub migrations: Vec<String>,
+    /// Run what is left of each inline, as `finalize` does (a failed one is retried first,
+    /// its failed jobs with fresh attempts); fail loudly when one cannot finish.
+    #[arg(long)]
+    pub finalize: bool,
+    /// Wait up to this long: for workers to finish them, or, with --finalize, for the
+    /// finalize (then stopped at a sub-batch boundary; any worker finishes it).
+    #[arg(long, value_parser = parse_duration)]
+    pub timeout: Option<Duration>,
+    /// Print JSON: one object per migration.
     #[arg(long)]
     pub json: bool,
 }

@@ -58,6 +58,12 @@ fn main() -> ExitCode {
     match runtime.block_on(dispatch(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
+            // A command that ends with a code of its own (`ensure`) has said why already.
+            if let Some(exit) = err.downcast_ref::<run::Exit>() {
+                let _ = std::io::stdout().flush();
+                eprintln!("error: {}", exit.message);
+                return ExitCode::from(exit.code);
+            }
             let err = naming_the_database(err, tracking.as_deref());
             // A closed pipe (`sluicegate status | head`) is not an error.
             if err
@@ -282,6 +288,10 @@ async fn dispatch(cli: Cli) -> Result<()> {
         Command::Set(args) => {
             let sg = connect_ready(&cli).await?;
             run::set(&sg, args).await
+        }
+        Command::Ensure(args) => {
+            let sg = connect_ready(&cli).await?;
+            run::ensure(&sg, args).await
         }
         Command::Finalize(args) => {
             let sg = connect_ready(&cli).await?;

@@ -11,7 +11,7 @@ use sluicegate::{
     WorkerOptions,
 };
 
-use crate::args::{ApplyArgs, HealthArgs, QueueArgs, RunArgs, SetArgs};
+use crate::args::{ApplyArgs, EnsureArgs, HealthArgs, QueueArgs, RunArgs, SetArgs};
 use crate::output::{self, format_duration};
 use crate::progress::{bars_wanted, Reporter};
 
@@ -549,4 +549,95 @@ pub async fn apply(sg: &Sluicegate, args: &ApplyArgs) -> Result<()> {
         outln!("{}", serde_json::to_string_pretty(&all)?);
     }
     Ok(())
+}
+
+/// A command's end with an exit code of its own (`ensure`): `main` prints the message as the
+/// one error line and exits with the code.
+#[derive(Debug)]
+pub struct Exit {
+    /// The exit code.
+    pub code: u8,
+    /// The one line said on stderr.
+    pub message: String,
+}
+
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Exit {}
+
+/// `ensure`'s exit codes: still running, failed or cancelled, not queued.
+pub const EXIT_RUNNING: u8 = 3;
+/// See [`EXIT_RUNNING`].
+pub const EXIT_FAILED: u8 = 4;
+/// See [`EXIT_RUNNING`].
+pub const EXIT_NOT_QUEUED: u8 = 5;
+
+/// `ensure NAME...`: the deploy gate. One line per migration on stdout (its failures
+/// grouped under a failed one); exit 0 when all are finished, else the worst one's code.
+pub async fn ensure(sg: &Sluicegate, args: &EnsureArgs) -> Result<()> {
+    use sluicegate::engine::{EnsureOptions, Standing};
+    let options = EnsureOptions {
+        finalize: args.finalize,
+        timeout: args.timeout,
+        actor: "cli".into(),
+    };
+    let reports = sg
+        .ensure(
+            &args.migrations,
+            &options,
+            sluicegate_cli::shutdown_signal(),
+        )
+        .await?;
+    if args.json {
+        outln!("{}", serde_json::to_string_pretty(&reports)?);
+    } else {
+        for r in &reports {
+            outln!("{}: {}", r.name, r.reason);
+            for g in r.failures.iter().take(5) {
+                outln!(
+                    "  {} failed attempt(s) of {} job(s): {}: {}",
+                    g.attempts,
+                    g.jobs,
+                    g.class,
+                    g.message
+                );
+            }
+        }
+    }
+    let worst = reports
+        .iter()
+        .map(|r| r.standing)
+        .max()
+        .unwrap_or(Standing::Finished);
+    let named = |standing: Standing| {
+        reports
+            .iter()
+            .filter(|r| r.standing == standing)
+            .map(|r| r.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let (code, what) = match worst {
+        Standing::Finished => return Ok(()),
+        Standing::Running => (EXIT_RUNNING, "still running"),
+        Standing::Failed => (EXIT_FAILED, "failed or cancelled"),
+        Standing::NotQueued => (EXIT_NOT_QUEUED, "not queued"),
+    };
+    let not_finished = reports
+        .iter()
+        .filter(|r| r.standing != Standing::Finished)
+        .count();
+    Err(Exit {
+        code,
+        message: format!(
+            "{not_finished} of {} migration(s) not finished; {what}: {}",
+            reports.len(),
+            named(worst)
+        ),
+    }
+    .into())
 }

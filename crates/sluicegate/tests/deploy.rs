@@ -1,9 +1,11 @@
 //! Deploying migrations: a worker limited to some migrations (`run --only`), definitions
-//! queued once from their canonical form (`apply`, `Sluicegate::apply_definitions`).
+//! queued once from their canonical form (`apply`, `Sluicegate::apply_definitions`), and the
+//! deploy gate (`ensure`).
 
 use std::time::Duration;
 
-use sluicegate::{store_test, Error, IfAbsent, MigrationStatus};
+use sluicegate::engine::{EnsureOptions, FailureGroup, Standing};
+use sluicegate::{store_test, Error, IfAbsent, MigrationEvent, MigrationStatus};
 
 use crate::common::*;
 
@@ -194,3 +196,115 @@ store_test!(a_small_batch_size_brings_the_default_sub_batch_down, |db| {
     run_to_end(&sg).await;
     assert_eq!(db.scalar("SELECT sum(n) FROM items").await, 120);
 });
+
+fn names(list: &[&str]) -> Vec<String> {
+    list.iter().map(|s| s.to_string()).collect()
+}
+
+fn cli() -> EnsureOptions {
+    EnsureOptions {
+        actor: "cli".into(),
+        ..EnsureOptions::default()
+    }
+}
+
+store_test!(
+    ensure_reports_each_standing_and_finalize_finishes_a_failed_one,
+    |db| {
+        // Key 150's sub-batch fails three times, then succeeds (out of the queue's trials).
+        let sg = db
+            .sluicegate_with(registry_with(FailAt::new(150, "TestFailure", 3)))
+            .await;
+        db.create_items("items", &[(1, 300)]).await;
+        db.create_items("others", &[(1, 300)]).await;
+        sg.queue(&fast("flaky", "fail-at", "items", 100, 50))
+            .await
+            .unwrap();
+        sg.queue(&fast("waiting", "update", "others", 100, 50).argument("set", "n = n + 1"))
+            .await
+            .unwrap();
+        let pending = futures::future::pending::<()>;
+
+        // Not queued: said, and nothing runs (not even with finalize).
+        let mut finalize = cli();
+        finalize.finalize = true;
+        let r = sg
+            .ensure(&names(&["waiting", "nope"]), &finalize, pending())
+            .await
+            .unwrap();
+        assert_eq!(
+            r.iter().map(|r| r.standing).collect::<Vec<_>>(),
+            [Standing::Running, Standing::NotQueued]
+        );
+        assert_eq!(r[1].reason, "not queued");
+        assert_eq!(db.scalar("SELECT coalesce(sum(n), 0) FROM others").await, 0);
+
+        // Queued, not run: still running, with its progress.
+        let r = sg
+            .ensure(&names(&["waiting"]), &cli(), pending())
+            .await
+            .unwrap();
+        assert_eq!(r[0].standing, Standing::Running);
+        assert!(
+            r[0].reason
+                .starts_with("still running: active, 0.0% done, 0 of 0 job(s) succeeded"),
+            "{}",
+            r[0].reason
+        );
+        // Waiting (--timeout) while a worker runs `waiting` elsewhere: it ends finished.
+        let mut wait = cli();
+        wait.timeout = Some(Duration::from_secs(120));
+        let running = worker(&sg, "w1").only(vec![sg.migration("waiting").await.unwrap().id]);
+        let waiting = names(&["waiting"]);
+        let (r, ran) = tokio::join!(
+            sg.ensure(&waiting, &wait, pending()),
+            running.run_until_idle()
+        );
+        ran.unwrap();
+        let r = r.unwrap();
+        assert_eq!(r[0].standing, Standing::Finished, "{}", r[0].reason);
+
+        // The flaky one fails (a job failed three times): failed, its failures grouped.
+        run_to_end(&sg).await;
+        let r = sg
+            .ensure(&names(&["flaky", "waiting"]), &cli(), pending())
+            .await
+            .unwrap();
+        assert_eq!(r[0].standing, Standing::Failed, "{}", r[0].reason);
+        assert!(r[0].reason.starts_with("failed: "), "{}", r[0].reason);
+        assert_eq!(
+            r[0].failures,
+            [FailureGroup {
+                class: "TestFailure".into(),
+                message: "simulated failure at key 150".into(),
+                attempts: 3,
+                jobs: 1,
+            }]
+        );
+        // Finalize: retried with fresh attempts, run inline to the end.
+        let r = sg
+            .ensure(&names(&["flaky", "waiting"]), &finalize, pending())
+            .await
+            .unwrap();
+        assert_eq!(
+            r.iter().map(|r| r.standing).collect::<Vec<_>>(),
+            [Standing::Finished, Standing::Finished],
+            "{r:?}"
+        );
+        let m = sg.migration("flaky").await.unwrap();
+        assert_eq!(m.status, MigrationStatus::Finished);
+        assert_eq!(
+            db.scalar("SELECT count(*) FROM items WHERE n = 1").await,
+            300
+        );
+        let log = sg.migration_history(&m).await.unwrap();
+        assert!(
+            log.iter().any(|row| row.event == MigrationEvent::Retry
+                && row
+                    .reason
+                    .as_deref()
+                    .is_some_and(|r| r.starts_with("ensure --finalize"))),
+            "{log:?}"
+        );
+    }
+);

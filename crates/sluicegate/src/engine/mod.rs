@@ -18,7 +18,8 @@
 //! bottom; `next_job` finds a step's job behind the health `gate` (decisions) and `hold`
 //! (their rows and pauses); `job` runs one job; `ending` is what follows failures and the
 //! last job; `tuner` sizes sub-batches and `tuning` logs sizes; `migration_run` and
-//! `prefetch` are the state a loop keeps per migration.
+//! `prefetch` are the state a loop keeps per migration. `ensure` is the deploy gate, built on
+//! `finalize`.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -35,6 +36,7 @@ use crate::model::{Job, Migration};
 use crate::status::{MigrationEvent, MigrationStatus};
 
 mod ending;
+mod ensure;
 mod gate;
 mod hold;
 mod job;
@@ -45,6 +47,7 @@ mod step;
 mod tuner;
 mod tuning;
 
+pub use ensure::{EnsureOptions, EnsureReport, FailureGroup, Standing};
 use migration_run::TakenUp;
 use step::{Carry, JobSource};
 
