@@ -1917,3 +1917,110 @@ store_test!(
         );
     }
 );
+
+/// A trigger on `items` that refuses to update row `id` (both engines), and its removal.
+async fn block_row(db: &TestDb, id: i64) {
+    match db.backend {
+        Backend::Postgres => {
+            db.exec(&format!(
+                "CREATE FUNCTION block_row() RETURNS trigger LANGUAGE plpgsql AS $$
+                 BEGIN IF NEW.id = {id} THEN RAISE EXCEPTION 'row {id} is blocked'; END IF;
+                 RETURN NEW; END $$"
+            ))
+            .await;
+            db.exec("CREATE TRIGGER block_row BEFORE UPDATE ON items FOR EACH ROW EXECUTE FUNCTION block_row()")
+                .await;
+        }
+        Backend::Sqlite => {
+            db.exec(&format!(
+                "CREATE TRIGGER block_row BEFORE UPDATE ON items WHEN NEW.id = {id}
+                 BEGIN SELECT RAISE(ABORT, 'row {id} is blocked'); END"
+            ))
+            .await;
+        }
+    }
+}
+
+store_test!(
+    ensure_exits_by_standing_and_finalize_finishes_after_three_failures,
+    |db| {
+        db.create_items("items", &[(1, 100)]).await;
+        let url = db.url.clone();
+        ok(&url, &["setup"]);
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+        dir.path().join("backfill.toml"),
+        "table = \"items\"\nkind = \"update\"\nset = \"n = n + 1\"\nbatch_size = 20\nsub_batch_size = 10\npause_ms = 0\n",
+    )
+    .unwrap();
+        ok(&url, &["apply", dir.path().to_str().unwrap()]);
+
+        // Queued, not run yet: still running (3); a name not queued: 5, the worst.
+        let running = sg(&url, &["ensure", "backfill"]);
+        assert_eq!(running.status.code(), Some(3), "{}", stderr(&running));
+        assert!(
+            stdout(&running).contains("backfill: still running: active, 0.0% done"),
+            "{}",
+            stdout(&running)
+        );
+        assert_eq!(
+            stderr(&running).trim(),
+            "error: 1 of 1 migration(s) not finished; still running: backfill"
+        );
+        let missing = sg(&url, &["ensure", "backfill", "nope", "--finalize"]);
+        assert_eq!(missing.status.code(), Some(5), "{}", stderr(&missing));
+        assert!(
+            stdout(&missing).contains("nope: not queued"),
+            "{}",
+            stdout(&missing)
+        );
+        assert_eq!(
+            db.scalar("SELECT sum(n) FROM items").await,
+            0,
+            "nothing ran"
+        );
+        // Waiting for workers that are not there: still running after the timeout.
+        let waited = sg(&url, &["ensure", "backfill", "--timeout", "300ms"]);
+        assert_eq!(waited.status.code(), Some(3));
+        assert!(
+            stdout(&waited).contains("(still, after 300ms)"),
+            "{}",
+            stdout(&waited)
+        );
+
+        // Row 60 cannot be updated: its job fails three times and the migration fails (4).
+        block_row(&db, 60).await;
+        ok(&url, &["run", "--until-idle"]);
+        let failed = sg(&url, &["ensure", "backfill"]);
+        assert_eq!(failed.status.code(), Some(4), "{}", stderr(&failed));
+        let out = stdout(&failed);
+        assert!(out.contains("backfill: failed: "), "{out}");
+        assert!(out.contains("3 failed attempt(s) of 1 job(s): "), "{out}");
+        assert!(out.contains("row 60 is blocked"), "{out}");
+        let json: serde_json::Value =
+            serde_json::from_slice(&sg(&url, &["ensure", "backfill", "--json"]).stdout).unwrap();
+        assert_eq!(json[0]["standing"], "failed", "{json}");
+        assert_eq!(json[0]["failures"][0]["attempts"], 3, "{json}");
+
+        // Still blocked, --finalize cannot finish it: it says so, loudly (4).
+        let stuck = sg(&url, &["ensure", "backfill", "--finalize"]);
+        assert_eq!(stuck.status.code(), Some(4), "{}", stdout(&stuck));
+        // The cause removed, --finalize retries the failed job with fresh attempts and finishes.
+        match db.backend {
+            Backend::Postgres => db.exec("DROP TRIGGER block_row ON items").await,
+            Backend::Sqlite => db.exec("DROP TRIGGER block_row").await,
+        }
+        let done = sg(&url, &["ensure", "backfill", "--finalize"]);
+        assert!(done.status.success(), "{}{}", stdout(&done), stderr(&done));
+        assert!(
+            stdout(&done).contains("backfill: finished at "),
+            "{}",
+            stdout(&done)
+        );
+        assert_eq!(
+            db.scalar("SELECT count(*) FROM items WHERE n = 1").await,
+            100
+        );
+        ok(&url, &["ensure", "backfill"]);
+    }
+);
