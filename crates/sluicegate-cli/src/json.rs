@@ -55,6 +55,8 @@ pub struct MigrationJson {
     /// are real then).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub unreadable: Option<String>,
+    /// The ids of the migrations it runs after (`--after`).
+    pub after: Vec<i64>,
 }
 
 impl MigrationJson {
@@ -95,6 +97,7 @@ impl MigrationJson {
             started_at: m.started_at,
             finished_at: m.finished_at,
             unreadable: m.unreadable.clone(),
+            after: m.after.clone(),
         }
     }
 }
@@ -138,6 +141,10 @@ pub struct StatusJson {
     /// migrations).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub protections_off: Option<Vec<ProtectionOffJson>>,
+    /// The migrations it runs after that have not finished (names; read by `status` and
+    /// `show`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub waiting_for: Option<Vec<String>>,
 }
 
 #[derive(Debug, Serialize)]
@@ -168,6 +175,7 @@ impl StatusJson {
                 total: p.jobs.total(),
             },
             protections_off: None,
+            waiting_for: None,
         }
     }
 }

@@ -60,6 +60,37 @@ fn eta_text(p: &Progress) -> String {
         .map(|s| format_duration(Duration::from_secs_f64(s))))
 }
 
+/// The migrations `m` runs after that have not finished, as `name (status)`; `None` when it
+/// runs after none.
+async fn waiting_text(sg: &Sluicegate, m: &Migration) -> Result<Option<Vec<String>>> {
+    if m.after.is_empty() || m.unreadable.is_some() {
+        return Ok(None);
+    }
+    Ok(Some(
+        sg.waiting_for(m)
+            .await?
+            .iter()
+            .map(|d| format!("{} ({})", d.name, d.status))
+            .collect(),
+    ))
+}
+
+/// The note of `status`: what a live migration waits for (`--after`), and the hold note.
+fn note_text(p: &Progress, waiting: Option<&[String]>) -> String {
+    let hold = hold_text(p);
+    match waiting {
+        Some(w) if !w.is_empty() && !p.migration.status.is_finished() => {
+            let wait = format!("waiting for {}", w.join(", "));
+            if hold.is_empty() {
+                wait
+            } else {
+                format!("{wait}; {hold}")
+            }
+        }
+        _ => hold,
+    }
+}
+
 /// The note on a held or slowed migration: what the tool decided by itself, and why.
 fn hold_text(p: &Progress) -> String {
     let m = &p.migration;
@@ -121,10 +152,13 @@ async fn live_protections_off(sg: &Sluicegate, m: &Migration) -> Option<Vec<Read
     )
 }
 
+/// A row of `status`: its progress, its protections off, what it waits for.
+type StatusRow = (Progress, Option<Vec<Reading>>, Option<Vec<String>>);
+
 /// The lines under a table naming each migration's protections that are off.
-fn protections_off_lines(rows: &[(Progress, Option<Vec<Reading>>)]) -> Vec<String> {
+fn protections_off_lines(rows: &[StatusRow]) -> Vec<String> {
     let mut lines = Vec::new();
-    for (p, off) in rows {
+    for (p, off, _) in rows {
         let m = &p.migration;
         if let Some(why) = &m.unreadable {
             lines.push(format!(
@@ -168,13 +202,15 @@ pub async fn status(sg: &Sluicegate, statuses: &[String], json: bool) -> Result<
             continue;
         }
         let off = live_protections_off(sg, &m).await;
-        rows.push((sg.progress(&m).await?, off));
+        let waiting = waiting_text(sg, &m).await?;
+        rows.push((sg.progress(&m).await?, off, waiting));
     }
     if json {
         let all: Vec<_> = rows
             .iter()
-            .map(|(p, off)| StatusJson {
+            .map(|(p, off, waiting)| StatusJson {
                 protections_off: off.as_deref().map(ProtectionOffJson::from_readings),
+                waiting_for: waiting.clone(),
                 ..StatusJson::from_progress(p)
             })
             .collect();
@@ -205,7 +241,7 @@ pub async fn status(sg: &Sluicegate, statuses: &[String], json: bool) -> Result<
         "JOBS ok/failed/all",
         "NOTE",
     ]);
-    for (p, _) in &rows {
+    for (p, _, waiting) in &rows {
         let m = &p.migration;
         if m.unreadable.is_some() {
             t.add_row([
@@ -253,7 +289,7 @@ pub async fn status(sg: &Sluicegate, statuses: &[String], json: bool) -> Result<
                 p.jobs.failed,
                 p.jobs.total()
             )),
-            Cell::new(hold_text(p)),
+            Cell::new(note_text(p, waiting.as_deref())),
         ]);
     }
     outln!("{t}");
@@ -308,6 +344,7 @@ pub async fn show(sg: &Sluicegate, migration: &str, json: bool) -> Result<()> {
         .filter(|j| j.status == JobStatus::Failed)
         .cloned()
         .collect();
+    let waiting = waiting_text(sg, &m).await?;
     if json {
         #[derive(Serialize)]
         struct Size {
@@ -327,6 +364,7 @@ pub async fn show(sg: &Sluicegate, migration: &str, json: bool) -> Result<()> {
         let out = Show {
             status: StatusJson {
                 protections_off: off.as_deref().map(ProtectionOffJson::from_readings),
+                waiting_for: waiting.clone(),
                 ..StatusJson::from_progress(&p)
             },
             statement_timeout_ms: m.statement_timeout_ms,
@@ -348,7 +386,10 @@ pub async fn show(sg: &Sluicegate, migration: &str, json: bool) -> Result<()> {
     let rows: Vec<(&str, String)> = vec![
         ("id", m.id.to_string()),
         ("name", m.name.clone()),
-        ("status", format!("{} {}", m.status, hold_text(&p))),
+        (
+            "status",
+            format!("{} {}", m.status, note_text(&p, waiting.as_deref())),
+        ),
         ("kind", m.job_kind.clone()),
         ("arguments", m.job_arguments.to_string()),
         (
@@ -487,7 +528,7 @@ pub async fn show(sg: &Sluicegate, migration: &str, json: bool) -> Result<()> {
     } else {
         outln!("{t}");
     }
-    for line in protections_off_lines(&[(p, off)]) {
+    for line in protections_off_lines(&[(p, off, None)]) {
         outln!("{line}");
     }
     if !failed.is_empty() {

@@ -47,6 +47,8 @@ fn definition(args: &QueueArgs) -> Definition {
         lock_timeout: Some(args.lock_timeout),
         target_sub_batch_time: Some(args.target_sub_batch_time),
         paused: args.paused,
+        after: (!args.after.is_empty())
+            .then(|| args.after.iter().map(|a| a.trim().to_owned()).collect()),
         health: args.health.definition(),
     }
 }

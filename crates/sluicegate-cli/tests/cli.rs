@@ -2024,3 +2024,66 @@ store_test!(
         ok(&url, &["ensure", "backfill"]);
     }
 );
+
+store_test!(
+    after_is_shown_as_waiting_and_ensure_finalizes_in_order,
+    |db| {
+        db.create_items("items", &[(1, 50)]).await;
+        db.create_items("others", &[(1, 50)]).await;
+        let url = db.url.clone();
+        ok(&url, &["setup"]);
+        let queue = |name: &str, table: &str, extra: &[&str]| {
+            let mut args = vec![
+                "queue",
+                name,
+                "--table",
+                table,
+                "--kind",
+                "update",
+                "--set",
+                "n = n + 1",
+                "--batch-size",
+                "10",
+                "--pause-ms",
+                "0",
+            ];
+            args.extend_from_slice(extra);
+            sg(&url, &args)
+        };
+        assert!(queue("first", "items", &[]).status.success());
+        let out = queue("second", "others", &["--after", "first"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert_fails_with(
+            &queue("third", "others", &["--after", "nope", "--dry-run"]),
+            "--after \"nope\": no migration of this name is queued",
+        );
+        let status = ok(&url, &["status", "--status", "active"]);
+        assert!(status.contains("waiting for first (active)"), "{status}");
+        assert!(ok(&url, &["show", "second"]).contains("waiting for first (active)"));
+        let json: serde_json::Value =
+            serde_json::from_str(&ok(&url, &["show", "second", "--json"])).unwrap();
+        assert_eq!(json["after"], serde_json::json!([1]), "{json}");
+        assert_eq!(
+            json["waiting_for"],
+            serde_json::json!(["first (active)"]),
+            "{json}"
+        );
+        // Finalizing the second alone: it waits for the first (3), nothing of it runs.
+        let waiting = sg(&url, &["ensure", "second", "--finalize"]);
+        assert_eq!(waiting.status.code(), Some(3), "{}", stderr(&waiting));
+        assert!(
+            stdout(&waiting).contains("waiting for first (active)"),
+            "{}",
+            stdout(&waiting)
+        );
+        assert_fails_with(
+            &sg(&url, &["finalize", "second"]),
+            "it runs after first (active)",
+        );
+        assert_eq!(db.scalar("SELECT sum(n) FROM others").await, 0);
+        // Both, named in any order: the first is finalized first, then the second.
+        ok(&url, &["ensure", "second", "first", "--finalize"]);
+        assert_eq!(db.scalar("SELECT sum(n) FROM items").await, 50);
+        assert_eq!(db.scalar("SELECT sum(n) FROM others").await, 50);
+    }
+);

@@ -30,9 +30,11 @@ use crate::store::{
     Store, SubBatchSpec, Target, Timeouts, SCHEMA_VERSION,
 };
 
+mod after;
 mod health;
 mod if_absent;
 
+pub use after::runnable_ids;
 pub use if_absent::{definition_differences, IfAbsent};
 
 /// Default tracking schema on PostgreSQL.
@@ -145,6 +147,10 @@ pub struct QueueRequest {
     /// The sub-batch tuner aims each sub-batch transaction at this (default 100 ms); zero
     /// keeps the sub-batch size fixed (GitLab's behaviour).
     pub target_sub_batch_time: Duration,
+    /// The migrations it runs after, by name (`--after`): each must be queued already (or
+    /// come earlier among the definitions applied with it); no worker claims this one until
+    /// each of them has finished.
+    pub after: Vec<String>,
 }
 
 impl QueueRequest {
@@ -176,6 +182,7 @@ impl QueueRequest {
             actor: "library".to_owned(),
             health: HealthSettings::default(),
             target_sub_batch_time: Duration::from_millis(100),
+            after: Vec::new(),
         }
     }
 
@@ -245,6 +252,8 @@ pub struct Plan {
     /// `unknown` for a reason an operator can fix, with the grant that would turn each on
     /// ([`crate::health::protections_off`]).
     pub protections_off: Vec<crate::health::Reading>,
+    /// The migrations it runs after, by name: resolved to their ids when it is queued.
+    pub after: Vec<String>,
 }
 
 impl Plan {
@@ -742,6 +751,13 @@ impl Sluicegate {
     /// Validates a migration against the target database and returns what would be inserted,
     /// writing nothing: its first sub-batch runs inside a transaction that is rolled back.
     pub async fn plan(&self, req: &QueueRequest) -> Result<Plan> {
+        self.plan_in(req, &[]).await
+    }
+
+    /// [`Self::plan`] among definitions applied together: `earlier` are the names of those
+    /// before it, which `req.after` may name before they are queued.
+    pub(crate) async fn plan_in(&self, req: &QueueRequest, earlier: &[String]) -> Result<Plan> {
+        self.check_after(req, earlier).await?;
         if req.name.trim().is_empty() {
             return Err(Error::InvalidSettings("the migration name is empty".into()));
         }
@@ -929,6 +945,7 @@ impl Sluicegate {
             target_sub_batch_ms: millis(settings.target_sub_batch_time),
             actor: req.actor.clone(),
             definition: Some(req.canonical_definition()),
+            after: Vec::new(),
         };
         self.refuse_duplicate(&migration).await?;
         // The rows it will change: those its kind's `where` matches among the keys it walks.
@@ -952,6 +969,7 @@ impl Sluicegate {
             trial_costs,
             rows_to_change,
             protections_off,
+            after: req.after.clone(),
         })
     }
 
@@ -1058,7 +1076,9 @@ impl Sluicegate {
     pub async fn queue_plan(&self, plan: &Plan) -> Result<Migration> {
         self.recheck(&plan.migration)?;
         self.refuse_duplicate(&plan.migration).await?;
-        match self.store.migration_insert(&plan.migration).await {
+        let mut new = plan.migration.clone();
+        new.after = self.resolve_after(&new.name, &plan.after).await?;
+        match self.store.migration_insert(&new).await {
             // Queued by someone else between the check and the insert: name it.
             Err(Error::DuplicateMigration(_)) => {
                 self.refuse_duplicate(&plan.migration).await?;

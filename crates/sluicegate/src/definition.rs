@@ -71,7 +71,7 @@ pub struct Definition {
     /// Job kind: `update`, `delete`, `copy-column`, `sql`, or a registered custom kind.
     pub kind: String,
     /// The key's columns in order (`key = "id"` or `key = ["tenant_id", "id"]`).
-    #[serde(default, deserialize_with = "columns")]
+    #[serde(default, deserialize_with = "name_list")]
     pub key: Option<Vec<String>>,
     /// Walk a key no unique index covers.
     #[serde(default)]
@@ -122,6 +122,10 @@ pub struct Definition {
     /// Queue it paused.
     #[serde(default)]
     pub paused: bool,
+    /// The migrations it runs after (`after = ["a", "b"]` or `"a,b"`): each queued already
+    /// or defined in an earlier file.
+    #[serde(default, deserialize_with = "name_list")]
+    pub after: Option<Vec<String>>,
     /// The health flags.
     #[serde(default)]
     pub health: HealthDefinition,
@@ -249,6 +253,7 @@ impl Definition {
         req.min_value = self.min_value.clone();
         req.max_value = self.max_value.clone();
         req.paused = self.paused;
+        req.after = self.after.clone().unwrap_or_default();
         if let Some(v) = self.statement_timeout {
             req.statement_timeout = v;
         }
@@ -379,8 +384,16 @@ impl Sluicegate {
     /// a definition that does not validate) is that request's error.
     pub async fn plan_definitions(&self, requests: &[QueueRequest]) -> Vec<Result<IfAbsent>> {
         let mut decisions = Vec::with_capacity(requests.len());
+        let mut earlier: Vec<String> = Vec::new();
         for req in requests {
-            decisions.push(self.plan_if_absent(req).await);
+            decisions.push(match cycle(requests, &req.name) {
+                Some(cycle) => Err(Error::InvalidSettings(format!(
+                    "--after makes a cycle: {}",
+                    cycle.join(" -> ")
+                ))),
+                None => self.plan_if_absent_in(req, &earlier).await,
+            });
+            earlier.push(req.name.clone());
         }
         decisions
     }
@@ -420,6 +433,33 @@ impl Sluicegate {
     }
 }
 
+/// A cycle of `after` among `requests` through `name` (`a -> b -> a`), if there is one.
+fn cycle(requests: &[QueueRequest], name: &str) -> Option<Vec<String>> {
+    fn walk(requests: &[QueueRequest], path: &mut Vec<String>, start: &str) -> bool {
+        let last = path.last().cloned().unwrap_or_default();
+        let Some(req) = requests.iter().find(|r| r.name == last) else {
+            return false;
+        };
+        for next in &req.after {
+            if next == start {
+                path.push(next.clone());
+                return true;
+            }
+            if path.contains(next) {
+                continue;
+            }
+            path.push(next.clone());
+            if walk(requests, path, start) {
+                return true;
+            }
+            path.pop();
+        }
+        false
+    }
+    let mut path = vec![name.to_owned()];
+    walk(requests, &mut path, name).then_some(path)
+}
+
 /// A duration as `queue` reads it: `"500ms"`, `"10s"`, `"2m"`.
 fn duration<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Option<Duration>, D::Error> {
     let text: Option<String> = Option::deserialize(d)?;
@@ -439,8 +479,10 @@ fn bound<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Option<String>,
     }))
 }
 
-/// Key columns: one name, or an array of names.
-fn columns<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Option<Vec<String>>, D::Error> {
+/// Names (key columns, `after`): one, comma-separated, or an array.
+fn name_list<'de, D: Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Option<Vec<String>>, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum Columns {

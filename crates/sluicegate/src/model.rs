@@ -104,6 +104,10 @@ pub struct Migration {
     /// what `apply` compares a definition file with. `None` for migrations queued before v8.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub definition: Option<String>,
+    /// The migrations it runs after (`--after`, schema v8), by id: no worker claims it until
+    /// each of them has finished.
+    #[serde(default)]
+    pub after: Vec<i64>,
 }
 
 /// The settings of a migration an operator chooses, wherever they come from: `queue`, `set`,
@@ -410,6 +414,8 @@ pub struct NewMigration {
     pub actor: String,
     /// The definition it is queued from, in canonical form (stored from schema v8 on).
     pub definition: Option<String>,
+    /// The ids of the migrations it runs after (`--after`), each queued before it.
+    pub after: Vec<i64>,
 }
 
 /// Counts of a migration's jobs by status, and its progress.

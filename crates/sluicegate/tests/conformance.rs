@@ -235,13 +235,15 @@ store_test!(migration_insert, |db| {
         total_tuple_count: Some(90),
         actor: "test".into(),
         definition: Some(r#"{"name":"inserted"}"#.into()),
+        after: vec![m.id],
     };
     let store = sg.store();
     let inserted = store.migration_insert(&new).await.unwrap();
     let read = store.migration_get(inserted.id).await.unwrap().unwrap();
     assert_eq!(read, inserted);
-    // The definition it was queued from is kept as given (schema v8).
+    // The definition it was queued from and what it runs after are kept as given (v8).
     assert_eq!(read.definition.as_deref(), Some(r#"{"name":"inserted"}"#));
+    assert_eq!(read.after, [m.id]);
     assert_eq!(
         (
             read.name.as_str(),
@@ -407,6 +409,25 @@ store_test!(migration_claim, |db| {
     // The other migration of the same table waits for the lease.
     assert!(store
         .migration_claim("w2", LEASE, Some(b.id))
+        .await
+        .unwrap()
+        .is_none());
+    // One that runs after `a` (`--after`) is passed over while `a` is not finished.
+    db.create_items("others", &[(1, 10)]).await;
+    let mut req = fast("c", "update", "others", 50, 50).argument("set", "n = 3");
+    req.after = vec!["a".into()];
+    let c = sg.queue(&req).await.unwrap();
+    // With `a` paused (not finished) and `b` cancelled, nothing is due.
+    sg.apply("a", MigrationEvent::Pause, None, "cli")
+        .await
+        .unwrap();
+    sg.apply("b", MigrationEvent::Cancel, None, "cli")
+        .await
+        .unwrap();
+    let claimed = store.migration_claim("w3", LEASE, None).await.unwrap();
+    assert_eq!(claimed.map(|m| m.id), None);
+    assert!(store
+        .migration_claim("w3", LEASE, Some(c.id))
         .await
         .unwrap()
         .is_none());

@@ -308,3 +308,105 @@ store_test!(
         );
     }
 );
+
+store_test!(
+    after_waits_for_its_dependencies_and_refuses_cycles_and_unknown_names,
+    |db| {
+        let sg = db
+            .sluicegate_with(registry_with(FailAt::new(150, "TestFailure", -1)))
+            .await;
+        for table in ["items", "others", "thirds", "fourths"] {
+            db.create_items(table, &[(1, 200)]).await;
+        }
+        let update = |name: &str, table: &str| {
+            fast(name, "update", table, 50, 50).argument("set", "n = n + 1")
+        };
+        let a = sg.queue(&update("a", "items")).await.unwrap();
+        let mut req = update("b", "others");
+        req.after = vec!["a".into()];
+        let b = sg.queue(&req).await.unwrap();
+        assert_eq!(b.after, [a.id]);
+        assert_eq!(
+            sg.waiting_for(&b)
+                .await
+                .unwrap()
+                .iter()
+                .map(|m| m.id)
+                .collect::<Vec<_>>(),
+            [a.id]
+        );
+        // Unknown names and cycles are refused at queue, writing nothing.
+        let mut unknown = update("c", "thirds");
+        unknown.after = vec!["nope".into()];
+        let err = sg.queue(&unknown).await.unwrap_err().to_string();
+        assert!(
+            err.contains("--after \"nope\": no migration of this name is queued"),
+            "{err}"
+        );
+        let mut own = update("d", "thirds");
+        own.after = vec!["d".into()];
+        let err = sg.queue(&own).await.unwrap_err().to_string();
+        assert!(err.contains("cannot run after itself (a cycle)"), "{err}");
+        let err = sg
+            .apply_definitions(&[
+                (
+                    "x",
+                    "table = \"thirds\"\nkind = \"delete\"\nafter = \"y\"\n",
+                ),
+                (
+                    "y",
+                    "table = \"fourths\"\nkind = \"delete\"\nafter = [\"x\"]\n",
+                ),
+            ])
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--after makes a cycle: x -> y -> x"), "{err}");
+        assert_eq!(sg.migrations().await.unwrap().len(), 2);
+
+        // `b` is not claimed before `a` finished: its first job starts after `a`'s end.
+        run_to_end(&sg).await;
+        let a = sg.migration("a").await.unwrap();
+        let b = sg.migration("b").await.unwrap();
+        assert_eq!(
+            (a.status, b.status),
+            (MigrationStatus::Finished, MigrationStatus::Finished)
+        );
+        let first_of_b = sg
+            .jobs(&b, None)
+            .await
+            .unwrap()
+            .iter()
+            .map(|j| j.created_at)
+            .min()
+            .unwrap();
+        assert!(
+            first_of_b >= a.finished_at.unwrap(),
+            "b started before a finished"
+        );
+
+        // In files, a definition runs after one of an earlier file; when that one fails, the
+        // other is never claimed and a worker run until idle does not wait for it.
+        let applied = sg
+        .apply_definitions(&[
+            ("flaky", "table = \"thirds\"\nkind = \"fail-at\"\nbatch_size = 100\nsub_batch_size = 50\npause_ms = 0\ntarget_sub_batch_time = \"0s\"\n"),
+            ("next", "table = \"fourths\"\nkind = \"update\"\nset = \"n = 1\"\nafter = \"flaky\"\n"),
+        ])
+        .await
+        .unwrap();
+        assert_eq!(applied[1].1.after, [applied[0].1.id]);
+        run_to_end(&sg).await;
+        let flaky = sg.migration("flaky").await.unwrap();
+        let next = sg.migration("next").await.unwrap();
+        assert_eq!(flaky.status, MigrationStatus::Failed);
+        assert_eq!(next.status, MigrationStatus::Active);
+        assert!(sg.jobs(&next, None).await.unwrap().is_empty());
+        assert_eq!(db.scalar("SELECT sum(n) FROM fourths").await, 0);
+        // Finalizing it is refused while it waits, naming what for.
+        let err = sg.finalize("next", "cli").await.unwrap_err().to_string();
+        assert!(
+            err.contains("it runs after flaky (failed), not finished"),
+            "{err}"
+        );
+    }
+);

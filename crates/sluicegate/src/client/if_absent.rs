@@ -37,6 +37,7 @@ struct Canonical<'a> {
     target_sub_batch_ms: i64,
     paused: bool,
     health: &'a crate::health::HealthSettings,
+    after: &'a [String],
 }
 
 impl QueueRequest {
@@ -72,6 +73,7 @@ impl QueueRequest {
             target_sub_batch_ms: millis(self.target_sub_batch_time),
             paused: self.paused,
             health: &self.health,
+            after: &self.after,
         };
         serde_json::to_string(&canonical).expect("a definition serializes")
     }
@@ -155,9 +157,19 @@ impl Sluicegate {
     /// with [`Error::DefinitionChanged`], each difference named: change a running migration
     /// with `set`, or cancel it first.
     pub async fn plan_if_absent(&self, req: &QueueRequest) -> Result<IfAbsent> {
+        self.plan_if_absent_in(req, &[]).await
+    }
+
+    /// [`Self::plan_if_absent`] among definitions applied together: `earlier` are the names
+    /// of those before it ([`Self::plan_in`]).
+    pub(crate) async fn plan_if_absent_in(
+        &self,
+        req: &QueueRequest,
+        earlier: &[String],
+    ) -> Result<IfAbsent> {
         let given = req.canonical_definition();
         let Some(existing) = self.store.migration_get_by_name(&req.name).await? else {
-            return Ok(IfAbsent::Queue(Box::new(self.plan(req).await?)));
+            return Ok(IfAbsent::Queue(Box::new(self.plan_in(req, earlier).await?)));
         };
         let Some(stored) = existing.definition.clone() else {
             return Ok(IfAbsent::Unrecorded(existing));
@@ -171,7 +183,9 @@ impl Sluicegate {
                 migration: existing,
                 differences,
             }),
-            MigrationStatus::Cancelled => Ok(IfAbsent::Queue(Box::new(self.plan(req).await?))),
+            MigrationStatus::Cancelled => {
+                Ok(IfAbsent::Queue(Box::new(self.plan_in(req, earlier).await?)))
+            }
             status => Err(Error::DefinitionChanged {
                 name: req.name.clone(),
                 id: existing.id,

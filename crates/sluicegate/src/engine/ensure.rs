@@ -147,8 +147,16 @@ impl Sluicegate {
             };
             tokio::pin!(stop);
             let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+            // Oldest first: a migration runs after older ones only (`--after`).
+            let mut order: Vec<(usize, i64)> = reports
+                .iter()
+                .enumerate()
+                .map(|(i, r)| (i, r.migration_id.unwrap_or_default()))
+                .collect();
+            order.sort_by_key(|(_, id)| *id);
             let body = async {
-                for (report, name) in reports.iter_mut().zip(names) {
+                for (i, _) in order {
+                    let (report, name) = (&mut reports[i], &names[i]);
                     if report.standing == Standing::Finished {
                         continue;
                     }
@@ -181,6 +189,10 @@ impl Sluicegate {
     ) -> Result<EnsureReport> {
         let mut m = self.migration(name).await?;
         if m.status == MigrationStatus::Cancelled {
+            return self.report(name, &m).await;
+        }
+        // Not before the migrations it runs after: its report says which it waits for.
+        if !self.waiting_for(&m).await?.is_empty() {
             return self.report(name, &m).await;
         }
         if m.status == MigrationStatus::Failed {
@@ -251,10 +263,16 @@ impl Sluicegate {
             ),
             MigrationStatus::Active | MigrationStatus::Paused | MigrationStatus::Finalizing => {
                 let p = self.progress(m).await?;
+                let waiting: Vec<String> = self
+                    .waiting_for(m)
+                    .await?
+                    .iter()
+                    .map(|d| format!("{} ({})", d.name, d.status))
+                    .collect();
                 (
                     Standing::Running,
                     format!(
-                        "still running: {}, {:.1}% done, {} of {} job(s) succeeded{}",
+                        "still running: {}, {:.1}% done, {} of {} job(s) succeeded{}{}",
                         m.status,
                         p.percent,
                         p.jobs.succeeded,
@@ -263,6 +281,11 @@ impl Sluicegate {
                             format!(", {} failed", p.jobs.failed)
                         } else {
                             String::new()
+                        },
+                        if waiting.is_empty() {
+                            String::new()
+                        } else {
+                            format!("; waiting for {}", waiting.join(", "))
                         }
                     ),
                     Vec::new(),

@@ -352,6 +352,21 @@ impl Worker {
     ) -> Result<Migration> {
         // Only on the database its table lives in (claims would never hand it out here).
         self.sg.check_target(migration)?;
+        // Not before the migrations it runs after (`--after`) have finished.
+        let waiting = self.sg.waiting_for(migration).await?;
+        if !waiting.is_empty() && !migration.status.is_finished() {
+            let names: Vec<String> = waiting
+                .iter()
+                .map(|d| format!("{} ({})", d.name, d.status))
+                .collect();
+            return Err(Error::FinalizeFailed {
+                migration: migration.name.clone(),
+                reason: format!(
+                    "it runs after {}, not finished: finalize those first",
+                    names.join(", ")
+                ),
+            });
+        }
         let interrupt = Arc::new(AtomicBool::new(false));
         let mut l = self.loop_named(
             self.opts.name.clone(),
@@ -572,14 +587,13 @@ impl Worker {
     /// Whether an active or finalizing migration is left: one on hold counts, its work is
     /// not done and the worker waits the hold out.
     /// Only migrations of this worker's target count: one of another is not its work.
+    /// One that runs after others (`--after`) counts only while those can finish too.
     async fn has_runnable_migrations(&self) -> Result<bool> {
-        Ok(self.sg.store.migration_list().await?.iter().any(|m| {
-            matches!(
-                m.status,
-                MigrationStatus::Active | MigrationStatus::Finalizing
-            ) && self.sg.is_own_target(m)
-                && self.only.as_ref().is_none_or(|ids| ids.contains(&m.id))
-        }))
+        let all = self.sg.store.migration_list().await?;
+        let runnable = crate::client::runnable_ids(&all, |m| self.sg.is_own_target(m));
+        Ok(runnable
+            .iter()
+            .any(|id| self.only.as_ref().is_none_or(|ids| ids.contains(id))))
     }
 
     /// Says, once at start, which runnable migrations this worker leaves alone and why: they

@@ -179,6 +179,7 @@ fn unreadable_migration(row: &impl ModelRow, e: Error) -> Result<Migration> {
         updated_at: time("updated_at").unwrap_or_default(),
         unreadable: Some(why),
         definition: None,
+        after: Vec::new(),
     })
 }
 
@@ -255,6 +256,8 @@ fn migration_strict(row: &impl ModelRow) -> Result<Migration> {
         updated_at: row.time("updated_at")?.unwrap_or_default(),
         unreadable: None,
         definition: row.opt_text("definition")?,
+        after: serde_json::from_value(row.json("after_ids")?)
+            .map_err(|e| Error::Corrupt(format!("bad after_ids: {e}")))?,
     })
 }
 

@@ -22,9 +22,9 @@ WITH m AS (
         pause_ms, interval_ms, statement_timeout_ms, lock_timeout_ms, status,
         total_tuple_count, health_settings, target_sub_batch_ms, started_at, key_columns,
         next_inclusive, scope, sub_batch_ceiling, target_id, target_display, key_unique,
-        definition)
+        definition, after_ids)
     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19,
-        CASE WHEN $16 = 'active' THEN now() END, $21, $22, $23, $24, $25, $26, $27, $28)
+        CASE WHEN $16 = 'active' THEN now() END, $21, $22, $23, $24, $25, $26, $27, $28, $29)
     RETURNING *
 ), log AS (
     INSERT INTO {s}.migration_transition_logs (migration_id, previous_status, next_status, event, actor)
@@ -106,6 +106,10 @@ WITH candidate AS (
                         AND l.expires_at > now())
       -- `run --only`: among these migrations alone.
       AND ($5::bigint[] IS NULL OR m.id = ANY($5::bigint[]))
+      -- `--after`: not before every migration it runs after has finished.
+      AND NOT EXISTS (SELECT 1 FROM jsonb_array_elements_text(m.after_ids) a
+                      JOIN {s}.migrations d ON d.id = a.value::bigint
+                      WHERE d.status <> 'finished')
     ORDER BY m.last_job_started_at NULLS FIRST, m.id
     LIMIT 1
     FOR UPDATE OF m SKIP LOCKED
@@ -209,6 +213,7 @@ pub(super) async fn insert(store: &PgStore, m: &NewMigration) -> Result<Migratio
         .bind(&m.target.display)
         .bind(m.key_unique)
         .bind(m.definition.as_deref())
+        .bind(Json(&m.after))
         .fetch_one(&store.pool)
         .await
         .map_err(|e| {

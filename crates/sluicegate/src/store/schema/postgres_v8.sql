@@ -3,5 +3,11 @@
 -- with a fixed order of fields), so that `apply` and `queue --if-not-exists` decide whether a
 -- definition is already queued by comparing it with what the engine stored, never by reading
 -- the user's text again. Migrations queued before v8 have none (NULL).
+-- It also keeps the migrations it runs after (`--after`): their ids, a JSON array, resolved
+-- from their names when it was queued (each queued before it, so they never form a cycle). A
+-- claim passes over a migration while any of them is not finished.
 
-ALTER TABLE {s}.migrations ADD COLUMN definition text;
+ALTER TABLE {s}.migrations
+    ADD COLUMN definition text,
+    ADD COLUMN after_ids jsonb NOT NULL DEFAULT '[]'
+        CHECK (jsonb_typeof(after_ids) = 'array');

@@ -3,5 +3,10 @@
 -- with a fixed order of fields), so that `apply` and `queue --if-not-exists` decide whether a
 -- definition is already queued by comparing it with what the engine stored, never by reading
 -- the user's text again. Migrations queued before v8 have none (NULL).
+-- It also keeps the migrations it runs after (`--after`): their ids, a JSON array, resolved
+-- from their names when it was queued (each queued before it, so they never form a cycle). A
+-- claim passes over a migration while any of them is not finished.
 
 ALTER TABLE sluicegate_migrations ADD COLUMN definition TEXT;
+ALTER TABLE sluicegate_migrations ADD COLUMN after_ids TEXT NOT NULL DEFAULT '[]'
+    CHECK (json_type(after_ids) = 'array');

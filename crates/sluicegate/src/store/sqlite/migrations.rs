@@ -23,9 +23,10 @@ const MIGRATION_INSERT: &str = "INSERT INTO sluicegate_migrations (name, job_kin
     max_batch_size, pause_ms, interval_ms, statement_timeout_ms, lock_timeout_ms, status,
     total_tuple_count, health_settings, target_sub_batch_ms, started_at, created_at, updated_at,
     key_columns, next_inclusive, scope, sub_batch_ceiling, target_id, target_display, key_unique,
-    definition)
+    definition, after_ids)
     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19,
-        CASE WHEN $16 = 'active' THEN $20 END, $20, $20, $21, $22, $23, $24, $25, $26, $27, $28)
+        CASE WHEN $16 = 'active' THEN $20 END, $20, $20, $21, $22, $23, $24, $25, $26, $27, $28,
+        $29)
     RETURNING *";
 
 const MIGRATION_LOG_INSERT: &str = "INSERT INTO sluicegate_migration_transition_logs (migration_id,
@@ -82,6 +83,10 @@ const MIGRATION_CLAIM_CANDIDATES: &str = "SELECT m.* FROM sluicegate_migrations 
                              OR ($1 IS NULL AND m.status = 'finalizing' AND l.worker <> $4)))
       -- `run --only`: among these migrations alone (a JSON array of ids).
       AND ($5 IS NULL OR m.id IN (SELECT value FROM json_each($5)))
+      -- `--after`: not before every migration it runs after has finished.
+      AND NOT EXISTS (SELECT 1 FROM json_each(m.after_ids) a
+                      JOIN sluicegate_migrations d ON d.id = a.value
+                      WHERE d.status <> 'finished')
     ORDER BY m.last_job_started_at IS NOT NULL, m.last_job_started_at, m.id
     LIMIT 1";
 
@@ -186,6 +191,7 @@ pub(super) async fn insert(store: &SqliteStore, m: &NewMigration) -> Result<Migr
         .bind(&m.target.display)
         .bind(m.key_unique)
         .bind(m.definition.as_deref())
+        .bind(serde_json::to_string(&m.after).expect("ids serialize"))
         .fetch_one(&mut *tx)
         .await
         .map_err(|e| {
