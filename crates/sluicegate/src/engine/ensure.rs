@@ -349,7 +349,7 @@ impl Sluicegate {
             }
         }
         let mut groups: Vec<FailureGroup> = groups.into_iter().map(|(g, _)| g).collect();
-        groups.sort_by(|a, b| b.attempts.cmp(&a.attempts));
+        groups.sort_by_key(|g| std::cmp::Reverse(g.attempts));
         Ok(groups)
     }
 }
