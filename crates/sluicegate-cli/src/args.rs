@@ -45,7 +45,9 @@ impl Cli {
             Command::Apply(a) => a.json,
             Command::Run(a) => a.json,
             Command::Status(a) => a.json,
-            Command::Show(a) | Command::Finalize(a) | Command::Health(a) => a.json,
+            Command::Show(a) | Command::Finalize(a) | Command::Health(a) | Command::Verify(a) => {
+                a.json
+            }
             Command::Jobs(a) => a.json,
             Command::History(a) => a.json,
             Command::Demo(a) => a.json,
@@ -90,6 +92,9 @@ pub enum Command {
     Set(Box<SetArgs>),
     /// Run a migration's remaining jobs now, inline, until it is finished.
     Finalize(MigrationArgs),
+    /// Check a migration's --verify condition over its range now (read only): rows checked,
+    /// violations and up to 10 of their keys; exit 4 when a row violates it.
+    Verify(MigrationArgs),
     /// Deploy gate: exit 0 when every migration named is finished; 3 when one still runs, 4
     /// when one failed or was cancelled, 5 when one is not queued (the worst wins), each
     /// said in one line. With --finalize, run what is left of each inline first.
@@ -218,6 +223,11 @@ pub struct QueueArgs {
     /// has finished. Each must be queued already; a cycle or an unknown name is refused.
     #[arg(long, value_delimiter = ',')]
     pub after: Vec<String>,
+    /// A condition (read like --where) every row of the range (and scope) must meet after the
+    /// last job: checked then in batches, logged as a `verify` row; a violation fails the
+    /// migration (class VerificationFailed) instead of finishing it.
+    #[arg(long)]
+    pub verify: Option<String>,
     /// Queue it paused.
     #[arg(long)]
     pub paused: bool,

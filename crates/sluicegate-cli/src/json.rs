@@ -57,6 +57,8 @@ pub struct MigrationJson {
     pub unreadable: Option<String>,
     /// The ids of the migrations it runs after (`--after`).
     pub after: Vec<i64>,
+    /// The condition checked after its last job (`--verify`).
+    pub verify: Option<String>,
 }
 
 impl MigrationJson {
@@ -98,6 +100,7 @@ impl MigrationJson {
             finished_at: m.finished_at,
             unreadable: m.unreadable.clone(),
             after: m.after.clone(),
+            verify: m.verify.clone(),
         }
     }
 }

@@ -289,6 +289,10 @@ async fn dispatch(cli: Cli) -> Result<()> {
             let sg = connect_ready(&cli).await?;
             run::set(&sg, args).await
         }
+        Command::Verify(args) => {
+            let sg = connect_ready(&cli).await?;
+            run::verify(&sg, &args.migration, args.json).await
+        }
         Command::Ensure(args) => {
             let sg = connect_ready(&cli).await?;
             run::ensure(&sg, args).await

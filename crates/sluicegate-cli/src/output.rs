@@ -414,6 +414,12 @@ pub async fn show(sg: &Sluicegate, migration: &str, json: bool) -> Result<()> {
                 .unwrap_or_else(|| "every row (no --scope)".into()),
         ),
         (
+            "verify",
+            m.verify
+                .clone()
+                .unwrap_or_else(|| "- (no --verify)".into()),
+        ),
+        (
             "batch / sub-batch",
             format!(
                 "{} / {} (max {})",

@@ -49,6 +49,7 @@ fn definition(args: &QueueArgs) -> Definition {
         paused: args.paused,
         after: (!args.after.is_empty())
             .then(|| args.after.iter().map(|a| a.trim().to_owned()).collect()),
+        verify: args.verify.clone(),
         health: args.health.definition(),
     }
 }
@@ -642,4 +643,27 @@ pub async fn ensure(sg: &Sluicegate, args: &EnsureArgs) -> Result<()> {
         ),
     }
     .into())
+}
+
+/// `verify MIGRATION`: its `--verify` condition checked now over its range, read only; exit
+/// 4 (as `ensure` says of a failed migration) when a row violates it.
+pub async fn verify(sg: &Sluicegate, migration: &str, json: bool) -> Result<()> {
+    let m = sg.migration(migration).await?;
+    let found = sg.verify_now(&m).await?;
+    if json {
+        outln!("{}", serde_json::to_string_pretty(&found)?);
+    } else {
+        outln!("{}: {}", m.name, found.describe());
+    }
+    if found.violations > 0 {
+        return Err(Exit {
+            code: EXIT_FAILED,
+            message: format!(
+                "{} row(s) of {} violate its --verify condition",
+                found.violations, m.name
+            ),
+        }
+        .into());
+    }
+    Ok(())
 }

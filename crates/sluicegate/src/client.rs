@@ -33,9 +33,11 @@ use crate::store::{
 mod after;
 mod health;
 mod if_absent;
+mod verify;
 
 pub use after::runnable_ids;
 pub use if_absent::{definition_differences, IfAbsent};
+pub use verify::{Verification, VERIFY_SAMPLES};
 
 /// Default tracking schema on PostgreSQL.
 pub const DEFAULT_SCHEMA: &str = "sluicegate";
@@ -151,6 +153,10 @@ pub struct QueueRequest {
     /// come earlier among the definitions applied with it); no worker claims this one until
     /// each of them has finished.
     pub after: Vec<String>,
+    /// A condition every row of its range (and scope) must meet after its last job
+    /// (`--verify`, read like `--where`): checked then, it ends `finished` only when no row
+    /// violates it.
+    pub verify: Option<String>,
 }
 
 impl QueueRequest {
@@ -183,6 +189,7 @@ impl QueueRequest {
             health: HealthSettings::default(),
             target_sub_batch_time: Duration::from_millis(100),
             after: Vec::new(),
+            verify: None,
         }
     }
 
@@ -814,6 +821,16 @@ impl Sluicegate {
             .map(str::trim)
             .filter(|s| !s.is_empty())
             .map(str::to_owned);
+        let verify = req
+            .verify
+            .as_deref()
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned);
+        if let Some(verify) = &verify {
+            fragment::check_condition(self.target.backend(), "--verify", verify)
+                .map_err(Error::InvalidSettings)?;
+        }
         // The operator's SQL is read before any of it runs (the bounds below run the scope).
         self.check_sql(
             &req.job_kind,
@@ -855,6 +872,28 @@ impl Sluicegate {
             }
         }
         let next_start = (!empty).then(|| Lower::From(min_value.clone()));
+        // The verification runs once on the first key, read only: a typo fails here.
+        if let (Some(verify), false) = (&verify, empty) {
+            self.target
+                .verify_range(
+                    &table,
+                    &key,
+                    scope.as_deref(),
+                    verify,
+                    &min_value,
+                    &min_value,
+                    0,
+                    millis(req.statement_timeout),
+                )
+                .await
+                .map_err(|e| match e {
+                    Error::Database { source, .. } => Error::InvalidSettings(format!(
+                        "--verify {verify:?} does not run on table {:?}: {source}",
+                        table.table
+                    )),
+                    e => e,
+                })?;
+        }
         let protections_off = self.check_health_settings(&table, &settings, None).await?;
         let trial_lower = Lower::From(min_value.clone());
         let trial_spec = |size: i64| SubBatchSpec {
@@ -946,6 +985,7 @@ impl Sluicegate {
             actor: req.actor.clone(),
             definition: Some(req.canonical_definition()),
             after: Vec::new(),
+            verify: verify.clone(),
         };
         self.refuse_duplicate(&migration).await?;
         // The rows it will change: those its kind's `where` matches among the keys it walks.
@@ -1115,6 +1155,10 @@ impl Sluicegate {
         }
         .validate()?;
         let backend = self.target.backend();
+        if let Some(verify) = &m.verify {
+            fragment::check_condition(backend, "--verify", verify)
+                .map_err(Error::InvalidSettings)?;
+        }
         if let Some(probe) = &m.health.probe {
             fragment::check_probe(backend, "--health-probe", probe)
                 .map_err(Error::InvalidSettings)?;

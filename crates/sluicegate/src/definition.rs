@@ -126,6 +126,8 @@ pub struct Definition {
     /// or defined in an earlier file.
     #[serde(default, deserialize_with = "name_list")]
     pub after: Option<Vec<String>>,
+    /// A condition every row must meet after the last job (`--verify`).
+    pub verify: Option<String>,
     /// The health flags.
     #[serde(default)]
     pub health: HealthDefinition,
@@ -254,6 +256,7 @@ impl Definition {
         req.max_value = self.max_value.clone();
         req.paused = self.paused;
         req.after = self.after.clone().unwrap_or_default();
+        req.verify = self.verify.clone();
         if let Some(v) = self.statement_timeout {
             req.statement_timeout = v;
         }

@@ -50,6 +50,10 @@ pub enum FailureClass {
     /// A built-in kind's sub-batch on a unique key reported more rows than it has keys: its
     /// statement reached rows outside the sub-batch. Rolled back; fails the migration.
     RangeEscaped,
+    /// The migration's `--verify` condition does not hold for every row of its range after
+    /// its last job (rows changed behind its back, or a statement that does not do what the
+    /// condition says).
+    VerificationFailed,
 }
 
 impl FailureClass {
@@ -72,6 +76,7 @@ impl FailureClass {
             Self::Interrupted => "Interrupted",
             Self::Internal => "Internal",
             Self::RangeEscaped => "RangeEscaped",
+            Self::VerificationFailed => "VerificationFailed",
         }
     }
 }

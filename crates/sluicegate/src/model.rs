@@ -108,6 +108,10 @@ pub struct Migration {
     /// each of them has finished.
     #[serde(default)]
     pub after: Vec<i64>,
+    /// `--verify`: the condition every row of its range (and scope) must meet after its last
+    /// job; it ends `finished` only when none violates it (schema v8).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify: Option<String>,
 }
 
 /// The settings of a migration an operator chooses, wherever they come from: `queue`, `set`,
@@ -416,6 +420,8 @@ pub struct NewMigration {
     pub definition: Option<String>,
     /// The ids of the migrations it runs after (`--after`), each queued before it.
     pub after: Vec<i64>,
+    /// The condition checked after its last job (`--verify`).
+    pub verify: Option<String>,
 }
 
 /// Counts of a migration's jobs by status, and its progress.

@@ -129,6 +129,7 @@ impl MigrationStatus {
             (Active, E::Hold | E::Release | E::Throttle) => Some(Active),
             (Active | Paused | Finalizing, E::Resize) => Some(self),
             (Active | Paused, E::Set) => Some(self),
+            (Active | Finalizing, E::Verify) => Some(self),
             (Active | Paused, E::Finalize) => Some(Finalizing),
             (Active | Finalizing, E::Finish) => Some(Finished),
             (Active | Finalizing, E::Fail) => Some(Failed),
@@ -177,11 +178,14 @@ pub enum MigrationEvent {
     /// An operator changed its settings (`sluicegate set`): the status stays; the reason says
     /// what changed, old -> new.
     Set,
+    /// Its `--verify` condition was checked after its last job: the status stays; the reason
+    /// says how many rows were checked, how many violate it, and up to 10 of their keys.
+    Verify,
 }
 
 impl MigrationEvent {
     /// All events.
-    pub const ALL: [MigrationEvent; 13] = [
+    pub const ALL: [MigrationEvent; 14] = [
         Self::Queue,
         Self::Pause,
         Self::Resume,
@@ -195,6 +199,7 @@ impl MigrationEvent {
         Self::Release,
         Self::Throttle,
         Self::Set,
+        Self::Verify,
     ];
 
     /// The lowercase name stored in the database.
@@ -213,6 +218,7 @@ impl MigrationEvent {
             Self::Release => "release",
             Self::Throttle => "throttle",
             Self::Set => "set",
+            Self::Verify => "verify",
         }
     }
 
@@ -221,7 +227,13 @@ impl MigrationEvent {
     fn is_change(self) -> bool {
         !matches!(
             self,
-            Self::Queue | Self::Hold | Self::Release | Self::Throttle | Self::Resize | Self::Set
+            Self::Queue
+                | Self::Hold
+                | Self::Release
+                | Self::Throttle
+                | Self::Resize
+                | Self::Set
+                | Self::Verify
         )
     }
 }

@@ -236,6 +236,7 @@ store_test!(migration_insert, |db| {
         actor: "test".into(),
         definition: Some(r#"{"name":"inserted"}"#.into()),
         after: vec![m.id],
+        verify: Some("n >= 0".into()),
     };
     let store = sg.store();
     let inserted = store.migration_insert(&new).await.unwrap();
@@ -244,6 +245,7 @@ store_test!(migration_insert, |db| {
     // The definition it was queued from and what it runs after are kept as given (v8).
     assert_eq!(read.definition.as_deref(), Some(r#"{"name":"inserted"}"#));
     assert_eq!(read.after, [m.id]);
+    assert_eq!(read.verify.as_deref(), Some("n >= 0"));
     assert_eq!(
         (
             read.name.as_str(),
@@ -1331,4 +1333,44 @@ store_test!(health_sample, |db| {
     assert!(matches!(refused.probe, Some(Err(_))), "{:?}", refused.probe);
     let none = target.health_sample(&items(), None).await.unwrap();
     assert_eq!(none.probe, None);
+});
+
+store_test!(verify_range, |db| {
+    db.create_items("items", &[(1, 100)]).await;
+    db.exec("UPDATE items SET email_lower = lower(email) WHERE id NOT IN (17, 42)")
+        .await;
+    let sg = db.sluicegate().await;
+    let target = sg.target();
+    let key = queued(&sg, "v", 50).await.key;
+    let cond = "email_lower = lower(email)";
+    let found = target
+        .verify_range(&items(), &key, None, cond, &k(1), &k(100), 10, 30_000)
+        .await
+        .unwrap();
+    assert_eq!(
+        (found.checked, found.violations, found.samples),
+        (100, 2, vec![k(17), k(42)])
+    );
+    // NULL is a violation; the scope and the range bound what is read; samples are capped.
+    let found = target
+        .verify_range(
+            &items(),
+            &key,
+            Some("id > 20"),
+            cond,
+            &k(1),
+            &k(100),
+            1,
+            30_000,
+        )
+        .await
+        .unwrap();
+    assert_eq!((found.checked, found.violations), (80, 1));
+    assert_eq!(found.samples, [k(42)]);
+    let found = target
+        .verify_range(&items(), &key, None, cond, &k(1), &k(41), 0, 30_000)
+        .await
+        .unwrap();
+    assert_eq!((found.checked, found.violations), (41, 1));
+    assert!(found.samples.is_empty());
 });

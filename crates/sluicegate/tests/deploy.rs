@@ -410,3 +410,82 @@ store_test!(
         );
     }
 );
+
+store_test!(
+    verification_fails_on_a_row_changed_behind_the_migrations_back,
+    |db| {
+        db.create_items("items", &[(1, 300)]).await;
+        let sg = db.sluicegate().await;
+        // A typo in the condition is refused at queue, naming it.
+        let mut typo = fast("typo", "update", "items", 100, 50).argument("set", "n = 1");
+        typo.verify = Some("email_lowr = lower(email)".into());
+        let err = sg.queue(&typo).await.unwrap_err().to_string();
+        assert!(
+            err.contains("--verify \"email_lowr = lower(email)\" does not run"),
+            "{err}"
+        );
+        let mut not_one = typo.clone();
+        not_one.verify = Some("true; DELETE FROM items".into());
+        let err = sg.queue(&not_one).await.unwrap_err().to_string();
+        assert!(err.contains("--verify"), "{err}");
+
+        let mut req = fast("backfill", "update", "items", 100, 50)
+            .argument("set", "email_lower = lower(email)");
+        req.verify = Some("email_lower = lower(email)".into());
+        let m = sg.queue(&req).await.unwrap();
+        assert_eq!(m.verify.as_deref(), Some("email_lower = lower(email)"));
+        // One step: the first jobs run; then two rows they did are changed behind its back.
+        let mut l = worker(&sg, "w1").new_loop();
+        l.step().await.unwrap();
+        l.finish().await.unwrap();
+        assert_eq!(
+            db.scalar(
+                "SELECT count(*) FROM items WHERE id IN (17, 42) AND email_lower IS NOT NULL"
+            )
+            .await,
+            2
+        );
+        db.exec("UPDATE items SET email_lower = 'changed' WHERE id IN (17, 42)")
+            .await;
+        run_to_end(&sg).await;
+        let m = sg.migration("backfill").await.unwrap();
+        assert_eq!(m.status, MigrationStatus::Failed);
+        let log = sg.migration_history(&m).await.unwrap();
+        let verify = log
+            .iter()
+            .find(|r| r.event == MigrationEvent::Verify)
+            .expect("a verify row");
+        assert_eq!(
+            verify.reason.as_deref(),
+            Some(
+                "verify (email_lower = lower(email)): 300 rows checked, 2 violations; keys 17, 42"
+            )
+        );
+        let last = log.last().unwrap();
+        assert_eq!(
+            (last.event, last.exception_class.as_deref()),
+            (MigrationEvent::Fail, Some("VerificationFailed"))
+        );
+        // Read again on demand; fixed and retried, it verifies clean and finishes.
+        let now = sg.verify_now(&m).await.unwrap();
+        assert_eq!((now.checked, now.violations), (300, 2));
+        db.exec("UPDATE items SET email_lower = lower(email) WHERE id IN (17, 42)")
+            .await;
+        sg.retry("backfill", Some("rows fixed".into()), "cli")
+            .await
+            .unwrap();
+        run_to_end(&sg).await;
+        let m = sg.migration("backfill").await.unwrap();
+        assert_eq!(m.status, MigrationStatus::Finished);
+        let log = sg.migration_history(&m).await.unwrap();
+        let verify = log
+            .iter()
+            .rev()
+            .find(|r| r.event == MigrationEvent::Verify)
+            .unwrap();
+        assert_eq!(
+            verify.reason.as_deref(),
+            Some("verify (email_lower = lower(email)): 300 rows checked, 0 violations")
+        );
+    }
+);

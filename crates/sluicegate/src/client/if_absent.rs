@@ -38,6 +38,7 @@ struct Canonical<'a> {
     paused: bool,
     health: &'a crate::health::HealthSettings,
     after: &'a [String],
+    verify: Option<&'a str>,
 }
 
 impl QueueRequest {
@@ -74,6 +75,7 @@ impl QueueRequest {
             paused: self.paused,
             health: &self.health,
             after: &self.after,
+            verify: present(&self.verify),
         };
         serde_json::to_string(&canonical).expect("a definition serializes")
     }

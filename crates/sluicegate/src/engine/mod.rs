@@ -46,6 +46,7 @@ mod prefetch;
 mod step;
 mod tuner;
 mod tuning;
+mod verify;
 
 pub use ensure::{EnsureOptions, EnsureReport, FailureGroup, Standing};
 use migration_run::TakenUp;

@@ -41,7 +41,7 @@ pub use params::{
     JobCreateParams, JobCreated, JobCursor, JobFinish, JobRange, JobSplitParams,
     JobTransitionParams, MigrationResizeParams, MigrationSetParams, MigrationThrottleParams,
     MigrationTransitionParams, PartitionReport, SubBatchCommit, SubBatchCommitted, SubBatchSpec,
-    Timeouts,
+    Timeouts, VerifyCount,
 };
 
 /// Newest tracking-schema version this binary knows.
@@ -318,6 +318,22 @@ pub trait Target: Send + Sync + 'static {
         &self,
         spec: SubBatchSpec<'_>,
     ) -> std::result::Result<Option<Box<dyn PerformedSubBatch>>, Failure>;
+    /// Checks `condition` over the rows of `first ..= last` (and `scope`), read only: how many
+    /// rows, how many for which it is not true (NULL included), and up to `samples` of their
+    /// keys in key order (`--verify`). It runs under the statement timeout `statement_ms`
+    /// (PostgreSQL).
+    #[allow(clippy::too_many_arguments)]
+    async fn verify_range(
+        &self,
+        table: &TableName,
+        key: &KeySpec,
+        scope: Option<&str>,
+        condition: &str,
+        first: &Key,
+        last: &Key,
+        samples: i64,
+        statement_ms: i64,
+    ) -> Result<VerifyCount>;
     /// Runs one sub-batch and rolls it back: the queue-time check of a migration.
     async fn sub_batch_try(&self, spec: SubBatchSpec<'_>) -> std::result::Result<u64, Failure>;
     /// What the database says about its health as it concerns `table` (one query on

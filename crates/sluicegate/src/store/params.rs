@@ -318,6 +318,18 @@ pub struct JobSplitParams {
     pub second_max: Key,
 }
 
+/// What checking a `--verify` condition over one key range found
+/// ([`Target::verify_range`](crate::store::Target::verify_range)).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VerifyCount {
+    /// Rows of the range (and scope) checked.
+    pub checked: i64,
+    /// Those for which the condition is not true.
+    pub violations: i64,
+    /// The first of their keys, in key order.
+    pub samples: Vec<Key>,
+}
+
 /// What partition maintenance did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PartitionReport {

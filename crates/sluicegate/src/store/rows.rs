@@ -180,6 +180,7 @@ fn unreadable_migration(row: &impl ModelRow, e: Error) -> Result<Migration> {
         unreadable: Some(why),
         definition: None,
         after: Vec::new(),
+        verify: None,
     })
 }
 
@@ -258,6 +259,7 @@ fn migration_strict(row: &impl ModelRow) -> Result<Migration> {
         definition: row.opt_text("definition")?,
         after: serde_json::from_value(row.json("after_ids")?)
             .map_err(|e| Error::Corrupt(format!("bad after_ids: {e}")))?,
+        verify: row.opt_text("verify")?,
     })
 }
 

@@ -22,9 +22,9 @@ WITH m AS (
         pause_ms, interval_ms, statement_timeout_ms, lock_timeout_ms, status,
         total_tuple_count, health_settings, target_sub_batch_ms, started_at, key_columns,
         next_inclusive, scope, sub_batch_ceiling, target_id, target_display, key_unique,
-        definition, after_ids)
+        definition, after_ids, verify)
     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19,
-        CASE WHEN $16 = 'active' THEN now() END, $21, $22, $23, $24, $25, $26, $27, $28, $29)
+        CASE WHEN $16 = 'active' THEN now() END, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30)
     RETURNING *
 ), log AS (
     INSERT INTO {s}.migration_transition_logs (migration_id, previous_status, next_status, event, actor)
@@ -214,6 +214,7 @@ pub(super) async fn insert(store: &PgStore, m: &NewMigration) -> Result<Migratio
         .bind(m.key_unique)
         .bind(m.definition.as_deref())
         .bind(Json(&m.after))
+        .bind(m.verify.as_deref())
         .fetch_one(&store.pool)
         .await
         .map_err(|e| {

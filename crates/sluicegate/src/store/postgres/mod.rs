@@ -25,6 +25,7 @@ mod migrations;
 mod schema;
 mod sub_batch;
 mod target;
+mod verify;
 mod walk;
 
 pub use logs::partition_name;

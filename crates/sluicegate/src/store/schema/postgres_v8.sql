@@ -11,3 +11,12 @@ ALTER TABLE {s}.migrations
     ADD COLUMN definition text,
     ADD COLUMN after_ids jsonb NOT NULL DEFAULT '[]'
         CHECK (jsonb_typeof(after_ids) = 'array');
+
+-- `--verify COND`: the condition every row of its range must meet after its last job; the
+-- check is logged as a `verify` row (rows checked, violations, sample keys).
+ALTER TABLE {s}.migrations ADD COLUMN verify text;
+ALTER TABLE {s}.migration_transition_logs
+    DROP CONSTRAINT migration_transition_logs_event_check,
+    ADD CONSTRAINT migration_transition_logs_event_check
+        CHECK (event IN ('queue', 'pause', 'resume', 'hold', 'retry', 'finalize', 'fail', 'cancel',
+                         'finish', 'resize', 'release', 'throttle', 'set', 'verify'));

@@ -23,10 +23,10 @@ const MIGRATION_INSERT: &str = "INSERT INTO sluicegate_migrations (name, job_kin
     max_batch_size, pause_ms, interval_ms, statement_timeout_ms, lock_timeout_ms, status,
     total_tuple_count, health_settings, target_sub_batch_ms, started_at, created_at, updated_at,
     key_columns, next_inclusive, scope, sub_batch_ceiling, target_id, target_display, key_unique,
-    definition, after_ids)
+    definition, after_ids, verify)
     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19,
         CASE WHEN $16 = 'active' THEN $20 END, $20, $20, $21, $22, $23, $24, $25, $26, $27, $28,
-        $29)
+        $29, $30)
     RETURNING *";
 
 const MIGRATION_LOG_INSERT: &str = "INSERT INTO sluicegate_migration_transition_logs (migration_id,
@@ -192,6 +192,7 @@ pub(super) async fn insert(store: &SqliteStore, m: &NewMigration) -> Result<Migr
         .bind(m.key_unique)
         .bind(m.definition.as_deref())
         .bind(serde_json::to_string(&m.after).expect("ids serialize"))
+        .bind(m.verify.as_deref())
         .fetch_one(&mut *tx)
         .await
         .map_err(|e| {

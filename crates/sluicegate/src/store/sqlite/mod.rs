@@ -29,6 +29,7 @@ mod migrations;
 mod schema;
 mod sub_batch;
 mod target;
+mod verify;
 mod walk;
 
 pub use target::SqliteTarget;
