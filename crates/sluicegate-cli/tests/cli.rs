@@ -2087,3 +2087,59 @@ store_test!(
         assert_eq!(db.scalar("SELECT sum(n) FROM others").await, 50);
     }
 );
+
+store_test!(
+    verify_fails_a_migration_whose_rows_changed_behind_its_back,
+    |db| {
+        db.create_items("items", &[(1, 100)]).await;
+        let url = db.url.clone();
+        ok(&url, &["setup"]);
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+        dir.path().join("lower.toml"),
+        "table = \"items\"\nkind = \"update\"\nset = \"email_lower = lower(email)\"\nverify = \"email_lower = lower(email)\"\nbatch_size = 20\npause_ms = 0\n",
+    )
+    .unwrap();
+        ok(&url, &["apply", dir.path().to_str().unwrap()]);
+        assert!(ok(&url, &["show", "lower"]).contains("email_lower = lower(email)"));
+        // The first job (keys 1 ..= 20) runs; then row 5 is changed behind the migration's back.
+        ok(&url, &["run", "--once"]);
+        assert_eq!(
+            db.scalar("SELECT count(*) FROM items WHERE id = 5 AND email_lower IS NOT NULL")
+                .await,
+            1
+        );
+        db.exec("UPDATE items SET email_lower = NULL WHERE id = 5")
+            .await;
+        ok(&url, &["run", "--until-idle"]);
+        let failed = sg(&url, &["ensure", "lower"]);
+        assert_eq!(failed.status.code(), Some(4), "{}", stderr(&failed));
+        let out = stdout(&failed);
+        assert!(
+        out.contains("lower: failed: verify (email_lower = lower(email)): 100 rows checked, 1 violation; keys 5"),
+        "{out}"
+    );
+        assert!(
+            out.contains("VerificationFailed") || out.contains("failed: verify"),
+            "{out}"
+        );
+        let history = ok(&url, &["history", "lower", "--json"]);
+        assert!(history.contains("\"event\": \"verify\""), "{history}");
+        assert!(history.contains("VerificationFailed"), "{history}");
+        // `verify` reads it again on demand: exit 4 with the sample key.
+        let again = sg(&url, &["verify", "lower"]);
+        assert_eq!(again.status.code(), Some(4), "{}", stderr(&again));
+        assert!(
+            stdout(&again).contains("100 rows checked, 1 violation; keys 5"),
+            "{}",
+            stdout(&again)
+        );
+        // Fixed, the retried migration verifies clean and finishes; `verify` exits 0.
+        db.exec("UPDATE items SET email_lower = lower(email) WHERE id = 5")
+            .await;
+        ok(&url, &["retry", "lower"]);
+        ok(&url, &["run", "--until-idle"]);
+        ok(&url, &["ensure", "lower"]);
+        assert!(ok(&url, &["verify", "lower"]).contains("100 rows checked, 0 violations"));
+    }
+);

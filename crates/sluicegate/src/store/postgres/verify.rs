@@ -38,13 +38,13 @@ pub(super) async fn range(
         samples = samples.max(0),
     );
     let mut tx = target.pool.begin().await.map_err(Error::db(context))?;
-    sqlx::query(&format!(
+    let setup = format!(
         "SET TRANSACTION READ ONLY; SET LOCAL statement_timeout = {}",
         statement_ms.max(0)
-    ))
-    .execute(&mut *tx)
-    .await
-    .map_err(Error::db(context))?;
+    );
+    sqlx::Executor::execute(&mut *tx, setup.as_str())
+        .await
+        .map_err(Error::db(context))?;
     let values = first.values().iter().chain(last.values());
     let (checked, violations, keys): (i64, i64, Json<Value>) =
         bind_key_values!(sqlx::query_as(&sql), values)
