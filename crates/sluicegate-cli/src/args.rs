@@ -336,6 +336,13 @@ pub struct SetArgs {
     /// Minimum time between job starts (0s: full speed).
     #[arg(long, value_parser = parse_duration)]
     pub interval: Option<Duration>,
+    /// statement_timeout of each sub-batch from its next job on (PostgreSQL): a job that
+    /// keeps timing out gets a way out.
+    #[arg(long, value_parser = parse_duration)]
+    pub statement_timeout: Option<Duration>,
+    /// lock_timeout of each sub-batch from its next job on (PostgreSQL).
+    #[arg(long, value_parser = parse_duration)]
+    pub lock_timeout: Option<Duration>,
     #[command(flatten)]
     pub health: HealthArgs,
     /// Why: written to the migration's transition log with the change.

@@ -97,6 +97,8 @@ pub async fn set(sg: &Sluicegate, args: &SetArgs) -> Result<()> {
         pause_ms: args.pause_ms,
         interval: args.interval,
         health: (health != m.health).then_some(health),
+        statement_timeout: args.statement_timeout,
+        lock_timeout: args.lock_timeout,
     };
     let updated = sg.set(&m, &change, args.reason.clone(), "cli").await?;
     let row = sg

@@ -2143,3 +2143,52 @@ store_test!(
         assert!(ok(&url, &["verify", "lower"]).contains("100 rows checked, 0 violations"));
     }
 );
+
+store_test!(
+    set_takes_the_timeouts_and_a_small_batch_needs_no_sub_batch,
+    |db| {
+        db.create_items("items", &[(1, 100)]).await;
+        let url = db.url.clone();
+        ok(&url, &["setup"]);
+        // `--batch-size 50` alone: the default sub-batch follows it down.
+        ok(
+            &url,
+            &[
+                "queue",
+                "small",
+                "--table",
+                "items",
+                "--kind",
+                "update",
+                "--set",
+                "n = n + 1",
+                "--batch-size",
+                "50",
+            ],
+        );
+        let out = ok(
+            &url,
+            &[
+                "set",
+                "small",
+                "--statement-timeout",
+                "2m",
+                "--lock-timeout",
+                "10s",
+            ],
+        );
+        assert!(
+            out.contains("statement_timeout 30s -> 2m; lock_timeout 5s -> 10s"),
+            "{out}"
+        );
+        let json: serde_json::Value =
+            serde_json::from_str(&ok(&url, &["show", "small", "--json"])).unwrap();
+        assert_eq!(json["statement_timeout_ms"], 120_000, "{json}");
+        assert_eq!(json["lock_timeout_ms"], 10_000, "{json}");
+        assert_eq!(json["sub_batch_size"], 50, "{json}");
+        assert_fails_with(
+            &sg(&url, &["set", "small", "--statement-timeout", "0s"]),
+            "statement",
+        );
+    }
+);

@@ -96,6 +96,11 @@ pub struct SettingsChange {
     pub interval: Option<Duration>,
     /// Every health setting (start from the migration's own to change a few).
     pub health: Option<HealthSettings>,
+    /// Each sub-batch's statement timeout (PostgreSQL): a job that cannot finish within the
+    /// one it was queued with gets a way out.
+    pub statement_timeout: Option<Duration>,
+    /// Each sub-batch's lock timeout (PostgreSQL).
+    pub lock_timeout: Option<Duration>,
 }
 
 /// A migration to queue. [`QueueRequest::new`] fills in GitLab's defaults.
@@ -1207,8 +1212,12 @@ impl Sluicegate {
             max_batch_size: change.max_batch_size.or(m.max_batch_size),
             pause_ms: change.pause_ms.unwrap_or(m.pause_ms),
             interval: change.interval.unwrap_or(m.interval),
-            statement_timeout: Duration::from_millis(m.statement_timeout_ms.max(1) as u64),
-            lock_timeout: Duration::from_millis(m.lock_timeout_ms.max(1) as u64),
+            statement_timeout: change
+                .statement_timeout
+                .unwrap_or(Duration::from_millis(m.statement_timeout_ms.max(1) as u64)),
+            lock_timeout: change
+                .lock_timeout
+                .unwrap_or(Duration::from_millis(m.lock_timeout_ms.max(1) as u64)),
             target_sub_batch_time: Duration::from_millis(m.target_sub_batch_ms.max(0) as u64),
             health: change.health.clone().unwrap_or_else(|| m.health.clone()),
         }
@@ -1259,6 +1268,17 @@ impl Sluicegate {
             humantime::format_duration(m.interval).to_string(),
             humantime::format_duration(merged.interval).to_string(),
         );
+        let ms = |v: i64| humantime::format_duration(Duration::from_millis(v.max(0) as u64));
+        note(
+            "statement_timeout",
+            ms(m.statement_timeout_ms).to_string(),
+            humantime::format_duration(merged.statement_timeout).to_string(),
+        );
+        note(
+            "lock_timeout",
+            ms(m.lock_timeout_ms).to_string(),
+            humantime::format_duration(merged.lock_timeout).to_string(),
+        );
         if let Some(health) = &change.health {
             for (what, old, new) in m.health.differences(health) {
                 note(&what, old, new);
@@ -1282,6 +1302,8 @@ impl Sluicegate {
             pause_ms: change.pause_ms,
             interval_ms: change.interval.map(millis),
             health: change.health.clone(),
+            statement_timeout_ms: change.statement_timeout.map(millis),
+            lock_timeout_ms: change.lock_timeout.map(millis),
             reason: text,
             actor: actor.to_owned(),
         };

@@ -578,6 +578,23 @@ store_test!(migration_set, |db| {
         (last.event, last.reason.as_deref()),
         (MigrationEvent::Set, Some("batch 50 -> 40"))
     );
+    // The timeouts, each kept when not given.
+    let timeouts = MigrationSetParams {
+        migration_id: m.id,
+        statement_timeout_ms: Some(90_000),
+        reason: "statement_timeout 30s -> 1m 30s".into(),
+        actor: "cli".into(),
+        ..MigrationSetParams::default()
+    };
+    let set = sg.store().migration_set(&timeouts).await.unwrap().unwrap();
+    assert_eq!(
+        (
+            set.statement_timeout_ms,
+            set.lock_timeout_ms,
+            set.batch_size
+        ),
+        (90_000, m.lock_timeout_ms, 40)
+    );
     sg.apply("s", MigrationEvent::Cancel, None, "cli")
         .await
         .unwrap();

@@ -489,3 +489,55 @@ store_test!(
         );
     }
 );
+
+store_test!(set_changes_the_timeouts_of_a_queued_migration, |db| {
+    db.create_items("items", &[(1, 100)]).await;
+    let sg = db.sluicegate().await;
+    let m = sg
+        .queue(&fast("t", "update", "items", 50, 50).argument("set", "n = n + 1"))
+        .await
+        .unwrap();
+    assert_eq!((m.statement_timeout_ms, m.lock_timeout_ms), (30_000, 5_000));
+    let change = sluicegate::SettingsChange {
+        statement_timeout: Some(Duration::from_secs(120)),
+        lock_timeout: Some(Duration::from_secs(10)),
+        ..Default::default()
+    };
+    let m = sg
+        .set(&m, &change, Some("the big tenant".into()), "cli")
+        .await
+        .unwrap();
+    assert_eq!(
+        (m.statement_timeout_ms, m.lock_timeout_ms),
+        (120_000, 10_000)
+    );
+    let row = sg
+        .migration_history(&m)
+        .await
+        .unwrap()
+        .into_iter()
+        .rev()
+        .find(|r| r.event == MigrationEvent::Set)
+        .unwrap();
+    assert_eq!(
+        row.reason.as_deref(),
+        Some("statement_timeout 30s -> 2m; lock_timeout 5s -> 10s (the big tenant)")
+    );
+    // Bounded as at queue: zero and more than a day are refused, nothing written.
+    for bad in [Duration::ZERO, Duration::from_secs(25 * 3600)] {
+        let change = sluicegate::SettingsChange {
+            statement_timeout: Some(bad),
+            ..Default::default()
+        };
+        let err = sg
+            .set(&m, &change, None, "cli")
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("statement"), "{err}");
+    }
+    let read = sg.migration("t").await.unwrap();
+    assert_eq!(read.statement_timeout_ms, 120_000);
+    run_to_end(&sg).await;
+    assert_eq!(db.scalar("SELECT sum(n) FROM items").await, 100);
+});

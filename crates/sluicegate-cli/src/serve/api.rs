@@ -74,6 +74,8 @@ pub struct ActBody {
     max_batch_size: Option<i64>,
     pause_ms: Option<i64>,
     interval_ms: Option<u64>,
+    statement_timeout_ms: Option<u64>,
+    lock_timeout_ms: Option<u64>,
 }
 
 /// Checks `Authorization: Bearer <token>` in constant time.
@@ -131,6 +133,10 @@ pub async fn act(
             pause_ms: body.pause_ms,
             interval: body.interval_ms.map(std::time::Duration::from_millis),
             health: None,
+            statement_timeout: body
+                .statement_timeout_ms
+                .map(std::time::Duration::from_millis),
+            lock_timeout: body.lock_timeout_ms.map(std::time::Duration::from_millis),
         };
         st.sg.set(&m, &change, reason, "http").await?
     } else {

@@ -492,6 +492,10 @@ pub struct MigrationSetParams {
     pub interval_ms: Option<i64>,
     /// Health thresholds and hold duration (all of them).
     pub health: Option<crate::health::HealthSettings>,
+    /// Each sub-batch's statement timeout, in milliseconds.
+    pub statement_timeout_ms: Option<i64>,
+    /// Each sub-batch's lock timeout, in milliseconds.
+    pub lock_timeout_ms: Option<i64>,
     /// The log row's reason: what changed, old -> new, and the operator's why.
     pub reason: String,
     /// Who.

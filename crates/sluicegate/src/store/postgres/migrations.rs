@@ -160,6 +160,8 @@ WITH m AS (
         pause_ms = coalesce($5, pause_ms),
         interval_ms = coalesce($6, interval_ms),
         health_settings = coalesce($7, health_settings),
+        statement_timeout_ms = coalesce($10, statement_timeout_ms),
+        lock_timeout_ms = coalesce($11, lock_timeout_ms),
         updated_at = now()
     WHERE id = $1 AND status IN ('active', 'paused')
     RETURNING *
@@ -365,6 +367,8 @@ pub(super) async fn set(store: &PgStore, p: &MigrationSetParams) -> Result<Optio
         .bind(p.health.as_ref().map(Json))
         .bind(&p.reason)
         .bind(&p.actor)
+        .bind(p.statement_timeout_ms)
+        .bind(p.lock_timeout_ms)
         .fetch_optional(&store.pool)
         .await
         .map_err(Error::db(format!(

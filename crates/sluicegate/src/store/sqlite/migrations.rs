@@ -122,6 +122,8 @@ const MIGRATION_SET: &str = "UPDATE sluicegate_migrations SET
         pause_ms = coalesce($5, pause_ms),
         interval_ms = coalesce($6, interval_ms),
         health_settings = coalesce($7, health_settings),
+        statement_timeout_ms = coalesce($9, statement_timeout_ms),
+        lock_timeout_ms = coalesce($10, lock_timeout_ms),
         updated_at = $8
     WHERE id = $1 AND status IN ('active', 'paused')
     RETURNING *";
@@ -407,6 +409,8 @@ pub(super) async fn set(store: &SqliteStore, p: &MigrationSetParams) -> Result<O
                 .map(|h| serde_json::to_string(h).expect("settings serialize")),
         )
         .bind(&at)
+        .bind(p.statement_timeout_ms)
+        .bind(p.lock_timeout_ms)
         .fetch_optional(&mut *tx)
         .await
         .map_err(Error::db(&context))?;
