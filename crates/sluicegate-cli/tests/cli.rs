@@ -1997,6 +1997,15 @@ store_test!(
         assert!(out.contains("backfill: failed: "), "{out}");
         assert!(out.contains("3 failed attempt(s) of 1 job(s): "), "{out}");
         assert!(out.contains("row 60 is blocked"), "{out}");
+        // The failed job's cursor (its last committed key: a retry resumes after it) is shown.
+        let failed_jobs = ok(&url, &["jobs", "backfill", "--status", "failed"]);
+        let row = failed_jobs
+            .lines()
+            .find(|l| l.contains("41 ..= 60"))
+            .unwrap_or_else(|| panic!("{failed_jobs}"));
+        let cells: Vec<&str> = row.split('┆').map(str::trim).collect();
+        assert_eq!(cells[3], "50", "{failed_jobs}");
+        assert!(ok(&url, &["show", "backfill"]).contains("41 ..= 60"));
         let json: serde_json::Value =
             serde_json::from_slice(&sg(&url, &["ensure", "backfill", "--json"]).stdout).unwrap();
         assert_eq!(json[0]["standing"], "failed", "{json}");

@@ -541,3 +541,127 @@ store_test!(set_changes_the_timeouts_of_a_queued_migration, |db| {
     run_to_end(&sg).await;
     assert_eq!(db.scalar("SELECT sum(n) FROM items").await, 100);
 });
+
+/// `INSERT INTO table (columns) VALUES ...` of `rows`, for both engines.
+async fn insert(db: &sluicegate::testing::TestDb, table: &str, columns: &str, rows: Vec<String>) {
+    for chunk in rows.chunks(500) {
+        db.exec(&format!(
+            "INSERT INTO {table} ({columns}) VALUES {}",
+            chunk.join(", ")
+        ))
+        .await;
+    }
+}
+
+store_test!(
+    gitlab_batched_migrations_as_definition_files_run_end_to_end,
+    |db| {
+        db.exec(
+            "CREATE TABLE projects (id bigint PRIMARY KEY, project_namespace_id bigint NOT NULL)",
+        )
+        .await;
+        db.exec("CREATE TABLE issues (id bigint PRIMARY KEY, project_id bigint NOT NULL, namespace_id bigint)")
+        .await;
+        db.exec("CREATE TABLE events (id integer PRIMARY KEY, id_convert_to_bigint bigint NOT NULL DEFAULT 0)")
+        .await;
+        db.exec("CREATE TABLE notes (id bigint PRIMARY KEY, noteable_id bigint NOT NULL)")
+            .await;
+        insert(
+            &db,
+            "projects",
+            "id, project_namespace_id",
+            (1..=20).map(|i| format!("({i}, {})", 1000 + i)).collect(),
+        )
+        .await;
+        insert(
+            &db,
+            "issues",
+            "id, project_id",
+            (1..=400)
+                .map(|i| format!("({i}, {})", i % 20 + 1))
+                .collect(),
+        )
+        .await;
+        insert(
+            &db,
+            "events",
+            "id",
+            (1..=1000).map(|i| format!("({i})")).collect(),
+        )
+        .await;
+        // Notes of issues 2, 4, ... 600: those above 400 are orphans (100 of them).
+        insert(
+            &db,
+            "notes",
+            "id, noteable_id",
+            (1..=300).map(|i| format!("({i}, {})", 2 * i)).collect(),
+        )
+        .await;
+        let sg = db.sluicegate().await;
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/definitions/gitlab");
+        let requests = sluicegate::definition::read_dir(&dir).unwrap();
+        let names: Vec<String> = requests.iter().map(|r| r.name.clone()).collect();
+        assert_eq!(
+            names,
+            [
+                "backfill_issues_namespace_id",
+                "copy_events_id_to_bigint",
+                "delete_orphaned_notes"
+            ]
+        );
+        let applied = sg.apply_requests(&requests).await.unwrap();
+        assert!(applied.iter().all(|(d, _)| matches!(d, IfAbsent::Queue(_))));
+        // Applied again: nothing new.
+        let again = sg.apply_requests(&requests).await.unwrap();
+        assert!(again
+            .iter()
+            .all(|(d, _)| matches!(d, IfAbsent::Unchanged(_))));
+        run_to_end(&sg).await;
+        let gate = sg
+            .ensure(&names, &cli(), futures::future::pending())
+            .await
+            .unwrap();
+        assert!(
+            gate.iter().all(|r| r.standing == Standing::Finished),
+            "{gate:?}"
+        );
+        assert_eq!(
+        db.scalar("SELECT count(*) FROM issues i JOIN projects p ON p.id = i.project_id WHERE i.namespace_id = p.project_namespace_id")
+            .await,
+        400
+    );
+        assert_eq!(
+            db.scalar("SELECT count(*) FROM events WHERE id_convert_to_bigint = id")
+                .await,
+            1000
+        );
+        assert_eq!(db.scalar("SELECT count(*) FROM notes").await, 200);
+        assert_eq!(db.scalar("SELECT max(noteable_id) FROM notes").await, 400);
+        // The two with --verify say so in their logs.
+        for name in ["backfill_issues_namespace_id", "copy_events_id_to_bigint"] {
+            let m = sg.migration(name).await.unwrap();
+            let log = sg.migration_history(&m).await.unwrap();
+            let verify = log
+                .iter()
+                .find(|r| r.event == MigrationEvent::Verify)
+                .unwrap();
+            assert!(
+                verify.reason.as_deref().unwrap().ends_with(" 0 violations"),
+                "{name}: {:?}",
+                verify.reason
+            );
+        }
+        // The cleanup ran after the backfill had finished.
+        let backfill = sg.migration("backfill_issues_namespace_id").await.unwrap();
+        let cleanup = sg.migration("delete_orphaned_notes").await.unwrap();
+        let first = sg
+            .jobs(&cleanup, None)
+            .await
+            .unwrap()
+            .iter()
+            .map(|j| j.created_at)
+            .min()
+            .unwrap();
+        assert!(first >= backfill.finished_at.unwrap());
+    }
+);
