@@ -745,6 +745,13 @@ impl Sluicegate {
     /// before any of it runs. Workers call it when they claim a migration.
     pub fn check_definition(&self, m: &Migration) -> Result<()> {
         let table = TableName::parse(&m.table_name)?;
+        if let Some(verify) = &m.verify {
+            fragment::check_condition(self.target.backend(), "--verify", verify).map_err(
+                |reason| {
+                    Error::InvalidSettings(format!("the stored definition's --verify: {reason}"))
+                },
+            )?;
+        }
         self.check_sql(
             &m.job_kind,
             &m.job_arguments,

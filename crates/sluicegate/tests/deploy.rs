@@ -665,3 +665,40 @@ store_test!(
         assert!(first >= backfill.finished_at.unwrap());
     }
 );
+
+store_test!(
+    a_verify_condition_edited_by_hand_fails_its_migration_unrun,
+    |db| {
+        db.create_items("items", &[(1, 100)]).await;
+        let sg = db.sluicegate().await;
+        let mut req = fast("v", "update", "items", 50, 50).argument("set", "n = n + 1");
+        req.verify = Some("n = 1".into());
+        let m = sg.queue(&req).await.unwrap();
+        let migrations = match db.backend {
+            sluicegate::store::Backend::Postgres => "sluicegate.migrations",
+            sluicegate::store::Backend::Sqlite => "sluicegate_migrations",
+        };
+        db.exec(&format!(
+            "UPDATE {migrations} SET verify = 'true) OR (1 = 1' WHERE id = {}",
+            m.id
+        ))
+        .await;
+        run_to_end(&sg).await;
+        let m = sg.migration("v").await.unwrap();
+        assert_eq!(m.status, MigrationStatus::Failed);
+        let last = sg.migration_history(&m).await.unwrap().pop().unwrap();
+        assert_eq!(last.exception_class.as_deref(), Some("InvalidSettings"));
+        assert!(
+            last.exception_message
+                .as_deref()
+                .unwrap_or_default()
+                .contains("--verify"),
+            "{last:?}"
+        );
+        assert_eq!(
+            db.scalar("SELECT sum(n) FROM items").await,
+            0,
+            "nothing ran"
+        );
+    }
+);
