@@ -234,3 +234,34 @@ impl<'a> JobJson<'a> {
         }
     }
 }
+
+/// The migrations `m` runs after (`--after`) that have not finished, as `name (status)`, for
+/// `waiting_for`; `None` when it runs after none.
+pub async fn waiting_for(
+    sg: &sluicegate::Sluicegate,
+    m: &Migration,
+) -> Result<Option<Vec<String>>, sluicegate::Error> {
+    if m.after.is_empty() || m.unreadable.is_some() {
+        return Ok(None);
+    }
+    Ok(Some(
+        sg.waiting_for(m)
+            .await?
+            .iter()
+            .map(|d| format!("{} ({})", d.name, d.status))
+            .collect(),
+    ))
+}
+
+impl StatusJson {
+    /// The view of `p` with what it waits for (`--after`), read from `sg`.
+    pub async fn read(
+        sg: &sluicegate::Sluicegate,
+        p: &Progress,
+    ) -> Result<Self, sluicegate::Error> {
+        Ok(Self {
+            waiting_for: waiting_for(sg, &p.migration).await?,
+            ..Self::from_progress(p)
+        })
+    }
+}

@@ -60,19 +60,9 @@ fn eta_text(p: &Progress) -> String {
         .map(|s| format_duration(Duration::from_secs_f64(s))))
 }
 
-/// The migrations `m` runs after that have not finished, as `name (status)`; `None` when it
-/// runs after none.
+/// What `m` waits for (`--after`): [`sluicegate_cli::json::waiting_for`].
 async fn waiting_text(sg: &Sluicegate, m: &Migration) -> Result<Option<Vec<String>>> {
-    if m.after.is_empty() || m.unreadable.is_some() {
-        return Ok(None);
-    }
-    Ok(Some(
-        sg.waiting_for(m)
-            .await?
-            .iter()
-            .map(|d| format!("{} ({})", d.name, d.status))
-            .collect(),
-    ))
+    Ok(sluicegate_cli::json::waiting_for(sg, m).await?)
 }
 
 /// The note of `status`: what a live migration waits for (`--after`), and the hold note.

@@ -23,14 +23,14 @@ fn to_value(v: impl serde::Serialize) -> ApiResult {
 pub async fn migrations(State(st): State<AppState>) -> ApiResult {
     let mut all = Vec::new();
     for m in st.sg.migrations().await? {
-        all.push(StatusJson::from_progress(&st.sg.progress(&m).await?));
+        all.push(StatusJson::read(&st.sg, &st.sg.progress(&m).await?).await?);
     }
     to_value(all)
 }
 
 pub async fn migration(State(st): State<AppState>, Id(id): Id) -> ApiResult {
     let m = st.sg.migration(&id).await?;
-    to_value(StatusJson::from_progress(&st.sg.progress(&m).await?))
+    to_value(StatusJson::read(&st.sg, &st.sg.progress(&m).await?).await?)
 }
 
 pub async fn jobs(State(st): State<AppState>, Id(id): Id) -> ApiResult {
