@@ -110,12 +110,45 @@ pub fn definition_differences(stored: &str, given: &str) -> Vec<String> {
             .map(|(_, v)| v.clone())
             .unwrap_or(Value::Null)
     };
+    // A setting one side does not spell out at all (a definition stored by a version that
+    // had no such setting) is its default there: absent, null, empty or false.
+    let blank = |v: &Value| match v {
+        Value::Null | Value::Bool(false) => true,
+        Value::Array(a) => a.is_empty(),
+        Value::Object(o) => o.is_empty(),
+        _ => false,
+    };
+    let has = |list: &[(String, Value)], k: &str| list.iter().any(|(key, _)| key == k);
     keys.into_iter()
         .filter_map(|k| {
             let (a, b) = (find(&old, k), find(&new, k));
-            (a != b).then(|| format!("{k}: {a} -> {b}"))
+            let absent_default = (!has(&old, k) && blank(&b)) || (!has(&new, k) && blank(&a));
+            (a != b && !absent_default).then(|| format!("{k}: {a} -> {b}"))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::definition_differences;
+
+    #[test]
+    fn differences_name_each_setting_and_ignore_settings_a_side_never_had() {
+        let stored = r#"{"name":"a","batch_size":1000,"health":{"hold_ms":5000}}"#;
+        let given =
+            r#"{"name":"a","batch_size":500,"health":{"hold_ms":2000},"after":[],"verify":null}"#;
+        assert_eq!(
+            definition_differences(stored, given),
+            ["batch_size: 1000 -> 500", "health.hold_ms: 5000 -> 2000"]
+        );
+        // A setting newer than the stored definition, at its default: no difference; set, it is one.
+        let newer = r#"{"name":"a","batch_size":1000,"health":{"hold_ms":5000},"after":["b"]}"#;
+        assert_eq!(
+            definition_differences(stored, newer),
+            [r#"after: null -> ["b"]"#]
+        );
+        assert!(definition_differences(stored, stored).is_empty());
+    }
 }
 
 /// What [`Sluicegate::plan_if_absent`] found a definition to need.
