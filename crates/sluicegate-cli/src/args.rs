@@ -42,13 +42,17 @@ impl Cli {
     pub fn wants_json(&self) -> bool {
         match &self.command {
             Command::Queue(a) => a.json,
+            Command::Apply(a) => a.json,
             Command::Run(a) => a.json,
             Command::Status(a) => a.json,
-            Command::Show(a) | Command::Finalize(a) | Command::Health(a) => a.json,
+            Command::Show(a) | Command::Finalize(a) | Command::Health(a) | Command::Verify(a) => {
+                a.json
+            }
             Command::Jobs(a) => a.json,
             Command::History(a) => a.json,
             Command::Demo(a) => a.json,
             Command::Set(a) => a.json,
+            Command::Ensure(a) => a.json,
             _ => false,
         }
     }
@@ -60,10 +64,13 @@ pub enum Command {
     Setup,
     /// Validate and queue a migration.
     Queue(Box<QueueArgs>),
+    /// Queue the definitions (one TOML file per migration) of a directory that are not
+    /// queued yet, in file-name order; the same definition already queued is left as it is.
+    Apply(ApplyArgs),
     /// Run workers: claim due migrations and run their jobs.
     Run(RunArgs),
-    /// Every migration with its progress.
-    Status(JsonArgs),
+    /// Every migration with its progress (or those in the statuses given).
+    Status(StatusArgs),
     /// One migration: settings, progress, batch sizes, failed jobs.
     Show(MigrationArgs),
     /// Jobs of a migration.
@@ -85,6 +92,13 @@ pub enum Command {
     Set(Box<SetArgs>),
     /// Run a migration's remaining jobs now, inline, until it is finished.
     Finalize(MigrationArgs),
+    /// Check a migration's --verify condition over its range now (read only): rows checked,
+    /// violations and up to 10 of their keys; exit 4 when a row violates it.
+    Verify(MigrationArgs),
+    /// Deploy gate: exit 0 when every migration named is finished; 3 when one still runs, 4
+    /// when one failed or was cancelled, 5 when one is not queued (the worst wins), each
+    /// said in one line. With --finalize, run what is left of each inline first.
+    Ensure(EnsureArgs),
     /// Give a migration queued before schema v5 (its target unknown) the target this command
     /// is connected to (--target-url, or the tracking database), so that its workers run it.
     Adopt(ReasonArgs),
@@ -205,13 +219,56 @@ pub struct QueueArgs {
     /// Tune sub-batch sizes so each transaction takes about this long; 0s keeps them fixed.
     #[arg(long, default_value = "100ms", value_parser = parse_duration)]
     pub target_sub_batch_time: Duration,
+    /// Run after these migrations (names, comma-separated): no worker claims it until each
+    /// has finished. Each must be queued already; a cycle or an unknown name is refused.
+    #[arg(long, value_delimiter = ',')]
+    pub after: Vec<String>,
+    /// A condition (read like --where) every row of the range (and scope) must meet after the
+    /// last job: checked then in batches, logged as a `verify` row; a violation fails the
+    /// migration (class VerificationFailed) instead of finishing it.
+    #[arg(long)]
+    pub verify: Option<String>,
     /// Queue it paused.
     #[arg(long)]
     pub paused: bool,
     /// Validate and print the plan; write nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Do nothing (exit 0) when a migration of this name was queued from this very
+    /// definition; refuse when it was queued from another one and is not finished.
+    #[arg(long)]
+    pub if_not_exists: bool,
     /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct EnsureArgs {
+    /// Migrations (ids or names) the deploy depends on.
+    #[arg(required = true)]
+    pub migrations: Vec<String>,
+    /// Run what is left of each inline, as `finalize` does (a failed one is retried first,
+    /// its failed jobs with fresh attempts); fail loudly when one cannot finish.
+    #[arg(long)]
+    pub finalize: bool,
+    /// Wait up to this long: for workers to finish them, or, with --finalize, for the
+    /// finalize (then stopped at a sub-batch boundary; any worker finishes it).
+    #[arg(long, value_parser = parse_duration)]
+    pub timeout: Option<Duration>,
+    /// Print JSON: one object per migration.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ApplyArgs {
+    /// Directory of definitions: one `NAME.toml` per migration, with the settings of `queue`.
+    pub dir: std::path::PathBuf,
+    /// Print what each definition would do (the plan of those to queue); write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print JSON: one object per definition.
     #[arg(long)]
     pub json: bool,
 }
@@ -279,6 +336,13 @@ pub struct SetArgs {
     /// Minimum time between job starts (0s: full speed).
     #[arg(long, value_parser = parse_duration)]
     pub interval: Option<Duration>,
+    /// statement_timeout of each sub-batch from its next job on (PostgreSQL): a job that
+    /// keeps timing out gets a way out.
+    #[arg(long, value_parser = parse_duration)]
+    pub statement_timeout: Option<Duration>,
+    /// lock_timeout of each sub-batch from its next job on (PostgreSQL).
+    #[arg(long, value_parser = parse_duration)]
+    pub lock_timeout: Option<Duration>,
     #[command(flatten)]
     pub health: HealthArgs,
     /// Why: written to the migration's transition log with the change.
@@ -306,7 +370,22 @@ pub struct RunArgs {
     /// How long a job stays this worker's without renewal.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub lease: Duration,
+    /// Work on these migrations only (ids or names; repeat or comma-separate): other
+    /// migrations are left to other workers, and `--until-idle` ends once these are done.
+    #[arg(long, value_delimiter = ',', num_args = 1..)]
+    pub only: Vec<String>,
     /// One JSON line per job instead of progress bars.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Only migrations in these statuses, comma-separated: active, paused, finalizing,
+    /// finished, failed, cancelled.
+    #[arg(long, value_delimiter = ',')]
+    pub status: Vec<String>,
+    /// Print JSON.
     #[arg(long)]
     pub json: bool,
 }
@@ -334,6 +413,9 @@ pub struct JobsArgs {
     /// Only jobs in this status (pending, running, failed, succeeded).
     #[arg(long)]
     pub status: Option<String>,
+    /// Only the newest N jobs (newest first); the total is printed with them.
+    #[arg(long)]
+    pub limit: Option<usize>,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,

@@ -169,7 +169,7 @@ pub async fn demo(args: &DemoArgs) -> Result<()> {
         );
     } else {
         outln!();
-        output::status(&sg, false).await?;
+        output::status(&sg, &[], false).await?;
         if let Some(j) = retried {
             output::history(&sg, &m.name, Some(j.id), false).await?;
         }

@@ -55,6 +55,10 @@ pub struct MigrationJson {
     /// are real then).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub unreadable: Option<String>,
+    /// The ids of the migrations it runs after (`--after`).
+    pub after: Vec<i64>,
+    /// The condition checked after its last job (`--verify`).
+    pub verify: Option<String>,
 }
 
 impl MigrationJson {
@@ -95,6 +99,8 @@ impl MigrationJson {
             started_at: m.started_at,
             finished_at: m.finished_at,
             unreadable: m.unreadable.clone(),
+            after: m.after.clone(),
+            verify: m.verify.clone(),
         }
     }
 }
@@ -141,6 +147,10 @@ pub struct StatusJson {
     /// A migration in lanes: its lanes summed per node.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub nodes: Option<Vec<sluicegate::NodeProgress>>,
+    /// The migrations it runs after that have not finished (names; read by `status` and
+    /// `show`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub waiting_for: Option<Vec<String>>,
 }
 
 #[derive(Debug, Serialize)]
@@ -172,6 +182,7 @@ impl StatusJson {
             },
             protections_off: None,
             nodes: None,
+            waiting_for: None,
         }
     }
 }
@@ -245,5 +256,36 @@ impl<'a> JobJson<'a> {
             node: lane.map(|l| l.node.clone()),
             ..Self::from_job(j)
         }
+    }
+}
+
+/// The migrations `m` runs after (`--after`) that have not finished, as `name (status)`, for
+/// `waiting_for`; `None` when it runs after none.
+pub async fn waiting_for(
+    sg: &sluicegate::Sluicegate,
+    m: &Migration,
+) -> Result<Option<Vec<String>>, sluicegate::Error> {
+    if m.after.is_empty() || m.unreadable.is_some() {
+        return Ok(None);
+    }
+    Ok(Some(
+        sg.waiting_for(m)
+            .await?
+            .iter()
+            .map(|d| format!("{} ({})", d.name, d.status))
+            .collect(),
+    ))
+}
+
+impl StatusJson {
+    /// The view of `p` with what it waits for (`--after`), read from `sg`.
+    pub async fn read(
+        sg: &sluicegate::Sluicegate,
+        p: &Progress,
+    ) -> Result<Self, sluicegate::Error> {
+        Ok(Self {
+            waiting_for: waiting_for(sg, &p.migration).await?,
+            ..Self::from_progress(p)
+        })
     }
 }

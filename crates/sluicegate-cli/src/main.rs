@@ -58,6 +58,12 @@ fn main() -> ExitCode {
     match runtime.block_on(dispatch(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
+            // A command that ends with a code of its own (`ensure`) has said why already.
+            if let Some(exit) = err.downcast_ref::<run::Exit>() {
+                let _ = std::io::stdout().flush();
+                eprintln!("error: {}", exit.message);
+                return ExitCode::from(exit.code);
+            }
             let err = naming_the_database(err, tracking.as_deref());
             // A closed pipe (`sluicegate status | head`) is not an error.
             if err
@@ -214,13 +220,17 @@ async fn dispatch(cli: Cli) -> Result<()> {
             let sg = connect_ready(&cli).await?;
             run::queue(&sg, args).await
         }
+        Command::Apply(args) => {
+            let sg = connect_ready(&cli).await?;
+            run::apply(&sg, args).await
+        }
         Command::Run(args) => {
             let sg = connect_ready_waiting(&cli).await?;
             run::run(&sg, args).await
         }
         Command::Status(args) => {
             let sg = connect_ready(&cli).await?;
-            output::status(&sg, args.json).await
+            output::status(&sg, &args.status, args.json).await
         }
         Command::Show(args) => {
             let sg = connect_ready(&cli).await?;
@@ -232,7 +242,14 @@ async fn dispatch(cli: Cli) -> Result<()> {
         }
         Command::Jobs(args) => {
             let sg = connect_ready(&cli).await?;
-            output::jobs(&sg, &args.migration, args.status.as_deref(), args.json).await
+            output::jobs(
+                &sg,
+                &args.migration,
+                args.status.as_deref(),
+                args.limit,
+                args.json,
+            )
+            .await
         }
         Command::History(args) => {
             let sg = connect_ready(&cli).await?;
@@ -271,6 +288,14 @@ async fn dispatch(cli: Cli) -> Result<()> {
         Command::Set(args) => {
             let sg = connect_ready(&cli).await?;
             run::set(&sg, args).await
+        }
+        Command::Verify(args) => {
+            let sg = connect_ready(&cli).await?;
+            run::verify(&sg, &args.migration, args.json).await
+        }
+        Command::Ensure(args) => {
+            let sg = connect_ready(&cli).await?;
+            run::ensure(&sg, args).await
         }
         Command::Finalize(args) => {
             let sg = connect_ready(&cli).await?;

@@ -63,6 +63,27 @@ fn eta_text(p: &Progress) -> String {
         .map(|s| format_duration(Duration::from_secs_f64(s))))
 }
 
+/// What `m` waits for (`--after`): [`sluicegate_cli::json::waiting_for`].
+async fn waiting_text(sg: &Sluicegate, m: &Migration) -> Result<Option<Vec<String>>> {
+    Ok(sluicegate_cli::json::waiting_for(sg, m).await?)
+}
+
+/// The note of `status`: what a live migration waits for (`--after`), and the hold note.
+fn note_text(p: &Progress, waiting: Option<&[String]>) -> String {
+    let hold = hold_text(p);
+    match waiting {
+        Some(w) if !w.is_empty() && !p.migration.status.is_finished() => {
+            let wait = format!("waiting for {}", w.join(", "));
+            if hold.is_empty() {
+                wait
+            } else {
+                format!("{wait}; {hold}")
+            }
+        }
+        _ => hold,
+    }
+}
+
 /// The note on a held or slowed migration: what the tool decided by itself, and why.
 fn hold_text(p: &Progress) -> String {
     let m = &p.migration;
@@ -124,10 +145,13 @@ async fn live_protections_off(sg: &Sluicegate, m: &Migration) -> Option<Vec<Read
     )
 }
 
+/// A row of `status`: its progress, its protections off, what it waits for.
+type StatusRow = (Progress, Option<Vec<Reading>>, Option<Vec<String>>);
+
 /// The lines under a table naming each migration's protections that are off.
-fn protections_off_lines(rows: &[(Progress, Option<Vec<Reading>>)]) -> Vec<String> {
+fn protections_off_lines(rows: &[StatusRow]) -> Vec<String> {
     let mut lines = Vec::new();
-    for (p, off) in rows {
+    for (p, off, _) in rows {
         let m = &p.migration;
         if let Some(why) = &m.unreadable {
             lines.push(format!(
@@ -145,26 +169,50 @@ fn protections_off_lines(rows: &[(Progress, Option<Vec<Reading>>)]) -> Vec<Strin
     lines
 }
 
-pub async fn status(sg: &Sluicegate, json: bool) -> Result<()> {
+/// The statuses `status --status` asks for; an unknown one is refused, naming those there are.
+fn status_filter(statuses: &[String]) -> Result<Vec<MigrationStatus>> {
+    statuses
+        .iter()
+        .map(|s| s.trim())
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            s.parse::<MigrationStatus>().map_err(|_| {
+                let known: Vec<&str> = MigrationStatus::ALL.iter().map(|s| s.as_str()).collect();
+                anyhow::anyhow!(
+                    "unknown migration status {s:?} in --status (expected {})",
+                    known.join(", ")
+                )
+            })
+        })
+        .collect()
+}
+
+pub async fn status(sg: &Sluicegate, statuses: &[String], json: bool) -> Result<()> {
+    let wanted = status_filter(statuses)?;
     let mut rows = Vec::new();
     let mut laned: Vec<(String, Vec<NodeProgress>)> = Vec::new();
     for m in sg.migrations().await? {
+        if !wanted.is_empty() && !wanted.contains(&m.status) {
+            continue;
+        }
         let off = live_protections_off(sg, &m).await;
         let lanes = sg.lanes(&m).await?;
         if !lanes.is_empty() {
             laned.push((m.name.clone(), lanes_by_node(&lanes)));
         }
-        rows.push((sg.progress(&m).await?, off));
+        let waiting = waiting_text(sg, &m).await?;
+        rows.push((sg.progress(&m).await?, off, waiting));
     }
     if json {
         let all: Vec<_> = rows
             .iter()
-            .map(|(p, off)| StatusJson {
+            .map(|(p, off, waiting)| StatusJson {
                 protections_off: off.as_deref().map(ProtectionOffJson::from_readings),
                 nodes: laned
                     .iter()
                     .find(|(name, _)| *name == p.migration.name)
                     .map(|(_, nodes)| nodes.clone()),
+                waiting_for: waiting.clone(),
                 ..StatusJson::from_progress(p)
             })
             .collect();
@@ -172,7 +220,12 @@ pub async fn status(sg: &Sluicegate, json: bool) -> Result<()> {
         return Ok(());
     }
     if rows.is_empty() {
-        outln!("no migrations queued");
+        if wanted.is_empty() {
+            outln!("no migrations queued");
+        } else {
+            let names: Vec<&str> = wanted.iter().map(|s| s.as_str()).collect();
+            outln!("no migration is {}", names.join(" or "));
+        }
         return Ok(());
     }
     let mut t = table();
@@ -190,7 +243,7 @@ pub async fn status(sg: &Sluicegate, json: bool) -> Result<()> {
         "JOBS ok/failed/all",
         "NOTE",
     ]);
-    for (p, _) in &rows {
+    for (p, _, waiting) in &rows {
         let m = &p.migration;
         if m.unreadable.is_some() {
             t.add_row([
@@ -238,7 +291,7 @@ pub async fn status(sg: &Sluicegate, json: bool) -> Result<()> {
                 p.jobs.failed,
                 p.jobs.total()
             )),
-            Cell::new(hold_text(p)),
+            Cell::new(note_text(p, waiting.as_deref())),
         ]);
     }
     outln!("{t}");
@@ -321,7 +374,8 @@ fn jobs_table(jobs: &[Job], lanes: &[Lane]) -> Table {
     let mut t = table();
     let laned = jobs.iter().any(|j| j.lane.is_some());
     let mut header = vec![
-        "JOB", "STATUS", "KEYS", "ROWS", "ATTEMPTS", "BATCH", "SUB", "TOOK", "WORKER", "STARTED",
+        "JOB", "STATUS", "KEYS", "CURSOR", "ROWS", "ATTEMPTS", "BATCH", "SUB", "TOOK", "WORKER",
+        "STARTED",
     ];
     if laned {
         header.insert(2, "LANE (SHARD @ NODE)");
@@ -332,6 +386,8 @@ fn jobs_table(jobs: &[Job], lanes: &[Lane]) -> Table {
             Cell::new(j.id),
             Cell::new(j.status),
             Cell::new(format!("{} ..= {}", j.min_value, j.max_value)),
+            // The last key whose sub-batch committed: a retry resumes after it.
+            Cell::new(opt(j.cursor.as_ref())),
             Cell::new(thousands(j.rows_affected)),
             Cell::new(j.attempts),
             Cell::new(thousands(j.batch_size)),
@@ -381,6 +437,7 @@ pub async fn show(sg: &Sluicegate, migration: &str, json: bool) -> Result<()> {
         .filter(|j| j.status == JobStatus::Failed)
         .cloned()
         .collect();
+    let waiting = waiting_text(sg, &m).await?;
     if json {
         #[derive(Serialize)]
         struct Size {
@@ -403,6 +460,7 @@ pub async fn show(sg: &Sluicegate, migration: &str, json: bool) -> Result<()> {
             status: StatusJson {
                 protections_off: off.as_deref().map(ProtectionOffJson::from_readings),
                 nodes: (!lanes.is_empty()).then(|| lanes_by_node(&lanes)),
+                waiting_for: waiting.clone(),
                 ..StatusJson::from_progress(&p)
             },
             statement_timeout_ms: m.statement_timeout_ms,
@@ -428,7 +486,10 @@ pub async fn show(sg: &Sluicegate, migration: &str, json: bool) -> Result<()> {
     let rows: Vec<(&str, String)> = vec![
         ("id", m.id.to_string()),
         ("name", m.name.clone()),
-        ("status", format!("{} {}", m.status, hold_text(&p))),
+        (
+            "status",
+            format!("{} {}", m.status, note_text(&p, waiting.as_deref())),
+        ),
         ("kind", m.job_kind.clone()),
         ("arguments", m.job_arguments.to_string()),
         (
@@ -451,6 +512,12 @@ pub async fn show(sg: &Sluicegate, migration: &str, json: bool) -> Result<()> {
             m.scope
                 .clone()
                 .unwrap_or_else(|| "every row (no --scope)".into()),
+        ),
+        (
+            "verify",
+            m.verify
+                .clone()
+                .unwrap_or_else(|| "- (no --verify)".into()),
         ),
         (
             "batch / sub-batch",
@@ -567,7 +634,7 @@ pub async fn show(sg: &Sluicegate, migration: &str, json: bool) -> Result<()> {
     } else {
         outln!("{t}");
     }
-    for line in protections_off_lines(&[(p, off)]) {
+    for line in protections_off_lines(&[(p, off, None)]) {
         outln!("{line}");
     }
     if !lanes.is_empty() {
@@ -587,6 +654,7 @@ pub async fn jobs(
     sg: &Sluicegate,
     migration: &str,
     status: Option<&str>,
+    limit: Option<usize>,
     json: bool,
 ) -> Result<()> {
     let m = sg.migration(migration).await?;
@@ -599,8 +667,14 @@ pub async fn jobs(
         },
         None => None,
     };
-    let jobs = sg.jobs(&m, status).await?;
+    let mut jobs = sg.jobs(&m, status).await?;
     let lanes = sg.store().lane_list(m.id).await?;
+    let total = jobs.len();
+    if let Some(limit) = limit {
+        // The newest first: the last jobs made are the ones a person looks for.
+        jobs.reverse();
+        jobs.truncate(limit);
+    }
     if json {
         let all: Vec<_> = jobs.iter().map(|j| JobJson::in_lanes(j, &lanes)).collect();
         outln!("{}", serde_json::to_string_pretty(&all)?);
@@ -608,6 +682,14 @@ pub async fn jobs(
         outln!("no jobs");
     } else {
         outln!("{}", jobs_table(&jobs, &lanes));
+        if limit.is_some() {
+            outln!(
+                "{} of {} job(s){}, newest first",
+                jobs.len(),
+                total,
+                status.map(|s| format!(" {s}")).unwrap_or_default()
+            );
+        }
     }
     Ok(())
 }

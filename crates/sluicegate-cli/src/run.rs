@@ -4,104 +4,84 @@ use std::time::Duration;
 
 use anyhow::{bail, Result};
 use serde_json::{json, Value};
+use sluicegate::definition::HealthDefinition;
 use sluicegate::engine::default_worker_name;
-use sluicegate::{Plan, QueueRequest, SettingsChange, Sluicegate, StepOutcome, WorkerOptions};
+use sluicegate::{
+    Definition, IfAbsent, Plan, QueueRequest, SettingsChange, Sluicegate, StepOutcome,
+    WorkerOptions,
+};
 
-use crate::args::{HealthArgs, Kind, QueueArgs, RunArgs, SetArgs};
+use crate::args::{ApplyArgs, EnsureArgs, HealthArgs, QueueArgs, RunArgs, SetArgs};
 use crate::output::{self, format_duration};
 use crate::progress::{bars_wanted, Reporter};
 
+/// `queue`'s flags as a definition: the one conversion to a request that definition files go
+/// through too ([`Definition::request`]), so both are validated the same way.
+fn definition(args: &QueueArgs) -> Definition {
+    Definition {
+        name: None,
+        table: args.table.clone(),
+        kind: args.kind.name().to_owned(),
+        key: match (&args.key, &args.column) {
+            (Some(key), _) => Some(key.iter().map(|c| c.trim().to_owned()).collect()),
+            (None, Some(column)) => Some(vec![column.clone()]),
+            (None, None) => None,
+        },
+        non_unique_key: args.non_unique_key,
+        set: args.set_clause.clone(),
+        where_clause: args.where_clause.clone(),
+        scope: args.scope.clone(),
+        from: args.from.clone(),
+        to: args.to.clone(),
+        join: args.join.clone(),
+        sql: args.sql.clone(),
+        arguments: None,
+        batch_size: Some(args.batch_size),
+        sub_batch_size: args.sub_batch_size,
+        max_batch_size: args.max_batch_size,
+        pause_ms: Some(args.pause_ms),
+        interval: Some(args.interval),
+        min_value: args.min_value.clone(),
+        max_value: args.max_value.clone(),
+        statement_timeout: Some(args.statement_timeout),
+        lock_timeout: Some(args.lock_timeout),
+        target_sub_batch_time: Some(args.target_sub_batch_time),
+        paused: args.paused,
+        after: (!args.after.is_empty())
+            .then(|| args.after.iter().map(|a| a.trim().to_owned()).collect()),
+        verify: args.verify.clone(),
+        health: args.health.definition(),
+    }
+}
+
 /// Turns `queue` flags into a request, refusing flags that do not belong to the kind.
 fn request(args: &QueueArgs) -> Result<QueueRequest> {
-    let mut req = QueueRequest::new(&args.name, args.kind.name(), &args.table);
-    req.key = match (&args.key, &args.column) {
-        (Some(key), _) => Some(key.iter().map(|c| c.trim().to_owned()).collect()),
-        (None, Some(column)) => Some(vec![column.clone()]),
-        (None, None) => None,
-    };
-    req.non_unique_key = args.non_unique_key;
-    req.scope = args.scope.clone();
-    req.batch_size = args.batch_size;
-    if let Some(sub) = args.sub_batch_size {
-        req.sub_batch_size = sub;
-        req.sub_batch_ceiling = Some(sub);
-    }
-    req.max_batch_size = args.max_batch_size;
-    req.pause_ms = args.pause_ms;
-    req.interval = args.interval;
-    req.min_value = args.min_value.clone();
-    req.max_value = args.max_value.clone();
-    req.paused = args.paused;
-    req.statement_timeout = args.statement_timeout;
-    req.lock_timeout = args.lock_timeout;
+    let mut req = definition(args).request(&args.name)?;
     req.actor = "cli".into();
-    req.target_sub_batch_time = args.target_sub_batch_time;
-    args.health.apply(&mut req.health);
-    let given = [
-        ("--set", args.set_clause.as_ref()),
-        ("--where", args.where_clause.as_ref()),
-        ("--from", args.from.as_ref()),
-        ("--to", args.to.as_ref()),
-        ("--join", args.join.as_ref()),
-        ("--sql", args.sql.as_ref()),
-    ];
-    let allowed: &[&str] = match args.kind {
-        Kind::Update => &["--set", "--where", "--from", "--join"],
-        Kind::Delete => &["--where"],
-        Kind::CopyColumn => &["--from", "--to"],
-        Kind::Sql => &["--sql"],
-    };
-    for (flag, value) in given {
-        match value {
-            Some(_) if !allowed.contains(&flag) => {
-                bail!("{flag} does not apply to --kind {}", args.kind.name())
-            }
-            Some(v) => {
-                req = req.argument(flag.trim_start_matches("--"), Value::String(v.clone()));
-            }
-            None => {}
-        }
-    }
     Ok(req)
 }
 
 impl HealthArgs {
+    /// The health flags given, as a definition's `[health]` table.
+    pub fn definition(&self) -> HealthDefinition {
+        HealthDefinition {
+            max_replica_lag_bytes: self.max_replica_lag_bytes,
+            max_replica_lag: self.max_replica_lag,
+            max_wal_archive_backlog: self.max_wal_archive_backlog,
+            max_wal_rate: self.max_wal_rate,
+            max_transaction_age: self.max_transaction_age,
+            probe: self.health_probe.clone(),
+            hold: self.hold,
+            max_latency_drift: self.max_latency_drift,
+            autovacuum: self.autovacuum,
+            off: Some(self.health_off.clone()),
+            require_health: self.require_health,
+        }
+    }
+
     /// Applies the flags given to `health`.
     pub fn apply(&self, health: &mut sluicegate::health::HealthSettings) {
-        let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
-        if let Some(v) = self.max_replica_lag_bytes {
-            health.max_replica_lag_bytes = v;
-        }
-        if let Some(v) = self.max_replica_lag {
-            health.max_replica_lag_ms = ms(v);
-        }
-        if let Some(v) = self.max_wal_archive_backlog {
-            health.max_wal_archive_backlog = v;
-        }
-        if let Some(v) = self.max_wal_rate {
-            health.max_wal_rate_bytes = Some(v);
-        }
-        if let Some(v) = self.max_transaction_age {
-            health.max_transaction_age_ms = ms(v);
-        }
-        if let Some(v) = &self.health_probe {
-            health.probe = Some(v.clone());
-        }
-        if let Some(v) = self.hold {
-            health.hold_ms = ms(v);
-        }
-        if let Some(v) = self.max_latency_drift {
-            health.latency_drift_factor = v;
-        }
-        if let Some(v) = self.autovacuum {
-            health.autovacuum = v;
-        }
-        if !self.health_off.is_empty() {
-            health.off = self.health_off.clone();
-        }
-        if let Some(v) = self.require_health {
-            health.require_health = v;
-        }
+        self.definition().apply(health);
     }
 }
 
@@ -117,6 +97,8 @@ pub async fn set(sg: &Sluicegate, args: &SetArgs) -> Result<()> {
         pause_ms: args.pause_ms,
         interval: args.interval,
         health: (health != m.health).then_some(health),
+        statement_timeout: args.statement_timeout,
+        lock_timeout: args.lock_timeout,
     };
     let updated = sg.set(&m, &change, args.reason.clone(), "cli").await?;
     let row = sg
@@ -178,10 +160,127 @@ fn warn_if_slow(plan: &Plan) {
     }
 }
 
+/// A dry run's plan: JSON, or the lines a person reads.
+fn dry_run_value(plan: &Plan) -> Value {
+    let m = &plan.migration;
+    json!({
+        "name": m.name,
+        "job_kind": m.job_kind,
+        "table": m.table_name,
+        "target": m.target,
+        "column": m.key.display_names(),
+        "key_columns": m.key,
+        "scope": m.scope,
+        "job_arguments": m.job_arguments,
+        "min_value": output::key_value(&m.min_value),
+        "max_value": output::key_value(&m.max_value),
+        "min_cursor": m.min_value,
+        "max_cursor": m.max_value,
+        "estimated_rows": plan.rows_to_change,
+        "estimated_keys": m.total_tuple_count,
+        "estimated_jobs": plan.estimated_jobs(),
+        "batch_size": m.batch_size,
+        "sub_batch_size": m.sub_batch_size,
+        "pause_ms": m.pause_ms,
+        "interval_ms": m.interval.as_millis() as u64,
+        "trial_sub_batch_rows": plan.trial_rows,
+        "trial_sub_batch_ms": plan.trial_time.as_secs_f64() * 1000.0,
+        "estimated_duration_seconds": plan.estimated_duration().map(|d| d.as_secs_f64()),
+        "protections_off": sluicegate_cli::json::ProtectionOffJson::from_readings(&plan.protections_off),
+        "written": false,
+    })
+}
+
+/// A dry run's plan, as a person reads it.
+fn print_plan(plan: &Plan) -> Result<()> {
+    let m = &plan.migration;
+    outln!(
+        "  migration      {} ({} on {}.{})",
+        m.name,
+        m.job_kind,
+        m.table_name,
+        m.key.display_names()
+    );
+    outln!("  target         {}", m.target);
+    outln!("  key            {}", key_description(&m.key));
+    if let Some(scope) = &m.scope {
+        outln!("  scope          {scope} (jobs span matching keys only)");
+    }
+    outln!("  range          {} ..= {}", m.min_value, m.max_value);
+    outln!(
+        "  rows (est.)    {} to change, of {} keys walked",
+        output::opt(plan.rows_to_change.map(output::thousands)),
+        output::opt(m.total_tuple_count.map(output::thousands))
+    );
+    outln!(
+        "  jobs (est.)    {} of {} keys, sub-batches of {}{}",
+        output::opt(plan.estimated_jobs().map(output::thousands)),
+        output::thousands(m.batch_size),
+        output::thousands(m.sub_batch_size),
+        if m.target_sub_batch_ms > 0 {
+            " (tuned from there)"
+        } else {
+            ""
+        }
+    );
+    if !m.lanes.is_empty() {
+        let mut nodes: Vec<&str> = m.lanes.iter().map(|l| l.node.as_str()).collect();
+        nodes.sort_unstable();
+        nodes.dedup();
+        outln!(
+            "  lanes          {} (one per shard of the Citus distributed table) on {} node(s): {}; one job per lane at a time, lanes in parallel",
+            m.lanes.len(),
+            nodes.len(),
+            nodes.join(", ")
+        );
+    }
+    outln!(
+        "  trial          one sub-batch touched {} rows in {:.1} ms, rolled back{}",
+        plan.trial_rows,
+        plan.trial_time.as_secs_f64() * 1000.0,
+        match m.lanes.first() {
+            Some(lane) => format!(" (on shard {} on {})", lane.shard_id, lane.node),
+            None => String::new(),
+        }
+    );
+    outln!(
+        "  duration (est.) {} at interval {} and pause {} ms{}",
+        plan.estimated_duration()
+            .map(format_duration)
+            .unwrap_or_else(|| "-".into()),
+        format_duration(m.interval),
+        m.pause_ms,
+        if m.lanes.is_empty() {
+            ""
+        } else {
+            " with one loop; loops on different lanes run at once (divide by --concurrency and workers, up to the lanes)"
+        }
+    );
+    Ok(())
+}
+
 pub async fn queue(sg: &Sluicegate, args: &QueueArgs) -> Result<()> {
     let req = request(args)?;
     // The same checks for a dry run as for the real thing (duplicates included).
-    let plan = sg.plan(&req).await?;
+    let plan = if args.if_not_exists {
+        match sg.plan_if_absent(&req).await? {
+            IfAbsent::Queue(plan) => *plan,
+            other => {
+                let m = other.existing().expect("an existing migration");
+                if args.json {
+                    outln!(
+                        "{}",
+                        serde_json::to_string(&output::MigrationJson::from_migration(m))?
+                    );
+                } else {
+                    outln!("{}: {}", m.name, other.describe());
+                }
+                return Ok(());
+            }
+        }
+    } else {
+        sg.plan(&req).await?
+    };
     warn_if_slow(&plan);
     output::warn_protections_off(
         &plan.migration.name,
@@ -189,99 +288,11 @@ pub async fn queue(sg: &Sluicegate, args: &QueueArgs) -> Result<()> {
         &plan.migration.health,
     );
     if args.dry_run {
-        let m = &plan.migration;
-        let value = json!({
-            "name": m.name,
-            "job_kind": m.job_kind,
-            "table": m.table_name,
-            "target": m.target,
-            "column": m.key.display_names(),
-            "key_columns": m.key,
-            "scope": m.scope,
-            "job_arguments": m.job_arguments,
-            "min_value": output::key_value(&m.min_value),
-            "max_value": output::key_value(&m.max_value),
-            "min_cursor": m.min_value,
-            "max_cursor": m.max_value,
-            "estimated_rows": plan.rows_to_change,
-            "estimated_keys": m.total_tuple_count,
-            "estimated_jobs": plan.estimated_jobs(),
-            "batch_size": m.batch_size,
-            "sub_batch_size": m.sub_batch_size,
-            "pause_ms": m.pause_ms,
-            "interval_ms": m.interval.as_millis() as u64,
-            "trial_sub_batch_rows": plan.trial_rows,
-            "trial_sub_batch_ms": plan.trial_time.as_secs_f64() * 1000.0,
-            "estimated_duration_seconds": plan.estimated_duration().map(|d| d.as_secs_f64()),
-            "protections_off": sluicegate_cli::json::ProtectionOffJson::from_readings(&plan.protections_off),
-            "written": false,
-        });
         if args.json {
-            outln!("{value}");
+            outln!("{}", dry_run_value(&plan));
         } else {
             outln!("dry run: nothing was written");
-            outln!(
-                "  migration      {} ({} on {}.{})",
-                m.name,
-                m.job_kind,
-                m.table_name,
-                m.key.display_names()
-            );
-            outln!("  target         {}", m.target);
-            outln!("  key            {}", key_description(&m.key));
-            if let Some(scope) = &m.scope {
-                outln!("  scope          {scope} (jobs span matching keys only)");
-            }
-            outln!("  range          {} ..= {}", m.min_value, m.max_value);
-            outln!(
-                "  rows (est.)    {} to change, of {} keys walked",
-                output::opt(plan.rows_to_change.map(output::thousands)),
-                output::opt(m.total_tuple_count.map(output::thousands))
-            );
-            outln!(
-                "  jobs (est.)    {} of {} keys, sub-batches of {}{}",
-                output::opt(plan.estimated_jobs().map(output::thousands)),
-                output::thousands(m.batch_size),
-                output::thousands(m.sub_batch_size),
-                if m.target_sub_batch_ms > 0 {
-                    " (tuned from there)"
-                } else {
-                    ""
-                }
-            );
-            if !m.lanes.is_empty() {
-                let mut nodes: Vec<&str> = m.lanes.iter().map(|l| l.node.as_str()).collect();
-                nodes.sort_unstable();
-                nodes.dedup();
-                outln!(
-                    "  lanes          {} (one per shard of the Citus distributed table) on {} node(s): {}; one job per lane at a time, lanes in parallel",
-                    m.lanes.len(),
-                    nodes.len(),
-                    nodes.join(", ")
-                );
-            }
-            outln!(
-                "  trial          one sub-batch touched {} rows in {:.1} ms, rolled back{}",
-                plan.trial_rows,
-                plan.trial_time.as_secs_f64() * 1000.0,
-                match m.lanes.first() {
-                    Some(lane) => format!(" (on shard {} on {})", lane.shard_id, lane.node),
-                    None => String::new(),
-                }
-            );
-            outln!(
-                "  duration (est.) {} at interval {} and pause {} ms{}",
-                plan.estimated_duration()
-                    .map(format_duration)
-                    .unwrap_or_else(|| "-".into()),
-                format_duration(m.interval),
-                m.pause_ms,
-                if m.lanes.is_empty() {
-                    ""
-                } else {
-                    " with one loop; loops on different lanes run at once (divide by --concurrency and workers, up to the lanes)"
-                }
-            );
+            print_plan(&plan)?;
         }
         return Ok(());
     }
@@ -336,12 +347,18 @@ pub async fn run(sg: &Sluicegate, args: &RunArgs) -> Result<()> {
             sg.target_identity().display
         );
     }
+    // `--only`: the migrations named, each of which must exist.
+    let mut only = Vec::new();
+    for name in &args.only {
+        only.push(sg.migration(name.trim()).await?.id);
+    }
+    let wanted = |m: &sluicegate::Migration| only.is_empty() || only.contains(&m.id);
     if args.until_idle {
         let all: Vec<_> = sg
             .migrations()
             .await?
             .into_iter()
-            .filter(|m| sg.is_own_target(m))
+            .filter(|m| sg.is_own_target(m) && wanted(m))
             .collect();
         let runnable = |m: &&sluicegate::Migration| {
             matches!(
@@ -379,14 +396,14 @@ pub async fn run(sg: &Sluicegate, args: &RunArgs) -> Result<()> {
                 | sluicegate::MigrationStatus::Finalizing
         );
         // Another target's protections are read where it runs, not here.
-        if live && m.unreadable.is_none() && sg.is_own_target(&m) {
+        if live && m.unreadable.is_none() && sg.is_own_target(&m) && wanted(&m) {
             if let Ok(off) = sg.protections_off(&m.table_name, &m.health).await {
                 output::warn_protections_off(&m.name, &off, &m.health);
             }
         }
     }
     let reporter = Reporter::start(sg.clone(), bars_wanted(args.json));
-    let worker = sg
+    let mut worker = sg
         .worker(WorkerOptions {
             name: args.worker.clone().unwrap_or_else(default_worker_name),
             lease: args.lease,
@@ -394,6 +411,9 @@ pub async fn run(sg: &Sluicegate, args: &RunArgs) -> Result<()> {
             concurrency: args.concurrency,
         })
         .with_events(reporter.sink());
+    if !only.is_empty() {
+        worker = worker.only(only);
+    }
     let result = if args.once {
         worker.run_once().await.map(|outcomes| {
             if outcomes.iter().all(|o| *o == StepOutcome::Idle) {
@@ -442,6 +462,230 @@ pub async fn finalize(sg: &Sluicegate, migration: &str, json: bool) -> Result<()
         );
     } else {
         outln!("migration {} ({}) is finished", m.id, m.name);
+    }
+    Ok(())
+}
+
+/// One decision of `apply` as JSON: `{name, action, migration_id, status, differences,
+/// error, plan}`.
+fn applied_json(
+    name: &str,
+    decision: std::result::Result<&IfAbsent, &sluicegate::Error>,
+    queued: Option<&sluicegate::Migration>,
+) -> Value {
+    let (action, existing, differences) = match decision {
+        Ok(IfAbsent::Queue(_)) => ("queue", queued, Vec::new()),
+        Ok(IfAbsent::Unchanged(m)) => ("unchanged", Some(m), Vec::new()),
+        Ok(IfAbsent::FinishedDifferent {
+            migration,
+            differences,
+        }) => ("finished_different", Some(migration), differences.clone()),
+        Ok(IfAbsent::Unrecorded(m)) => ("unrecorded", Some(m), Vec::new()),
+        Err(sluicegate::Error::DefinitionChanged { differences, .. }) => {
+            ("refused", None, differences.clone())
+        }
+        Err(_) => ("refused", None, Vec::new()),
+    };
+    json!({
+        "name": name,
+        "action": action,
+        "migration_id": existing.map(|m| m.id),
+        "status": existing.map(|m| m.status),
+        "differences": differences,
+        "error": decision.err().map(|e| e.to_string()),
+        "plan": match decision {
+            Ok(IfAbsent::Queue(plan)) if queued.is_none() => Some(dry_run_value(plan)),
+            _ => None,
+        },
+    })
+}
+
+/// `apply DIR`: queues the definitions of DIR not queued yet, in file-name order. Every file
+/// is read and decided first: one that does not read or validate, or that changed under a
+/// live migration, is shown with why, and nothing is queued (exit 1).
+pub async fn apply(sg: &Sluicegate, args: &ApplyArgs) -> Result<()> {
+    let mut requests = sluicegate::definition::read_dir(&args.dir)?;
+    for req in &mut requests {
+        req.actor = "cli".into();
+    }
+    if requests.is_empty() {
+        bail!("no definition (*.toml) in {}", args.dir.display());
+    }
+    let decisions = sg.plan_definitions(&requests).await;
+    let refused = decisions.iter().filter(|d| d.is_err()).count();
+    if refused > 0 || args.dry_run {
+        let mut all = Vec::new();
+        for (req, decision) in requests.iter().zip(&decisions) {
+            if args.json {
+                all.push(applied_json(&req.name, decision.as_ref(), None));
+                continue;
+            }
+            match decision {
+                Ok(IfAbsent::Queue(plan)) => {
+                    outln!("{}: would queue", req.name);
+                    print_plan(plan)?;
+                }
+                Ok(other) => outln!("{}: {}", req.name, other.describe()),
+                Err(e) => outln!("{}: refused: {e}", req.name),
+            }
+        }
+        if args.json {
+            outln!("{}", serde_json::to_string_pretty(&all)?);
+        }
+        if refused > 0 {
+            bail!(
+                "{refused} of {} definition(s) in {} refused; nothing was queued",
+                requests.len(),
+                args.dir.display()
+            );
+        }
+        if !args.json {
+            outln!("dry run: nothing was written");
+        }
+        return Ok(());
+    }
+    let mut all = Vec::new();
+    for (req, decision) in requests.iter().zip(decisions) {
+        let decision = decision?;
+        let queued = match &decision {
+            IfAbsent::Queue(plan) => Some(sg.queue_plan(plan).await?),
+            _ => None,
+        };
+        if args.json {
+            all.push(applied_json(&req.name, Ok(&decision), queued.as_ref()));
+            continue;
+        }
+        match (&decision, &queued) {
+            (IfAbsent::Queue(_), Some(m)) => outln!(
+                "{}: queued migration {} ({} on {}.{}, keys {} ..= {}, {})",
+                req.name,
+                m.id,
+                m.job_kind,
+                m.table_name,
+                m.key.display_names(),
+                m.min_value,
+                m.max_value,
+                m.status
+            ),
+            (other, _) => outln!("{}: {}", req.name, other.describe()),
+        }
+    }
+    if args.json {
+        outln!("{}", serde_json::to_string_pretty(&all)?);
+    }
+    Ok(())
+}
+
+/// A command's end with an exit code of its own (`ensure`): `main` prints the message as the
+/// one error line and exits with the code.
+#[derive(Debug)]
+pub struct Exit {
+    /// The exit code.
+    pub code: u8,
+    /// The one line said on stderr.
+    pub message: String,
+}
+
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Exit {}
+
+/// `ensure`'s exit codes: still running, failed or cancelled, not queued.
+pub const EXIT_RUNNING: u8 = 3;
+/// See [`EXIT_RUNNING`].
+pub const EXIT_FAILED: u8 = 4;
+/// See [`EXIT_RUNNING`].
+pub const EXIT_NOT_QUEUED: u8 = 5;
+
+/// `ensure NAME...`: the deploy gate. One line per migration on stdout (its failures
+/// grouped under a failed one); exit 0 when all are finished, else the worst one's code.
+pub async fn ensure(sg: &Sluicegate, args: &EnsureArgs) -> Result<()> {
+    use sluicegate::engine::{EnsureOptions, Standing};
+    let options = EnsureOptions {
+        finalize: args.finalize,
+        timeout: args.timeout,
+        actor: "cli".into(),
+    };
+    let reports = sg
+        .ensure(
+            &args.migrations,
+            &options,
+            sluicegate_cli::shutdown_signal(),
+        )
+        .await?;
+    if args.json {
+        outln!("{}", serde_json::to_string_pretty(&reports)?);
+    } else {
+        for r in &reports {
+            outln!("{}: {}", r.name, r.reason);
+            for g in r.failures.iter().take(5) {
+                outln!(
+                    "  {} failed attempt(s) of {} job(s): {}: {}",
+                    g.attempts,
+                    g.jobs,
+                    g.class,
+                    g.message
+                );
+            }
+        }
+    }
+    let worst = reports
+        .iter()
+        .map(|r| r.standing)
+        .max()
+        .unwrap_or(Standing::Finished);
+    let named = |standing: Standing| {
+        reports
+            .iter()
+            .filter(|r| r.standing == standing)
+            .map(|r| r.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let (code, what) = match worst {
+        Standing::Finished => return Ok(()),
+        Standing::Running => (EXIT_RUNNING, "still running"),
+        Standing::Failed => (EXIT_FAILED, "failed or cancelled"),
+        Standing::NotQueued => (EXIT_NOT_QUEUED, "not queued"),
+    };
+    let not_finished = reports
+        .iter()
+        .filter(|r| r.standing != Standing::Finished)
+        .count();
+    Err(Exit {
+        code,
+        message: format!(
+            "{not_finished} of {} migration(s) not finished; {what}: {}",
+            reports.len(),
+            named(worst)
+        ),
+    }
+    .into())
+}
+
+/// `verify MIGRATION`: its `--verify` condition checked now over its range, read only; exit
+/// 4 (as `ensure` says of a failed migration) when a row violates it.
+pub async fn verify(sg: &Sluicegate, migration: &str, json: bool) -> Result<()> {
+    let m = sg.migration(migration).await?;
+    let found = sg.verify_now(&m).await?;
+    if json {
+        outln!("{}", serde_json::to_string_pretty(&found)?);
+    } else {
+        outln!("{}: {}", m.name, found.describe());
+    }
+    if found.violations > 0 {
+        return Err(Exit {
+            code: EXIT_FAILED,
+            message: format!(
+                "{} row(s) of {} violate its --verify condition",
+                found.violations, m.name
+            ),
+        }
+        .into());
     }
     Ok(())
 }

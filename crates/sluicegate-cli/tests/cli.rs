@@ -1643,3 +1643,561 @@ store_test!(
         );
     }
 );
+
+/// `sg` that must succeed; its stdout.
+fn ok(url: &str, args: &[&str]) -> String {
+    let out = sg(url, args);
+    assert!(
+        out.status.success(),
+        "sluicegate {args:?}: {}{}",
+        stderr(&out),
+        stdout(&out)
+    );
+    stdout(&out)
+}
+
+store_test!(
+    status_filters_jobs_limits_and_run_only_runs_the_named,
+    |db| {
+        db.create_items("items", &[(1, 100)]).await;
+        db.create_items("others", &[(1, 100)]).await;
+        db.create_items("thirds", &[(1, 100)]).await;
+        let url = db.url.clone();
+        ok(&url, &["setup"]);
+        for (name, table) in [("one", "items"), ("two", "others"), ("three", "thirds")] {
+            ok(
+                &url,
+                &[
+                    "queue",
+                    name,
+                    "--table",
+                    table,
+                    "--kind",
+                    "update",
+                    "--set",
+                    "n = n + 1",
+                    "--batch-size",
+                    "10",
+                    "--sub-batch-size",
+                    "10",
+                    "--pause-ms",
+                    "0",
+                ],
+            );
+        }
+        // `run --only` works on the named migrations alone, and ends once they are done.
+        let out = ok(
+            &url,
+            &["run", "--until-idle", "--only", "two,three", "--json"],
+        );
+        assert!(!out.contains("\"migration\":\"one\""), "{out}");
+        assert_eq!(db.scalar("SELECT sum(n) FROM others").await, 100);
+        assert_eq!(db.scalar("SELECT sum(n) FROM thirds").await, 100);
+        assert_eq!(db.scalar("SELECT sum(n) FROM items").await, 0);
+        assert_fails_with(
+            &sg(&url, &["run", "--until-idle", "--only", "nope"]),
+            "nope",
+        );
+        ok(
+            &url,
+            &[
+                "queue", "four", "--table", "thirds", "--kind", "update", "--set", "n = 0",
+                "--paused",
+            ],
+        );
+        ok(&url, &["cancel", "four"]);
+
+        // `status --status`: the statuses asked for, in text and JSON.
+        let text = ok(&url, &["status", "--status", "active"]);
+        assert!(
+            text.contains("one") && !text.contains("two") && !text.contains("four"),
+            "{text}"
+        );
+        let json: serde_json::Value = serde_json::from_str(&ok(
+            &url,
+            &["status", "--status", "finished,cancelled", "--json"],
+        ))
+        .unwrap();
+        let names: Vec<&str> = json
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, ["two", "three", "four"]);
+        assert!(ok(&url, &["status", "--status", "failed"]).contains("no migration is failed"));
+        assert_fails_with(
+            &sg(&url, &["status", "--status", "actve"]),
+            "unknown migration status \"actve\" in --status (expected paused, active",
+        );
+
+        // `jobs --limit`: the newest N, newest first, with the total.
+        let all: serde_json::Value =
+            serde_json::from_str(&ok(&url, &["jobs", "two", "--json"])).unwrap();
+        let ids: Vec<i64> = all
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|j| j["id"].as_i64().unwrap())
+            .collect();
+        assert_eq!(ids.len(), 10);
+        let text = ok(&url, &["jobs", "two", "--limit", "3"]);
+        assert!(text.contains("3 of 10 job(s), newest first"), "{text}");
+        let newest: serde_json::Value =
+            serde_json::from_str(&ok(&url, &["jobs", "two", "--limit", "3", "--json"])).unwrap();
+        let got: Vec<i64> = newest
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|j| j["id"].as_i64().unwrap())
+            .collect();
+        assert_eq!(got, [ids[9], ids[8], ids[7]]);
+        // Each job's cursor is shown.
+        assert!(text.contains("CURSOR"), "{text}");
+    }
+);
+
+store_test!(
+    apply_queues_definitions_once_and_refuses_a_changed_one,
+    |db| {
+        db.create_items("items", &[(1, 100)]).await;
+        db.create_items("others", &[(1, 100)]).await;
+        let url = db.url.clone();
+        ok(&url, &["setup"]);
+        let dir = tempfile::tempdir().unwrap();
+        let write = |file: &str, text: &str| std::fs::write(dir.path().join(file), text).unwrap();
+        write(
+        "001_backfill.toml",
+        "name = \"backfill\"\ntable = \"items\"\nkind = \"update\"\nset = \"n = n + 1\"\nbatch_size = 20\npause_ms = 0\n",
+    );
+        write(
+        "002_purge.toml",
+        "name = \"purge\"\ntable = \"others\"\nkind = \"delete\"\nscope = \"id > 90\"\n[health]\nhold = \"1s\"\n",
+    );
+        write("README.md", "not a definition");
+        let dir_arg = dir.path().to_str().unwrap().to_owned();
+
+        // The dry run prints each plan and writes nothing.
+        let dry = ok(&url, &["apply", &dir_arg, "--dry-run"]);
+        assert!(dry.contains("backfill: would queue"), "{dry}");
+        assert!(dry.contains("purge: would queue"), "{dry}");
+        assert!(dry.contains("dry run: nothing was written"), "{dry}");
+        assert!(ok(&url, &["status"]).contains("no migrations queued"));
+
+        // Queued in file-name order; the second apply is a no-op that exits 0.
+        let first = ok(&url, &["apply", &dir_arg]);
+        assert!(
+            first.contains("backfill: queued migration 1 (update on ")
+                && first.contains("purge: queued migration 2 (delete on "),
+            "{first}"
+        );
+        let second = ok(&url, &["apply", &dir_arg]);
+        assert!(
+            second.contains(
+                "backfill: unchanged: migration 1 is queued with this definition (active)"
+            ),
+            "{second}"
+        );
+        assert!(second.contains("purge: unchanged: migration 2"), "{second}");
+        let json: serde_json::Value =
+            serde_json::from_str(&ok(&url, &["apply", &dir_arg, "--json"])).unwrap();
+        assert_eq!(json[0]["action"], "unchanged", "{json}");
+        assert_eq!(json[1]["migration_id"], 2, "{json}");
+
+        // `queue --if-not-exists` with the same flags as the file: a no-op too.
+        let same = ok(
+            &url,
+            &[
+                "queue",
+                "backfill",
+                "--table",
+                "items",
+                "--kind",
+                "update",
+                "--set",
+                "n = n + 1",
+                "--batch-size",
+                "20",
+                "--pause-ms",
+                "0",
+                "--if-not-exists",
+            ],
+        );
+        assert!(same.contains("unchanged: migration 1"), "{same}");
+        let plain = sg(
+            &url,
+            &[
+                "queue",
+                "backfill",
+                "--table",
+                "items",
+                "--kind",
+                "update",
+                "--set",
+                "n = n + 1",
+                "--batch-size",
+                "20",
+                "--pause-ms",
+                "0",
+            ],
+        );
+        assert_fails_with(&plain, "a migration named \"backfill\" is already queued");
+
+        // A changed definition of a live migration: refused with the difference, non-zero exit,
+        // nothing queued (not even the new file beside it).
+        write(
+        "001_backfill.toml",
+        "name = \"backfill\"\ntable = \"items\"\nkind = \"update\"\nset = \"n = n + 2\"\nbatch_size = 20\npause_ms = 0\n",
+    );
+        write(
+            "003_more.toml",
+            "table = \"others\"\nkind = \"update\"\nset = \"n = 7\"\npaused = true\n",
+        );
+        let refused = sg(&url, &["apply", &dir_arg]);
+        assert_eq!(refused.status.code(), Some(1), "{}", stderr(&refused));
+        let out = stdout(&refused);
+        assert!(
+        out.contains("backfill: refused: migration 1 (\"backfill\", active) was queued from another definition: arguments.set: \"n = n + 1\" -> \"n = n + 2\""),
+        "{out}"
+    );
+        assert!(
+            stderr(&refused).contains("1 of 3 definition(s)")
+                && stderr(&refused).contains("nothing was queued"),
+            "{}",
+            stderr(&refused)
+        );
+        assert_fails_with(
+            &sg(
+                &url,
+                &[
+                    "queue",
+                    "backfill",
+                    "--table",
+                    "items",
+                    "--kind",
+                    "update",
+                    "--set",
+                    "n = n + 2",
+                    "--batch-size",
+                    "20",
+                    "--pause-ms",
+                    "0",
+                    "--if-not-exists",
+                ],
+            ),
+            "arguments.set: \"n = n + 1\" -> \"n = n + 2\"",
+        );
+        assert!(matches!(
+            db.scalar(&format!(
+                "SELECT count(*) FROM {}",
+                tracking(&db, "migrations")
+            ))
+            .await,
+            2
+        ));
+
+        // Once finished, a changed definition is left alone and apply goes on with the others.
+        ok(&url, &["run", "--until-idle"]);
+        let after = ok(&url, &["apply", &dir_arg]);
+        assert!(
+            after.contains("backfill: left alone: migration 1 finished; this definition differs"),
+            "{after}"
+        );
+        assert!(after.contains("more: queued migration 3"), "{after}");
+        assert_eq!(db.scalar("SELECT sum(n) FROM items").await, 100);
+
+        // A file that does not read: named, with its line.
+        write(
+            "004_bad.toml",
+            "table = \"items\"\nkind = \"update\"\nset_clause = \"n = 1\"\n",
+        );
+        assert_fails_with(
+            &sg(&url, &["apply", &dir_arg]),
+            "definition 004_bad.toml, line 3: unknown field `set_clause`",
+        );
+    }
+);
+
+/// A trigger on `items` that refuses to update row `id` (both engines), and its removal.
+async fn block_row(db: &TestDb, id: i64) {
+    match db.backend {
+        Backend::Postgres => {
+            db.exec(&format!(
+                "CREATE FUNCTION block_row() RETURNS trigger LANGUAGE plpgsql AS $$
+                 BEGIN IF NEW.id = {id} THEN RAISE EXCEPTION 'row {id} is blocked'; END IF;
+                 RETURN NEW; END $$"
+            ))
+            .await;
+            db.exec("CREATE TRIGGER block_row BEFORE UPDATE ON items FOR EACH ROW EXECUTE FUNCTION block_row()")
+                .await;
+        }
+        Backend::Sqlite => {
+            db.exec(&format!(
+                "CREATE TRIGGER block_row BEFORE UPDATE ON items WHEN NEW.id = {id}
+                 BEGIN SELECT RAISE(ABORT, 'row {id} is blocked'); END"
+            ))
+            .await;
+        }
+    }
+}
+
+store_test!(
+    ensure_exits_by_standing_and_finalize_finishes_after_three_failures,
+    |db| {
+        db.create_items("items", &[(1, 100)]).await;
+        let url = db.url.clone();
+        ok(&url, &["setup"]);
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+        dir.path().join("backfill.toml"),
+        "table = \"items\"\nkind = \"update\"\nset = \"n = n + 1\"\nbatch_size = 20\nsub_batch_size = 10\npause_ms = 0\n",
+    )
+    .unwrap();
+        ok(&url, &["apply", dir.path().to_str().unwrap()]);
+
+        // Queued, not run yet: still running (3); a name not queued: 5, the worst.
+        let running = sg(&url, &["ensure", "backfill"]);
+        assert_eq!(running.status.code(), Some(3), "{}", stderr(&running));
+        assert!(
+            stdout(&running).contains("backfill: still running: active, 0.0% done"),
+            "{}",
+            stdout(&running)
+        );
+        assert_eq!(
+            stderr(&running).trim(),
+            "error: 1 of 1 migration(s) not finished; still running: backfill"
+        );
+        let missing = sg(&url, &["ensure", "backfill", "nope", "--finalize"]);
+        assert_eq!(missing.status.code(), Some(5), "{}", stderr(&missing));
+        assert!(
+            stdout(&missing).contains("nope: not queued"),
+            "{}",
+            stdout(&missing)
+        );
+        assert_eq!(
+            db.scalar("SELECT sum(n) FROM items").await,
+            0,
+            "nothing ran"
+        );
+        // Waiting for workers that are not there: still running after the timeout.
+        let waited = sg(&url, &["ensure", "backfill", "--timeout", "300ms"]);
+        assert_eq!(waited.status.code(), Some(3));
+        assert!(
+            stdout(&waited).contains("(still, after 300ms)"),
+            "{}",
+            stdout(&waited)
+        );
+
+        // Row 60 cannot be updated: its job fails three times and the migration fails (4).
+        block_row(&db, 60).await;
+        ok(&url, &["run", "--until-idle"]);
+        let failed = sg(&url, &["ensure", "backfill"]);
+        assert_eq!(failed.status.code(), Some(4), "{}", stderr(&failed));
+        let out = stdout(&failed);
+        assert!(out.contains("backfill: failed: "), "{out}");
+        assert!(out.contains("3 failed attempt(s) of 1 job(s): "), "{out}");
+        assert!(out.contains("row 60 is blocked"), "{out}");
+        // The failed job's cursor (its last committed key: a retry resumes after it) is shown.
+        let failed_jobs = ok(&url, &["jobs", "backfill", "--status", "failed"]);
+        let row = failed_jobs
+            .lines()
+            .find(|l| l.contains("41 ..= 60"))
+            .unwrap_or_else(|| panic!("{failed_jobs}"));
+        let cells: Vec<&str> = row.split('┆').map(str::trim).collect();
+        assert_eq!(cells[3], "50", "{failed_jobs}");
+        assert!(ok(&url, &["show", "backfill"]).contains("41 ..= 60"));
+        let json: serde_json::Value =
+            serde_json::from_slice(&sg(&url, &["ensure", "backfill", "--json"]).stdout).unwrap();
+        assert_eq!(json[0]["standing"], "failed", "{json}");
+        assert_eq!(json[0]["failures"][0]["attempts"], 3, "{json}");
+
+        // Still blocked, --finalize cannot finish it: it says so, loudly (4).
+        let stuck = sg(&url, &["ensure", "backfill", "--finalize"]);
+        assert_eq!(stuck.status.code(), Some(4), "{}", stdout(&stuck));
+        // The cause removed, --finalize retries the failed job with fresh attempts and finishes.
+        match db.backend {
+            Backend::Postgres => db.exec("DROP TRIGGER block_row ON items").await,
+            Backend::Sqlite => db.exec("DROP TRIGGER block_row").await,
+        }
+        let done = sg(&url, &["ensure", "backfill", "--finalize"]);
+        assert!(done.status.success(), "{}{}", stdout(&done), stderr(&done));
+        assert!(
+            stdout(&done).contains("backfill: finished at "),
+            "{}",
+            stdout(&done)
+        );
+        assert_eq!(
+            db.scalar("SELECT count(*) FROM items WHERE n = 1").await,
+            100
+        );
+        ok(&url, &["ensure", "backfill"]);
+    }
+);
+
+store_test!(
+    after_is_shown_as_waiting_and_ensure_finalizes_in_order,
+    |db| {
+        db.create_items("items", &[(1, 50)]).await;
+        db.create_items("others", &[(1, 50)]).await;
+        let url = db.url.clone();
+        ok(&url, &["setup"]);
+        let queue = |name: &str, table: &str, extra: &[&str]| {
+            let mut args = vec![
+                "queue",
+                name,
+                "--table",
+                table,
+                "--kind",
+                "update",
+                "--set",
+                "n = n + 1",
+                "--batch-size",
+                "10",
+                "--pause-ms",
+                "0",
+            ];
+            args.extend_from_slice(extra);
+            sg(&url, &args)
+        };
+        assert!(queue("first", "items", &[]).status.success());
+        let out = queue("second", "others", &["--after", "first"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert_fails_with(
+            &queue("third", "others", &["--after", "nope", "--dry-run"]),
+            "--after \"nope\": no migration of this name is queued",
+        );
+        let status = ok(&url, &["status", "--status", "active"]);
+        assert!(status.contains("waiting for first (active)"), "{status}");
+        assert!(ok(&url, &["show", "second"]).contains("waiting for first (active)"));
+        let json: serde_json::Value =
+            serde_json::from_str(&ok(&url, &["show", "second", "--json"])).unwrap();
+        assert_eq!(json["after"], serde_json::json!([1]), "{json}");
+        assert_eq!(
+            json["waiting_for"],
+            serde_json::json!(["first (active)"]),
+            "{json}"
+        );
+        // Finalizing the second alone: it waits for the first (3), nothing of it runs.
+        let waiting = sg(&url, &["ensure", "second", "--finalize"]);
+        assert_eq!(waiting.status.code(), Some(3), "{}", stderr(&waiting));
+        assert!(
+            stdout(&waiting).contains("waiting for first (active)"),
+            "{}",
+            stdout(&waiting)
+        );
+        assert_fails_with(
+            &sg(&url, &["finalize", "second"]),
+            "it runs after first (active)",
+        );
+        assert_eq!(db.scalar("SELECT sum(n) FROM others").await, 0);
+        // Both, named in any order: the first is finalized first, then the second.
+        ok(&url, &["ensure", "second", "first", "--finalize"]);
+        assert_eq!(db.scalar("SELECT sum(n) FROM items").await, 50);
+        assert_eq!(db.scalar("SELECT sum(n) FROM others").await, 50);
+    }
+);
+
+store_test!(
+    verify_fails_a_migration_whose_rows_changed_behind_its_back,
+    |db| {
+        db.create_items("items", &[(1, 100)]).await;
+        let url = db.url.clone();
+        ok(&url, &["setup"]);
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+        dir.path().join("lower.toml"),
+        "table = \"items\"\nkind = \"update\"\nset = \"email_lower = lower(email)\"\nverify = \"email_lower = lower(email)\"\nbatch_size = 20\npause_ms = 0\n",
+    )
+    .unwrap();
+        ok(&url, &["apply", dir.path().to_str().unwrap()]);
+        assert!(ok(&url, &["show", "lower"]).contains("email_lower = lower(email)"));
+        // The first job (keys 1 ..= 20) runs; then row 5 is changed behind the migration's back.
+        ok(&url, &["run", "--once"]);
+        assert_eq!(
+            db.scalar("SELECT count(*) FROM items WHERE id = 5 AND email_lower IS NOT NULL")
+                .await,
+            1
+        );
+        db.exec("UPDATE items SET email_lower = NULL WHERE id = 5")
+            .await;
+        ok(&url, &["run", "--until-idle"]);
+        let failed = sg(&url, &["ensure", "lower"]);
+        assert_eq!(failed.status.code(), Some(4), "{}", stderr(&failed));
+        let out = stdout(&failed);
+        assert!(
+        out.contains("lower: failed: verify (email_lower = lower(email)): 100 rows checked, 1 violation; keys 5"),
+        "{out}"
+    );
+        assert!(
+            out.contains("VerificationFailed") || out.contains("failed: verify"),
+            "{out}"
+        );
+        let history = ok(&url, &["history", "lower", "--json"]);
+        assert!(history.contains("\"event\": \"verify\""), "{history}");
+        assert!(history.contains("VerificationFailed"), "{history}");
+        // `verify` reads it again on demand: exit 4 with the sample key.
+        let again = sg(&url, &["verify", "lower"]);
+        assert_eq!(again.status.code(), Some(4), "{}", stderr(&again));
+        assert!(
+            stdout(&again).contains("100 rows checked, 1 violation; keys 5"),
+            "{}",
+            stdout(&again)
+        );
+        // Fixed, the retried migration verifies clean and finishes; `verify` exits 0.
+        db.exec("UPDATE items SET email_lower = lower(email) WHERE id = 5")
+            .await;
+        ok(&url, &["retry", "lower"]);
+        ok(&url, &["run", "--until-idle"]);
+        ok(&url, &["ensure", "lower"]);
+        assert!(ok(&url, &["verify", "lower"]).contains("100 rows checked, 0 violations"));
+    }
+);
+
+store_test!(
+    set_takes_the_timeouts_and_a_small_batch_needs_no_sub_batch,
+    |db| {
+        db.create_items("items", &[(1, 100)]).await;
+        let url = db.url.clone();
+        ok(&url, &["setup"]);
+        // `--batch-size 50` alone: the default sub-batch follows it down.
+        ok(
+            &url,
+            &[
+                "queue",
+                "small",
+                "--table",
+                "items",
+                "--kind",
+                "update",
+                "--set",
+                "n = n + 1",
+                "--batch-size",
+                "50",
+            ],
+        );
+        let out = ok(
+            &url,
+            &[
+                "set",
+                "small",
+                "--statement-timeout",
+                "2m",
+                "--lock-timeout",
+                "10s",
+            ],
+        );
+        assert!(
+            out.contains("statement_timeout 30s -> 2m; lock_timeout 5s -> 10s"),
+            "{out}"
+        );
+        let json: serde_json::Value =
+            serde_json::from_str(&ok(&url, &["show", "small", "--json"])).unwrap();
+        assert_eq!(json["statement_timeout_ms"], 120_000, "{json}");
+        assert_eq!(json["lock_timeout_ms"], 10_000, "{json}");
+        assert_eq!(json["sub_batch_size"], 50, "{json}");
+        assert_fails_with(
+            &sg(&url, &["set", "small", "--statement-timeout", "0s"]),
+            "statement",
+        );
+    }
+);

@@ -1697,3 +1697,51 @@ async fn the_migration_page_lists_the_protections_that_are_off() {
     db.exec(&format!("DROP OWNED BY {role}")).await;
     db.exec(&format!("DROP ROLE {role}")).await;
 }
+
+store_test!(
+    the_api_says_what_a_migration_waits_for_and_sets_timeouts,
+    |db| {
+        db.create_items("items", &[(1, 50)]).await;
+        db.create_items("others", &[(1, 50)]).await;
+        let sg = db.sluicegate().await;
+        let first = sg
+            .queue(&QueueRequest::new("first", "update", "items").argument("set", "n = 1"))
+            .await
+            .unwrap();
+        let mut req = QueueRequest::new("second", "update", "others").argument("set", "n = 1");
+        req.after = vec!["first".into()];
+        sg.queue(&req).await.unwrap();
+        let st = AppState::new(sg.clone(), Some("s3cret-token".into()));
+        let (status, body, _) = call(&st, "GET", "/api/migrations/second", None, None).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let view = json(&body);
+        assert_eq!(view["after"], serde_json::json!([first.id]), "{view}");
+        assert_eq!(
+            view["waiting_for"],
+            serde_json::json!(["first (active)"]),
+            "{view}"
+        );
+        let (_, body, _) = call(&st, "GET", "/api/migrations", None, None).await;
+        assert!(json(&body)[0].get("waiting_for").is_none(), "{body}");
+        // `set` takes the timeouts, as the CLI does.
+        let (status, body, _) = call(
+            &st,
+            "POST",
+            "/api/migrations/second/set",
+            Some("s3cret-token"),
+            Some(r#"{"statement_timeout_ms": 60000, "lock_timeout_ms": 2000}"#),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let m = sg.migration("second").await.unwrap();
+        assert_eq!((m.statement_timeout_ms, m.lock_timeout_ms), (60_000, 2_000));
+        let last = sg.migration_history(&m).await.unwrap().pop().unwrap();
+        assert_eq!(
+            (last.event, last.reason.as_deref()),
+            (
+                MigrationEvent::Set,
+                Some("statement_timeout 30s -> 1m; lock_timeout 5s -> 2s")
+            )
+        );
+    }
+);

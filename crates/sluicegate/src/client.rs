@@ -30,9 +30,16 @@ use crate::store::{
     Store, SubBatchSpec, Target, Timeouts, SCHEMA_VERSION,
 };
 
+mod after;
 mod health;
+mod if_absent;
 pub mod lanes;
 mod nodes;
+mod verify;
+
+pub use after::runnable_ids;
+pub use if_absent::{definition_differences, IfAbsent};
+pub use verify::{Verification, VERIFY_SAMPLES};
 
 /// Default tracking schema on PostgreSQL.
 pub const DEFAULT_SCHEMA: &str = "sluicegate";
@@ -91,6 +98,11 @@ pub struct SettingsChange {
     pub interval: Option<Duration>,
     /// Every health setting (start from the migration's own to change a few).
     pub health: Option<HealthSettings>,
+    /// Each sub-batch's statement timeout (PostgreSQL): a job that cannot finish within the
+    /// one it was queued with gets a way out.
+    pub statement_timeout: Option<Duration>,
+    /// Each sub-batch's lock timeout (PostgreSQL).
+    pub lock_timeout: Option<Duration>,
 }
 
 /// A migration to queue. [`QueueRequest::new`] fills in GitLab's defaults.
@@ -144,6 +156,14 @@ pub struct QueueRequest {
     /// The sub-batch tuner aims each sub-batch transaction at this (default 100 ms); zero
     /// keeps the sub-batch size fixed (GitLab's behaviour).
     pub target_sub_batch_time: Duration,
+    /// The migrations it runs after, by name (`--after`): each must be queued already (or
+    /// come earlier among the definitions applied with it); no worker claims this one until
+    /// each of them has finished.
+    pub after: Vec<String>,
+    /// A condition every row of its range (and scope) must meet after its last job
+    /// (`--verify`, read like `--where`): checked then, it ends `finished` only when no row
+    /// violates it.
+    pub verify: Option<String>,
 }
 
 impl QueueRequest {
@@ -175,6 +195,8 @@ impl QueueRequest {
             actor: "library".to_owned(),
             health: HealthSettings::default(),
             target_sub_batch_time: Duration::from_millis(100),
+            after: Vec::new(),
+            verify: None,
         }
     }
 
@@ -244,6 +266,8 @@ pub struct Plan {
     /// `unknown` for a reason an operator can fix, with the grant that would turn each on
     /// ([`crate::health::protections_off`]).
     pub protections_off: Vec<crate::health::Reading>,
+    /// The migrations it runs after, by name: resolved to their ids when it is queued.
+    pub after: Vec<String>,
 }
 
 impl Plan {
@@ -739,6 +763,13 @@ impl Sluicegate {
     /// before any of it runs. Workers call it when they claim a migration.
     pub fn check_definition(&self, m: &Migration) -> Result<()> {
         let table = TableName::parse(&m.table_name)?;
+        if let Some(verify) = &m.verify {
+            fragment::check_condition(self.target.backend(), "--verify", verify).map_err(
+                |reason| {
+                    Error::InvalidSettings(format!("the stored definition's --verify: {reason}"))
+                },
+            )?;
+        }
         self.check_sql(
             &m.job_kind,
             &m.job_arguments,
@@ -757,6 +788,13 @@ impl Sluicegate {
     /// Validates a migration against the target database and returns what would be inserted,
     /// writing nothing: its first sub-batch runs inside a transaction that is rolled back.
     pub async fn plan(&self, req: &QueueRequest) -> Result<Plan> {
+        self.plan_in(req, &[]).await
+    }
+
+    /// [`Self::plan`] among definitions applied together: `earlier` are the names of those
+    /// before it, which `req.after` may name before they are queued.
+    pub(crate) async fn plan_in(&self, req: &QueueRequest, earlier: &[String]) -> Result<Plan> {
+        self.check_after(req, earlier).await?;
         if req.name.trim().is_empty() {
             return Err(Error::InvalidSettings("the migration name is empty".into()));
         }
@@ -828,6 +866,16 @@ impl Sluicegate {
             .map(str::trim)
             .filter(|s| !s.is_empty())
             .map(str::to_owned);
+        let verify = req
+            .verify
+            .as_deref()
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned);
+        if let Some(verify) = &verify {
+            fragment::check_condition(self.target.backend(), "--verify", verify)
+                .map_err(Error::InvalidSettings)?;
+        }
         // The operator's SQL is read before any of it runs (the bounds below run the scope).
         self.check_sql(
             &req.job_kind,
@@ -869,6 +917,28 @@ impl Sluicegate {
             }
         }
         let next_start = (!empty).then(|| Lower::From(min_value.clone()));
+        // The verification runs once on the first key, read only: a typo fails here.
+        if let (Some(verify), false) = (&verify, empty) {
+            self.target
+                .verify_range(
+                    &table,
+                    &key,
+                    scope.as_deref(),
+                    verify,
+                    &min_value,
+                    &min_value,
+                    0,
+                    millis(req.statement_timeout),
+                )
+                .await
+                .map_err(|e| match e {
+                    Error::Database { source, .. } => Error::InvalidSettings(format!(
+                        "--verify {verify:?} does not run on table {:?}: {source}",
+                        table.table
+                    )),
+                    e => e,
+                })?;
+        }
         let protections_off = self.check_health_settings(&table, &settings, None).await?;
         let trial_lower = Lower::From(min_value.clone());
         // A distributed table's trial runs as its jobs will: on one shard, on its node.
@@ -976,6 +1046,9 @@ impl Sluicegate {
             actor: req.actor.clone(),
             citus: citus.as_ref().map(|(kind, _)| *kind),
             lanes: citus.map(|(_, lanes)| lanes).unwrap_or_default(),
+            definition: Some(req.canonical_definition()),
+            after: Vec::new(),
+            verify: verify.clone(),
         };
         self.refuse_duplicate(&migration).await?;
         // The rows it will change: those its kind's `where` matches among the keys it walks.
@@ -1003,6 +1076,7 @@ impl Sluicegate {
             trial_costs,
             rows_to_change,
             protections_off,
+            after: req.after.clone(),
         })
     }
 
@@ -1125,7 +1199,9 @@ impl Sluicegate {
     pub async fn queue_plan(&self, plan: &Plan) -> Result<Migration> {
         self.recheck(&plan.migration)?;
         self.refuse_duplicate(&plan.migration).await?;
-        match self.store.migration_insert(&plan.migration).await {
+        let mut new = plan.migration.clone();
+        new.after = self.resolve_after(&new.name, &plan.after).await?;
+        match self.store.migration_insert(&new).await {
             // Queued by someone else between the check and the insert: name it.
             Err(Error::DuplicateMigration(_)) => {
                 self.refuse_duplicate(&plan.migration).await?;
@@ -1162,6 +1238,10 @@ impl Sluicegate {
         }
         .validate()?;
         let backend = self.target.backend();
+        if let Some(verify) = &m.verify {
+            fragment::check_condition(backend, "--verify", verify)
+                .map_err(Error::InvalidSettings)?;
+        }
         if let Some(probe) = &m.health.probe {
             fragment::check_probe(backend, "--health-probe", probe)
                 .map_err(Error::InvalidSettings)?;
@@ -1210,8 +1290,12 @@ impl Sluicegate {
             max_batch_size: change.max_batch_size.or(m.max_batch_size),
             pause_ms: change.pause_ms.unwrap_or(m.pause_ms),
             interval: change.interval.unwrap_or(m.interval),
-            statement_timeout: Duration::from_millis(m.statement_timeout_ms.max(1) as u64),
-            lock_timeout: Duration::from_millis(m.lock_timeout_ms.max(1) as u64),
+            statement_timeout: change
+                .statement_timeout
+                .unwrap_or(Duration::from_millis(m.statement_timeout_ms.max(1) as u64)),
+            lock_timeout: change
+                .lock_timeout
+                .unwrap_or(Duration::from_millis(m.lock_timeout_ms.max(1) as u64)),
             target_sub_batch_time: Duration::from_millis(m.target_sub_batch_ms.max(0) as u64),
             health: change.health.clone().unwrap_or_else(|| m.health.clone()),
         }
@@ -1262,6 +1346,17 @@ impl Sluicegate {
             humantime::format_duration(m.interval).to_string(),
             humantime::format_duration(merged.interval).to_string(),
         );
+        let ms = |v: i64| humantime::format_duration(Duration::from_millis(v.max(0) as u64));
+        note(
+            "statement_timeout",
+            ms(m.statement_timeout_ms).to_string(),
+            humantime::format_duration(merged.statement_timeout).to_string(),
+        );
+        note(
+            "lock_timeout",
+            ms(m.lock_timeout_ms).to_string(),
+            humantime::format_duration(merged.lock_timeout).to_string(),
+        );
         if let Some(health) = &change.health {
             for (what, old, new) in m.health.differences(health) {
                 note(&what, old, new);
@@ -1285,6 +1380,8 @@ impl Sluicegate {
             pause_ms: change.pause_ms,
             interval_ms: change.interval.map(millis),
             health: change.health.clone(),
+            statement_timeout_ms: change.statement_timeout.map(millis),
+            lock_timeout_ms: change.lock_timeout.map(millis),
             reason: text,
             actor: actor.to_owned(),
         };

@@ -92,6 +92,26 @@ pub enum Error {
     #[error("{0}")]
     DuplicateMigration(String),
 
+    /// A definition differs from the one a live migration of its name was queued from
+    /// (`apply`, `queue --if-not-exists`).
+    #[error("migration {id} ({name:?}, {status}) was queued from another definition: {}; change a queued migration with `sluicegate set`, or cancel it first", differences.join("; "))]
+    DefinitionChanged {
+        /// The name.
+        name: String,
+        /// The migration queued under it.
+        id: i64,
+        /// Its status.
+        status: MigrationStatus,
+        /// Each setting that differs, `field: stored -> given`.
+        differences: Vec<String>,
+    },
+
+    /// A definition (a file of `apply`, a pair of
+    /// [`Sluicegate::apply_definitions`](crate::Sluicegate::apply_definitions)) does not read:
+    /// which, and why.
+    #[error("{0}")]
+    InvalidDefinition(String),
+
     /// No migration has this id or name.
     #[error("no migration {0:?}")]
     MigrationNotFound(String),

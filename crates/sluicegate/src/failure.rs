@@ -56,6 +56,10 @@ pub enum FailureClass {
     /// A lane's node cannot be reached: the job is handed back and the node's lanes held
     /// while the other lanes go on.
     NodeDown,
+    /// The migration's `--verify` condition does not hold for every row of its range after
+    /// its last job (rows changed behind its back, or a statement that does not do what the
+    /// condition says).
+    VerificationFailed,
 }
 
 impl FailureClass {
@@ -80,6 +84,7 @@ impl FailureClass {
             Self::RangeEscaped => "RangeEscaped",
             Self::ShardMoved => "ShardMoved",
             Self::NodeDown => "NodeDown",
+            Self::VerificationFailed => "VerificationFailed",
         }
     }
 }

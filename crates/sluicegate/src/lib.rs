@@ -9,6 +9,7 @@
 #![warn(missing_docs)]
 
 pub mod client;
+pub mod definition;
 pub mod dialect;
 pub mod engine;
 pub mod error;
@@ -28,9 +29,10 @@ pub mod testing;
 
 pub use client::lanes::{lanes_by_node, LaneProgress, LaneState, NodeProgress};
 pub use client::{
-    check_reason, ConnectOptions, Plan, Progress, QueueRequest, SettingsChange, Sluicegate,
-    MAX_REASON_CHARS,
+    check_reason, ConnectOptions, IfAbsent, Plan, Progress, QueueRequest, SettingsChange,
+    Sluicegate, MAX_REASON_CHARS,
 };
+pub use definition::Definition;
 pub use engine::{JobOutcome, StepOutcome, Worker, WorkerLoop, WorkerOptions};
 pub use error::{Error, Result};
 pub use failure::{Failure, FailureClass};

@@ -104,6 +104,20 @@ pub struct Migration {
     /// in lanes, one per shard.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub citus: Option<CitusTable>,
+    /// The definition it was queued from, in canonical form (schema v8: every setting spelled
+    /// out, as JSON text with a fixed order of fields; see
+    /// [`QueueRequest::canonical_definition`](crate::QueueRequest::canonical_definition)):
+    /// what `apply` compares a definition file with. `None` for migrations queued before v8.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub definition: Option<String>,
+    /// The migrations it runs after (`--after`, schema v8), by id: no worker claims it until
+    /// each of them has finished.
+    #[serde(default)]
+    pub after: Vec<i64>,
+    /// `--verify`: the condition every row of its range (and scope) must meet after its last
+    /// job; it ends `finished` only when none violates it (schema v8).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify: Option<String>,
 }
 
 /// The settings of a migration an operator chooses, wherever they come from: `queue`, `set`,
@@ -415,6 +429,12 @@ pub struct NewMigration {
     pub citus: Option<CitusTable>,
     /// Its lanes (a distributed table's shards), inserted with it.
     pub lanes: Vec<NewLane>,
+    /// The definition it is queued from, in canonical form (stored from schema v8 on).
+    pub definition: Option<String>,
+    /// The ids of the migrations it runs after (`--after`), each queued before it.
+    pub after: Vec<i64>,
+    /// The condition checked after its last job (`--verify`).
+    pub verify: Option<String>,
 }
 
 /// Counts of a migration's jobs by status, and its progress.

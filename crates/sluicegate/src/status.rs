@@ -130,6 +130,7 @@ impl MigrationStatus {
             (Active | Paused | Finalizing, E::Resize) => Some(self),
             (Active | Paused, E::Set) => Some(self),
             (Active | Finalizing, E::LaneHold | E::LaneRelease | E::LaneMove) => Some(self),
+            (Active | Finalizing, E::Verify) => Some(self),
             (Active | Paused, E::Finalize) => Some(Finalizing),
             (Active | Finalizing, E::Finish) => Some(Finished),
             (Active | Finalizing, E::Fail) => Some(Failed),
@@ -185,11 +186,14 @@ pub enum MigrationEvent {
     LaneRelease,
     /// A lane's shard was found on another node (moved or rebalanced): the status stays.
     LaneMove,
+    /// Its `--verify` condition was checked after its last job: the status stays; the reason
+    /// says how many rows were checked, how many violate it, and up to 10 of their keys.
+    Verify,
 }
 
 impl MigrationEvent {
     /// All events.
-    pub const ALL: [MigrationEvent; 16] = [
+    pub const ALL: [MigrationEvent; 17] = [
         Self::Queue,
         Self::Pause,
         Self::Resume,
@@ -206,6 +210,7 @@ impl MigrationEvent {
         Self::LaneHold,
         Self::LaneRelease,
         Self::LaneMove,
+        Self::Verify,
     ];
 
     /// The lowercase name stored in the database.
@@ -227,6 +232,7 @@ impl MigrationEvent {
             Self::LaneHold => "lane_hold",
             Self::LaneRelease => "lane_release",
             Self::LaneMove => "lane_move",
+            Self::Verify => "verify",
         }
     }
 
@@ -244,6 +250,7 @@ impl MigrationEvent {
                 | Self::LaneHold
                 | Self::LaneRelease
                 | Self::LaneMove
+                | Self::Verify
         )
     }
 }

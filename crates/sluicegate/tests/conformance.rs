@@ -238,11 +238,18 @@ store_test!(migration_insert, |db| {
         actor: "test".into(),
         citus: None,
         lanes: Vec::new(),
+        definition: Some(r#"{"name":"inserted"}"#.into()),
+        after: vec![m.id],
+        verify: Some("n >= 0".into()),
     };
     let store = sg.store();
     let inserted = store.migration_insert(&new).await.unwrap();
     let read = store.migration_get(inserted.id).await.unwrap().unwrap();
     assert_eq!(read, inserted);
+    // The definition it was queued from and what it runs after are kept as given (v8).
+    assert_eq!(read.definition.as_deref(), Some(r#"{"name":"inserted"}"#));
+    assert_eq!(read.after, [m.id]);
+    assert_eq!(read.verify.as_deref(), Some("n >= 0"));
     assert_eq!(
         (
             read.name.as_str(),
@@ -411,6 +418,64 @@ store_test!(migration_claim, |db| {
         .await
         .unwrap()
         .is_none());
+    // One that runs after `a` (`--after`) is passed over while `a` is not finished.
+    db.create_items("others", &[(1, 10)]).await;
+    let mut req = fast("c", "update", "others", 50, 50).argument("set", "n = 3");
+    req.after = vec!["a".into()];
+    let c = sg.queue(&req).await.unwrap();
+    // With `a` paused (not finished) and `b` cancelled, nothing is due.
+    sg.apply("a", MigrationEvent::Pause, None, "cli")
+        .await
+        .unwrap();
+    sg.apply("b", MigrationEvent::Cancel, None, "cli")
+        .await
+        .unwrap();
+    let claimed = store.migration_claim("w3", LEASE, None).await.unwrap();
+    assert_eq!(claimed.map(|m| m.id), None);
+    assert!(store
+        .migration_claim("w3", LEASE, Some(c.id))
+        .await
+        .unwrap()
+        .is_none());
+});
+
+store_test!(migration_claim_among, |db| {
+    db.create_items("items", &[(1, 100)]).await;
+    db.create_items("others", &[(1, 100)]).await;
+    let sg = db.sluicegate().await;
+    let a = queued(&sg, "a", 50).await;
+    let b = sg
+        .queue(&fast("b", "update", "others", 50, 50).argument("set", "n = 2"))
+        .await
+        .unwrap();
+    let store = sg.store();
+    // The oldest due migration is `a`; among `b` alone, `b` is claimed, with its lease.
+    let claimed = store
+        .migration_claim_among("w1", LEASE, &[b.id])
+        .await
+        .unwrap();
+    assert_eq!(claimed.map(|m| m.id), Some(b.id));
+    // Among none, nothing; among `a`, `a` (its own table is free).
+    assert!(store
+        .migration_claim_among("w2", LEASE, &[])
+        .await
+        .unwrap()
+        .is_none());
+    let claimed = store
+        .migration_claim_among("w2", LEASE, &[a.id, 9_999])
+        .await
+        .unwrap();
+    assert_eq!(claimed.map(|m| m.id), Some(a.id));
+    // A paused one is not due, even when named.
+    sg.apply("b", MigrationEvent::Pause, None, "cli")
+        .await
+        .unwrap();
+    store.table_lease_release(b.id).await.unwrap();
+    assert!(store
+        .migration_claim_among("w3", LEASE, &[b.id])
+        .await
+        .unwrap()
+        .is_none());
 });
 
 store_test!(table_lease_release, |db| {
@@ -517,6 +582,23 @@ store_test!(migration_set, |db| {
     assert_eq!(
         (last.event, last.reason.as_deref()),
         (MigrationEvent::Set, Some("batch 50 -> 40"))
+    );
+    // The timeouts, each kept when not given.
+    let timeouts = MigrationSetParams {
+        migration_id: m.id,
+        statement_timeout_ms: Some(90_000),
+        reason: "statement_timeout 30s -> 1m 30s".into(),
+        actor: "cli".into(),
+        ..MigrationSetParams::default()
+    };
+    let set = sg.store().migration_set(&timeouts).await.unwrap().unwrap();
+    assert_eq!(
+        (
+            set.statement_timeout_ms,
+            set.lock_timeout_ms,
+            set.batch_size
+        ),
+        (90_000, m.lock_timeout_ms, 40)
     );
     sg.apply("s", MigrationEvent::Cancel, None, "cli")
         .await
@@ -1317,6 +1399,9 @@ async fn laned(sg: &Sluicegate) -> Migration {
         actor: "test".into(),
         citus: Some(CitusTable::Distributed),
         lanes: vec![lane(0, "n1:5432"), lane(1, "n2:5432")],
+        definition: None,
+        after: Vec::new(),
+        verify: None,
     };
     let m = sg.store().migration_insert(&new).await.unwrap();
     sg.store()
@@ -1623,4 +1708,44 @@ store_test!(ledger_fence, |db| {
             assert_eq!(db.scalar("SELECT count(*) FROM items WHERE n = 1").await, 5);
         }
     }
+});
+
+store_test!(verify_range, |db| {
+    db.create_items("items", &[(1, 100)]).await;
+    db.exec("UPDATE items SET email_lower = lower(email) WHERE id NOT IN (17, 42)")
+        .await;
+    let sg = db.sluicegate().await;
+    let target = sg.target();
+    let key = queued(&sg, "v", 50).await.key;
+    let cond = "email_lower = lower(email)";
+    let found = target
+        .verify_range(&items(), &key, None, cond, &k(1), &k(100), 10, 30_000)
+        .await
+        .unwrap();
+    assert_eq!(
+        (found.checked, found.violations, found.samples),
+        (100, 2, vec![k(17), k(42)])
+    );
+    // NULL is a violation; the scope and the range bound what is read; samples are capped.
+    let found = target
+        .verify_range(
+            &items(),
+            &key,
+            Some("id > 20"),
+            cond,
+            &k(1),
+            &k(100),
+            1,
+            30_000,
+        )
+        .await
+        .unwrap();
+    assert_eq!((found.checked, found.violations), (80, 1));
+    assert_eq!(found.samples, [k(42)]);
+    let found = target
+        .verify_range(&items(), &key, None, cond, &k(1), &k(41), 0, 30_000)
+        .await
+        .unwrap();
+    assert_eq!((found.checked, found.violations), (41, 1));
+    assert!(found.samples.is_empty());
 });

@@ -20,6 +20,7 @@ const LAYERS: &[&[&str]] = &[
     &["kind"],
     &["store"],
     &["client"],
+    &["definition"],
     &["engine"],
     &["testing"],
 ];

@@ -5,6 +5,7 @@ mod common;
 mod bad_input;
 mod citus;
 mod conformance;
+mod deploy;
 mod guarantees;
 mod health;
 mod keys;

@@ -23,7 +23,7 @@ fn to_value(v: impl serde::Serialize) -> ApiResult {
 pub async fn migrations(State(st): State<AppState>) -> ApiResult {
     let mut all = Vec::new();
     for m in st.sg.migrations().await? {
-        all.push(StatusJson::from_progress(&st.sg.progress(&m).await?));
+        all.push(StatusJson::read(&st.sg, &st.sg.progress(&m).await?).await?);
     }
     to_value(all)
 }
@@ -31,10 +31,9 @@ pub async fn migrations(State(st): State<AppState>) -> ApiResult {
 pub async fn migration(State(st): State<AppState>, Id(id): Id) -> ApiResult {
     let m = st.sg.migration(&id).await?;
     let lanes = st.sg.lanes(&m).await?;
-    to_value(StatusJson {
-        nodes: (!lanes.is_empty()).then(|| sluicegate::lanes_by_node(&lanes)),
-        ..StatusJson::from_progress(&st.sg.progress(&m).await?)
-    })
+    let mut status = StatusJson::read(&st.sg, &st.sg.progress(&m).await?).await?;
+    status.nodes = (!lanes.is_empty()).then(|| sluicegate::lanes_by_node(&lanes));
+    to_value(status)
 }
 
 pub async fn jobs(State(st): State<AppState>, Id(id): Id) -> ApiResult {
@@ -83,6 +82,8 @@ pub struct ActBody {
     max_batch_size: Option<i64>,
     pause_ms: Option<i64>,
     interval_ms: Option<u64>,
+    statement_timeout_ms: Option<u64>,
+    lock_timeout_ms: Option<u64>,
 }
 
 /// Checks `Authorization: Bearer <token>` in constant time.
@@ -140,6 +141,10 @@ pub async fn act(
             pause_ms: body.pause_ms,
             interval: body.interval_ms.map(std::time::Duration::from_millis),
             health: None,
+            statement_timeout: body
+                .statement_timeout_ms
+                .map(std::time::Duration::from_millis),
+            lock_timeout: body.lock_timeout_ms.map(std::time::Duration::from_millis),
         };
         st.sg.set(&m, &change, reason, "http").await?
     } else {

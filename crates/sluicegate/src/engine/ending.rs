@@ -239,7 +239,15 @@ impl WorkerLoop {
         {
             return Ok(StepOutcome::Waiting { migration_id: m.id });
         }
-        let result = if counts.failed == 0 {
+        // `--verify`: checked after the last job; a violation fails it instead.
+        let unverified = match counts.failed {
+            0 => self.verify_before_finish(&m).await?,
+            _ => None,
+        };
+        let result = if let Some(failure) = unverified {
+            let reason = failure.message.clone();
+            self.fail_migration(&m, failure, reason).await
+        } else if counts.failed == 0 {
             let params = MigrationTransitionParams::new(&m, MigrationEvent::Finish, &self.name)?
                 .with_reason(Some(format!(
                     "all {} jobs succeeded, {} rows affected",

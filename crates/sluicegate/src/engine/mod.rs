@@ -18,7 +18,8 @@
 //! bottom; `next_job` finds a step's job behind the health `gate` (decisions) and `hold`
 //! (their rows and pauses); `job` runs one job; `ending` is what follows failures and the
 //! last job; `tuner` sizes sub-batches and `tuning` logs sizes; `migration_run` and
-//! `prefetch` are the state a loop keeps per migration.
+//! `prefetch` are the state a loop keeps per migration. `ensure` is the deploy gate, built on
+//! `finalize`.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -35,6 +36,7 @@ use crate::model::{Job, Migration};
 use crate::status::{MigrationEvent, MigrationStatus};
 
 mod ending;
+mod ensure;
 mod gate;
 mod hold;
 mod job;
@@ -45,7 +47,9 @@ mod prefetch;
 mod step;
 mod tuner;
 mod tuning;
+mod verify;
 
+pub use ensure::{EnsureOptions, EnsureReport, FailureGroup, Standing};
 use migration_run::TakenUp;
 use step::{Carry, JobSource};
 
@@ -155,6 +159,8 @@ pub struct Worker {
     last_partition_check: Arc<std::sync::Mutex<Option<Instant>>>,
     /// Unreadable-indicator warnings already given (once per worker each).
     warned: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+    /// `run --only`: the migrations this worker claims, none other ([`Worker::only`]).
+    only: Option<Arc<[i64]>>,
 }
 
 impl std::fmt::Debug for Worker {
@@ -213,7 +219,15 @@ impl Worker {
             events: None,
             last_partition_check: Arc::new(std::sync::Mutex::new(None)),
             warned: Arc::default(),
+            only: None,
         }
+    }
+
+    /// Claims only the migrations `ids` (`run --only`): the others are left to other
+    /// workers, and `until_idle` ends once none of these is left to work on.
+    pub fn only(mut self, ids: Vec<i64>) -> Self {
+        self.only = Some(ids.into());
+        self
     }
 
     /// Calls `sink` after every step that did something.
@@ -340,6 +354,21 @@ impl Worker {
     ) -> Result<Migration> {
         // Only on the database its table lives in (claims would never hand it out here).
         self.sg.check_target(migration)?;
+        // Not before the migrations it runs after (`--after`) have finished.
+        let waiting = self.sg.waiting_for(migration).await?;
+        if !waiting.is_empty() && !migration.status.is_finished() {
+            let names: Vec<String> = waiting
+                .iter()
+                .map(|d| format!("{} ({})", d.name, d.status))
+                .collect();
+            return Err(Error::FinalizeFailed {
+                migration: migration.name.clone(),
+                reason: format!(
+                    "it runs after {}, not finished: finalize those first",
+                    names.join(", ")
+                ),
+            });
+        }
         let interrupt = Arc::new(AtomicBool::new(false));
         let mut l = self.loop_named(
             self.opts.name.clone(),
@@ -560,13 +589,13 @@ impl Worker {
     /// Whether an active or finalizing migration is left: one on hold counts, its work is
     /// not done and the worker waits the hold out.
     /// Only migrations of this worker's target count: one of another is not its work.
+    /// One that runs after others (`--after`) counts only while those can finish too.
     async fn has_runnable_migrations(&self) -> Result<bool> {
-        Ok(self.sg.store.migration_list().await?.iter().any(|m| {
-            matches!(
-                m.status,
-                MigrationStatus::Active | MigrationStatus::Finalizing
-            ) && self.sg.is_own_target(m)
-        }))
+        let all = self.sg.store.migration_list().await?;
+        let runnable = crate::client::runnable_ids(&all, |m| self.sg.is_own_target(m));
+        Ok(runnable
+            .iter()
+            .any(|id| self.only.as_ref().is_none_or(|ids| ids.contains(id))))
     }
 
     /// Says, once at start, which runnable migrations this worker leaves alone and why: they

@@ -106,11 +106,19 @@ impl WorkerLoop {
 
     async fn claim(&mut self) -> Result<Option<Migration>> {
         let started = Instant::now();
-        let claimed = self
-            .sluicegate()
-            .store
-            .migration_claim(&self.name, self.lease(), None)
-            .await?;
+        let store = &self.sluicegate().store;
+        let claimed = match &self.worker.only {
+            Some(ids) => {
+                store
+                    .migration_claim_among(&self.name, self.lease(), ids)
+                    .await?
+            }
+            None => {
+                store
+                    .migration_claim(&self.name, self.lease(), None)
+                    .await?
+            }
+        };
         // The soak script reads these lines to check that claiming stays flat under load.
         tracing::debug!(
             target: "sluicegate::claim",

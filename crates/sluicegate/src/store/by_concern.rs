@@ -60,6 +60,14 @@ macro_rules! store_by_concern {
             ) -> $crate::Result<Option<$crate::Migration>> {
                 migrations::claim(self, worker, lease, only).await
             }
+            async fn migration_claim_among(
+                &self,
+                worker: &str,
+                lease: std::time::Duration,
+                ids: &[i64],
+            ) -> $crate::Result<Option<$crate::Migration>> {
+                migrations::claim_among(self, worker, lease, ids).await
+            }
             async fn table_lease_release(&self, migration_id: i64) -> $crate::Result<()> {
                 migrations::lease_release(self, migration_id).await
             }

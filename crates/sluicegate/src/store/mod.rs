@@ -42,11 +42,11 @@ pub use params::{
     JobCreateParams, JobCreated, JobCursor, JobFinish, JobRange, JobSplitParams,
     JobTransitionParams, LaneHoldParams, LedgerCursor, MigrationResizeParams, MigrationSetParams,
     MigrationThrottleParams, MigrationTransitionParams, PartitionReport, SubBatchCommit,
-    SubBatchCommitted, SubBatchSpec, Timeouts,
+    SubBatchCommitted, SubBatchSpec, Timeouts, VerifyCount,
 };
 
 /// Newest tracking-schema version this binary knows.
-pub const SCHEMA_VERSION: i64 = 7;
+pub const SCHEMA_VERSION: i64 = 8;
 
 /// What a backend can do, asked by name where the engine or the client depends on it, rather
 /// than asking which backend it is ([`Backend`] chooses only the SQL dialect).
@@ -130,6 +130,14 @@ pub trait Store: Send + Sync + 'static {
         worker: &str,
         lease: Duration,
         only: Option<i64>,
+    ) -> Result<Option<Migration>>;
+    /// The claim of [`Self::migration_claim`] (without `only`), among the migrations `ids`
+    /// alone (`run --only`): the others are left to other workers.
+    async fn migration_claim_among(
+        &self,
+        worker: &str,
+        lease: Duration,
+        ids: &[i64],
     ) -> Result<Option<Migration>>;
     /// Gives up the table lease of a migration.
     async fn table_lease_release(&self, migration_id: i64) -> Result<()>;
@@ -333,6 +341,22 @@ pub trait Target: Send + Sync + 'static {
         &self,
         spec: SubBatchSpec<'_>,
     ) -> std::result::Result<Option<Box<dyn PerformedSubBatch>>, Failure>;
+    /// Checks `condition` over the rows of `first ..= last` (and `scope`), read only: how many
+    /// rows, how many for which it is not true (NULL included), and up to `samples` of their
+    /// keys in key order (`--verify`). It runs under the statement timeout `statement_ms`
+    /// (PostgreSQL).
+    #[allow(clippy::too_many_arguments)]
+    async fn verify_range(
+        &self,
+        table: &TableName,
+        key: &KeySpec,
+        scope: Option<&str>,
+        condition: &str,
+        first: &Key,
+        last: &Key,
+        samples: i64,
+        statement_ms: i64,
+    ) -> Result<VerifyCount>;
     /// Runs one sub-batch and rolls it back: the queue-time check of a migration.
     async fn sub_batch_try(&self, spec: SubBatchSpec<'_>) -> std::result::Result<u64, Failure>;
     /// What the database says about its health as it concerns `table` (one query on

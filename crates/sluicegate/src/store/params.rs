@@ -322,6 +322,18 @@ pub struct JobSplitParams {
     pub second_max: Key,
 }
 
+/// What checking a `--verify` condition over one key range found
+/// ([`Target::verify_range`](crate::store::Target::verify_range)).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VerifyCount {
+    /// Rows of the range (and scope) checked.
+    pub checked: i64,
+    /// Those for which the condition is not true.
+    pub violations: i64,
+    /// The first of their keys, in key order.
+    pub samples: Vec<Key>,
+}
+
 /// What partition maintenance did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PartitionReport {
@@ -524,6 +536,10 @@ pub struct MigrationSetParams {
     pub interval_ms: Option<i64>,
     /// Health thresholds and hold duration (all of them).
     pub health: Option<crate::health::HealthSettings>,
+    /// Each sub-batch's statement timeout, in milliseconds.
+    pub statement_timeout_ms: Option<i64>,
+    /// Each sub-batch's lock timeout, in milliseconds.
+    pub lock_timeout_ms: Option<i64>,
     /// The log row's reason: what changed, old -> new, and the operator's why.
     pub reason: String,
     /// Who.

@@ -181,6 +181,9 @@ fn unreadable_migration(row: &impl ModelRow, e: Error) -> Result<Migration> {
         updated_at: time("updated_at").unwrap_or_default(),
         unreadable: Some(why),
         citus: None,
+        definition: None,
+        after: Vec::new(),
+        verify: None,
     })
 }
 
@@ -256,6 +259,10 @@ fn migration_strict(row: &impl ModelRow) -> Result<Migration> {
         created_at: row.time("created_at")?.unwrap_or_default(),
         updated_at: row.time("updated_at")?.unwrap_or_default(),
         unreadable: None,
+        definition: row.opt_text("definition")?,
+        after: serde_json::from_value(row.json("after_ids")?)
+            .map_err(|e| Error::Corrupt(format!("bad after_ids: {e}")))?,
+        verify: row.opt_text("verify")?,
         citus: citus(row)?,
     })
 }

@@ -21,16 +21,18 @@ WITH m AS (
         min_cursor, max_cursor, next_cursor, batch_size, sub_batch_size, max_batch_size,
         pause_ms, interval_ms, statement_timeout_ms, lock_timeout_ms, status,
         total_tuple_count, health_settings, target_sub_batch_ms, started_at, key_columns,
-        next_inclusive, scope, sub_batch_ceiling, target_id, target_display, key_unique, citus)
+        next_inclusive, scope, sub_batch_ceiling, target_id, target_display, key_unique,
+        definition, after_ids, verify, citus)
     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19,
-        CASE WHEN $16 = 'active' THEN now() END, $21, $22, $23, $24, $25, $26, $27, $28)
+        CASE WHEN $16 = 'active' THEN now() END, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30,
+        $31)
     RETURNING *
 ), lanes AS (
     -- Each lane starts where the migration does.
     INSERT INTO {s}.migration_lanes (migration_id, lane, relation, shard_id, node, next_cursor,
         next_inclusive)
     SELECT m.id, l.lane, l.relation, l.shard_id, l.node, m.next_cursor, m.next_inclusive
-    FROM m, jsonb_to_recordset($29) AS l(lane integer, relation text, shard_id bigint, node text)
+    FROM m, jsonb_to_recordset($32) AS l(lane integer, relation text, shard_id bigint, node text)
 ), log AS (
     INSERT INTO {s}.migration_transition_logs (migration_id, previous_status, next_status, event, actor)
     SELECT id, NULL, status, 'queue', $20 FROM m
@@ -109,6 +111,12 @@ WITH candidate AS (
       AND NOT EXISTS (SELECT 1 FROM {s}.table_leases l
                       WHERE l.table_name = m.table_name AND l.migration_id <> m.id
                         AND l.expires_at > now())
+      -- `run --only`: among these migrations alone.
+      AND ($5::bigint[] IS NULL OR m.id = ANY($5::bigint[]))
+      -- `--after`: not before every migration it runs after has finished.
+      AND NOT EXISTS (SELECT 1 FROM jsonb_array_elements_text(m.after_ids) a
+                      JOIN {s}.migrations d ON d.id = a.value::bigint
+                      WHERE d.status <> 'finished')
     ORDER BY m.last_job_started_at NULLS FIRST, m.id
     LIMIT 1
     FOR UPDATE OF m SKIP LOCKED
@@ -160,6 +168,8 @@ WITH m AS (
         pause_ms = coalesce($5, pause_ms),
         interval_ms = coalesce($6, interval_ms),
         health_settings = coalesce($7, health_settings),
+        statement_timeout_ms = coalesce($10, statement_timeout_ms),
+        lock_timeout_ms = coalesce($11, lock_timeout_ms),
         updated_at = now()
     WHERE id = $1 AND status IN ('active', 'paused')
     RETURNING *
@@ -212,6 +222,9 @@ pub(super) async fn insert(store: &PgStore, m: &NewMigration) -> Result<Migratio
         .bind(&m.target.id)
         .bind(&m.target.display)
         .bind(m.key_unique)
+        .bind(m.definition.as_deref())
+        .bind(Json(&m.after))
+        .bind(m.verify.as_deref())
         .bind(m.citus.map(|c| c.as_str()))
         .bind(Json(&m.lanes))
         .fetch_one(&store.pool)
@@ -296,11 +309,33 @@ pub(super) async fn claim(
     lease: Duration,
     only: Option<i64>,
 ) -> Result<Option<Migration>> {
+    claim_filtered(store, worker, lease, only, None).await
+}
+
+/// [`Store::migration_claim_among`](crate::store::Store::migration_claim_among): the claim of
+/// [`claim`], among `ids` alone.
+pub(super) async fn claim_among(
+    store: &PgStore,
+    worker: &str,
+    lease: Duration,
+    ids: &[i64],
+) -> Result<Option<Migration>> {
+    claim_filtered(store, worker, lease, None, Some(ids)).await
+}
+
+async fn claim_filtered(
+    store: &PgStore,
+    worker: &str,
+    lease: Duration,
+    only: Option<i64>,
+    among: Option<&[i64]>,
+) -> Result<Option<Migration>> {
     let row = sqlx::query(&store.q(MIGRATION_CLAIM))
         .bind(worker)
         .bind(duration_ms(lease))
         .bind(only)
         .bind(store.target.as_ref().map(|t| t.id.as_str()))
+        .bind(among)
         .fetch_optional(&store.pool)
         .await
         .map_err(Error::db("claiming a migration"))?;
@@ -342,6 +377,8 @@ pub(super) async fn set(store: &PgStore, p: &MigrationSetParams) -> Result<Optio
         .bind(p.health.as_ref().map(Json))
         .bind(&p.reason)
         .bind(&p.actor)
+        .bind(p.statement_timeout_ms)
+        .bind(p.lock_timeout_ms)
         .fetch_optional(&store.pool)
         .await
         .map_err(Error::db(format!(

@@ -27,6 +27,7 @@ mod migrations;
 mod schema;
 mod sub_batch;
 mod target;
+mod verify;
 mod walk;
 
 pub use logs::partition_name;

@@ -203,6 +203,28 @@ impl Target for PgTarget {
         sub_batch::perform(self, spec).await
     }
 
+    async fn verify_range(
+        &self,
+        table: &TableName,
+        key: &KeySpec,
+        scope: Option<&str>,
+        condition: &str,
+        first: &Key,
+        last: &Key,
+        samples: i64,
+        statement_ms: i64,
+    ) -> Result<crate::store::VerifyCount> {
+        super::verify::range(
+            self,
+            (table, key, scope),
+            condition,
+            (first, last),
+            samples,
+            statement_ms,
+        )
+        .await
+    }
+
     async fn sub_batch_try(&self, spec: SubBatchSpec<'_>) -> std::result::Result<u64, Failure> {
         sub_batch::try_rolled_back(self, spec).await
     }

@@ -23,9 +23,10 @@ const MIGRATION_INSERT: &str = "INSERT INTO sluicegate_migrations (name, job_kin
     max_batch_size, pause_ms, interval_ms, statement_timeout_ms, lock_timeout_ms, status,
     total_tuple_count, health_settings, target_sub_batch_ms, started_at, created_at, updated_at,
     key_columns, next_inclusive, scope, sub_batch_ceiling, target_id, target_display, key_unique,
-    citus)
+    definition, after_ids, verify, citus)
     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19,
-        CASE WHEN $16 = 'active' THEN $20 END, $20, $20, $21, $22, $23, $24, $25, $26, $27, $28)
+        CASE WHEN $16 = 'active' THEN $20 END, $20, $20, $21, $22, $23, $24, $25, $26, $27, $28,
+        $29, $30, $31)
     RETURNING *";
 
 /// A lane, starting where its migration does.
@@ -85,6 +86,12 @@ const MIGRATION_CLAIM_CANDIDATES: &str = "SELECT m.* FROM sluicegate_migrations 
                       WHERE l.table_name = m.table_name AND l.expires_at > $2
                         AND (l.migration_id <> m.id
                              OR ($1 IS NULL AND m.status = 'finalizing' AND l.worker <> $4)))
+      -- `run --only`: among these migrations alone (a JSON array of ids).
+      AND ($5 IS NULL OR m.id IN (SELECT value FROM json_each($5)))
+      -- `--after`: not before every migration it runs after has finished.
+      AND NOT EXISTS (SELECT 1 FROM json_each(m.after_ids) a
+                      JOIN sluicegate_migrations d ON d.id = a.value
+                      WHERE d.status <> 'finished')
     ORDER BY m.last_job_started_at IS NOT NULL, m.last_job_started_at, m.id
     LIMIT 1";
 
@@ -121,6 +128,8 @@ const MIGRATION_SET: &str = "UPDATE sluicegate_migrations SET
         pause_ms = coalesce($5, pause_ms),
         interval_ms = coalesce($6, interval_ms),
         health_settings = coalesce($7, health_settings),
+        statement_timeout_ms = coalesce($9, statement_timeout_ms),
+        lock_timeout_ms = coalesce($10, lock_timeout_ms),
         updated_at = $8
     WHERE id = $1 AND status IN ('active', 'paused')
     RETURNING *";
@@ -189,6 +198,9 @@ pub(super) async fn insert(store: &SqliteStore, m: &NewMigration) -> Result<Migr
         .bind(&m.target.id)
         .bind(&m.target.display)
         .bind(m.key_unique)
+        .bind(m.definition.as_deref())
+        .bind(serde_json::to_string(&m.after).expect("ids serialize"))
+        .bind(m.verify.as_deref())
         .bind(m.citus.map(|c| c.as_str()))
         .fetch_one(&mut *tx)
         .await
@@ -323,7 +335,29 @@ pub(super) async fn claim(
     lease: Duration,
     only: Option<i64>,
 ) -> Result<Option<Migration>> {
+    claim_filtered(store, worker, lease, only, None).await
+}
+
+/// [`Store::migration_claim_among`](crate::store::Store::migration_claim_among): the claim of
+/// [`claim`], among `ids` alone.
+pub(super) async fn claim_among(
+    store: &SqliteStore,
+    worker: &str,
+    lease: Duration,
+    ids: &[i64],
+) -> Result<Option<Migration>> {
+    claim_filtered(store, worker, lease, None, Some(ids)).await
+}
+
+async fn claim_filtered(
+    store: &SqliteStore,
+    worker: &str,
+    lease: Duration,
+    only: Option<i64>,
+    among: Option<&[i64]>,
+) -> Result<Option<Migration>> {
     let context = "claiming a migration";
+    let among = among.map(|ids| serde_json::to_string(ids).expect("ids serialize"));
     let at = now();
     let mut tx = store.begin_immediate(context).await?;
     let row = sqlx::query(MIGRATION_CLAIM_CANDIDATES)
@@ -331,6 +365,7 @@ pub(super) async fn claim(
         .bind(ts(at))
         .bind(store.target.as_ref().map(|t| t.id.as_str()))
         .bind(worker)
+        .bind(among)
         .fetch_optional(&mut *tx)
         .await
         .map_err(Error::db(context))?;
@@ -393,6 +428,8 @@ pub(super) async fn set(store: &SqliteStore, p: &MigrationSetParams) -> Result<O
                 .map(|h| serde_json::to_string(h).expect("settings serialize")),
         )
         .bind(&at)
+        .bind(p.statement_timeout_ms)
+        .bind(p.lock_timeout_ms)
         .fetch_optional(&mut *tx)
         .await
         .map_err(Error::db(&context))?;

@@ -30,6 +30,7 @@ mod migrations;
 mod schema;
 mod sub_batch;
 mod target;
+mod verify;
 mod walk;
 
 pub use target::SqliteTarget;

@@ -16,6 +16,7 @@ const SCHEMA_MIGRATIONS: &[(i64, &str)] = &[
     (5, include_str!("../schema/sqlite_v5.sql")),
     (6, include_str!("../schema/sqlite_v6.sql")),
     (7, include_str!("../schema/sqlite_v7.sql")),
+    (8, include_str!("../schema/sqlite_v8.sql")),
 ];
 
 const SCHEMA_VERSIONS_CREATE: &str = "CREATE TABLE IF NOT EXISTS sluicegate_schema_versions (
