@@ -143,6 +143,33 @@ impl CitusTest {
         }
     }
 
+    /// The migration's log and its failed jobs' logs, for a failure's message.
+    async fn story(&self, m: &Migration) -> String {
+        let mut out = String::new();
+        for r in self.sg.migration_history(m).await.unwrap() {
+            out += &format!(
+                "{} {} {:?} {:?} {:?}\n",
+                r.created_at, r.event, r.reason, r.exception_class, r.exception_message
+            );
+        }
+        for j in self.sg.jobs(m, None).await.unwrap() {
+            if j.attempts > 1 || j.status == sluicegate::JobStatus::Failed {
+                for r in self.sg.job_history(j.id).await.unwrap() {
+                    out += &format!(
+                        "job {} lane {:?}: {} -> {} {:?} {:?}\n",
+                        j.id,
+                        j.lane,
+                        r.previous_status,
+                        r.next_status,
+                        r.exception_class,
+                        r.exception_message
+                    );
+                }
+            }
+        }
+        out
+    }
+
     async fn finish(self) {
         self.exec(&format!(
             "DROP SCHEMA {} CASCADE; DROP SCHEMA IF EXISTS {} CASCADE;",
@@ -408,7 +435,7 @@ async fn a_node_that_is_down_holds_only_its_lanes() {
         .unwrap()
         .unwrap();
     let m = t.migration("down").await;
-    assert_eq!(m.status, MigrationStatus::Finished);
+    assert_eq!(m.status, MigrationStatus::Finished, "{}", t.story(&m).await);
     let history = t.sg.migration_history(&m).await.unwrap();
     assert!(
         history

@@ -50,6 +50,10 @@ const SHARD_IS_HERE: &str = "SELECT EXISTS (
     JOIN pg_catalog.pg_dist_local_group g ON g.groupid = p.groupid
     WHERE p.shardid = $1)";
 
+/// One creator of a node's ledger at a time (a transaction-level advisory lock, released at
+/// its commit).
+const LEDGER_CREATE_LOCK: &str = "SELECT pg_advisory_xact_lock(hashtext('sluicegate.lane_ledger'))";
+
 const SCHEMA_EXISTS: &str =
     "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = $1)";
 
@@ -210,22 +214,32 @@ async fn fence_once(
 
 async fn ensure_ledger(conn: &mut PgConnection, schema: &str, table: &str) -> Result<()> {
     let context = format!("creating the lane ledger {table}");
+    // Loops meeting a node for the first time create it at once: `IF NOT EXISTS` alone races
+    // (two creators, one unique violation in the catalog), so they take turns.
+    let mut tx = sqlx::Connection::begin(&mut *conn)
+        .await
+        .map_err(Error::db(&context))?;
+    sqlx::query(LEDGER_CREATE_LOCK)
+        .execute(&mut *tx)
+        .await
+        .map_err(Error::db(&context))?;
     let exists: bool = sqlx::query_scalar(SCHEMA_EXISTS)
         .bind(schema)
-        .fetch_one(&mut *conn)
+        .fetch_one(&mut *tx)
         .await
         .map_err(Error::db(&context))?;
     if !exists {
         let create = format!("CREATE SCHEMA IF NOT EXISTS {}", ident::quote(schema));
         sqlx::query(&create)
-            .execute(&mut *conn)
+            .execute(&mut *tx)
             .await
             .map_err(Error::db(&context))?;
     }
     sqlx::query(&LEDGER_CREATE.replace("{l}", table))
-        .execute(&mut *conn)
+        .execute(&mut *tx)
         .await
         .map_err(Error::db(&context))?;
+    tx.commit().await.map_err(Error::db(&context))?;
     Ok(())
 }
 
