@@ -10,6 +10,9 @@ use crate::ident::TableName;
 use crate::model::{Job, Migration};
 use crate::status::JobStatus;
 
+/// How long a node may take to give a lane's row estimate.
+const NODE_ANSWER_WITHIN: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Where a lane is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -83,6 +86,7 @@ impl Sluicegate {
         }
         let jobs = self.jobs(m, None).await?;
         let now = chrono::Utc::now();
+        let mut silent: std::collections::HashSet<String> = Default::default();
         let mut out = Vec::with_capacity(lanes.len());
         for lane in lanes {
             let mine: Vec<&Job> = jobs.iter().filter(|j| j.lane == Some(lane.lane)).collect();
@@ -101,12 +105,26 @@ impl Sluicegate {
             } else {
                 LaneState::Waiting
             };
-            let rows_estimate = match TableName::parse(&lane.relation) {
-                Ok(shard) => match self.node_target(&lane.node).await {
-                    Ok(node) => node.row_estimate(&shard).await.ok().flatten(),
-                    Err(_) => None,
-                },
-                Err(_) => None,
+            // A node that does not answer at once is not asked again here: `status` must
+            // not wait on a node that is down.
+            let rows_estimate = match (
+                TableName::parse(&lane.relation),
+                silent.contains(&lane.node),
+            ) {
+                (Ok(shard), false) => {
+                    let asked = async {
+                        let node = self.node_target(&lane.node).await?;
+                        node.row_estimate(&shard).await
+                    };
+                    match tokio::time::timeout(NODE_ANSWER_WITHIN, asked).await {
+                        Ok(Ok(rows)) => rows,
+                        _ => {
+                            silent.insert(lane.node.clone());
+                            None
+                        }
+                    }
+                }
+                _ => None,
             };
             // Its own pace: rows over the time its succeeded jobs ran.
             let ran_ms: i64 = mine
