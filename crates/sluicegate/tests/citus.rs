@@ -519,3 +519,50 @@ async fn a_shard_moved_mid_run_is_followed_to_its_new_node() {
     let _ = row[0].try_get::<i32, _>(0);
     t.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shard_guard_refuses_a_node_that_does_not_hold_the_shard() {
+    let Some(url) = citus_url() else { return };
+    let _one = CLUSTER.lock().await;
+    let t = CitusTest::new(&url).await;
+    let table = t.events(2, 1_000).await;
+    let m = t.sg.queue(&t.update("guard", &table, 500)).await.unwrap();
+    let lanes = t.sg.store().lane_list(m.id).await.unwrap();
+    let elsewhere = lanes
+        .iter()
+        .map(|l| l.node.clone())
+        .find(|n| *n != lanes[0].node)
+        .expect("the two shards are on two nodes");
+    let kind = t.sg.registry().get("update").unwrap();
+    let shard = sluicegate::ident::TableName::parse(&lanes[0].relation).unwrap();
+    let lower = sluicegate::Lower::From(m.min_value.clone());
+    let spec = |shard_id| sluicegate::store::SubBatchSpec {
+        kind: kind.as_ref(),
+        table: &shard,
+        key: &m.key,
+        scope: None,
+        arguments: &m.job_arguments,
+        lower: &lower,
+        max: &m.max_value,
+        size: 100,
+        whole_rest: false,
+        timeouts: sluicegate::store::Timeouts {
+            statement_ms: 5_000,
+            lock_ms: 1_000,
+        },
+        key_unique: true,
+        shard: Some(shard_id),
+    };
+    // On the node that holds it, the guard lets the sub-batch through (rolled back here).
+    let home = t.sg.node_target(&lanes[0].node).await.unwrap();
+    assert!(home.sub_batch_try(spec(lanes[0].shard_id)).await.unwrap() > 0);
+    // On another node, its placement is not there: refused before anything is read.
+    let away = t.sg.node_target(&elsewhere).await.unwrap();
+    let failure = away
+        .sub_batch_try(spec(lanes[0].shard_id))
+        .await
+        .unwrap_err();
+    assert_eq!(failure.class, "ShardMoved", "{failure}");
+    assert_eq!(t.not_once(&table).await, 1_000, "nothing written");
+    t.finish().await;
+}
