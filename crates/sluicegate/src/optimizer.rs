@@ -24,7 +24,10 @@ pub const MAX_BATCH_SIZE: i64 = 2_000_000;
 /// pause, a hold or a stop waits little for the job in flight.
 pub const FULL_SPEED_JOB_TIME: Duration = Duration::from_secs(1);
 /// At full speed, how often a loop looks at its recent jobs for growth.
-pub const FULL_SPEED_LOOK_EVERY: Duration = Duration::from_secs(1);
+pub const FULL_SPEED_LOOK_EVERY: Duration = Duration::from_millis(250);
+/// At full speed, the largest growth of the batch a step: jobs far shorter than their target
+/// are mostly bookkeeping, and each step costs a statement.
+pub const FULL_SPEED_MAX_GROWTH: f64 = 2.0;
 
 /// Exponentially smoothed efficiency of `durations` (newest first) against `interval`:
 /// weights (1-α)^i, normalised. `None` with fewer than [`SAMPLE_JOBS`] samples or a zero
@@ -91,6 +94,30 @@ pub fn next_batch_size_by_rows(
     interval: Duration,
     max_batch_size: Option<i64>,
 ) -> Option<Resize> {
+    next_batch_size_aimed(current, samples, interval, max_batch_size, MAX_GROWTH)
+}
+
+/// At full speed: [`next_batch_size_by_rows`] aimed at [`FULL_SPEED_JOB_TIME`] per job, growing
+/// up to [`FULL_SPEED_MAX_GROWTH`] a step (no interval to overshoot: the dense-batch cap alone
+/// bounds it), never shrinking.
+pub fn next_batch_size_at_full_speed(
+    current: i64,
+    samples: &[JobSample],
+    max_batch_size: Option<i64>,
+) -> Option<Resize> {
+    let aim = FULL_SPEED_JOB_TIME;
+    next_batch_size_aimed(current, samples, aim, max_batch_size, FULL_SPEED_MAX_GROWTH)
+        .filter(|r| r.batch_size > current)
+}
+
+/// GitLab's rule aimed at `aim` per job, growing at most `max_growth` a step.
+fn next_batch_size_aimed(
+    current: i64,
+    samples: &[JobSample],
+    interval: Duration,
+    max_batch_size: Option<i64>,
+    max_growth: f64,
+) -> Option<Resize> {
     if samples.len() < SAMPLE_JOBS || interval.is_zero() {
         return None;
     }
@@ -109,9 +136,9 @@ pub fn next_batch_size_by_rows(
         return None;
     }
     let multiplier = if efficiency <= 0.0 {
-        MAX_GROWTH
+        max_growth
     } else {
-        (TARGET_EFFICIENCY.1 / efficiency).min(MAX_GROWTH)
+        (TARGET_EFFICIENCY.1 / efficiency).min(max_growth)
     };
     let ceiling = max_batch_size.unwrap_or(MAX_BATCH_SIZE).max(MIN_BATCH_SIZE);
     let mut next = ((current as f64 * multiplier) as i64).clamp(MIN_BATCH_SIZE, ceiling);

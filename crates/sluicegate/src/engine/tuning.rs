@@ -56,14 +56,17 @@ impl WorkerLoop {
                 })
             })
             .collect();
-        let Some(resize) =
-            optimizer::next_batch_size_by_rows(m.batch_size, &samples, aim, m.max_batch_size)
-        else {
+        let resize = match full_speed {
+            true => {
+                optimizer::next_batch_size_at_full_speed(m.batch_size, &samples, m.max_batch_size)
+            }
+            false => {
+                optimizer::next_batch_size_by_rows(m.batch_size, &samples, aim, m.max_batch_size)
+            }
+        };
+        let Some(resize) = resize else {
             return Ok(None);
         };
-        if full_speed && resize.batch_size <= m.batch_size {
-            return Ok(None);
-        }
         let resize = match full_speed {
             true => optimizer::Resize {
                 reason: format!(
