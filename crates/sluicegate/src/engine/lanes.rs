@@ -121,6 +121,21 @@ impl WorkerLoop {
                     self.hold_node(&m, &lanes, &lane.node, &why, true).await?;
                     continue;
                 }
+                // The shard's table gone from the node the catalog last named (a move, its
+                // old placement dropped): read the catalog again; gone for good, it is the
+                // migration's error.
+                Err(Error::Database { source, context })
+                    if Failure::from_sqlx(&source).class == "UndefinedTable" =>
+                {
+                    let placed = self.lanes_placed(run, &m, &table, true).await?;
+                    if placed
+                        .iter()
+                        .any(|l| l.lane == lane.lane && l.node != lane.node)
+                    {
+                        continue;
+                    }
+                    return Err(Error::Database { source, context });
+                }
                 Err(e) => return Err(e),
             };
             let mut params = self.job_create_params(
