@@ -1653,11 +1653,11 @@ store_test!(citus_table, |db| {
 store_test!(ledger_fence, |db| {
     db.create_items("items", &[(1, 10)]).await;
     let sg = db.sluicegate().await;
-    let ledger = |attempts| LedgerCursor {
+    let ledger = |token| LedgerCursor {
         schema: "sluicegate".into(),
         tracking: "t".into(),
         job_id: 7,
-        attempts,
+        token,
     };
     let target = sg.target();
     match db.backend {
@@ -1670,7 +1670,7 @@ store_test!(ledger_fence, |db| {
                 target.ledger_fence("sluicegate", &ledger(1)).await.unwrap(),
                 Some(None)
             );
-            // A sub-batch of attempt 1 commits its cursor with its rows.
+            // A sub-batch of the run whose token is 1 commits its cursor with its rows.
             let m = queued(&sg, "ledger", 50).await;
             let lower = Lower::From(k(1));
             let max = k(10);
@@ -1685,7 +1685,7 @@ store_test!(ledger_fence, |db| {
                     .unwrap(),
                 SubBatchCommitted::Committed
             );
-            // Attempt 2 fences attempt 1 and reads its cursor.
+            // A later run (token 2) fences it and reads its cursor.
             assert_eq!(
                 target.ledger_fence("sluicegate", &ledger(2)).await.unwrap(),
                 Some(Some(k(5)))
@@ -1694,7 +1694,7 @@ store_test!(ledger_fence, |db| {
                 target.ledger_fence("sluicegate", &ledger(1)).await.unwrap(),
                 None
             );
-            // Attempt 1's next sub-batch is fenced: rolled back, its rows unwritten.
+            // The first run's next sub-batch is fenced: rolled back, its rows unwritten.
             let lower = Lower::After(k(5));
             let one = spec(kind.as_ref(), &m, &table, (&lower, &max), 5);
             let performed = target.sub_batch_perform(one).await.unwrap().unwrap();

@@ -314,7 +314,7 @@ impl WorkerLoop {
     }
 
     /// Runs a lane's job on its node: the job first takes its ledger row there (fencing any
-    /// earlier attempt) and resumes from the ledger's cursor, which is ahead of the tracking
+    /// earlier run) and resumes from the ledger's cursor, which is ahead of the tracking
     /// row's when a worker died between the two commits; then sub-batch by sub-batch as any
     /// job. A shard that moved or a node that went away hands the job back (no attempt
     /// spent) instead of failing it.
@@ -332,7 +332,12 @@ impl WorkerLoop {
             schema: sg.schema().to_owned(),
             tracking: format!("{}/{}", sg.target_identity().id, sg.schema()),
             job_id: job.id,
-            attempts: job.attempts,
+            // Its run's start: later runs start later (attempts start over when a job is
+            // handed back, so they cannot fence).
+            token: job
+                .started_at
+                .map(|t| t.timestamp_micros())
+                .ok_or_else(|| Error::Corrupt(format!("running job {} has no start", job.id)))?,
         };
         self.last_migration = Some(m.id);
         let fenced = match target.ledger_fence(sg.schema(), &ledger).await {

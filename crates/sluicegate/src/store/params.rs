@@ -414,7 +414,7 @@ pub struct JobCursor {
 
 /// A lane job's cursor, kept on the node that holds the lane's shard and written in each
 /// sub-batch's transaction there: the exactly-once record of a job whose rows are in
-/// another database than its tracking row. Fenced by attempt.
+/// another database than its tracking row. Fenced by the run's start.
 #[derive(Debug, Clone)]
 pub struct LedgerCursor {
     /// The schema the ledger lives in on the node (the tracking schema's name).
@@ -423,8 +423,10 @@ pub struct LedgerCursor {
     pub tracking: String,
     /// The job.
     pub job_id: i64,
-    /// Fencing token: the attempt the worker runs.
-    pub attempts: i32,
+    /// Fencing token: when this run of the job started, in microseconds. It only grows from
+    /// one run to the next, where a job's attempts do not (a job handed back starts over at
+    /// attempt 1).
+    pub token: i64,
 }
 
 /// Holding (`until` set) or releasing (`until` `None`) some lanes of a migration.

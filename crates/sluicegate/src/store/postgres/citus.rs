@@ -57,24 +57,25 @@ const LEDGER_CREATE_LOCK: &str = "SELECT pg_advisory_xact_lock(hashtext('sluiceg
 const SCHEMA_EXISTS: &str =
     "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = $1)";
 
-/// The ledger: one row per lane job, its cursor and the attempt that owns it.
+/// The ledger: one row per lane job, its cursor and the token of the run that owns it.
 const LEDGER_CREATE: &str = "CREATE TABLE IF NOT EXISTS {l} (
     tracking text   NOT NULL,
     job_id   bigint NOT NULL,
-    attempts integer NOT NULL,
+    token    bigint NOT NULL,
     cursor   jsonb,
     updated_at timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (tracking, job_id))";
 
-/// Takes the job for attempt $3 (unless a later attempt has it), returning its cursor.
-const LEDGER_FENCE: &str = "INSERT INTO {l} AS g (tracking, job_id, attempts) VALUES ($1, $2, $3)
-    ON CONFLICT (tracking, job_id) DO UPDATE SET attempts = EXCLUDED.attempts, updated_at = now()
-    WHERE g.attempts <= EXCLUDED.attempts
+/// Takes the job for the run whose token is $3 (unless a later run has it), returning its
+/// cursor.
+const LEDGER_FENCE: &str = "INSERT INTO {l} AS g (tracking, job_id, token) VALUES ($1, $2, $3)
+    ON CONFLICT (tracking, job_id) DO UPDATE SET token = EXCLUDED.token, updated_at = now()
+    WHERE g.token <= EXCLUDED.token
     RETURNING cursor";
 
-/// The job's cursor, written by attempt $3 only.
+/// The job's cursor, written by the run whose token is $3 only.
 pub(super) const LEDGER_ADVANCE: &str = "UPDATE {l} SET cursor = $4, updated_at = now()
-    WHERE tracking = $1 AND job_id = $2 AND attempts = $3";
+    WHERE tracking = $1 AND job_id = $2 AND token = $3";
 
 /// The ledger's quoted name in `schema`.
 pub(super) fn ledger_table(schema: &str) -> String {
@@ -207,7 +208,7 @@ async fn fence_once(
     sqlx::query(fence)
         .bind(&ledger.tracking)
         .bind(ledger.job_id)
-        .bind(ledger.attempts)
+        .bind(ledger.token)
         .fetch_optional(conn)
         .await
 }

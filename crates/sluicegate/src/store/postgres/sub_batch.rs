@@ -225,7 +225,7 @@ impl PerformedSubBatch for PgPerformed {
                 let done = sqlx::query(&advance)
                     .bind(&ledger.tracking)
                     .bind(ledger.job_id)
-                    .bind(ledger.attempts)
+                    .bind(ledger.token)
                     .bind(Json(&end))
                     .execute(&mut *tx)
                     .await?;
