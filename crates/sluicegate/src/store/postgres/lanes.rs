@@ -20,8 +20,8 @@ SELECT l.*, (SELECT j.id FROM {s}.jobs j
              ORDER BY j.id LIMIT 1) AS running_job
 FROM {s}.migration_lanes l WHERE l.migration_id = $1 ORDER BY l.lane";
 
-/// A job over the given keys ($3, $4) of lane $12, created `running` if the lane's next key is
-/// still $2 (inclusive when $11), the lane is not held and has no running job, and the
+/// A job over the given keys ($3, $4) of lane $11, created `running` if the lane's next key is
+/// still $2 (inclusive when $10), the lane is not held and has no running job, and the
 /// migration may start a job now (as for a job of the whole table). The lane's next key moves
 /// past the job, or to none when the job reaches the migration's last key.
 const JOB_CREATE_IN_LANE: &str = "
@@ -31,11 +31,11 @@ WITH l AS (
         next_inclusive = false,
         updated_at = now()
     FROM {s}.migrations AS mg
-    WHERE ln.migration_id = $1 AND ln.lane = $12 AND mg.id = ln.migration_id
-      AND ln.next_cursor = $2 AND ln.next_inclusive = $11
+    WHERE ln.migration_id = $1 AND ln.lane = $11 AND mg.id = ln.migration_id
+      AND ln.next_cursor = $2 AND ln.next_inclusive = $10
       AND (ln.on_hold_until IS NULL OR ln.on_hold_until <= now())
       AND NOT EXISTS (SELECT 1 FROM {s}.jobs o
-                      WHERE o.migration_id = $1 AND o.lane = $12 AND o.status = 'running'
+                      WHERE o.migration_id = $1 AND o.lane = $11 AND o.status = 'running'
                         AND o.lease_expires_at > now())
       AND mg.status IN ('active', 'finalizing')
       AND (mg.status = 'finalizing' OR mg.on_hold_until IS NULL OR mg.on_hold_until <= now())
@@ -56,7 +56,7 @@ WITH l AS (
 ), j AS (
     INSERT INTO {s}.jobs (migration_id, min_cursor, max_cursor, batch_size, sub_batch_size, pause_ms,
         status, attempts, started_at, worker, lease_expires_at, lane)
-    SELECT id, $3, $4, $5, $6, $7, 'running', 1, now(), $8, now() + $9 * interval '1 millisecond', $12
+    SELECT id, $3, $4, $5, $6, $7, 'running', 1, now(), $8, now() + $9 * interval '1 millisecond', $11
     FROM l
     RETURNING *
 ), log AS (
@@ -151,7 +151,6 @@ pub(super) async fn create_job(
         .bind(p.pause_ms)
         .bind(&p.worker)
         .bind(duration_ms(p.lease))
-        .bind(None::<i64>)
         .bind(p.expected_next.is_inclusive())
         .bind(lane)
         .fetch_one(&store.pool)
