@@ -566,3 +566,33 @@ async fn the_shard_guard_refuses_a_node_that_does_not_hold_the_shard() {
     assert_eq!(t.not_once(&table).await, 1_000, "nothing written");
     t.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_distributed_table_with_a_quote_in_its_name_runs_in_lanes() {
+    let Some(url) = citus_url() else { return };
+    let _one = CLUSTER.lock().await;
+    let t = CitusTest::new(&url).await;
+    let quoted = format!("{}.\"we\"\"ird\"", t.schema);
+    t.exec(&format!(
+        "CREATE TABLE {quoted} (id bigint PRIMARY KEY, n int NOT NULL DEFAULT 0);
+         SELECT create_distributed_table('{}', 'id');
+         INSERT INTO {quoted} SELECT g, 0 FROM generate_series(1, 400) g;",
+        quoted.replace('\'', "''")
+    ))
+    .await;
+    // Its shards' names come back quoted from `shard_name()`: each lane names its own table.
+    let m = t.sg.queue(&t.update("weird", &quoted, 50)).await.unwrap();
+    let lanes = t.sg.store().lane_list(m.id).await.unwrap();
+    assert!(
+        lanes.iter().all(|l| l.relation.contains("we\"ird_")),
+        "{:?}",
+        lanes.iter().map(|l| &l.relation).collect::<Vec<_>>()
+    );
+    tokio::time::timeout(Duration::from_secs(60), t.worker("w", 2).run_until_idle())
+        .await
+        .expect("done within a minute")
+        .unwrap();
+    assert_eq!(t.migration("weird").await.status, MigrationStatus::Finished);
+    assert_eq!(t.not_once(&quoted).await, 0, "every row exactly once");
+    t.finish().await;
+}

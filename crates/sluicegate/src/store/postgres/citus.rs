@@ -157,13 +157,22 @@ async fn single_shard(target: &PgTarget, table: &TableName) -> Result<bool> {
 /// (`schema.table`, read back by [`TableName::parse`]): `shard_name()` gives it unqualified
 /// when that schema is on the search path, and quoted when it must be.
 fn qualified_shard(table: &TableName, shard: &str) -> Result<String> {
-    let bare = shard.rsplit('.').next().unwrap_or(shard).trim_matches('"');
+    // `shard_name()` quotes a name that needs it (`"we""ird_102008"`): read it back.
+    let last = shard.rsplit('.').next().unwrap_or(shard);
+    let unquoted = match last.strip_prefix('"').and_then(|q| q.strip_suffix('"')) {
+        Some(inner) => inner.replace("\"\"", "\""),
+        None => last.to_owned(),
+    };
+    let bare = unquoted.as_str();
     let schema = table.schema.as_deref().unwrap_or("public");
     let stored = format!("{schema}.{bare}");
     match TableName::parse(&stored) {
-        Ok(parsed) if parsed.schema.as_deref() == Some(schema) && parsed.table == bare => Ok(stored),
+        Ok(parsed) if parsed.schema.as_deref() == Some(schema) && parsed.table == bare => {
+            Ok(stored)
+        }
         _ => Err(Error::InvalidSettings(format!(
-            "{}: a distributed table whose schema or shard name holds a dot or a quote cannot              be run in lanes",
+            "{}: a distributed table whose schema or shard name holds a dot cannot be run in lanes \
+             (its shard's name would not read back)",
             table.quoted()
         ))),
     }
