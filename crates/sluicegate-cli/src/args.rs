@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use sluicegate::model::defaults;
 
 /// Runs large data migrations on big tables in small batches, in the background, and records
 /// every state change of every job.
@@ -185,9 +186,10 @@ pub struct QueueArgs {
     /// last key, one-column keys). The rows counted are the last statement's.
     #[arg(long)]
     pub sql: Option<String>,
-    /// Keys per job.
-    #[arg(long, default_value_t = 1_000, allow_negative_numbers = true)]
-    pub batch_size: i64,
+    /// Keys per job to start from [default: 1000, or --sub-batch-size when larger]; at full
+    /// speed the optimizer grows it toward jobs of about a second (--max-batch-size caps that).
+    #[arg(long, allow_negative_numbers = true)]
+    pub batch_size: Option<i64>,
     /// Keys per sub-batch (one transaction) to start from [default: 100, tuned from there];
     /// given, it is also a ceiling the tuner never exceeds.
     #[arg(long, allow_negative_numbers = true)]
@@ -195,8 +197,9 @@ pub struct QueueArgs {
     /// Ceiling for the batch-size optimizer.
     #[arg(long, allow_negative_numbers = true)]
     pub max_batch_size: Option<i64>,
-    /// Pause between sub-batches, in milliseconds.
-    #[arg(long, default_value_t = 100, allow_negative_numbers = true)]
+    /// Pause between sub-batches, in milliseconds (0: none; the health indicators still slow
+    /// down or hold a migration when the database needs it).
+    #[arg(long, default_value_t = defaults::PAUSE_MS, allow_negative_numbers = true)]
     pub pause_ms: i64,
     /// Minimum time between job starts (0s: full speed).
     #[arg(long, default_value = "0s", value_parser = parse_duration)]

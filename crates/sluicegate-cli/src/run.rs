@@ -36,7 +36,7 @@ fn definition(args: &QueueArgs) -> Definition {
         join: args.join.clone(),
         sql: args.sql.clone(),
         arguments: None,
-        batch_size: Some(args.batch_size),
+        batch_size: args.batch_size,
         sub_batch_size: args.sub_batch_size,
         max_batch_size: args.max_batch_size,
         pause_ms: Some(args.pause_ms),
@@ -688,4 +688,37 @@ pub async fn verify(sg: &Sluicegate, migration: &str, json: bool) -> Result<()> 
         .into());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+    use sluicegate::QueueRequest;
+
+    use super::*;
+    use crate::args::{Cli, Command};
+
+    /// `queue` with no size or pacing flag asks for exactly the library's defaults: one set
+    /// of defaults, whichever way a migration is queued.
+    #[test]
+    fn queue_without_flags_takes_the_library_defaults() {
+        let cli = Cli::try_parse_from([
+            "sluicegate",
+            "queue",
+            "b",
+            "--table",
+            "items",
+            "--kind",
+            "update",
+            "--set",
+            "n = 1",
+        ])
+        .unwrap();
+        let Command::Queue(args) = cli.command else {
+            panic!("not a queue command");
+        };
+        let from_flags = request(&args).unwrap().settings();
+        let library = QueueRequest::new("b", "update", "items").settings();
+        assert_eq!(from_flags, library);
+    }
 }

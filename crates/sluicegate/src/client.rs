@@ -19,7 +19,7 @@ use crate::ident::{self, TableName};
 use crate::key::Lower;
 use crate::kind::Registry;
 use crate::model::{
-    CitusTable, Job, JobCounts, JobTransition, Migration, MigrationTransition, NewLane,
+    defaults, CitusTable, Job, JobCounts, JobTransition, Migration, MigrationTransition, NewLane,
     NewMigration, Settings, TargetIdentity, ValidSettings,
 };
 use crate::status::{JobStatus, MigrationEvent, MigrationStatus};
@@ -167,7 +167,7 @@ pub struct QueueRequest {
 }
 
 impl QueueRequest {
-    /// A request with GitLab's defaults.
+    /// A request with the [defaults](crate::model::defaults).
     pub fn new(
         name: impl Into<String>,
         job_kind: impl Into<String>,
@@ -181,20 +181,20 @@ impl QueueRequest {
             scope: None,
             non_unique_key: false,
             arguments: Value::Object(Default::default()),
-            batch_size: 1_000,
-            sub_batch_size: 100,
+            batch_size: defaults::BATCH_SIZE,
+            sub_batch_size: defaults::SUB_BATCH_SIZE,
             sub_batch_ceiling: None,
             max_batch_size: None,
-            pause_ms: 100,
-            interval: Duration::ZERO,
+            pause_ms: defaults::PAUSE_MS,
+            interval: defaults::INTERVAL,
             min_value: None,
             max_value: None,
             paused: false,
-            statement_timeout: Duration::from_secs(30),
-            lock_timeout: Duration::from_secs(5),
+            statement_timeout: defaults::STATEMENT_TIMEOUT,
+            lock_timeout: defaults::LOCK_TIMEOUT,
             actor: "library".to_owned(),
             health: HealthSettings::default(),
-            target_sub_batch_time: Duration::from_millis(100),
+            target_sub_batch_time: defaults::TARGET_SUB_BATCH_TIME,
             after: Vec::new(),
             verify: None,
         }

@@ -237,6 +237,12 @@ impl Definition {
             Some(sub) => {
                 req.sub_batch_size = sub;
                 req.sub_batch_ceiling = Some(sub);
+                // And the other way: a sub-batch larger than the default batch, without a
+                // batch size, brings the batch up to one sub-batch (the optimizer grows it
+                // from there at full speed).
+                if self.batch_size.is_none() && sub > req.batch_size {
+                    req.batch_size = sub;
+                }
             }
             // Defaults follow each other: a batch smaller than the default sub-batch brings
             // the sub-batch down to it (`--batch-size 50` alone is a batch of one sub-batch).

@@ -168,6 +168,30 @@ impl ValidSettings {
     }
 }
 
+/// The settings a migration gets when nothing is said: the fast path. Jobs start at
+/// GitLab's 1,000 keys and, at full speed, grow toward a second each (the optimizer, logged as
+/// `resize` rows); sub-batches start at 100 keys and are tuned toward
+/// [`DEFAULT_TARGET_SUB_BATCH_TIME`]; no pause between them (the health indicators slow a
+/// migration down or hold it when the database needs it).
+pub mod defaults {
+    use std::time::Duration;
+
+    /// Keys per job to start from.
+    pub const BATCH_SIZE: i64 = 1_000;
+    /// Keys per sub-batch to start from.
+    pub const SUB_BATCH_SIZE: i64 = 100;
+    /// Pause between sub-batches, in milliseconds.
+    pub const PAUSE_MS: i64 = 0;
+    /// Minimum time between job starts (zero: full speed).
+    pub const INTERVAL: Duration = Duration::ZERO;
+    /// The tuner's target time per sub-batch transaction.
+    pub const TARGET_SUB_BATCH_TIME: Duration = Duration::from_millis(100);
+    /// Each sub-batch's statement timeout.
+    pub const STATEMENT_TIMEOUT: Duration = Duration::from_secs(30);
+    /// Each sub-batch's lock timeout.
+    pub const LOCK_TIMEOUT: Duration = Duration::from_secs(5);
+}
+
 /// The longest statement or lock timeout, pause between sub-batches, or target sub-batch time.
 pub const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 /// The longest interval or hold (wait between health re-checks).

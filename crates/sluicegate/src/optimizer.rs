@@ -23,11 +23,14 @@ pub const MAX_BATCH_SIZE: i64 = 2_000_000;
 /// few statements on the tracking database) is noise against its work; short enough that a
 /// pause, a hold or a stop waits little for the job in flight.
 pub const FULL_SPEED_JOB_TIME: Duration = Duration::from_secs(1);
-/// At full speed, how often a loop looks at its recent jobs for growth.
-pub const FULL_SPEED_LOOK_EVERY: Duration = Duration::from_millis(250);
 /// At full speed, the largest growth of the batch a step: jobs far shorter than their target
-/// are mostly bookkeeping, and each step costs a statement.
-pub const FULL_SPEED_MAX_GROWTH: f64 = 2.0;
+/// are mostly bookkeeping, so a migration started at the default 1,000 keys reaches jobs of
+/// a second in a few steps (×4 a step: 1,000 to 256,000 in four).
+pub const FULL_SPEED_MAX_GROWTH: f64 = 4.0;
+/// At full speed, the succeeded jobs a growth step needs (newest first), and how many jobs a
+/// loop finishes between two looks: a handful is enough, since a step only ever grows, by a
+/// bounded factor, and the dense-batch cap still holds.
+pub const FULL_SPEED_SAMPLE_JOBS: usize = 3;
 
 /// Exponentially smoothed efficiency of `durations` (newest first) against `interval`:
 /// weights (1-α)^i, normalised. `None` with fewer than [`SAMPLE_JOBS`] samples or a zero
@@ -94,7 +97,14 @@ pub fn next_batch_size_by_rows(
     interval: Duration,
     max_batch_size: Option<i64>,
 ) -> Option<Resize> {
-    next_batch_size_aimed(current, samples, interval, max_batch_size, MAX_GROWTH)
+    next_batch_size_aimed(
+        current,
+        samples,
+        SAMPLE_JOBS,
+        interval,
+        max_batch_size,
+        MAX_GROWTH,
+    )
 }
 
 /// At full speed: [`next_batch_size_by_rows`] aimed at [`FULL_SPEED_JOB_TIME`] per job, growing
@@ -106,22 +116,31 @@ pub fn next_batch_size_at_full_speed(
     max_batch_size: Option<i64>,
 ) -> Option<Resize> {
     let aim = FULL_SPEED_JOB_TIME;
-    next_batch_size_aimed(current, samples, aim, max_batch_size, FULL_SPEED_MAX_GROWTH)
-        .filter(|r| r.batch_size > current)
+    next_batch_size_aimed(
+        current,
+        samples,
+        FULL_SPEED_SAMPLE_JOBS,
+        aim,
+        max_batch_size,
+        FULL_SPEED_MAX_GROWTH,
+    )
+    .filter(|r| r.batch_size > current)
 }
 
-/// GitLab's rule aimed at `aim` per job, growing at most `max_growth` a step.
+/// GitLab's rule over the newest `sample_jobs` of `samples`, aimed at `aim` per job, growing
+/// at most `max_growth` a step.
 fn next_batch_size_aimed(
     current: i64,
     samples: &[JobSample],
+    sample_jobs: usize,
     interval: Duration,
     max_batch_size: Option<i64>,
     max_growth: f64,
 ) -> Option<Resize> {
-    if samples.len() < SAMPLE_JOBS || interval.is_zero() {
+    if samples.len() < sample_jobs || interval.is_zero() {
         return None;
     }
-    let samples = &samples[..SAMPLE_JOBS];
+    let samples = &samples[..sample_jobs];
     let (mut weighted, mut weights) = (0.0, 0.0);
     for (i, s) in samples.iter().enumerate() {
         let weight = (1.0 - EMA_ALPHA).powi(i as i32) * s.rows.max(0) as f64;
@@ -143,7 +162,7 @@ fn next_batch_size_aimed(
     let ceiling = max_batch_size.unwrap_or(MAX_BATCH_SIZE).max(MIN_BATCH_SIZE);
     let mut next = ((current as f64 * multiplier) as i64).clamp(MIN_BATCH_SIZE, ceiling);
     let mut reason = format!(
-        "efficiency {efficiency:.2} of the interval over the last {SAMPLE_JOBS} jobs (weighted by rows)"
+        "efficiency {efficiency:.2} of the interval over the last {sample_jobs} jobs (weighted by rows)"
     );
     if next > current {
         let slowest_per_row = samples

@@ -846,7 +846,7 @@ store_test!(at_full_speed_jobs_grow_toward_their_target_time, |db| {
     let sg = db.sluicegate().await;
     db.create_items("items", &[(1, 30_000)]).await;
     db.create_items("pinned", &[(1, 3_000)]).await;
-    // No ceiling: after 20 short jobs the optimizer grows them (to GitLab's floor of 1,000
+    // No ceiling: after 3 short jobs the optimizer grows them (to GitLab's floor of 1,000
     // keys at once from 100), never shrinks them.
     let mut grows = fast("grows", "update", "items", 100, 100).argument("set", "n = n + 1");
     grows.max_batch_size = None;

@@ -57,8 +57,9 @@ pub(super) struct MigrationRun {
     /// For a migration in lanes: when the coordinator's health and the jobs to take up again
     /// were last looked at (at most once a second between claims).
     pub(super) lanes_looked: Option<Instant>,
-    /// At full speed: when this loop last looked at the migration's jobs to grow its batch.
-    pub(super) grown_at: Option<Instant>,
+    /// At full speed: the jobs this loop finished since it last looked at the migration's
+    /// jobs to grow its batch.
+    pub(super) jobs_since_look: usize,
 }
 
 impl MigrationRun {
@@ -87,7 +88,7 @@ impl MigrationRun {
             lane_turn: 0,
             placements: None,
             lanes_looked: None,
-            grown_at: None,
+            jobs_since_look: 0,
         }
     }
 

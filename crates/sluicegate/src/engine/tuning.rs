@@ -23,28 +23,30 @@ impl WorkerLoop {
         m: &Migration,
     ) -> Result<Option<Migration>> {
         // At full speed, jobs grow toward a target time of their own (never shrink: nothing
-        // waits on them but their own bookkeeping), looked at once a second per loop (the
-        // jobs it reads would be one more statement per job), and not at all when the
-        // migration's ceiling is its batch.
+        // waits on them but their own bookkeeping), looked at after every few jobs of this
+        // loop (reading the jobs is one more statement), and not at all when the migration's
+        // ceiling is its batch.
         let full_speed = m.interval.is_zero();
         if full_speed {
             let pinned = m.max_batch_size.is_some_and(|max| max <= m.batch_size);
-            let recent = run
-                .grown_at
-                .is_some_and(|t| t.elapsed() < optimizer::FULL_SPEED_LOOK_EVERY);
-            if pinned || recent {
+            run.jobs_since_look += 1;
+            if pinned || run.jobs_since_look < optimizer::FULL_SPEED_SAMPLE_JOBS {
                 return Ok(None);
             }
-            run.grown_at = Some(std::time::Instant::now());
+            run.jobs_since_look = 0;
         }
         let aim = match full_speed {
             true => optimizer::FULL_SPEED_JOB_TIME,
             false => m.interval,
         };
+        let sample_jobs = match full_speed {
+            true => optimizer::FULL_SPEED_SAMPLE_JOBS,
+            false => optimizer::SAMPLE_JOBS,
+        };
         let jobs = self
             .sluicegate()
             .store
-            .job_recent_succeeded(m.id, optimizer::SAMPLE_JOBS as i64)
+            .job_recent_succeeded(m.id, sample_jobs as i64)
             .await?;
         let samples: Vec<optimizer::JobSample> = jobs
             .iter()

@@ -28,9 +28,12 @@ fn walk_sql((table, key, scope): Walk<'_>, inclusive: bool) -> String {
         scope_condition(scope)
     );
     let (asc, desc) = (key_order(key, "ASC"), key_order(key, "DESC"));
+    // The keys the OFFSET skips are read bare, the JSON built for the one kept only.
+    let cols = key_list(key);
     format!(
         "SELECT (SELECT {json} {in_range} ORDER BY {asc} LIMIT 1),
-                (SELECT {json} {in_range} ORDER BY {asc} LIMIT 1 OFFSET ${} - 1),
+                (SELECT {json} FROM (SELECT {cols} {in_range} ORDER BY {asc}
+                                     LIMIT 1 OFFSET ${} - 1) AS sluicegate_nth),
                 (SELECT {json} {in_range} ORDER BY {desc} LIMIT 1)",
         2 * n + 1
     )
