@@ -958,7 +958,7 @@ store_test!(defaults_set_and_queue_again_from_the_command_line, |db| {
         "replica lag max 1 GiB or 30s",
         "transaction age max 10m",
         "statement 30s, lock 5s",
-        "10m / 100 ms",
+        "10m / 0 ms",
         "never above 10 keys (the explicit sub-batch size)",
     ] {
         assert!(
@@ -1680,8 +1680,8 @@ store_test!(
                     "10",
                     "--sub-batch-size",
                     "10",
-                    "--pause-ms",
-                    "0",
+                    "--max-batch-size",
+                    "10",
                 ],
             );
         }
