@@ -1745,3 +1745,129 @@ store_test!(
         );
     }
 );
+
+/// A migration of a Citus distributed table, on the cluster `scripts/test` starts: the
+/// migration page's "Lanes by node" table and the API's `nodes` name each worker node with its
+/// lanes, and follow the migration to its end. Skipped (said) without a cluster, unless
+/// `SLUICEGATE_REQUIRE_CITUS` says one is required.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_dashboard_and_the_api_show_lanes_by_node_on_citus() {
+    let Ok(url) = std::env::var("SLUICEGATE_TEST_CITUS_URL") else {
+        assert!(
+            std::env::var_os("SLUICEGATE_REQUIRE_CITUS").is_none(),
+            "SLUICEGATE_TEST_CITUS_URL is not set, and SLUICEGATE_REQUIRE_CITUS says a Citus \
+             cluster is required: run scripts/test"
+        );
+        eprintln!("SKIPPED (Citus): SLUICEGATE_TEST_CITUS_URL is not set");
+        return;
+    };
+    let admin = sqlx::PgPool::connect(&url).await.unwrap();
+    let tag = format!("{}_{}", std::process::id(), rand_suffix());
+    let (schema, tracking) = (format!("sgserve_{tag}"), format!("sgservet_{tag}"));
+    sqlx::raw_sql(&format!(
+        "CREATE SCHEMA {schema};
+         CREATE TABLE {schema}.events (tenant_id bigint, id bigint, n int NOT NULL DEFAULT 0,
+             PRIMARY KEY (tenant_id, id));
+         SET citus.shard_count = 4;
+         SELECT create_distributed_table('{schema}.events', 'tenant_id');
+         RESET citus.shard_count;
+         INSERT INTO {schema}.events SELECT g % 10, g, 0 FROM generate_series(1, 2000) g;"
+    ))
+    .execute(&admin)
+    .await
+    .unwrap();
+    let nodes: Vec<String> = sqlx::query_scalar(
+        "SELECT DISTINCT nodename || ':' || nodeport FROM pg_dist_shard_placement p
+           JOIN pg_dist_shard s USING (shardid)
+          WHERE s.logicalrelid = $1::regclass",
+    )
+    .bind(format!("{schema}.events"))
+    .fetch_all(&admin)
+    .await
+    .unwrap();
+    let mut opts = sluicegate::ConnectOptions::new(&url);
+    opts.schema = tracking.clone();
+    let sg = Sluicegate::connect_with(opts).await.unwrap();
+    sg.setup().await.unwrap();
+    let mut req = QueueRequest::new("lanes", "update", &format!("{schema}.events"))
+        .argument("set", "n = n + 1");
+    req.batch_size = 100;
+    let m = sg.queue(&req).await.unwrap();
+    let st = AppState::new(sg.clone(), None);
+
+    // Queued: every lane waits, on the nodes Citus placed them on.
+    let (status, page, _) = call(&st, "GET", &format!("/migrations/{}", m.id), None, None).await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert!(
+        page.contains("Lanes by node") && page.contains("4 lanes (one per shard)"),
+        "{page}"
+    );
+    for node in &nodes {
+        assert!(page.contains(node.as_str()), "{node} in {page}");
+    }
+    let (_, body, _) = call(&st, "GET", &format!("/api/migrations/{}", m.id), None, None).await;
+    let view = json(&body);
+    let listed = view["nodes"].as_array().unwrap_or_else(|| panic!("{view}"));
+    assert_eq!(listed.len(), nodes.len(), "{view}");
+    assert_eq!(
+        listed
+            .iter()
+            .map(|n| n["lanes"].as_u64().unwrap())
+            .sum::<u64>(),
+        4,
+        "{view}"
+    );
+
+    // Run to the end: every lane done, every row written once, and the page says so.
+    sg.worker(WorkerOptions {
+        name: "serve-citus".into(),
+        concurrency: 2,
+        ..WorkerOptions::default()
+    })
+    .run_until_idle()
+    .await
+    .unwrap();
+    let once: i64 =
+        sqlx::query_scalar(&format!("SELECT count(*) FROM {schema}.events WHERE n = 1"))
+            .fetch_one(&admin)
+            .await
+            .unwrap();
+    assert_eq!(once, 2000);
+    let (_, body, _) = call(&st, "GET", &format!("/api/migrations/{}", m.id), None, None).await;
+    let view = json(&body);
+    let listed = view["nodes"].as_array().unwrap();
+    assert!(
+        listed
+            .iter()
+            .all(|n| n["done"] == n["lanes"] && n["held"] == 0),
+        "{view}"
+    );
+    assert_eq!(
+        listed
+            .iter()
+            .map(|n| n["rows_done"].as_i64().unwrap())
+            .sum::<i64>(),
+        2000,
+        "{view}"
+    );
+    let (_, page, _) = call(&st, "GET", &format!("/migrations/{}", m.id), None, None).await;
+    assert!(page.contains("2,000"), "{page}");
+    drop((st, sg));
+    sqlx::raw_sql(&format!(
+        "DROP SCHEMA {schema} CASCADE; DROP SCHEMA IF EXISTS {tracking} CASCADE;"
+    ))
+    .execute(&admin)
+    .await
+    .unwrap();
+}
+
+/// Ten lowercase letters, so that two runs on one cluster never share a schema.
+fn rand_suffix() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    (0..10)
+        .map(|i| (b'a' + ((nanos >> (i * 3)) % 26) as u8) as char)
+        .collect()
+}
