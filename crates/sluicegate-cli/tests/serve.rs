@@ -1789,7 +1789,7 @@ async fn the_dashboard_and_the_api_show_lanes_by_node_on_citus() {
     opts.schema = tracking.clone();
     let sg = Sluicegate::connect_with(opts).await.unwrap();
     sg.setup().await.unwrap();
-    let mut req = QueueRequest::new("lanes", "update", &format!("{schema}.events"))
+    let mut req = QueueRequest::new("lanes", "update", format!("{schema}.events"))
         .argument("set", "n = n + 1");
     req.batch_size = 100;
     let m = sg.queue(&req).await.unwrap();
