@@ -1,6 +1,7 @@
 //! The parts of the `sluicegate` binary that tests and other programs reuse: the JSON views
 //! and the HTTP server (dashboard, JSON API, `/metrics`).
 
+pub mod fit;
 pub mod json;
 pub mod serve;
 pub mod units;
