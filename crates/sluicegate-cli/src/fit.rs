@@ -128,8 +128,9 @@ impl Grid {
                 w[i] = w[i].saturating_sub(over(&w)).max(CUT_MIN).min(w[i]);
             }
             if over(&w) == 0 {
-                // What is left over goes back to the columns cut, the most needed first.
-                for &i in self.cut.iter().rev().filter(|i| kept.contains(i)) {
+                // What is left over goes back to the columns that gave way, the most needed
+                // first.
+                for &i in self.wrap.iter().rev().filter(|i| kept.contains(i)) {
                     let spare = width - table_width(&kept, &w);
                     w[i] = (w[i] + spare).min(self.natural()[i]);
                 }
@@ -180,8 +181,10 @@ impl Grid {
                 .iter()
                 .map(|r| kept.iter().map(|&i| wrap(&r[i], w[i])).collect())
                 .collect(),
+            // An empty column left out is not worth a word.
             left_out: (0..self.header.len())
                 .filter(|i| !kept.contains(i))
+                .filter(|&i| self.rows.iter().any(|r| !r[i].trim().is_empty()))
                 .map(|i| self.header[i].clone())
                 .collect(),
         }
@@ -322,7 +325,11 @@ mod tests {
             let f = g.fit(Some(width));
             let lines = drawn(&f);
             for line in &lines {
-                assert!(line.width() <= width, "{width}: {line:?} is {}", line.width());
+                assert!(
+                    line.width() <= width,
+                    "{width}: {line:?} is {}",
+                    line.width()
+                );
             }
             // Each word of a kept cell is on one line, whole or cut short with `…`: no line
             // holds the end of a word without its start.
@@ -336,8 +343,8 @@ mod tests {
             let all = words(&g);
             for w in &text {
                 let whole = all.contains(w);
-                let cut_short = w.ends_with('…')
-                    && all.iter().any(|a| a.starts_with(w.trim_end_matches('…')));
+                let cut_short =
+                    w.ends_with('…') && all.iter().any(|a| a.starts_with(w.trim_end_matches('…')));
                 assert!(whole || cut_short, "{width}: {w:?} is a piece of a word");
             }
         }

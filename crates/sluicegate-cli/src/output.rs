@@ -13,9 +13,9 @@ use sluicegate::{
     lanes_by_node, Job, JobStatus, Lane, LaneProgress, Migration, MigrationStatus, NodeProgress,
     Progress, Sluicegate,
 };
+use sluicegate_cli::fit::{self, Grid};
 use sluicegate_cli::json::{job_duration_ms, JobJson, ProtectionOffJson, StatusJson};
 pub use sluicegate_cli::json::{key_value, MigrationJson};
-use sluicegate_cli::fit::{self, Grid};
 pub use sluicegate_cli::units::{bytes, millis, thousands};
 use sluicegate_cli::units::{rows_of, short_key};
 
@@ -71,10 +71,12 @@ fn draw(g: &Grid) -> String {
     }
     let mut out = t.to_string();
     if let (false, Some(width)) = (f.left_out.is_empty(), width) {
-        out.push_str(&format!(
-            "\n(left out to fit {width} columns: {}; a wider terminal or --json shows them)",
+        let note = format!(
+            "(left out to fit {width} columns: {}; a wider terminal or --json shows them)",
             f.left_out.join(", ")
-        ));
+        );
+        out.push('\n');
+        out.push_str(&fit::wrap(&note, width));
     }
     out
 }
@@ -323,10 +325,11 @@ pub async fn status(sg: &Sluicegate, statuses: &[String], json: bool) -> Result<
             cell(note_text(p, waiting.as_deref())),
         ]);
     }
-    // At 100 columns the target, the batch and the job counts give way first (`show` and
-    // `--json` have them), then long names, tables and notes are cut short.
+    // Narrow, notes, targets and long names are cut short first, then the target, the batch
+    // and the job counts are left out (`show` and `--json` have them): a table's name is
+    // never cut.
     let t = t.give_way_named(
-        &["NOTE", "TARGET", "NAME", "TABLE"],
+        &["NOTE", "TARGET", "NAME"],
         &["TARGET", "BATCH", "JOBS ok/failed/all", "NOTE"],
     );
     outln!("{}", draw(&t));
@@ -410,7 +413,11 @@ fn jobs_table(jobs: &[Job], lanes: &[Lane]) -> Grid {
         let mut row = vec![
             cell(j.id),
             cell(j.status),
-            cell(format!("{} ..= {}", short_key(&j.min_value), short_key(&j.max_value))),
+            cell(format!(
+                "{} ..= {}",
+                short_key(&j.min_value),
+                short_key(&j.max_value)
+            )),
             // The last key whose sub-batch committed: a retry resumes after it.
             cell(opt(j.cursor.as_ref().map(short_key))),
             cell(thousands(j.rows_affected)),

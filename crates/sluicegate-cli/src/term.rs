@@ -184,7 +184,10 @@ mod tests {
             .lines()
             .find(|l| l.contains("slow statement"))
             .unwrap_or_else(|| panic!("{text}"));
-        assert!(line.contains("db.statement=\"WITH finished AS ( UPDATE"), "{line}");
+        assert!(
+            line.contains("db.statement=\"WITH finished AS ( UPDATE"),
+            "{line}"
+        );
         assert!(line.len() < 600, "{line}");
         assert_eq!(text.lines().count(), 3, "{text}");
     }

@@ -120,7 +120,9 @@ mod tests {
     #[test]
     fn keys_in_tables_are_short() {
         use sluicegate::Key;
-        let uuid = Key(vec![serde_json::json!("0b7e6c1e-9d1f-4c55-8a7e-2f1d3c4b5a69")]);
+        let uuid = Key(vec![serde_json::json!(
+            "0b7e6c1e-9d1f-4c55-8a7e-2f1d3c4b5a69"
+        )]);
         assert_eq!(short_key(&uuid), "0b7e…");
         assert_eq!(short_key(&Key::int(42)), "42");
         let pair = Key(vec![serde_json::json!(7), serde_json::json!(3)]);

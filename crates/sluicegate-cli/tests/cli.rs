@@ -10,7 +10,10 @@ use sluicegate::{store_test, Job, JobStatus, MigrationStatus};
 
 fn bin() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluicegate"));
-    cmd.env_remove("DATABASE_URL").env("NO_COLOR", "1");
+    // No width from the environment: tables print whole unless a test says COLUMNS.
+    cmd.env_remove("DATABASE_URL")
+        .env_remove("COLUMNS")
+        .env("NO_COLOR", "1");
     cmd
 }
 
@@ -2201,3 +2204,73 @@ store_test!(
         );
     }
 );
+
+// `status` at 100 columns (the width it broke `finishe/d` and `users.i/d` at): every line
+// fits, and every word is whole or cut short with `…`, never split over two lines; the
+// columns left out are named.
+store_test!(status_fits_100_columns_without_breaking_a_word, |db| {
+    let table = "items_of_a_rather_long_table_name";
+    db.create_items(table, &[(1, 300)]).await;
+    let url = db.url.clone();
+    assert!(sg(&url, &["setup"]).status.success());
+    let queued = sg(
+        &url,
+        &[
+            "queue",
+            "backfill_every_item_of_the_long_table",
+            "--table",
+            table,
+            "--kind",
+            "update",
+            "--set",
+            "n = n + 1",
+            "--batch-size",
+            "100",
+        ],
+    );
+    assert!(queued.status.success(), "{}", stderr(&queued));
+    let ran = sg(&url, &["run", "--until-idle"]);
+    assert!(ran.status.success(), "{}", stderr(&ran));
+    let status_at = |columns: &str| {
+        let out = bin()
+            .env("COLUMNS", columns)
+            .args(["--database-url", &url, "status"])
+            .output()
+            .expect("run sluicegate");
+        assert!(out.status.success(), "{}", stderr(&out));
+        stdout(&out)
+    };
+    let wide = status_at("1000");
+    assert!(
+        wide.lines().next().unwrap().chars().count() > 100,
+        "the whole table is wider than 100 columns: {wide}"
+    );
+    let whole: Vec<&str> = wide.split_whitespace().collect();
+    let narrow = status_at("100");
+    for line in narrow.lines() {
+        assert!(
+            line.chars().count() <= 100,
+            "{line:?} is wider than 100\n{narrow}"
+        );
+    }
+    // Words, not the table's borders.
+    let border = |w: &str| w.chars().all(|c| ('\u{2500}'..='\u{257f}').contains(&c));
+    let (cells, _note) = narrow
+        .split_once("\n(left out")
+        .expect("a note of what was left out");
+    for word in cells.split_whitespace().filter(|w| !border(w)) {
+        let cut_short = word
+            .strip_suffix('…')
+            .is_some_and(|start| whole.iter().any(|w| w.starts_with(start)));
+        assert!(
+            whole.contains(&word) || cut_short,
+            "{word:?} is a piece of a word\n{narrow}"
+        );
+    }
+    assert!(narrow.contains("finished"), "{narrow}");
+    assert!(narrow.contains(&format!("{table}.id")), "{narrow}");
+    assert!(
+        narrow.contains("left out to fit 100 columns: TARGET"),
+        "{narrow}"
+    );
+});

@@ -34,10 +34,7 @@ store_test!(rate_and_time_left_count_only_the_time_jobs_ran, |db| {
 
     // The same jobs with ten minutes between the oldest and the others (a pause, a hold, no
     // worker): the same rate, the same time left.
-    let mut recent = sg
-        .jobs(&m, Some(JobStatus::Succeeded))
-        .await
-        .unwrap();
+    let mut recent = sg.jobs(&m, Some(JobStatus::Succeeded)).await.unwrap();
     assert_eq!(recent.len(), pace.jobs);
     recent.sort_by_key(|j| j.started_at);
     for j in recent.iter_mut().skip(1) {
@@ -60,13 +57,19 @@ store_test!(rate_and_time_left_count_only_the_time_jobs_ran, |db| {
     sg.apply("pace", MigrationEvent::Pause, None, "cli")
         .await
         .unwrap();
-    let paused = sg.progress(&sg.migration("pace").await.unwrap()).await.unwrap();
+    let paused = sg
+        .progress(&sg.migration("pace").await.unwrap())
+        .await
+        .unwrap();
     assert_eq!(paused.eta_seconds, None, "paused: no time left promised");
     assert_eq!(paused.rows_per_second, Some(rate), "the last work's rate");
     sg.apply("pace", MigrationEvent::Resume, None, "cli")
         .await
         .unwrap();
-    let resumed = sg.progress(&sg.migration("pace").await.unwrap()).await.unwrap();
+    let resumed = sg
+        .progress(&sg.migration("pace").await.unwrap())
+        .await
+        .unwrap();
     assert_eq!(resumed.rows_per_second, Some(rate));
     assert_eq!(resumed.eta_seconds, Some(eta));
 });

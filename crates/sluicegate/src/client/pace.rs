@@ -117,7 +117,10 @@ mod tests {
     #[test]
     fn a_gap_between_jobs_does_not_lower_the_rate() {
         // Two jobs of 10,000 keys in one second each, back to back.
-        let back_to_back = [job(0, 1_000, 10_000, 5_000), job(1_000, 2_000, 10_000, 5_000)];
+        let back_to_back = [
+            job(0, 1_000, 10_000, 5_000),
+            job(1_000, 2_000, 10_000, 5_000),
+        ];
         // The same two jobs with a ten-minute pause between them.
         let paused = [
             job(0, 1_000, 10_000, 5_000),
@@ -134,12 +137,18 @@ mod tests {
     #[test]
     fn the_interval_between_job_starts_is_part_of_the_pace() {
         // Jobs of 1 s started every 10 s (`--interval 10s`): 1,000 keys per 10 s of running.
-        let jobs = [job(0, 1_000, 1_000, 1_000), job(10_000, 11_000, 1_000, 1_000)];
+        let jobs = [
+            job(0, 1_000, 1_000, 1_000),
+            job(10_000, 11_000, 1_000, 1_000),
+        ];
         let p = recent_pace(&jobs, Duration::from_secs(10)).unwrap();
         assert_eq!(p.seconds, 20.0);
         assert_eq!(p.keys_per_second, 100.0);
         // A pause of a minute beyond the interval still does not count.
-        let paused = [job(0, 1_000, 1_000, 1_000), job(70_000, 71_000, 1_000, 1_000)];
+        let paused = [
+            job(0, 1_000, 1_000, 1_000),
+            job(70_000, 71_000, 1_000, 1_000),
+        ];
         assert_eq!(recent_pace(&paused, Duration::from_secs(10)), Some(p));
     }
 
@@ -163,6 +172,9 @@ mod tests {
         running.status = JobStatus::Running;
         running.finished_at = None;
         assert_eq!(recent_pace(&[running], Duration::ZERO), None);
-        assert_eq!(recent_pace(&[job(5, 5, 1_000, 1_000)], Duration::ZERO), None);
+        assert_eq!(
+            recent_pace(&[job(5, 5, 1_000, 1_000)], Duration::ZERO),
+            None
+        );
     }
 }
