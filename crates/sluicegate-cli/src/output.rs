@@ -436,7 +436,8 @@ fn jobs_table(jobs: &[Job], lanes: &[Lane]) -> Grid {
         t.row(row);
     }
     t.give_way_named(
-        &["WORKER", "LANE (SHARD @ NODE)", "KEYS", "CURSOR"],
+        // The start time wraps (date over time) before a key range does.
+        &["WORKER", "STARTED", "LANE (SHARD @ NODE)", "CURSOR", "KEYS"],
         &["WORKER", "SUB", "ATTEMPTS", "STARTED"],
     )
 }

@@ -2274,3 +2274,34 @@ store_test!(status_fits_100_columns_without_breaking_a_word, |db| {
         "{narrow}"
     );
 });
+
+// `jobs` shows a UUID key by its first four hex digits, as the README says (`0b7e…`), and
+// `--json` has it whole.
+store_test!(jobs_show_uuid_keys_short_and_json_whole, |db| {
+    db.exec("CREATE TABLE accounts (id text PRIMARY KEY, n integer NOT NULL DEFAULT 0)")
+        .await;
+    db.exec(
+        "INSERT INTO accounts (id) VALUES ('0b7e6c1e-9d1f-4c55-8a7e-2f1d3c4b5a69'), \
+         ('5f1c2d3e-0000-4c55-8a7e-2f1d3c4b5a69'), ('9a8b7c6d-1111-4c55-8a7e-2f1d3c4b5a69')",
+    )
+    .await;
+    let url = db.url.clone();
+    assert!(sg(&url, &["setup"]).status.success());
+    let queued = sg(
+        &url,
+        &[
+            "queue", "acc", "--table", "accounts", "--kind", "update", "--set", "n = 1",
+        ],
+    );
+    assert!(queued.status.success(), "{}", stderr(&queued));
+    let ran = sg(&url, &["run", "--until-idle"]);
+    assert!(ran.status.success(), "{}", stderr(&ran));
+    let table = stdout(&sg(&url, &["jobs", "acc"]));
+    assert!(table.contains("0b7e… ..= 9a8b…"), "{table}");
+    assert!(!table.contains("0b7e6c1e"), "{table}");
+    let json = stdout(&sg(&url, &["jobs", "acc", "--json"]));
+    assert!(
+        json.contains("\"0b7e6c1e-9d1f-4c55-8a7e-2f1d3c4b5a69\""),
+        "{json}"
+    );
+});
