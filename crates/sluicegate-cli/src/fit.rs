@@ -77,9 +77,9 @@ impl Grid {
         self.headless
     }
 
-    /// Adds a row (as many cells as headers).
-    pub fn row(&mut self, cells: Vec<String>) {
-        debug_assert_eq!(cells.len(), self.header.len());
+    /// Adds a row: as many cells as headers (missing ones are empty, extra ones dropped).
+    pub fn row(&mut self, mut cells: Vec<String>) {
+        cells.resize(self.header.len(), String::new());
         self.rows.push(cells);
     }
 

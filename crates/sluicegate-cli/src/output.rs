@@ -291,6 +291,7 @@ pub async fn status(sg: &Sluicegate, statuses: &[String], json: bool) -> Result<
                 cell("-"),
                 cell("-"),
                 cell("-"),
+                cell("-"),
                 cell(format!(
                     "{}/{}/{}",
                     p.jobs.succeeded,
