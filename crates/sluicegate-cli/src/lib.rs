@@ -1,8 +1,10 @@
 //! The parts of the `sluicegate` binary that tests and other programs reuse: the JSON views
 //! and the HTTP server (dashboard, JSON API, `/metrics`).
 
+pub mod fit;
 pub mod json;
 pub mod serve;
+pub mod term;
 pub mod units;
 
 /// Resolves on the first Ctrl-C (SIGINT) or SIGTERM: the signal to end the sub-batch in
@@ -10,14 +12,14 @@ pub mod units;
 /// (exit 130 for SIGINT, 143 for SIGTERM): a job in flight is then covered by its lease.
 pub async fn shutdown_signal() {
     let first = signalled().await;
-    eprintln!(
+    term::say(&format!(
         "{first}: stopping at the end of the current sub-batch (send it again to exit at once)"
-    );
+    ));
     tokio::spawn(async {
         let second = signalled().await;
-        eprintln!(
+        term::say(&format!(
             "{second} again: exiting now; a job in flight is taken over when its lease runs out"
-        );
+        ));
         std::process::exit(match second {
             "SIGTERM" => 143,
             _ => 130,

@@ -98,17 +98,17 @@ fn said_once(err: &anyhow::Error) -> String {
 }
 
 fn init_tracing(cli: &Cli) {
-    use tracing_subscriber::EnvFilter;
-    let filter =
-        EnvFilter::try_from_env("SLUICEGATE_LOG").unwrap_or_else(|_| EnvFilter::new("warn"));
+    use sluicegate_cli::term;
+    // Through the bars when they are drawn (a line never lands at the end of one); sqlx's
+    // own warnings only when asked for.
     let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_env_filter(term::log_filter())
+        .with_writer(term::LogWriter)
         .with_ansi(output::color_enabled());
     if cli.wants_json() {
         builder.json().init();
     } else {
-        builder.init();
+        builder.fmt_fields(term::log_fields()).init();
     }
 }
 

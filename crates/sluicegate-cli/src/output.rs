@@ -6,16 +6,18 @@ use std::time::Duration;
 
 use anyhow::{bail, Result};
 use chrono::{DateTime, Utc};
-use comfy_table::{presets::UTF8_FULL_CONDENSED, Cell, ContentArrangement, Table};
+use comfy_table::{presets::UTF8_FULL_CONDENSED, ContentArrangement, Table};
 use serde::Serialize;
 use sluicegate::health::{HealthSettings, Reading, Signal};
 use sluicegate::{
     lanes_by_node, Job, JobStatus, Lane, LaneProgress, Migration, MigrationStatus, NodeProgress,
     Progress, Sluicegate,
 };
+use sluicegate_cli::fit::{self, Grid};
 use sluicegate_cli::json::{job_duration_ms, JobJson, ProtectionOffJson, StatusJson};
 pub use sluicegate_cli::json::{key_value, MigrationJson};
 pub use sluicegate_cli::units::{bytes, millis, thousands};
+use sluicegate_cli::units::{rows_of, short_key};
 
 /// Colors only on a terminal and when `NO_COLOR` is unset.
 pub fn color_enabled() -> bool {
@@ -44,19 +46,53 @@ pub(crate) fn time(t: Option<DateTime<Utc>>) -> String {
         .unwrap_or_else(|| "-".into())
 }
 
-fn table() -> Table {
+/// A cell's text.
+fn cell(x: impl ToString) -> String {
+    x.to_string()
+}
+
+/// A table laid out for the output's width ([`fit`]): cells wrap between words, long words
+/// are cut short with `…`, and the columns left out (if any) are named under it.
+fn draw(g: &Grid) -> String {
+    let width = fit::output_width();
+    let f = g.fit(width);
     let mut t = Table::new();
     t.load_preset(UTF8_FULL_CONDENSED)
-        .set_content_arrangement(ContentArrangement::Dynamic);
+        // Laid out already: comfy-table would split words to fit.
+        .set_content_arrangement(ContentArrangement::Disabled);
     if !color_enabled() {
         t.force_no_tty();
     }
-    t
+    if !g.is_headless() {
+        t.set_header(f.header);
+    }
+    for r in f.rows {
+        t.add_row(r);
+    }
+    let mut out = t.to_string();
+    if let (false, Some(width)) = (f.left_out.is_empty(), width) {
+        let note = format!(
+            "(left out to fit {width} columns: {}; a wider terminal or --json shows them)",
+            f.left_out.join(", ")
+        );
+        out.push('\n');
+        out.push_str(&fit::wrap(&note, width));
+    }
+    out
 }
 
+/// The time left: while it runs, at its recent pace; `paused` or `held` while it stands (no
+/// time is promised then).
 fn eta_text(p: &Progress) -> String {
-    if p.migration.status.is_finished() {
+    let m = &p.migration;
+    if m.status.is_finished() {
         return "-".into();
+    }
+    if m.status == MigrationStatus::Paused {
+        return "paused".into();
+    }
+    if m.held_since.is_some() {
+        return "held".into();
     }
     opt(p
         .eta_seconds
@@ -228,8 +264,7 @@ pub async fn status(sg: &Sluicegate, statuses: &[String], json: bool) -> Result<
         }
         return Ok(());
     }
-    let mut t = table();
-    t.set_header([
+    let mut t = Grid::new(&[
         "ID",
         "NAME",
         "STATUS",
@@ -246,58 +281,62 @@ pub async fn status(sg: &Sluicegate, statuses: &[String], json: bool) -> Result<
     for (p, _, waiting) in &rows {
         let m = &p.migration;
         if m.unreadable.is_some() {
-            t.add_row([
-                Cell::new(m.id),
-                Cell::new(&m.name),
-                Cell::new(format!("{} (unreadable)", m.status)),
-                Cell::new(&m.table_name),
-                Cell::new("-"),
-                Cell::new("-"),
-                Cell::new("-"),
-                Cell::new("-"),
-                Cell::new("-"),
-                Cell::new(format!(
+            t.row(vec![
+                cell(m.id),
+                cell(&m.name),
+                cell(format!("{} (unreadable)", m.status)),
+                cell(&m.table_name),
+                cell("-"),
+                cell("-"),
+                cell("-"),
+                cell("-"),
+                cell("-"),
+                cell("-"),
+                cell(format!(
                     "{}/{}/{}",
                     p.jobs.succeeded,
                     p.jobs.failed,
                     p.jobs.total()
                 )),
-                Cell::new("its stored row cannot be read back (see below)"),
+                cell("its stored row cannot be read back (see below)"),
             ]);
             continue;
         }
-        t.add_row([
-            Cell::new(m.id),
-            Cell::new(&m.name),
-            Cell::new(m.status),
-            Cell::new(format!("{}.{}", m.table_name, m.key.display_names())),
-            Cell::new(target_text(m)),
-            Cell::new(format!("{:.1}%", p.percent)),
-            Cell::new(format!(
-                "{} / {}",
-                thousands(p.rows_done),
-                opt(p.rows_total.map(thousands))
-            )),
-            Cell::new(opt(p.rows_per_second.map(|r| thousands(r.round() as i64)))),
-            Cell::new(eta_text(p)),
-            Cell::new(format!(
+        t.row(vec![
+            cell(m.id),
+            cell(&m.name),
+            cell(m.status),
+            cell(format!("{}.{}", m.table_name, m.key.display_names())),
+            cell(target_text(m)),
+            cell(format!("{:.1}%", p.percent)),
+            cell(rows_of(p.rows_done, p.rows_total)),
+            cell(opt(p.rows_per_second.map(|r| thousands(r.round() as i64)))),
+            cell(eta_text(p)),
+            cell(format!(
                 "{} / {}",
                 thousands(m.batch_size),
                 thousands(m.sub_batch_size)
             )),
-            Cell::new(format!(
+            cell(format!(
                 "{}/{}/{}",
                 p.jobs.succeeded,
                 p.jobs.failed,
                 p.jobs.total()
             )),
-            Cell::new(note_text(p, waiting.as_deref())),
+            cell(note_text(p, waiting.as_deref())),
         ]);
     }
-    outln!("{t}");
+    // Narrow, notes, targets and long names are cut short first, then the target, the batch
+    // and the job counts are left out (`show` and `--json` have them): a table's name is
+    // never cut.
+    let t = t.give_way_named(
+        &["NOTE", "TARGET", "NAME"],
+        &["TARGET", "BATCH", "JOBS ok/failed/all", "NOTE"],
+    );
+    outln!("{}", draw(&t));
     for (name, nodes) in &laned {
         outln!("lanes of {name} by node:");
-        outln!("{}", nodes_table(nodes));
+        outln!("{}", draw(&nodes_table(nodes)));
     }
     for line in protections_off_lines(&rows) {
         outln!("{line}");
@@ -306,34 +345,28 @@ pub async fn status(sg: &Sluicegate, statuses: &[String], json: bool) -> Result<
 }
 
 /// A migration's lanes summed per node.
-fn nodes_table(nodes: &[NodeProgress]) -> Table {
-    let mut t = table();
-    t.set_header([
+fn nodes_table(nodes: &[NodeProgress]) -> Grid {
+    let mut t = Grid::new(&[
         "NODE", "LANES", "DONE", "RUNNING", "HELD", "ROWS", "ETA", "NOTE",
     ]);
     for n in nodes {
-        t.add_row([
-            Cell::new(&n.node),
-            Cell::new(n.lanes),
-            Cell::new(n.done),
-            Cell::new(n.running),
-            Cell::new(n.held),
-            Cell::new(format!(
-                "{} / {}",
-                thousands(n.rows_done),
-                opt(n.rows_estimate.map(thousands))
-            )),
-            Cell::new(seconds_text(n.eta_seconds)),
-            Cell::new(n.hold_reason.as_deref().unwrap_or("")),
+        t.row(vec![
+            cell(&n.node),
+            cell(n.lanes),
+            cell(n.done),
+            cell(n.running),
+            cell(n.held),
+            cell(rows_of(n.rows_done, n.rows_estimate)),
+            cell(seconds_text(n.eta_seconds)),
+            cell(n.hold_reason.as_deref().unwrap_or("")),
         ]);
     }
-    t
+    t.give_way_named(&["NOTE", "NODE"], &["NOTE"])
 }
 
 /// Each lane of a migration.
-fn lanes_table(lanes: &[LaneProgress]) -> Table {
-    let mut t = table();
-    t.set_header([
+fn lanes_table(lanes: &[LaneProgress]) -> Grid {
+    let mut t = Grid::new(&[
         "LANE",
         "SHARD",
         "NODE",
@@ -344,22 +377,18 @@ fn lanes_table(lanes: &[LaneProgress]) -> Table {
         "NOTE",
     ]);
     for l in lanes {
-        t.add_row([
-            Cell::new(l.lane),
-            Cell::new(format!("{} ({})", l.shard_id, l.relation)),
-            Cell::new(&l.node),
-            Cell::new(format!("{:?}", l.state).to_lowercase()),
-            Cell::new(format!(
-                "{} / {}",
-                thousands(l.rows_done),
-                opt(l.rows_estimate.map(thousands))
-            )),
-            Cell::new(format!("{}/{}", l.jobs_done, l.jobs)),
-            Cell::new(seconds_text(l.eta_seconds)),
-            Cell::new(l.hold_reason.as_deref().unwrap_or("")),
+        t.row(vec![
+            cell(l.lane),
+            cell(format!("{} ({})", l.shard_id, l.relation)),
+            cell(&l.node),
+            cell(format!("{:?}", l.state).to_lowercase()),
+            cell(rows_of(l.rows_done, l.rows_estimate)),
+            cell(format!("{}/{}", l.jobs_done, l.jobs)),
+            cell(seconds_text(l.eta_seconds)),
+            cell(l.hold_reason.as_deref().unwrap_or("")),
         ]);
     }
-    t
+    t.give_way_named(&["NOTE", "SHARD", "NODE"], &["NOTE"])
 }
 
 fn seconds_text(s: Option<f64>) -> String {
@@ -370,8 +399,7 @@ fn seconds_text(s: Option<f64>) -> String {
     }
 }
 
-fn jobs_table(jobs: &[Job], lanes: &[Lane]) -> Table {
-    let mut t = table();
+fn jobs_table(jobs: &[Job], lanes: &[Lane]) -> Grid {
     let laned = jobs.iter().any(|j| j.lane.is_some());
     let mut header = vec![
         "JOB", "STATUS", "KEYS", "CURSOR", "ROWS", "ATTEMPTS", "BATCH", "SUB", "TOOK", "WORKER",
@@ -380,30 +408,39 @@ fn jobs_table(jobs: &[Job], lanes: &[Lane]) -> Table {
     if laned {
         header.insert(2, "LANE (SHARD @ NODE)");
     }
-    t.set_header(header);
+    let mut t = Grid::new(&header);
     for j in jobs {
+        // Keys shortened (`0b7e…`): `--json` and `history --job` have them whole.
         let mut row = vec![
-            Cell::new(j.id),
-            Cell::new(j.status),
-            Cell::new(format!("{} ..= {}", j.min_value, j.max_value)),
+            cell(j.id),
+            cell(j.status),
+            cell(format!(
+                "{} ..= {}",
+                short_key(&j.min_value),
+                short_key(&j.max_value)
+            )),
             // The last key whose sub-batch committed: a retry resumes after it.
-            Cell::new(opt(j.cursor.as_ref())),
-            Cell::new(thousands(j.rows_affected)),
-            Cell::new(j.attempts),
-            Cell::new(thousands(j.batch_size)),
-            Cell::new(thousands(j.sub_batch_size)),
-            Cell::new(opt(job_duration_ms(j).map(|ms| {
+            cell(opt(j.cursor.as_ref().map(short_key))),
+            cell(thousands(j.rows_affected)),
+            cell(j.attempts),
+            cell(thousands(j.batch_size)),
+            cell(thousands(j.sub_batch_size)),
+            cell(opt(job_duration_ms(j).map(|ms| {
                 format_duration(Duration::from_millis(ms.max(0) as u64))
             }))),
-            Cell::new(j.worker.as_deref().unwrap_or("-")),
-            Cell::new(time(j.started_at)),
+            cell(j.worker.as_deref().unwrap_or("-")),
+            cell(time(j.started_at)),
         ];
         if laned {
-            row.insert(2, Cell::new(lane_text(j, lanes)));
+            row.insert(2, cell(lane_text(j, lanes)));
         }
-        t.add_row(row);
+        t.row(row);
     }
-    t
+    t.give_way_named(
+        // The start time wraps (date over time) before a key range does.
+        &["WORKER", "STARTED", "LANE (SHARD @ NODE)", "CURSOR", "KEYS"],
+        &["WORKER", "SUB", "ATTEMPTS", "STARTED"],
+    )
 }
 
 /// `3 (102011 @ 10.0.0.2:5432)`: a job's lane, its shard and the shard's node.
@@ -482,7 +519,7 @@ pub async fn show(sg: &Sluicegate, migration: &str, json: bool) -> Result<()> {
         outln!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());
     }
-    let mut t = table();
+    let mut t = Grid::headless(2);
     let rows: Vec<(&str, String)> = vec![
         ("id", m.id.to_string()),
         ("name", m.name.clone()),
@@ -581,18 +618,24 @@ pub async fn show(sg: &Sluicegate, migration: &str, json: bool) -> Result<()> {
         (
             "progress",
             format!(
-                "{:.1}%, {} rows changed, {} rows in the table (estimated)",
+                "{:.1}%, rows changed / in the table (estimated): {}",
                 p.percent,
-                thousands(p.rows_done),
-                opt(p.rows_total.map(thousands))
+                rows_of(p.rows_done, p.rows_total)
             ),
         ),
         (
             "rate / ETA",
             format!(
-                "{} rows/s, ETA {}",
+                "{} rows/s, ETA {}{}",
                 opt(p.rows_per_second.map(|r| thousands(r.round() as i64))),
-                eta_text(&p)
+                eta_text(&p),
+                p.pace
+                    .map(|pace| format!(
+                        " (over the {} newest jobs, {} of running)",
+                        pace.jobs,
+                        format_duration(Duration::from_secs_f64(pace.seconds))
+                    ))
+                    .unwrap_or_default()
             ),
         ),
         (
@@ -616,11 +659,11 @@ pub async fn show(sg: &Sluicegate, migration: &str, json: bool) -> Result<()> {
         ),
     ];
     for (k, v) in rows {
-        t.add_row([Cell::new(k), Cell::new(v)]);
+        t.row(vec![cell(k), cell(v)]);
     }
     if m.unreadable.is_some() {
         // Only its identity is real: the rest of the table would be placeholders.
-        let mut t = table();
+        let mut t = Grid::headless(2);
         for (k, v) in [
             ("id", m.id.to_string()),
             ("name", m.name.clone()),
@@ -628,24 +671,24 @@ pub async fn show(sg: &Sluicegate, migration: &str, json: bool) -> Result<()> {
             ("kind", m.job_kind.clone()),
             ("table", m.table_name.clone()),
         ] {
-            t.add_row([Cell::new(k), Cell::new(v)]);
+            t.row(vec![cell(k), cell(v)]);
         }
-        outln!("{t}");
+        outln!("{}", draw(&t));
     } else {
-        outln!("{t}");
+        outln!("{}", draw(&t));
     }
     for line in protections_off_lines(&[(p, off, None)]) {
         outln!("{line}");
     }
     if !lanes.is_empty() {
         outln!("lanes by node:");
-        outln!("{}", nodes_table(&lanes_by_node(&lanes)));
+        outln!("{}", draw(&nodes_table(&lanes_by_node(&lanes))));
         outln!("lanes:");
-        outln!("{}", lanes_table(&lanes));
+        outln!("{}", draw(&lanes_table(&lanes)));
     }
     if !failed.is_empty() {
         outln!("failed jobs:");
-        outln!("{}", jobs_table(&failed, &lane_rows));
+        outln!("{}", draw(&jobs_table(&failed, &lane_rows)));
     }
     Ok(())
 }
@@ -681,7 +724,7 @@ pub async fn jobs(
     } else if jobs.is_empty() {
         outln!("no jobs");
     } else {
-        outln!("{}", jobs_table(&jobs, &lanes));
+        outln!("{}", draw(&jobs_table(&jobs, &lanes)));
         if limit.is_some() {
             outln!(
                 "{} of {} job(s){}, newest first",
@@ -710,15 +753,14 @@ pub async fn history(sg: &Sluicegate, migration: &str, job: Option<i64>, json: b
             outln!("{}", serde_json::to_string_pretty(&log)?);
             return Ok(());
         }
-        let mut t = table();
-        t.set_header(["TIME", "TRANSITION", "WORKER", "EXCEPTION", "MESSAGE"]);
+        let mut t = Grid::new(&["TIME", "TRANSITION", "WORKER", "EXCEPTION", "MESSAGE"]);
         for r in &log {
-            t.add_row([
-                Cell::new(time(Some(r.created_at))),
-                Cell::new(format!("{} -> {}", r.previous_status, r.next_status)),
-                Cell::new(r.worker.as_deref().unwrap_or("-")),
-                Cell::new(r.exception_class.as_deref().unwrap_or("")),
-                Cell::new(r.exception_message.as_deref().unwrap_or("")),
+            t.row(vec![
+                cell(time(Some(r.created_at))),
+                cell(format!("{} -> {}", r.previous_status, r.next_status)),
+                cell(r.worker.as_deref().unwrap_or("-")),
+                cell(r.exception_class.as_deref().unwrap_or("")),
+                cell(r.exception_message.as_deref().unwrap_or("")),
             ]);
         }
         let lanes = sg.store().lane_list(m.id).await?;
@@ -732,7 +774,7 @@ pub async fn history(sg: &Sluicegate, migration: &str, job: Option<i64>, json: b
             j.min_value,
             j.max_value
         );
-        outln!("{t}");
+        outln!("{}", draw(&t));
         return Ok(());
     }
     let log = sg.migration_history(&m).await?;
@@ -740,8 +782,7 @@ pub async fn history(sg: &Sluicegate, migration: &str, job: Option<i64>, json: b
         outln!("{}", serde_json::to_string_pretty(&log)?);
         return Ok(());
     }
-    let mut t = table();
-    t.set_header([
+    let mut t = Grid::new(&[
         "TIME",
         "EVENT",
         "TRANSITION",
@@ -750,13 +791,13 @@ pub async fn history(sg: &Sluicegate, migration: &str, job: Option<i64>, json: b
         "EXCEPTION",
     ]);
     for r in &log {
-        t.add_row([
-            Cell::new(time(Some(r.created_at))),
-            Cell::new(r.event),
-            Cell::new(format!("{} -> {}", opt(r.previous_status), r.next_status)),
-            Cell::new(r.actor.as_deref().unwrap_or("-")),
-            Cell::new(r.reason.as_deref().unwrap_or("")),
-            Cell::new(match (&r.exception_class, &r.exception_message) {
+        t.row(vec![
+            cell(time(Some(r.created_at))),
+            cell(r.event),
+            cell(format!("{} -> {}", opt(r.previous_status), r.next_status)),
+            cell(r.actor.as_deref().unwrap_or("-")),
+            cell(r.reason.as_deref().unwrap_or("")),
+            cell(match (&r.exception_class, &r.exception_message) {
                 (Some(c), Some(msg)) => format!("{c}: {msg}"),
                 (Some(c), None) => c.clone(),
                 _ => String::new(),
@@ -764,7 +805,7 @@ pub async fn history(sg: &Sluicegate, migration: &str, job: Option<i64>, json: b
         ]);
     }
     outln!("migration {} ({}):", m.id, m.name);
-    outln!("{t}");
+    outln!("{}", draw(&t));
     Ok(())
 }
 
@@ -787,17 +828,16 @@ pub async fn health(sg: &Sluicegate, migration: &str, json: bool) -> Result<()> 
         outln!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());
     }
-    let mut t = table();
-    t.set_header(["INDICATOR", "SIGNAL", "READING", "THRESHOLD"]);
+    let mut t = Grid::new(&["INDICATOR", "SIGNAL", "READING", "THRESHOLD"]);
     for r in &readings {
-        t.add_row([
-            Cell::new(r.indicator),
-            Cell::new(r.signal),
-            Cell::new(r.shown()),
-            Cell::new(&r.threshold),
+        t.row(vec![
+            cell(r.indicator),
+            cell(r.signal),
+            cell(r.shown()),
+            cell(&r.threshold),
         ]);
     }
-    outln!("{t}");
+    outln!("{}", draw(&t));
     if let Some(notice) = sluicegate::health::protections_off_notice(&readings, &m.health) {
         outln!("{notice}");
     }

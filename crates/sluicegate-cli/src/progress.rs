@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::io::IsTerminal;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::json;
@@ -13,6 +14,15 @@ use sluicegate_cli::json::key_value;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+/// A migration being shown: as last read, its bar, what its last job did, when it was last
+/// read.
+struct Shown {
+    m: Migration,
+    bar: Option<ProgressBar>,
+    last_job: String,
+    shown_at: Instant,
+}
+
 /// Receives a worker's step outcomes and shows them.
 pub struct Reporter {
     /// `None` tells the task to stop: workers may still hold senders when we finish.
@@ -20,23 +30,74 @@ pub struct Reporter {
     task: JoinHandle<()>,
 }
 
-/// What a bar says of a migration's progress: the share of keys done, rows changed, the rate
-/// and the time left from the recent rate (`-` while it does not run).
-fn progress_text(p: &sluicegate::Progress) -> String {
+/// How often a bar is read again from the tracking database when no job of its migration
+/// ended meanwhile: a pause or a hold from another shell shows within about this long.
+const REFRESH: Duration = Duration::from_millis(500);
+
+/// What a bar says of a migration as it stands: the share of keys done, rows changed, the
+/// recent rate and the time left at it, its batch and sub-batch sizes now (a `set` shows at
+/// once), and `PAUSED` / `HELD` (with the rate of its last work, and no time left) while it
+/// stands still. `last_job` is said after it (`job 12 ok`).
+fn bar_text(p: &sluicegate::Progress, last_job: &str) -> String {
     use crate::output::{format_duration, thousands};
-    let eta = p
-        .eta_seconds
-        .map(|s| format_duration(std::time::Duration::from_secs_f64(s)))
-        .unwrap_or_else(|| "-".into());
+    use sluicegate::MigrationStatus as S;
+    let m = &p.migration;
     let rate = p
         .rows_per_second
-        .map(|r| format!("{} rows/s", thousands(r.round() as i64)))
-        .unwrap_or_else(|| "- rows/s".into());
+        .map(|r| format!("{} rows/s", thousands(r.round() as i64)));
+    let standing = match m.status {
+        S::Paused => Some("PAUSED"),
+        S::Active | S::Finalizing if m.held_since.is_some() => Some("HELD"),
+        _ => None,
+    };
+    let (state, rate, eta) = match standing {
+        Some(state) => (
+            format!("{state}  "),
+            rate.map(|r| format!("last ran at {r}"))
+                .unwrap_or_else(|| "- rows/s".into()),
+            format!("ETA - ({})", state.to_lowercase()),
+        ),
+        None => (
+            String::new(),
+            rate.unwrap_or_else(|| "- rows/s".into()),
+            format!(
+                "ETA {}",
+                p.eta_seconds
+                    .map(|s| format_duration(Duration::from_secs_f64(s)))
+                    .unwrap_or_else(|| "-".into())
+            ),
+        ),
+    };
+    let hold = match (standing, &p.hold_reason) {
+        (Some("HELD"), Some(why)) => format!(": {why}"),
+        _ => String::new(),
+    };
     format!(
-        "{:.1}% of keys  {} rows changed  {rate}  ETA {eta}",
+        "{state}{:.1}% of keys  {} rows changed  {rate}  {eta}  batch {} / sub {}{}{hold}",
         p.percent,
-        thousands(p.rows_done)
+        thousands(p.rows_done),
+        thousands(m.batch_size),
+        thousands(m.sub_batch_size),
+        if last_job.is_empty() || standing.is_some() {
+            String::new()
+        } else {
+            format!("  {last_job}")
+        }
     )
+}
+
+/// Reads migration `id` and its progress again and shows it on `bar`; a migration that ended
+/// ends its bar.
+async fn refresh(sg: &Sluicegate, id: i64, bar: &ProgressBar, last_job: &str) -> Option<Migration> {
+    let m = sg.migration(&id.to_string()).await.ok()?;
+    if m.status.is_finished() {
+        end_bar(sg, &m, bar).await;
+        return Some(m);
+    }
+    let p = sg.progress(&m).await.ok()?;
+    bar.set_position((p.percent * 10.0).round() as u64);
+    bar.set_message(bar_text(&p, last_job));
+    Some(m)
 }
 
 /// Ends a bar as the migration stands: full only when finished; a failed or cancelled one
@@ -62,11 +123,7 @@ async fn end_bar(sg: &Sluicegate, m: &Migration, bar: &ProgressBar) {
             p.percent,
             crate::output::thousands(p.rows_done)
         )),
-        S::Paused => bar.abandon_with_message(format!("PAUSED  {}", progress_text(&p))),
-        S::Active | S::Finalizing if m.held_since.is_some() => {
-            bar.abandon_with_message(format!("ON HOLD  {}", progress_text(&p)))
-        }
-        _ => bar.abandon_with_message(format!("{}  {}", m.status, progress_text(&p))),
+        _ => bar.abandon_with_message(bar_text(&p, "")),
     }
 }
 
@@ -87,8 +144,36 @@ impl Reporter {
         let (tx, mut rx) = mpsc::unbounded_channel::<Option<StepOutcome>>();
         let task = tokio::spawn(async move {
             let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
-            let mut shown: HashMap<i64, (Migration, Option<ProgressBar>)> = HashMap::new();
-            while let Some(Some(event)) = rx.recv().await {
+            if bars {
+                // Log lines and notices print above the bars from now on.
+                sluicegate_cli::term::set_bars(Some(multi.clone()));
+            }
+            let mut shown: HashMap<i64, Shown> = HashMap::new();
+            let mut tick = tokio::time::interval(REFRESH);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            loop {
+                let event = tokio::select! {
+                    event = rx.recv() => match event {
+                        Some(Some(event)) => event,
+                        _ => break,
+                    },
+                    // Bars not moved by a job lately are read again: paused from another
+                    // shell, held, or resized by `set`, they say so within a second.
+                    _ = tick.tick(), if bars => {
+                        for (id, s) in shown.iter_mut() {
+                            let Some(bar) = s.bar.as_ref().filter(|b| !b.is_finished()) else {
+                                continue;
+                            };
+                            if s.shown_at.elapsed() >= REFRESH {
+                                if let Some(m) = refresh(&sg, *id, bar, &s.last_job).await {
+                                    s.m = m;
+                                }
+                                s.shown_at = Instant::now();
+                            }
+                        }
+                        continue;
+                    }
+                };
                 let migration_id = match &event {
                     StepOutcome::Ran { migration_id, .. }
                     | StepOutcome::Waiting { migration_id } => *migration_id,
@@ -99,7 +184,7 @@ impl Reporter {
                 };
                 // A migration is read once, and again when it ends: a JSON line per job
                 // costs no query.
-                let cached = shown.get(&migration_id).map(|(m, _)| m.clone());
+                let cached = shown.get(&migration_id).map(|s| s.m.clone());
                 let m = match (cached, &event) {
                     (Some(m), StepOutcome::Ran { .. } | StepOutcome::Waiting { .. }) => m,
                     _ => match sg.migration(&migration_id.to_string()).await {
@@ -120,10 +205,15 @@ impl Reporter {
                         bar.set_prefix(m.name.clone());
                         bar
                     });
-                    (m.clone(), bar)
+                    Shown {
+                        m: m.clone(),
+                        bar,
+                        last_job: String::new(),
+                        shown_at: Instant::now(),
+                    }
                 });
-                entry.0 = m.clone();
-                match (&event, &entry.1) {
+                entry.m = m.clone();
+                match (&event, &entry.bar) {
                     (StepOutcome::Ran { job, outcome, .. }, Some(bar)) => {
                         let what = match outcome {
                             JobOutcome::Succeeded => "ok".to_owned(),
@@ -131,19 +221,15 @@ impl Reporter {
                             JobOutcome::Lost => "lost".to_owned(),
                             JobOutcome::Stopped => "stopped (resumes from its cursor)".to_owned(),
                         };
-                        // The migration as it stands now: its next key moved with this job.
-                        let now = sg.migration(&m.id.to_string()).await.unwrap_or(m.clone());
-                        if let Ok(p) = sg.progress(&now).await {
-                            bar.set_position((p.percent * 10.0).round() as u64);
-                            bar.set_message(format!(
-                                "{}  batch {}  job {} {what}",
-                                progress_text(&p),
-                                m.batch_size,
-                                job.id
-                            ));
+                        // The migration as it stands now: its next key moved with this job, and
+                        // its sizes are those `set` gave it since.
+                        entry.last_job = format!("job {} {what}", job.id);
+                        if let Some(now) = refresh(&sg, m.id, bar, &entry.last_job).await {
+                            entry.m = now;
                         }
+                        entry.shown_at = Instant::now();
                         if let JobOutcome::Failed { failure } = outcome {
-                            bar.println(format!(
+                            sluicegate_cli::term::say(&format!(
                                 "{}: job {} failed (attempt {}): {}: {}",
                                 m.name, job.id, job.attempts, failure.class, failure.message
                             ));
@@ -189,8 +275,11 @@ impl Reporter {
                     }
                     (StepOutcome::Held { migration, reason }, Some(bar)) => {
                         let until = crate::output::time(migration.on_hold_until);
-                        bar.set_message(format!("ON HOLD until {until} (ETA -): {reason}"));
-                        bar.println(format!(
+                        if let Some(now) = refresh(&sg, migration.id, bar, "").await {
+                            entry.m = now;
+                        }
+                        entry.shown_at = Instant::now();
+                        sluicegate_cli::term::say(&format!(
                             "{}: on hold until {until}: {reason}",
                             migration.name
                         ));
@@ -223,13 +312,14 @@ impl Reporter {
             }
             // Bars of migrations that ended (or were paused) elsewhere say so, rather than
             // freezing at their last job.
-            for (m, bar) in shown.values() {
-                if let Some(bar) = bar.as_ref().filter(|b| !b.is_finished()) {
-                    if let Ok(now) = sg.migration(&m.id.to_string()).await {
+            for s in shown.values() {
+                if let Some(bar) = s.bar.as_ref().filter(|b| !b.is_finished()) {
+                    if let Ok(now) = sg.migration(&s.m.id.to_string()).await {
                         end_bar(&sg, &now, bar).await;
                     }
                 }
             }
+            sluicegate_cli::term::set_bars(None);
         });
         Self { tx, task }
     }

@@ -45,6 +45,48 @@ pub fn millis(ms: i64) -> String {
         .replace(' ', "")
 }
 
+/// Rows changed against the rows estimated: `900,000 / 2,000,000`, but never a fraction whose
+/// denominator is below its numerator: an estimate the work outgrew (more rows changed than
+/// the table was estimated to hold, `2,000,000 / 1,983,738`) is said to be one,
+/// `2,000,000 (table est. 1,983,738)`.
+pub fn rows_of(done: i64, estimate: Option<i64>) -> String {
+    match estimate {
+        Some(total) if done > total => {
+            format!("{} (table est. {})", thousands(done), thousands(total))
+        }
+        Some(total) => format!("{} / {}", thousands(done), thousands(total)),
+        None => format!("{} / -", thousands(done)),
+    }
+}
+
+/// A key as tables show it: a UUID by its first four hex digits (`0b7e…`), any other string
+/// value longer than 16 characters cut to 15 and `…`; `--json` and `show` keep it whole.
+pub fn short_key(key: &sluicegate::Key) -> String {
+    let part = |v: &serde_json::Value| match v {
+        serde_json::Value::String(s) if is_uuid(s) => format!("{}…", &s[..4]),
+        serde_json::Value::String(s) if s.chars().count() > 16 => {
+            format!("{}…", s.chars().take(15).collect::<String>())
+        }
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    match key.values() {
+        [v] => part(v),
+        values => format!(
+            "({})",
+            values.iter().map(part).collect::<Vec<_>>().join(", ")
+        ),
+    }
+}
+
+fn is_uuid(s: &str) -> bool {
+    s.len() == 36
+        && s.char_indices().all(|(i, c)| match i {
+            8 | 13 | 18 | 23 => c == '-',
+            _ => c.is_ascii_hexdigit(),
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -62,5 +104,33 @@ mod tests {
         assert_eq!(millis(600_000), "10m");
         assert_eq!(millis(30_000), "30s");
         assert_eq!(millis(5_400_000), "1h30m");
+    }
+
+    #[test]
+    fn rows_never_over_an_estimate_they_outgrew() {
+        assert_eq!(rows_of(900_000, Some(2_000_000)), "900,000 / 2,000,000");
+        assert_eq!(rows_of(2_000_000, Some(2_000_000)), "2,000,000 / 2,000,000");
+        assert_eq!(
+            rows_of(2_000_000, Some(1_983_738)),
+            "2,000,000 (table est. 1,983,738)"
+        );
+        assert_eq!(rows_of(5, None), "5 / -");
+    }
+
+    #[test]
+    fn keys_in_tables_are_short() {
+        use sluicegate::Key;
+        let uuid = Key(vec![serde_json::json!(
+            "0b7e6c1e-9d1f-4c55-8a7e-2f1d3c4b5a69"
+        )]);
+        assert_eq!(short_key(&uuid), "0b7e…");
+        assert_eq!(short_key(&Key::int(42)), "42");
+        let pair = Key(vec![serde_json::json!(7), serde_json::json!(3)]);
+        assert_eq!(short_key(&pair), "(7, 3)");
+        let long = Key(vec![serde_json::json!("a-rather-long-text-key")]);
+        assert_eq!(short_key(&long), "a-rather-long-t…");
+        // Not a UUID (a hyphen out of place): only cut when long.
+        let text = Key(vec![serde_json::json!("0b7e6c1e9d1f")]);
+        assert_eq!(short_key(&text), "0b7e6c1e9d1f");
     }
 }

@@ -10,7 +10,10 @@ use sluicegate::{store_test, Job, JobStatus, MigrationStatus};
 
 fn bin() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluicegate"));
-    cmd.env_remove("DATABASE_URL").env("NO_COLOR", "1");
+    // No width from the environment: tables print whole unless a test says COLUMNS.
+    cmd.env_remove("DATABASE_URL")
+        .env_remove("COLUMNS")
+        .env("NO_COLOR", "1");
     cmd
 }
 
@@ -2201,3 +2204,104 @@ store_test!(
         );
     }
 );
+
+// `status` at 100 columns (the width it broke `finishe/d` and `users.i/d` at): every line
+// fits, and every word is whole or cut short with `…`, never split over two lines; the
+// columns left out are named.
+store_test!(status_fits_100_columns_without_breaking_a_word, |db| {
+    let table = "items_of_a_rather_long_table_name";
+    db.create_items(table, &[(1, 300)]).await;
+    let url = db.url.clone();
+    assert!(sg(&url, &["setup"]).status.success());
+    let queued = sg(
+        &url,
+        &[
+            "queue",
+            "backfill_every_item_of_the_long_table",
+            "--table",
+            table,
+            "--kind",
+            "update",
+            "--set",
+            "n = n + 1",
+            "--batch-size",
+            "100",
+        ],
+    );
+    assert!(queued.status.success(), "{}", stderr(&queued));
+    let ran = sg(&url, &["run", "--until-idle"]);
+    assert!(ran.status.success(), "{}", stderr(&ran));
+    let status_at = |columns: &str| {
+        let out = bin()
+            .env("COLUMNS", columns)
+            .args(["--database-url", &url, "status"])
+            .output()
+            .expect("run sluicegate");
+        assert!(out.status.success(), "{}", stderr(&out));
+        stdout(&out)
+    };
+    let wide = status_at("1000");
+    assert!(
+        wide.lines().next().unwrap().chars().count() > 100,
+        "the whole table is wider than 100 columns: {wide}"
+    );
+    let whole: Vec<&str> = wide.split_whitespace().collect();
+    let narrow = status_at("100");
+    for line in narrow.lines() {
+        assert!(
+            line.chars().count() <= 100,
+            "{line:?} is wider than 100\n{narrow}"
+        );
+    }
+    // Words, not the table's borders.
+    let border = |w: &str| w.chars().all(|c| ('\u{2500}'..='\u{257f}').contains(&c));
+    let (cells, _note) = narrow
+        .split_once("\n(left out")
+        .expect("a note of what was left out");
+    for word in cells.split_whitespace().filter(|w| !border(w)) {
+        let cut_short = word
+            .strip_suffix('…')
+            .is_some_and(|start| whole.iter().any(|w| w.starts_with(start)));
+        assert!(
+            whole.contains(&word) || cut_short,
+            "{word:?} is a piece of a word\n{narrow}"
+        );
+    }
+    assert!(narrow.contains("finished"), "{narrow}");
+    assert!(narrow.contains(&format!("{table}.id")), "{narrow}");
+    assert!(
+        narrow.contains("left out to fit 100 columns: TARGET"),
+        "{narrow}"
+    );
+});
+
+// `jobs` shows a UUID key by its first four hex digits, as the README says (`0b7e…`), and
+// `--json` has it whole.
+store_test!(jobs_show_uuid_keys_short_and_json_whole, |db| {
+    db.exec("CREATE TABLE accounts (id text PRIMARY KEY, n integer NOT NULL DEFAULT 0)")
+        .await;
+    db.exec(
+        "INSERT INTO accounts (id) VALUES ('0b7e6c1e-9d1f-4c55-8a7e-2f1d3c4b5a69'), \
+         ('5f1c2d3e-0000-4c55-8a7e-2f1d3c4b5a69'), ('9a8b7c6d-1111-4c55-8a7e-2f1d3c4b5a69')",
+    )
+    .await;
+    let url = db.url.clone();
+    assert!(sg(&url, &["setup"]).status.success());
+    let queued = sg(
+        &url,
+        &[
+            "queue", "acc", "--table", "accounts", "--kind", "update", "--set", "n = 1",
+        ],
+    );
+    assert!(queued.status.success(), "{}", stderr(&queued));
+    let ran = sg(&url, &["run", "--until-idle"]);
+    assert!(ran.status.success(), "{}", stderr(&ran));
+    let table = stdout(&sg(&url, &["jobs", "acc"]));
+    assert!(table.contains("0b7e… ..= 9a8b…"), "{table}");
+    assert!(!table.contains("0b7e6c1e"), "{table}");
+    let json = stdout(&sg(&url, &["jobs", "acc", "--json"]));
+    assert!(
+        json.contains("\"0b7e6c1e-9d1f-4c55-8a7e-2f1d3c4b5a69\""),
+        "{json}"
+    );
+});

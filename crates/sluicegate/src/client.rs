@@ -6,7 +6,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use serde::Serialize;
 use serde_json::Value;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -35,10 +35,12 @@ mod health;
 mod if_absent;
 pub mod lanes;
 mod nodes;
+pub mod pace;
 mod verify;
 
 pub use after::runnable_ids;
 pub use if_absent::{definition_differences, IfAbsent};
+pub use pace::{recent_pace, Pace};
 pub use verify::{Verification, VERIFY_SAMPLES};
 
 /// Default tracking schema on PostgreSQL.
@@ -238,10 +240,14 @@ pub struct Progress {
     pub rows_total: Option<i64>,
     /// Percentage of the key range handed out and done, 0–100.
     pub percent: f64,
-    /// Rows per second since the first job started.
+    /// Rows per second of its recent running work ([`Pace`]: pauses and holds between jobs
+    /// do not count); while paused or held, the rate of the last work it ran.
     pub rows_per_second: Option<f64>,
-    /// Estimated time left.
+    /// Estimated time left: the keys left at the recent pace, while it runs (`None` while
+    /// paused, held, failed or cancelled; 0 once finished).
     pub eta_seconds: Option<f64>,
+    /// The recent pace the rate and the time left come from.
+    pub pace: Option<Pace>,
     /// While on hold: the indicator and reading that put it there.
     pub hold_reason: Option<String>,
 }
@@ -1529,35 +1535,16 @@ impl Sluicegate {
     /// Progress of a migration: rows done, rate, ETA.
     pub async fn progress(&self, migration: &Migration) -> Result<Progress> {
         let jobs = self.store.job_counts(migration.id, MAX_ATTEMPTS).await?;
-        let now = Utc::now();
-        let mut progress = compute_progress(migration.clone(), jobs, now);
-        // Running, the time left comes from the recent rate: the keys the last 20 succeeded
-        // jobs walked over the time they spanned (a pause or a hold before them does not
-        // count), applied to the keys left.
-        let running = matches!(
-            migration.status,
-            MigrationStatus::Active | MigrationStatus::Finalizing
-        ) && migration.held_since.is_none();
-        if running {
-            let recent = self
-                .store
-                .job_recent_succeeded(migration.id, RECENT_JOBS)
-                .await?;
-            let started = recent.iter().filter_map(|j| j.started_at).min();
-            let finished = recent.iter().filter_map(|j| j.finished_at).max();
-            if let (Some(total), Some(started), Some(finished)) =
-                (migration.total_tuple_count, started, finished)
-            {
-                let window = (finished - started).num_milliseconds() as f64 / 1000.0;
-                let keys: i64 = recent.iter().map(|j| j.batch_size).sum();
-                if recent.len() >= 2 && window > 0.0 && keys > 0 {
-                    let left = total as f64 * (1.0 - progress.percent / 100.0);
-                    progress.eta_seconds = Some(left.max(0.0) / (keys as f64 / window));
-                }
-            }
-        } else if !migration.status.is_finished() {
-            progress.eta_seconds = None;
-        }
+        // A window by count: jobs grow to about a second each at full speed, so 20 jobs are
+        // some 20 s of running work, enough that one slow job does not swing the rate and
+        // short enough that a `set --batch-size` shows within 20 jobs. A window by time would
+        // need every job of a long pause-free stretch read; by count it is one bounded read
+        // (the rate's time is the jobs' own, so a window that spans pauses is no harm).
+        let recent = self
+            .store
+            .job_recent_succeeded(migration.id, RECENT_JOBS)
+            .await?;
+        let mut progress = compute_progress(migration.clone(), jobs, &recent);
         // A hold lasts from its `hold` row to its `release` row, re-checks between included.
         if migration.held_since.is_some() {
             progress.hold_reason = self
@@ -1644,29 +1631,27 @@ fn key_share_done(migration: &Migration, jobs: &JobCounts) -> f64 {
     }
 }
 
-/// Progress arithmetic, apart from I/O so it can be tested.
-pub fn compute_progress(migration: Migration, jobs: JobCounts, now: DateTime<Utc>) -> Progress {
+/// Progress arithmetic, apart from I/O so it can be tested. `recent` are the migration's
+/// newest succeeded jobs, whose [`Pace`] gives the rate (a finished migration's too: the
+/// pace of its last work, not its wall-clock time) and the time left.
+pub fn compute_progress(migration: Migration, jobs: JobCounts, recent: &[Job]) -> Progress {
     let rows_done = jobs.rows_affected;
     let percent = match migration.status {
         MigrationStatus::Finished => 100.0,
         _ => key_share_done(&migration, &jobs) * 100.0,
     };
-    let elapsed = jobs.first_started_at.map(|start| {
-        let end = if migration.status.is_finished() {
-            jobs.last_finished_at.unwrap_or(now)
-        } else {
-            now
-        };
-        (end - start).num_milliseconds().max(1) as f64 / 1000.0
-    });
-    let rows_per_second = elapsed.map(|s| rows_done as f64 / s);
+    let pace = recent_pace(recent, migration.interval);
+    let running = matches!(
+        migration.status,
+        MigrationStatus::Active | MigrationStatus::Finalizing
+    ) && migration.held_since.is_none();
     // In keys, as the share done is: rows changed would mix units (a `where` changes fewer
     // rows than the keys walked). Nothing is promised while it does not run.
-    let share = percent / 100.0;
-    let eta_seconds = match (migration.status, elapsed) {
-        (MigrationStatus::Finished, _) => Some(0.0),
-        (MigrationStatus::Active | MigrationStatus::Finalizing, Some(s)) if share > 0.0 => {
-            Some(s * (1.0 - share) / share)
+    let eta_seconds = match (migration.status, pace, migration.total_tuple_count) {
+        (MigrationStatus::Finished, _, _) => Some(0.0),
+        (_, Some(pace), Some(total)) if running && pace.keys_per_second > 0.0 => {
+            let left = total as f64 * (1.0 - percent / 100.0);
+            Some(left.max(0.0) / pace.keys_per_second)
         }
         _ => None,
     };
@@ -1676,8 +1661,9 @@ pub fn compute_progress(migration: Migration, jobs: JobCounts, now: DateTime<Utc
         jobs,
         rows_done,
         percent,
-        rows_per_second,
+        rows_per_second: pace.map(|p| p.rows_per_second),
         eta_seconds,
+        pace,
         hold_reason: None,
     }
 }

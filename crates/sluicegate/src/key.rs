@@ -298,7 +298,8 @@ impl Key {
 }
 
 impl fmt::Display for Key {
-    /// `42`, `0b7e…` for a one-column key; `(7, 3)`, `(acme, 3)` for a composite one.
+    /// `42`, a uuid in full for a one-column key; `(7, 3)`, `(acme, 3)` for a composite one.
+    /// (The command's tables shorten long values: `0b7e…`.)
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let part = |v: &Value| match v {
             Value::String(s) => s.clone(),

@@ -29,7 +29,7 @@ pub mod testing;
 
 pub use client::lanes::{lanes_by_node, LaneProgress, LaneState, NodeProgress};
 pub use client::{
-    check_reason, ConnectOptions, IfAbsent, Plan, Progress, QueueRequest, SettingsChange,
+    check_reason, ConnectOptions, IfAbsent, Pace, Plan, Progress, QueueRequest, SettingsChange,
     Sluicegate, MAX_REASON_CHARS,
 };
 pub use definition::Definition;

@@ -12,6 +12,7 @@ mod keys;
 mod layering;
 mod ownership;
 mod partitions;
+mod progress;
 mod reach;
 mod runner;
 mod schema;

@@ -14,7 +14,7 @@ use sluicegate::{Job, JobStatus, JobTransition, Migration, MigrationEvent, Progr
 
 use super::edge::{ApiQuery, Id};
 use super::{ApiError, AppState};
-use crate::units::{millis, thousands};
+use crate::units::{millis, rows_of, thousands};
 
 const SCRIPT: &str = r#"(function () {
   // Actions: the token is kept for this browser session only and sent as the bearer header;
@@ -231,9 +231,17 @@ async fn hold_reason(st: &AppState, m: &Migration) -> Result<Option<String>, Api
     }
 }
 
+/// The time left at the recent pace; `paused` / `held` while it stands still.
 fn eta(p: &Progress) -> String {
-    if p.migration.status.is_finished() {
+    let m = &p.migration;
+    if m.status.is_finished() {
         return "-".into();
+    }
+    if m.status == sluicegate::MigrationStatus::Paused {
+        return "paused".into();
+    }
+    if m.held_since.is_some() {
+        return "held".into();
     }
     p.eta_seconds
         .map(human_duration)
@@ -280,7 +288,7 @@ pub async fn overview(
                         td class=(format!("status-{}", shown_status(m))) { (shown_status(m)) }
                         td { code { (m.table_name) "." (m.key.display_names()) } }
                         td { (progress_bar(p.percent)) }
-                        td { (thousands(p.rows_done)) " / " (p.rows_total.map(thousands).unwrap_or_else(|| "?".into())) }
+                        td { (rows_of(p.rows_done, p.rows_total)) }
                         td { (p.rows_per_second.map(|r| thousands(r.round() as i64)).unwrap_or_else(|| "-".into())) }
                         td { (eta(p)) }
                         td { (m.batch_size) " / " (m.sub_batch_size) }
@@ -509,7 +517,7 @@ pub async fn migration(
         } @else if let Some(hold) = &hold { p .hold { (hold) } }
         table {
             tr { th { "status" } td class=(format!("status-{}", shown_status(&m))) { (shown_status(&m)) } }
-            tr { th { "progress" } td { (progress_bar(p.percent)) " of keys — " (thousands(p.rows_done)) " rows changed; " (p.rows_total.map(thousands).unwrap_or_else(|| "?".into())) " rows in the table (estimated)" } }
+            tr { th { "progress" } td { (progress_bar(p.percent)) " of keys — rows changed / in the table (estimated): " (rows_of(p.rows_done, p.rows_total)) } }
             tr { th { "rate / ETA" } td { (p.rows_per_second.map(|r| format!("{} rows/s", thousands(r.round() as i64))).unwrap_or_else(|| "-".into())) " / " (eta(&p)) } }
             tr { th { "kind" } td { (m.job_kind) " " code { (m.job_arguments.to_string()) } } }
             tr { th { "table" } td { code { (m.table_name) "." (m.key.display_names()) } " keys " (m.min_value) " ..= " (m.max_value) } }
@@ -536,7 +544,7 @@ pub async fn migration(
                         td { (n.done) }
                         td { (n.running) }
                         td { (n.held) }
-                        td { (thousands(n.rows_done)) " / " (n.rows_estimate.map(thousands).unwrap_or_else(|| "?".into())) }
+                        td { (rows_of(n.rows_done, n.rows_estimate)) }
                         td { (n.eta_seconds.filter(|s| *s > 0.0).map(|s| humantime::format_duration(std::time::Duration::from_secs(s.round() as u64)).to_string()).unwrap_or_else(|| "-".into())) }
                         td { (n.hold_reason.clone().unwrap_or_default()) }
                     }
@@ -552,7 +560,7 @@ pub async fn migration(
                             td { (l.shard_id) " " code { (l.relation) } }
                             td { code { (l.node) } }
                             td { (format!("{:?}", l.state).to_lowercase()) }
-                            td { (thousands(l.rows_done)) " / " (l.rows_estimate.map(thousands).unwrap_or_else(|| "?".into())) }
+                            td { (rows_of(l.rows_done, l.rows_estimate)) }
                             td { (l.jobs_done) "/" (l.jobs) }
                         }
                     }
