@@ -506,6 +506,13 @@ pub async fn show(sg: &Sluicegate, migration: &str, json: bool) -> Result<()> {
                 .collect::<Vec<_>>()
                 .join(", "),
         ),
+        (
+            "walk",
+            m.key
+                .walk()
+                .describe()
+                .unwrap_or_else(|| "batches count keys".into()),
+        ),
         ("keys", format!("{} ..= {}", m.min_value, m.max_value)),
         (
             "scope",

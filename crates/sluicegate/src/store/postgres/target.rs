@@ -11,13 +11,13 @@ use sqlx::types::Json;
 use super::sub_batch::TrackingSql;
 use super::walk::key_json;
 use super::{citus, health, key, PgStore};
-use crate::dialect::key_sql::{key_order, scope_filter};
+use crate::dialect::key_sql::{key_order, walk_filter};
 use crate::dialect::Backend;
 use crate::error::{Error, Result};
 use crate::failure::Failure;
 use crate::health::HealthSample;
 use crate::ident::TableName;
-use crate::key::{Key, KeySpec, Lower};
+use crate::key::{Key, KeyOptions, KeySpec, Lower};
 use crate::model::{CitusTable, NewLane};
 use crate::store::{
     sub_batch, Capabilities, LedgerCursor, PerformedSubBatch, SubBatchSpec, Target,
@@ -99,9 +99,9 @@ impl Target for PgTarget {
         &self,
         table: &TableName,
         requested: Option<&[String]>,
-        non_unique: bool,
+        options: KeyOptions,
     ) -> Result<(TableName, KeySpec)> {
-        key::resolve(self, table, requested, non_unique).await
+        key::resolve(self, table, requested, options).await
     }
 
     async fn key_bounds(
@@ -111,7 +111,7 @@ impl Target for PgTarget {
         scope: Option<&str>,
     ) -> Result<Option<(Key, Key)>> {
         let (t, json) = (table.quoted(), key_json(key));
-        let filter = scope_filter(scope);
+        let filter = walk_filter(key, scope);
         let sql = format!(
             "SELECT (SELECT {json} FROM {t} {filter} ORDER BY {} LIMIT 1),
                     (SELECT {json} FROM {t} {filter} ORDER BY {} LIMIT 1)",
