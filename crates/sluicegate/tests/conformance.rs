@@ -19,8 +19,8 @@ use sluicegate::store::{
 };
 use sluicegate::testing::TestDb;
 use sluicegate::{
-    ident::TableName, store_test, Error, Job, JobStatus, Key, KeySpec, Lower, Migration,
-    MigrationEvent, MigrationStatus, Sluicegate,
+    ident::TableName, store_test, Error, Job, JobStatus, Key, KeyOptions, KeySpec, Lower,
+    Migration, MigrationEvent, MigrationStatus, Sluicegate,
 };
 
 use crate::common::{fast, take_job};
@@ -1133,17 +1133,36 @@ store_test!(key_resolve, |db| {
     db.create_items("items", &[(1, 10)]).await;
     let sg = db.sluicegate().await;
     let target = sg.target();
-    let (table, key) = target.key_resolve(&items(), None, false).await.unwrap();
+    let (table, key) = target
+        .key_resolve(&items(), None, KeyOptions::default())
+        .await
+        .unwrap();
     assert_eq!(table.table, "items");
     assert_eq!(key.display_names(), "id");
     assert!(key.columns()[0].key_type.is_integer());
     // A column that is not unique is refused unless asked for.
     let n = ["n".to_owned()];
-    assert!(target.key_resolve(&items(), Some(&n), false).await.is_err());
-    let (_, key) = target.key_resolve(&items(), Some(&n), true).await.unwrap();
+    assert!(target
+        .key_resolve(&items(), Some(&n), KeyOptions::default())
+        .await
+        .is_err());
+    let (_, key) = target
+        .key_resolve(
+            &items(),
+            Some(&n),
+            KeyOptions {
+                non_unique: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
     assert_eq!(key.display_names(), "n");
     let unknown = TableName::parse("nothing").unwrap();
-    let err = target.key_resolve(&unknown, None, false).await.unwrap_err();
+    let err = target
+        .key_resolve(&unknown, None, KeyOptions::default())
+        .await
+        .unwrap_err();
     assert!(matches!(err, Error::UnknownTable { .. }), "{err}");
 });
 
@@ -1164,12 +1183,17 @@ store_test!(key_canonical, |db| {
     db.create_items("items", &[(1, 10)]).await;
     let sg = db.sluicegate().await;
     let target = sg.target();
-    let (_, int_key) = target.key_resolve(&items(), None, false).await.unwrap();
+    let (_, int_key) = target
+        .key_resolve(&items(), None, KeyOptions::default())
+        .await
+        .unwrap();
     let canonical = target.key_canonical(&int_key, &k(7), "--min-value").await;
     assert_eq!(canonical.unwrap(), k(7));
     let named = TableName::parse("named").unwrap();
-    let (_, text_key): (TableName, KeySpec) =
-        target.key_resolve(&named, None, false).await.unwrap();
+    let (_, text_key): (TableName, KeySpec) = target
+        .key_resolve(&named, None, KeyOptions::default())
+        .await
+        .unwrap();
     let value = Key(vec![json!("abc")]);
     let canonical = target.key_canonical(&text_key, &value, "--min-value").await;
     assert_eq!(canonical.unwrap(), value);
@@ -1180,7 +1204,10 @@ store_test!(key_bounds, |db| {
     db.create_items("empty", &[]).await;
     let sg = db.sluicegate().await;
     let target = sg.target();
-    let (_, key) = target.key_resolve(&items(), None, false).await.unwrap();
+    let (_, key) = target
+        .key_resolve(&items(), None, KeyOptions::default())
+        .await
+        .unwrap();
     let bounds = target.key_bounds(&items(), &key, None).await.unwrap();
     assert_eq!(bounds, Some((k(5), k(20))));
     let even = target
@@ -1214,7 +1241,10 @@ store_test!(range_next, |db| {
     db.create_items("items", &[(1, 10), (100, 104)]).await;
     let sg = db.sluicegate().await;
     let target = sg.target();
-    let (_, key) = target.key_resolve(&items(), None, false).await.unwrap();
+    let (_, key) = target
+        .key_resolve(&items(), None, KeyOptions::default())
+        .await
+        .unwrap();
     let next = |lower: Lower, size| {
         let key = key.clone();
         async move {

@@ -21,3 +21,4 @@ mod stopping;
 mod store;
 mod targets;
 mod transitions;
+mod walks;

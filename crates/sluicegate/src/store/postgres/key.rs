@@ -8,7 +8,7 @@ use sqlx::PgConnection;
 use super::{exec_raw, PgTarget, SESSION_SETTINGS};
 use crate::error::{Error, Result};
 use crate::ident::TableName;
-use crate::key::{KeyOptions, Key, KeySpec, KeyType, TableColumn, UniqueIndex};
+use crate::key::{Key, KeyOptions, KeySpec, KeyType, TableColumn, UniqueIndex};
 
 const TARGET_TABLE_FIND: &str = "SELECT n.nspname::text, c.relname::text
     FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace

@@ -67,7 +67,11 @@ pub(super) fn keyset_sql(
 ) -> String {
     let (t, row, json) = (table.quoted(), key_row(key, None), key_json(key));
     let op = if inclusive { ">=" } else { ">" };
-    let upper = format!("{row} <= {}{}", key_from_json(key, max), walk_condition(key, scope));
+    let upper = format!(
+        "{row} <= {}{}",
+        key_from_json(key, max),
+        walk_condition(key, scope)
+    );
     if key.walk().distinct {
         let start = format!("{row} {op} {} AND {upper}", key_from_json(key, lower));
         return distinct_sql(&t, key, &start, &upper, size);
