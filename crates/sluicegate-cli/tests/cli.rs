@@ -1682,6 +1682,10 @@ store_test!(
                     "10",
                     "--pause-ms",
                     "0",
+                    // Batches of 10 throughout (the optimizer would grow them at full
+                    // speed): `jobs --limit` below counts ten jobs.
+                    "--max-batch-size",
+                    "10",
                 ],
             );
         }
@@ -1745,7 +1749,9 @@ store_test!(
         assert!(text.contains("3 of 10 job(s), newest first"), "{text}");
         let newest: serde_json::Value =
             serde_json::from_str(&ok(&url, &["jobs", "two", "--limit", "3", "--json"])).unwrap();
-        let got: Vec<i64> = newest
+        assert_eq!(newest["total"], 10, "{newest}");
+        assert_eq!(newest["limit"], 3, "{newest}");
+        let got: Vec<i64> = newest["jobs"]
             .as_array()
             .unwrap()
             .iter()

@@ -51,7 +51,8 @@ const SCRIPT: &str = r#"(function () {
     document.getElementById("set").addEventListener("submit", function (e) {
       e.preventDefault();
       var body = { reason: document.getElementById("reason").value || null };
-      ["batch_size", "sub_batch_size", "max_batch_size", "pause_ms", "interval_ms"].forEach(function (k) {
+      ["batch_size", "sub_batch_size", "max_batch_size", "pause_ms", "interval_ms",
+       "statement_timeout_ms", "lock_timeout_ms"].forEach(function (k) {
         var v = document.getElementById("set-" + k).value;
         if (v !== "") body[k] = Number(v);
       });
@@ -467,6 +468,8 @@ pub async fn migration(
                     ("max_batch_size", m.max_batch_size.map(|v| v.to_string()).unwrap_or_default()),
                     ("pause_ms", m.pause_ms.to_string()),
                     ("interval_ms", m.interval.as_millis().to_string()),
+                    ("statement_timeout_ms", m.statement_timeout_ms.to_string()),
+                    ("lock_timeout_ms", m.lock_timeout_ms.to_string()),
                 ] {
                     label { (field) " " input id=(format!("set-{field}")) type="number" min="0" placeholder=(now); } " "
                 }
