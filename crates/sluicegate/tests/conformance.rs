@@ -1158,6 +1158,63 @@ store_test!(key_resolve, |db| {
         .await
         .unwrap();
     assert_eq!(key.display_names(), "n");
+    assert_eq!(key.walk(), sluicegate::KeyWalk::default());
+    // How it is walked comes back with the key; distinct values only of a non-unique key.
+    let walk = sluicegate::KeyWalk {
+        skip_nulls: true,
+        distinct: true,
+    };
+    let (_, key) = target
+        .key_resolve(
+            &items(),
+            Some(&n),
+            KeyOptions {
+                non_unique: true,
+                walk,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(key.walk(), walk);
+    let err = target
+        .key_resolve(
+            &items(),
+            None,
+            KeyOptions {
+                non_unique: false,
+                walk,
+            },
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("pass --non-unique-key"), "{err}");
+    // A nullable column only when its NULL rows are to be skipped.
+    db.exec("CREATE TABLE loose (id bigint PRIMARY KEY, parent_id bigint)")
+        .await;
+    let loose = TableName::parse("loose").unwrap();
+    let parent = ["parent_id".to_owned()];
+    let options = |skip_nulls| KeyOptions {
+        non_unique: true,
+        walk: sluicegate::KeyWalk {
+            skip_nulls,
+            distinct: false,
+        },
+    };
+    let err = target
+        .key_resolve(&loose, Some(&parent), options(false))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("may be NULL") && err.contains("--skip-null-keys"),
+        "{err}"
+    );
+    let (_, key) = target
+        .key_resolve(&loose, Some(&parent), options(true))
+        .await
+        .unwrap();
+    assert!(key.walk().skip_nulls);
     let unknown = TableName::parse("nothing").unwrap();
     let err = target
         .key_resolve(&unknown, None, KeyOptions::default())
