@@ -2280,6 +2280,10 @@ store_test!(
             ),
             "{json}"
         );
+        assert_eq!(
+            json["estimated_jobs"], 3,
+            "5 pipelines in jobs of 2: {json}"
+        );
         let out = queue(&["--skip-null-keys", "--distinct"]);
         assert!(out.status.success(), "{}", stderr(&out));
         let said = stdout(&out);

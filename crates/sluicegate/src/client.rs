@@ -291,6 +291,9 @@ pub struct Plan {
     /// With `skip_null_keys`: the rows it will never visit, those where a key column is NULL
     /// (estimated as a scope is: a sampled count on PostgreSQL, a count on SQLite).
     pub null_key_rows: Option<i64>,
+    /// With `distinct`: the distinct key values it will walk, estimated
+    /// ([`Target::distinct_estimate`]); its jobs count these.
+    pub distinct_keys: Option<i64>,
 }
 
 impl Plan {
@@ -314,14 +317,20 @@ impl Plan {
         ))
     }
 
-    /// Estimated number of jobs (from the row estimate and the batch size). `None` for a
-    /// walk by distinct values: its jobs count values, of which there is no estimate.
-    pub fn estimated_jobs(&self) -> Option<i64> {
+    /// The keys its jobs count, estimated: rows, or distinct values for a walk by distinct
+    /// values.
+    fn walked_keys(&self) -> Option<i64> {
         if self.migration.key.walk().distinct {
-            return None;
+            self.distinct_keys
+        } else {
+            self.migration.total_tuple_count
         }
-        let rows = self.migration.total_tuple_count?;
-        Some((rows + self.migration.batch_size - 1) / self.migration.batch_size)
+    }
+
+    /// Estimated number of jobs (from the estimate of the keys walked and the batch size).
+    pub fn estimated_jobs(&self) -> Option<i64> {
+        let keys = self.walked_keys()?;
+        Some((keys + self.migration.batch_size - 1) / self.migration.batch_size)
     }
 
     /// Estimated duration at these settings, as the worker will run them: the trial
@@ -332,7 +341,7 @@ impl Plan {
     pub fn estimated_duration(&self) -> Option<Duration> {
         let jobs = self.estimated_jobs()? as f64;
         let m = &self.migration;
-        let keys = m.total_tuple_count?.max(1) as f64;
+        let keys = self.walked_keys()?.max(1) as f64;
         let (fixed, per_key) = match self.trial_costs {
             Some((fixed, per_key)) => (fixed.as_secs_f64(), per_key.as_secs_f64()),
             None => {
@@ -1123,6 +1132,16 @@ impl Sluicegate {
         } else {
             None
         };
+        // A distributed table's values are in its shards, not on the coordinator: no estimate.
+        let sharded = migration.citus == Some(CitusTable::Distributed);
+        let distinct_keys = if migration.key.walk().distinct && !sharded {
+            let scope = migration.scope.as_deref();
+            self.target
+                .distinct_estimate(&table, &migration.key, scope)
+                .await?
+        } else {
+            None
+        };
         Ok(Plan {
             migration,
             trial_rows,
@@ -1132,6 +1151,7 @@ impl Sluicegate {
             protections_off,
             after: req.after.clone(),
             null_key_rows,
+            distinct_keys,
         })
     }
 

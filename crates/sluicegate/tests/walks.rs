@@ -220,7 +220,12 @@ store_test!(
 
         req.non_unique_key = true;
         let plan = sg.plan(&req).await.unwrap();
-        assert_eq!(plan.estimated_jobs(), None, "rows say nothing of values");
+        assert_eq!(plan.distinct_keys, Some(distinct));
+        assert_eq!(
+            plan.estimated_jobs(),
+            Some((distinct + 9) / 10),
+            "jobs counted in values, not rows"
+        );
         sg.queue_plan(&plan).await.unwrap();
         let m = finish(&sg, "d").await;
         assert!(

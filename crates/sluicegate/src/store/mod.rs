@@ -321,6 +321,16 @@ pub trait Target: Send + Sync + 'static {
     async fn scope_estimate(&self, table: &TableName, scope: &str) -> Result<Option<i64>>;
     /// Estimated rows in the table.
     async fn row_estimate(&self, table: &TableName) -> Result<Option<i64>>;
+    /// How many distinct values of `key` a walk of it visits (NULL keys left out when it skips
+    /// them, only rows matching `scope`), for a `--distinct` migration's job estimate: counted
+    /// on a small table (and always on SQLite), the planner's statistics of a one-column key
+    /// on a large PostgreSQL table, `None` when nothing says.
+    async fn distinct_estimate(
+        &self,
+        table: &TableName,
+        key: &KeySpec,
+        scope: Option<&str>,
+    ) -> Result<Option<i64>>;
     /// The first existing key from `lower` and the `size`-th one (or the last `<= max`):
     /// a keyset walk over existing keys, so gaps cost nothing. It runs under the migration's
     /// statement timeout `statement_ms` (PostgreSQL; SQLite has none).
