@@ -1760,6 +1760,28 @@ store_test!(
             script.contains("\"statement_timeout_ms\", \"lock_timeout_ms\"].forEach"),
             "{script}"
         );
+        // How a key is walked is shown on the page and in the API.
+        let mut walked = QueueRequest::new("third", "update", "items").argument("set", "n = 1");
+        walked.key = Some(vec!["n".into()]);
+        (
+            walked.non_unique_key,
+            walked.skip_null_keys,
+            walked.distinct,
+        ) = (true, true, true);
+        st.sg.queue(&walked).await.unwrap();
+        let (_, page, _) = call(&st, "GET", "/migrations/third", None, None).await;
+        assert!(
+            page.contains("<th>walk</th><td>rows with a NULL key never visited, batches count distinct key values</td>"),
+            "{page}"
+        );
+        let (_, body, _) = call(&st, "GET", "/api/migrations/third", None, None).await;
+        let view = json(&body);
+        assert_eq!(
+            (&view["skip_null_keys"], &view["distinct_keys"]),
+            (&Value::Bool(true), &Value::Bool(true))
+        );
+        let (_, page, _) = call(&st, "GET", "/migrations/second", None, None).await;
+        assert!(!page.contains("<th>walk</th>"), "a plain walk says nothing");
         // `set` takes the timeouts, as the CLI does.
         let (status, body, _) = call(
             &st,

@@ -516,6 +516,9 @@ pub async fn migration(
             tr { th { "rate / ETA" } td { (p.rows_per_second.map(|r| format!("{} rows/s", thousands(r.round() as i64))).unwrap_or_else(|| "-".into())) " / " (eta(&p)) } }
             tr { th { "kind" } td { (m.job_kind) " " code { (m.job_arguments.to_string()) } } }
             tr { th { "table" } td { code { (m.table_name) "." (m.key.display_names()) } " keys " (m.min_value) " ..= " (m.max_value) } }
+            @if let Some(walk) = m.key.walk().describe() {
+                tr { th { "walk" } td { (walk) } }
+            }
             tr { th { "target" } td {
                 @match &m.target {
                     Some(t) => { code { (t.display) } @if !st.sg.is_own_target(&m) { " (another target: its health is read by its own workers)" } }
