@@ -156,6 +156,14 @@ pub struct QueueArgs {
     /// of one key value falls in one sub-batch, which cannot be split.
     #[arg(long)]
     pub non_unique_key: bool,
+    /// Walk a key column that may be NULL: the rows where it is NULL are never visited (said
+    /// at queue with their estimated count; GitLab's batching of a nullable column).
+    #[arg(long)]
+    pub skip_null_keys: bool,
+    /// A batch and a sub-batch span that many distinct values of the key, not rows (GitLab's
+    /// `distinct_each_batch`); needs --non-unique-key.
+    #[arg(long)]
+    pub distinct: bool,
     /// What each sub-batch does.
     #[arg(long, value_enum)]
     pub kind: Kind,

@@ -30,6 +30,10 @@ pub struct MigrationJson {
     pub column: String,
     pub key: &'static str,
     pub key_columns: KeySpec,
+    /// `--skip-null-keys`: rows where a key column is NULL are never visited.
+    pub skip_null_keys: bool,
+    /// `--distinct`: batches count distinct key values, not rows.
+    pub distinct_keys: bool,
     pub scope: Option<String>,
     pub job_arguments: serde_json::Value,
     pub min_value: serde_json::Value,
@@ -77,6 +81,8 @@ impl MigrationJson {
                 "composite"
             },
             key_columns: m.key.clone(),
+            skip_null_keys: m.key.walk().skip_nulls,
+            distinct_keys: m.key.walk().distinct,
             scope: m.scope.clone(),
             job_arguments: m.job_arguments.clone(),
             min_value: key_value(&m.min_value),

@@ -543,6 +543,13 @@ pub async fn show(sg: &Sluicegate, migration: &str, json: bool) -> Result<()> {
                 .collect::<Vec<_>>()
                 .join(", "),
         ),
+        (
+            "walk",
+            m.key
+                .walk()
+                .describe()
+                .unwrap_or_else(|| "batches count keys".into()),
+        ),
         ("keys", format!("{} ..= {}", m.min_value, m.max_value)),
         (
             "scope",
@@ -720,7 +727,20 @@ pub async fn jobs(
     }
     if json {
         let all: Vec<_> = jobs.iter().map(|j| JobJson::in_lanes(j, &lanes)).collect();
-        outln!("{}", serde_json::to_string_pretty(&all)?);
+        match limit {
+            // Limited, the jobs shown are some of them: the total comes with them, as the
+            // text's "3 of 10 job(s)" line says.
+            Some(limit) => outln!(
+                "{}",
+                serde_json::to_string_pretty(&serde_json::json!({
+                    "total": total,
+                    "limit": limit,
+                    "status": status.map(|s| s.to_string()),
+                    "jobs": all,
+                }))?
+            ),
+            None => outln!("{}", serde_json::to_string_pretty(&all)?),
+        }
     } else if jobs.is_empty() {
         outln!("no jobs");
     } else {

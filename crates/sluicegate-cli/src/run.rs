@@ -28,6 +28,8 @@ fn definition(args: &QueueArgs) -> Definition {
             (None, None) => None,
         },
         non_unique_key: args.non_unique_key,
+        skip_null_keys: args.skip_null_keys,
+        distinct: args.distinct,
         set: args.set_clause.clone(),
         where_clause: args.where_clause.clone(),
         scope: args.scope.clone(),
@@ -134,9 +136,13 @@ fn key_description(key: &sluicegate::KeySpec) -> String {
         .iter()
         .map(|c| format!("{} {}", c.name, c.key_type.sql_name()))
         .collect();
-    match cols.as_slice() {
+    let cols = match cols.as_slice() {
         [one] => one.clone(),
         _ => format!("({})", cols.join(", ")),
+    };
+    match key.walk().describe() {
+        Some(walk) => format!("{cols}; {walk}"),
+        None => cols,
     }
 }
 
@@ -179,6 +185,9 @@ fn dry_run_value(plan: &Plan) -> Value {
         "estimated_rows": plan.rows_to_change,
         "estimated_keys": m.total_tuple_count,
         "estimated_jobs": plan.estimated_jobs(),
+        "skip_null_keys": m.key.walk().skip_nulls,
+        "distinct_keys": m.key.walk().distinct,
+        "null_key_rows": plan.null_key_rows,
         "batch_size": m.batch_size,
         "sub_batch_size": m.sub_batch_size,
         "pause_ms": m.pause_ms,
@@ -206,6 +215,9 @@ fn print_plan(plan: &Plan) -> Result<()> {
     if let Some(scope) = &m.scope {
         outln!("  scope          {scope} (jobs span matching keys only)");
     }
+    if let Some(note) = plan.null_keys_note() {
+        outln!("  NULL keys      {note}");
+    }
     outln!("  range          {} ..= {}", m.min_value, m.max_value);
     outln!(
         "  rows (est.)    {} to change, of {} keys walked",
@@ -213,9 +225,14 @@ fn print_plan(plan: &Plan) -> Result<()> {
         output::opt(m.total_tuple_count.map(output::thousands))
     );
     outln!(
-        "  jobs (est.)    {} of {} keys, sub-batches of {}{}",
+        "  jobs (est.)    {} of {} {}, sub-batches of {}{}",
         output::opt(plan.estimated_jobs().map(output::thousands)),
         output::thousands(m.batch_size),
+        if m.key.walk().distinct {
+            "distinct key values"
+        } else {
+            "keys"
+        },
         output::thousands(m.sub_batch_size),
         if m.target_sub_batch_ms > 0 {
             " (tuned from there)"
@@ -322,6 +339,16 @@ pub async fn queue(sg: &Sluicegate, args: &QueueArgs) -> Result<()> {
             m.status,
             output::opt(m.target.as_ref().map(|t| t.display.clone()))
         );
+        if let Some(note) = plan.null_keys_note() {
+            outln!("{note}");
+        }
+        if m.key.walk().distinct {
+            outln!(
+                "batches of {} distinct values of {}",
+                output::thousands(m.batch_size),
+                m.key.display_names()
+            );
+        }
     }
     Ok(())
 }

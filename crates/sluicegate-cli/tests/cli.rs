@@ -1748,7 +1748,9 @@ store_test!(
         assert!(text.contains("3 of 10 job(s), newest first"), "{text}");
         let newest: serde_json::Value =
             serde_json::from_str(&ok(&url, &["jobs", "two", "--limit", "3", "--json"])).unwrap();
-        let got: Vec<i64> = newest
+        assert_eq!(newest["total"], 10, "{newest}");
+        assert_eq!(newest["limit"], 3, "{newest}");
+        let got: Vec<i64> = newest["jobs"]
             .as_array()
             .unwrap()
             .iter()
@@ -1757,6 +1759,137 @@ store_test!(
         assert_eq!(got, [ids[9], ids[8], ids[7]]);
         // Each job's cursor is shown.
         assert!(text.contains("CURSOR"), "{text}");
+    }
+);
+
+store_test!(
+    queue_walks_a_nullable_key_only_with_skip_null_keys_and_batches_distinct_values,
+    |db| {
+        // GitLab's p_ci_stages: a nullable, non-unique pipeline_id; two stages without one.
+        db.exec(
+            "CREATE TABLE stages (id bigint PRIMARY KEY, pipeline_id bigint, n integer NOT NULL DEFAULT 0)",
+        )
+        .await;
+        db.exec("CREATE INDEX stages_pipeline_id ON stages (pipeline_id)")
+            .await;
+        db.exec(
+            "INSERT INTO stages (id, pipeline_id) VALUES (1, 10), (2, 10), (3, NULL), (4, 20),
+             (5, 20), (6, 20), (7, 30), (8, NULL), (9, 40), (10, 50)",
+        )
+        .await;
+        let url = db.url.clone();
+        ok(&url, &["setup"]);
+        let queue = |extra: &[&str]| {
+            let mut args = vec![
+                "queue",
+                "stages",
+                "--table",
+                "stages",
+                "--key",
+                "pipeline_id",
+                "--non-unique-key",
+                "--kind",
+                "update",
+                "--set",
+                "n = n + 1",
+                "--batch-size",
+                "2",
+                "--sub-batch-size",
+                "2",
+                "--max-batch-size",
+                "2",
+                "--pause-ms",
+                "0",
+            ];
+            args.extend_from_slice(extra);
+            sg(&url, &args)
+        };
+        assert_fails_with(&queue(&[]), "pass --skip-null-keys to walk it");
+        let plan = stdout(&queue(&["--skip-null-keys", "--distinct", "--dry-run"]));
+        assert!(
+            plan.contains("rows where pipeline_id IS NULL are not visited: 2 estimated")
+                && plan.contains("of 2 distinct key values")
+                && plan.contains(
+                    "rows with a NULL key never visited, batches count distinct key values"
+                ),
+            "{plan}"
+        );
+        let json: serde_json::Value = serde_json::from_str(&stdout(&queue(&[
+            "--skip-null-keys",
+            "--distinct",
+            "--dry-run",
+            "--json",
+        ])))
+        .unwrap();
+        assert_eq!(
+            (
+                &json["null_key_rows"],
+                &json["skip_null_keys"],
+                &json["distinct_keys"]
+            ),
+            (
+                &serde_json::json!(2),
+                &serde_json::json!(true),
+                &serde_json::json!(true)
+            ),
+            "{json}"
+        );
+        assert_eq!(
+            json["estimated_jobs"], 3,
+            "5 pipelines in jobs of 2: {json}"
+        );
+        let out = queue(&["--skip-null-keys", "--distinct"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let said = stdout(&out);
+        assert!(
+            said.contains("rows where pipeline_id IS NULL are not visited: 2 estimated")
+                && said.contains("batches of 2 distinct values of pipeline_id"),
+            "{said}"
+        );
+        let show = ok(&url, &["show", "stages"]);
+        assert!(
+            show.contains("rows with a NULL key never visited, batches count distinct key values"),
+            "{show}"
+        );
+        let shown: serde_json::Value =
+            serde_json::from_str(&ok(&url, &["show", "stages", "--json"])).unwrap();
+        assert_eq!(
+            (&shown["skip_null_keys"], &shown["distinct_keys"]),
+            (&serde_json::json!(true), &serde_json::json!(true))
+        );
+        ok(&url, &["run", "--until-idle"]);
+        assert_eq!(
+            db.scalar("SELECT count(*) FROM stages WHERE (pipeline_id IS NULL AND n = 0) OR (pipeline_id IS NOT NULL AND n = 1)")
+                .await,
+            10,
+            "the stages without a pipeline untouched, the others once"
+        );
+        let jobs: serde_json::Value =
+            serde_json::from_str(&ok(&url, &["jobs", "stages", "--json"])).unwrap();
+        assert_eq!(
+            jobs.as_array().unwrap().len(),
+            3,
+            "5 pipelines in jobs of 2: {jobs}"
+        );
+        // --distinct needs a non-unique key, said before anything is written.
+        let out = sg(
+            &url,
+            &[
+                "queue",
+                "ids",
+                "--table",
+                "stages",
+                "--kind",
+                "update",
+                "--set",
+                "n = 0",
+                "--distinct",
+            ],
+        );
+        assert_fails_with(
+            &out,
+            "--distinct counts distinct values of a non-unique key: pass --non-unique-key",
+        );
     }
 );
 

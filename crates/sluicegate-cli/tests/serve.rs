@@ -919,6 +919,26 @@ async fn clicking_the_dashboards_buttons_in_chromium() {
     let last = last_log_row(&handle).await;
     assert_eq!(last.actor.as_deref(), Some("http"));
     assert_eq!(last.reason.as_deref(), Some("from the dashboard"));
+    // The set form takes the timeouts, as the CLI and the API do.
+    page.eval(
+        "document.getElementById('said').textContent = '';
+         document.getElementById('reason').value = 'a big tenant';
+         document.getElementById('set-statement_timeout_ms').value = '60000';
+         document.getElementById('set-lock_timeout_ms').value = '2000';
+         document.getElementById('set').requestSubmit()",
+    )
+    .await;
+    let said = page
+        .wait_for_text("document.getElementById('said').textContent")
+        .await;
+    assert_eq!(said, "set: done, now paused");
+    let m = handle.migration("1").await.unwrap();
+    assert_eq!((m.statement_timeout_ms, m.lock_timeout_ms), (60_000, 2_000));
+    let last = last_log_row(&handle).await;
+    assert_eq!(
+        last.reason.as_deref(),
+        Some("statement_timeout 30s -> 1m; lock_timeout 5s -> 2s (a big tenant)")
+    );
     drop(page);
     server.abort();
 }
@@ -1723,6 +1743,45 @@ store_test!(
         );
         let (_, body, _) = call(&st, "GET", "/api/migrations", None, None).await;
         assert!(json(&body)[0].get("waiting_for").is_none(), "{body}");
+        // The dashboard's set form has the timeouts, each showing its value now, and its
+        // script sends them (clicked for real in clicking_the_dashboards_buttons_in_chromium).
+        let (status, page, _) = call(&st, "GET", "/migrations/second", None, None).await;
+        assert_eq!(status, StatusCode::OK);
+        for (field, now) in [
+            ("statement_timeout_ms", "30000"),
+            ("lock_timeout_ms", "5000"),
+        ] {
+            let input =
+                format!("id=\"set-{field}\" type=\"number\" min=\"0\" placeholder=\"{now}\"");
+            assert!(page.contains(&input), "the form has {input}: {page}");
+        }
+        let (_, script, _) = call(&st, "GET", "/static/app.js", None, None).await;
+        assert!(
+            script.contains("\"statement_timeout_ms\", \"lock_timeout_ms\"].forEach"),
+            "{script}"
+        );
+        // How a key is walked is shown on the page and in the API.
+        let mut walked = QueueRequest::new("third", "update", "items").argument("set", "n = 1");
+        walked.key = Some(vec!["n".into()]);
+        (
+            walked.non_unique_key,
+            walked.skip_null_keys,
+            walked.distinct,
+        ) = (true, true, true);
+        st.sg.queue(&walked).await.unwrap();
+        let (_, page, _) = call(&st, "GET", "/migrations/third", None, None).await;
+        assert!(
+            page.contains("<th>walk</th><td>rows with a NULL key never visited, batches count distinct key values</td>"),
+            "{page}"
+        );
+        let (_, body, _) = call(&st, "GET", "/api/migrations/third", None, None).await;
+        let view = json(&body);
+        assert_eq!(
+            (&view["skip_null_keys"], &view["distinct_keys"]),
+            (&Value::Bool(true), &Value::Bool(true))
+        );
+        let (_, page, _) = call(&st, "GET", "/migrations/second", None, None).await;
+        assert!(!page.contains("<th>walk</th>"), "a plain walk says nothing");
         // `set` takes the timeouts, as the CLI does.
         let (status, body, _) = call(
             &st,

@@ -16,7 +16,7 @@ use crate::error::{Error, Result};
 use crate::fragment;
 use crate::health::HealthSettings;
 use crate::ident::{self, TableName};
-use crate::key::Lower;
+use crate::key::{KeyOptions, KeyWalk, Lower};
 use crate::kind::Registry;
 use crate::model::{
     defaults, CitusTable, Job, JobCounts, JobTransition, Migration, MigrationTransition, NewLane,
@@ -124,6 +124,13 @@ pub struct QueueRequest {
     /// Walk `key` even though no primary key or unique index covers it (rows of one key
     /// value then always fall in one sub-batch).
     pub non_unique_key: bool,
+    /// Walk a key column that may be NULL, never visiting the rows where it is NULL (`key IS
+    /// NOT NULL` is part of every walk and sub-batch, placed by the engine): said at queue
+    /// with an estimate of those rows. Harmless on a NOT NULL key.
+    pub skip_null_keys: bool,
+    /// A batch and a sub-batch span this many distinct values of the key, not rows (GitLab's
+    /// `distinct_each_batch`); needs `non_unique_key`.
+    pub distinct: bool,
     /// Arguments of the job kind (`{"set": ...}` for `update`, ...).
     pub arguments: Value,
     /// Keys per job (GitLab: 1,000).
@@ -182,6 +189,8 @@ impl QueueRequest {
             key: None,
             scope: None,
             non_unique_key: false,
+            skip_null_keys: false,
+            distinct: false,
             arguments: Value::Object(Default::default()),
             batch_size: defaults::BATCH_SIZE,
             sub_batch_size: defaults::SUB_BATCH_SIZE,
@@ -215,6 +224,17 @@ impl QueueRequest {
             lock_timeout: self.lock_timeout,
             target_sub_batch_time: self.target_sub_batch_time,
             health: self.health.clone(),
+        }
+    }
+
+    /// What it asks of its key beyond the columns.
+    pub fn key_options(&self) -> KeyOptions {
+        KeyOptions {
+            non_unique: self.non_unique_key,
+            walk: KeyWalk {
+                skip_nulls: self.skip_null_keys,
+                distinct: self.distinct,
+            },
         }
     }
 
@@ -274,13 +294,49 @@ pub struct Plan {
     pub protections_off: Vec<crate::health::Reading>,
     /// The migrations it runs after, by name: resolved to their ids when it is queued.
     pub after: Vec<String>,
+    /// With `skip_null_keys`: the rows it will never visit, those where a key column is NULL
+    /// (estimated as a scope is: a sampled count on PostgreSQL, a count on SQLite).
+    pub null_key_rows: Option<i64>,
+    /// With `distinct`: the distinct key values it will walk, estimated
+    /// ([`Target::distinct_estimate`]); its jobs count these.
+    pub distinct_keys: Option<i64>,
 }
 
 impl Plan {
-    /// Estimated number of jobs (from the row estimate and the batch size).
+    /// What a walk that skips NULL keys leaves alone, said at queue: `rows where pipeline_id
+    /// IS NULL are not visited: 12 estimated`. `None` for a key that does not skip them.
+    pub fn null_keys_note(&self) -> Option<String> {
+        let key = &self.migration.key;
+        if !key.walk().skip_nulls {
+            return None;
+        }
+        let columns: Vec<String> = key
+            .columns()
+            .iter()
+            .map(|c| format!("{} IS NULL", c.name))
+            .collect();
+        Some(format!(
+            "rows where {} are not visited: {} estimated",
+            columns.join(" or "),
+            self.null_key_rows
+                .map_or_else(|| "an unknown number".to_owned(), |n| n.to_string())
+        ))
+    }
+
+    /// The keys its jobs count, estimated: rows, or distinct values for a walk by distinct
+    /// values.
+    fn walked_keys(&self) -> Option<i64> {
+        if self.migration.key.walk().distinct {
+            self.distinct_keys
+        } else {
+            self.migration.total_tuple_count
+        }
+    }
+
+    /// Estimated number of jobs (from the estimate of the keys walked and the batch size).
     pub fn estimated_jobs(&self) -> Option<i64> {
-        let rows = self.migration.total_tuple_count?;
-        Some((rows + self.migration.batch_size - 1) / self.migration.batch_size)
+        let keys = self.walked_keys()?;
+        Some((keys + self.migration.batch_size - 1) / self.migration.batch_size)
     }
 
     /// Estimated duration at these settings, as the worker will run them: the trial
@@ -291,7 +347,7 @@ impl Plan {
     pub fn estimated_duration(&self) -> Option<Duration> {
         let jobs = self.estimated_jobs()? as f64;
         let m = &self.migration;
-        let keys = m.total_tuple_count?.max(1) as f64;
+        let keys = self.walked_keys()?.max(1) as f64;
         let (fixed, per_key) = match self.trial_costs {
             Some((fixed, per_key)) => (fixed.as_secs_f64(), per_key.as_secs_f64()),
             None => {
@@ -828,7 +884,7 @@ impl Sluicegate {
         let table = TableName::parse_input(&req.table)?;
         let (table, key) = self
             .target
-            .key_resolve(&table, req.key.as_deref(), req.non_unique_key)
+            .key_resolve(&table, req.key.as_deref(), req.key_options())
             .await?;
         // Without --non-unique-key, key_resolve refused any key it could not prove unique.
         let key_unique = !req.non_unique_key;
@@ -1075,6 +1131,23 @@ impl Sluicegate {
             }
             (Some(c), _) => self.target.scope_estimate(&table, &c).await?,
         };
+        // What skipping NULL keys leaves alone, counted by a condition of the engine's.
+        let null_key_rows = if migration.key.walk().skip_nulls {
+            let nulls = crate::dialect::key_sql::null_key_condition(&migration.key);
+            self.target.scope_estimate(&table, &nulls).await?
+        } else {
+            None
+        };
+        // A distributed table's values are in its shards, not on the coordinator: no estimate.
+        let sharded = migration.citus == Some(CitusTable::Distributed);
+        let distinct_keys = if migration.key.walk().distinct && !sharded {
+            let scope = migration.scope.as_deref();
+            self.target
+                .distinct_estimate(&table, &migration.key, scope)
+                .await?
+        } else {
+            None
+        };
         Ok(Plan {
             migration,
             trial_rows,
@@ -1083,6 +1156,8 @@ impl Sluicegate {
             rows_to_change,
             protections_off,
             after: req.after.clone(),
+            null_key_rows,
+            distinct_keys,
         })
     }
 

@@ -76,6 +76,12 @@ pub struct Definition {
     /// Walk a key no unique index covers.
     #[serde(default)]
     pub non_unique_key: bool,
+    /// Walk a key column that may be NULL, never visiting the rows where it is NULL.
+    #[serde(default)]
+    pub skip_null_keys: bool,
+    /// Batches count distinct values of the (non-unique) key, not rows.
+    #[serde(default)]
+    pub distinct: bool,
     /// `update`: the SET clause.
     pub set: Option<String>,
     /// `update`, `delete`: the extra condition.
@@ -229,6 +235,8 @@ impl Definition {
         let mut req = QueueRequest::new(&name, &self.kind, &self.table);
         req.key = self.key.clone();
         req.non_unique_key = self.non_unique_key;
+        req.skip_null_keys = self.skip_null_keys;
+        req.distinct = self.distinct;
         req.scope = self.scope.clone();
         if let Some(v) = self.batch_size {
             req.batch_size = v;

@@ -634,7 +634,7 @@ mod tests {
     }
 
     pub(super) fn id() -> KeySpec {
-        KeySpec(vec![crate::key::KeyColumn {
+        KeySpec::new(vec![crate::key::KeyColumn {
             name: "id".into(),
             key_type: crate::key::KeyType::Bigint,
         }])

@@ -1,5 +1,6 @@
 //! The key a migration walks: its columns (the table's primary key by default, or any unique
-//! NOT NULL key, composite allowed), a value of it, and where a walk over it starts.
+//! NOT NULL key, composite allowed), how it is walked ([`KeyWalk`]: NULL keys skipped, distinct
+//! values counted), a value of it, and where a walk over it starts.
 //!
 //! A key value is kept as typed JSON, one element per column: integers as JSON numbers, every
 //! other type (uuid, text, numeric, dates, timestamps) as the database's own text for it, e.g.
@@ -113,35 +114,96 @@ pub struct KeyColumn {
     pub key_type: KeyType,
 }
 
-/// The columns a migration walks, in the key's order.
+/// How a key is walked beyond its columns: chosen at queue, recorded on the migration in
+/// columns of their own (schema v9), and carried with the key so that every walk, sub-batch
+/// and bound built from it places the same conditions.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct KeyWalk {
+    /// `--skip-null-keys`: the key's columns may be NULL, and the rows where one is are never
+    /// visited (`"col" IS NOT NULL` for each column, in every walk and every sub-batch).
+    pub skip_nulls: bool,
+    /// `--distinct` (a non-unique key only): a batch and a sub-batch span that many distinct
+    /// key values, not rows (GitLab's `distinct_each_batch`).
+    pub distinct: bool,
+}
+
+impl KeyWalk {
+    /// How it differs from a plain walk, for people: `NULL keys skipped, batches of distinct
+    /// values`; `None` for a plain walk.
+    pub fn describe(self) -> Option<String> {
+        let parts: Vec<&str> = [
+            (self.skip_nulls, "rows with a NULL key never visited"),
+            (self.distinct, "batches count distinct key values"),
+        ]
+        .into_iter()
+        .filter_map(|(on, what)| on.then_some(what))
+        .collect();
+        (!parts.is_empty()).then(|| parts.join(", "))
+    }
+}
+
+/// What an operator asks of a key beyond its columns, checked when it is chosen.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KeyOptions {
+    /// `--non-unique-key`: walk a key no unique index covers.
+    pub non_unique: bool,
+    /// How to walk it.
+    pub walk: KeyWalk,
+}
+
+/// The columns a migration walks, in the key's order, and how it walks them. Serialized as
+/// its columns alone (the `key_columns` JSON); the [`KeyWalk`] is stored beside it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(transparent)]
-pub struct KeySpec(pub Vec<KeyColumn>);
+pub struct KeySpec {
+    columns: Vec<KeyColumn>,
+    #[serde(skip)]
+    walk: KeyWalk,
+}
 
 impl KeySpec {
+    /// A key of these columns, walked plainly (every key value, NULL keys refused).
+    pub fn new(columns: Vec<KeyColumn>) -> Self {
+        Self {
+            columns,
+            walk: KeyWalk::default(),
+        }
+    }
+
+    /// The same key walked as `walk` says.
+    pub fn with_walk(mut self, walk: KeyWalk) -> Self {
+        self.walk = walk;
+        self
+    }
+
+    /// How it is walked.
+    pub fn walk(&self) -> KeyWalk {
+        self.walk
+    }
+
     /// Its columns.
     pub fn columns(&self) -> &[KeyColumn] {
-        &self.0
+        &self.columns
     }
 
     /// How many columns.
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.columns.len()
     }
 
     /// Never true for a stored key; here for clippy's sake.
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.columns.is_empty()
     }
 
     /// One integer column: key values are numbers and can be counted by subtraction.
     pub fn is_single_integer(&self) -> bool {
-        matches!(self.0.as_slice(), [c] if c.key_type.is_integer())
+        matches!(self.columns.as_slice(), [c] if c.key_type.is_integer())
     }
 
     /// The columns' names joined for display: `id`, or `(a, b)`.
     pub fn display_names(&self) -> String {
-        match self.0.as_slice() {
+        match self.columns.as_slice() {
             [c] => c.name.clone(),
             cols => format!(
                 "({})",
@@ -158,7 +220,7 @@ impl KeySpec {
     /// for a composite key (`[5, 0]`, `["acme", 3]`).
     pub fn parse_bound(&self, flag: &str, text: &str) -> Result<Key> {
         let bad = |why: String| Error::InvalidSettings(format!("{flag} {text:?}: {why}"));
-        let values: Vec<Value> = match self.0.as_slice() {
+        let values: Vec<Value> = match self.columns.as_slice() {
             [column] if !text.trim_start().starts_with('[') => {
                 vec![scalar_for(column, text).map_err(bad)?]
             }
@@ -201,7 +263,7 @@ impl KeySpec {
     /// stored as the range's bounds but never walked.
     pub fn placeholder(&self) -> Key {
         Key(self
-            .0
+            .columns
             .iter()
             .map(|c| {
                 if c.key_type.is_integer() {
@@ -215,7 +277,7 @@ impl KeySpec {
 
     fn example(&self) -> String {
         let parts: Vec<&str> = self
-            .0
+            .columns
             .iter()
             .map(|c| {
                 if c.key_type.is_integer() {
@@ -390,16 +452,23 @@ pub(crate) struct UniqueIndex {
 
 /// Chooses the key to walk from what the catalog says: the requested columns, or by default
 /// the primary key; refuses an unknown column (with a "did you mean" for a case mismatch), a
-/// type a key cannot be of, a nullable column (its NULL rows would never be visited), and a
-/// key no primary key or unique non-partial index covers unless `non_unique`.
+/// type a key cannot be of, a nullable column unless its NULL rows are to be skipped (they
+/// would never be visited), a key no primary key or unique non-partial index covers unless
+/// `non_unique`, and distinct values of a key not declared non-unique.
 pub(crate) fn choose(
     table: &str,
     columns: &[TableColumn],
     indexes: &[UniqueIndex],
     requested: Option<&[String]>,
-    non_unique: bool,
+    options: KeyOptions,
     supported: &str,
 ) -> Result<KeySpec> {
+    let non_unique = options.non_unique;
+    if options.walk.distinct && !non_unique {
+        return Err(Error::InvalidSettings(
+            "--distinct counts distinct values of a non-unique key: pass --non-unique-key with it (the values of a unique key are all distinct, so without it a batch already counts values)".into(),
+        ));
+    }
     let usable: Vec<&UniqueIndex> = indexes.iter().filter(|i| !i.partial).collect();
     let list = |indexes: &[&UniqueIndex]| {
         indexes
@@ -453,9 +522,9 @@ pub(crate) fn choose(
                 column.type_name
             )));
         };
-        if !column.not_null {
+        if !column.not_null && !options.walk.skip_nulls {
             return Err(Error::InvalidSettings(format!(
-                "column {name:?} of table {table:?} may be NULL: rows where it is NULL would never be visited; walk a NOT NULL key (or add the constraint)"
+                "column {name:?} of table {table:?} may be NULL: rows where it is NULL would never be visited; pass --skip-null-keys to walk it and leave those rows alone, or walk a NOT NULL key (or add the constraint)"
             )));
         }
         key.push(KeyColumn {
@@ -477,7 +546,7 @@ pub(crate) fn choose(
             }
         )));
     }
-    Ok(KeySpec(key))
+    Ok(KeySpec::new(key).with_walk(options.walk))
 }
 
 #[cfg(test)]
@@ -485,7 +554,7 @@ mod tests {
     use super::*;
 
     fn spec(types: &[KeyType]) -> KeySpec {
-        KeySpec(
+        KeySpec::new(
             types
                 .iter()
                 .enumerate()

@@ -36,7 +36,7 @@ pub use definition::Definition;
 pub use engine::{JobOutcome, StepOutcome, Worker, WorkerLoop, WorkerOptions};
 pub use error::{Error, Result};
 pub use failure::{Failure, FailureClass};
-pub use key::{Key, KeyColumn, KeySpec, KeyType, Lower};
+pub use key::{Key, KeyColumn, KeyOptions, KeySpec, KeyType, KeyWalk, Lower};
 pub use kind::{JobKind, Registry, SubBatch, SubBatchConnection};
 pub use model::{
     CitusTable, Job, JobCounts, JobTransition, Lane, Migration, MigrationTransition, NewLane,

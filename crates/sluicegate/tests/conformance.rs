@@ -19,8 +19,8 @@ use sluicegate::store::{
 };
 use sluicegate::testing::TestDb;
 use sluicegate::{
-    ident::TableName, store_test, Error, Job, JobStatus, Key, KeySpec, Lower, Migration,
-    MigrationEvent, MigrationStatus, Sluicegate,
+    ident::TableName, store_test, Error, Job, JobStatus, Key, KeyOptions, KeySpec, Lower,
+    Migration, MigrationEvent, MigrationStatus, Sluicegate,
 };
 
 use crate::common::{fast, take_job};
@@ -1133,17 +1133,93 @@ store_test!(key_resolve, |db| {
     db.create_items("items", &[(1, 10)]).await;
     let sg = db.sluicegate().await;
     let target = sg.target();
-    let (table, key) = target.key_resolve(&items(), None, false).await.unwrap();
+    let (table, key) = target
+        .key_resolve(&items(), None, KeyOptions::default())
+        .await
+        .unwrap();
     assert_eq!(table.table, "items");
     assert_eq!(key.display_names(), "id");
     assert!(key.columns()[0].key_type.is_integer());
     // A column that is not unique is refused unless asked for.
     let n = ["n".to_owned()];
-    assert!(target.key_resolve(&items(), Some(&n), false).await.is_err());
-    let (_, key) = target.key_resolve(&items(), Some(&n), true).await.unwrap();
+    assert!(target
+        .key_resolve(&items(), Some(&n), KeyOptions::default())
+        .await
+        .is_err());
+    let (_, key) = target
+        .key_resolve(
+            &items(),
+            Some(&n),
+            KeyOptions {
+                non_unique: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
     assert_eq!(key.display_names(), "n");
+    assert_eq!(key.walk(), sluicegate::KeyWalk::default());
+    // How it is walked comes back with the key; distinct values only of a non-unique key.
+    let walk = sluicegate::KeyWalk {
+        skip_nulls: true,
+        distinct: true,
+    };
+    let (_, key) = target
+        .key_resolve(
+            &items(),
+            Some(&n),
+            KeyOptions {
+                non_unique: true,
+                walk,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(key.walk(), walk);
+    let err = target
+        .key_resolve(
+            &items(),
+            None,
+            KeyOptions {
+                non_unique: false,
+                walk,
+            },
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("pass --non-unique-key"), "{err}");
+    // A nullable column only when its NULL rows are to be skipped.
+    db.exec("CREATE TABLE loose (id bigint PRIMARY KEY, parent_id bigint)")
+        .await;
+    let loose = TableName::parse("loose").unwrap();
+    let parent = ["parent_id".to_owned()];
+    let options = |skip_nulls| KeyOptions {
+        non_unique: true,
+        walk: sluicegate::KeyWalk {
+            skip_nulls,
+            distinct: false,
+        },
+    };
+    let err = target
+        .key_resolve(&loose, Some(&parent), options(false))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("may be NULL") && err.contains("--skip-null-keys"),
+        "{err}"
+    );
+    let (_, key) = target
+        .key_resolve(&loose, Some(&parent), options(true))
+        .await
+        .unwrap();
+    assert!(key.walk().skip_nulls);
     let unknown = TableName::parse("nothing").unwrap();
-    let err = target.key_resolve(&unknown, None, false).await.unwrap_err();
+    let err = target
+        .key_resolve(&unknown, None, KeyOptions::default())
+        .await
+        .unwrap_err();
     assert!(matches!(err, Error::UnknownTable { .. }), "{err}");
 });
 
@@ -1164,12 +1240,17 @@ store_test!(key_canonical, |db| {
     db.create_items("items", &[(1, 10)]).await;
     let sg = db.sluicegate().await;
     let target = sg.target();
-    let (_, int_key) = target.key_resolve(&items(), None, false).await.unwrap();
+    let (_, int_key) = target
+        .key_resolve(&items(), None, KeyOptions::default())
+        .await
+        .unwrap();
     let canonical = target.key_canonical(&int_key, &k(7), "--min-value").await;
     assert_eq!(canonical.unwrap(), k(7));
     let named = TableName::parse("named").unwrap();
-    let (_, text_key): (TableName, KeySpec) =
-        target.key_resolve(&named, None, false).await.unwrap();
+    let (_, text_key): (TableName, KeySpec) = target
+        .key_resolve(&named, None, KeyOptions::default())
+        .await
+        .unwrap();
     let value = Key(vec![json!("abc")]);
     let canonical = target.key_canonical(&text_key, &value, "--min-value").await;
     assert_eq!(canonical.unwrap(), value);
@@ -1180,7 +1261,10 @@ store_test!(key_bounds, |db| {
     db.create_items("empty", &[]).await;
     let sg = db.sluicegate().await;
     let target = sg.target();
-    let (_, key) = target.key_resolve(&items(), None, false).await.unwrap();
+    let (_, key) = target
+        .key_resolve(&items(), None, KeyOptions::default())
+        .await
+        .unwrap();
     let bounds = target.key_bounds(&items(), &key, None).await.unwrap();
     assert_eq!(bounds, Some((k(5), k(20))));
     let even = target
@@ -1204,6 +1288,74 @@ store_test!(scope_estimate, |db| {
     assert_eq!(estimate, Some(10));
 });
 
+store_test!(distinct_estimate, |db| {
+    // 30 rows of 7 groups (n % 7), one of them NULL.
+    db.exec("CREATE TABLE grouped (id bigint PRIMARY KEY, grp bigint)")
+        .await;
+    let rows: Vec<String> = (1..=30)
+        .map(|i| match i % 7 {
+            0 => format!("({i}, NULL)"),
+            g => format!("({i}, {g})"),
+        })
+        .collect();
+    db.exec(&format!("INSERT INTO grouped VALUES {}", rows.join(", ")))
+        .await;
+    let sg = db.sluicegate().await;
+    let target = sg.target();
+    let grouped = TableName::parse("grouped").unwrap();
+    let grp = ["grp".to_owned()];
+    let walk = sluicegate::KeyWalk {
+        skip_nulls: true,
+        distinct: true,
+    };
+    let options = KeyOptions {
+        non_unique: true,
+        walk,
+    };
+    let (table, key) = target
+        .key_resolve(&grouped, Some(&grp), options)
+        .await
+        .unwrap();
+    // The NULL key is not a value the walk visits; a scope narrows it.
+    assert_eq!(
+        target.distinct_estimate(&table, &key, None).await.unwrap(),
+        Some(6)
+    );
+    assert_eq!(
+        target
+            .distinct_estimate(&table, &key, Some("grp <= 2"))
+            .await
+            .unwrap(),
+        Some(2)
+    );
+    if db.backend == Backend::Postgres {
+        // A large table is not counted: the planner's n_distinct, once analyzed.
+        db.exec("CREATE TABLE builds (id bigint PRIMARY KEY, project_id bigint NOT NULL)")
+            .await;
+        db.exec("INSERT INTO builds SELECT i, i % 65 FROM generate_series(1, 120000) AS i")
+            .await;
+        db.exec("ANALYZE builds").await;
+        let builds = TableName::parse("builds").unwrap();
+        let project = ["project_id".to_owned()];
+        let (table, key) = target
+            .key_resolve(&builds, Some(&project), options)
+            .await
+            .unwrap();
+        assert_eq!(
+            target.distinct_estimate(&table, &key, None).await.unwrap(),
+            Some(65)
+        );
+        assert_eq!(
+            target
+                .distinct_estimate(&table, &key, Some("project_id < 10"))
+                .await
+                .unwrap(),
+            None,
+            "no figure for a scope"
+        );
+    }
+});
+
 store_test!(row_estimate, |db| {
     db.create_items("items", &[(1, 100)]).await;
     let sg = db.sluicegate().await;
@@ -1214,7 +1366,10 @@ store_test!(range_next, |db| {
     db.create_items("items", &[(1, 10), (100, 104)]).await;
     let sg = db.sluicegate().await;
     let target = sg.target();
-    let (_, key) = target.key_resolve(&items(), None, false).await.unwrap();
+    let (_, key) = target
+        .key_resolve(&items(), None, KeyOptions::default())
+        .await
+        .unwrap();
     let next = |lower: Lower, size| {
         let key = key.clone();
         async move {

@@ -566,6 +566,59 @@ store_test!(
         .await;
         db.exec("CREATE TABLE notes (id bigint PRIMARY KEY, noteable_id bigint NOT NULL)")
             .await;
+        // GitLab's CI tables, simplified to the columns used (not partitioned here, so that
+        // SQLite runs them too): p_ci_stages.pipeline_id is nullable and not unique.
+        db.exec("CREATE TABLE p_ci_pipelines (id bigint NOT NULL, partition_id bigint NOT NULL, PRIMARY KEY (id, partition_id))")
+            .await;
+        db.exec("CREATE TABLE p_ci_stages (id bigint NOT NULL, partition_id bigint NOT NULL, pipeline_id bigint, name varchar(255), PRIMARY KEY (id, partition_id))")
+            .await;
+        db.exec("CREATE UNIQUE INDEX index_p_ci_stages_on_pipeline_id_and_name ON p_ci_stages (pipeline_id, name)")
+            .await;
+        db.exec("CREATE TABLE p_ci_builds (id bigint NOT NULL, partition_id bigint NOT NULL, project_id bigint NOT NULL, PRIMARY KEY (id, partition_id))")
+            .await;
+        db.exec("CREATE INDEX index_p_ci_builds_on_project_id ON p_ci_builds (project_id)")
+            .await;
+        db.exec("CREATE TABLE ci_project_mirrors (project_id bigint PRIMARY KEY, namespace_id bigint NOT NULL)")
+            .await;
+        // Pipelines 1..=40 in partition 100; stages of pipelines 1..=60 (those of 41..=60 are
+        // orphans, 60 of them), pipeline 5's "test" stage in partition 101 (an orphan too: no
+        // such pipeline there), and 15 stages without a pipeline, which stay.
+        insert(
+            &db,
+            "p_ci_pipelines",
+            "id, partition_id",
+            (1..=40).map(|i| format!("({i}, 100)")).collect(),
+        )
+        .await;
+        let mut stages: Vec<String> = (1..=60)
+            .flat_map(|p| {
+                ["build", "test", "deploy"]
+                    .into_iter()
+                    .enumerate()
+                    .map(move |(s, name)| {
+                        let partition = if p == 5 && name == "test" { 101 } else { 100 };
+                        format!("({}, {partition}, {p}, '{name}')", p * 10 + s as i64)
+                    })
+            })
+            .collect();
+        stages.extend((1..=15).map(|i| format!("({}, 100, NULL, 'stage {i}')", 10_000 + i)));
+        insert(
+            &db,
+            "p_ci_stages",
+            "id, partition_id, pipeline_id, name",
+            stages,
+        )
+        .await;
+        // 500 builds of 20 projects.
+        insert(
+            &db,
+            "p_ci_builds",
+            "id, partition_id, project_id",
+            (1..=500)
+                .map(|i| format!("({i}, 100, {})", i % 20 + 1))
+                .collect(),
+        )
+        .await;
         insert(
             &db,
             "projects",
@@ -606,7 +659,9 @@ store_test!(
             [
                 "backfill_issues_namespace_id",
                 "copy_events_id_to_bigint",
-                "delete_orphaned_notes"
+                "delete_orphaned_notes",
+                "delete_orphaned_stage_records",
+                "backfill_ci_project_mirrors"
             ]
         );
         let applied = sg.apply_requests(&requests).await.unwrap();
@@ -637,6 +692,48 @@ store_test!(
         );
         assert_eq!(db.scalar("SELECT count(*) FROM notes").await, 200);
         assert_eq!(db.scalar("SELECT max(noteable_id) FROM notes").await, 400);
+        // The orphaned stages are gone, the stages without a pipeline untouched: exactly the
+        // 119 stages of pipelines 1..=40 (less pipeline 5's orphan) and the 15 without one.
+        assert_eq!(
+            db.scalar("SELECT count(*) FROM p_ci_stages WHERE pipeline_id IS NULL AND id BETWEEN 10001 AND 10015")
+                .await,
+            15
+        );
+        assert_eq!(
+            db.scalar("SELECT count(*) FROM p_ci_stages WHERE pipeline_id BETWEEN 1 AND 40 AND partition_id = 100")
+                .await,
+            119
+        );
+        assert_eq!(db.scalar("SELECT count(*) FROM p_ci_stages").await, 134);
+        assert_eq!(
+            db.scalar("SELECT count(*) FROM p_ci_stages WHERE pipeline_id = 5 AND name = 'test'")
+                .await,
+            0
+        );
+        let stages = sg.migration("delete_orphaned_stage_records").await.unwrap();
+        assert!(stages.key.walk().skip_nulls);
+        let deleted: i64 = sg
+            .jobs(&stages, None)
+            .await
+            .unwrap()
+            .iter()
+            .map(|j| j.rows_affected)
+            .sum();
+        assert_eq!(deleted, 61);
+        // One mirror per project, each with its project's namespace, in one job per six
+        // projects (rows would have made 84 of them).
+        assert_eq!(
+            db.scalar("SELECT count(*) FROM ci_project_mirrors").await,
+            20
+        );
+        assert_eq!(
+            db.scalar("SELECT count(*) FROM ci_project_mirrors m JOIN projects p ON p.id = m.project_id WHERE m.namespace_id = p.project_namespace_id")
+                .await,
+            20
+        );
+        let mirrors = sg.migration("backfill_ci_project_mirrors").await.unwrap();
+        assert!(mirrors.key.walk().distinct);
+        assert_eq!(sg.jobs(&mirrors, None).await.unwrap().len(), 4);
         // The two with --verify say so in their logs.
         for name in ["backfill_issues_namespace_id", "copy_events_id_to_bigint"] {
             let m = sg.migration(name).await.unwrap();

@@ -319,3 +319,133 @@ store_test!(
         assert_eq!(jobs[1].rows_affected, 1000);
     }
 );
+
+/// The scripts of versions 4 to 8, as a binary of version 8 installed them after 1 to 3.
+fn scripts_4_to_8(backend: Backend) -> Vec<(i64, String)> {
+    let raw: [&str; 5] = match backend {
+        Backend::Postgres => [
+            include_str!("../src/store/schema/postgres_v4.sql"),
+            include_str!("../src/store/schema/postgres_v5.sql"),
+            include_str!("../src/store/schema/postgres_v6.sql"),
+            include_str!("../src/store/schema/postgres_v7.sql"),
+            include_str!("../src/store/schema/postgres_v8.sql"),
+        ],
+        Backend::Sqlite => [
+            include_str!("../src/store/schema/sqlite_v4.sql"),
+            include_str!("../src/store/schema/sqlite_v5.sql"),
+            include_str!("../src/store/schema/sqlite_v6.sql"),
+            include_str!("../src/store/schema/sqlite_v7.sql"),
+            include_str!("../src/store/schema/sqlite_v8.sql"),
+        ],
+    };
+    raw.iter()
+        .enumerate()
+        .map(|(i, s)| (i as i64 + 4, s.replace("{s}", "sluicegate")))
+        .collect()
+}
+
+// A tracking schema of version 8 with a migration in flight: `setup` adds version 9 (how a key
+// is walked: `skip_null_keys`, `distinct_keys`); the migration reads back as a plain walk and
+// runs on, and a migration queued after walks a nullable key by distinct values.
+store_test!(
+    a_version_8_schema_upgrades_to_9_and_its_migrations_walk_as_before,
+    |db| {
+        db.create_items("items", &[(1, 300)]).await;
+        let (t, now) = match db.backend {
+            Backend::Postgres => {
+                db.exec("CREATE SCHEMA sluicegate").await;
+                ("sluicegate.", "now()")
+            }
+            Backend::Sqlite => ("sluicegate_", "'2026-11-25T12:00:00.000000Z'"),
+        };
+        let applied_type = match db.backend {
+            Backend::Postgres => "timestamptz NOT NULL DEFAULT now()",
+            Backend::Sqlite => "TEXT NOT NULL",
+        };
+        db.exec(&format!(
+        "CREATE TABLE {t}schema_versions (version bigint PRIMARY KEY, applied_at {applied_type})"
+    ))
+        .await;
+        let mark = |version: i64| {
+            format!("INSERT INTO {t}schema_versions VALUES ({version}, '2026-01-01T00:00:00Z')")
+        };
+        for (version, script) in scripts_before_any_key(db.backend) {
+            db.exec(&script).await;
+            db.exec(&mark(version)).await;
+        }
+        db.exec(&format!(
+            "INSERT INTO {t}migrations (name, job_kind, table_name, column_name, job_arguments,
+             min_value, max_value, next_min_value, batch_size, sub_batch_size, pause_ms,
+             interval_ms, statement_timeout_ms, lock_timeout_ms, status, target_sub_batch_ms,
+             started_at, created_at, updated_at)
+         VALUES ('old', 'update', 'items', 'id', '{{\"set\": \"n = n + 1\"}}', 1, 300, 1,
+             100, 50, 0, 0, 30000, 5000, 'active', 0, {now}, {now}, {now})"
+        ))
+        .await;
+        db.exec(&format!(
+            "INSERT INTO {t}migration_transition_logs (migration_id, previous_status, next_status,
+             event, actor, created_at)
+         VALUES (1, NULL, 'active', 'queue', 'cli', {now})"
+        ))
+        .await;
+        for (version, script) in scripts_4_to_8(db.backend) {
+            db.exec(&script).await;
+            db.exec(&mark(version)).await;
+        }
+        let sg = db.sluicegate().await; // runs setup: 8 -> 9
+        assert_eq!(sg.store().schema_version().await.unwrap(), Some(9));
+        let m = sg.migration("old").await.unwrap();
+        assert_eq!(m.key.walk(), sluicegate::KeyWalk::default(), "a plain walk");
+        sg.adopt_target("old", None, "cli").await.unwrap();
+        crate::common::run_to_end(&sg).await;
+        let m = sg.migration("old").await.unwrap();
+        assert_eq!(m.status, MigrationStatus::Finished);
+        assert_eq!(
+            db.scalar("SELECT count(*) FROM items WHERE n = 1").await,
+            300
+        );
+        assert_eq!(sg.jobs(&m, None).await.unwrap().len(), 3);
+
+        // New columns, new walks: a nullable, non-unique key by distinct values.
+        db.exec("CREATE TABLE stages (id bigint PRIMARY KEY, pipeline_id bigint, n integer NOT NULL DEFAULT 0)")
+        .await;
+        db.exec(
+            "INSERT INTO stages (id, pipeline_id) VALUES (1, 7), (2, 7), (3, NULL), (4, 8), (5, 9)",
+        )
+        .await;
+        let mut req =
+            crate::common::fast("new", "update", "stages", 2, 2).argument("set", "n = n + 1");
+        req.key = Some(vec!["pipeline_id".into()]);
+        (req.non_unique_key, req.skip_null_keys, req.distinct) = (true, true, true);
+        sg.queue(&req).await.unwrap();
+        crate::common::run_to_end(&sg).await;
+        let m = sg.migration("new").await.unwrap();
+        assert_eq!(
+            m.key.walk(),
+            sluicegate::KeyWalk {
+                skip_nulls: true,
+                distinct: true
+            }
+        );
+        assert_eq!(sg.jobs(&m, None).await.unwrap().len(), 2, "values 7, 8 | 9");
+        assert_eq!(
+            db.scalar("SELECT count(*) FROM stages WHERE n = 1").await,
+            4
+        );
+        assert_eq!(
+            db.scalar("SELECT count(*) FROM stages WHERE id = 3 AND n = 0")
+                .await,
+            1
+        );
+        // The tracking table itself refuses distinct values of a unique key.
+        let migrations = format!("{t}migrations");
+        assert!(
+            db.try_exec(&format!(
+                "UPDATE {migrations} SET key_unique = true WHERE name = 'new'"
+            ))
+            .await
+            .is_err(),
+            "distinct_keys only with a non-unique key"
+        );
+    }
+);

@@ -22,3 +22,4 @@ mod stopping;
 mod store;
 mod targets;
 mod transitions;
+mod walks;

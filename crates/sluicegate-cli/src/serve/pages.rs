@@ -51,7 +51,8 @@ const SCRIPT: &str = r#"(function () {
     document.getElementById("set").addEventListener("submit", function (e) {
       e.preventDefault();
       var body = { reason: document.getElementById("reason").value || null };
-      ["batch_size", "sub_batch_size", "max_batch_size", "pause_ms", "interval_ms"].forEach(function (k) {
+      ["batch_size", "sub_batch_size", "max_batch_size", "pause_ms", "interval_ms",
+       "statement_timeout_ms", "lock_timeout_ms"].forEach(function (k) {
         var v = document.getElementById("set-" + k).value;
         if (v !== "") body[k] = Number(v);
       });
@@ -475,6 +476,8 @@ pub async fn migration(
                     ("max_batch_size", m.max_batch_size.map(|v| v.to_string()).unwrap_or_default()),
                     ("pause_ms", m.pause_ms.to_string()),
                     ("interval_ms", m.interval.as_millis().to_string()),
+                    ("statement_timeout_ms", m.statement_timeout_ms.to_string()),
+                    ("lock_timeout_ms", m.lock_timeout_ms.to_string()),
                 ] {
                     label { (field) " " input id=(format!("set-{field}")) type="number" min="0" placeholder=(now); } " "
                 }
@@ -521,6 +524,9 @@ pub async fn migration(
             tr { th { "rate / ETA" } td { (p.rows_per_second.map(|r| format!("{} rows/s", thousands(r.round() as i64))).unwrap_or_else(|| "-".into())) " / " (eta(&p)) } }
             tr { th { "kind" } td { (m.job_kind) " " code { (m.job_arguments.to_string()) } } }
             tr { th { "table" } td { code { (m.table_name) "." (m.key.display_names()) } " keys " (m.min_value) " ..= " (m.max_value) } }
+            @if let Some(walk) = m.key.walk().describe() {
+                tr { th { "walk" } td { (walk) } }
+            }
             tr { th { "target" } td {
                 @match &m.target {
                     Some(t) => { code { (t.display) } @if !st.sg.is_own_target(&m) { " (another target: its health is read by its own workers)" } }

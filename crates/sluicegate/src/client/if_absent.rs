@@ -22,6 +22,10 @@ struct Canonical<'a> {
     table: &'a str,
     key: Option<&'a [String]>,
     non_unique_key: bool,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    skip_null_keys: bool,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    distinct: bool,
     scope: Option<&'a str>,
     arguments: std::collections::BTreeMap<&'a str, &'a Value>,
     batch_size: i64,
@@ -59,6 +63,8 @@ impl QueueRequest {
             table: self.table.trim(),
             key: self.key.as_deref(),
             non_unique_key: self.non_unique_key,
+            skip_null_keys: self.skip_null_keys,
+            distinct: self.distinct,
             scope: present(&self.scope),
             arguments,
             batch_size: self.batch_size,

@@ -50,20 +50,59 @@ pub(crate) fn key_params(key: &KeySpec, first: usize, param: ParamSql) -> String
     format!("({})", parts.join(", "))
 }
 
-/// ` AND (scope)`, or nothing.
-pub(crate) fn scope_condition(scope: Option<&str>) -> String {
-    scope
-        .filter(|s| !s.trim().is_empty())
-        .map(|s| format!(" AND ({s})"))
-        .unwrap_or_default()
+/// The rows a walk of `key` may visit at all, as conditions to `AND`: its columns `IS NOT NULL`
+/// when the key skips NULL keys (`--skip-null-keys`; placed here, from the key's own columns,
+/// so that no walk, bound or sub-batch can leave them out), then the scope. Empty for a plain
+/// key without a scope.
+fn row_conditions(key: &KeySpec, scope: Option<&str>) -> Vec<String> {
+    let mut conditions = not_null_conditions(key, None);
+    if let Some(scope) = scope.filter(|s| !s.trim().is_empty()) {
+        conditions.push(format!("({scope})"));
+    }
+    conditions
 }
 
-/// `WHERE (scope)`, or nothing.
-pub(crate) fn scope_filter(scope: Option<&str>) -> String {
-    scope
-        .filter(|s| !s.trim().is_empty())
-        .map(|s| format!("WHERE ({s})"))
-        .unwrap_or_default()
+/// `"a" IS NOT NULL` for each column of a key that skips NULL keys (qualified by `qualifier`
+/// when given), none for any other key.
+pub(crate) fn not_null_conditions(key: &KeySpec, qualifier: Option<&str>) -> Vec<String> {
+    if !key.walk().skip_nulls {
+        return Vec::new();
+    }
+    key.columns()
+        .iter()
+        .map(|c| match qualifier {
+            Some(q) => format!("{q}.{} IS NOT NULL", ident::quote(&c.name)),
+            None => format!("{} IS NOT NULL", ident::quote(&c.name)),
+        })
+        .collect()
+}
+
+/// ` AND ...` the rows a walk of `key` may visit ([`row_conditions`]), or nothing.
+pub(crate) fn walk_condition(key: &KeySpec, scope: Option<&str>) -> String {
+    row_conditions(key, scope)
+        .iter()
+        .map(|c| format!(" AND {c}"))
+        .collect()
+}
+
+/// `WHERE ...` the rows a walk of `key` may visit ([`row_conditions`]), or nothing.
+pub(crate) fn walk_filter(key: &KeySpec, scope: Option<&str>) -> String {
+    let conditions = row_conditions(key, scope);
+    if conditions.is_empty() {
+        String::new()
+    } else {
+        format!("WHERE {}", conditions.join(" AND "))
+    }
+}
+
+/// `"a" IS NULL OR "b" IS NULL`: the rows a walk that skips NULL keys never visits (for the
+/// estimate `queue` prints).
+pub(crate) fn null_key_condition(key: &KeySpec) -> String {
+    key.columns()
+        .iter()
+        .map(|c| format!("{} IS NULL", ident::quote(&c.name)))
+        .collect::<Vec<_>>()
+        .join(" OR ")
 }
 
 /// The range predicate of a sub-batch, numbered as
@@ -73,7 +112,8 @@ pub(crate) fn scope_filter(scope: Option<&str>) -> String {
 /// it. With a `qualifier` (the table's quoted name or its alias in a statement that joins
 /// others), the key's columns are qualified by it and the scope is read in a subquery on
 /// `table` alone, matched by key, so that its unqualified names can only mean `table`'s
-/// columns, whatever the statement joins.
+/// columns, whatever the statement joins. A key that skips NULL keys adds its columns' `IS NOT
+/// NULL` (a row-value comparison alone would let `(2, NULL)` into `(1, 1) ..= (3, 3)`).
 pub(crate) fn range_predicate(
     key: &KeySpec,
     scope: Option<&str>,
@@ -103,10 +143,16 @@ pub(crate) fn range_predicate(
             key_params(key, n + 1, param)
         )
     };
+    let not_null = not_null_conditions(key, qualifier);
+    let range = if not_null.is_empty() {
+        range
+    } else {
+        format!("({range} AND {})", not_null.join(" AND "))
+    };
     let scope = scope.filter(|s| !s.trim().is_empty());
     match (scope, qualifier) {
         (None, _) => range,
-        (Some(_), None) => format!("{range}{}", scope_condition(scope)),
+        (Some(scope), None) => format!("{range} AND ({scope})"),
         (Some(scope), Some(_)) => {
             const ALIAS: &str = "sluicegate_scope";
             let inner = prefixed(Some(ALIAS));

@@ -20,7 +20,7 @@ use crate::error::Result;
 use crate::failure::Failure;
 use crate::health::HealthSample;
 use crate::ident::TableName;
-use crate::key::{Key, KeySpec, Lower};
+use crate::key::{Key, KeyOptions, KeySpec, Lower};
 use crate::model::{
     CitusTable, Job, JobCounts, JobTransition, Lane, Migration, MigrationTransition, NewLane,
     NewMigration, TargetIdentity,
@@ -46,7 +46,7 @@ pub use params::{
 };
 
 /// Newest tracking-schema version this binary knows.
-pub const SCHEMA_VERSION: i64 = 8;
+pub const SCHEMA_VERSION: i64 = 9;
 
 /// What a backend can do, asked by name where the engine or the client depends on it, rather
 /// than asking which backend it is ([`Backend`] chooses only the SQL dialect).
@@ -285,15 +285,16 @@ pub trait Target: Send + Sync + 'static {
     /// What it can do.
     fn capabilities(&self) -> Capabilities;
     /// Checks that the table exists and resolves the key to walk: `columns` in that order, or
-    /// by default the table's primary key. The key must be of supported types, NOT NULL, and
-    /// unique (a primary key, or a unique non-partial index on exactly those columns) unless
-    /// `non_unique` asks otherwise. Returns the table's canonical name (schema resolved on
-    /// PostgreSQL, stored spelling on SQLite) and the key.
+    /// by default the table's primary key. The key must be of supported types, NOT NULL unless
+    /// `options` skips NULL keys, and unique (a primary key, or a unique non-partial index on
+    /// exactly those columns) unless `options` says non-unique; distinct values only of a
+    /// non-unique key. Returns the table's canonical name (schema resolved on PostgreSQL,
+    /// stored spelling on SQLite) and the key, walked as `options` says.
     async fn key_resolve(
         &self,
         table: &TableName,
         columns: Option<&[String]>,
-        non_unique: bool,
+        options: KeyOptions,
     ) -> Result<(TableName, KeySpec)>;
     /// The identity of this database, stable across connections and URLs (see
     /// [`TargetIdentity::id`]): PostgreSQL's system identifier and database name, SQLite's
@@ -320,6 +321,16 @@ pub trait Target: Send + Sync + 'static {
     async fn scope_estimate(&self, table: &TableName, scope: &str) -> Result<Option<i64>>;
     /// Estimated rows in the table.
     async fn row_estimate(&self, table: &TableName) -> Result<Option<i64>>;
+    /// How many distinct values of `key` a walk of it visits (NULL keys left out when it skips
+    /// them, only rows matching `scope`), for a `--distinct` migration's job estimate: counted
+    /// on a small table (and always on SQLite), the planner's statistics of a one-column key
+    /// on a large PostgreSQL table, `None` when nothing says.
+    async fn distinct_estimate(
+        &self,
+        table: &TableName,
+        key: &KeySpec,
+        scope: Option<&str>,
+    ) -> Result<Option<i64>>;
     /// The first existing key from `lower` and the `size`-th one (or the last `<= max`):
     /// a keyset walk over existing keys, so gaps cost nothing. It runs under the migration's
     /// statement timeout `statement_ms` (PostgreSQL; SQLite has none).

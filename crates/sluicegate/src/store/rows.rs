@@ -11,7 +11,7 @@ use sqlx::Row;
 
 use crate::error::{Error, Result};
 use crate::job_metrics::JobMetrics;
-use crate::key::{Key, KeySpec, Lower};
+use crate::key::{Key, KeySpec, KeyWalk, Lower};
 use crate::model::{
     CitusTable, Indicator, Job, JobTransition, Lane, Migration, MigrationTransition, TargetIdentity,
 };
@@ -151,7 +151,7 @@ fn unreadable_migration(row: &impl ModelRow, e: Error) -> Result<Migration> {
         job_kind: row.text("job_kind")?,
         table_name: row.text("table_name")?,
         target: target(row).ok().flatten(),
-        key: KeySpec(Vec::new()),
+        key: KeySpec::new(Vec::new()),
         key_unique: false,
         scope: None,
         job_arguments: Value::Null,
@@ -210,7 +210,11 @@ fn migration_strict(row: &impl ModelRow) -> Result<Migration> {
         table_name: row.text("table_name")?,
         target: target(row)?,
         key: serde_json::from_value::<KeySpec>(row.json("key_columns")?)
-            .map_err(|e| Error::Corrupt(format!("bad key_columns: {e}")))?,
+            .map_err(|e| Error::Corrupt(format!("bad key_columns: {e}")))?
+            .with_walk(KeyWalk {
+                skip_nulls: row.flag("skip_null_keys")?,
+                distinct: row.flag("distinct_keys")?,
+            }),
         key_unique: row.flag("key_unique")?,
         scope: row.opt_text("scope")?,
         job_arguments: row.json("job_arguments")?,

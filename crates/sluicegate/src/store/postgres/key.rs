@@ -8,7 +8,7 @@ use sqlx::PgConnection;
 use super::{exec_raw, PgTarget, SESSION_SETTINGS};
 use crate::error::{Error, Result};
 use crate::ident::TableName;
-use crate::key::{Key, KeySpec, KeyType, TableColumn, UniqueIndex};
+use crate::key::{Key, KeyOptions, KeySpec, KeyType, TableColumn, UniqueIndex};
 
 const TARGET_TABLE_FIND: &str = "SELECT n.nspname::text, c.relname::text
     FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
@@ -70,7 +70,7 @@ pub(super) async fn resolve(
     target: &PgTarget,
     table: &TableName,
     requested: Option<&[String]>,
-    non_unique: bool,
+    options: KeyOptions,
 ) -> Result<(TableName, KeySpec)> {
     let context = format!("looking up table {}", table.quoted());
     let (schema, name) = find_table(target, table, &context).await?;
@@ -111,7 +111,7 @@ pub(super) async fn resolve(
         &columns,
         &indexes,
         requested,
-        non_unique,
+        options,
         KeyType::SUPPORTED_POSTGRES,
     )?;
     Ok((resolved, key))

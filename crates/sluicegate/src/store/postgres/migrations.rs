@@ -22,10 +22,10 @@ WITH m AS (
         pause_ms, interval_ms, statement_timeout_ms, lock_timeout_ms, status,
         total_tuple_count, health_settings, target_sub_batch_ms, started_at, key_columns,
         next_inclusive, scope, sub_batch_ceiling, target_id, target_display, key_unique,
-        definition, after_ids, verify, citus)
+        definition, after_ids, verify, citus, skip_null_keys, distinct_keys)
     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19,
         CASE WHEN $16 = 'active' THEN now() END, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30,
-        $31)
+        $31, $33, $34)
     RETURNING *
 ), lanes AS (
     -- Each lane starts where the migration does.
@@ -227,6 +227,8 @@ pub(super) async fn insert(store: &PgStore, m: &NewMigration) -> Result<Migratio
         .bind(m.verify.as_deref())
         .bind(m.citus.map(|c| c.as_str()))
         .bind(Json(&m.lanes))
+        .bind(m.key.walk().skip_nulls)
+        .bind(m.key.walk().distinct)
         .fetch_one(&store.pool)
         .await
         .map_err(|e| {

@@ -18,6 +18,7 @@ const SCHEMA_MIGRATIONS: &[(i64, &str)] = &[
     (6, include_str!("../schema/postgres_v6.sql")),
     (7, include_str!("../schema/postgres_v7.sql")),
     (8, include_str!("../schema/postgres_v8.sql")),
+    (9, include_str!("../schema/postgres_v9.sql")),
 ];
 
 const SETUP_LOCK: &str = "SELECT pg_advisory_xact_lock(hashtext('sluicegate.setup:' || $1))";

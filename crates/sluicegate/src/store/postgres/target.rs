@@ -11,13 +11,13 @@ use sqlx::types::Json;
 use super::sub_batch::TrackingSql;
 use super::walk::key_json;
 use super::{citus, health, key, PgStore};
-use crate::dialect::key_sql::{key_order, scope_filter};
+use crate::dialect::key_sql::{key_list, key_order, walk_filter};
 use crate::dialect::Backend;
 use crate::error::{Error, Result};
 use crate::failure::Failure;
 use crate::health::HealthSample;
 use crate::ident::TableName;
-use crate::key::{Key, KeySpec, Lower};
+use crate::key::{Key, KeyOptions, KeySpec, Lower};
 use crate::model::{CitusTable, NewLane};
 use crate::store::{
     sub_batch, Capabilities, LedgerCursor, PerformedSubBatch, SubBatchSpec, Target,
@@ -36,6 +36,12 @@ const TARGET_IDENTITY_BY_ADDRESS: &str = "SELECT 'postgres:' || coalesce(host(in
 
 const TARGET_ROW_ESTIMATE: &str =
     "SELECT reltuples::bigint FROM pg_catalog.pg_class WHERE oid = to_regclass($1)";
+
+/// The planner's estimate of a column's distinct values (negative: a share of the rows); a
+/// partitioned table's figure is the one over all its partitions (`inherited`).
+const TARGET_N_DISTINCT: &str = "SELECT n_distinct FROM pg_catalog.pg_stats
+    WHERE schemaname = coalesce($1, current_schema()) AND tablename = $2 AND attname = $3
+    ORDER BY inherited DESC LIMIT 1";
 
 /// The table being migrated, on PostgreSQL.
 #[derive(Debug, Clone)]
@@ -99,9 +105,9 @@ impl Target for PgTarget {
         &self,
         table: &TableName,
         requested: Option<&[String]>,
-        non_unique: bool,
+        options: KeyOptions,
     ) -> Result<(TableName, KeySpec)> {
-        key::resolve(self, table, requested, non_unique).await
+        key::resolve(self, table, requested, options).await
     }
 
     async fn key_bounds(
@@ -111,7 +117,7 @@ impl Target for PgTarget {
         scope: Option<&str>,
     ) -> Result<Option<(Key, Key)>> {
         let (t, json) = (table.quoted(), key_json(key));
-        let filter = scope_filter(scope);
+        let filter = walk_filter(key, scope);
         let sql = format!(
             "SELECT (SELECT {json} FROM {t} {filter} ORDER BY {} LIMIT 1),
                     (SELECT {json} FROM {t} {filter} ORDER BY {} LIMIT 1)",
@@ -180,6 +186,55 @@ impl Target for PgTarget {
         Ok(Some(
             (total as f64 * matched as f64 / seen as f64).round() as i64
         ))
+    }
+
+    async fn distinct_estimate(
+        &self,
+        table: &TableName,
+        key: &KeySpec,
+        scope: Option<&str>,
+    ) -> Result<Option<i64>> {
+        let context = "estimating the distinct values of the key";
+        let Some(total) = self.row_estimate(table).await? else {
+            return Ok(None);
+        };
+        // A small table is counted outright, as a scope is.
+        if total <= 100_000 {
+            let sql = format!(
+                "SELECT count(*) FROM (SELECT DISTINCT {} FROM {} {}) AS sluicegate_values",
+                key_list(key),
+                table.quoted(),
+                walk_filter(key, scope)
+            );
+            let n: i64 = sqlx::query_scalar(&sql)
+                .fetch_one(&self.pool)
+                .await
+                .map_err(Error::db(context))?;
+            return Ok(Some(n));
+        }
+        // A large one: the planner's n_distinct of a one-column key (negative: a share of
+        // the rows), which leaves NULL out; a scope or a composite key has no such figure.
+        let [column] = key.columns() else {
+            return Ok(None);
+        };
+        if scope.is_some() {
+            return Ok(None);
+        }
+        let n_distinct: Option<f32> = sqlx::query_scalar(TARGET_N_DISTINCT)
+            .bind(table.schema.as_deref())
+            .bind(&table.table)
+            .bind(&column.name)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(Error::db(context))?
+            .flatten();
+        Ok(n_distinct.map(|n| {
+            if n < 0.0 {
+                (-n as f64 * total as f64).round() as i64
+            } else {
+                n as i64
+            }
+        }))
     }
 
     async fn range_next(

@@ -5,7 +5,7 @@ use serde_json::Value;
 use sqlx::types::Json;
 use sqlx::PgConnection;
 
-use crate::dialect::key_sql::{key_list, key_order, key_row, scope_condition};
+use crate::dialect::key_sql::{key_list, key_order, key_row, walk_condition};
 use crate::ident::{self, TableName};
 use crate::key::{Key, KeyColumn, KeySpec, Lower};
 use crate::store::sub_batch::Walk;
@@ -55,7 +55,9 @@ pub(super) fn pg_param(column: &KeyColumn, n: usize) -> String {
 /// the last one in range when fewer remain. `lower` and `max` are jsonb SQL expressions of ours
 /// (parameters, a subquery), never user text; `scope` is the operator's condition, trusted like
 /// `psql` input and checked at queue time. The comparisons are row values over the key's
-/// columns, which its index serves, under the columns' own collations.
+/// columns, which its index serves, under the columns' own collations. A key that skips NULL
+/// keys walks only rows without one; a key walked by distinct values counts `size` distinct
+/// values instead of rows ([`distinct_sql`]).
 pub(super) fn keyset_sql(
     table: &TableName,
     key: &KeySpec,
@@ -65,11 +67,18 @@ pub(super) fn keyset_sql(
 ) -> String {
     let (t, row, json) = (table.quoted(), key_row(key, None), key_json(key));
     let op = if inclusive { ">=" } else { ">" };
-    let in_range = format!(
-        "FROM {t} WHERE {row} {op} {} AND {row} <= {}{}",
-        key_from_json(key, lower),
+    let upper = format!(
+        "{row} <= {}{}",
         key_from_json(key, max),
-        scope_condition(scope)
+        walk_condition(key, scope)
+    );
+    if key.walk().distinct {
+        let start = format!("{row} {op} {} AND {upper}", key_from_json(key, lower));
+        return distinct_sql(&t, key, &start, &upper, size);
+    }
+    let in_range = format!(
+        "FROM {t} WHERE {row} {op} {} AND {upper}",
+        key_from_json(key, lower),
     );
     let (asc, desc) = (key_order(key, "ASC"), key_order(key, "DESC"));
     // The keys the OFFSET skips are read bare and the jsonb built for the one kept: built in
@@ -80,6 +89,58 @@ pub(super) fn keyset_sql(
                 coalesce((SELECT {json} FROM (SELECT {columns} {in_range} ORDER BY {asc}
                                               OFFSET {size} - 1 LIMIT 1) AS sluicegate_nth),
                          (SELECT {json} {in_range} ORDER BY {desc} LIMIT 1)) AS last"
+    )
+}
+
+/// The walk by distinct values (`--distinct`), a loose index scan: a recursive CTE steps from
+/// one key value to the next greater one, each step one probe of the key's index per column
+/// (`start`: the conditions of the first value, `upper`: those of every value), and stops at
+/// the `size`-th value or the end of the range; the duplicates in between are never read. The
+/// columns come back as `(first, last)` jsonb, built for those two only.
+fn distinct_sql(t: &str, key: &KeySpec, start: &str, upper: &str, size: &str) -> String {
+    let (row, asc) = (key_row(key, None), key_order(key, "ASC"));
+    let names: Vec<String> = (0..key.len()).map(|i| format!("sluicegate_k{i}")).collect();
+    let next = |condition: &str| -> String {
+        key.columns()
+            .iter()
+            .map(|c| {
+                format!(
+                    "(SELECT {} FROM {t} WHERE {condition} ORDER BY {asc} LIMIT 1)",
+                    ident::quote(&c.name)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let previous: Vec<String> = names.iter().map(|n| format!("d.{n}")).collect();
+    let after = format!("{row} > ({}) AND {upper}", previous.join(", "));
+    let json: Vec<String> = key
+        .columns()
+        .iter()
+        .zip(&names)
+        .map(|(c, n)| {
+            if c.key_type.is_integer() {
+                format!("{n}::bigint")
+            } else {
+                format!("{n}::text")
+            }
+        })
+        .collect();
+    let json = format!("jsonb_build_array({})", json.join(", "));
+    format!(
+        "WITH RECURSIVE sluicegate_distinct ({cols}, sluicegate_n) AS (
+             SELECT {first}, 1
+             UNION ALL
+             SELECT {then}, d.sluicegate_n + 1 FROM sluicegate_distinct AS d
+             WHERE d.sluicegate_n < {size} AND d.sluicegate_k0 IS NOT NULL
+         )
+         SELECT (SELECT {json} FROM sluicegate_distinct
+                 WHERE sluicegate_n = 1 AND sluicegate_k0 IS NOT NULL) AS first,
+                (SELECT {json} FROM sluicegate_distinct WHERE sluicegate_k0 IS NOT NULL
+                 ORDER BY sluicegate_n DESC LIMIT 1) AS last",
+        cols = names.join(", "),
+        first = next(start),
+        then = next(&after),
     )
 }
 

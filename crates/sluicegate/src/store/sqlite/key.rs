@@ -7,7 +7,7 @@ use sqlx::SqlitePool;
 use super::SqliteTarget;
 use crate::error::{Error, Result};
 use crate::ident::{self, TableName};
-use crate::key::{KeySpec, KeyType, TableColumn, UniqueIndex};
+use crate::key::{KeyOptions, KeySpec, KeyType, TableColumn, UniqueIndex};
 
 /// The table as `pragma_table_info` describes it: each column's name, declared type, `NOT
 /// NULL` and position in the primary key (0: none).
@@ -18,7 +18,7 @@ pub(super) async fn resolve(
     target: &SqliteTarget,
     table: &TableName,
     requested: Option<&[String]>,
-    non_unique: bool,
+    options: KeyOptions,
 ) -> Result<(TableName, KeySpec)> {
     let context = format!("looking up table {}", table.quoted());
     let pool = &target.pool;
@@ -62,7 +62,7 @@ pub(super) async fn resolve(
         &columns,
         &indexes,
         requested.as_deref(),
-        non_unique,
+        options,
         "INTEGER or TEXT",
     )?;
     refuse_strays(pool, &resolved, &key, &context).await?;

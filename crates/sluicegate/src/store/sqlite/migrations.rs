@@ -23,10 +23,10 @@ const MIGRATION_INSERT: &str = "INSERT INTO sluicegate_migrations (name, job_kin
     max_batch_size, pause_ms, interval_ms, statement_timeout_ms, lock_timeout_ms, status,
     total_tuple_count, health_settings, target_sub_batch_ms, started_at, created_at, updated_at,
     key_columns, next_inclusive, scope, sub_batch_ceiling, target_id, target_display, key_unique,
-    definition, after_ids, verify, citus)
+    definition, after_ids, verify, citus, skip_null_keys, distinct_keys)
     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19,
         CASE WHEN $16 = 'active' THEN $20 END, $20, $20, $21, $22, $23, $24, $25, $26, $27, $28,
-        $29, $30, $31)
+        $29, $30, $31, $32, $33)
     RETURNING *";
 
 /// A lane, starting where its migration does.
@@ -202,6 +202,8 @@ pub(super) async fn insert(store: &SqliteStore, m: &NewMigration) -> Result<Migr
         .bind(serde_json::to_string(&m.after).expect("ids serialize"))
         .bind(m.verify.as_deref())
         .bind(m.citus.map(|c| c.as_str()))
+        .bind(m.key.walk().skip_nulls)
+        .bind(m.key.walk().distinct)
         .fetch_one(&mut *tx)
         .await
         .map_err(|e| {

@@ -17,6 +17,7 @@ const SCHEMA_MIGRATIONS: &[(i64, &str)] = &[
     (6, include_str!("../schema/sqlite_v6.sql")),
     (7, include_str!("../schema/sqlite_v7.sql")),
     (8, include_str!("../schema/sqlite_v8.sql")),
+    (9, include_str!("../schema/sqlite_v9.sql")),
 ];
 
 const SCHEMA_VERSIONS_CREATE: &str = "CREATE TABLE IF NOT EXISTS sluicegate_schema_versions (

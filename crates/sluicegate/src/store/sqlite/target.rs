@@ -5,13 +5,13 @@ use async_trait::async_trait;
 use sqlx::sqlite::SqlitePool;
 
 use super::key;
-use crate::dialect::key_sql::{key_list, key_order, scope_filter};
+use crate::dialect::key_sql::{key_list, key_order, walk_filter};
 use crate::dialect::Backend;
 use crate::error::{Error, Result};
 use crate::failure::Failure;
 use crate::health::HealthSample;
 use crate::ident::TableName;
-use crate::key::{Key, KeySpec, Lower};
+use crate::key::{Key, KeyOptions, KeySpec, Lower};
 use crate::model::{CitusTable, NewLane};
 use crate::store::{
     sub_batch, Capabilities, LedgerCursor, PerformedSubBatch, SubBatchSpec, Target, PROBE_TIMEOUT,
@@ -79,9 +79,9 @@ impl Target for SqliteTarget {
         &self,
         table: &TableName,
         requested: Option<&[String]>,
-        non_unique: bool,
+        options: KeyOptions,
     ) -> Result<(TableName, KeySpec)> {
-        key::resolve(self, table, requested, non_unique).await
+        key::resolve(self, table, requested, options).await
     }
 
     async fn key_bounds(
@@ -90,7 +90,7 @@ impl Target for SqliteTarget {
         key: &KeySpec,
         scope: Option<&str>,
     ) -> Result<Option<(Key, Key)>> {
-        let (t, filter) = (table.quoted(), scope_filter(scope));
+        let (t, filter) = (table.quoted(), walk_filter(key, scope));
         let json = format!("json_array({})", key_list(key));
         let sql = format!(
             "SELECT (SELECT {json} FROM {t} {filter} ORDER BY {} LIMIT 1),
@@ -130,6 +130,26 @@ impl Target for SqliteTarget {
             .fetch_one(&self.pool)
             .await
             .map_err(Error::db("counting the rows of the scope"))?;
+        Ok(Some(n))
+    }
+
+    async fn distinct_estimate(
+        &self,
+        table: &TableName,
+        key: &KeySpec,
+        scope: Option<&str>,
+    ) -> Result<Option<i64>> {
+        // SQLite keeps no estimate worth the name: count, the key's index read in order.
+        let sql = format!(
+            "SELECT count(*) FROM (SELECT DISTINCT {} FROM {} {})",
+            key_list(key),
+            table.quoted(),
+            walk_filter(key, scope)
+        );
+        let n: i64 = sqlx::query_scalar(&sql)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(Error::db("counting the distinct values of the key"))?;
         Ok(Some(n))
     }
 

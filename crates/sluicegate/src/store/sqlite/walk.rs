@@ -3,8 +3,9 @@
 
 use sqlx::SqliteConnection;
 
-use crate::dialect::key_sql::{key_list, key_order, key_params, key_row, scope_condition};
-use crate::key::{bind_key_values, Key, KeyColumn, Lower};
+use crate::dialect::key_sql::{key_list, key_order, key_params, key_row, walk_condition};
+use crate::ident::{self, TableName};
+use crate::key::{bind_key_values, Key, KeyColumn, KeySpec, Lower};
 use crate::store::sub_batch::Walk;
 
 /// How SQLite writes a bound key value: as it is (comparisons take the column's affinity).
@@ -15,17 +16,25 @@ pub(super) fn plain_param(_: &KeyColumn, n: usize) -> String {
 /// The keyset walk as one row `(first, nth, last)` of JSON keys: the first key from the
 /// lower bound `$1..$n` (inclusive or not) up to `$n+1..$2n`, the `$2n+1`-th one, and the
 /// last one in range. Row-value comparisons over the key's columns (their own collations),
-/// which the key's index serves.
+/// which the key's index serves. A key that skips NULL keys walks only rows without one; a key
+/// walked by distinct values counts distinct values instead of rows ([`distinct_sql`]).
 fn walk_sql((table, key, scope): Walk<'_>, inclusive: bool) -> String {
     let n = key.len();
     let (t, row) = (table.quoted(), key_row(key, None));
     let json = format!("json_array({})", key_list(key));
     let op = if inclusive { ">=" } else { ">" };
-    let in_range = format!(
-        "FROM {t} WHERE {row} {op} {} AND {row} <= {}{}",
-        key_params(key, 1, plain_param),
+    let upper = format!(
+        "{row} <= {}{}",
         key_params(key, n + 1, plain_param),
-        scope_condition(scope)
+        walk_condition(key, scope)
+    );
+    if key.walk().distinct {
+        let start = format!("{row} {op} {} AND {upper}", key_params(key, 1, plain_param));
+        return distinct_sql(table, key, &start, &upper, &format!("${}", 2 * n + 1));
+    }
+    let in_range = format!(
+        "FROM {t} WHERE {row} {op} {} AND {upper}",
+        key_params(key, 1, plain_param),
     );
     let (asc, desc) = (key_order(key, "ASC"), key_order(key, "DESC"));
     // The keys the OFFSET skips are read bare, the JSON built for the one kept only.
@@ -36,6 +45,47 @@ fn walk_sql((table, key, scope): Walk<'_>, inclusive: bool) -> String {
                                      LIMIT 1 OFFSET ${} - 1) AS sluicegate_nth),
                 (SELECT {json} {in_range} ORDER BY {desc} LIMIT 1)",
         2 * n + 1
+    )
+}
+
+/// The walk by distinct values (`--distinct`), a loose index scan: a recursive CTE steps from
+/// one key value to the next greater one, each step one probe of the key's index per column
+/// (`start`: the conditions of the first value, `upper`: those of every value), and stops at
+/// the `size`-th value or the end of the range; the duplicates in between are never read. One
+/// row `(first, nth, last)` as [`walk_sql`]'s, the JSON built for the values returned only.
+fn distinct_sql(table: &TableName, key: &KeySpec, start: &str, upper: &str, size: &str) -> String {
+    let (t, row, asc) = (table.quoted(), key_row(key, None), key_order(key, "ASC"));
+    let names: Vec<String> = (0..key.len()).map(|i| format!("sluicegate_k{i}")).collect();
+    let next = |condition: &str| -> String {
+        key.columns()
+            .iter()
+            .map(|c| {
+                format!(
+                    "(SELECT {} FROM {t} WHERE {condition} ORDER BY {asc} LIMIT 1)",
+                    ident::quote(&c.name)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let previous: Vec<String> = names.iter().map(|n| format!("d.{n}")).collect();
+    let after = format!("{row} > ({}) AND {upper}", previous.join(", "));
+    let json = format!("json_array({})", names.join(", "));
+    format!(
+        "WITH RECURSIVE sluicegate_distinct ({cols}, sluicegate_n) AS (
+             SELECT {first}, 1
+             UNION ALL
+             SELECT {then}, d.sluicegate_n + 1 FROM sluicegate_distinct AS d
+             WHERE d.sluicegate_n < {size} AND d.sluicegate_k0 IS NOT NULL
+         )
+         SELECT (SELECT {json} FROM sluicegate_distinct
+                 WHERE sluicegate_n = 1 AND sluicegate_k0 IS NOT NULL),
+                NULL,
+                (SELECT {json} FROM sluicegate_distinct WHERE sluicegate_k0 IS NOT NULL
+                 ORDER BY sluicegate_n DESC LIMIT 1)",
+        cols = names.join(", "),
+        first = next(start),
+        then = next(&after),
     )
 }
 
