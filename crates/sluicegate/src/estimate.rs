@@ -276,12 +276,9 @@ pub fn simulate(w: &Workload, costs: Costs, over: Overheads) -> Simulated {
         recent.truncate(optimizer::SAMPLE_JOBS);
         let resize = |current: i64, samples: &[optimizer::JobSample]| match full_speed {
             true => optimizer::next_batch_size_at_full_speed(current, samples, w.max_batch_size),
-            false => optimizer::next_batch_size_by_rows(
-                current,
-                samples,
-                w.interval,
-                w.max_batch_size,
-            ),
+            false => {
+                optimizer::next_batch_size_by_rows(current, samples, w.interval, w.max_batch_size)
+            }
         };
         let pinned = w.max_batch_size.is_some_and(|max| max <= batch);
         let mut looked = false;
