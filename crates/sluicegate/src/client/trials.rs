@@ -15,7 +15,7 @@ use crate::ident::TableName;
 use crate::key::{Key, Lower};
 use crate::kind::JobKind;
 use crate::model::{CitusTable, NewMigration};
-use crate::store::{SubBatchSpec, Target, Timeouts};
+use crate::store::{SubBatchSpec, Target, Timeouts, TriedSubBatch};
 
 /// Per sub-batch, what a trial does not do and the worker does: the job's cursor written and
 /// the commit (its WAL flush).
@@ -26,6 +26,9 @@ const JOB_BOOKKEEPING: Duration = Duration::from_millis(3);
 const TRIAL_BUDGET: Duration = Duration::from_secs(2);
 /// Where along the range the dry run tries, as shares of its keys.
 const POSITIONS: [f64; 3] = [0.0, 1.0 / 3.0, 2.0 / 3.0];
+/// How many times the dry run tries each size at each position (the median is kept).
+const REPEATS: usize = 3;
+
 /// The large trial's size when nothing caps it: far enough above the start (100 keys by
 /// default) that the line through both parts a sub-batch's fixed cost from its cost per key.
 const LARGE_TRIAL: i64 = 2_000;
@@ -144,7 +147,7 @@ impl Sluicegate {
         kind: &dyn JobKind,
         from: &Lower,
         size: i64,
-    ) -> std::result::Result<(u64, Duration), Failure> {
+    ) -> std::result::Result<(TriedSubBatch, Duration), Failure> {
         let spec = SubBatchSpec {
             kind,
             table: &place.table,
@@ -163,8 +166,8 @@ impl Sluicegate {
             shard: place.shard,
         };
         let started = Instant::now();
-        let rows = place.target.sub_batch_try(spec).await?;
-        Ok((rows, started.elapsed()))
+        let tried = place.target.sub_batch_try(spec).await?;
+        Ok((tried, started.elapsed()))
     }
 
     /// The queue-time check of `m`: one sub-batch at the start of its range (its statement
@@ -181,7 +184,7 @@ impl Sluicegate {
         let place = self.trial_place(m).await?;
         let mut trials = Vec::new();
         let small = m.sub_batch_size;
-        let (rows, time) = Self::try_once(&place, m, kind.as_ref(), &start, small)
+        let (tried, time) = Self::try_once(&place, m, kind.as_ref(), &start, small)
             .await
             .map_err(|failure| Error::InvalidJob {
                 kind: m.job_kind.clone(),
@@ -189,11 +192,11 @@ impl Sluicegate {
                     "its statement failed on a trial sub-batch (rolled back): {failure}"
                 ),
             })?;
-        trials.push(trial(0, &start, small, rows, time));
+        trials.push(trial(0, &start, small, tried.rows, time));
         if let Some(large) = large_trial(m).filter(|_| built_in(&m.job_kind)) {
-            if let Ok((rows, time)) = Self::try_once(&place, m, kind.as_ref(), &start, large).await
+            if let Ok((tried, time)) = Self::try_once(&place, m, kind.as_ref(), &start, large).await
             {
-                trials.push(trial(0, &start, large, rows, time));
+                trials.push(trial(0, &start, large, tried.rows, time));
             }
         }
         Ok(trials)
@@ -230,16 +233,22 @@ impl Sluicegate {
         let began = Instant::now();
         let mut trials = Vec::new();
         let mut coverage = Vec::new();
-        for (p, from) in positions.iter().enumerate() {
+        for (p, at) in positions.iter().enumerate() {
             if p > 0 && began.elapsed() > TRIAL_BUDGET {
                 break;
             }
+            if !m.key_unique {
+                coverage.extend(self.coverage(&m, &place, at, largest).await);
+            }
             let mut runs = vec![(largest, true)];
-            for _ in 0..2 {
+            for _ in 0..REPEATS {
                 runs.extend(sizes.iter().map(|s| (*s, false)));
             }
+            // Each trial from where the one before it ended: rows not tried yet, as the
+            // worker finds them (a row tried again carries the versions the rollbacks left).
+            let mut from = at.clone();
             for (size, warm_up) in runs {
-                let (rows, time) = Self::try_once(&place, &m, kind.as_ref(), from, size)
+                let (tried, time) = Self::try_once(&place, &m, kind.as_ref(), &from, size)
                     .await
                     .map_err(|failure| Error::InvalidJob {
                         kind: m.job_kind.clone(),
@@ -248,12 +257,16 @@ impl Sluicegate {
                             from.key()
                         ),
                     })?;
-                let mut t = trial(p, from, size, rows, time);
+                let Some((_, last)) = tried.keys else {
+                    break;
+                };
+                let mut t = trial(p, &from, size, tried.rows, time);
                 t.warm_up = warm_up;
                 trials.push(t);
-            }
-            if !m.key_unique {
-                coverage.extend(self.coverage(&m, &place, from, largest).await);
+                if last == m.max_value {
+                    break;
+                }
+                from = Lower::After(last);
             }
         }
         plan.trials = trials;
