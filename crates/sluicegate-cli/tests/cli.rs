@@ -365,7 +365,9 @@ store_test!(json_output_has_the_documented_fields, |db| {
     let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(plan["written"], false);
     assert_eq!(plan["estimated_jobs"], 2);
-    assert_eq!(plan["trial_sub_batch_rows"], 10);
+    assert_eq!(plan["trials"][0]["rows"], 10, "{plan}");
+    assert_eq!(plan["trials"][0]["keys"], 10, "{plan}");
+    assert!(plan["estimated_duration_seconds"].as_f64().unwrap() > 0.0);
     assert_eq!(
         db.scalar("SELECT count(*) FROM items WHERE n <> 0").await,
         0,
