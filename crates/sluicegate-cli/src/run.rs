@@ -181,7 +181,7 @@ fn dry_run_value(plan: &Plan) -> Value {
         "estimated_rows": plan.rows_to_change,
         "rows_known": sluicegate::client::rows_known(&m.job_kind),
         "estimated_keys": m.total_tuple_count,
-        "rows_per_key_step": plan.rows_per_step_key,
+        "rows_per_key_value": plan.rows_per_key_value,
         "estimated_jobs": plan.estimated_jobs(),
         "batch_size": m.batch_size,
         "sub_batch_size": m.sub_batch_size,
@@ -243,10 +243,10 @@ fn print_plan(plan: &Plan) -> Result<()> {
             m.job_kind
         );
     }
-    if plan.rows_per_step_key > 1.0 {
+    if plan.rows_per_key_value > 1.0 {
         outln!(
-            "  non-unique key a sub-batch covers {:.1} rows per key asked for (every row of its last key's value)",
-            plan.rows_per_step_key
+            "  non-unique key ~{:.0} rows per key value: a sub-batch covers every row of its last value",
+            plan.rows_per_key_value
         );
     }
     let growth = if m.interval.is_zero() && m.max_batch_size.is_none_or(|max| max > m.batch_size) {

@@ -266,9 +266,10 @@ pub struct Plan {
     /// an exact count of an explicit range). `None` when they cannot be known before it runs
     /// (`--kind sql`, a custom kind: their statements say what they change).
     pub rows_to_change: Option<i64>,
-    /// On a non-unique key, the rows a sub-batch covers per key it is asked for (all rows of
-    /// its last key's value come with it); 1 on a unique key.
-    pub rows_per_step_key: f64,
+    /// On a non-unique key, the rows of one key value (the median at the dry run's
+    /// positions): a sub-batch covers every row of its last value, so one asked for fewer
+    /// keys than that still covers a whole value; 1 on a unique key.
+    pub rows_per_key_value: f64,
     /// The loops the estimate is for (`--concurrency` of the dry run; 1 by default).
     pub concurrency: i64,
     /// The estimated duration and jobs, with the range the trials' positions span; `None`
@@ -961,7 +962,7 @@ impl Sluicegate {
             trials: self.check_trials(&migration).await?,
             migration,
             rows_to_change,
-            rows_per_step_key: 1.0,
+            rows_per_key_value: 1.0,
             concurrency: 1,
             estimate: None,
             protections_off,

@@ -61,6 +61,15 @@ pub struct Fitted {
     pub rows_per_key: f64,
 }
 
+/// The rows a sub-batch asked for `keys` covers when each key value has `group` rows and it
+/// starts at a value's first row (the one before ended with a whole value): whole values.
+pub fn covered(keys: i64, group: f64) -> f64 {
+    if group <= 1.0 {
+        return keys as f64;
+    }
+    (keys as f64 / group).ceil().max(1.0) * group
+}
+
 /// The median of `values` (the mean of the middle two for an even count); `None` when empty.
 pub fn median(values: &[f64]) -> Option<f64> {
     let mut v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
@@ -149,8 +158,11 @@ pub fn fit(trials: &[Trial]) -> Option<Fitted> {
 /// What a migration walks and how the worker is set to walk it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Workload {
-    /// Keys to walk, in the units a sub-batch size counts.
+    /// Keys to walk, in the units a sub-batch size counts (rows, on a non-unique key).
     pub keys: f64,
+    /// Rows of one key value (1 on a unique key): a sub-batch covers every row of its last
+    /// value, so it covers [`covered`] rows.
+    pub rows_per_key_value: f64,
     /// Rows touched per key (for the optimizer's weights and its dense-batch cap).
     pub rows_per_key: f64,
     /// The batch size jobs start at.
@@ -219,8 +231,9 @@ pub fn simulate(w: &Workload, costs: Costs, over: Overheads) -> Simulated {
     let mut recent: Vec<optimizer::JobSample> = Vec::new();
     let mut since_look = 0_usize;
     let mut previous: Option<(f64, i64, f64)> = None;
+    let group = w.rows_per_key_value.max(1.0);
     while left > 0.0 {
-        let job_keys = (batch as f64).min(left);
+        let job_keys = covered(batch, group).min(left);
         let most = batch.min(w.sub_batch_ceiling.unwrap_or(i64::MAX)).max(1);
         let start_sub = sub;
         let mut inside = job_keys;
@@ -230,7 +243,7 @@ pub fn simulate(w: &Workload, costs: Costs, over: Overheads) -> Simulated {
             let keys = if sub >= batch {
                 inside
             } else {
-                (sub as f64).min(inside)
+                covered(sub, group).min(inside)
             };
             let took = costs.sub_batch(keys) + over.sub_batch;
             let mut next = optimizer::next_sub_batch_size(
@@ -247,12 +260,12 @@ pub fn simulate(w: &Workload, costs: Costs, over: Overheads) -> Simulated {
             inside -= keys;
             took_job += took;
             sub_batches += 1;
-            if next == sub && keys == sub as f64 && sub < batch {
+            if next == sub && keys == covered(sub, group) && sub < batch {
                 // Steady: the full sub-batches left in this job cost the same.
-                let n = (inside / sub as f64).floor();
+                let n = (inside / keys).floor();
                 took_job += n * (took + pause);
                 sub_batches += n as i64;
-                inside -= n * sub as f64;
+                inside -= n * keys;
             }
             if inside > 0.0 {
                 took_job += pause;
@@ -300,14 +313,14 @@ pub fn simulate(w: &Workload, costs: Costs, over: Overheads) -> Simulated {
         // Jobs that repeat, under an optimizer that would keep repeating them: count the
         // rest of the full ones at once.
         let this = (job_keys, start_sub, took_job);
-        if previous == Some(this) && sub == start_sub && job_keys == batch as f64 {
+        if previous == Some(this) && sub == start_sub && job_keys == covered(batch, group) {
             let steady = vec![recent[0]; optimizer::SAMPLE_JOBS];
             if pinned || resize(batch, &steady).is_none() {
-                let n = (left / batch as f64).floor();
+                let n = (left / job_keys).floor();
                 total += n * took_job.max(interval);
-                left -= n * batch as f64;
+                left -= n * job_keys;
                 jobs += n as i64;
-                sub_batches += n as i64 * (job_keys / sub as f64).ceil() as i64;
+                sub_batches += n as i64 * (job_keys / covered(sub, group)).ceil() as i64;
             }
         }
         previous = Some(this);
@@ -385,6 +398,7 @@ mod tests {
         Workload {
             keys,
             rows_per_key: 1.0,
+            rows_per_key_value: 1.0,
             batch_size: 1_000,
             sub_batch_size: 100,
             max_batch_size: None,
@@ -544,6 +558,28 @@ mod tests {
         let one = estimate(&w, f, NONE, 1).duration.as_secs_f64();
         let four = estimate(&w, f, NONE, 4).duration.as_secs_f64();
         assert!((one / four - 4.0).abs() < 0.3, "{one} / {four}");
+    }
+
+    #[test]
+    fn a_non_unique_key_is_walked_by_whole_values() {
+        // 500 rows a value, sub-batches fixed at 100 keys: each covers a whole value, so
+        // 1,000,000 rows take 2,000 sub-batches, not 10,000.
+        let w = Workload {
+            rows_per_key_value: 500.0,
+            target_sub_batch: Duration::ZERO,
+            max_batch_size: Some(1_000),
+            ..workload(1_000_000.0)
+        };
+        let c = Costs {
+            fixed: 0.001,
+            per_key: 0.000_01,
+        };
+        let s = simulate(&w, c, NONE);
+        assert_eq!(s.sub_batches, 2_000, "{s:?}");
+        assert!((s.duration.as_secs_f64() - 12.0).abs() < 0.01, "{s:?}");
+        assert_eq!(covered(100, 500.0), 500.0);
+        assert_eq!(covered(1_200, 500.0), 1_500.0);
+        assert_eq!(covered(100, 1.0), 100.0);
     }
 
     #[test]
