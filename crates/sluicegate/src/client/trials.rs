@@ -18,15 +18,19 @@ use crate::model::{CitusTable, NewMigration};
 use crate::store::{SubBatchSpec, Target, Timeouts, TriedSubBatch};
 
 /// Per sub-batch, what a trial does not do and the worker does: the job's cursor written and
-/// the commit with its WAL flush (0.9–1.7 ms measured on a default PostgreSQL 15 with fsync on,
-/// pgbench, one-row transactions committed against rolled back), and one more round trip.
-const SUB_BATCH_COMMIT: Duration = Duration::from_millis(2);
+/// the commit with its WAL flush (0.8–1.7 ms measured on a default PostgreSQL 15 with fsync on,
+/// pgbench, one-row transactions committed against rolled back; less in the worker's runs of
+/// `scripts/estimate-check` on an idle machine, more on a loaded one).
+const SUB_BATCH_COMMIT: Duration = Duration::from_millis(1);
 /// Per job: its end and the next one's start, the health read ahead, the optimizer's look.
 const JOB_BOOKKEEPING: Duration = Duration::from_millis(3);
 /// The dry run adds trials until they took this long (the start's are always run).
 const TRIAL_BUDGET: Duration = Duration::from_secs(2);
 /// Where along the range the dry run tries, as shares of its keys.
 const POSITIONS: [f64; 3] = [0.0, 1.0 / 3.0, 2.0 / 3.0];
+/// The largest trial at the tuner's steady size (a sub-batch of the target time).
+const MAX_STEADY_TRIAL: i64 = 100_000;
+
 /// How many times the dry run tries each size at each position (the median is kept).
 const REPEATS: usize = 3;
 
@@ -240,7 +244,6 @@ impl Sluicegate {
         let place = self.trial_place(&m).await?;
         let mut sizes = vec![m.sub_batch_size];
         sizes.extend(large_trial(&m));
-        let largest = *sizes.last().expect("one size");
         let positions = self.positions(&m, &place, &start).await;
         let began = Instant::now();
         let mut trials = Vec::new();
@@ -252,6 +255,7 @@ impl Sluicegate {
             if !m.key_unique {
                 coverage.extend(self.rows_of_a_value(&m, &place, at).await);
             }
+            let largest = *sizes.last().expect("one size");
             let mut runs = vec![(largest, true)];
             for _ in 0..REPEATS {
                 runs.extend(sizes.iter().map(|s| (*s, false)));
@@ -259,7 +263,13 @@ impl Sluicegate {
             // Each trial from where the one before it ended: rows not tried yet, as the
             // worker finds them (a row tried again carries the versions the rollbacks left).
             let mut from = at.clone();
-            for (size, warm_up) in runs {
+            let mut i = 0;
+            while let Some(&(size, warm_up)) = runs.get(i) {
+                if began.elapsed() > 2 * TRIAL_BUDGET {
+                    // Slow statements: what was measured is what there is.
+                    break;
+                }
+                i += 1;
                 let (tried, time) = Self::try_once(&place, &m, kind.as_ref(), &from, size)
                     .await
                     .map_err(|failure| Error::InvalidJob {
@@ -279,6 +289,18 @@ impl Sluicegate {
                     break;
                 }
                 from = Lower::After(last);
+                if p == 0 && i == runs.len() && sizes.last() == Some(&largest) {
+                    // The size the tuner will settle at, when far above the large trial:
+                    // tried too (large statements can cost more per key: WAL buffers fill),
+                    // and in place of the large one at the other positions.
+                    let steady = estimate::fit(&trials)
+                        .and_then(|f| steady_size(&m, f.median))
+                        .filter(|s| *s > 2 * largest);
+                    if let Some(steady) = steady {
+                        runs.extend([(steady, false); REPEATS]);
+                        sizes = vec![sizes[0], steady];
+                    }
+                }
             }
         }
         plan.trials = trials;
@@ -374,6 +396,22 @@ fn large_trial(m: &NewMigration) -> Option<i64> {
         .min(m.sub_batch_ceiling.unwrap_or(i64::MAX))
         .min(m.max_batch_size.unwrap_or(i64::MAX));
     (large > m.sub_batch_size).then_some(large)
+}
+
+/// The size the tuner settles at with `costs`: where a sub-batch (and its commit) takes the
+/// target time, within the ceilings and [`MAX_STEADY_TRIAL`]. `None` when the tuner is off.
+fn steady_size(m: &NewMigration, costs: estimate::Costs) -> Option<i64> {
+    if m.target_sub_batch_ms <= 0 || costs.per_key <= 0.0 {
+        return None;
+    }
+    let target = m.target_sub_batch_ms as f64 / 1000.0;
+    let room = target - costs.fixed - SUB_BATCH_COMMIT.as_secs_f64();
+    let size = (room / costs.per_key) as i64;
+    let size = size
+        .min(MAX_STEADY_TRIAL)
+        .min(m.sub_batch_ceiling.unwrap_or(i64::MAX))
+        .min(m.max_batch_size.unwrap_or(i64::MAX));
+    (size > m.sub_batch_size).then_some(size)
 }
 
 fn trial(position: usize, from: &Lower, keys: i64, rows: u64, time: Duration) -> Trial {
