@@ -221,9 +221,11 @@ impl Sluicegate {
     /// A dry run's measure of `plan`, replacing the queue-time check's: for a built-in kind,
     /// at the start of the range and (a plain table with keys enough) a third and two thirds
     /// along it, a warm-up sub-batch (discarded: a cold cache, a first plan) and then the
-    /// small and the large trial twice each, all rolled back, until [`TRIAL_BUDGET`] is spent
-    /// (the start's always run); on a non-unique key, how many rows a sub-batch covers per
-    /// key asked for. The estimate is then made for `concurrency` loops. A custom kind keeps
+    /// small and the large trial [`REPEATS`] times each, then (at the start) the tuner's steady
+    /// size when far above the large one, which then replaces it at the other positions; all
+    /// rolled back, each on rows the one before did not touch, until [`TRIAL_BUDGET`] is spent
+    /// (the start's always run; twice the budget stops any); on a non-unique key, the rows of
+    /// one key value at each position. The estimate is then made for `concurrency` loops. A custom kind keeps
     /// its one trial. Writes nothing.
     pub async fn measure(&self, plan: &mut Plan, concurrency: i64) -> Result<()> {
         if concurrency < 1 {
