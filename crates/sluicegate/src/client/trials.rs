@@ -28,9 +28,6 @@ const JOB_BOOKKEEPING: Duration = Duration::from_millis(3);
 const TRIAL_BUDGET: Duration = Duration::from_secs(2);
 /// Where along the range the dry run tries, as shares of its keys.
 const POSITIONS: [f64; 3] = [0.0, 1.0 / 3.0, 2.0 / 3.0];
-/// The largest trial at the tuner's steady size (a sub-batch of the target time).
-const MAX_STEADY_TRIAL: i64 = 100_000;
-
 /// How many times the dry run tries each size at each position (the median is kept).
 const REPEATS: usize = 3;
 
@@ -221,9 +218,7 @@ impl Sluicegate {
     /// A dry run's measure of `plan`, replacing the queue-time check's: for a built-in kind,
     /// at the start of the range and (a plain table with keys enough) a third and two thirds
     /// along it, a warm-up sub-batch (discarded: a cold cache, a first plan) and then the
-    /// small and the large trial [`REPEATS`] times each, then (at the start) the tuner's steady
-    /// size when far above the large one, which then replaces it at the other positions; all
-    /// rolled back, each on rows the one before did not touch, until [`TRIAL_BUDGET`] is spent
+    /// small and the large trial [`REPEATS`] times each, all rolled back, each on rows the one before did not touch, until [`TRIAL_BUDGET`] is spent
     /// (the start's always run; twice the budget stops any); on a non-unique key, the rows of
     /// one key value at each position. The estimate is then made for `concurrency` loops. A custom kind keeps
     /// its one trial. Writes nothing.
@@ -265,13 +260,11 @@ impl Sluicegate {
             // Each trial from where the one before it ended: rows not tried yet, as the
             // worker finds them (a row tried again carries the versions the rollbacks left).
             let mut from = at.clone();
-            let mut i = 0;
-            while let Some(&(size, warm_up)) = runs.get(i) {
+            for (size, warm_up) in runs {
                 if began.elapsed() > 2 * TRIAL_BUDGET {
                     // Slow statements: what was measured is what there is.
                     break;
                 }
-                i += 1;
                 let (tried, time) = Self::try_once(&place, &m, kind.as_ref(), &from, size)
                     .await
                     .map_err(|failure| Error::InvalidJob {
@@ -291,18 +284,6 @@ impl Sluicegate {
                     break;
                 }
                 from = Lower::After(last);
-                if p == 0 && i == runs.len() && sizes.last() == Some(&largest) {
-                    // The size the tuner will settle at, when far above the large trial:
-                    // tried too (large statements can cost more per key: WAL buffers fill),
-                    // and in place of the large one at the other positions.
-                    let steady = estimate::fit(&trials)
-                        .and_then(|f| steady_size(&m, f.median))
-                        .filter(|s| *s > 2 * largest);
-                    if let Some(steady) = steady {
-                        runs.extend([(steady, false); REPEATS]);
-                        sizes = vec![sizes[0], steady];
-                    }
-                }
             }
         }
         plan.trials = trials;
@@ -398,22 +379,6 @@ fn large_trial(m: &NewMigration) -> Option<i64> {
         .min(m.sub_batch_ceiling.unwrap_or(i64::MAX))
         .min(m.max_batch_size.unwrap_or(i64::MAX));
     (large > m.sub_batch_size).then_some(large)
-}
-
-/// The size the tuner settles at with `costs`: where a sub-batch (and its commit) takes the
-/// target time, within the ceilings and [`MAX_STEADY_TRIAL`]. `None` when the tuner is off.
-fn steady_size(m: &NewMigration, costs: estimate::Costs) -> Option<i64> {
-    if m.target_sub_batch_ms <= 0 || costs.per_key <= 0.0 {
-        return None;
-    }
-    let target = m.target_sub_batch_ms as f64 / 1000.0;
-    let room = target - costs.fixed - SUB_BATCH_COMMIT.as_secs_f64();
-    let size = (room / costs.per_key) as i64;
-    let size = size
-        .min(MAX_STEADY_TRIAL)
-        .min(m.sub_batch_ceiling.unwrap_or(i64::MAX))
-        .min(m.max_batch_size.unwrap_or(i64::MAX));
-    (size > m.sub_batch_size).then_some(size)
 }
 
 fn trial(position: usize, from: &Lower, keys: i64, rows: u64, time: Duration) -> Trial {
