@@ -17,7 +17,7 @@ use crate::optimizer;
 pub struct Trial {
     /// Its position in the key range: 0 the start, then further along.
     pub position: usize,
-    /// The first key it started from, as text (for the dry run's report).
+    /// Where it started, as text (for the dry run's report): a key, or `> key` after one.
     pub from: String,
     /// Keys it was asked for (the sub-batch size).
     pub keys: i64,
