@@ -939,6 +939,8 @@ store_test!(defaults_set_and_queue_again_from_the_command_line, |db| {
         args.extend_from_slice(extra);
         sg(&url, &args)
     };
+    // The batch pinned at 10 (the optimizer would grow it after 20 jobs, and the estimate
+    // plays that out): 500 jobs, ten minutes apart.
     let out = queue(
         "slow",
         &[
@@ -947,6 +949,8 @@ store_test!(defaults_set_and_queue_again_from_the_command_line, |db| {
             "--batch-size",
             "10",
             "--sub-batch-size",
+            "10",
+            "--max-batch-size",
             "10",
         ],
     );
