@@ -242,9 +242,15 @@ pub struct QueueArgs {
     /// Queue it paused.
     #[arg(long)]
     pub paused: bool,
-    /// Validate and print the plan; write nothing.
+    /// Validate and print the plan; write nothing. Its trial sub-batches (all rolled back)
+    /// are sampled across the key range, warm and repeated, for the estimate.
     #[arg(long)]
     pub dry_run: bool,
+    /// With --dry-run: the loops that will run it (`run --concurrency`, summed over
+    /// workers), for the estimate. A plain table runs one job at a time whatever the loops;
+    /// a Citus distributed table runs up to one per lane at once.
+    #[arg(long, requires = "dry_run", default_value_t = 1)]
+    pub concurrency: i64,
     /// Do nothing (exit 0) when a migration of this name was queued from this very
     /// definition; refuse when it was queued from another one and is not finished.
     #[arg(long)]

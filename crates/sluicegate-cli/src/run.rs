@@ -169,6 +169,8 @@ fn warn_if_slow(plan: &Plan) {
 /// A dry run's plan: JSON, or the lines a person reads.
 fn dry_run_value(plan: &Plan) -> Value {
     let m = &plan.migration;
+    let e = plan.estimate.as_ref();
+    let secs = |d: Duration| d.as_secs_f64();
     json!({
         "name": m.name,
         "job_kind": m.job_kind,
@@ -183,7 +185,9 @@ fn dry_run_value(plan: &Plan) -> Value {
         "min_cursor": m.min_value,
         "max_cursor": m.max_value,
         "estimated_rows": plan.rows_to_change,
+        "rows_known": sluicegate::client::rows_known(&m.job_kind),
         "estimated_keys": m.total_tuple_count,
+        "rows_per_key_value": plan.rows_per_key_value,
         "estimated_jobs": plan.estimated_jobs(),
         "skip_null_keys": m.key.walk().skip_nulls,
         "distinct_keys": m.key.walk().distinct,
@@ -192,12 +196,32 @@ fn dry_run_value(plan: &Plan) -> Value {
         "sub_batch_size": m.sub_batch_size,
         "pause_ms": m.pause_ms,
         "interval_ms": m.interval.as_millis() as u64,
-        "trial_sub_batch_rows": plan.trial_rows,
-        "trial_sub_batch_ms": plan.trial_time.as_secs_f64() * 1000.0,
-        "estimated_duration_seconds": plan.estimated_duration().map(|d| d.as_secs_f64()),
+        "trials": plan.trials.iter().map(|t| json!({
+            "position": t.position,
+            "from": t.from,
+            "keys": t.keys,
+            "rows": t.rows,
+            "ms": secs(t.time) * 1000.0,
+            "warm_up": t.warm_up,
+        })).collect::<Vec<_>>(),
+        "sub_batch_fixed_ms": e.map(|e| e.costs.median.fixed * 1000.0),
+        "per_key_us": e.map(|e| e.costs.median.per_key * 1e6),
+        "concurrency": plan.concurrency,
+        "parallel_loops": plan.parallel_loops(plan.concurrency),
+        "estimated_duration_seconds": e.map(|e| secs(e.duration)),
+        "estimated_duration_low_seconds": e.map(|e| secs(e.low)),
+        "estimated_duration_high_seconds": e.map(|e| secs(e.high)),
         "protections_off": sluicegate_cli::json::ProtectionOffJson::from_readings(&plan.protections_off),
         "written": false,
     })
+}
+
+/// `text` cut to `most` characters, its end shown as `…` when cut.
+fn shorten(text: &str, most: usize) -> String {
+    match text.chars().count() > most {
+        true => text.chars().take(most - 1).chain(['…']).collect(),
+        false => text.to_owned(),
+    }
 }
 
 /// A dry run's plan, as a person reads it.
@@ -219,13 +243,31 @@ fn print_plan(plan: &Plan) -> Result<()> {
         outln!("  NULL keys      {note}");
     }
     outln!("  range          {} ..= {}", m.min_value, m.max_value);
+    let keys = output::opt(m.total_tuple_count.map(output::thousands));
+    if sluicegate::client::rows_known(&m.job_kind) {
+        outln!(
+            "  rows (est.)    {} to change, of {keys} keys walked",
+            output::opt(plan.rows_to_change.map(output::thousands)),
+        );
+    } else {
+        outln!(
+            "  rows (est.)    unknown before it runs (kind {}: its statements say what they change); {keys} keys walked",
+            m.job_kind
+        );
+    }
+    if plan.rows_per_key_value > 1.0 {
+        outln!(
+            "  non-unique key ~{:.0} rows per key value: a sub-batch covers every row of its last value",
+            plan.rows_per_key_value
+        );
+    }
+    let growth = if m.interval.is_zero() && m.max_batch_size.is_none_or(|max| max > m.batch_size) {
+        " growing toward ~1 s each"
+    } else {
+        ""
+    };
     outln!(
-        "  rows (est.)    {} to change, of {} keys walked",
-        output::opt(plan.rows_to_change.map(output::thousands)),
-        output::opt(m.total_tuple_count.map(output::thousands))
-    );
-    outln!(
-        "  jobs (est.)    {} of {} {}, sub-batches of {}{}",
+        "  jobs (est.)    {}, from {} {}{growth}; sub-batches from {}{}",
         output::opt(plan.estimated_jobs().map(output::thousands)),
         output::thousands(m.batch_size),
         if m.key.walk().distinct {
@@ -234,10 +276,14 @@ fn print_plan(plan: &Plan) -> Result<()> {
             "keys"
         },
         output::thousands(m.sub_batch_size),
-        if m.target_sub_batch_ms > 0 {
-            " (tuned from there)"
-        } else {
-            ""
+        match (m.target_sub_batch_ms > 0, m.sub_batch_ceiling) {
+            (true, Some(c)) => format!(
+                ", tuned toward {} ms, never above {}",
+                m.target_sub_batch_ms,
+                output::thousands(c)
+            ),
+            (true, None) => format!(", tuned toward {} ms", m.target_sub_batch_ms),
+            (false, _) => " (fixed)".into(),
         }
     );
     if !m.lanes.is_empty() {
@@ -251,26 +297,66 @@ fn print_plan(plan: &Plan) -> Result<()> {
             nodes.join(", ")
         );
     }
+    let warm_ups = plan.trials.iter().filter(|t| t.warm_up).count();
     outln!(
-        "  trial          one sub-batch touched {} rows in {:.1} ms, rolled back{}",
-        plan.trial_rows,
-        plan.trial_time.as_secs_f64() * 1000.0,
+        "  trials         {} sub-batch(es), each rolled back{}{}:",
+        plan.measured_trials().count(),
+        if warm_ups > 0 {
+            format!(", after {warm_ups} warm-up(s) not counted")
+        } else {
+            String::new()
+        },
         match m.lanes.first() {
             Some(lane) => format!(" (on shard {} on {})", lane.shard_id, lane.node),
             None => String::new(),
         }
     );
+    for t in plan.measured_trials() {
+        outln!(
+            "                   from {:<24} {:>7} keys {:>7} rows {:>9.1} ms",
+            shorten(&t.from, 24),
+            output::thousands(t.keys),
+            output::thousands(t.rows as i64),
+            t.time.as_secs_f64() * 1000.0
+        );
+    }
+    let Some(e) = &plan.estimate else {
+        outln!("  duration (est.) - (nothing to try)");
+        return Ok(());
+    };
     outln!(
-        "  duration (est.) {} at interval {} and pause {} ms{}",
-        plan.estimated_duration()
-            .map(format_duration)
-            .unwrap_or_else(|| "-".into()),
+        "  costs          {:.2} ms a sub-batch + {:.2} µs a key (medians over {} position(s))",
+        e.costs.median.fixed * 1000.0,
+        e.costs.median.per_key * 1e6,
+        plan.measured_trials()
+            .map(|t| t.position)
+            .max()
+            .map_or(0, |p| p + 1)
+    );
+    let range = if sluicegate::estimate::disagree(e) {
+        format!(
+            " (range {}–{}: the positions' costs per key differ)",
+            format_duration(e.low),
+            format_duration(e.high)
+        )
+    } else {
+        String::new()
+    };
+    let loops = plan.parallel_loops(plan.concurrency);
+    outln!(
+        "  duration (est.) {}{range} at interval {} and pause {} ms, {}",
+        format_duration(e.duration),
         format_duration(m.interval),
         m.pause_ms,
-        if m.lanes.is_empty() {
-            ""
-        } else {
-            " with one loop; loops on different lanes run at once (divide by --concurrency and workers, up to the lanes)"
+        match (plan.concurrency, m.lanes.is_empty()) {
+            (1, true) => "one loop".to_string(),
+            (n, true) => format!(
+                "{n} loops: a plain table runs one job at a time (its lease), so no faster than one"
+            ),
+            (n, false) => format!(
+                "{n} loop(s): {loops} of the {} lanes at once",
+                m.lanes.len()
+            ),
         }
     );
     Ok(())
@@ -305,6 +391,8 @@ pub async fn queue(sg: &Sluicegate, args: &QueueArgs) -> Result<()> {
         &plan.migration.health,
     );
     if args.dry_run {
+        let mut plan = plan;
+        sg.measure(&mut plan, args.concurrency).await?;
         if args.json {
             outln!("{}", dry_run_value(&plan));
         } else {
@@ -549,8 +637,10 @@ pub async fn apply(sg: &Sluicegate, args: &ApplyArgs) -> Result<()> {
             }
             match decision {
                 Ok(IfAbsent::Queue(plan)) => {
+                    let mut plan = (**plan).clone();
+                    sg.measure(&mut plan, 1).await?;
                     outln!("{}: would queue", req.name);
-                    print_plan(plan)?;
+                    print_plan(&plan)?;
                 }
                 Ok(other) => outln!("{}: {}", req.name, other.describe()),
                 Err(e) => outln!("{}: refused: {e}", req.name),

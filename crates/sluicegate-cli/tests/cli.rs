@@ -368,7 +368,16 @@ store_test!(json_output_has_the_documented_fields, |db| {
     let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(plan["written"], false);
     assert_eq!(plan["estimated_jobs"], 2);
-    assert_eq!(plan["trial_sub_batch_rows"], 10);
+    // Each trial is reported: a warm-up (not counted), then the sub-batch size tried again.
+    let trials = plan["trials"].as_array().unwrap();
+    assert_eq!(trials[0]["warm_up"], true, "{plan}");
+    let measured: Vec<_> = trials.iter().filter(|t| t["warm_up"] == false).collect();
+    assert!(measured.len() >= 3, "{plan}");
+    assert!(
+        measured.iter().all(|t| t["keys"] == 10 && t["rows"] == 10),
+        "{plan}"
+    );
+    assert!(plan["estimated_duration_seconds"].as_f64().unwrap() > 0.0);
     assert_eq!(
         db.scalar("SELECT count(*) FROM items WHERE n <> 0").await,
         0,
@@ -933,6 +942,8 @@ store_test!(defaults_set_and_queue_again_from_the_command_line, |db| {
         args.extend_from_slice(extra);
         sg(&url, &args)
     };
+    // The batch pinned at 10 (the optimizer would grow it after 20 jobs, and the estimate
+    // plays that out): 500 jobs, ten minutes apart.
     let out = queue(
         "slow",
         &[
@@ -941,6 +952,8 @@ store_test!(defaults_set_and_queue_again_from_the_command_line, |db| {
             "--batch-size",
             "10",
             "--sub-batch-size",
+            "10",
+            "--max-batch-size",
             "10",
         ],
     );

@@ -16,7 +16,7 @@ use crate::error::{Error, Result};
 use crate::fragment;
 use crate::health::HealthSettings;
 use crate::ident::{self, TableName};
-use crate::key::{KeyOptions, KeyWalk, Lower};
+use crate::key::{Key, KeyOptions, KeyWalk, Lower};
 use crate::kind::Registry;
 use crate::model::{
     defaults, CitusTable, Job, JobCounts, JobTransition, Migration, MigrationTransition, NewLane,
@@ -27,7 +27,7 @@ use crate::store::postgres::{PgStore, PgTarget};
 use crate::store::sqlite::{SqliteStore, SqliteTarget};
 use crate::store::{
     Backend, JobTransitionParams, MigrationSetParams, MigrationTransitionParams, PartitionReport,
-    Store, SubBatchSpec, Target, Timeouts, SCHEMA_VERSION,
+    Store, Target, SCHEMA_VERSION,
 };
 
 mod after;
@@ -36,11 +36,13 @@ mod if_absent;
 pub mod lanes;
 mod nodes;
 pub mod pace;
+mod trials;
 mod verify;
 
 pub use after::runnable_ids;
 pub use if_absent::{definition_differences, IfAbsent};
 pub use pace::{recent_pace, Pace};
+pub use trials::rows_known;
 pub use verify::{Verification, VERIFY_SAMPLES};
 
 /// Default tracking schema on PostgreSQL.
@@ -272,22 +274,33 @@ pub struct Progress {
     pub hold_reason: Option<String>,
 }
 
-/// What queueing a migration would do: the validated row, and what a trial sub-batch
-/// (rolled back) measured.
+/// What queueing a migration would do: the validated row, what its trial sub-batches (rolled
+/// back) measured, and the estimate built on them ([`crate::estimate`]).
 #[derive(Debug, Clone)]
 pub struct Plan {
-    /// The migration as it would be inserted.
+    /// The migration as it would be inserted. Its `total_tuple_count` is the keys it will
+    /// walk: the table's (or scope's) estimate, or, with `--min-value`/`--max-value`, the
+    /// rows of that range (counted, or estimated from the range's share of the keys when the
+    /// count would take too long).
     pub migration: NewMigration,
-    /// Rows the trial sub-batch touched before it was rolled back.
-    pub trial_rows: u64,
-    /// How long the trial sub-batch took.
-    pub trial_time: Duration,
-    /// A sub-batch's fixed cost and its cost per key, from a second, larger trial (rolled
-    /// back too); `None` when there was none (batch no larger than the sub-batch).
-    pub trial_costs: Option<(Duration, Duration)>,
-    /// Rows the migration will change: the rows its keys cover that its kind's `where`
-    /// (and scope) match, estimated (a sampled count on PostgreSQL, a count on SQLite).
+    /// The trial sub-batches run, in order, every one rolled back: the queue-time check (one
+    /// at the start of the range, and a larger one for a built-in kind), or after
+    /// [`Sluicegate::measure`] the dry run's sampled ones.
+    pub trials: Vec<crate::estimate::Trial>,
+    /// Rows the migration will change: the rows of its keys (range and scope) that its
+    /// kind's `where` matches, estimated (a sampled count on PostgreSQL, a count on SQLite,
+    /// an exact count of an explicit range). `None` when they cannot be known before it runs
+    /// (`--kind sql`, a custom kind: their statements say what they change).
     pub rows_to_change: Option<i64>,
+    /// On a non-unique key, the rows of one key value (the median at the dry run's
+    /// positions): a sub-batch covers every row of its last value, so one asked for fewer
+    /// keys than that still covers a whole value; 1 on a unique key.
+    pub rows_per_key_value: f64,
+    /// The loops the estimate is for (`--concurrency` of the dry run; 1 by default).
+    pub concurrency: i64,
+    /// The estimated duration and jobs, with the range the trials' positions span; `None`
+    /// when nothing was tried (an empty range) or the table has no estimate.
+    pub estimate: Option<crate::estimate::Estimate>,
     /// Its health protections that are off now: indicators not switched off that read
     /// `unknown` for a reason an operator can fix, with the grant that would turn each on
     /// ([`crate::health::protections_off`]).
@@ -325,61 +338,17 @@ impl Plan {
 
     /// The keys its jobs count, estimated: rows, or distinct values for a walk by distinct
     /// values.
-    fn walked_keys(&self) -> Option<i64> {
+    pub(crate) fn walked_keys(&self) -> Option<i64> {
         if self.migration.key.walk().distinct {
             self.distinct_keys
         } else {
             self.migration.total_tuple_count
         }
     }
-
-    /// Estimated number of jobs (from the estimate of the keys walked and the batch size).
-    pub fn estimated_jobs(&self) -> Option<i64> {
-        let keys = self.walked_keys()?;
-        Some((keys + self.migration.batch_size - 1) / self.migration.batch_size)
-    }
-
-    /// Estimated duration at these settings, as the worker will run them: the trial
-    /// sub-batch gives the cost of a key; the tuner (when on) grows sub-batches toward its
-    /// target time, up to the batch size and the ceiling; each sub-batch is followed by the
-    /// pause; each job costs a few milliseconds of bookkeeping; and jobs start no more often
-    /// than the interval.
-    pub fn estimated_duration(&self) -> Option<Duration> {
-        let jobs = self.estimated_jobs()? as f64;
-        let m = &self.migration;
-        let keys = self.walked_keys()?.max(1) as f64;
-        let (fixed, per_key) = match self.trial_costs {
-            Some((fixed, per_key)) => (fixed.as_secs_f64(), per_key.as_secs_f64()),
-            None => {
-                let trial_keys = (m.sub_batch_size as f64).min(keys).max(1.0);
-                (0.0, self.trial_time.as_secs_f64() / trial_keys)
-            }
-        };
-        let most = m.batch_size.min(m.sub_batch_ceiling.unwrap_or(i64::MAX)) as f64;
-        let target = m.target_sub_batch_ms as f64 / 1000.0;
-        let sub = if target > 0.0 && per_key > 0.0 {
-            ((target - fixed).max(0.0) / per_key).clamp(1.0, most)
-        } else {
-            m.sub_batch_size as f64
-        };
-        let keys_per_job = (m.batch_size as f64).min(keys);
-        let sub_batches = (keys_per_job / sub).ceil();
-        // The pause comes between a job's sub-batches, not after its last one.
-        let job = sub_batches * fixed
-            + keys_per_job * per_key
-            + (sub_batches - 1.0) * m.pause_ms as f64 / 1000.0
-            + JOB_BOOKKEEPING.as_secs_f64();
-        Some(Duration::from_secs_f64(
-            jobs * job.max(m.interval.as_secs_f64()),
-        ))
-    }
 }
 
 /// How many recent jobs the running rate comes from.
 const RECENT_JOBS: i64 = 20;
-
-/// What a job costs beyond its sub-batches (its start and end), for estimates.
-const JOB_BOOKKEEPING: Duration = Duration::from_millis(2);
 
 /// The longest reason an operator may give with a change of status or settings, in
 /// characters (GitLab caps its job messages at the same length). Checked by
@@ -962,6 +931,7 @@ impl Sluicegate {
                 (_, e) => e,
             })?;
         let empty = bounds.is_none();
+        let bounds_seen = bounds.clone();
         let (min_value, max_value) = match (min, max, bounds) {
             (Some(min), Some(max), _) => (min, max),
             (min, max, Some((lo, hi))) => (min.unwrap_or(lo), max.unwrap_or(hi)),
@@ -1002,72 +972,6 @@ impl Sluicegate {
                 })?;
         }
         let protections_off = self.check_health_settings(&table, &settings, None).await?;
-        let trial_lower = Lower::From(min_value.clone());
-        // A distributed table's trial runs as its jobs will: on one shard, on its node.
-        let (trial_target, trial_table, trial_shard) = match &citus {
-            Some((CitusTable::Distributed, lanes)) if !lanes.is_empty() => (
-                self.node_target(&lanes[0].node).await?,
-                TableName::parse(&lanes[0].relation)?,
-                Some(lanes[0].shard_id),
-            ),
-            _ => (self.target.clone(), table.clone(), None),
-        };
-        let trial_spec = |size: i64| SubBatchSpec {
-            kind: kind.as_ref(),
-            table: &trial_table,
-            key: &key,
-            scope: scope.as_deref(),
-            arguments: &req.arguments,
-            lower: &trial_lower,
-            max: &max_value,
-            size,
-            whole_rest: false,
-            timeouts: Timeouts {
-                statement_ms: millis(req.statement_timeout),
-                lock_ms: millis(req.lock_timeout),
-            },
-            key_unique,
-            shard: trial_shard,
-        };
-        let trial_started = std::time::Instant::now();
-        // An empty table has no key to start from (its bounds are placeholders): nothing to try.
-        let trial = match &next_start {
-            None => Ok(0),
-            Some(_) => {
-                trial_target
-                    .sub_batch_try(trial_spec(req.sub_batch_size))
-                    .await
-            }
-        };
-        let trial_time = trial_started.elapsed();
-        let trial_rows = trial.map_err(|failure| Error::InvalidJob {
-            kind: req.job_kind.clone(),
-            reason: format!("its statement failed on a trial sub-batch (rolled back): {failure}"),
-        })?;
-        // A second, larger trial (also rolled back) parts a sub-batch's fixed cost from its
-        // cost per key, for the estimate: one small sub-batch is mostly fixed cost, and the
-        // tuner will run far larger ones. Built-in kinds only: they are SQL alone, while a
-        // custom kind may count or call out, and is run at queue time once, not twice.
-        let large = req.batch_size.min(req.sub_batch_size.saturating_mul(10));
-        let built_in = matches!(
-            req.job_kind.as_str(),
-            "update" | "delete" | "copy-column" | "sql"
-        );
-        let mut trial_costs = None;
-        if built_in && next_start.is_some() && large > req.sub_batch_size {
-            let started = std::time::Instant::now();
-            if trial_target.sub_batch_try(trial_spec(large)).await.is_ok() {
-                let large_time = started.elapsed().as_secs_f64();
-                let small_time = trial_time.as_secs_f64();
-                let per_key = ((large_time - small_time) / (large - req.sub_batch_size) as f64)
-                    .max(large_time / large as f64 / 10.0);
-                let fixed = (small_time - per_key * req.sub_batch_size as f64).max(0.0);
-                trial_costs = Some((
-                    Duration::from_secs_f64(fixed),
-                    Duration::from_secs_f64(per_key),
-                ));
-            }
-        }
         let migration = NewMigration {
             name: req.name.clone(),
             job_kind: req.job_kind.clone(),
@@ -1093,16 +997,7 @@ impl Sluicegate {
             } else {
                 MigrationStatus::Active
             },
-            total_tuple_count: match &citus {
-                // The coordinator's own table is empty: the rows are in the shards.
-                Some((CitusTable::Distributed, lanes)) => {
-                    self.lanes_estimate(lanes, scope.as_deref()).await?
-                }
-                _ => match &scope {
-                    Some(scope) => self.target.scope_estimate(&table, scope).await?,
-                    None => self.target.row_estimate(&table).await?,
-                },
-            },
+            total_tuple_count: None,
             health: settings.health.clone(),
             target_sub_batch_ms: millis(settings.target_sub_batch_time),
             actor: req.actor.clone(),
@@ -1112,25 +1007,21 @@ impl Sluicegate {
             after: Vec::new(),
             verify: verify.clone(),
         };
+        let mut migration = migration;
         self.refuse_duplicate(&migration).await?;
-        // The rows it will change: those its kind's `where` matches among the keys it walks.
+        // The keys it walks and the rows it will change: those its kind's `where` matches
+        // among them.
         let filter = req
             .arguments
             .get("where")
             .and_then(Value::as_str)
             .filter(|w| !w.trim().is_empty());
-        let condition = match (filter, &migration.scope) {
-            (None, _) => None,
-            (Some(w), None) => Some(w.to_owned()),
-            (Some(w), Some(s)) => Some(format!("({s}) AND ({w})")),
-        };
-        let rows_to_change = match (condition, migration.citus) {
-            (None, _) => migration.total_tuple_count,
-            (Some(c), Some(CitusTable::Distributed)) => {
-                self.lanes_estimate(&migration.lanes, Some(&c)).await?
-            }
-            (Some(c), _) => self.target.scope_estimate(&table, &c).await?,
-        };
+        let explicit = req.min_value.is_some() || req.max_value.is_some();
+        let (keys, rows) = self
+            .keys_and_rows(&migration, &table, filter, explicit, bounds_seen)
+            .await?;
+        migration.total_tuple_count = keys;
+        let rows_to_change = rows.filter(|_| trials::rows_known(&req.job_kind));
         // What skipping NULL keys leaves alone, counted by a condition of the engine's.
         let null_key_rows = if migration.key.walk().skip_nulls {
             let nulls = crate::dialect::key_sql::null_key_condition(&migration.key);
@@ -1148,17 +1039,88 @@ impl Sluicegate {
         } else {
             None
         };
-        Ok(Plan {
+        let mut plan = Plan {
+            trials: self.check_trials(&migration).await?,
             migration,
-            trial_rows,
-            trial_time,
-            trial_costs,
             rows_to_change,
+            rows_per_key_value: 1.0,
+            concurrency: 1,
+            estimate: None,
             protections_off,
             after: req.after.clone(),
             null_key_rows,
             distinct_keys,
-        })
+        };
+        plan.reestimate();
+        Ok(plan)
+    }
+
+    /// The keys `m` walks (its range and scope) and the rows of them `filter` (its kind's
+    /// `where`) matches. The whole table: the table's estimate (or the scope's sampled
+    /// count). An explicit range (`explicit`): counted under [`trials::READ_MS`]; when that
+    /// takes longer, the whole table's figures times the range's share of the keys `bounds`
+    /// span (a one-column integer key), else the whole table's.
+    async fn keys_and_rows(
+        &self,
+        m: &NewMigration,
+        table: &TableName,
+        filter: Option<&str>,
+        explicit: bool,
+        bounds: Option<(Key, Key)>,
+    ) -> Result<(Option<i64>, Option<i64>)> {
+        let scope = m.scope.as_deref();
+        let condition = match (filter, scope) {
+            (None, _) => None,
+            (Some(w), None) => Some(w.to_owned()),
+            (Some(w), Some(s)) => Some(format!("({s}) AND ({w})")),
+        };
+        let distributed = matches!(m.citus, Some(CitusTable::Distributed));
+        if explicit && !distributed && m.next_start.is_some() {
+            let counted = self
+                .target
+                .verify_range(
+                    table,
+                    &m.key,
+                    scope,
+                    filter.unwrap_or("true"),
+                    &m.min_value,
+                    &m.max_value,
+                    0,
+                    trials::READ_MS,
+                )
+                .await;
+            if let Ok(c) = counted {
+                return Ok((Some(c.checked), Some(c.checked - c.violations)));
+            }
+        }
+        let keys = match distributed {
+            // The coordinator's own table is empty: the rows are in the shards.
+            true => self.lanes_estimate(&m.lanes, scope).await?,
+            false => match scope {
+                Some(scope) => self.target.scope_estimate(table, scope).await?,
+                None => self.target.row_estimate(table).await?,
+            },
+        };
+        let rows = match (condition, distributed) {
+            (None, _) => keys,
+            (Some(c), true) => self.lanes_estimate(&m.lanes, Some(&c)).await?,
+            (Some(c), false) => self.target.scope_estimate(table, &c).await?,
+        };
+        // The range's share of the keys, when they are integers spread over the bounds.
+        let share = match (explicit, bounds, m.min_value.as_i64(), m.max_value.as_i64()) {
+            (true, Some((lo, hi)), Some(min), Some(max)) if m.key.is_single_integer() => {
+                match (lo.as_i64(), hi.as_i64()) {
+                    (Some(lo), Some(hi)) if hi >= lo => {
+                        let inside = (max.min(hi) - min.max(lo) + 1).max(0) as f64;
+                        inside / (hi - lo + 1) as f64
+                    }
+                    _ => 1.0,
+                }
+            }
+            _ => 1.0,
+        };
+        let scaled = |n: Option<i64>| n.map(|n| (n as f64 * share).round() as i64);
+        Ok((scaled(keys), scaled(rows)))
     }
 
     /// The rows of a distributed table's shards (matching `scope`), each estimated on its

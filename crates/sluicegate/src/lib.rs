@@ -13,6 +13,7 @@ pub mod definition;
 pub mod dialect;
 pub mod engine;
 pub mod error;
+pub mod estimate;
 pub mod failure;
 pub mod fragment;
 pub mod health;

@@ -555,7 +555,13 @@ async fn the_shard_guard_refuses_a_node_that_does_not_hold_the_shard() {
     };
     // On the node that holds it, the guard lets the sub-batch through (rolled back here).
     let home = t.sg.node_target(&lanes[0].node).await.unwrap();
-    assert!(home.sub_batch_try(spec(lanes[0].shard_id)).await.unwrap() > 0);
+    assert!(
+        home.sub_batch_try(spec(lanes[0].shard_id))
+            .await
+            .unwrap()
+            .rows
+            > 0
+    );
     // On another node, its placement is not there: refused before anything is read.
     let away = t.sg.node_target(&elsewhere).await.unwrap();
     let failure = away

@@ -1474,12 +1474,13 @@ store_test!(sub_batch_try, |db| {
     let (sg, m, _) = with_running_job(&db).await;
     let kind = sg.registry().get("update").unwrap();
     let (table, lower, max) = (items(), Lower::From(k(1)), k(50));
-    let rows = sg
+    let tried = sg
         .target()
         .sub_batch_try(spec(kind.as_ref(), &m, &table, (&lower, &max), 30))
         .await
         .unwrap();
-    assert_eq!(rows, 30);
+    assert_eq!(tried.rows, 30);
+    assert_eq!(tried.keys, Some((k(1), k(30))), "the keys it tried");
     assert_eq!(
         db.scalar("SELECT count(*) FROM items WHERE n <> 0").await,
         0,

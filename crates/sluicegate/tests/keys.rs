@@ -478,7 +478,10 @@ store_test!(a_scoped_cleanup_makes_jobs_of_matching_keys, |db| {
         (5..=8).contains(&jobs),
         "the dry run's jobs: {jobs} (6 needed)"
     );
-    assert_eq!(plan.trial_rows, 50, "the trial sub-batch held 50 orphans");
+    assert_eq!(
+        plan.trials[0].rows, 50,
+        "the trial sub-batch held 50 orphans"
+    );
     sg.queue(&req).await.unwrap();
     run_to_end(&sg).await;
     let m = sg.migration("cleanup").await.unwrap();

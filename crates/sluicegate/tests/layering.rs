@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 /// The layers, lowest first. A module may depend on modules of lower layers, and on those of
 /// its own layer as long as no cycle forms.
 const LAYERS: &[&[&str]] = &[
-    &["failure", "optimizer", "status"],
+    &["estimate", "failure", "optimizer", "status"],
     &["error"],
     &["ident"],
     &["key"],

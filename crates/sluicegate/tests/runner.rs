@@ -776,9 +776,25 @@ store_test!(
             "90,000 of 120,000 rows match; estimated {rows}"
         );
         assert_eq!(plan.estimated_jobs(), Some(120));
-        assert!(
-            plan.trial_costs.is_some(),
-            "a second trial parts fixed and per-key costs"
+        // Sizes fixed (tuner off): every sub-batch has the trial's size, so its one size is
+        // measured as it is; a tuned migration's check adds a larger one.
+        assert_eq!(plan.trials.len(), 1, "{:?}", plan.trials);
+        assert!(plan.estimate.is_some());
+        let mut tuned = req.clone();
+        tuned.target_sub_batch_time = Duration::from_millis(100);
+        tuned.name = "tuned".into();
+        let sizes: Vec<i64> = sg
+            .plan(&tuned)
+            .await
+            .unwrap()
+            .trials
+            .iter()
+            .map(|t| t.keys)
+            .collect();
+        assert_eq!(
+            sizes,
+            vec![100, 1_000],
+            "a larger trial parts fixed from per-key costs"
         );
         let m = sg.queue(&req).await.unwrap();
         let mut lp = worker(&sg, "w1").new_loop();

@@ -6,6 +6,7 @@ mod bad_input;
 mod citus;
 mod conformance;
 mod deploy;
+mod estimate;
 mod guarantees;
 mod health;
 mod keys;

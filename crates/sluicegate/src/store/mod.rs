@@ -42,7 +42,7 @@ pub use params::{
     JobCreateParams, JobCreated, JobCursor, JobFinish, JobRange, JobSplitParams,
     JobTransitionParams, LaneHoldParams, LedgerCursor, MigrationResizeParams, MigrationSetParams,
     MigrationThrottleParams, MigrationTransitionParams, PartitionReport, SubBatchCommit,
-    SubBatchCommitted, SubBatchSpec, Timeouts, VerifyCount,
+    SubBatchCommitted, SubBatchSpec, Timeouts, TriedSubBatch, VerifyCount,
 };
 
 /// Newest tracking-schema version this binary knows.
@@ -368,8 +368,12 @@ pub trait Target: Send + Sync + 'static {
         samples: i64,
         statement_ms: i64,
     ) -> Result<VerifyCount>;
-    /// Runs one sub-batch and rolls it back: the queue-time check of a migration.
-    async fn sub_batch_try(&self, spec: SubBatchSpec<'_>) -> std::result::Result<u64, Failure>;
+    /// Runs one sub-batch and rolls it back: the queue-time check of a migration, and the
+    /// trials of its estimate (each from where the previous one ended, on rows not tried yet).
+    async fn sub_batch_try(
+        &self,
+        spec: SubBatchSpec<'_>,
+    ) -> std::result::Result<TriedSubBatch, Failure>;
     /// What the database says about its health as it concerns `table` (one query on
     /// PostgreSQL), and the answer of `probe`, run read-only and rolled back.
     async fn health_sample(&self, table: &TableName, probe: Option<&str>) -> Result<HealthSample>;

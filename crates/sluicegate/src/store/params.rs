@@ -334,6 +334,15 @@ pub struct VerifyCount {
     pub samples: Vec<Key>,
 }
 
+/// A sub-batch tried and rolled back ([`Target::sub_batch_try`](super::Target::sub_batch_try)).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TriedSubBatch {
+    /// Its first and last key (`None`: no key was left in range).
+    pub keys: Option<(Key, Key)>,
+    /// The rows it touched before it was rolled back.
+    pub rows: u64,
+}
+
 /// What partition maintenance did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PartitionReport {

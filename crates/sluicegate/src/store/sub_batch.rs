@@ -115,12 +115,16 @@ pub(crate) async fn perform<P: SubBatchPrimitives>(
 pub(crate) async fn try_rolled_back<P: SubBatchPrimitives>(
     p: &P,
     spec: SubBatchSpec<'_>,
-) -> std::result::Result<u64, Failure> {
+) -> std::result::Result<super::TriedSubBatch, Failure> {
     let mut tx = p.begin_sub_batch(&spec).await?;
     P::guard(&mut tx, &spec).await?;
     let performed = perform_in::<P>(&mut tx, &spec).await;
     tx.rollback().await?;
-    Ok(performed?.map_or(0, |(_, rows)| rows))
+    let (keys, rows) = match performed? {
+        Some((keys, rows)) => (Some(keys), rows),
+        None => (None, 0),
+    };
+    Ok(super::TriedSubBatch { keys, rows })
 }
 
 /// Inside the open transaction: finds the sub-batch's keys and performs the kind on them.

@@ -280,7 +280,10 @@ impl Target for PgTarget {
         .await
     }
 
-    async fn sub_batch_try(&self, spec: SubBatchSpec<'_>) -> std::result::Result<u64, Failure> {
+    async fn sub_batch_try(
+        &self,
+        spec: SubBatchSpec<'_>,
+    ) -> std::result::Result<crate::store::TriedSubBatch, Failure> {
         sub_batch::try_rolled_back(self, spec).await
     }
 

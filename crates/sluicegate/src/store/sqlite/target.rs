@@ -188,7 +188,10 @@ impl Target for SqliteTarget {
         super::verify::range(self, (table, key, scope), condition, (first, last), samples).await
     }
 
-    async fn sub_batch_try(&self, spec: SubBatchSpec<'_>) -> std::result::Result<u64, Failure> {
+    async fn sub_batch_try(
+        &self,
+        spec: SubBatchSpec<'_>,
+    ) -> std::result::Result<crate::store::TriedSubBatch, Failure> {
         sub_batch::try_rolled_back(self, spec).await
     }
 
