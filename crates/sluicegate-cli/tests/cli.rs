@@ -992,6 +992,8 @@ store_test!(defaults_set_and_queue_again_from_the_command_line, |db| {
             "0s",
             "--batch-size",
             "500",
+            "--max-batch-size",
+            "500",
             "--reason",
             "catch up",
         ],
@@ -1821,7 +1823,7 @@ store_test!(
         let plan = stdout(&queue(&["--skip-null-keys", "--distinct", "--dry-run"]));
         assert!(
             plan.contains("rows where pipeline_id IS NULL are not visited: 2 estimated")
-                && plan.contains("of 2 distinct key values")
+                && plan.contains("from 2 distinct key values")
                 && plan.contains(
                     "rows with a NULL key never visited, batches count distinct key values"
                 ),
