@@ -545,6 +545,32 @@ mod tests {
         );
     }
 
+    /// Sizes given alone pull the other default along, either way, and an explicit pair is
+    /// kept as given (then validated as it is).
+    #[test]
+    fn a_size_given_alone_brings_the_other_default_with_it() {
+        let sizes = |text: &str| {
+            let req = Definition::parse(
+                "s.toml",
+                &format!("table = \"t\"\nkind = \"delete\"\n{text}"),
+            )
+            .unwrap()
+            .request("s")
+            .unwrap();
+            (req.batch_size, req.sub_batch_size, req.sub_batch_ceiling)
+        };
+        assert_eq!(
+            sizes("sub_batch_size = 10000"),
+            (10_000, 10_000, Some(10_000))
+        );
+        assert_eq!(sizes("batch_size = 50"), (50, 50, None));
+        assert_eq!(sizes("sub_batch_size = 20"), (1_000, 20, Some(20)));
+        assert_eq!(
+            sizes("batch_size = 500\nsub_batch_size = 10000"),
+            (500, 10_000, Some(10_000))
+        );
+    }
+
     #[test]
     fn unknown_fields_and_arguments_of_another_kind_are_refused() {
         let err = Definition::parse("a.toml", "table = \"t\"\nkind = \"delete\"\nbatch = 5")
