@@ -165,3 +165,46 @@ pub(crate) fn range_predicate(
         }
     }
 }
+
+/// The names the walk by distinct values (`--distinct`) gives a key value's columns in its CTE:
+/// `sluicegate_k0`, `sluicegate_k1`, ...
+pub(crate) fn distinct_columns(key: &KeySpec) -> Vec<String> {
+    (0..key.len()).map(|i| format!("sluicegate_k{i}")).collect()
+}
+
+/// The walk by distinct values (`--distinct`), a loose index scan, as a recursive CTE
+/// `sluicegate_distinct (sluicegate_k0, ..., sluicegate_n)`: it steps from one key value to the
+/// next greater one, each step one probe of the key's index per column (`start`: the
+/// conditions of the first value, `upper`: those of every value), and stops at the `size`-th
+/// value or the end of the range; the duplicates in between are never read. A row whose
+/// `sluicegate_k0` is NULL is the end of the range. Each engine selects the first and last
+/// values from it, as its own JSON. `t` is the table, quoted.
+pub(crate) fn distinct_cte(t: &str, key: &KeySpec, start: &str, upper: &str, size: &str) -> String {
+    let (row, asc) = (key_row(key, None), key_order(key, "ASC"));
+    let names = distinct_columns(key);
+    let next = |condition: &str| -> String {
+        key.columns()
+            .iter()
+            .map(|c| {
+                format!(
+                    "(SELECT {} FROM {t} WHERE {condition} ORDER BY {asc} LIMIT 1)",
+                    ident::quote(&c.name)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let previous: Vec<String> = names.iter().map(|n| format!("d.{n}")).collect();
+    let after = format!("{row} > ({}) AND {upper}", previous.join(", "));
+    format!(
+        "WITH RECURSIVE sluicegate_distinct ({cols}, sluicegate_n) AS (
+             SELECT {first}, 1
+             UNION ALL
+             SELECT {then}, d.sluicegate_n + 1 FROM sluicegate_distinct AS d
+             WHERE d.sluicegate_n < {size} AND d.sluicegate_k0 IS NOT NULL
+         )",
+        cols = names.join(", "),
+        first = next(start),
+        then = next(&after),
+    )
+}

@@ -5,7 +5,9 @@ use serde_json::Value;
 use sqlx::types::Json;
 use sqlx::PgConnection;
 
-use crate::dialect::key_sql::{key_list, key_order, key_row, walk_condition};
+use crate::dialect::key_sql::{
+    distinct_columns, distinct_cte, key_list, key_order, key_row, walk_condition,
+};
 use crate::ident::{self, TableName};
 use crate::key::{Key, KeyColumn, KeySpec, Lower};
 use crate::store::sub_batch::Walk;
@@ -92,32 +94,13 @@ pub(super) fn keyset_sql(
     )
 }
 
-/// The walk by distinct values (`--distinct`), a loose index scan: a recursive CTE steps from
-/// one key value to the next greater one, each step one probe of the key's index per column
-/// (`start`: the conditions of the first value, `upper`: those of every value), and stops at
-/// the `size`-th value or the end of the range; the duplicates in between are never read. The
-/// columns come back as `(first, last)` jsonb, built for those two only.
+/// The walk by distinct values (`--distinct`, [`distinct_cte`]) as one row `(first, last)`
+/// of jsonb keys, built for those two values only.
 fn distinct_sql(t: &str, key: &KeySpec, start: &str, upper: &str, size: &str) -> String {
-    let (row, asc) = (key_row(key, None), key_order(key, "ASC"));
-    let names: Vec<String> = (0..key.len()).map(|i| format!("sluicegate_k{i}")).collect();
-    let next = |condition: &str| -> String {
-        key.columns()
-            .iter()
-            .map(|c| {
-                format!(
-                    "(SELECT {} FROM {t} WHERE {condition} ORDER BY {asc} LIMIT 1)",
-                    ident::quote(&c.name)
-                )
-            })
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    let previous: Vec<String> = names.iter().map(|n| format!("d.{n}")).collect();
-    let after = format!("{row} > ({}) AND {upper}", previous.join(", "));
     let json: Vec<String> = key
         .columns()
         .iter()
-        .zip(&names)
+        .zip(distinct_columns(key))
         .map(|(c, n)| {
             if c.key_type.is_integer() {
                 format!("{n}::bigint")
@@ -128,19 +111,12 @@ fn distinct_sql(t: &str, key: &KeySpec, start: &str, upper: &str, size: &str) ->
         .collect();
     let json = format!("jsonb_build_array({})", json.join(", "));
     format!(
-        "WITH RECURSIVE sluicegate_distinct ({cols}, sluicegate_n) AS (
-             SELECT {first}, 1
-             UNION ALL
-             SELECT {then}, d.sluicegate_n + 1 FROM sluicegate_distinct AS d
-             WHERE d.sluicegate_n < {size} AND d.sluicegate_k0 IS NOT NULL
-         )
+        "{cte}
          SELECT (SELECT {json} FROM sluicegate_distinct
                  WHERE sluicegate_n = 1 AND sluicegate_k0 IS NOT NULL) AS first,
                 (SELECT {json} FROM sluicegate_distinct WHERE sluicegate_k0 IS NOT NULL
                  ORDER BY sluicegate_n DESC LIMIT 1) AS last",
-        cols = names.join(", "),
-        first = next(start),
-        then = next(&after),
+        cte = distinct_cte(t, key, start, upper, size),
     )
 }
 

@@ -3,8 +3,10 @@
 
 use sqlx::SqliteConnection;
 
-use crate::dialect::key_sql::{key_list, key_order, key_params, key_row, walk_condition};
-use crate::ident::{self, TableName};
+use crate::dialect::key_sql::{
+    distinct_columns, distinct_cte, key_list, key_order, key_params, key_row, walk_condition,
+};
+use crate::ident::TableName;
 use crate::key::{bind_key_values, Key, KeyColumn, KeySpec, Lower};
 use crate::store::sub_batch::Walk;
 
@@ -48,44 +50,18 @@ fn walk_sql((table, key, scope): Walk<'_>, inclusive: bool) -> String {
     )
 }
 
-/// The walk by distinct values (`--distinct`), a loose index scan: a recursive CTE steps from
-/// one key value to the next greater one, each step one probe of the key's index per column
-/// (`start`: the conditions of the first value, `upper`: those of every value), and stops at
-/// the `size`-th value or the end of the range; the duplicates in between are never read. One
-/// row `(first, nth, last)` as [`walk_sql`]'s, the JSON built for the values returned only.
+/// The walk by distinct values (`--distinct`, [`distinct_cte`]) as one row `(first, nth,
+/// last)` as [`walk_sql`]'s, the JSON built for the values returned only.
 fn distinct_sql(table: &TableName, key: &KeySpec, start: &str, upper: &str, size: &str) -> String {
-    let (t, row, asc) = (table.quoted(), key_row(key, None), key_order(key, "ASC"));
-    let names: Vec<String> = (0..key.len()).map(|i| format!("sluicegate_k{i}")).collect();
-    let next = |condition: &str| -> String {
-        key.columns()
-            .iter()
-            .map(|c| {
-                format!(
-                    "(SELECT {} FROM {t} WHERE {condition} ORDER BY {asc} LIMIT 1)",
-                    ident::quote(&c.name)
-                )
-            })
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    let previous: Vec<String> = names.iter().map(|n| format!("d.{n}")).collect();
-    let after = format!("{row} > ({}) AND {upper}", previous.join(", "));
-    let json = format!("json_array({})", names.join(", "));
+    let json = format!("json_array({})", distinct_columns(key).join(", "));
     format!(
-        "WITH RECURSIVE sluicegate_distinct ({cols}, sluicegate_n) AS (
-             SELECT {first}, 1
-             UNION ALL
-             SELECT {then}, d.sluicegate_n + 1 FROM sluicegate_distinct AS d
-             WHERE d.sluicegate_n < {size} AND d.sluicegate_k0 IS NOT NULL
-         )
+        "{cte}
          SELECT (SELECT {json} FROM sluicegate_distinct
                  WHERE sluicegate_n = 1 AND sluicegate_k0 IS NOT NULL),
                 NULL,
                 (SELECT {json} FROM sluicegate_distinct WHERE sluicegate_k0 IS NOT NULL
                  ORDER BY sluicegate_n DESC LIMIT 1)",
-        cols = names.join(", "),
-        first = next(start),
-        then = next(&after),
+        cte = distinct_cte(&table.quoted(), key, start, upper, size),
     )
 }
 
