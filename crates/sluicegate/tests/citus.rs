@@ -546,6 +546,7 @@ async fn the_shard_guard_refuses_a_node_that_does_not_hold_the_shard() {
         max: &m.max_value,
         size: 100,
         whole_rest: false,
+        dense: false,
         timeouts: sluicegate::store::Timeouts {
             statement_ms: 5_000,
             lock_ms: 1_000,

@@ -103,6 +103,7 @@ fn spec<'a>(
         max,
         size,
         whole_rest: false,
+        dense: false,
         timeouts: Timeouts {
             statement_ms: 30_000,
             lock_ms: 5_000,

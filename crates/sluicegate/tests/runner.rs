@@ -2,9 +2,15 @@
 //! splits, auto-fail, panics, concurrent workers, the one-migration-per-table rule, leases.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
-use sluicegate::{store_test, JobStatus, MigrationEvent, MigrationStatus, Worker, WorkerOptions};
+use async_trait::async_trait;
+use sluicegate::{
+    store_test, Failure, JobKind, JobStatus, MigrationEvent, MigrationStatus, SubBatch, Worker,
+    WorkerOptions,
+};
 
 use crate::common::*;
 
@@ -642,6 +648,79 @@ async fn bookkeeping_is_one_statement_per_job_on_postgres() {
     assert!(
         bookkeeping <= jobs + 15 + rereads,
         "{bookkeeping} bookkeeping statements for {jobs} jobs in {took:?}"
+    );
+}
+
+/// `n = n + 1`, recording the server process each sub-batch runs in; the sub-batch whose
+/// turn it is when the countdown reaches zero first fails with an SQL error, which leaves its
+/// transaction aborted.
+#[derive(Clone)]
+struct RecordsSession(Arc<AtomicI64>);
+
+#[async_trait]
+impl JobKind for RecordsSession {
+    fn name(&self) -> &str {
+        "records-session"
+    }
+
+    async fn perform(&self, batch: &mut SubBatch<'_>) -> Result<u64, Failure> {
+        batch
+            .execute("INSERT INTO sessions (pid) VALUES (pg_backend_pid())")
+            .await?;
+        if self.0.fetch_sub(1, Ordering::SeqCst) == 1 {
+            batch.execute("SELECT 1 / 0").await?;
+        }
+        increment(batch).await
+    }
+}
+
+/// A loop's sub-batches run in one server process: consecutive ones rotating over the
+/// worker's connections made the foreground wait for the CPU (`store/postgres/work.rs`). A
+/// sub-batch that fails leaves its session clean for the next.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_loops_sub_batches_run_in_one_session_on_postgres() {
+    sluicegate::skip_without_postgres!("SLUICEGATE_TEST_PG_URL");
+    let db = sluicegate::testing::TestDb::postgres().await;
+    db.create_items("items", &[(1, 2_000)]).await;
+    db.exec("CREATE TABLE sessions (pid integer NOT NULL)")
+        .await;
+    let countdown = Arc::new(AtomicI64::new(i64::MAX));
+    let sg = db
+        .sluicegate_with(registry_with(RecordsSession(countdown.clone())))
+        .await;
+    sg.queue(&fast("one", "records-session", "items", 500, 100))
+        .await
+        .unwrap();
+    // The trials at queue ran and rolled back; the seventh sub-batch of the run fails once.
+    countdown.store(7, Ordering::SeqCst);
+    run_to_end(&sg).await;
+    let m = sg.migration("one").await.unwrap();
+    assert_eq!(m.status, MigrationStatus::Finished);
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM items WHERE n <> 1").await,
+        0
+    );
+    let mut failures = Vec::new();
+    for job in sg.jobs(&m, None).await.unwrap() {
+        for row in sg.job_history(job.id).await.unwrap() {
+            if row.next_status == JobStatus::Failed {
+                failures.push(row.exception_message.unwrap_or_default());
+            }
+        }
+    }
+    assert!(
+        failures.len() == 1 && failures[0].contains("division by zero"),
+        "the failed sub-batch, and only it, is in the jobs' log: {failures:?}"
+    );
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM sessions").await,
+        20,
+        "2,000 keys in sub-batches of 100, each recorded once (the failed one rolled back)"
+    );
+    assert_eq!(
+        db.scalar("SELECT count(DISTINCT pid) FROM sessions").await,
+        1,
+        "one session for every sub-batch"
     );
 }
 

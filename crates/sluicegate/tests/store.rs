@@ -364,6 +364,7 @@ store_test!(a_performed_sub_batch_commits_as_the_engine_says, |db| {
         max: &max,
         size,
         whole_rest: false,
+        dense: false,
         timeouts: Timeouts {
             statement_ms: 30_000,
             lock_ms: 5_000,

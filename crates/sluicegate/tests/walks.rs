@@ -1,8 +1,10 @@
 //! How a key is walked beyond its columns: a nullable key walked with `--skip-null-keys` (the
 //! rows where it is NULL never visited, counted at queue), and batches of distinct key values
-//! with `--distinct` (GitLab's `distinct_each_batch`); the refusals without them.
+//! with `--distinct` (GitLab's `distinct_each_batch`); the refusals without them; and the
+//! sub-batches of a job whose integer keys were dense, named by arithmetic with no walk.
 
-use sluicegate::{store_test, MigrationStatus, Sluicegate};
+use async_trait::async_trait;
+use sluicegate::{store_test, Failure, JobKind, MigrationStatus, Sluicegate, SubBatch};
 
 use crate::common::*;
 
@@ -267,6 +269,100 @@ store_test!(
             Some(3),
             "{:?}",
             jobs[0].metrics
+        );
+    }
+);
+
+/// `n = n + 1`; the sub-batch that starts at key 1 also deletes keys 15 ..= 18, ahead of the
+/// sub-batches that follow it.
+#[derive(Clone)]
+struct DeletesAhead;
+
+#[async_trait]
+impl JobKind for DeletesAhead {
+    fn name(&self) -> &str {
+        "deletes-ahead"
+    }
+
+    async fn perform(&self, batch: &mut SubBatch<'_>) -> Result<u64, Failure> {
+        if batch.start().values()[0].as_i64() == Some(1) {
+            let delete = format!(
+                "DELETE FROM {} WHERE id BETWEEN 15 AND 18",
+                batch.quoted_table()
+            );
+            batch.execute(&delete).await?;
+        }
+        crate::common::increment(batch).await
+    }
+}
+
+store_test!(
+    a_dense_jobs_sub_batches_are_named_by_arithmetic_and_a_sparse_jobs_are_walked,
+    |db| {
+        db.exec("CREATE TABLE items (id bigint PRIMARY KEY, n integer NOT NULL DEFAULT 0)")
+            .await;
+        // Keys 1 ..= 100, dense; then 1001 ..= 1399 odd only: 200 keys over twice their span.
+        let keys: Vec<String> = (1..=100)
+            .chain((1001..=1399).step_by(2))
+            .map(|i| format!("({i})"))
+            .collect();
+        db.exec(&format!(
+            "INSERT INTO items (id) VALUES {}",
+            keys.join(", ")
+        ))
+        .await;
+        let sg = db.sluicegate_with(registry_with(DeletesAhead)).await;
+        sg.queue(&fast("dense", "deletes-ahead", "items", 100, 10))
+            .await
+            .unwrap();
+        let m = finish(&sg, "dense").await;
+        let mut jobs = sg.jobs(&m, None).await.unwrap();
+        jobs.sort_by_key(|j| j.min_value.as_i64());
+        let spans: Vec<_> = jobs
+            .iter()
+            .map(|j| (j.min_value.as_i64().unwrap(), j.max_value.as_i64().unwrap()))
+            .collect();
+        assert_eq!(spans, [(1, 100), (1001, 1199), (1201, 1399)]);
+        let sub_batches = |job: usize| -> Vec<(i64, i64, u64)> {
+            jobs[job]
+                .metrics
+                .recent
+                .iter()
+                .map(|s| (s.start.as_i64().unwrap(), s.end.as_i64().unwrap(), s.rows))
+                .collect()
+        };
+        // The dense job: ten keys of arithmetic a sub-batch. The second lost the four rows
+        // the first deleted and ran with six; a walk would have reached key 24 for ten.
+        let dense = sub_batches(0);
+        assert_eq!(dense.len(), 10, "{dense:?}");
+        assert_eq!(dense[0], (1, 10, 10));
+        assert_eq!(dense[1], (11, 20, 6));
+        assert_eq!(dense[2], (21, 30, 10));
+        assert_eq!(dense[9], (91, 100, 10));
+        // The sparse jobs are walked: ten existing keys a sub-batch, over 19 integers each.
+        for job in [1, 2] {
+            let walked = sub_batches(job);
+            assert_eq!(walked.len(), 10, "{walked:?}");
+            assert!(
+                walked
+                    .iter()
+                    .all(|&(start, end, rows)| rows == 10 && end - start == 18),
+                "{walked:?}"
+            );
+        }
+        assert_eq!(
+            db.scalar("SELECT count(*) FROM items WHERE id BETWEEN 15 AND 18")
+                .await,
+            0
+        );
+        assert_eq!(
+            db.scalar("SELECT count(*) FROM items WHERE n = 1").await,
+            296,
+            "every row left visited once"
+        );
+        assert_eq!(
+            db.scalar("SELECT count(*) FROM items WHERE n <> 1").await,
+            0
         );
     }
 );

@@ -174,6 +174,7 @@ impl Sluicegate {
             max: &m.max_value,
             size,
             whole_rest: false,
+            dense: false,
             timeouts: Timeouts {
                 statement_ms: m.statement_timeout_ms,
                 lock_ms: m.lock_timeout_ms,

@@ -386,6 +386,12 @@ pub struct SubBatchSpec<'a> {
     /// named without reading ([`Lower::inclusive_start`]): the rest of the job fits in one
     /// sub-batch (saves a query per job when sub-batch and batch sizes are equal).
     pub whole_rest: bool,
+    /// Name the sub-batch's range by arithmetic, with no keyset walk: the next `size` integers
+    /// from its first key, at most `max`. Only for a unique one-column integer key, where such
+    /// a range can never hold more than `size` keys whatever the table holds; the engine asks
+    /// for it where the job's keys were dense when it was walked (its span no wider than its
+    /// batch), so the range holds `size` rows but for rows deleted since.
+    pub dense: bool,
     /// Timeouts.
     pub timeouts: Timeouts,
     /// Whether the key is unique: a sub-batch of a kind whose rows are its keys
@@ -407,6 +413,30 @@ impl SubBatchSpec<'_> {
             .then(|| self.lower.inclusive_start(self.key))??;
         Some((start, self.max.clone()))
     }
+
+    /// The range [`Self::dense`] asks for, when its first key can be named without reading
+    /// the table; `None` otherwise (then the sub-batch walks).
+    pub(crate) fn dense_range(&self) -> Option<DenseRange> {
+        if !self.dense || !self.key_unique || !self.key.is_single_integer() {
+            return None;
+        }
+        let start = self.lower.inclusive_start(self.key)?;
+        let (first, max) = (start.as_i64()?, self.max.as_i64()?);
+        if first > max {
+            return Some(DenseRange::Past);
+        }
+        let last = first.saturating_add(self.size.max(1) - 1).min(max);
+        Some(DenseRange::Keys(start, Key::int(last)))
+    }
+}
+
+/// A range named by arithmetic ([`SubBatchSpec::dense_range`]).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum DenseRange {
+    /// Its first and last key.
+    Keys(Key, Key),
+    /// No key is left before the job's last one.
+    Past,
 }
 
 /// The job a sub-batch belongs to, for committing its cursor or its end with the sub-batch

@@ -4,9 +4,12 @@
 //! (`sub_batch_try`). Each backend gives the primitives: how a transaction begins, the walk's
 //! SQL, the kind's connection and how a performed sub-batch commits.
 
+use std::ops::DerefMut;
+
 use async_trait::async_trait;
 use sqlx::{Database, Transaction};
 
+use super::params::DenseRange;
 use super::{Backend, PerformedSubBatch, SubBatchSpec};
 use crate::dialect::key_sql::{range_predicate, ParamSql};
 use crate::error::{Error, Result};
@@ -21,21 +24,35 @@ pub(crate) type Walk<'a> = (&'a TableName, &'a KeySpec, Option<&'a str>);
 /// A connection of backend `P`'s driver.
 type Conn<P> = <<P as SubBatchPrimitives>::Db as Database>::Connection;
 
+/// A sub-batch's open transaction, as a backend keeps it: the connection it runs on, and how
+/// it is rolled back (committing is the backend's own, in [`PerformedSubBatch::commit`]).
+#[async_trait]
+pub(crate) trait OpenTransaction: DerefMut + Send + Sized {
+    /// Rolls it back.
+    async fn rollback(self) -> sqlx::Result<()>;
+}
+
+#[async_trait]
+impl<DB: Database> OpenTransaction for Transaction<'static, DB> {
+    async fn rollback(self) -> sqlx::Result<()> {
+        Transaction::rollback(self).await
+    }
+}
+
 /// What a backend gives the shared sub-batch code.
 #[async_trait]
 pub(crate) trait SubBatchPrimitives: Send + Sync {
     /// Its driver.
     type Db: Database;
+    /// A sub-batch's open transaction.
+    type Tx: OpenTransaction + DerefMut<Target = Conn<Self>>;
     /// Its dialect.
     const BACKEND: Backend;
     /// How it writes a bound key value.
     const PARAM: ParamSql;
     /// Opens a sub-batch's transaction (PostgreSQL: under its timeouts; SQLite: `BEGIN
     /// IMMEDIATE`, which takes the write lock up front).
-    async fn begin_sub_batch(
-        &self,
-        spec: &SubBatchSpec<'_>,
-    ) -> sqlx::Result<Transaction<'static, Self::Db>>;
+    async fn begin_sub_batch(&self, spec: &SubBatchSpec<'_>) -> sqlx::Result<Self::Tx>;
     /// In the open sub-batch transaction, before anything else: what must hold for the
     /// sub-batch to write here at all (a Citus shard's placement still on this node).
     async fn guard(
@@ -59,12 +76,7 @@ pub(crate) trait SubBatchPrimitives: Send + Sync {
     /// The kind's handle on the open transaction.
     fn connection(conn: &mut Conn<Self>) -> SubBatchConnection<'_>;
     /// A sub-batch performed in `tx`, still open, that commits as the engine says.
-    fn performed(
-        &self,
-        tx: Transaction<'static, Self::Db>,
-        keys: (Key, Key),
-        rows: u64,
-    ) -> Box<dyn PerformedSubBatch>;
+    fn performed(&self, tx: Self::Tx, keys: (Key, Key), rows: u64) -> Box<dyn PerformedSubBatch>;
 }
 
 /// [`Target::range_next`](super::Target::range_next): the walk alone, read-only, rolled back.
@@ -100,6 +112,7 @@ pub(crate) async fn perform<P: SubBatchPrimitives>(
     if performed.as_ref().is_err_and(escaped) {
         tx.rollback().await?;
         spec.whole_rest = false;
+        spec.dense = false;
         tx = p.begin_sub_batch(&spec).await?;
         P::guard(&mut tx, &spec).await?;
         performed = perform_in::<P>(&mut tx, &spec).await;
@@ -133,9 +146,11 @@ async fn perform_in<P: SubBatchPrimitives>(
     conn: &mut Conn<P>,
     spec: &SubBatchSpec<'_>,
 ) -> std::result::Result<Option<((Key, Key), u64)>, Failure> {
-    let range = match spec.whole_range() {
-        Some(whole) => Some(whole),
-        None => {
+    let range = match (spec.whole_range(), spec.dense_range()) {
+        (Some(whole), _) => Some(whole),
+        (None, Some(DenseRange::Keys(start, end))) => Some((start, end)),
+        (None, Some(DenseRange::Past)) => None,
+        (None, None) => {
             let walk = (spec.table, spec.key, spec.scope);
             P::walk(conn, walk, spec.lower, spec.max, spec.size).await?
         }

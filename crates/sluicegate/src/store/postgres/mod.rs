@@ -29,6 +29,7 @@ mod sub_batch;
 mod target;
 mod verify;
 mod walk;
+mod work;
 
 pub use logs::partition_name;
 pub use target::PgTarget;

@@ -12,6 +12,7 @@ use sqlx::{PgConnection, Postgres, Transaction};
 use super::citus::{ledger_table, LEDGER_ADVANCE};
 use super::jobs::JOB_CHECKPOINT;
 use super::walk::{pg_param, walk};
+use super::work::WorkTx;
 use super::{PgStore, PgTarget};
 use crate::dialect::key_sql::ParamSql;
 use crate::dialect::Backend;
@@ -116,21 +117,19 @@ impl TrackingSql {
 #[async_trait]
 impl SubBatchPrimitives for PgTarget {
     type Db = Postgres;
+    type Tx = WorkTx;
     const BACKEND: Backend = Backend::Postgres;
     const PARAM: ParamSql = pg_param;
 
-    async fn begin_sub_batch(
-        &self,
-        spec: &SubBatchSpec<'_>,
-    ) -> sqlx::Result<Transaction<'static, Postgres>> {
+    async fn begin_sub_batch(&self, spec: &SubBatchSpec<'_>) -> sqlx::Result<WorkTx> {
         // Our own integers, not user text: safe to format. A shard's metadata lock is taken
         // in the same round trip, under the sub-batch's lock timeout.
         let shard_lock = match spec.shard {
             Some(shard) => super::citus::shard_lock_sql(shard),
             None => String::new(),
         };
-        self.pool
-            .begin_with(format!(
+        self.work
+            .begin(format!(
                 "BEGIN; SET LOCAL statement_timeout = {}; SET LOCAL lock_timeout = {}{shard_lock}",
                 spec.timeouts.statement_ms.max(1),
                 spec.timeouts.lock_ms.max(1)
@@ -172,12 +171,7 @@ impl SubBatchPrimitives for PgTarget {
         SubBatchConnection::Postgres(conn)
     }
 
-    fn performed(
-        &self,
-        tx: Transaction<'static, Postgres>,
-        keys: (Key, Key),
-        rows: u64,
-    ) -> Box<dyn PerformedSubBatch> {
+    fn performed(&self, tx: WorkTx, keys: (Key, Key), rows: u64) -> Box<dyn PerformedSubBatch> {
         Box::new(PgPerformed {
             tx,
             keys,
@@ -189,7 +183,7 @@ impl SubBatchPrimitives for PgTarget {
 
 /// A sub-batch performed in its open PostgreSQL transaction.
 struct PgPerformed {
-    tx: Transaction<'static, Postgres>,
+    tx: WorkTx,
     keys: (Key, Key),
     rows: u64,
     tracking: Option<Arc<TrackingSql>>,

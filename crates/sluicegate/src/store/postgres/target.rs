@@ -10,6 +10,7 @@ use sqlx::types::Json;
 
 use super::sub_batch::TrackingSql;
 use super::walk::key_json;
+use super::work::WorkSessions;
 use super::{citus, health, key, PgStore};
 use crate::dialect::key_sql::{key_list, key_order, walk_filter};
 use crate::dialect::Backend;
@@ -47,6 +48,8 @@ const TARGET_N_DISTINCT: &str = "SELECT n_distinct FROM pg_catalog.pg_stats
 #[derive(Debug, Clone)]
 pub struct PgTarget {
     pub(super) pool: PgPool,
+    /// The sessions sub-batches run in, the most recently used first ([`WorkSessions`]).
+    pub(super) work: Arc<WorkSessions>,
     /// The tracking store's statements that commit with a sub-batch, when it lives in this
     /// same database.
     pub(super) tracking: Option<Arc<TrackingSql>>,
@@ -59,8 +62,10 @@ impl PgTarget {
     /// A target on `pool`; `same_database_store` makes each sub-batch commit the job cursor
     /// in its own transaction (exactly-once).
     pub fn new(pool: PgPool, same_database_store: Option<&PgStore>) -> Self {
+        let work = WorkSessions::new(&pool);
         Self {
             pool,
+            work,
             health_sql: Arc::default(),
             tracking: same_database_store.map(|store| Arc::new(TrackingSql::of(store))),
         }

@@ -31,6 +31,7 @@ const JOB_FINISH_AT_CURSOR: &str = "UPDATE sluicegate_jobs SET status = 'succeed
 #[async_trait]
 impl SubBatchPrimitives for SqliteTarget {
     type Db = Sqlite;
+    type Tx = Transaction<'static, Sqlite>;
     const BACKEND: Backend = Backend::Sqlite;
     const PARAM: ParamSql = plain_param;
 
