@@ -228,7 +228,7 @@ pub struct QueueArgs {
     #[command(flatten)]
     pub health: HealthArgs,
     /// Tune sub-batch sizes so each transaction takes about this long; 0s keeps them fixed.
-    #[arg(long, default_value = "100ms", value_parser = parse_duration)]
+    #[arg(long, default_value = "50ms", value_parser = parse_duration)]
     pub target_sub_batch_time: Duration,
     /// Run after these migrations (names, comma-separated): no worker claims it until each
     /// has finished. Each must be queued already; a cycle or an unknown name is refused.

@@ -420,7 +420,7 @@ store_test!(json_output_has_the_documented_fields, |db| {
     assert_eq!(m["health_settings"]["hold_ms"], 5_000);
     assert_eq!(m["health_settings"]["autovacuum"], "wraparound");
     assert_eq!(m["health_settings"]["off"], serde_json::json!([]));
-    assert_eq!(m["target_sub_batch_ms"], 100);
+    assert_eq!(m["target_sub_batch_ms"], 50);
     let out = sg(&url, &["health", "m", "--json"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let health: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
