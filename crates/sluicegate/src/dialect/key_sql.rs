@@ -95,6 +95,18 @@ pub(crate) fn walk_filter(key: &KeySpec, scope: Option<&str>) -> String {
     }
 }
 
+/// Counts the distinct values of `key` that a walk of `table` visits (within `scope`, NULL
+/// keys left out where the walk skips them): the dry run's figure for `--distinct` where it
+/// counts outright.
+pub(crate) fn distinct_count(key: &KeySpec, table: &TableName, scope: Option<&str>) -> String {
+    format!(
+        "SELECT count(*) FROM (SELECT DISTINCT {} FROM {} {}) AS sluicegate_values",
+        key_list(key),
+        table.quoted(),
+        walk_filter(key, scope)
+    )
+}
+
 /// `"a" IS NULL OR "b" IS NULL`: the rows a walk that skips NULL keys never visits (for the
 /// estimate `queue` prints).
 pub(crate) fn null_key_condition(key: &KeySpec) -> String {

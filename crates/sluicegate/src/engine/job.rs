@@ -220,7 +220,7 @@ impl WorkerLoop {
             max: &job.max_value,
             size: a.size,
             whole_rest: a.size >= job.batch_size,
-            dense: keys_were_dense(m, job),
+            dense: keys_were_dense(job),
             timeouts: Timeouts {
                 statement_ms: m.statement_timeout_ms,
                 lock_ms: m.lock_timeout_ms,
@@ -489,15 +489,13 @@ impl WorkerLoop {
     }
 }
 
-/// Whether `job`'s keys were dense when its range was walked: on a unique one-column integer
-/// key, a range no wider than the job's batch. A job of `batch_size` keys then holds every
-/// integer in it, and its sub-batches name their ranges by arithmetic instead of walking the
-/// key's index again ([`SubBatchSpec::dense`]; a job that was not dense after all, a last one
-/// with fewer keys, only runs sub-batches with fewer rows, never more).
-fn keys_were_dense(m: &Migration, job: &Job) -> bool {
-    if !m.key_unique || m.key.walk().distinct || !m.key.is_single_integer() {
-        return false;
-    }
+/// Whether `job`'s keys were dense when its range was walked: a range no wider than the job's
+/// batch. A job of `batch_size` keys then holds every integer in it, and its sub-batches name
+/// their ranges by arithmetic instead of walking the key's index again
+/// ([`SubBatchSpec::dense`], which itself allows it only on a unique one-column integer key;
+/// a job that was not dense after all, a last one with fewer keys, only runs sub-batches with
+/// fewer rows, never more).
+fn keys_were_dense(job: &Job) -> bool {
     match (job.min_value.as_i64(), job.max_value.as_i64()) {
         (Some(min), Some(max)) => max
             .checked_sub(min)

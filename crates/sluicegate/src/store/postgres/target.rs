@@ -12,7 +12,7 @@ use super::sub_batch::TrackingSql;
 use super::walk::key_json;
 use super::work::WorkSessions;
 use super::{citus, health, key, PgStore};
-use crate::dialect::key_sql::{key_list, key_order, walk_filter};
+use crate::dialect::key_sql::{distinct_count, key_order, walk_filter};
 use crate::dialect::Backend;
 use crate::error::{Error, Result};
 use crate::failure::Failure;
@@ -205,13 +205,7 @@ impl Target for PgTarget {
         };
         // A small table is counted outright, as a scope is.
         if total <= 100_000 {
-            let sql = format!(
-                "SELECT count(*) FROM (SELECT DISTINCT {} FROM {} {}) AS sluicegate_values",
-                key_list(key),
-                table.quoted(),
-                walk_filter(key, scope)
-            );
-            let n: i64 = sqlx::query_scalar(&sql)
+            let n: i64 = sqlx::query_scalar(&distinct_count(key, table, scope))
                 .fetch_one(&self.pool)
                 .await
                 .map_err(Error::db(context))?;

@@ -5,7 +5,7 @@ use async_trait::async_trait;
 use sqlx::sqlite::SqlitePool;
 
 use super::key;
-use crate::dialect::key_sql::{key_list, key_order, walk_filter};
+use crate::dialect::key_sql::{distinct_count, key_list, key_order, walk_filter};
 use crate::dialect::Backend;
 use crate::error::{Error, Result};
 use crate::failure::Failure;
@@ -140,13 +140,7 @@ impl Target for SqliteTarget {
         scope: Option<&str>,
     ) -> Result<Option<i64>> {
         // SQLite keeps no estimate worth the name: count, the key's index read in order.
-        let sql = format!(
-            "SELECT count(*) FROM (SELECT DISTINCT {} FROM {} {})",
-            key_list(key),
-            table.quoted(),
-            walk_filter(key, scope)
-        );
-        let n: i64 = sqlx::query_scalar(&sql)
+        let n: i64 = sqlx::query_scalar(&distinct_count(key, table, scope))
             .fetch_one(&self.pool)
             .await
             .map_err(Error::db("counting the distinct values of the key"))?;
